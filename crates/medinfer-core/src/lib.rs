@@ -1,0 +1,52 @@
+//! # medinfer-core
+//!
+//! The data model every other medinfer crate speaks: [`Tensor`] (shape + typed, owned data) and
+//! the shared [`CoreError`]. Images and volumes join here as the I/O layer grows.
+//!
+//! ```
+//! use medinfer_core::{Tensor, DType};
+//! let t = Tensor::from_f32(vec![2, 3], vec![0.0; 6]).unwrap();
+//! assert_eq!(t.dtype(), DType::F32);
+//! assert_eq!(t.len(), 6);
+//! ```
+#![warn(missing_docs)]
+
+mod tensor;
+
+pub use tensor::{DType, Tensor, TensorData};
+
+/// Errors raised by the core data model.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The number of elements does not match the product of the shape.
+    #[error("tensor data has {got} elements but shape {shape:?} needs {expected}")]
+    ShapeMismatch {
+        /// The requested shape.
+        shape: Vec<usize>,
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements provided.
+        got: usize,
+    },
+    /// A shape whose element count overflows `usize`.
+    #[error("shape {0:?} is too large")]
+    ShapeOverflow(Vec<usize>),
+    /// A typed accessor was used on a tensor of another element type.
+    #[error("expected a {expected} tensor, found {found}")]
+    WrongDType {
+        /// The element type the caller asked for.
+        expected: DType,
+        /// The element type the tensor holds.
+        found: DType,
+    },
+}
+
+/// The number of logical CPUs this process may really use.
+///
+/// Rust's `available_parallelism` honours the process's CPU affinity mask and cgroup v1/v2 CPU
+/// quotas (Linux), so a container limited to 2 CPUs on a 64-core host answers 2. Never below 1.
+pub fn usable_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

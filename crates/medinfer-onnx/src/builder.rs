@@ -1,0 +1,328 @@
+//! A small ONNX graph builder with seeded weight initialisation, used by the [`crate::zoo`].
+//!
+//! Weights follow PyTorch's defaults so that activations keep a sane scale through deep
+//! networks: Kaiming-normal (fan-in, gain sqrt 2) for convolutions, uniform +-1/sqrt(fan_in) for
+//! fully connected layers. BatchNorm layers get random (not identity) statistics so that graph
+//! passes such as BN folding are really exercised.
+
+use crate::proto::{
+    attribute_type, data_type, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use crate::SeededRng;
+
+/// The opset every zoo model is written with.
+pub const OPSET: i64 = 17;
+/// Version of the zoo's construction recipe, written as producer_version: bumped whenever a
+/// change alters any zoo model's bytes (not tied to the crate version, so builds stay identical).
+pub const ZOO_FORMAT: &str = "zoo-1";
+/// The IR version that goes with [`OPSET`].
+pub const IR_VERSION: i64 = 8;
+
+/// An attribute value for [`GraphBuilder::node`].
+#[derive(Clone, Debug)]
+pub enum Attr {
+    /// INT.
+    Int(i64),
+    /// INTS.
+    Ints(Vec<i64>),
+    /// FLOAT.
+    Float(f32),
+    /// STRING.
+    Str(String),
+}
+
+fn attribute(name: &str, value: &Attr) -> AttributeProto {
+    let mut a = AttributeProto {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    match value {
+        Attr::Int(i) => {
+            a.r#type = Some(attribute_type::INT);
+            a.i = Some(*i);
+        }
+        Attr::Ints(v) => {
+            a.r#type = Some(attribute_type::INTS);
+            a.ints = v.clone();
+        }
+        Attr::Float(f) => {
+            a.r#type = Some(attribute_type::FLOAT);
+            a.f = Some(*f);
+        }
+        Attr::Str(s) => {
+            a.r#type = Some(attribute_type::STRING);
+            a.s = Some(s.as_bytes().to_vec());
+        }
+    }
+    a
+}
+
+/// A float tensor stored as little-endian raw data.
+pub fn f32_tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+    let mut raw = Vec::with_capacity(data.len() * 4);
+    for x in data {
+        raw.extend_from_slice(&x.to_le_bytes());
+    }
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::FLOAT),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+/// An int64 tensor stored as little-endian raw data.
+pub fn i64_tensor(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
+    let mut raw = Vec::with_capacity(data.len() * 8);
+    for x in data {
+        raw.extend_from_slice(&x.to_le_bytes());
+    }
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::INT64),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+/// One dimension of a declared graph input or output.
+#[derive(Clone, Debug)]
+pub enum DimSpec {
+    /// A fixed size.
+    Fixed(usize),
+    /// A named dynamic dimension.
+    Named(String),
+}
+
+/// A float tensor value-info with the given dims.
+pub fn f32_value_info(name: &str, dims: &[DimSpec]) -> ValueInfoProto {
+    use tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                DimSpec::Fixed(n) => Value::DimValue(*n as i64),
+                DimSpec::Named(s) => Value::DimParam(s.clone()),
+            }),
+            denotation: None,
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(data_type::FLOAT),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Builds a graph node by node, creating seeded initializers as it goes.
+pub struct GraphBuilder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    rng: SeededRng,
+}
+
+impl GraphBuilder {
+    /// A builder whose weights come from `seed`.
+    pub fn new(seed: u64) -> GraphBuilder {
+        GraphBuilder {
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            rng: SeededRng::new(seed),
+        }
+    }
+
+    /// Adds an initializer and returns its name.
+    pub fn initializer(&mut self, t: TensorProto) -> String {
+        let name = t.name.clone().unwrap_or_default();
+        self.initializers.push(t);
+        name
+    }
+
+    /// Adds a node named `name` whose single output is also called `name`; returns it.
+    pub fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![name.to_string()],
+            name: Some(name.to_string()),
+            op_type: Some(op.to_string()),
+            attribute: attrs.iter().map(|(n, v)| attribute(n, v)).collect(),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    /// A 2-D convolution with Kaiming-normal weights (no bias unless `bias`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &mut self,
+        name: &str,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+    ) -> String {
+        let fan_in = (cin * k * k) as f64;
+        let std = (2.0 / fan_in).sqrt();
+        let w: Vec<f32> = (0..cout * cin * k * k)
+            .map(|_| (self.rng.normal() * std) as f32)
+            .collect();
+        let wn = self.initializer(f32_tensor(&format!("{name}.weight"), &[cout, cin, k, k], &w));
+        let mut inputs = vec![x.to_string(), wn];
+        if bias {
+            let bound = 1.0 / fan_in.sqrt();
+            let b: Vec<f32> = (0..cout)
+                .map(|_| self.rng.range(-bound, bound) as f32)
+                .collect();
+            inputs.push(self.initializer(f32_tensor(&format!("{name}.bias"), &[cout], &b)));
+        }
+        let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+        let p = pad as i64;
+        self.node(
+            "Conv",
+            name,
+            &refs,
+            &[
+                ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
+                ("strides", Attr::Ints(vec![stride as i64, stride as i64])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+            ],
+        )
+    }
+
+    /// BatchNormalization with random statistics; `gamma` is the range of the scale.
+    pub fn batch_norm(&mut self, name: &str, x: &str, c: usize, gamma: (f64, f64)) -> String {
+        let mut vec = |f: &mut dyn FnMut(&mut SeededRng) -> f64| -> Vec<f32> {
+            (0..c).map(|_| f(&mut self.rng) as f32).collect()
+        };
+        let scale = vec(&mut |r| r.range(gamma.0, gamma.1));
+        let shift = vec(&mut |r| r.normal() * 0.05);
+        let mean = vec(&mut |r| r.normal() * 0.05);
+        let var = vec(&mut |r| r.range(0.8, 1.2));
+        let s = self.initializer(f32_tensor(&format!("{name}.weight"), &[c], &scale));
+        let b = self.initializer(f32_tensor(&format!("{name}.bias"), &[c], &shift));
+        let m = self.initializer(f32_tensor(&format!("{name}.running_mean"), &[c], &mean));
+        let v = self.initializer(f32_tensor(&format!("{name}.running_var"), &[c], &var));
+        self.node(
+            "BatchNormalization",
+            name,
+            &[x, &s, &b, &m, &v],
+            &[("epsilon", Attr::Float(1e-5))],
+        )
+    }
+
+    /// ReLU.
+    pub fn relu(&mut self, name: &str, x: &str) -> String {
+        self.node("Relu", name, &[x], &[])
+    }
+
+    /// Max pooling with a square kernel.
+    pub fn max_pool(&mut self, name: &str, x: &str, k: usize, stride: usize, pad: usize) -> String {
+        let p = pad as i64;
+        self.node(
+            "MaxPool",
+            name,
+            &[x],
+            &[
+                ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
+                ("strides", Attr::Ints(vec![stride as i64, stride as i64])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+            ],
+        )
+    }
+
+    /// Average pooling with a square kernel and no padding.
+    pub fn avg_pool(&mut self, name: &str, x: &str, k: usize, stride: usize) -> String {
+        self.node(
+            "AveragePool",
+            name,
+            &[x],
+            &[
+                ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
+                ("strides", Attr::Ints(vec![stride as i64, stride as i64])),
+            ],
+        )
+    }
+
+    /// Global average pooling followed by flattening to (N, C).
+    pub fn global_pool_flatten(&mut self, name: &str, x: &str) -> String {
+        let g = self.node("GlobalAveragePool", &format!("{name}.pool"), &[x], &[]);
+        self.node("Flatten", &format!("{name}.flatten"), &[&g], &[("axis", Attr::Int(1))])
+    }
+
+    /// A fully connected layer (Gemm with transposed weight, PyTorch's `Linear`).
+    pub fn linear(&mut self, name: &str, x: &str, cin: usize, cout: usize) -> String {
+        let bound = 1.0 / (cin as f64).sqrt();
+        let w: Vec<f32> = (0..cout * cin)
+            .map(|_| self.rng.range(-bound, bound) as f32)
+            .collect();
+        let b: Vec<f32> = (0..cout)
+            .map(|_| self.rng.range(-bound, bound) as f32)
+            .collect();
+        let wn = self.initializer(f32_tensor(&format!("{name}.weight"), &[cout, cin], &w));
+        let bn = self.initializer(f32_tensor(&format!("{name}.bias"), &[cout], &b));
+        self.node("Gemm", name, &[x, &wn, &bn], &[("transB", Attr::Int(1))])
+    }
+
+    /// Nearest-neighbour 2x spatial up-sampling (Resize, asymmetric / floor: exact on every engine).
+    pub fn upsample2x(&mut self, name: &str, x: &str) -> String {
+        let scales = self.initializer(f32_tensor(&format!("{name}.scales"), &[4], &[1.0, 1.0, 2.0, 2.0]));
+        self.node(
+            "Resize",
+            name,
+            &[x, "", &scales],
+            &[
+                ("mode", Attr::Str("nearest".into())),
+                ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
+                ("nearest_mode", Attr::Str("floor".into())),
+            ],
+        )
+    }
+
+    /// Finishes the model.
+    pub fn finish(
+        self,
+        graph_name: &str,
+        inputs: Vec<ValueInfoProto>,
+        outputs: Vec<ValueInfoProto>,
+        metadata: &[(&str, String)],
+    ) -> ModelProto {
+        ModelProto {
+            ir_version: Some(IR_VERSION),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(OPSET),
+            }],
+            producer_name: Some("medinfer".into()),
+            producer_version: Some(ZOO_FORMAT.into()),
+            graph: Some(GraphProto {
+                node: self.nodes,
+                name: Some(graph_name.to_string()),
+                initializer: self.initializers,
+                input: inputs,
+                output: outputs,
+                ..Default::default()
+            }),
+            metadata_props: metadata
+                .iter()
+                .map(|(k, v)| StringStringEntryProto {
+                    key: Some(k.to_string()),
+                    value: Some(v.clone()),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}

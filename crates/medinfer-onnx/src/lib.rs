@@ -1,0 +1,29 @@
+//! # medinfer-onnx
+//!
+//! ONNX models as data: loading and saving ([`load_model`], [`save_model`]), analysis
+//! ([`analyze`]: inputs, outputs, op histogram, trainable parameters, MACs), static shape
+//! inference ([`shapes`]), a graph builder ([`builder`]) and the seeded reference models that
+//! medinfer uses for speed work ([`zoo`]).
+//!
+//! ```
+//! use medinfer_onnx::{zoo, analyze};
+//! let model = zoo::build("resnet18-ct").unwrap();
+//! let info = analyze(&model, None);
+//! assert_eq!(info.trainable_parameters, 11_173_318);
+//! ```
+#![warn(missing_docs)]
+
+pub mod builder;
+mod info;
+mod model;
+pub mod proto;
+mod rng;
+pub mod shapes;
+pub mod zoo;
+
+pub use info::{analyze, Dim, ModelInfo, ValueInfo};
+pub use model::{
+    attr_f, attr_i, attr_ints, attr_s, decode_model, elem_type_name, encode_model, load_model,
+    save_model, tensor_dims, tensor_to_f32, OnnxError,
+};
+pub use rng::SeededRng;

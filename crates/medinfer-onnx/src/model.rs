@@ -1,0 +1,238 @@
+use crate::proto::{
+    attribute_type, data_type, AttributeProto, ModelProto, NodeProto, TensorProto,
+};
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+/// Why an ONNX file or model could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a protobuf-encoded ONNX model (wrong file type or truncated).
+    #[error("{path}: not a valid ONNX model (protobuf decoding failed: {reason}); is the file truncated or of another type?")]
+    Decode {
+        /// The file (or `<memory>`).
+        path: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The protobuf decoded but does not describe a usable model.
+    #[error("{path}: invalid ONNX model: {reason}")]
+    Invalid {
+        /// The file (or `<memory>`).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A zoo model name that does not exist.
+    #[error("unknown zoo model '{0}' (see `medinfer zoo list`)")]
+    UnknownZooModel(String),
+}
+
+/// Decodes and validates a model held in memory. `origin` names it in errors.
+pub fn decode_model(bytes: &[u8], origin: &str) -> Result<ModelProto, OnnxError> {
+    let model = ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
+        path: origin.to_string(),
+        reason: e.to_string(),
+    })?;
+    validate(&model, origin)?;
+    Ok(model)
+}
+
+/// Reads, decodes and validates an ONNX file.
+pub fn load_model(path: &Path) -> Result<ModelProto, OnnxError> {
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode_model(&bytes, &path.display().to_string())
+}
+
+/// Encodes a model to bytes.
+pub fn encode_model(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+/// Writes a model to a file (atomically: a temporary file renamed into place).
+pub fn save_model(model: &ModelProto, path: &Path) -> Result<(), OnnxError> {
+    let io = |source| OnnxError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("onnx.tmp");
+    std::fs::write(&tmp, encode_model(model)).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Structural checks that catch non-ONNX and truncated files which still happen to decode as
+/// protobuf: a graph with outputs and nodes, an opset, initializers whose data matches their dims.
+fn validate(model: &ModelProto, origin: &str) -> Result<(), OnnxError> {
+    let bad = |reason: String| OnnxError::Invalid {
+        path: origin.to_string(),
+        reason,
+    };
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| bad("no graph (is this an ONNX file?)".into()))?;
+    if model.ir_version.unwrap_or(0) <= 0 {
+        return Err(bad("missing ir_version (is this an ONNX file?)".into()));
+    }
+    if model.opset_import.is_empty() {
+        return Err(bad("no opset_import".into()));
+    }
+    if graph.output.is_empty() {
+        return Err(bad("the graph declares no output".into()));
+    }
+    if graph.node.is_empty() {
+        return Err(bad("the graph has no node".into()));
+    }
+    for t in &graph.initializer {
+        check_tensor_size(t).map_err(bad)?;
+    }
+    Ok(())
+}
+
+fn check_tensor_size(t: &TensorProto) -> Result<(), String> {
+    let name = t.name.clone().unwrap_or_default();
+    if t.data_location == Some(1) {
+        return Ok(()); // external data: checked when resolved
+    }
+    let mut numel: u128 = 1;
+    for &d in &t.dims {
+        if d < 0 {
+            return Err(format!("initializer '{name}' has a negative dimension {d}"));
+        }
+        numel = numel.saturating_mul(d as u128);
+    }
+    let elem = match t.data_type.unwrap_or(0) {
+        data_type::FLOAT | data_type::INT32 | data_type::UINT32 => 4,
+        data_type::DOUBLE | data_type::INT64 | data_type::UINT64 => 8,
+        data_type::UINT8 | data_type::INT8 | data_type::BOOL => 1,
+        data_type::FLOAT16 | data_type::BFLOAT16 | data_type::INT16 | data_type::UINT16 => 2,
+        _ => return Ok(()),
+    };
+    if let Some(raw) = &t.raw_data {
+        if raw.len() as u128 != numel * elem {
+            return Err(format!(
+                "initializer '{name}' holds {} bytes but its dims {:?} need {} (truncated file?)",
+                raw.len(),
+                t.dims,
+                numel * elem
+            ));
+        }
+    } else {
+        let stored = t.float_data.len()
+            + t.int32_data.len()
+            + t.int64_data.len()
+            + t.double_data.len()
+            + t.uint64_data.len();
+        if stored as u128 != numel {
+            return Err(format!(
+                "initializer '{name}' holds {stored} values but its dims {:?} need {numel}",
+                t.dims
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The dims of a tensor as `usize` (negative dims, already rejected by validation, become 0).
+pub fn tensor_dims(t: &TensorProto) -> Vec<usize> {
+    t.dims.iter().map(|&d| d.max(0) as usize).collect()
+}
+
+/// The values of a float, double, int32 or int64 tensor as f32 (`None` for other types or
+/// external data).
+pub fn tensor_to_f32(t: &TensorProto) -> Option<Vec<f32>> {
+    let dt = t.data_type.unwrap_or(0);
+    if let Some(raw) = &t.raw_data {
+        return match dt {
+            data_type::FLOAT => Some(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            data_type::INT64 => Some(
+                raw.chunks_exact(8)
+                    .map(|c| {
+                        let mut a = [0u8; 8];
+                        a.copy_from_slice(c);
+                        i64::from_le_bytes(a) as f32
+                    })
+                    .collect(),
+            ),
+            data_type::INT32 => Some(
+                raw.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+                    .collect(),
+            ),
+            _ => None,
+        };
+    }
+    match dt {
+        data_type::FLOAT => Some(t.float_data.clone()),
+        data_type::INT64 => Some(t.int64_data.iter().map(|&x| x as f32).collect()),
+        data_type::INT32 => Some(t.int32_data.iter().map(|&x| x as f32).collect()),
+        data_type::DOUBLE => Some(t.double_data.iter().map(|&x| x as f32).collect()),
+        _ => None,
+    }
+}
+
+fn find_attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+}
+
+/// An INT attribute.
+pub fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
+    find_attr(node, name).and_then(|a| a.i)
+}
+
+/// A FLOAT attribute.
+pub fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
+    find_attr(node, name).and_then(|a| a.f)
+}
+
+/// An INTS attribute.
+pub fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    find_attr(node, name)
+        .filter(|a| a.r#type == Some(attribute_type::INTS) || !a.ints.is_empty())
+        .map(|a| a.ints.clone())
+}
+
+/// A STRING attribute.
+pub fn attr_s(node: &NodeProto, name: &str) -> Option<String> {
+    find_attr(node, name)
+        .and_then(|a| a.s.as_ref())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+
+/// The name ONNX gives an element type (`float`, `int64`, ...).
+pub fn elem_type_name(t: i32) -> &'static str {
+    match t {
+        data_type::FLOAT => "float32",
+        data_type::UINT8 => "uint8",
+        data_type::INT8 => "int8",
+        data_type::UINT16 => "uint16",
+        data_type::INT16 => "int16",
+        data_type::INT32 => "int32",
+        data_type::INT64 => "int64",
+        data_type::STRING => "string",
+        data_type::BOOL => "bool",
+        data_type::FLOAT16 => "float16",
+        data_type::DOUBLE => "float64",
+        data_type::UINT32 => "uint32",
+        data_type::UINT64 => "uint64",
+        data_type::BFLOAT16 => "bfloat16",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,81 @@
+//! Zoo models: parameter counts (torchvision's counts for the same configurations), shapes,
+//! determinism and structural validity.
+use medinfer_onnx::{analyze, decode_model, encode_model, zoo, Dim};
+
+fn count(name: &str) -> u64 {
+    analyze(&zoo::build(name).unwrap(), None).trainable_parameters
+}
+
+#[test]
+fn densenet121_cxr_has_torchvisions_parameter_count() {
+    // torchvision densenet121(num_classes=18) with conv0 taking 1 channel.
+    assert_eq!(count("densenet121-cxr"), 6_966_034);
+}
+
+#[test]
+fn resnet50_fmri_has_torchvisions_parameter_count() {
+    assert_eq!(count("resnet50-fmri"), 23_528_522);
+}
+
+#[test]
+fn resnet18_ct_has_torchvisions_parameter_count() {
+    assert_eq!(count("resnet18-ct"), 11_173_318);
+}
+
+#[test]
+fn unet_cardiac_parameter_count_is_pinned() {
+    // Independent count: enc 1-16-32-64-128, bottleneck 256, up-convs, decoders, 1x1 head.
+    fn conv_bn(cin: u64, cout: u64, k: u64) -> u64 {
+        cin * cout * k * k + 2 * cout
+    }
+    let mut total = 0;
+    let mut c = 1;
+    for out in [16, 32, 64, 128, 256] {
+        total += conv_bn(c, out, 3) + conv_bn(out, out, 3);
+        c = out;
+    }
+    for sc in [128, 64, 32, 16] {
+        total += conv_bn(c, sc, 3) + conv_bn(2 * sc, sc, 3) + conv_bn(sc, sc, 3);
+        c = sc;
+    }
+    total += 16 * 4 + 4;
+    assert_eq!(count("unet-cardiac"), total);
+}
+
+#[test]
+fn zoo_models_are_byte_identical_across_builds_and_round_trip() {
+    for e in zoo::ENTRIES {
+        let a = encode_model(&zoo::build(e.name).unwrap());
+        let b = encode_model(&zoo::build(e.name).unwrap());
+        assert!(a == b, "{} is not deterministic", e.name);
+        let decoded = decode_model(&a, e.name).unwrap();
+        assert!(encode_model(&decoded) == a, "{} does not round-trip", e.name);
+    }
+}
+
+#[test]
+fn zoo_shapes_and_macs_are_inferred() {
+    for e in zoo::ENTRIES {
+        let info = analyze(&zoo::build(e.name).unwrap(), None);
+        assert_eq!(info.inputs.len(), 1);
+        assert_eq!(info.inputs[0].shape[0], Dim::Dynamic("batch".into()));
+        assert!(info.shape_inference_unknown_ops.is_empty(), "{:?}", info.shape_inference_unknown_ops);
+        let macs = info.macs.expect("all shapes known");
+        assert!(macs > 10_000_000, "{}: {macs}", e.name);
+        assert!(info.opset >= 13);
+    }
+    // DenseNet-121 at 224x224 with 3 channels is ~2.87 GMACs; with 1 channel slightly less.
+    let d = analyze(&zoo::build("densenet121-cxr").unwrap(), None).macs.unwrap();
+    assert!((2_700_000_000..2_900_000_000).contains(&d), "{d}");
+}
+
+#[test]
+fn corrupt_bytes_are_rejected_with_a_reason() {
+    let bytes = encode_model(&zoo::build("resnet18-ct").unwrap());
+    let err = decode_model(&bytes[..bytes.len() / 2], "half.onnx").unwrap_err().to_string();
+    assert!(err.contains("half.onnx"), "{err}");
+    let err = decode_model(b"\x89PNG\r\n\x1a\n not a model", "x.png").unwrap_err().to_string();
+    assert!(err.contains("x.png"), "{err}");
+    let err = decode_model(b"", "empty.onnx").unwrap_err().to_string();
+    assert!(err.contains("no graph"), "{err}");
+}
