@@ -66,7 +66,11 @@ pub fn save_model(model: &ModelProto, path: &Path) -> Result<(), OnnxError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("onnx.tmp");
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
     std::fs::write(&tmp, encode_model(model)).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
