@@ -1,1 +1,289 @@
+//! # medinfer-bench
+//!
+//! Measures a model on one engine configuration the way the published deployments were judged:
+//! load (compile) time, first inference, warm-up, then `runs` timed requests, either one after
+//! another on all threads (latency mode) or with a request in flight on every stream
+//! (throughput mode). Reports latency mean / std / min / p50 / p90 / p99 / max, items per second
+//! and peak resident memory. [`render_table`] and [`render_svg`] present several configurations
+//! side by side with speed-ups against the first.
+#![warn(missing_docs)]
 
+mod chart;
+mod rss;
+
+pub use chart::render_svg;
+pub use rss::{peak_rss_mb, reset_peak_rss};
+
+use medinfer_core::Tensor;
+use medinfer_engine::{load_on, BackendKind, EngineError, Mode, Precision, SessionOptions};
+use medinfer_onnx::SeededRng;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// One configuration to measure.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Backend.
+    pub backend: BackendKind,
+    /// Precision.
+    pub precision: Precision,
+    /// Mode.
+    pub mode: Mode,
+    /// Streams (throughput mode), automatic when `None`.
+    pub streams: Option<usize>,
+    /// Threads per stream, automatic when `None`.
+    pub threads: Option<usize>,
+    /// Batch size for a dynamic batch dimension, the model's default when `None`.
+    pub batch: Option<usize>,
+    /// Timed requests.
+    pub runs: usize,
+    /// Untimed warm-up requests (after the first inference).
+    pub warmup: usize,
+}
+
+/// Latency statistics in milliseconds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LatencyStats {
+    /// Mean.
+    pub mean: f64,
+    /// Population standard deviation.
+    pub std: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// Result of one configuration; the JSON keys are part of medinfer's interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// Model file name.
+    pub model: String,
+    /// SHA-256 of the model file.
+    pub model_sha256: String,
+    /// Backend.
+    pub backend: BackendKind,
+    /// Backend version.
+    pub backend_version: String,
+    /// Precision requested.
+    pub precision: Precision,
+    /// Precision the engine reports it ran with.
+    pub effective_precision: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Batch size (items per request).
+    pub batch: usize,
+    /// Streams.
+    pub streams: usize,
+    /// Threads per stream.
+    pub threads: usize,
+    /// Timed requests.
+    pub runs: usize,
+    /// Warm-up requests.
+    pub warmup: usize,
+    /// Load + compile time.
+    pub load_ms: f64,
+    /// First inference after loading.
+    pub first_inference_ms: f64,
+    /// Per-request latency.
+    pub latency_ms: LatencyStats,
+    /// Items per second (batch x requests per second).
+    pub throughput_per_s: f64,
+    /// Peak resident memory of the process during this configuration.
+    pub peak_rss_mb: f64,
+    /// Engine facts read back after compilation.
+    pub notes: Vec<String>,
+}
+
+/// Latency statistics of samples in milliseconds (nearest-rank percentiles).
+pub fn latency_stats(samples: &[f64]) -> LatencyStats {
+    if samples.is_empty() {
+        return LatencyStats { mean: 0.0, std: 0.0, min: 0.0, p50: 0.0, p90: 0.0, p99: 0.0, max: 0.0 };
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len() as f64;
+    let mean = s.iter().sum::<f64>() / n;
+    let std = (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let pct = |p: f64| s[(((p / 100.0) * n).ceil() as usize).clamp(1, s.len()) - 1];
+    LatencyStats { mean, std, min: s[0], p50: pct(50.0), p90: pct(90.0), p99: pct(99.0), max: s[s.len() - 1] }
+}
+
+/// Seeded standard-normal inputs matching a session's inputs (integer inputs get zeros).
+pub fn seeded_inputs(specs: &[medinfer_engine::TensorSpec], seed: u64) -> Vec<Tensor> {
+    let mut r = SeededRng::new(seed);
+    specs
+        .iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            if s.dtype == medinfer_core::DType::F32 {
+                Tensor::from_f32(s.shape.clone(), (0..n).map(|_| r.normal() as f32).collect())
+            } else {
+                Tensor::zeros(s.dtype, s.shape.clone())
+            }
+            .expect("shape from a loaded session")
+        })
+        .collect()
+}
+
+/// Measures one configuration. `tick` is called once per finished request (warm-up included),
+/// for progress bars.
+pub fn run(model: &Path, model_sha256: &str, cfg: &BenchConfig, tick: &(dyn Fn() + Sync)) -> Result<BenchResult, EngineError> {
+    reset_peak_rss();
+    let opts = SessionOptions {
+        precision: cfg.precision,
+        mode: cfg.mode,
+        streams: cfg.streams,
+        threads: cfg.threads,
+        batch: cfg.batch,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let session = load_on(cfg.backend, model, &opts)?;
+    let load_ms = ms(t0);
+    let inputs = seeded_inputs(session.inputs(), 1);
+    let t1 = Instant::now();
+    session.run(&inputs)?;
+    let first_inference_ms = ms(t1);
+    tick();
+    let info = session.info().clone();
+    let streams = info.streams;
+
+    // Requests are handed out from one counter to `streams` client threads (1 in latency mode),
+    // so every stream always has a request in flight.
+    let drive = |count: usize, record: bool| -> Result<(Vec<f64>, f64), EngineError> {
+        let next = AtomicUsize::new(0);
+        let samples = Mutex::new(Vec::with_capacity(count));
+        let failure: Mutex<Option<EngineError>> = Mutex::new(None);
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..streams {
+                scope.spawn(|| {
+                    while next.fetch_add(1, Ordering::Relaxed) < count {
+                        let t = Instant::now();
+                        if let Err(e) = session.run(&inputs) {
+                            failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            next.store(count, Ordering::Relaxed);
+                            return;
+                        }
+                        if record {
+                            samples.lock().unwrap_or_else(|p| p.into_inner()).push(ms(t));
+                        }
+                        tick();
+                    }
+                });
+            }
+        });
+        let wall = start.elapsed().as_secs_f64();
+        if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        Ok((samples.into_inner().unwrap_or_else(|p| p.into_inner()), wall))
+    };
+    drive(cfg.warmup, false)?;
+    let (samples, wall) = drive(cfg.runs, true)?;
+    let batch = session.inputs().first().and_then(|s| s.shape.first().copied()).unwrap_or(1);
+    let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(BenchResult {
+        model: model_name,
+        model_sha256: model_sha256.to_string(),
+        backend: info.backend,
+        backend_version: info.backend_version,
+        precision: info.precision,
+        effective_precision: info.effective_precision,
+        mode: info.mode,
+        batch,
+        streams: info.streams,
+        threads: info.threads,
+        runs: cfg.runs,
+        warmup: cfg.warmup,
+        load_ms,
+        first_inference_ms,
+        latency_ms: latency_stats(&samples),
+        throughput_per_s: if wall > 0.0 { (batch * cfg.runs) as f64 / wall } else { 0.0 },
+        peak_rss_mb: peak_rss_mb(),
+        notes: info.notes,
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// A plain-text table of results, with speed-ups against the first row.
+pub fn render_table(results: &[BenchResult]) -> String {
+    let header = [
+        "backend", "precision", "mode", "batch", "streams x thr", "load ms", "first ms", "mean ms", "std", "p50", "p90", "p99",
+        "items/s", "speed-up", "RSS MB",
+    ];
+    let base = results.first().map(|r| r.throughput_per_s).unwrap_or(1.0);
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{} {}", r.backend, r.backend_version),
+                r.effective_precision.clone(),
+                r.mode.to_string(),
+                r.batch.to_string(),
+                format!("{} x {}", r.streams, r.threads),
+                format!("{:.0}", r.load_ms),
+                format!("{:.1}", r.first_inference_ms),
+                format!("{:.2}", r.latency_ms.mean),
+                format!("{:.2}", r.latency_ms.std),
+                format!("{:.2}", r.latency_ms.p50),
+                format!("{:.2}", r.latency_ms.p90),
+                format!("{:.2}", r.latency_ms.p99),
+                format!("{:.1}", r.throughput_per_s),
+                format!("{:.2}x", r.throughput_per_s / base.max(f64::MIN_POSITIVE)),
+                format!("{:.0}", r.peak_rss_mb),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| -> String {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i < 3 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(header.iter().map(|s| s.to_string()).collect());
+    out.push('\n');
+    out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let s: Vec<f64> = (1..=100).map(|i| i as f64).collect();
+        let st = latency_stats(&s);
+        assert_eq!((st.min, st.p50, st.p90, st.p99, st.max), (1.0, 50.0, 90.0, 99.0, 100.0));
+        assert!((st.mean - 50.5).abs() < 1e-12);
+        assert!((st.std - 28.866_070_047_722_118).abs() < 1e-9);
+        let one = latency_stats(&[3.0]);
+        assert_eq!((one.p50, one.p99, one.std), (3.0, 3.0, 0.0));
+    }
+}

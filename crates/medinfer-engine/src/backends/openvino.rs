@@ -28,6 +28,7 @@ fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
         openvino_sys::library::load_from(&found.path)
             .map_err(|e| (format!("cannot load {}: {e}", found.path.display()), fix))?;
         let version = guard(KIND, "reading the version", || Ok(openvino::version().build_number))
+            .map(|v| v.split('-').next().unwrap_or(&v).to_string())
             .map_err(|e| (format!("{} loaded but does not answer: {e}", found.path.display()), fix))?;
         Ok(Runtime { path: found.path, source: found.source, version })
     })
