@@ -3,7 +3,9 @@
 use crate::BenchResult;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Horizontal bars of items/s, one per configuration, labelled with backend, precision, mode
@@ -16,7 +18,11 @@ pub fn render_svg(title: &str, results: &[BenchResult]) -> String {
     let plot_w = width - left - 140.0;
     let top = 50.0;
     let height = top + results.len() as f64 * (bar_h + gap) + 40.0;
-    let max = results.iter().map(|r| r.throughput_per_s).fold(0.0f64, f64::max).max(f64::MIN_POSITIVE);
+    let max = results
+        .iter()
+        .map(|r| r.throughput_per_s)
+        .fold(0.0f64, f64::max)
+        .max(f64::MIN_POSITIVE);
     let colour = |b: &str| match b {
         "openvino" => "#1f77b4",
         "ort" => "#ff7f0e",
@@ -33,7 +39,10 @@ pub fn render_svg(title: &str, results: &[BenchResult]) -> String {
     for (i, r) in results.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let w = plot_w * r.throughput_per_s / max;
-        let label = format!("{} {} {} {}x{} b{}", r.backend, r.effective_precision, r.mode, r.streams, r.threads, r.batch);
+        let label = format!(
+            "{} {} {} {}x{} b{}",
+            r.backend, r.effective_precision, r.mode, r.streams, r.threads, r.batch
+        );
         s.push_str(&format!(
             r#"<text x="{lx}" y="{ty}" text-anchor="end">{label}</text>
 <rect x="{left}" y="{y}" width="{w:.1}" height="{bar_h}" fill="{c}"/>

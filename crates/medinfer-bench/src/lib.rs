@@ -107,7 +107,15 @@ pub struct BenchResult {
 /// Latency statistics of samples in milliseconds (nearest-rank percentiles).
 pub fn latency_stats(samples: &[f64]) -> LatencyStats {
     if samples.is_empty() {
-        return LatencyStats { mean: 0.0, std: 0.0, min: 0.0, p50: 0.0, p90: 0.0, p99: 0.0, max: 0.0 };
+        return LatencyStats {
+            mean: 0.0,
+            std: 0.0,
+            min: 0.0,
+            p50: 0.0,
+            p90: 0.0,
+            p99: 0.0,
+            max: 0.0,
+        };
     }
     let mut s = samples.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -115,7 +123,15 @@ pub fn latency_stats(samples: &[f64]) -> LatencyStats {
     let mean = s.iter().sum::<f64>() / n;
     let std = (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
     let pct = |p: f64| s[(((p / 100.0) * n).ceil() as usize).clamp(1, s.len()) - 1];
-    LatencyStats { mean, std, min: s[0], p50: pct(50.0), p90: pct(90.0), p99: pct(99.0), max: s[s.len() - 1] }
+    LatencyStats {
+        mean,
+        std,
+        min: s[0],
+        p50: pct(50.0),
+        p90: pct(90.0),
+        p99: pct(99.0),
+        max: s[s.len() - 1],
+    }
 }
 
 /// Seeded standard-normal inputs matching a session's inputs (integer inputs get zeros).
@@ -137,7 +153,12 @@ pub fn seeded_inputs(specs: &[medinfer_engine::TensorSpec], seed: u64) -> Vec<Te
 
 /// Measures one configuration. `tick` is called once per finished request (warm-up included),
 /// for progress bars.
-pub fn run(model: &Path, model_sha256: &str, cfg: &BenchConfig, tick: &(dyn Fn() + Sync)) -> Result<BenchResult, EngineError> {
+pub fn run(
+    model: &Path,
+    model_sha256: &str,
+    cfg: &BenchConfig,
+    tick: &(dyn Fn() + Sync),
+) -> Result<BenchResult, EngineError> {
     reset_peak_rss();
     let opts = SessionOptions {
         precision: cfg.precision,
@@ -171,12 +192,18 @@ pub fn run(model: &Path, model_sha256: &str, cfg: &BenchConfig, tick: &(dyn Fn()
                     while next.fetch_add(1, Ordering::Relaxed) < count {
                         let t = Instant::now();
                         if let Err(e) = session.run(&inputs) {
-                            failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            failure
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
                             next.store(count, Ordering::Relaxed);
                             return;
                         }
                         if record {
-                            samples.lock().unwrap_or_else(|p| p.into_inner()).push(ms(t));
+                            samples
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(ms(t));
                         }
                         tick();
                     }
@@ -187,12 +214,22 @@ pub fn run(model: &Path, model_sha256: &str, cfg: &BenchConfig, tick: &(dyn Fn()
         if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
-        Ok((samples.into_inner().unwrap_or_else(|p| p.into_inner()), wall))
+        Ok((
+            samples.into_inner().unwrap_or_else(|p| p.into_inner()),
+            wall,
+        ))
     };
     drive(cfg.warmup, false)?;
     let (samples, wall) = drive(cfg.runs, true)?;
-    let batch = session.inputs().first().and_then(|s| s.shape.first().copied()).unwrap_or(1);
-    let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let batch = session
+        .inputs()
+        .first()
+        .and_then(|s| s.shape.first().copied())
+        .unwrap_or(1);
+    let model_name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(BenchResult {
         model: model_name,
         model_sha256: model_sha256.to_string(),
@@ -209,7 +246,11 @@ pub fn run(model: &Path, model_sha256: &str, cfg: &BenchConfig, tick: &(dyn Fn()
         load_ms,
         first_inference_ms,
         latency_ms: latency_stats(&samples),
-        throughput_per_s: if wall > 0.0 { (batch * cfg.runs) as f64 / wall } else { 0.0 },
+        throughput_per_s: if wall > 0.0 {
+            (batch * cfg.runs) as f64 / wall
+        } else {
+            0.0
+        },
         peak_rss_mb: peak_rss_mb(),
         notes: info.notes,
     })
@@ -222,8 +263,21 @@ fn ms(t: Instant) -> f64 {
 /// A plain-text table of results, with speed-ups against the first row.
 pub fn render_table(results: &[BenchResult]) -> String {
     let header = [
-        "backend", "precision", "mode", "batch", "streams x thr", "load ms", "first ms", "mean ms", "std", "p50", "p90", "p99",
-        "items/s", "speed-up", "RSS MB",
+        "backend",
+        "precision",
+        "mode",
+        "batch",
+        "streams x thr",
+        "load ms",
+        "first ms",
+        "mean ms",
+        "std",
+        "p50",
+        "p90",
+        "p99",
+        "items/s",
+        "speed-up",
+        "RSS MB",
     ];
     let base = results.first().map(|r| r.throughput_per_s).unwrap_or(1.0);
     let rows: Vec<Vec<String>> = results
@@ -249,13 +303,25 @@ pub fn render_table(results: &[BenchResult]) -> String {
         })
         .collect();
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<String>| -> String {
         cells
             .iter()
             .enumerate()
-            .map(|(i, c)| if i < 3 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i < 3 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
@@ -263,7 +329,13 @@ pub fn render_table(results: &[BenchResult]) -> String {
     };
     let mut out = line(header.iter().map(|s| s.to_string()).collect());
     out.push('\n');
-    out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    out.push_str(
+        &widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
     out.push('\n');
     for r in rows {
         out.push_str(&line(r));
@@ -280,9 +352,13 @@ mod tests {
     fn percentiles_use_nearest_rank() {
         let s: Vec<f64> = (1..=100).map(|i| i as f64).collect();
         let st = latency_stats(&s);
-        assert_eq!((st.min, st.p50, st.p90, st.p99, st.max), (1.0, 50.0, 90.0, 99.0, 100.0));
+        assert_eq!(
+            (st.min, st.p50, st.p90, st.p99, st.max),
+            (1.0, 50.0, 90.0, 99.0, 100.0)
+        );
         assert!((st.mean - 50.5).abs() < 1e-12);
-        assert!((st.std - 28.866_070_047_722_118).abs() < 1e-9);
+        // Population std of 1..=100 is sqrt((100^2 - 1) / 12).
+        assert!((st.std - (9999.0f64 / 12.0).sqrt()).abs() < 1e-9);
         let one = latency_stats(&[3.0]);
         assert_eq!((one.p50, one.p99, one.std), (3.0, 3.0, 0.0));
     }

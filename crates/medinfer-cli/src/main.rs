@@ -183,7 +183,9 @@ fn resolve_model(arg: &str) -> Result<PathBuf> {
         return Ok(p);
     }
     if zoo::entry(arg).is_ok() {
-        let dir = runtimes::home().join("zoo").join(medinfer_onnx::builder::ZOO_FORMAT);
+        let dir = runtimes::home()
+            .join("zoo")
+            .join(medinfer_onnx::builder::ZOO_FORMAT);
         let file = dir.join(format!("{arg}.onnx"));
         if !file.exists() {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -206,13 +208,23 @@ fn cmd_runtimes(a: RuntimesArgs) -> Result<()> {
             eprintln!("installed into {}", runtimes::runtimes_dir().display());
             for (name, rec) in [("onnxruntime", &m.onnxruntime), ("openvino", &m.openvino)] {
                 if let Some(r) = rec {
-                    eprintln!("  {name} {}: {} ({} files, sha256 {})", r.version, r.library, r.files, &r.library_sha256[..16]);
+                    eprintln!(
+                        "  {name} {}: {} ({} files, sha256 {})",
+                        r.version,
+                        r.library,
+                        r.files,
+                        &r.library_sha256[..16]
+                    );
                 }
             }
             // Prove the libraries load.
             for av in availability_all() {
                 if !av.available {
-                    bail!("{} was installed but does not load: {}", av.backend, av.reason.unwrap_or_default());
+                    bail!(
+                        "{} was installed but does not load: {}",
+                        av.backend,
+                        av.reason.unwrap_or_default()
+                    );
                 }
             }
             Ok(())
@@ -238,13 +250,22 @@ fn cmd_runtimes(a: RuntimesArgs) -> Result<()> {
             if a.json {
                 return print_json(&all);
             }
-            println!("{:<9} {:<10} {:<12} {:<16} library / reason", "backend", "status", "version", "found via");
+            println!(
+                "{:<9} {:<10} {:<12} {:<16} library / reason",
+                "backend", "status", "version", "found via"
+            );
             for av in all {
                 let status = if av.available { "available" } else { "missing" };
                 let detail = if av.available {
-                    av.library.map(|p| p.display().to_string()).unwrap_or_else(|| "(built in)".into())
+                    av.library
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "(built in)".into())
                 } else {
-                    format!("{} (fix: {})", av.reason.unwrap_or_default(), av.fix.unwrap_or_default())
+                    format!(
+                        "{} (fix: {})",
+                        av.reason.unwrap_or_default(),
+                        av.fix.unwrap_or_default()
+                    )
                 };
                 println!(
                     "{:<9} {:<10} {:<12} {:<16} {}",
@@ -273,13 +294,23 @@ fn cmd_zoo(c: ZooCommand) -> Result<()> {
             }
             let rows: Vec<Row> = zoo::ENTRIES
                 .iter()
-                .map(|e| Row { name: e.name, description: e.description, stands_for: e.stands_for, input_shape: e.input_shape })
+                .map(|e| Row {
+                    name: e.name,
+                    description: e.description,
+                    stands_for: e.stands_for,
+                    input_shape: e.input_shape,
+                })
                 .collect();
             if json {
                 return print_json(&rows);
             }
             for r in rows {
-                println!("{:<16} {:<18} {}", r.name, format!("{:?}", r.input_shape), r.description);
+                println!(
+                    "{:<16} {:<18} {}",
+                    r.name,
+                    format!("{:?}", r.input_shape),
+                    r.description
+                );
             }
             println!("(batch is a dynamic dimension; the shape shows the nominal batch. Weights are seeded and untrained.)");
             Ok(())
@@ -309,24 +340,49 @@ fn cmd_info(model: &str, json: bool) -> Result<()> {
         return print_json(&info);
     }
     let shape = |v: &medinfer_onnx::ValueInfo| {
-        format!("{} {} [{}]", v.name, v.dtype, v.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+        format!(
+            "{} {} [{}]",
+            v.name,
+            v.dtype,
+            v.shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
     println!("model       {}", path.display());
     println!("sha256      {}", info.sha256);
     println!("size        {:.2} MB", info.file_size as f64 / 1e6);
-    println!("producer    {} (IR {}, opset {})", info.producer, info.ir_version, info.opset);
+    println!(
+        "producer    {} (IR {}, opset {})",
+        info.producer, info.ir_version, info.opset
+    );
     for i in &info.inputs {
         println!("input       {}", shape(i));
     }
     for o in &info.outputs {
         println!("output      {}", shape(o));
     }
-    println!("parameters  {} trainable ({} initializer elements)", info.trainable_parameters, info.initializer_elements);
+    println!(
+        "parameters  {} trainable ({} initializer elements)",
+        info.trainable_parameters, info.initializer_elements
+    );
     match info.macs {
-        Some(m) => println!("MACs        {:.3} G at {:?}", m as f64 / 1e9, info.macs_input_shapes),
-        None => println!("MACs        unknown (shapes not inferred past: {})", info.shape_inference_unknown_ops.join(", ")),
+        Some(m) => println!(
+            "MACs        {:.3} G at {:?}",
+            m as f64 / 1e9,
+            info.macs_input_shapes
+        ),
+        None => println!(
+            "MACs        unknown (shapes not inferred past: {})",
+            info.shape_inference_unknown_ops.join(", ")
+        ),
     }
-    println!("quantized   {}", if info.quantized { "yes (QDQ)" } else { "no" });
+    println!(
+        "quantized   {}",
+        if info.quantized { "yes (QDQ)" } else { "no" }
+    );
     println!("nodes       {}", info.nodes);
     for (op, n) in &info.op_histogram {
         println!("  {op:<24} {n}");
@@ -338,7 +394,15 @@ fn cmd_info(model: &str, json: bool) -> Result<()> {
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn cmd_infer(a: InferArgs) -> Result<()> {
@@ -351,12 +415,19 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
         let (name, file) = match spec.split_once('=') {
             Some((n, f)) => (n.to_string(), f.to_string()),
             None if info.inputs.len() == 1 => (info.inputs[0].name.clone(), spec.clone()),
-            None => bail!("{spec}: the model has {} inputs; write NAME=FILE.npy", info.inputs.len()),
+            None => bail!(
+                "{spec}: the model has {} inputs; write NAME=FILE.npy",
+                info.inputs.len()
+            ),
         };
         if !info.inputs.iter().any(|i| i.name == name) {
             bail!(
                 "the model has no input '{name}' (inputs: {})",
-                info.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                info.inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         given.insert(name, medinfer_io::npy::read(Path::new(&file))?);
@@ -364,12 +435,19 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
     let mut ordered = Vec::new();
     let mut input_shapes = HashMap::new();
     for i in &info.inputs {
-        let t = given.remove(&i.name).ok_or_else(|| anyhow!("missing input '{}' (give --input {}=FILE.npy)", i.name, i.name))?;
+        let t = given.remove(&i.name).ok_or_else(|| {
+            anyhow!(
+                "missing input '{}' (give --input {}=FILE.npy)",
+                i.name,
+                i.name
+            )
+        })?;
         input_shapes.insert(i.name.clone(), t.shape().to_vec());
         ordered.push(t);
     }
     let opts = SessionOptions {
-        precision: Precision::parse(&a.precision).ok_or_else(|| anyhow!("unknown precision '{}' (fp32 or bf16)", a.precision))?,
+        precision: Precision::parse(&a.precision)
+            .ok_or_else(|| anyhow!("unknown precision '{}' (fp32 or bf16)", a.precision))?,
         threads: a.threads,
         input_shapes,
         ..Default::default()
@@ -378,7 +456,8 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let outputs = session.run(&ordered)?;
     let elapsed_ms = t.elapsed().as_secs_f64() * 1e3;
-    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("creating {}", a.output.display()))?;
     #[derive(Serialize)]
     struct Out {
         name: String,
@@ -394,7 +473,11 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
         let file = a.output.join(format!("{}.npy", sanitize(&spec.name)));
         medinfer_io::npy::write(&file, t)?;
         let v = t.to_f64_vec();
-        let (min, max) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let (min, max) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
         written.push(Out {
             name: spec.name.clone(),
             file,
@@ -414,18 +497,44 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
             inference_ms: f64,
             outputs: Vec<Out>,
         }
-        return print_json(&Summary { model: path.display().to_string(), model_sha256: info.sha256, session: session.info(), inference_ms: elapsed_ms, outputs: written });
+        return print_json(&Summary {
+            model: path.display().to_string(),
+            model_sha256: info.sha256,
+            session: session.info(),
+            inference_ms: elapsed_ms,
+            outputs: written,
+        });
     }
     let si = session.info();
-    println!("{} on {} {} ({}, {} thread(s)) in {elapsed_ms:.1} ms", path.display(), si.backend, si.backend_version, si.effective_precision, si.threads);
+    println!(
+        "{} on {} {} ({}, {} thread(s)) in {elapsed_ms:.1} ms",
+        path.display(),
+        si.backend,
+        si.backend_version,
+        si.effective_precision,
+        si.threads
+    );
     for o in written {
-        println!("  {} {} {:?} -> {} (min {:.4}, max {:.4}, mean {:.4})", o.name, o.dtype, o.shape, o.file.display(), o.min, o.max, o.mean);
+        println!(
+            "  {} {} {:?} -> {} (min {:.4}, max {:.4}, mean {:.4})",
+            o.name,
+            o.dtype,
+            o.shape,
+            o.file.display(),
+            o.min,
+            o.max,
+            o.mean
+        );
     }
     Ok(())
 }
 
 fn parse_list<T>(s: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
-    s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(|x| parse(x).ok_or_else(|| anyhow!("unknown {what} '{x}'"))).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| parse(x).ok_or_else(|| anyhow!("unknown {what} '{x}'")))
+        .collect()
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
@@ -439,7 +548,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             if av.available {
                 v.push(av.backend);
             } else {
-                eprintln!("note: skipping {}: {} (fix: {})", av.backend, av.reason.unwrap_or_default(), av.fix.unwrap_or_default());
+                eprintln!(
+                    "note: skipping {}: {} (fix: {})",
+                    av.backend,
+                    av.reason.unwrap_or_default(),
+                    av.fix.unwrap_or_default()
+                );
             }
         }
         v.reverse(); // tract (the embedded default) first: the speed-up baseline
@@ -449,7 +563,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         for k in &v {
             let av = medinfer_engine::backend(*k).availability();
             if !av.available {
-                bail!("backend {k} is unavailable: {} (fix: {})", av.reason.unwrap_or_default(), av.fix.unwrap_or_default());
+                bail!(
+                    "backend {k} is unavailable: {} (fix: {})",
+                    av.reason.unwrap_or_default(),
+                    av.fix.unwrap_or_default()
+                );
             }
         }
         v
@@ -467,7 +585,16 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 continue;
             }
             for &mode in &modes {
-                configs.push(BenchConfig { backend, precision, mode, streams: a.streams, threads: a.threads, batch: a.batch, runs: a.runs, warmup: a.warmup });
+                configs.push(BenchConfig {
+                    backend,
+                    precision,
+                    mode,
+                    streams: a.streams,
+                    threads: a.threads,
+                    batch: a.batch,
+                    runs: a.runs,
+                    warmup: a.warmup,
+                });
             }
         }
     }
@@ -476,26 +603,47 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let bar = ProgressBar::new((configs.len() * (1 + a.warmup + a.runs)) as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} requests  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} requests  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut results: Vec<BenchResult> = Vec::new();
     for cfg in &configs {
         bar.set_message(format!("{} {} {}", cfg.backend, cfg.precision, cfg.mode));
-        let r = medinfer_bench::run(&path, &sha, cfg, &|| bar.inc(1))
-            .with_context(|| format!("benchmarking {} on {} {} {}", path.display(), cfg.backend, cfg.precision, cfg.mode))?;
+        let r = medinfer_bench::run(&path, &sha, cfg, &|| bar.inc(1)).with_context(|| {
+            format!(
+                "benchmarking {} on {} {} {}",
+                path.display(),
+                cfg.backend,
+                cfg.precision,
+                cfg.mode
+            )
+        })?;
         results.push(r);
     }
     bar.finish_and_clear();
     if let Some(chart) = &a.chart {
-        let title = format!("{} on {} core(s)", path.file_name().unwrap_or_default().to_string_lossy(), medinfer_core::usable_cores());
-        std::fs::write(chart, medinfer_bench::render_svg(&title, &results)).with_context(|| format!("writing {}", chart.display()))?;
+        let title = format!(
+            "{} on {} core(s)",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            medinfer_core::usable_cores()
+        );
+        std::fs::write(chart, medinfer_bench::render_svg(&title, &results))
+            .with_context(|| format!("writing {}", chart.display()))?;
         eprintln!("chart written to {}", chart.display());
     }
     if a.json {
         return print_json(&results);
     }
-    println!("model {} (sha256 {}), {} usable core(s), {} runs after {} warm-up", path.display(), &sha[..16], medinfer_core::usable_cores(), a.runs, a.warmup);
+    println!(
+        "model {} (sha256 {}), {} usable core(s), {} runs after {} warm-up",
+        path.display(),
+        &sha[..16],
+        medinfer_core::usable_cores(),
+        a.runs,
+        a.warmup
+    );
     print!("{}", medinfer_bench::render_table(&results));
     for r in &results {
         for n in &r.notes {

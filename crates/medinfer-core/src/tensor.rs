@@ -231,9 +231,15 @@ impl Tensor {
     }
 
     /// Builds a tensor from little-endian bytes.
-    pub fn from_le_bytes(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, CoreError> {
+    pub fn from_le_bytes(
+        dtype: DType,
+        shape: Vec<usize>,
+        bytes: &[u8],
+    ) -> Result<Tensor, CoreError> {
         let n = checked_numel(&shape)?;
-        let need = n.checked_mul(dtype.size()).ok_or_else(|| CoreError::ShapeOverflow(shape.clone()))?;
+        let need = n
+            .checked_mul(dtype.size())
+            .ok_or_else(|| CoreError::ShapeOverflow(shape.clone()))?;
         if bytes.len() != need {
             return Err(CoreError::ShapeMismatch {
                 shape,
@@ -283,9 +289,25 @@ mod tests {
 
     #[test]
     fn bytes_round_trip_every_dtype() {
-        for dtype in [DType::F32, DType::F64, DType::I64, DType::I32, DType::I8, DType::U8, DType::Bool] {
+        for dtype in [
+            DType::F32,
+            DType::F64,
+            DType::I64,
+            DType::I32,
+            DType::I8,
+            DType::U8,
+            DType::Bool,
+        ] {
             let shape = vec![3, 2];
-            let bytes: Vec<u8> = (0..6 * dtype.size()).map(|i| if dtype == DType::Bool { (i % 2) as u8 } else { (i * 7 % 251) as u8 }).collect();
+            let bytes: Vec<u8> = (0..6 * dtype.size())
+                .map(|i| {
+                    if dtype == DType::Bool {
+                        (i % 2) as u8
+                    } else {
+                        (i * 7 % 251) as u8
+                    }
+                })
+                .collect();
             let t = Tensor::from_le_bytes(dtype, shape.clone(), &bytes).unwrap();
             assert_eq!(t.shape(), &shape[..]);
             assert_eq!(t.to_le_bytes(), bytes, "{dtype}");

@@ -182,7 +182,11 @@ fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor], model: &Path) -> Result
             "{} takes {} input(s) ({}), got {}",
             model.display(),
             specs.len(),
-            specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            specs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             inputs.len()
         )));
     }
@@ -203,17 +207,26 @@ fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor], model: &Path) -> Result
 }
 
 /// Loads `model` on the backend named `backend_name` (`tract`, `ort`, `openvino` or `auto`).
-pub fn load(backend_name: &str, model: &Path, opts: &SessionOptions) -> Result<Session, EngineError> {
+pub fn load(
+    backend_name: &str,
+    model: &Path,
+    opts: &SessionOptions,
+) -> Result<Session, EngineError> {
     let kind = if backend_name.eq_ignore_ascii_case("auto") {
         BackendKind::auto()
     } else {
-        BackendKind::parse(backend_name).ok_or_else(|| EngineError::UnknownBackend(backend_name.to_string()))?
+        BackendKind::parse(backend_name)
+            .ok_or_else(|| EngineError::UnknownBackend(backend_name.to_string()))?
     };
     load_on(kind, model, opts)
 }
 
 /// Loads `model` on a given backend.
-pub fn load_on(kind: BackendKind, model: &Path, opts: &SessionOptions) -> Result<Session, EngineError> {
+pub fn load_on(
+    kind: BackendKind,
+    model: &Path,
+    opts: &SessionOptions,
+) -> Result<Session, EngineError> {
     let prepared = options::prepare(model, opts)?;
     let b = backend(kind);
     let avail = b.availability();
@@ -239,7 +252,11 @@ pub fn load_on(kind: BackendKind, model: &Path, opts: &SessionOptions) -> Result
 
 /// Runs `f` and turns a panic inside an engine binding into an error (native engines and
 /// bindings occasionally assert on malformed models; a server must not die of it).
-pub(crate) fn guard<T>(backend: BackendKind, what: &str, f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+pub(crate) fn guard<T>(
+    backend: BackendKind,
+    what: &str,
+    f: impl FnOnce() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {

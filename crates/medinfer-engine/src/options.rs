@@ -20,7 +20,8 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// Every backend, fastest first (the order `auto` tries).
-    pub const ALL_FASTEST_FIRST: [BackendKind; 3] = [BackendKind::OpenVino, BackendKind::Ort, BackendKind::Tract];
+    pub const ALL_FASTEST_FIRST: [BackendKind; 3] =
+        [BackendKind::OpenVino, BackendKind::Ort, BackendKind::Tract];
 
     /// The command-line name.
     pub fn name(self) -> &'static str {
@@ -151,7 +152,12 @@ pub(crate) struct Prepared {
 }
 
 /// Resolves streams x threads from the mode and the cores this process may use.
-pub fn resolve_parallelism(mode: Mode, streams: Option<usize>, threads: Option<usize>, cores: usize) -> (usize, usize) {
+pub fn resolve_parallelism(
+    mode: Mode,
+    streams: Option<usize>,
+    threads: Option<usize>,
+    cores: usize,
+) -> (usize, usize) {
     let cores = cores.max(1);
     match mode {
         Mode::Latency => (1, threads.unwrap_or(cores).max(1)),
@@ -192,7 +198,9 @@ pub(crate) fn prepare(path: &Path, opts: &SessionOptions) -> Result<Prepared, En
         .unwrap_or(1);
     let batch = opts.batch.unwrap_or(default_batch);
     if batch == 0 || batch > 1 << 16 {
-        return Err(EngineError::BadInput(format!("batch {batch} is out of range (1..=65536)")));
+        return Err(EngineError::BadInput(format!(
+            "batch {batch} is out of range (1..=65536)"
+        )));
     }
     let mut inputs = Vec::new();
     let mut concrete = BTreeMap::new();
@@ -207,12 +215,18 @@ pub(crate) fn prepare(path: &Path, opts: &SessionOptions) -> Result<Prepared, En
         })?;
         let shape: Vec<usize> = if let Some(s) = opts.input_shapes.get(&v.name) {
             let compatible = s.len() == v.shape.len()
-                && s.iter().zip(&v.shape).all(|(a, d)| matches!(d, Dim::Dynamic(_)) || *d == Dim::Fixed(*a));
+                && s.iter()
+                    .zip(&v.shape)
+                    .all(|(a, d)| matches!(d, Dim::Dynamic(_)) || *d == Dim::Fixed(*a));
             if !compatible {
                 return Err(EngineError::BadInput(format!(
                     "shape {s:?} given for input '{}' does not fit the model's [{}]",
                     v.name,
-                    v.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    v.shape
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             s.clone()
@@ -250,7 +264,12 @@ pub(crate) fn prepare(path: &Path, opts: &SessionOptions) -> Result<Prepared, En
             shape: report.shapes.get(&o.name).cloned().unwrap_or_default(),
         })
         .collect();
-    let (streams, threads) = resolve_parallelism(opts.mode, opts.streams, opts.threads, medinfer_core::usable_cores());
+    let (streams, threads) = resolve_parallelism(
+        opts.mode,
+        opts.streams,
+        opts.threads,
+        medinfer_core::usable_cores(),
+    );
     Ok(Prepared {
         path: path.to_path_buf(),
         inputs,
@@ -270,11 +289,23 @@ mod tests {
     #[test]
     fn parallelism_defaults_follow_the_usable_cores() {
         assert_eq!(resolve_parallelism(Mode::Latency, None, None, 8), (1, 8));
-        assert_eq!(resolve_parallelism(Mode::Latency, Some(4), Some(2), 8), (1, 2));
+        assert_eq!(
+            resolve_parallelism(Mode::Latency, Some(4), Some(2), 8),
+            (1, 2)
+        );
         assert_eq!(resolve_parallelism(Mode::Throughput, None, None, 8), (8, 1));
-        assert_eq!(resolve_parallelism(Mode::Throughput, Some(2), None, 8), (2, 4));
-        assert_eq!(resolve_parallelism(Mode::Throughput, None, Some(2), 8), (4, 2));
-        assert_eq!(resolve_parallelism(Mode::Throughput, None, Some(16), 8), (1, 16));
+        assert_eq!(
+            resolve_parallelism(Mode::Throughput, Some(2), None, 8),
+            (2, 4)
+        );
+        assert_eq!(
+            resolve_parallelism(Mode::Throughput, None, Some(2), 8),
+            (4, 2)
+        );
+        assert_eq!(
+            resolve_parallelism(Mode::Throughput, None, Some(16), 8),
+            (1, 16)
+        );
         assert_eq!(resolve_parallelism(Mode::Throughput, None, None, 0), (1, 1));
     }
 }

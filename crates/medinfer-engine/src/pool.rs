@@ -24,7 +24,10 @@ impl<T> Pool<T> {
                 if let Some(it) = items.pop() {
                     break it;
                 }
-                items = self.ready.wait(items).unwrap_or_else(PoisonError::into_inner);
+                items = self
+                    .ready
+                    .wait(items)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
         };
         // Return the item even if `f` panics (a guard upstream turns the panic into an error).
@@ -35,12 +38,19 @@ impl<T> Pool<T> {
         impl<T> Drop for Return<'_, T> {
             fn drop(&mut self) {
                 if let Some(it) = self.item.take() {
-                    self.pool.items.lock().unwrap_or_else(PoisonError::into_inner).push(it);
+                    self.pool
+                        .items
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(it);
                     self.pool.ready.notify_one();
                 }
             }
         }
-        let mut guard = Return { pool: self, item: None };
+        let mut guard = Return {
+            pool: self,
+            item: None,
+        };
         let r = f(&mut item);
         guard.item = Some(item);
         r

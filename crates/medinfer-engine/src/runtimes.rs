@@ -33,7 +33,9 @@ pub fn home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(x).join("medinfer");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("medinfer")
 }
 
@@ -123,7 +125,9 @@ fn python_package_dir(package: &str) -> Option<PathBuf> {
 
 fn version_from_name(path: &Path, prefix: &str) -> Option<String> {
     let name = path.file_name()?.to_str()?;
-    name.strip_prefix(prefix).filter(|v| !v.is_empty()).map(str::to_string)
+    name.strip_prefix(prefix)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 /// Finds the ONNX Runtime library. `Err` says where it looked.
@@ -131,20 +135,35 @@ pub fn locate_ort() -> Result<Located, String> {
     const PREFIX: &str = "libonnxruntime.so.";
     if let Some((var, p)) = env_path(&["MEDINFER_ORT_LIB", "ORT_DYLIB_PATH"]) {
         return if p.is_file() {
-            Ok(Located { version: version_from_name(&p, PREFIX), path: p, source: format!("env {var}") })
+            Ok(Located {
+                version: version_from_name(&p, PREFIX),
+                path: p,
+                source: format!("env {var}"),
+            })
         } else {
-            Err(format!("{var} points to {}, which is not a file", p.display()))
+            Err(format!(
+                "{var} points to {}, which is not a file",
+                p.display()
+            ))
         };
     }
     if let Some(rec) = read_manifest().onnxruntime {
         let p = runtimes_dir().join(&rec.library);
         if p.is_file() {
-            return Ok(Located { path: p, source: "cache".into(), version: Some(rec.version) });
+            return Ok(Located {
+                path: p,
+                source: "cache".into(),
+                version: Some(rec.version),
+            });
         }
     }
     if let Some(dir) = python_package_dir("onnxruntime") {
         if let Some(p) = find_lib(&dir.join("capi"), PREFIX) {
-            return Ok(Located { version: version_from_name(&p, PREFIX), path: p, source: "python package".into() });
+            return Ok(Located {
+                version: version_from_name(&p, PREFIX),
+                path: p,
+                source: "python package".into(),
+            });
         }
     }
     Err(format!(
@@ -158,21 +177,40 @@ pub fn locate_openvino() -> Result<Located, String> {
     const PREFIX: &str = "libopenvino_c.so";
     let ver = |p: &Path| version_from_name(p, "libopenvino_c.so.");
     if let Some((var, p)) = env_path(&["MEDINFER_OPENVINO_LIB"]) {
-        let file = if p.is_dir() { find_lib(&p, PREFIX) } else { Some(p.clone()).filter(|p| p.is_file()) };
+        let file = if p.is_dir() {
+            find_lib(&p, PREFIX)
+        } else {
+            Some(p.clone()).filter(|p| p.is_file())
+        };
         return match file {
-            Some(f) => Ok(Located { version: ver(&f), path: f, source: format!("env {var}") }),
-            None => Err(format!("{var} points to {}, which holds no libopenvino_c.so", p.display())),
+            Some(f) => Ok(Located {
+                version: ver(&f),
+                path: f,
+                source: format!("env {var}"),
+            }),
+            None => Err(format!(
+                "{var} points to {}, which holds no libopenvino_c.so",
+                p.display()
+            )),
         };
     }
     if let Some(rec) = read_manifest().openvino {
         let p = runtimes_dir().join(&rec.library);
         if p.is_file() {
-            return Ok(Located { path: p, source: "cache".into(), version: Some(rec.version) });
+            return Ok(Located {
+                path: p,
+                source: "cache".into(),
+                version: Some(rec.version),
+            });
         }
     }
     if let Some(dir) = python_package_dir("openvino") {
         if let Some(p) = find_lib(&dir.join("libs"), PREFIX) {
-            return Ok(Located { version: ver(&p), path: p, source: "python package".into() });
+            return Ok(Located {
+                version: ver(&p),
+                path: p,
+                source: "python package".into(),
+            });
         }
     }
     Err(format!(
@@ -235,14 +273,17 @@ const WHEELS: [WheelSpec; 2] = [
 
 fn record_intact(rec: &RuntimeRecord) -> bool {
     let p = runtimes_dir().join(&rec.library);
-    sha256_file(&p).map(|h| h == rec.library_sha256).unwrap_or(false)
+    sha256_file(&p)
+        .map(|h| h == rec.library_sha256)
+        .unwrap_or(false)
 }
 
 /// Installs (or verifies) both pinned runtimes; `progress` receives one line per step.
 pub fn install(opts: &InstallOptions, progress: &dyn Fn(&str)) -> Result<Manifest, EngineError> {
     let err = |m: String| EngineError::Runtime(m);
     let dir = runtimes_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     let mut manifest = read_manifest();
     let current = |m: &Manifest, package: &str| -> Option<RuntimeRecord> {
         match package {
@@ -254,7 +295,10 @@ pub fn install(opts: &InstallOptions, progress: &dyn Fn(&str)) -> Result<Manifes
         if !opts.force {
             if let Some(rec) = current(&manifest, spec.package) {
                 if rec.version == spec.version && record_intact(&rec) {
-                    progress(&format!("{} {} already installed and intact", spec.package, spec.version));
+                    progress(&format!(
+                        "{} {} already installed and intact",
+                        spec.package, spec.version
+                    ));
                     continue;
                 }
             }
@@ -263,15 +307,32 @@ pub fn install(opts: &InstallOptions, progress: &dyn Fn(&str)) -> Result<Manifes
             Some(d) => d.clone(),
             None => {
                 let d = dir.join("wheels");
-                std::fs::create_dir_all(&d).map_err(|e| err(format!("cannot create {}: {e}", d.display())))?;
-                progress(&format!("downloading {}=={} with pip", spec.package, spec.version));
+                std::fs::create_dir_all(&d)
+                    .map_err(|e| err(format!("cannot create {}: {e}", d.display())))?;
+                progress(&format!(
+                    "downloading {}=={} with pip",
+                    spec.package, spec.version
+                ));
                 let python = std::env::var("MEDINFER_PYTHON").unwrap_or_else(|_| "python3".into());
                 let out = Command::new(&python)
-                    .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--only-binary=:all:",
+                        "--disable-pip-version-check",
+                        "-q",
+                        "-d",
+                    ])
                     .arg(&d)
                     .arg(format!("{}=={}", spec.package, spec.version))
                     .output()
-                    .map_err(|e| err(format!("cannot run {python} -m pip (is Python 3 with pip installed?): {e}")))?;
+                    .map_err(|e| {
+                        err(format!(
+                            "cannot run {python} -m pip (is Python 3 with pip installed?): {e}"
+                        ))
+                    })?;
                 if !out.status.success() {
                     return Err(err(format!(
                         "pip download {}=={} failed: {}",
@@ -285,7 +346,14 @@ pub fn install(opts: &InstallOptions, progress: &dyn Fn(&str)) -> Result<Manifes
         };
         let wheel = find_lib(&wheel_dir, &format!("{}-{}", spec.package, spec.version))
             .filter(|p| p.extension().is_some_and(|e| e == "whl"))
-            .ok_or_else(|| err(format!("no {}-{} wheel in {}", spec.package, spec.version, wheel_dir.display())))?;
+            .ok_or_else(|| {
+                err(format!(
+                    "no {}-{} wheel in {}",
+                    spec.package,
+                    spec.version,
+                    wheel_dir.display()
+                ))
+            })?;
         progress(&format!("extracting {}", wheel.display()));
         let rec = extract(spec, &wheel, &dir)?;
         match spec.package {
@@ -293,7 +361,8 @@ pub fn install(opts: &InstallOptions, progress: &dyn Fn(&str)) -> Result<Manifes
             _ => manifest.openvino = Some(rec),
         }
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| err(e.to_string()))?;
-        std::fs::write(dir.join("manifest.json"), json).map_err(|e| err(format!("cannot write manifest: {e}")))?;
+        std::fs::write(dir.join("manifest.json"), json)
+            .map_err(|e| err(format!("cannot write manifest: {e}")))?;
     }
     Ok(manifest)
 }
@@ -313,8 +382,14 @@ fn extract(spec: &WheelSpec, wheel: &Path, dir: &Path) -> Result<RuntimeRecord, 
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| err(e.to_string()))?;
         let name = entry.name().to_string();
-        let Some(rest) = name.strip_prefix(spec.member_prefix) else { continue };
-        if rest.is_empty() || rest.contains('/') || rest.contains("..") || spec.skip.iter().any(|s| rest.contains(s)) {
+        let Some(rest) = name.strip_prefix(spec.member_prefix) else {
+            continue;
+        };
+        if rest.is_empty()
+            || rest.contains('/')
+            || rest.contains("..")
+            || spec.skip.iter().any(|s| rest.contains(s))
+        {
             continue;
         }
         let out_path = staging.join(rest);
@@ -331,7 +406,10 @@ fn extract(spec: &WheelSpec, wheel: &Path, dir: &Path) -> Result<RuntimeRecord, 
     let library_sha256 = sha256_file(&target.join(&library)).map_err(|e| err(e.to_string()))?;
     Ok(RuntimeRecord {
         version: spec.version.to_string(),
-        wheel: wheel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        wheel: wheel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         wheel_sha256,
         library: format!("{sub}/{library}"),
         library_sha256,

@@ -6,7 +6,9 @@
 //! that a missing runtime fails the suite instead of silently shrinking it.
 
 use medinfer_core::Tensor;
-use medinfer_engine::{backend, load_on, BackendKind, EngineError, Mode, Precision, Session, SessionOptions};
+use medinfer_engine::{
+    backend, load_on, BackendKind, EngineError, Mode, Precision, Session, SessionOptions,
+};
 use medinfer_onnx::{save_model, zoo, SeededRng};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -27,7 +29,10 @@ fn native_backends() -> Vec<BackendKind> {
         if a.available {
             out.push(k);
         } else if required().contains(&k) {
-            panic!("{k} is required (MEDINFER_REQUIRE_BACKENDS) but unavailable: {:?}", a.reason);
+            panic!(
+                "{k} is required (MEDINFER_REQUIRE_BACKENDS) but unavailable: {:?}",
+                a.reason
+            );
         } else {
             eprintln!("note: skipping {k}: {}", a.reason.unwrap_or_default());
         }
@@ -56,7 +61,11 @@ fn seeded_input(s: &Session, seed: u64) -> Tensor {
     let spec = &s.inputs()[0];
     let n: usize = spec.shape.iter().product();
     let mut r = SeededRng::new(seed);
-    Tensor::from_f32(spec.shape.clone(), (0..n).map(|_| r.normal() as f32).collect()).unwrap()
+    Tensor::from_f32(
+        spec.shape.clone(),
+        (0..n).map(|_| r.normal() as f32).collect(),
+    )
+    .unwrap()
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -74,24 +83,50 @@ fn check_model(name: &str) {
     let x = seeded_input(&reference, 1);
     let want = reference.run(std::slice::from_ref(&x)).unwrap();
     assert_eq!(want.len(), 1);
-    assert_eq!(want[0].shape(), reference.outputs()[0].shape.as_slice(), "{name}: output shape");
+    assert_eq!(
+        want[0].shape(),
+        reference.outputs()[0].shape.as_slice(),
+        "{name}: output shape"
+    );
     let w = want[0].to_f64_vec();
     let (_, std, scale) = stats(&w);
     // Seeded weights must keep activations finite and informative through the whole network.
     assert!(w.iter().all(|v| v.is_finite()), "{name}: non-finite output");
-    assert!(std > 1e-3 && scale < 1e4, "{name}: degenerate output (std {std}, max {scale})");
+    assert!(
+        std > 1e-3 && scale < 1e4,
+        "{name}: degenerate output (std {std}, max {scale})"
+    );
     let other = reference.run(&[seeded_input(&reference, 2)]).unwrap()[0].to_f64_vec();
-    let diff = w.iter().zip(&other).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
-    assert!(diff > 1e-3 * scale, "{name}: output does not depend on the input");
+    let diff = w
+        .iter()
+        .zip(&other)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    assert!(
+        diff > 1e-3 * scale,
+        "{name}: output does not depend on the input"
+    );
 
     for k in native_backends() {
         let s = load_on(k, &path, &opts).unwrap_or_else(|e| panic!("{name} on {k}: {e}"));
-        assert_eq!(s.info().effective_precision, "fp32", "{name} on {k}: {:?}", s.info());
+        assert_eq!(
+            s.info().effective_precision,
+            "fp32",
+            "{name} on {k}: {:?}",
+            s.info()
+        );
         let got = s.run(std::slice::from_ref(&x)).unwrap()[0].to_f64_vec();
         assert_eq!(got.len(), w.len());
-        let err = w.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+        let err = w
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
         eprintln!("{name}: {k} max |diff| {err:.3e} (output scale {scale:.3e})");
-        assert!(err <= 1e-3 * scale, "{name} on {k}: max |diff| {err} > 1e-3 x scale {scale}");
+        assert!(
+            err <= 1e-3 * scale,
+            "{name} on {k}: max |diff| {err} > 1e-3 x scale {scale}"
+        );
     }
 }
 
@@ -121,14 +156,25 @@ fn throughput_sessions_serve_concurrent_callers_identically() {
     let mut kinds = vec![BackendKind::Tract];
     kinds.extend(native_backends());
     for k in kinds {
-        let opts = SessionOptions { mode: Mode::Throughput, streams: Some(2), threads: Some(1), ..Default::default() };
+        let opts = SessionOptions {
+            mode: Mode::Throughput,
+            streams: Some(2),
+            threads: Some(1),
+            ..Default::default()
+        };
         let s = load_on(k, &path, &opts).unwrap();
         assert_eq!((s.info().streams, s.info().threads), (2, 1));
         let x = seeded_input(&s, 3);
         let want = s.run(std::slice::from_ref(&x)).unwrap()[0].to_f64_vec();
         std::thread::scope(|scope| {
             let hs: Vec<_> = (0..4)
-                .map(|_| scope.spawn(|| (0..3).map(|_| s.run(std::slice::from_ref(&x)).unwrap()[0].to_f64_vec()).collect::<Vec<_>>()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..3)
+                            .map(|_| s.run(std::slice::from_ref(&x)).unwrap()[0].to_f64_vec())
+                            .collect::<Vec<_>>()
+                    })
+                })
                 .collect();
             for h in hs {
                 for got in h.join().unwrap() {
@@ -148,7 +194,12 @@ fn wrong_shape_and_dtype_are_clear_errors() {
         let s = load_on(k, &path, &SessionOptions::default()).unwrap();
         let bad = Tensor::from_f32(vec![1, 3, 128, 128], vec![0.0; 3 * 128 * 128]).unwrap();
         let e = s.run(&[bad]).unwrap_err().to_string();
-        assert!(e.contains("input 'input'") && e.contains("[1, 1, 128, 128]") && e.contains("[1, 3, 128, 128]"), "{e}");
+        assert!(
+            e.contains("input 'input'")
+                && e.contains("[1, 1, 128, 128]")
+                && e.contains("[1, 3, 128, 128]"),
+            "{e}"
+        );
         let ints = Tensor::zeros(medinfer_core::DType::I64, vec![1, 1, 128, 128]).unwrap();
         let e = s.run(&[ints]).unwrap_err().to_string();
         assert!(e.contains("must be f32") && e.contains("got i64"), "{e}");
@@ -160,20 +211,31 @@ fn wrong_shape_and_dtype_are_clear_errors() {
 #[test]
 fn batch_option_fixes_the_dynamic_dimension() {
     let path = zoo_file("resnet18-ct");
-    let opts = SessionOptions { batch: Some(3), ..Default::default() };
+    let opts = SessionOptions {
+        batch: Some(3),
+        ..Default::default()
+    };
     let s = load_on(BackendKind::Tract, &path, &opts).unwrap();
     assert_eq!(s.inputs()[0].shape, vec![3, 1, 128, 128]);
     let out = s.run(&[seeded_input(&s, 4)]).unwrap();
     assert_eq!(out[0].shape(), &[3, 6]);
     // The fMRI model's nominal batch (8) comes from its metadata.
-    let s = load_on(BackendKind::Tract, &zoo_file("resnet50-fmri"), &SessionOptions::default()).unwrap();
+    let s = load_on(
+        BackendKind::Tract,
+        &zoo_file("resnet50-fmri"),
+        &SessionOptions::default(),
+    )
+    .unwrap();
     assert_eq!(s.inputs()[0].shape, vec![8, 3, 45, 45]);
 }
 
 #[test]
 fn unsupported_precisions_say_so() {
     let path = zoo_file("resnet18-ct");
-    let opts = SessionOptions { precision: Precision::Bf16, ..Default::default() };
+    let opts = SessionOptions {
+        precision: Precision::Bf16,
+        ..Default::default()
+    };
     match load_on(BackendKind::Tract, &path, &opts) {
         Err(EngineError::Unsupported { .. }) => {}
         other => panic!("expected Unsupported, got {other:?}"),
@@ -186,7 +248,10 @@ fn bf16_on_openvino_is_reported_and_close() {
         return;
     }
     let path = zoo_file("resnet18-ct");
-    let opts = SessionOptions { precision: Precision::Bf16, ..Default::default() };
+    let opts = SessionOptions {
+        precision: Precision::Bf16,
+        ..Default::default()
+    };
     let s = load_on(BackendKind::OpenVino, &path, &opts).unwrap();
     assert_eq!(s.info().effective_precision, "bf16", "{:?}", s.info());
 }
@@ -201,7 +266,9 @@ fn non_onnx_and_truncated_files_are_rejected_before_any_engine() {
     std::fs::write(&cut, &full[..full.len() / 3]).unwrap();
     for p in [&junk, &cut] {
         for k in [BackendKind::Tract, BackendKind::Ort, BackendKind::OpenVino] {
-            let e = load_on(k, p, &SessionOptions::default()).unwrap_err().to_string();
+            let e = load_on(k, p, &SessionOptions::default())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&p.display().to_string()), "{e}");
         }
     }

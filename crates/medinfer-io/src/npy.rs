@@ -43,9 +43,18 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
     let shape = match t.shape() {
         [] => "()".to_string(),
         [n] => format!("({n},)"),
-        s => format!("({})", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        s => format!(
+            "({})",
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", descr(t.dtype()));
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
+        descr(t.dtype())
+    );
     // Pad so that the data starts on a 64-byte boundary; the header ends with '\n'.
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -61,13 +70,22 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
 
 /// Writes a tensor to a `.npy` file.
 pub fn write(path: &Path, t: &Tensor) -> Result<(), IoError> {
-    let mut f = std::fs::File::create(path).map_err(|source| IoError::Os { path: path.display().to_string(), source })?;
-    f.write_all(&encode(t)).map_err(|source| IoError::Os { path: path.display().to_string(), source })
+    let mut f = std::fs::File::create(path).map_err(|source| IoError::Os {
+        path: path.display().to_string(),
+        source,
+    })?;
+    f.write_all(&encode(t)).map_err(|source| IoError::Os {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Reads a `.npy` file.
 pub fn read(path: &Path) -> Result<Tensor, IoError> {
-    let bytes = std::fs::read(path).map_err(|source| IoError::Os { path: path.display().to_string(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| IoError::Os {
+        path: path.display().to_string(),
+        source,
+    })?;
     decode(&bytes, &path.display().to_string())
 }
 
@@ -79,30 +97,51 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Decodes `.npy` bytes; `origin` names the file in errors.
 pub fn decode(bytes: &[u8], origin: &str) -> Result<Tensor, IoError> {
-    let bad = |reason: String| IoError::Format { path: origin.to_string(), reason };
+    let bad = |reason: String| IoError::Format {
+        path: origin.to_string(),
+        reason,
+    };
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("not a NumPy .npy file (bad magic)".into()));
     }
     let major = bytes[6];
     let (hlen, start) = match major {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         _ => return Err(bad(format!("unsupported .npy format version {major}"))),
     };
     if hlen > MAX_HEADER || start + hlen > bytes.len() {
-        return Err(bad(format!("header length {hlen} exceeds the file (truncated?)")));
+        return Err(bad(format!(
+            "header length {hlen} exceeds the file (truncated?)"
+        )));
     }
-    let header = std::str::from_utf8(&bytes[start..start + hlen]).map_err(|_| bad("header is not text".into()))?;
+    let header = std::str::from_utf8(&bytes[start..start + hlen])
+        .map_err(|_| bad("header is not text".into()))?;
     let d = header_value(header, "descr").ok_or_else(|| bad("header has no 'descr'".into()))?;
     let d = d.trim_start_matches(['\'', '"']);
-    let d = &d[..d.find(['\'', '"']).ok_or_else(|| bad("malformed 'descr'".into()))?];
-    let dtype = parse_descr(d).ok_or_else(|| bad(format!("element type '{d}' is not supported (use little-endian f4, f8, i8, i4, i1, u1 or b1)")))?;
-    let fortran = header_value(header, "fortran_order").ok_or_else(|| bad("header has no 'fortran_order'".into()))?;
+    let d = &d[..d
+        .find(['\'', '"'])
+        .ok_or_else(|| bad("malformed 'descr'".into()))?];
+    let dtype = parse_descr(d).ok_or_else(|| {
+        bad(format!(
+            "element type '{d}' is not supported (use little-endian f4, f8, i8, i4, i1, u1 or b1)"
+        ))
+    })?;
+    let fortran = header_value(header, "fortran_order")
+        .ok_or_else(|| bad("header has no 'fortran_order'".into()))?;
     if fortran.starts_with("True") {
-        return Err(bad("Fortran-ordered arrays are not supported (save with np.ascontiguousarray)".into()));
+        return Err(bad(
+            "Fortran-ordered arrays are not supported (save with np.ascontiguousarray)".into(),
+        ));
     }
     let s = header_value(header, "shape").ok_or_else(|| bad("header has no 'shape'".into()))?;
-    let inner = s.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or_else(|| bad("malformed 'shape'".into()))?;
+    let inner = s
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("malformed 'shape'".into()))?;
     let shape: Vec<usize> = inner
         .split(',')
         .map(str::trim)
@@ -111,10 +150,18 @@ pub fn decode(bytes: &[u8], origin: &str) -> Result<Tensor, IoError> {
         .collect::<Result<_, _>>()
         .map_err(|_| bad(format!("malformed shape '({inner})'")))?;
     let data = &bytes[start + hlen..];
-    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-    let need = numel.checked_mul(dtype.size()).ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    let need = numel
+        .checked_mul(dtype.size())
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
     if data.len() != need {
-        return Err(bad(format!("shape {shape:?} of {dtype} needs {need} data bytes, the file has {} (truncated?)", data.len())));
+        return Err(bad(format!(
+            "shape {shape:?} of {dtype} needs {need} data bytes, the file has {} (truncated?)",
+            data.len()
+        )));
     }
     Tensor::from_le_bytes(dtype, shape, data).map_err(|e| bad(e.to_string()))
 }
@@ -125,9 +172,23 @@ mod tests {
 
     #[test]
     fn round_trips_every_dtype_and_scalar_shapes() {
-        for (dt, shape) in [(DType::F32, vec![2, 3]), (DType::I64, vec![4]), (DType::U8, vec![]), (DType::Bool, vec![1, 2, 2]), (DType::F64, vec![0, 3])] {
+        for (dt, shape) in [
+            (DType::F32, vec![2, 3]),
+            (DType::I64, vec![4]),
+            (DType::U8, vec![]),
+            (DType::Bool, vec![1, 2, 2]),
+            (DType::F64, vec![0, 3]),
+        ] {
             let n: usize = shape.iter().product();
-            let bytes: Vec<u8> = (0..n * dt.size()).map(|i| if dt == DType::Bool { (i % 2) as u8 } else { (i % 200) as u8 }).collect();
+            let bytes: Vec<u8> = (0..n * dt.size())
+                .map(|i| {
+                    if dt == DType::Bool {
+                        (i % 2) as u8
+                    } else {
+                        (i % 200) as u8
+                    }
+                })
+                .collect();
             let t = Tensor::from_le_bytes(dt, shape.clone(), &bytes).unwrap();
             let enc = encode(&t);
             assert_eq!((enc.len() - bytes.len()) % 64, 0, "data is 64-byte aligned");
@@ -159,7 +220,10 @@ mod tests {
     fn hostile_headers_are_errors() {
         let good = encode(&Tensor::from_f32(vec![2, 2], vec![1.0; 4]).unwrap());
         let swap = |from: &str, to: &str| -> Vec<u8> {
-            let i = good.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
+            let i = good
+                .windows(from.len())
+                .position(|w| w == from.as_bytes())
+                .unwrap();
             let mut b = good[..i].to_vec();
             b.extend_from_slice(to.as_bytes());
             b.extend_from_slice(&good[i + from.len()..]);
@@ -168,7 +232,10 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"PK\x03\x04".to_vec(), "bad magic"),
             (good[..good.len() - 3].to_vec(), "truncated"),
-            (swap("(2, 2)", "(99999999999, 99999999999, 99999999999)"), "overflows"),
+            (
+                swap("(2, 2)", "(99999999999, 99999999999, 99999999999)"),
+                "overflows",
+            ),
             (swap("<f4", ">f4"), "not supported"),
             (swap("False", "True "), "Fortran"),
         ];

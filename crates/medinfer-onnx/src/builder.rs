@@ -149,7 +149,13 @@ impl GraphBuilder {
     }
 
     /// Adds a node named `name` whose single output is also called `name`; returns it.
-    pub fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
+    pub fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attrs: &[(&str, Attr)],
+    ) -> String {
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![name.to_string()],
@@ -179,7 +185,11 @@ impl GraphBuilder {
         let w: Vec<f32> = (0..cout * cin * k * k)
             .map(|_| (self.rng.normal() * std) as f32)
             .collect();
-        let wn = self.initializer(f32_tensor(&format!("{name}.weight"), &[cout, cin, k, k], &w));
+        let wn = self.initializer(f32_tensor(
+            &format!("{name}.weight"),
+            &[cout, cin, k, k],
+            &w,
+        ));
         let mut inputs = vec![x.to_string(), wn];
         if bias {
             let bound = 1.0 / fan_in.sqrt();
@@ -259,7 +269,12 @@ impl GraphBuilder {
     /// Global average pooling followed by flattening to (N, C).
     pub fn global_pool_flatten(&mut self, name: &str, x: &str) -> String {
         let g = self.node("GlobalAveragePool", &format!("{name}.pool"), &[x], &[]);
-        self.node("Flatten", &format!("{name}.flatten"), &[&g], &[("axis", Attr::Int(1))])
+        self.node(
+            "Flatten",
+            &format!("{name}.flatten"),
+            &[&g],
+            &[("axis", Attr::Int(1))],
+        )
     }
 
     /// A fully connected layer (Gemm with transposed weight, PyTorch's `Linear`).
@@ -278,14 +293,21 @@ impl GraphBuilder {
 
     /// Nearest-neighbour 2x spatial up-sampling (Resize, asymmetric / floor: exact on every engine).
     pub fn upsample2x(&mut self, name: &str, x: &str) -> String {
-        let scales = self.initializer(f32_tensor(&format!("{name}.scales"), &[4], &[1.0, 1.0, 2.0, 2.0]));
+        let scales = self.initializer(f32_tensor(
+            &format!("{name}.scales"),
+            &[4],
+            &[1.0, 1.0, 2.0, 2.0],
+        ));
         self.node(
             "Resize",
             name,
             &[x, "", &scales],
             &[
                 ("mode", Attr::Str("nearest".into())),
-                ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
+                (
+                    "coordinate_transformation_mode",
+                    Attr::Str("asymmetric".into()),
+                ),
                 ("nearest_mode", Attr::Str("floor".into())),
             ],
         )

@@ -1,5 +1,7 @@
 use crate::model::{elem_type_name, encode_model, tensor_dims};
-use crate::proto::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, ValueInfoProto};
+use crate::proto::{
+    tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, ValueInfoProto,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -107,7 +109,9 @@ fn non_trainable_input(op: &str, idx: usize) -> bool {
         "BatchNormalization" => idx >= 3,
         "QuantizeLinear" | "DequantizeLinear" => idx >= 1,
         "Resize" | "Upsample" | "Reshape" | "Pad" | "Slice" | "Clip" | "Expand" | "Tile"
-        | "Unsqueeze" | "Squeeze" | "ReduceMean" | "ReduceSum" | "Gather" | "ConstantOfShape" => idx >= 1,
+        | "Unsqueeze" | "Squeeze" | "ReduceMean" | "ReduceSum" | "Gather" | "ConstantOfShape" => {
+            idx >= 1
+        }
         _ => false,
     }
 }
@@ -170,7 +174,12 @@ pub fn analyze(model: &ModelProto, file_bytes: Option<&[u8]>) -> ModelInfo {
     let metadata: BTreeMap<String, String> = model
         .metadata_props
         .iter()
-        .map(|p| (p.key.clone().unwrap_or_default(), p.value.clone().unwrap_or_default()))
+        .map(|p| {
+            (
+                p.key.clone().unwrap_or_default(),
+                p.value.clone().unwrap_or_default(),
+            )
+        })
         .collect();
     let default_batch = metadata
         .get("medinfer.default_batch")
@@ -202,7 +211,10 @@ pub fn analyze(model: &ModelProto, file_bytes: Option<&[u8]>) -> ModelInfo {
         opset: model
             .opset_import
             .iter()
-            .find(|o| o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx"))
+            .find(|o| {
+                o.domain.as_deref().unwrap_or("").is_empty()
+                    || o.domain.as_deref() == Some("ai.onnx")
+            })
             .and_then(|o| o.version)
             .unwrap_or(0),
         ir_version: model.ir_version.unwrap_or(0),
@@ -214,7 +226,8 @@ pub fn analyze(model: &ModelProto, file_bytes: Option<&[u8]>) -> ModelInfo {
         .trim()
         .to_string(),
         nodes: graph.node.len(),
-        quantized: op_histogram.contains_key("QuantizeLinear") || op_histogram.contains_key("DequantizeLinear"),
+        quantized: op_histogram.contains_key("QuantizeLinear")
+            || op_histogram.contains_key("DequantizeLinear"),
         op_histogram,
         trainable_parameters: trainable,
         initializer_elements: all,

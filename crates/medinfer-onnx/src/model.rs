@@ -1,6 +1,4 @@
-use crate::proto::{
-    attribute_type, data_type, AttributeProto, ModelProto, NodeProto, TensorProto,
-};
+use crate::proto::{attribute_type, data_type, AttributeProto, ModelProto, NodeProto, TensorProto};
 use prost::Message;
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,10 @@ pub struct SeededRng {
 impl SeededRng {
     /// A generator whose stream depends only on `seed`.
     pub fn new(seed: u64) -> SeededRng {
-        SeededRng { state: seed, spare: None }
+        SeededRng {
+            state: seed,
+            spare: None,
+        }
     }
 
     /// The next 64 random bits.

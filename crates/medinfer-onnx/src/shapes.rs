@@ -19,7 +19,15 @@ pub struct ShapeReport {
     pub unknown_ops: Vec<String>,
 }
 
-fn conv_out(inp: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize, ceil: bool) -> Option<usize> {
+fn conv_out(
+    inp: usize,
+    k: usize,
+    s: usize,
+    d: usize,
+    pb: usize,
+    pe: usize,
+    ceil: bool,
+) -> Option<usize> {
     let eff = d * (k.max(1) - 1) + 1;
     let span = (inp + pb + pe).checked_sub(eff)?;
     let s = s.max(1);
@@ -33,7 +41,13 @@ fn ints_or(node: &NodeProto, name: &str, n: usize, default: usize) -> Vec<usize>
 }
 
 /// Pads for `n` spatial dims, honouring `auto_pad` (SAME_UPPER / SAME_LOWER / VALID).
-fn spatial_pads(node: &NodeProto, inp: &[usize], k: &[usize], s: &[usize], d: &[usize]) -> Vec<(usize, usize)> {
+fn spatial_pads(
+    node: &NodeProto,
+    inp: &[usize],
+    k: &[usize],
+    s: &[usize],
+    d: &[usize],
+) -> Vec<(usize, usize)> {
     let n = inp.len();
     let auto = crate::model::attr_s(node, "auto_pad").unwrap_or_default();
     if auto == "SAME_UPPER" || auto == "SAME_LOWER" {
@@ -42,21 +56,46 @@ fn spatial_pads(node: &NodeProto, inp: &[usize], k: &[usize], s: &[usize], d: &[
                 let out = inp[i].div_ceil(s[i].max(1));
                 let total = ((out - 1) * s[i] + d[i] * (k[i] - 1) + 1).saturating_sub(inp[i]);
                 let small = total / 2;
-                if auto == "SAME_UPPER" { (small, total - small) } else { (total - small, small) }
+                if auto == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                }
             })
             .collect();
     }
     let p = ints_or(node, "pads", 2 * n, 0);
-    (0..n).map(|i| (p.get(i).copied().unwrap_or(0), p.get(i + n).copied().unwrap_or(0))).collect()
+    (0..n)
+        .map(|i| {
+            (
+                p.get(i).copied().unwrap_or(0),
+                p.get(i + n).copied().unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-        out[i] = if x == y || y == 1 { x } else if x == 1 { y } else { return None };
+        let x = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let y = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
+        out[i] = if x == y || y == 1 {
+            x
+        } else if x == 1 {
+            y
+        } else {
+            return None;
+        };
     }
     Some(out)
 }
@@ -84,6 +123,7 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
             .map(|n| if n.is_empty() { None } else { shapes.get(n) })
             .collect();
         let x = ins.first().copied().flatten();
+        let all_known = !ins.is_empty() && ins.iter().all(|s| s.is_some());
         let mut out: Option<Vec<usize>> = None;
         match op {
             "Conv" | "ConvTranspose" => {
@@ -98,19 +138,33 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                         let kprod: usize = k.iter().product();
                         if op == "Conv" {
                             let sp: Option<Vec<usize>> = (0..n)
-                                .map(|i| conv_out(x[2 + i], k[i], s[i], d[i], pads[i].0, pads[i].1, false))
+                                .map(|i| {
+                                    conv_out(
+                                        x[2 + i],
+                                        k[i],
+                                        s[i],
+                                        d[i],
+                                        pads[i].0,
+                                        pads[i].1,
+                                        false,
+                                    )
+                                })
                                 .collect();
                             if let Some(sp) = sp {
                                 let o: Vec<usize> = [x[0], w[0]].into_iter().chain(sp).collect();
-                                report.macs += (o.iter().product::<usize>() * (x[1] / g) * kprod) as u64;
+                                report.macs +=
+                                    (o.iter().product::<usize>() * (x[1] / g) * kprod) as u64;
                                 out = Some(o);
                             }
                         } else {
                             let op_pad = ints_or(node, "output_padding", n, 0);
                             let sp: Vec<usize> = (0..n)
                                 .map(|i| {
-                                    (s[i] * (x[2 + i].max(1) - 1) + op_pad[i] + (k[i] - 1) * d[i] + 1)
-                                        .saturating_sub(pads[i].0 + pads[i].1)
+                                    (s[i] * (x[2 + i].max(1) - 1)
+                                        + op_pad[i]
+                                        + (k[i] - 1) * d[i]
+                                        + 1)
+                                    .saturating_sub(pads[i].0 + pads[i].1)
                                 })
                                 .collect();
                             let o: Vec<usize> = [x[0], w[1] * g].into_iter().chain(sp).collect();
@@ -135,35 +189,70 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                 }
             }
             "GlobalAveragePool" | "GlobalMaxPool" => {
-                out = x.map(|x| x.iter().enumerate().map(|(i, &d)| if i < 2 { d } else { 1 }).collect());
+                out = x.map(|x| {
+                    x.iter()
+                        .enumerate()
+                        .map(|(i, &d)| if i < 2 { d } else { 1 })
+                        .collect()
+                });
             }
-            "Relu" | "Sigmoid" | "Tanh" | "LeakyRelu" | "Elu" | "Selu" | "Softmax" | "LogSoftmax"
-            | "BatchNormalization" | "Identity" | "Dropout" | "Clip" | "Cast" | "Exp" | "Log"
-            | "Sqrt" | "Neg" | "Abs" | "Erf" | "HardSigmoid" | "HardSwish" | "Gelu"
-            | "QuantizeLinear" | "DequantizeLinear" | "InstanceNormalization"
-            | "LayerNormalization" | "Reciprocal" | "Floor" | "Ceil" | "Round" | "Sign" => {
+            "Relu"
+            | "Sigmoid"
+            | "Tanh"
+            | "LeakyRelu"
+            | "Elu"
+            | "Selu"
+            | "Softmax"
+            | "LogSoftmax"
+            | "BatchNormalization"
+            | "Identity"
+            | "Dropout"
+            | "Clip"
+            | "Cast"
+            | "Exp"
+            | "Log"
+            | "Sqrt"
+            | "Neg"
+            | "Abs"
+            | "Erf"
+            | "HardSigmoid"
+            | "HardSwish"
+            | "Gelu"
+            | "QuantizeLinear"
+            | "DequantizeLinear"
+            | "InstanceNormalization"
+            | "LayerNormalization"
+            | "Reciprocal"
+            | "Floor"
+            | "Ceil"
+            | "Round"
+            | "Sign" => {
                 out = x.cloned();
             }
             "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "PRelu" | "Where"
-            | "Equal" | "Greater" | "Less" | "And" | "Or" => {
-                if ins.iter().all(|s| s.is_some()) && !ins.is_empty() {
-                    out = ins.iter().skip(1).try_fold(ins[0].cloned().unwrap_or_default(), |acc, s| {
+            | "Equal" | "Greater" | "Less" | "And" | "Or"
+                if all_known =>
+            {
+                out = ins
+                    .iter()
+                    .skip(1)
+                    .try_fold(ins[0].cloned().unwrap_or_default(), |acc, s| {
                         s.and_then(|s| broadcast(&acc, s))
                     });
-                }
             }
-            "Concat" => {
-                if ins.iter().all(|s| s.is_some()) && !ins.is_empty() {
-                    let first = ins[0].cloned().unwrap_or_default();
-                    let r = first.len() as i64;
-                    let axis = attr_i(node, "axis").unwrap_or(0);
-                    let axis = if axis < 0 { axis + r } else { axis };
-                    if (0..r).contains(&axis) {
-                        let a = axis as usize;
-                        let mut o = first;
-                        o[a] = ins.iter().map(|s| s.map(|s| s.get(a).copied().unwrap_or(0)).unwrap_or(0)).sum();
-                        out = Some(o);
-                    }
+            "Concat" if all_known => {
+                let first = ins[0].cloned().unwrap_or_default();
+                let r = first.len() as i64;
+                let axis = attr_i(node, "axis").unwrap_or(0);
+                let axis = if axis < 0 { axis + r } else { axis };
+                if (0..r).contains(&axis) {
+                    let a = axis as usize;
+                    let mut o = first;
+                    o[a] = ins
+                        .iter()
+                        .map(|s| s.map(|s| s.get(a).copied().unwrap_or(0)).unwrap_or(0))
+                        .sum();
+                    out = Some(o);
                 }
             }
             "Flatten" => {
@@ -200,7 +289,8 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                 }
             }
             "Reshape" => {
-                if let (Some(x), Some(target)) = (x, node.input.get(1).and_then(|n| consts.get(n))) {
+                if let (Some(x), Some(target)) = (x, node.input.get(1).and_then(|n| consts.get(n)))
+                {
                     let total: usize = x.iter().product();
                     let mut o: Vec<usize> = Vec::new();
                     let mut infer_at = None;
@@ -217,8 +307,8 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                     }
                     let known: usize = o.iter().product();
                     if let Some(i) = infer_at {
-                        if known > 0 {
-                            o[i] = total / known;
+                        if let Some(v) = total.checked_div(known) {
+                            o[i] = v;
                         }
                     }
                     out = Some(o);
@@ -227,11 +317,19 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
             "Resize" | "Upsample" => {
                 if let Some(x) = x {
                     let sizes = node.input.get(3).and_then(|n| consts.get(n));
-                    let scales = node.input.get(if op == "Upsample" { 1 } else { 2 }).and_then(|n| consts.get(n));
+                    let scales = node
+                        .input
+                        .get(if op == "Upsample" { 1 } else { 2 })
+                        .and_then(|n| consts.get(n));
                     if let Some(s) = sizes.filter(|s| s.len() == x.len()) {
                         out = Some(s.iter().map(|&v| v as usize).collect());
                     } else if let Some(s) = scales.filter(|s| s.len() == x.len()) {
-                        out = Some(x.iter().zip(s).map(|(&d, &f)| (d as f32 * f).floor() as usize).collect());
+                        out = Some(
+                            x.iter()
+                                .zip(s)
+                                .map(|(&d, &f)| (d as f32 * f).floor() as usize)
+                                .collect(),
+                        );
                     }
                 }
             }

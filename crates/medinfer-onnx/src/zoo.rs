@@ -9,7 +9,7 @@
 //! | `densenet121-cxr` | DenseNet-121, 1 input channel | (batch,1,224,224), nominal 1 | 18 | 6,966,034 |
 //! | `resnet50-fmri` | ResNet-50 (v1.5) | (batch,3,45,45), nominal 8 | 10 | 23,528,522 |
 //! | `resnet18-ct` | ResNet-18, 1 input channel | (batch,1,128,128), nominal 1 | 6 | 11,173,318 |
-//! | `unet-cardiac` | 2-D U-Net, 4 levels, 16 base channels, BN+ReLU, nearest up-sampling | (batch,1,128,128), nominal 1 | (batch,4,128,128) | see `medinfer info` |
+//! | `unet-cardiac` | 2-D U-Net, 4 levels, 16 base channels, BN+ReLU, nearest up-sampling | (batch,1,128,128), nominal 1 | (batch,4,128,128) | 2,160,180 |
 
 use crate::builder::{f32_value_info, DimSpec, GraphBuilder};
 use crate::proto::ModelProto;
@@ -55,7 +55,8 @@ pub const ENTRIES: &[ZooEntry] = &[
     },
     ZooEntry {
         name: "unet-cardiac",
-        description: "2-D U-Net, 4 down-sampling levels, 16 base channels, BatchNorm+ReLU, 4 classes",
+        description:
+            "2-D U-Net, 4 down-sampling levels, 16 base channels, BatchNorm+ReLU, 4 classes",
         stands_for: "cardiac cine-MRI chamber segmentation",
         input_shape: [1, 1, 128, 128],
         seed: 2,
@@ -76,14 +77,25 @@ pub fn build(name: &str) -> Result<ModelProto, OnnxError> {
     let mut b = GraphBuilder::new(e.seed);
     let (out, out_dims) = match e.name {
         "densenet121-cxr" => (densenet121(&mut b, 1, 18), vec![18]),
-        "resnet50-fmri" => (resnet(&mut b, Block::Bottleneck, [3, 4, 6, 3], 3, 10), vec![10]),
+        "resnet50-fmri" => (
+            resnet(&mut b, Block::Bottleneck, [3, 4, 6, 3], 3, 10),
+            vec![10],
+        ),
         "resnet18-ct" => (resnet(&mut b, Block::Basic, [2, 2, 2, 2], 1, 6), vec![6]),
         "unet-cardiac" => (unet(&mut b, 1, 4, 16), vec![4, 128, 128]),
         _ => unreachable!("every entry has a builder"),
     };
     let [n, c, h, w] = e.input_shape;
     let batch = || DimSpec::Named("batch".into());
-    let input = f32_value_info("input", &[batch(), DimSpec::Fixed(c), DimSpec::Fixed(h), DimSpec::Fixed(w)]);
+    let input = f32_value_info(
+        "input",
+        &[
+            batch(),
+            DimSpec::Fixed(c),
+            DimSpec::Fixed(h),
+            DimSpec::Fixed(w),
+        ],
+    );
     let mut od = vec![batch()];
     od.extend(out_dims.into_iter().map(DimSpec::Fixed));
     let mut b2 = b;
@@ -96,12 +108,25 @@ pub fn build(name: &str) -> Result<ModelProto, OnnxError> {
         &[
             ("medinfer.zoo", e.name.to_string()),
             ("medinfer.default_batch", n.to_string()),
-            ("medinfer.weights", format!("seeded, untrained (seed {})", e.seed)),
+            (
+                "medinfer.weights",
+                format!("seeded, untrained (seed {})", e.seed),
+            ),
         ],
     ))
 }
 
-fn conv_bn_relu(b: &mut GraphBuilder, name: &str, x: &str, cin: usize, cout: usize, k: usize, s: usize, p: usize) -> String {
+#[allow(clippy::too_many_arguments)]
+fn conv_bn_relu(
+    b: &mut GraphBuilder,
+    name: &str,
+    x: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> String {
     let c = b.conv(&format!("{name}.conv"), x, cin, cout, k, s, p, false);
     let n = b.batch_norm(&format!("{name}.bn"), &c, cout, (0.8, 1.2));
     b.relu(&format!("{name}.relu"), &n)
@@ -125,19 +150,47 @@ fn densenet121(b: &mut GraphBuilder, in_ch: usize, classes: usize) -> String {
                 feats[0].clone()
             } else {
                 let refs: Vec<&str> = feats.iter().map(|s| s.as_str()).collect();
-                b.node("Concat", &format!("{l}.concat"), &refs, &[("axis", crate::builder::Attr::Int(1))])
+                b.node(
+                    "Concat",
+                    &format!("{l}.concat"),
+                    &refs,
+                    &[("axis", crate::builder::Attr::Int(1))],
+                )
             };
             let cin = c + li * growth;
             let n1 = b.batch_norm(&format!("{l}.norm1"), &cat, cin, (0.8, 1.2));
             let r1 = b.relu(&format!("{l}.relu1"), &n1);
-            let c1 = b.conv(&format!("{l}.conv1"), &r1, cin, bn_size * growth, 1, 1, 0, false);
+            let c1 = b.conv(
+                &format!("{l}.conv1"),
+                &r1,
+                cin,
+                bn_size * growth,
+                1,
+                1,
+                0,
+                false,
+            );
             let n2 = b.batch_norm(&format!("{l}.norm2"), &c1, bn_size * growth, (0.8, 1.2));
             let r2 = b.relu(&format!("{l}.relu2"), &n2);
-            let c2 = b.conv(&format!("{l}.conv2"), &r2, bn_size * growth, growth, 3, 1, 1, false);
+            let c2 = b.conv(
+                &format!("{l}.conv2"),
+                &r2,
+                bn_size * growth,
+                growth,
+                3,
+                1,
+                1,
+                false,
+            );
             feats.push(c2);
         }
         let refs: Vec<&str> = feats.iter().map(|s| s.as_str()).collect();
-        x = b.node("Concat", &format!("{block}.concat"), &refs, &[("axis", crate::builder::Attr::Int(1))]);
+        x = b.node(
+            "Concat",
+            &format!("{block}.concat"),
+            &refs,
+            &[("axis", crate::builder::Attr::Int(1))],
+        );
         c += layers * growth;
         if bi < 3 {
             let t = format!("features.transition{}", bi + 1);
@@ -163,7 +216,13 @@ enum Block {
 /// ResNet-18/34 (basic blocks) or ResNet-50 (bottlenecks, stride on the 3x3: v1.5), as torchvision.
 /// The last BatchNorm of each residual branch is scaled down (gamma 0.1-0.3) so that the
 /// variance does not double at every block of a randomly initialised network.
-fn resnet(b: &mut GraphBuilder, block: Block, layers: [usize; 4], in_ch: usize, classes: usize) -> String {
+fn resnet(
+    b: &mut GraphBuilder,
+    block: Block,
+    layers: [usize; 4],
+    in_ch: usize,
+    classes: usize,
+) -> String {
     let expansion = if block == Block::Bottleneck { 4 } else { 1 };
     let x0 = conv_bn_relu(b, "stem", "input", in_ch, 64, 7, 2, 3);
     let mut x = b.max_pool("maxpool", &x0, 3, 2, 1);
@@ -188,7 +247,16 @@ fn resnet(b: &mut GraphBuilder, block: Block, layers: [usize; 4], in_ch: usize, 
                 }
             };
             let shortcut = if stride != 1 || cin != out_c {
-                let d = b.conv(&format!("{p}.downsample.conv"), &x, cin, out_c, 1, stride, 0, false);
+                let d = b.conv(
+                    &format!("{p}.downsample.conv"),
+                    &x,
+                    cin,
+                    out_c,
+                    1,
+                    stride,
+                    0,
+                    false,
+                );
                 b.batch_norm(&format!("{p}.downsample.bn"), &d, out_c, (0.8, 1.2))
             } else {
                 x.clone()
@@ -226,7 +294,12 @@ fn unet(b: &mut GraphBuilder, in_ch: usize, classes: usize, base: usize) -> Stri
         let (skip, sc) = skips[level].clone();
         let u = b.upsample2x(&format!("up{}.resize", level + 1), &x);
         let uc = conv_bn_relu(b, &format!("up{}.conv", level + 1), &u, c, sc, 3, 1, 1);
-        let cat = b.node("Concat", &format!("up{}.concat", level + 1), &[&uc, &skip], &[("axis", crate::builder::Attr::Int(1))]);
+        let cat = b.node(
+            "Concat",
+            &format!("up{}.concat", level + 1),
+            &[&uc, &skip],
+            &[("axis", crate::builder::Attr::Int(1))],
+        );
         x = double(b, &format!("dec{}", level + 1), &cat, 2 * sc, sc);
         c = sc;
     }

@@ -49,7 +49,11 @@ fn zoo_models_are_byte_identical_across_builds_and_round_trip() {
         let b = encode_model(&zoo::build(e.name).unwrap());
         assert!(a == b, "{} is not deterministic", e.name);
         let decoded = decode_model(&a, e.name).unwrap();
-        assert!(encode_model(&decoded) == a, "{} does not round-trip", e.name);
+        assert!(
+            encode_model(&decoded) == a,
+            "{} does not round-trip",
+            e.name
+        );
     }
 }
 
@@ -59,22 +63,32 @@ fn zoo_shapes_and_macs_are_inferred() {
         let info = analyze(&zoo::build(e.name).unwrap(), None);
         assert_eq!(info.inputs.len(), 1);
         assert_eq!(info.inputs[0].shape[0], Dim::Dynamic("batch".into()));
-        assert!(info.shape_inference_unknown_ops.is_empty(), "{:?}", info.shape_inference_unknown_ops);
+        assert!(
+            info.shape_inference_unknown_ops.is_empty(),
+            "{:?}",
+            info.shape_inference_unknown_ops
+        );
         let macs = info.macs.expect("all shapes known");
         assert!(macs > 10_000_000, "{}: {macs}", e.name);
         assert!(info.opset >= 13);
     }
     // DenseNet-121 at 224x224 with 3 channels is ~2.87 GMACs; with 1 channel slightly less.
-    let d = analyze(&zoo::build("densenet121-cxr").unwrap(), None).macs.unwrap();
+    let d = analyze(&zoo::build("densenet121-cxr").unwrap(), None)
+        .macs
+        .unwrap();
     assert!((2_700_000_000..2_900_000_000).contains(&d), "{d}");
 }
 
 #[test]
 fn corrupt_bytes_are_rejected_with_a_reason() {
     let bytes = encode_model(&zoo::build("resnet18-ct").unwrap());
-    let err = decode_model(&bytes[..bytes.len() / 2], "half.onnx").unwrap_err().to_string();
+    let err = decode_model(&bytes[..bytes.len() / 2], "half.onnx")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("half.onnx"), "{err}");
-    let err = decode_model(b"\x89PNG\r\n\x1a\n not a model", "x.png").unwrap_err().to_string();
+    let err = decode_model(b"\x89PNG\r\n\x1a\n not a model", "x.png")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("x.png"), "{err}");
     let err = decode_model(b"", "empty.onnx").unwrap_err().to_string();
     assert!(err.contains("no graph"), "{err}");

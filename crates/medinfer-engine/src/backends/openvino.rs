@@ -5,7 +5,9 @@ use crate::pool::Pool;
 use crate::runtimes::{locate_openvino, INSTALL_HINT};
 use crate::{guard, BackendKind, BackendSession, EngineError, Mode, Precision, SessionInfo};
 use medinfer_core::{DType, Tensor};
-use openvino::{Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey, RwPropertyKey, Shape};
+use openvino::{
+    Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey, RwPropertyKey, Shape,
+};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
@@ -27,10 +29,21 @@ fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
         let fix = "medinfer runtimes install --force";
         openvino_sys::library::load_from(&found.path)
             .map_err(|e| (format!("cannot load {}: {e}", found.path.display()), fix))?;
-        let version = guard(KIND, "reading the version", || Ok(openvino::version().build_number))
-            .map(|v| v.split('-').next().unwrap_or(&v).to_string())
-            .map_err(|e| (format!("{} loaded but does not answer: {e}", found.path.display()), fix))?;
-        Ok(Runtime { path: found.path, source: found.source, version })
+        let version = guard(KIND, "reading the version", || {
+            Ok(openvino::version().build_number)
+        })
+        .map(|v| v.split('-').next().unwrap_or(&v).to_string())
+        .map_err(|e| {
+            (
+                format!("{} loaded but does not answer: {e}", found.path.display()),
+                fix,
+            )
+        })?;
+        Ok(Runtime {
+            path: found.path,
+            source: found.source,
+            version,
+        })
     })
 }
 
@@ -44,7 +57,10 @@ fn ov_err(e: openvino::InferenceError) -> String {
         if p.is_null() {
             String::new()
         } else {
-            std::ffi::CStr::from_ptr(p).to_string_lossy().trim().to_string()
+            std::ffi::CStr::from_ptr(p)
+                .to_string_lossy()
+                .trim()
+                .to_string()
         }
     };
     if msg.is_empty() {
@@ -96,15 +112,25 @@ impl Backend for OpenVino {
     }
 
     fn load(&self, p: &Prepared) -> Result<Loaded, EngineError> {
-        let rt = runtime().as_ref().map_err(|(reason, fix)| EngineError::Unavailable {
+        let rt = runtime()
+            .as_ref()
+            .map_err(|(reason, fix)| EngineError::Unavailable {
+                backend: KIND,
+                reason: reason.clone(),
+                fix: Some(fix.to_string()),
+            })?;
+        let load_err = |m: String| EngineError::Load {
             backend: KIND,
-            reason: reason.clone(),
-            fix: Some(fix.to_string()),
-        })?;
-        let load_err = |m: String| EngineError::Load { backend: KIND, path: p.path.clone(), message: m };
-        let path_str = p.path.to_str().ok_or_else(|| load_err("the model path is not valid UTF-8".into()))?;
+            path: p.path.clone(),
+            message: m,
+        };
+        let path_str = p
+            .path
+            .to_str()
+            .ok_or_else(|| load_err("the model path is not valid UTF-8".into()))?;
         guard(KIND, "loading", || {
-            let mut core = Core::new().map_err(|e| load_err(format!("cannot start OpenVINO: {e}")))?;
+            let mut core =
+                Core::new().map_err(|e| load_err(format!("cannot start OpenVINO: {e}")))?;
             let cpu = DeviceType::CPU;
             let hint = match p.mode {
                 Mode::Latency => "LATENCY",
@@ -122,10 +148,13 @@ impl Backend for OpenVino {
                 (RwPropertyKey::NumStreams, streams.as_str()),
                 (RwPropertyKey::InferenceNumThreads, threads.as_str()),
             ] {
-                core.set_property(&cpu, &key, value)
-                    .map_err(|e| load_err(format!("setting {}={value}: {}", key.as_ref(), ov_err(e))))?;
+                core.set_property(&cpu, &key, value).map_err(|e| {
+                    load_err(format!("setting {}={value}: {}", key.as_ref(), ov_err(e)))
+                })?;
             }
-            let mut model = core.read_model_from_file(path_str, "").map_err(|e| load_err(ov_err(e)))?;
+            let mut model = core
+                .read_model_from_file(path_str, "")
+                .map_err(|e| load_err(ov_err(e)))?;
             let shapes: Vec<(String, PartialShape)> = p
                 .inputs
                 .iter()
@@ -135,23 +164,37 @@ impl Backend for OpenVino {
                 })
                 .collect::<Result<_, _>>()
                 .map_err(|e| load_err(ov_err(e)))?;
-            let refs: Vec<(&str, &PartialShape)> = shapes.iter().map(|(n, s)| (n.as_str(), s)).collect();
-            model.reshape(&refs).map_err(|e| load_err(format!("fixing input shapes: {}", ov_err(e))))?;
-            let mut compiled = core.compile_model(&model, cpu).map_err(|e| load_err(ov_err(e)))?;
-            let prop = |k: PropertyKey| compiled.get_property(&k).map(|v| v.to_string()).unwrap_or_else(|_| "?".into());
+            let refs: Vec<(&str, &PartialShape)> =
+                shapes.iter().map(|(n, s)| (n.as_str(), s)).collect();
+            model
+                .reshape(&refs)
+                .map_err(|e| load_err(format!("fixing input shapes: {}", ov_err(e))))?;
+            let mut compiled = core
+                .compile_model(&model, cpu)
+                .map_err(|e| load_err(ov_err(e)))?;
+            let prop = |k: PropertyKey| {
+                compiled
+                    .get_property(&k)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|_| "?".into())
+            };
             let real_streams = prop(PropertyKey::Rw(RwPropertyKey::NumStreams));
             let real_threads = prop(PropertyKey::Rw(RwPropertyKey::InferenceNumThreads));
             let real_precision = prop(PropertyKey::Rw(RwPropertyKey::HintInferencePrecision));
             let optimal = prop(PropertyKey::OptimalNumberOfInferRequests);
             let mut requests = Vec::with_capacity(p.streams);
             for _ in 0..p.streams {
-                let mut req = compiled.create_infer_request().map_err(|e| load_err(ov_err(e)))?;
+                let mut req = compiled
+                    .create_infer_request()
+                    .map_err(|e| load_err(ov_err(e)))?;
                 let mut bufs = Vec::new();
                 for i in &p.inputs {
                     let dims: Vec<i64> = i.shape.iter().map(|&d| d as i64).collect();
                     let shape = Shape::new(&dims).map_err(|e| load_err(ov_err(e)))?;
-                    let t = openvino::Tensor::new(element_type(i.dtype), &shape).map_err(|e| load_err(ov_err(e)))?;
-                    req.set_tensor(&i.name, &t).map_err(|e| load_err(format!("input '{}': {}", i.name, ov_err(e))))?;
+                    let t = openvino::Tensor::new(element_type(i.dtype), &shape)
+                        .map_err(|e| load_err(ov_err(e)))?;
+                    req.set_tensor(&i.name, &t)
+                        .map_err(|e| load_err(format!("input '{}': {}", i.name, ov_err(e))))?;
                     bufs.push(t);
                 }
                 requests.push(Request { req, inputs: bufs });
@@ -198,14 +241,21 @@ struct OvRun {
 
 impl BackendSession for OvRun {
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
-        let run_err = |m: String| EngineError::Run { backend: KIND, message: m };
+        let run_err = |m: String| EngineError::Run {
+            backend: KIND,
+            message: m,
+        };
         guard(KIND, "running", || {
             self.requests.with(|r| {
                 for (buf, t) in r.inputs.iter_mut().zip(inputs) {
                     let dst = buf.get_raw_data_mut().map_err(|e| run_err(ov_err(e)))?;
                     let src = t.to_le_bytes();
                     if dst.len() != src.len() {
-                        return Err(run_err(format!("input buffer holds {} bytes, tensor has {}", dst.len(), src.len())));
+                        return Err(run_err(format!(
+                            "input buffer holds {} bytes, tensor has {}",
+                            dst.len(),
+                            src.len()
+                        )));
                     }
                     dst.copy_from_slice(&src);
                 }
@@ -213,11 +263,20 @@ impl BackendSession for OvRun {
                 self.outputs
                     .iter()
                     .map(|name| {
-                        let t = r.req.get_tensor(name).map_err(|e| run_err(format!("output '{name}': {}", ov_err(e))))?;
+                        let t = r
+                            .req
+                            .get_tensor(name)
+                            .map_err(|e| run_err(format!("output '{name}': {}", ov_err(e))))?;
                         let et = t.get_element_type().map_err(|e| run_err(ov_err(e)))?;
-                        let dt = dtype(et).ok_or_else(|| run_err(format!("output '{name}' has unsupported type {et:?}")))?;
+                        let dt = dtype(et).ok_or_else(|| {
+                            run_err(format!("output '{name}' has unsupported type {et:?}"))
+                        })?;
                         let shape = t.get_shape().map_err(|e| run_err(ov_err(e)))?;
-                        let dims: Vec<usize> = shape.get_dimensions().iter().map(|&d| d.max(0) as usize).collect();
+                        let dims: Vec<usize> = shape
+                            .get_dimensions()
+                            .iter()
+                            .map(|&d| d.max(0) as usize)
+                            .collect();
                         let raw = t.get_raw_data().map_err(|e| run_err(ov_err(e)))?;
                         Tensor::from_le_bytes(dt, dims, raw).map_err(|e| run_err(e.to_string()))
                     })

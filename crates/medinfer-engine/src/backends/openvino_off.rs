@@ -6,10 +6,18 @@ pub(crate) struct OpenVino;
 
 impl Backend for OpenVino {
     fn availability(&self) -> Availability {
-        Availability::missing(BackendKind::OpenVino, "medinfer was built without the `openvino` feature".into(), "rebuild with --features openvino")
+        Availability::missing(
+            BackendKind::OpenVino,
+            "medinfer was built without the `openvino` feature".into(),
+            "rebuild with --features openvino",
+        )
     }
     fn load(&self, _: &Prepared) -> Result<Loaded, EngineError> {
         let a = self.availability();
-        Err(EngineError::Unavailable { backend: BackendKind::OpenVino, reason: a.reason.unwrap_or_default(), fix: a.fix })
+        Err(EngineError::Unavailable {
+            backend: BackendKind::OpenVino,
+            reason: a.reason.unwrap_or_default(),
+            fix: a.fix,
+        })
     }
 }

@@ -32,11 +32,15 @@ fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
         let path = found.path.clone();
         let fix = "medinfer runtimes install --force";
         let env = guard(KIND, "loading the library", || {
-            let builder = ort::init_from(&path).map_err(|e| EngineError::Runtime(format!("cannot load {}: {e}", path.display())))?;
-            builder
-                .with_name("medinfer")
-                .build()
-                .map_err(|e| EngineError::Runtime(format!("{} loaded but failed to start: {e}", path.display())))
+            let builder = ort::init_from(&path).map_err(|e| {
+                EngineError::Runtime(format!("cannot load {}: {e}", path.display()))
+            })?;
+            builder.with_name("medinfer").build().map_err(|e| {
+                EngineError::Runtime(format!(
+                    "{} loaded but failed to start: {e}",
+                    path.display()
+                ))
+            })
         })
         .map_err(|e| (e.to_string(), fix))?;
         Ok(Runtime {
@@ -75,24 +79,35 @@ impl Backend for Ort {
                 what: "bf16 on CPU (ONNX Runtime's CPU provider computes fp32 or quantized int8; use --backend openvino for bf16)".into(),
             });
         }
-        let rt = runtime().as_ref().map_err(|(reason, fix)| EngineError::Unavailable {
+        let rt = runtime()
+            .as_ref()
+            .map_err(|(reason, fix)| EngineError::Unavailable {
+                backend: KIND,
+                reason: reason.clone(),
+                fix: Some(fix.to_string()),
+            })?;
+        let load_err = |m: String| EngineError::Load {
             backend: KIND,
-            reason: reason.clone(),
-            fix: Some(fix.to_string()),
-        })?;
-        let load_err = |m: String| EngineError::Load { backend: KIND, path: p.path.clone(), message: m };
+            path: p.path.clone(),
+            message: m,
+        };
         guard(KIND, "loading", || {
             let mut sessions = Vec::with_capacity(p.streams);
             for _ in 0..p.streams {
                 let mut b = OrtSession::builder(&rt.env)
                     .map_err(s)
-                    .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::All).map_err(s))
+                    .and_then(|b| {
+                        b.with_optimization_level(GraphOptimizationLevel::All)
+                            .map_err(s)
+                    })
                     .and_then(|b| b.with_intra_threads(p.threads).map_err(s))
                     .and_then(|b| b.with_inter_threads(1).map_err(s))
                     .map_err(&load_err)?;
                 if p.streams > 1 {
                     // Spinning intra-op threads of one stream steal cycles from the others.
-                    b = b.with_intra_op_spinning(false).map_err(|e| load_err(s(e)))?;
+                    b = b
+                        .with_intra_op_spinning(false)
+                        .map_err(|e| load_err(s(e)))?;
                 }
                 sessions.push(b.commit_from_file(&p.path).map_err(|e| load_err(s(e)))?);
             }
@@ -112,7 +127,11 @@ impl Backend for Ort {
             };
             let names = p.inputs.iter().map(|i| i.name.clone()).collect();
             let outputs = p.outputs.iter().map(|o| o.name.clone()).collect();
-            let sess: Box<dyn BackendSession> = Box::new(OrtRun { sessions: Pool::new(sessions), names, outputs });
+            let sess: Box<dyn BackendSession> = Box::new(OrtRun {
+                sessions: Pool::new(sessions),
+                names,
+                outputs,
+            });
             Ok((sess, info, p.outputs.clone()))
         })
     }
@@ -127,13 +146,27 @@ struct OrtRun {
 fn input_value(t: &Tensor) -> Result<SessionInputValue<'_>, String> {
     let shape = t.shape().to_vec();
     Ok(match t.data() {
-        TensorData::F32(v) => TensorRef::from_array_view((shape, v.as_slice())).map_err(s)?.into(),
-        TensorData::F64(v) => TensorRef::from_array_view((shape, v.as_slice())).map_err(s)?.into(),
-        TensorData::I64(v) => TensorRef::from_array_view((shape, v.as_slice())).map_err(s)?.into(),
-        TensorData::I32(v) => TensorRef::from_array_view((shape, v.as_slice())).map_err(s)?.into(),
-        TensorData::I8(v) => TensorRef::from_array_view((shape, v.as_slice())).map_err(s)?.into(),
-        TensorData::U8(v) => TensorRef::from_array_view((shape, v.as_slice())).map_err(s)?.into(),
-        TensorData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice())).map_err(s)?.into(),
+        TensorData::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(s)?
+            .into(),
+        TensorData::F64(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(s)?
+            .into(),
+        TensorData::I64(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(s)?
+            .into(),
+        TensorData::I32(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(s)?
+            .into(),
+        TensorData::I8(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(s)?
+            .into(),
+        TensorData::U8(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(s)?
+            .into(),
+        TensorData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(s)?
+            .into(),
     })
 }
 
@@ -144,7 +177,10 @@ fn output_tensor(v: &DynValue) -> Result<Tensor, String> {
     macro_rules! ext {
         ($t:ty, $variant:ident) => {{
             let (shape, data) = v.try_extract_tensor::<$t>().map_err(s)?;
-            (shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>(), TensorData::$variant(data.to_vec()))
+            (
+                shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>(),
+                TensorData::$variant(data.to_vec()),
+            )
         }};
     }
     let (shape, data) = match ty {
@@ -162,18 +198,27 @@ fn output_tensor(v: &DynValue) -> Result<Tensor, String> {
 
 impl BackendSession for OrtRun {
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
-        let run_err = |m: String| EngineError::Run { backend: KIND, message: m };
+        let run_err = |m: String| EngineError::Run {
+            backend: KIND,
+            message: m,
+        };
         guard(KIND, "running", || {
-            let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+            let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+                Vec::with_capacity(inputs.len());
             for (name, t) in self.names.iter().zip(inputs) {
-                feed.push((Cow::Borrowed(name.as_str()), input_value(t).map_err(run_err)?));
+                feed.push((
+                    Cow::Borrowed(name.as_str()),
+                    input_value(t).map_err(run_err)?,
+                ));
             }
             self.sessions.with(|sess| {
                 let outs = sess.run(feed).map_err(|e| run_err(s(e)))?;
                 self.outputs
                     .iter()
                     .map(|name| {
-                        let v = outs.get(name).ok_or_else(|| run_err(format!("no output '{name}'")))?;
+                        let v = outs
+                            .get(name)
+                            .ok_or_else(|| run_err(format!("no output '{name}'")))?;
                         output_tensor(v).map_err(run_err)
                     })
                     .collect()

@@ -6,10 +6,18 @@ pub(crate) struct Ort;
 
 impl Backend for Ort {
     fn availability(&self) -> Availability {
-        Availability::missing(BackendKind::Ort, "medinfer was built without the `ort` feature".into(), "rebuild with --features ort")
+        Availability::missing(
+            BackendKind::Ort,
+            "medinfer was built without the `ort` feature".into(),
+            "rebuild with --features ort",
+        )
     }
     fn load(&self, _: &Prepared) -> Result<Loaded, EngineError> {
         let a = self.availability();
-        Err(EngineError::Unavailable { backend: BackendKind::Ort, reason: a.reason.unwrap_or_default(), fix: a.fix })
+        Err(EngineError::Unavailable {
+            backend: BackendKind::Ort,
+            reason: a.reason.unwrap_or_default(),
+            fix: a.fix,
+        })
     }
 }

@@ -14,7 +14,11 @@ const KIND: BackendKind = BackendKind::Tract;
 pub(crate) struct Tract;
 
 fn err(path: &std::path::Path, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Load { backend: KIND, path: path.to_path_buf(), message: format!("{e:#}") }
+    EngineError::Load {
+        backend: KIND,
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    }
 }
 
 fn datum(dt: DType) -> DatumType {
@@ -44,13 +48,21 @@ impl Backend for Tract {
 
     fn load(&self, p: &Prepared) -> Result<Loaded, EngineError> {
         if p.precision == Precision::Bf16 {
-            return Err(EngineError::Unsupported { backend: KIND, what: "bf16 (tract computes in fp32; use --backend openvino for bf16)".into() });
+            return Err(EngineError::Unsupported {
+                backend: KIND,
+                what: "bf16 (tract computes in fp32; use --backend openvino for bf16)".into(),
+            });
         }
         guard(KIND, "loading", || {
-            let mut model = tract_onnx::onnx().model_for_path(&p.path).map_err(|e| err(&p.path, e))?;
+            let mut model = tract_onnx::onnx()
+                .model_for_path(&p.path)
+                .map_err(|e| err(&p.path, e))?;
             for (i, spec) in p.inputs.iter().enumerate() {
                 model
-                    .set_input_fact(i, InferenceFact::dt_shape(datum(spec.dtype), spec.shape.clone()))
+                    .set_input_fact(
+                        i,
+                        InferenceFact::dt_shape(datum(spec.dtype), spec.shape.clone()),
+                    )
                     .map_err(|e| err(&p.path, e))?;
             }
             let plan = model
@@ -59,7 +71,11 @@ impl Backend for Tract {
                 .map_err(|e| err(&p.path, e))?;
             let mut states = Vec::with_capacity(p.streams);
             for _ in 0..p.streams {
-                let exec = if p.threads > 1 { Executor::multithread(p.threads) } else { Executor::SingleThread };
+                let exec = if p.threads > 1 {
+                    Executor::multithread(p.threads)
+                } else {
+                    Executor::SingleThread
+                };
                 states.push((plan.spawn().map_err(|e| err(&p.path, e))?, exec));
             }
             let info = SessionInfo {
@@ -71,9 +87,14 @@ impl Backend for Tract {
                 mode: p.mode,
                 streams: p.streams,
                 threads: p.threads,
-                notes: vec![format!("{} stream(s), each its own execution state", p.streams)],
+                notes: vec![format!(
+                    "{} stream(s), each its own execution state",
+                    p.streams
+                )],
             };
-            let sess: Box<dyn BackendSession> = Box::new(TractSession { states: Pool::new(states) });
+            let sess: Box<dyn BackendSession> = Box::new(TractSession {
+                states: Pool::new(states),
+            });
             Ok((sess, info, p.outputs.clone()))
         })
     }
@@ -100,13 +121,55 @@ fn to_tract(t: &Tensor) -> TractResult<TValue> {
 fn from_tract(t: &tract_onnx::prelude::Tensor) -> Result<Tensor, String> {
     let shape = t.shape().to_vec();
     let data = match t.datum_type() {
-        dt if dt == f32::datum_type() => TensorData::F32(t.to_plain_array_view::<f32>().map_err(|e| e.to_string())?.iter().cloned().collect()),
-        dt if dt == f64::datum_type() => TensorData::F64(t.to_plain_array_view::<f64>().map_err(|e| e.to_string())?.iter().cloned().collect()),
-        dt if dt == i64::datum_type() => TensorData::I64(t.to_plain_array_view::<i64>().map_err(|e| e.to_string())?.iter().cloned().collect()),
-        dt if dt == i32::datum_type() => TensorData::I32(t.to_plain_array_view::<i32>().map_err(|e| e.to_string())?.iter().cloned().collect()),
-        dt if dt == i8::datum_type() => TensorData::I8(t.to_plain_array_view::<i8>().map_err(|e| e.to_string())?.iter().cloned().collect()),
-        dt if dt == u8::datum_type() => TensorData::U8(t.to_plain_array_view::<u8>().map_err(|e| e.to_string())?.iter().cloned().collect()),
-        dt if dt == bool::datum_type() => TensorData::Bool(t.to_plain_array_view::<bool>().map_err(|e| e.to_string())?.iter().cloned().collect()),
+        dt if dt == f32::datum_type() => TensorData::F32(
+            t.to_plain_array_view::<f32>()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
+        dt if dt == f64::datum_type() => TensorData::F64(
+            t.to_plain_array_view::<f64>()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
+        dt if dt == i64::datum_type() => TensorData::I64(
+            t.to_plain_array_view::<i64>()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
+        dt if dt == i32::datum_type() => TensorData::I32(
+            t.to_plain_array_view::<i32>()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
+        dt if dt == i8::datum_type() => TensorData::I8(
+            t.to_plain_array_view::<i8>()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
+        dt if dt == u8::datum_type() => TensorData::U8(
+            t.to_plain_array_view::<u8>()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
+        dt if dt == bool::datum_type() => TensorData::Bool(
+            t.to_plain_array_view::<bool>()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
         other => return Err(format!("output of type {other:?} is not supported")),
     };
     Tensor::new(shape, data).map_err(|e| e.to_string())
@@ -114,14 +177,23 @@ fn from_tract(t: &tract_onnx::prelude::Tensor) -> Result<Tensor, String> {
 
 impl BackendSession for TractSession {
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
-        let run_err = |m: String| EngineError::Run { backend: KIND, message: m };
-        let values: TVec<TValue> = inputs.iter().map(to_tract).collect::<TractResult<_>>().map_err(|e| run_err(format!("{e:#}")))?;
+        let run_err = |m: String| EngineError::Run {
+            backend: KIND,
+            message: m,
+        };
+        let values: TVec<TValue> = inputs
+            .iter()
+            .map(to_tract)
+            .collect::<TractResult<_>>()
+            .map_err(|e| run_err(format!("{e:#}")))?;
         guard(KIND, "running", || {
             let outs = self
                 .states
                 .with(|(state, exec)| multithread_tract_scope(exec.clone(), || state.run(values)))
                 .map_err(|e| run_err(format!("{e:#}")))?;
-            outs.iter().map(|v| from_tract(v).map_err(run_err)).collect()
+            outs.iter()
+                .map(|v| from_tract(v).map_err(run_err))
+                .collect()
         })
     }
 }

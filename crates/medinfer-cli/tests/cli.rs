@@ -1,0 +1,348 @@
+//! The `medinfer` binary as a user runs it: real processes, real files, exit codes, stderr.
+use medinfer_core::Tensor;
+use medinfer_onnx::SeededRng;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn medinfer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_medinfer"))
+}
+
+fn run(args: &[&str]) -> Output {
+    medinfer().args(args).output().expect("medinfer runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure must be one clear line naming `needle`, a non-zero exit, and never a panic.
+fn assert_clean_failure(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {e}");
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
+        "panic: {e}"
+    );
+    let lines: Vec<&str> = e.lines().filter(|l| !l.starts_with("note:")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {e}");
+    assert!(lines[0].starts_with("error: "), "{e}");
+    for n in needles {
+        assert!(e.contains(n), "'{n}' missing from: {e}");
+    }
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn build_zoo(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.onnx"));
+    let o = run(&["zoo", "build", name, "-o", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p
+}
+
+fn native_available(name: &str) -> bool {
+    let o = run(&["runtimes", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["backend"] == name && b["available"] == true)
+}
+
+#[test]
+fn zoo_list_and_info_report_the_models() {
+    let o = run(&["zoo", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 4);
+    let d = tmp();
+    let p = build_zoo(d.path(), "resnet18-ct");
+    let o = run(&["info", p.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["trainable_parameters"], 11_173_318);
+    assert_eq!(
+        v["inputs"][0]["shape"],
+        serde_json::json!(["batch", 1, 128, 128])
+    );
+    assert_eq!(v["op_histogram"]["Conv"], 20);
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    assert!(v["macs"].as_u64().unwrap() > 500_000_000);
+}
+
+#[test]
+fn non_onnx_and_truncated_models_are_one_line_errors() {
+    let d = tmp();
+    let junk = d.path().join("scan.onnx");
+    std::fs::write(&junk, b"\x89PNG\r\n\x1a\n....definitely an image").unwrap();
+    let full = std::fs::read(build_zoo(d.path(), "resnet18-ct")).unwrap();
+    let cut = d.path().join("cut.onnx");
+    std::fs::write(&cut, &full[..full.len() * 2 / 3]).unwrap();
+    for f in [&junk, &cut] {
+        let f = f.to_str().unwrap();
+        assert_clean_failure(&run(&["info", f]), &[f]);
+        assert_clean_failure(
+            &run(&["bench", f, "--backend", "tract", "--runs", "1"]),
+            &[f],
+        );
+    }
+    assert_clean_failure(
+        &run(&["info", "/no/such/model.onnx"]),
+        &["/no/such/model.onnx", "no such file"],
+    );
+}
+
+#[test]
+fn infer_writes_outputs_that_agree_across_backends() {
+    let d = tmp();
+    let model = build_zoo(d.path(), "resnet18-ct");
+    let mut r = SeededRng::new(9);
+    // Batch 2: the dynamic batch dimension is taken from the file.
+    let x = Tensor::from_f32(
+        vec![2, 1, 128, 128],
+        (0..2 * 128 * 128).map(|_| r.normal() as f32).collect(),
+    )
+    .unwrap();
+    let input = d.path().join("x.npy");
+    medinfer_io::npy::write(&input, &x).unwrap();
+    let mut outs = Vec::new();
+    let mut backends = vec!["tract"];
+    backends.extend(
+        ["ort", "openvino"]
+            .into_iter()
+            .filter(|b| native_available(b)),
+    );
+    for b in &backends {
+        let out = d.path().join(format!("out-{b}"));
+        let o = run(&[
+            "infer",
+            model.to_str().unwrap(),
+            "-i",
+            &format!("input={}", input.display()),
+            "-b",
+            b,
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{b}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["session"]["backend"], *b);
+        let t = medinfer_io::npy::read(&out.join("output.npy")).unwrap();
+        assert_eq!(t.shape(), &[2, 6]);
+        outs.push(t.to_f64_vec());
+    }
+    let scale = outs[0].iter().fold(0f64, |m, v| m.max(v.abs()));
+    for (b, o) in backends.iter().zip(&outs).skip(1) {
+        let err = outs[0]
+            .iter()
+            .zip(o)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        assert!(err <= 1e-3 * scale, "{b}: {err} vs scale {scale}");
+    }
+}
+
+#[test]
+fn wrong_input_shape_and_dtype_are_one_line_errors() {
+    let d = tmp();
+    let model = build_zoo(d.path(), "resnet18-ct");
+    let m = model.to_str().unwrap();
+    let out = d.path().join("o");
+    let o = out.to_str().unwrap();
+    let wrong_shape = d.path().join("rgb.npy");
+    medinfer_io::npy::write(
+        &wrong_shape,
+        &Tensor::zeros(medinfer_core::DType::F32, vec![1, 3, 128, 128]).unwrap(),
+    )
+    .unwrap();
+    assert_clean_failure(
+        &run(&[
+            "infer",
+            m,
+            "-i",
+            wrong_shape.to_str().unwrap(),
+            "-b",
+            "tract",
+            "-o",
+            o,
+        ]),
+        &["input", "[1, 3, 128, 128]"],
+    );
+    let wrong_type = d.path().join("ints.npy");
+    medinfer_io::npy::write(
+        &wrong_type,
+        &Tensor::zeros(medinfer_core::DType::I64, vec![1, 1, 128, 128]).unwrap(),
+    )
+    .unwrap();
+    assert_clean_failure(
+        &run(&[
+            "infer",
+            m,
+            "-i",
+            wrong_type.to_str().unwrap(),
+            "-b",
+            "tract",
+            "-o",
+            o,
+        ]),
+        &["input 'input'", "f32", "i64"],
+    );
+    let not_npy = d.path().join("fake.npy");
+    std::fs::write(&not_npy, b"hello").unwrap();
+    assert_clean_failure(
+        &run(&["infer", m, "-i", not_npy.to_str().unwrap(), "-o", o]),
+        &["fake.npy", "magic"],
+    );
+    assert_clean_failure(
+        &run(&[
+            "infer",
+            m,
+            "-i",
+            &format!("nope={}", not_npy.display()),
+            "-o",
+            o,
+        ]),
+        &["no input 'nope'"],
+    );
+}
+
+#[test]
+fn broken_runtime_libraries_are_one_line_errors() {
+    let d = tmp();
+    let garbage = d.path().join("libonnxruntime.so.1.31.1");
+    std::fs::write(&garbage, b"\x7fELF but not really a library").unwrap();
+    let o = medinfer()
+        .env("MEDINFER_ORT_LIB", &garbage)
+        .args(["bench", "resnet18-ct", "--backend", "ort", "--runs", "1"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &["ort", "cannot load", garbage.to_str().unwrap()]);
+    let o = medinfer()
+        .env("MEDINFER_OPENVINO_LIB", &garbage)
+        .args([
+            "bench",
+            "resnet18-ct",
+            "--backend",
+            "openvino",
+            "--runs",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &["openvino", "cannot load", garbage.to_str().unwrap()]);
+    let o = medinfer()
+        .env("MEDINFER_ORT_LIB", d.path().join("absent.so"))
+        .args(["bench", "resnet18-ct", "--backend", "ort"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &["MEDINFER_ORT_LIB", "absent.so", "not a file"]);
+}
+
+#[test]
+fn missing_runtimes_say_which_command_fixes_them() {
+    let d = tmp();
+    let o = medinfer()
+        .env("MEDINFER_HOME", d.path())
+        .env("MEDINFER_PYTHON", "/nonexistent/python")
+        .env_remove("MEDINFER_ORT_LIB")
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("MEDINFER_OPENVINO_LIB")
+        .args(["bench", "resnet18-ct", "--backend", "ort", "--runs", "1"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &["ort is unavailable", "medinfer runtimes install"]);
+    // `all` falls back to what is available and says what it skipped.
+    let o = medinfer()
+        .env("MEDINFER_HOME", d.path())
+        .env("MEDINFER_PYTHON", "/nonexistent/python")
+        .env_remove("MEDINFER_ORT_LIB")
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("MEDINFER_OPENVINO_LIB")
+        .args([
+            "bench",
+            "resnet18-ct",
+            "--backend",
+            "all",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipping ort"), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["backend"], "tract");
+}
+
+#[test]
+fn bench_json_has_the_documented_keys_for_every_configuration() {
+    let d = tmp();
+    let chart = d.path().join("c.svg");
+    let o = run(&[
+        "bench",
+        "resnet18-ct",
+        "--backend",
+        "all",
+        "--mode",
+        "latency,throughput",
+        "--runs",
+        "4",
+        "--warmup",
+        "1",
+        "--json",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert!(rows.len() >= 2);
+    for r in rows {
+        for k in [
+            "model",
+            "model_sha256",
+            "backend",
+            "backend_version",
+            "precision",
+            "mode",
+            "batch",
+            "streams",
+            "threads",
+            "runs",
+            "warmup",
+            "load_ms",
+            "first_inference_ms",
+            "throughput_per_s",
+            "peak_rss_mb",
+        ] {
+            assert!(!r[k].is_null(), "missing {k} in {r}");
+        }
+        for k in ["mean", "std", "min", "p50", "p90", "p99", "max"] {
+            assert!(r["latency_ms"][k].as_f64().unwrap() > 0.0, "{k} in {r}");
+        }
+        let l = &r["latency_ms"];
+        assert!(
+            l["min"].as_f64() <= l["p50"].as_f64()
+                && l["p50"].as_f64() <= l["p99"].as_f64()
+                && l["p99"].as_f64() <= l["max"].as_f64()
+        );
+        assert_eq!(r["runs"], 4);
+        assert!(r["peak_rss_mb"].as_f64().unwrap() > 10.0);
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r["mode"] == "throughput" && r["streams"].as_u64().unwrap() >= 1));
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<rect").count() > rows.len(),
+        "{svg}"
+    );
+}
