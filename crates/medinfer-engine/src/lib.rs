@@ -272,3 +272,13 @@ pub(crate) fn guard<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sessions_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Session>();
+        assert_send_sync::<super::EngineError>();
+    }
+}

@@ -163,11 +163,13 @@ pub fn analyze(model: &ModelProto, file_bytes: Option<&[u8]>) -> ModelInfo {
     let mut trainable = 0u64;
     let mut all = 0u64;
     for t in &graph.initializer {
-        let numel: u64 = tensor_dims(t).iter().map(|&d| d as u64).product();
-        all += numel;
+        let numel = tensor_dims(t)
+            .iter()
+            .fold(1u64, |a, &d| a.saturating_mul(d as u64));
+        all = all.saturating_add(numel);
         let float_or_q = matches!(t.data_type.unwrap_or(0), 1 | 2 | 3 | 10 | 11 | 16);
         if float_or_q && trainable_use.get(t.name.as_deref().unwrap_or("")) == Some(&true) {
-            trainable += numel;
+            trainable = trainable.saturating_add(numel);
         }
     }
 

@@ -19,6 +19,11 @@ pub struct ShapeReport {
     pub unknown_ops: Vec<String>,
 }
 
+/// Product of dims, saturating instead of overflowing (hostile models declare absurd shapes).
+fn prod(v: &[usize]) -> usize {
+    v.iter().fold(1usize, |a, &d| a.saturating_mul(d))
+}
+
 fn conv_out(
     inp: usize,
     k: usize,
@@ -28,16 +33,18 @@ fn conv_out(
     pe: usize,
     ceil: bool,
 ) -> Option<usize> {
-    let eff = d * (k.max(1) - 1) + 1;
-    let span = (inp + pb + pe).checked_sub(eff)?;
+    let eff = d.saturating_mul(k.max(1) - 1).saturating_add(1);
+    let span = inp.saturating_add(pb).saturating_add(pe).checked_sub(eff)?;
     let s = s.max(1);
-    Some(if ceil { span.div_ceil(s) } else { span / s } + 1)
+    Some(if ceil { span.div_ceil(s) } else { span / s }.saturating_add(1))
 }
 
+/// An INTS attribute as exactly `n` values (missing entries take `default`).
 fn ints_or(node: &NodeProto, name: &str, n: usize, default: usize) -> Vec<usize> {
-    attr_ints(node, name)
-        .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
-        .unwrap_or_else(|| vec![default; n])
+    let v = attr_ints(node, name).unwrap_or_default();
+    (0..n)
+        .map(|i| v.get(i).map(|&x| x.max(0) as usize).unwrap_or(default))
+        .collect()
 }
 
 /// Pads for `n` spatial dims, honouring `auto_pad` (SAME_UPPER / SAME_LOWER / VALID).
@@ -54,7 +61,12 @@ fn spatial_pads(
         return (0..n)
             .map(|i| {
                 let out = inp[i].div_ceil(s[i].max(1));
-                let total = ((out - 1) * s[i] + d[i] * (k[i] - 1) + 1).saturating_sub(inp[i]);
+                let total = out
+                    .saturating_sub(1)
+                    .saturating_mul(s[i])
+                    .saturating_add(d[i].saturating_mul(k[i].saturating_sub(1)))
+                    .saturating_add(1)
+                    .saturating_sub(inp[i]);
                 let small = total / 2;
                 if auto == "SAME_UPPER" {
                     (small, total - small)
@@ -135,7 +147,7 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                         let d = ints_or(node, "dilations", n, 1);
                         let g = attr_i(node, "group").unwrap_or(1).max(1) as usize;
                         let pads = spatial_pads(node, &x[2..], &k, &s, &d);
-                        let kprod: usize = k.iter().product();
+                        let kprod = prod(&k);
                         if op == "Conv" {
                             let sp: Option<Vec<usize>> = (0..n)
                                 .map(|i| {
@@ -152,23 +164,27 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                                 .collect();
                             if let Some(sp) = sp {
                                 let o: Vec<usize> = [x[0], w[0]].into_iter().chain(sp).collect();
-                                report.macs +=
-                                    (o.iter().product::<usize>() * (x[1] / g) * kprod) as u64;
+                                let m = prod(&o).saturating_mul(x[1] / g).saturating_mul(kprod);
+                                report.macs = report.macs.saturating_add(m as u64);
                                 out = Some(o);
                             }
                         } else {
                             let op_pad = ints_or(node, "output_padding", n, 0);
                             let sp: Vec<usize> = (0..n)
                                 .map(|i| {
-                                    (s[i] * (x[2 + i].max(1) - 1)
-                                        + op_pad[i]
-                                        + (k[i] - 1) * d[i]
-                                        + 1)
-                                    .saturating_sub(pads[i].0 + pads[i].1)
+                                    s[i].saturating_mul(x[2 + i].max(1) - 1)
+                                        .saturating_add(op_pad[i])
+                                        .saturating_add(k[i].saturating_sub(1).saturating_mul(d[i]))
+                                        .saturating_add(1)
+                                        .saturating_sub(pads[i].0.saturating_add(pads[i].1))
                                 })
                                 .collect();
-                            let o: Vec<usize> = [x[0], w[1] * g].into_iter().chain(sp).collect();
-                            report.macs += (x.iter().product::<usize>() * w[1] * kprod) as u64;
+                            let o: Vec<usize> = [x[0], w[1].saturating_mul(g)]
+                                .into_iter()
+                                .chain(sp)
+                                .collect();
+                            let m = prod(x).saturating_mul(w[1]).saturating_mul(kprod);
+                            report.macs = report.macs.saturating_add(m as u64);
                             out = Some(o);
                         }
                     }
@@ -260,7 +276,7 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                     let r = x.len() as i64;
                     let axis = attr_i(node, "axis").unwrap_or(1);
                     let axis = if axis < 0 { axis + r } else { axis }.clamp(0, r) as usize;
-                    out = Some(vec![x[..axis].iter().product(), x[axis..].iter().product()]);
+                    out = Some(vec![prod(&x[..axis]), prod(&x[axis..])]);
                 }
             }
             "Gemm" => {
@@ -270,7 +286,7 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                         let tb = attr_i(node, "transB").unwrap_or(0) != 0;
                         let (m, k) = if ta { (a[1], a[0]) } else { (a[0], a[1]) };
                         let n = if tb { bm[0] } else { bm[1] };
-                        report.macs += (m * n * k) as u64;
+                        report.macs = report.macs.saturating_add(prod(&[m, n, k]) as u64);
                         out = Some(vec![m, n]);
                     }
                 }
@@ -281,7 +297,9 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                         let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
                         let n = bm[bm.len() - 1];
                         if let Some(mut batch) = broadcast(&a[..a.len() - 2], &bm[..bm.len() - 2]) {
-                            report.macs += (batch.iter().product::<usize>() * m * n * k) as u64;
+                            report.macs = report.macs.saturating_add(
+                                prod(&batch).saturating_mul(prod(&[m, n, k])) as u64,
+                            );
                             batch.extend([m, n]);
                             out = Some(batch);
                         }
@@ -291,7 +309,7 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
             "Reshape" => {
                 if let (Some(x), Some(target)) = (x, node.input.get(1).and_then(|n| consts.get(n)))
                 {
-                    let total: usize = x.iter().product();
+                    let total = prod(x);
                     let mut o: Vec<usize> = Vec::new();
                     let mut infer_at = None;
                     for (i, &t) in target.iter().enumerate() {
@@ -305,7 +323,7 @@ pub fn infer(graph: &GraphProto, inputs: &HashMap<String, Vec<usize>>) -> ShapeR
                             o.push(t.max(0) as usize);
                         }
                     }
-                    let known: usize = o.iter().product();
+                    let known = prod(&o);
                     if let Some(i) = infer_at {
                         if let Some(v) = total.checked_div(known) {
                             o[i] = v;
