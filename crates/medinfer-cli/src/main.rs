@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod imaging;
+
 #[derive(Parser)]
 #[command(name = "medinfer", version, about = "Run trained medical-imaging models (ONNX) on CPUs through tract, ONNX Runtime or OpenVINO", long_about = None)]
 struct Cli {
@@ -41,6 +43,11 @@ enum Command {
     Infer(InferArgs),
     /// Benchmark a model on one or more engine configurations, side by side.
     Bench(BenchArgs),
+    /// Describe image files or folders: DICOM series (how they assemble, which encodings),
+    /// NIfTI, PNG, JPEG. Never prints patient-identifying attributes.
+    Inspect(imaging::InspectArgs),
+    /// Convert a DICOM series (or any supported image) to NIfTI, NPY or a PNG view.
+    Convert(imaging::ConvertArgs),
 }
 
 #[derive(Args)]
@@ -168,6 +175,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Info { model, json } => cmd_info(&model, json),
         Command::Infer(a) => cmd_infer(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Inspect(a) => imaging::cmd_inspect(a),
+        Command::Convert(a) => imaging::cmd_convert(a),
     }
 }
 

@@ -11,7 +11,11 @@
 //! ```
 #![warn(missing_docs)]
 
+mod image;
+pub mod preprocess;
 mod tensor;
+
+pub use image::{min_max, Image2d, Photometric, Tags, Volume, Window};
 
 pub use tensor::{DType, Tensor, TensorData};
 
@@ -31,6 +35,19 @@ pub enum CoreError {
     /// A shape whose element count overflows `usize`.
     #[error("shape {0:?} is too large")]
     ShapeOverflow(Vec<usize>),
+    /// An index outside the object's extent.
+    #[error("{what} {index:?} is out of range {len:?}")]
+    OutOfRange {
+        /// What was indexed.
+        what: &'static str,
+        /// The index asked for.
+        index: Vec<usize>,
+        /// The extent.
+        len: Vec<usize>,
+    },
+    /// An argument outside what the operation accepts.
+    #[error("{0}")]
+    Invalid(String),
     /// A typed accessor was used on a tensor of another element type.
     #[error("expected a {expected} tensor, found {found}")]
     WrongDType {

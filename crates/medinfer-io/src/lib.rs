@@ -1,10 +1,37 @@
 //! # medinfer-io
 //!
-//! Readers and writers for the files medinfer consumes and produces. Today: NumPy `.npy`
-//! tensors ([`npy`]), the exchange format of `medinfer infer`.
+//! Readers and writers for the files medinfer consumes and produces, all into the image model of
+//! `medinfer-core` ([`Image2d`], [`Volume`]) with values in modality units.
+//!
+//! ```no_run
+//! // One DICOM file (every frame), a DICOM series folder, a NIfTI volume, a PNG.
+//! let frames = medinfer_io::dicom::read_images("slice.dcm")?;
+//! let ct = medinfer_io::series::read_series("ct_series/")?;
+//! let cine = medinfer_io::nifti::read("cine.nii.gz")?;
+//! let cxr = medinfer_io::raster::read_png("cxr.png")?;
+//! # Ok::<(), medinfer_io::IoError>(())
+//! ```
+//!
+//! | format | module | read | write |
+//! |---|---|---|---|
+//! | DICOM (see [`dicom`] for transfer syntaxes), series, cine, multi-frame | [`dicom`], [`series`] | yes | - |
+//! | NIfTI-1 / NIfTI-2, `.nii`, `.nii.gz`, `.hdr`/`.img` | [`nifti`] | yes | NIfTI-1 |
+//! | PNG 1-16 bit, JPEG 8/12 bit | [`raster`] | yes | 8-bit PNG, overlays |
+//! | NumPy `.npy` | [`npy`] | yes | yes |
+//!
+//! Every reader checks declared sizes against hard limits and the bytes present before
+//! allocating, and every error names the file and what was wrong with it.
 #![warn(missing_docs)]
 
+pub mod dicom;
+pub mod inspect;
+pub mod nifti;
 pub mod npy;
+pub mod raster;
+pub mod series;
+
+pub use medinfer_core::{Image2d, Volume};
+use std::path::Path;
 
 /// I/O errors: always name the file and what was wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -25,4 +52,135 @@ pub enum IoError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// File formats medinfer recognises by content (not by extension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// DICOM (with or without preamble / file meta).
+    Dicom,
+    /// NIfTI-1 or NIfTI-2 (also gzipped, also `.hdr`).
+    Nifti,
+    /// PNG.
+    Png,
+    /// JPEG.
+    Jpeg,
+    /// NumPy array.
+    Npy,
+}
+
+/// Detects the format from the first bytes (and, for gzip, the name).
+pub fn detect(path: &Path) -> Result<Option<Format>, IoError> {
+    use std::io::Read;
+    let mut head = [0u8; 348];
+    let mut f = std::fs::File::open(path).map_err(|source| IoError::Os {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(source) => {
+                return Err(IoError::Os {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    let b = &head[..n];
+    let lower = path.to_string_lossy().to_ascii_lowercase();
+    Ok(if b.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else if b.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some(Format::Jpeg)
+    } else if b.starts_with(b"\x93NUMPY") {
+        Some(Format::Npy)
+    } else if b.len() >= 4 && matches!(i32::from_le_bytes([b[0], b[1], b[2], b[3]]), 348 | 540)
+        || b.len() >= 4 && matches!(i32::from_be_bytes([b[0], b[1], b[2], b[3]]), 348 | 540)
+        || (b.starts_with(&[0x1f, 0x8b])
+            && (lower.ends_with(".nii.gz") || lower.ends_with(".hdr.gz")))
+    {
+        Some(Format::Nifti)
+    } else if dicom::looks_like_dicom(b) {
+        Some(Format::Dicom)
+    } else {
+        None
+    })
+}
+
+/// Reads any supported file as a volume: a DICOM file or series folder, NIfTI, or a 2D image
+/// (PNG / JPEG / single-frame DICOM become a volume of one slice, colour converted to gray).
+pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume, IoError> {
+    let path = path.as_ref();
+    if path.is_dir() {
+        return series::read_series(path);
+    }
+    let img = match detect(path)? {
+        Some(Format::Nifti) => return nifti::read(path),
+        Some(Format::Dicom) => {
+            let f = dicom::DicomFile::open(path)?;
+            if f.header.samples_per_pixel == 1 {
+                return series::read_series(path);
+            }
+            let mut v = f.images()?;
+            v.remove(0)
+        }
+        Some(Format::Png) => raster::read_png(path)?,
+        Some(Format::Jpeg) => raster::read_jpeg(path)?,
+        Some(Format::Npy) | None => {
+            return Err(IoError::Format {
+                path: path.display().to_string(),
+                reason: "not a DICOM, NIfTI, PNG or JPEG file".into(),
+            })
+        }
+    };
+    image_to_volume(img.to_gray())
+}
+
+/// A 2D image as a one-slice volume (rows = y, columns = x).
+pub fn image_to_volume(img: Image2d) -> Result<Volume, IoError> {
+    let g = img.to_gray();
+    let mut v = Volume::new(
+        [g.width, g.height, 1, 1],
+        g.data,
+        [g.spacing[1], g.spacing[0], 1.0, 0.0],
+    )
+    .map_err(|e| IoError::Format {
+        path: "image".into(),
+        reason: e.to_string(),
+    })?;
+    v.window = g.window;
+    v.tags = g.tags;
+    Ok(v)
+}
+
+/// Reads any supported file as 2D images (every frame of a DICOM file; the one PNG / JPEG).
+pub fn read_images(path: impl AsRef<Path>) -> Result<Vec<Image2d>, IoError> {
+    let path = path.as_ref();
+    match detect(path)? {
+        Some(Format::Dicom) => dicom::read_images(path),
+        Some(Format::Png) => Ok(vec![raster::read_png(path)?]),
+        Some(Format::Jpeg) => Ok(vec![raster::read_jpeg(path)?]),
+        Some(Format::Nifti) => {
+            let v = nifti::read(path)?;
+            let mut out = Vec::new();
+            for t in 0..v.dims[3] {
+                for z in 0..v.dims[2] {
+                    out.push(v.slice(z, t).map_err(|e| IoError::Format {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?);
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(IoError::Format {
+            path: path.display().to_string(),
+            reason: "not a DICOM, NIfTI, PNG or JPEG file".into(),
+        }),
+    }
 }

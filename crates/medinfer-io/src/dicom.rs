@@ -1,0 +1,919 @@
+//! DICOM files through dicom-rs (`dicom-object` parses, `dicom-pixeldata` decompresses).
+//!
+//! medinfer owns the *value* pipeline on top of the decoded samples, because that is where silent
+//! errors live: bits-stored masking and sign extension, planar configuration, YBR to RGB, the
+//! modality transform (Rescale Slope / Intercept, also when stored with VR UN, or a Modality LUT
+//! Sequence; per frame for enhanced multi-frame), MONOCHROME1 bookkeeping and the value range.
+//! Every declared size is checked against the bytes really present before anything is allocated
+//! from it, and a panic inside a dependency becomes an error naming the file.
+//!
+//! | transfer syntax | supported |
+//! |---|---|
+//! | implicit / explicit VR little endian, explicit VR big endian, deflated | yes |
+//! | encapsulated uncompressed | yes |
+//! | RLE lossless | yes |
+//! | JPEG baseline (8-bit), extended 8-bit, lossless (process 14, any predictor) | yes |
+//! | JPEG extended 12-bit | no: jpeg-decoder has no 12-bit lossy path; a clear error |
+//! | JPEG 2000 (lossless and lossy, HTJ2K excluded) | yes (pure-Rust OpenJPEG port) |
+//! | JPEG-LS, JPEG XL, MPEG/HEVC video | no: a clear error naming the syntax |
+
+use crate::IoError;
+use dicom_core::{value::Value, DataDictionary, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use medinfer_core::{Image2d, Photometric, Tags, Window};
+use serde::Serialize;
+use std::path::Path;
+
+/// Largest DICOM file read (bytes).
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
+/// Largest decoded pixel buffer accepted, in samples (rows x columns x frames x samples per
+/// pixel); 2^31 samples is 8 GiB of f32 and far beyond any real acquisition on this machine.
+pub const MAX_SAMPLES: u64 = 1 << 31;
+
+/// Everything medinfer reads from a DICOM file apart from the pixels. Holds no
+/// patient-identifying attribute.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DicomHeader {
+    /// Transfer syntax UID.
+    pub transfer_syntax_uid: String,
+    /// Its name, when known.
+    pub transfer_syntax: String,
+    /// Whether medinfer can decode this transfer syntax.
+    pub decodable: bool,
+    /// SOP class UID.
+    pub sop_class_uid: String,
+    /// Modality (CT, MR, CR, DX, ...).
+    pub modality: String,
+    /// Series instance UID.
+    pub series_instance_uid: String,
+    /// Study instance UID.
+    pub study_instance_uid: String,
+    /// Series number.
+    pub series_number: Option<i64>,
+    /// Series description.
+    pub series_description: String,
+    /// Instance number.
+    pub instance_number: Option<i64>,
+    /// Rows.
+    pub rows: u32,
+    /// Columns.
+    pub columns: u32,
+    /// Number of frames (1 for single-frame objects).
+    pub frames: u32,
+    /// Samples per pixel.
+    pub samples_per_pixel: u16,
+    /// Bits allocated.
+    pub bits_allocated: u16,
+    /// Bits stored.
+    pub bits_stored: u16,
+    /// Pixel representation: true when signed.
+    pub signed: bool,
+    /// Photometric interpretation as declared.
+    pub photometric: String,
+    /// Planar configuration (0 interleaved, 1 planar).
+    pub planar_configuration: u16,
+    /// Pixel spacing (row, column) in mm; Imager Pixel Spacing when Pixel Spacing is absent.
+    pub pixel_spacing: Option<[f64; 2]>,
+    /// Slice thickness in mm.
+    pub slice_thickness: Option<f64>,
+    /// Image Position (Patient), LPS mm, of the first frame.
+    pub position: Option<[f64; 3]>,
+    /// Image Orientation (Patient): row then column direction cosines, LPS.
+    pub orientation: Option<[f64; 6]>,
+    /// Trigger time in ms (cine).
+    pub trigger_time: Option<f64>,
+    /// Temporal position identifier (cine).
+    pub temporal_position: Option<i64>,
+    /// Rescale slope and intercept (1, 0 when absent).
+    pub rescale: (f64, f64),
+    /// Whether a Modality LUT Sequence replaces the rescale.
+    pub modality_lut: bool,
+    /// First window centre / width, if any.
+    pub window: Option<Window>,
+    /// Per-frame geometry of an enhanced multi-frame object (position LPS, rescale).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frame_positions: Vec<[f64; 3]>,
+    /// Per-frame (temporal position index or trigger delay) of an enhanced multi-frame object.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frame_times: Vec<f64>,
+}
+
+/// An open DICOM file: header parsed, pixels decoded on demand.
+pub struct DicomFile {
+    path: String,
+    obj: DefaultDicomObject,
+    /// The parsed header.
+    pub header: DicomHeader,
+    per_frame_rescale: Vec<(f64, f64)>,
+}
+
+fn fmt_err(path: &str, reason: impl Into<String>) -> IoError {
+    IoError::Format {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Runs `f`, turning a panic inside a dependency into an error that names the file.
+fn guard<T>(path: &str, what: &str, f: impl FnOnce() -> Result<T, IoError>) -> Result<T, IoError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(fmt_err(
+                path,
+                format!("{what} failed inside the DICOM library: {msg}"),
+            ))
+        }
+    }
+}
+
+/// Reads a file into memory with a size cap.
+pub(crate) fn read_bytes(path: &Path, cap: u64) -> Result<Vec<u8>, IoError> {
+    let p = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|source| IoError::Os {
+        path: p.clone(),
+        source,
+    })?;
+    if meta.len() > cap {
+        return Err(fmt_err(
+            &p,
+            format!("file is {} bytes, more than the {cap} accepted", meta.len()),
+        ));
+    }
+    std::fs::read(path).map_err(|source| IoError::Os { path: p, source })
+}
+
+/// True when `bytes` look like DICOM (preamble + "DICM", bare "DICM", or a raw data set that
+/// starts with a group 0x0002 / 0x0008 element).
+pub fn looks_like_dicom(bytes: &[u8]) -> bool {
+    (bytes.len() >= 132 && &bytes[128..132] == b"DICM")
+        || bytes.starts_with(b"DICM")
+        || (bytes.len() >= 8 && matches!(bytes[0..2], [0x02, 0x00] | [0x08, 0x00]) && bytes[3] == 0)
+}
+
+/// Guesses the encoding of a data set without file meta from its first element.
+fn guess_raw_ts(bytes: &[u8]) -> &'static str {
+    let big = bytes.len() >= 2 && bytes[0] == 0 && bytes[1] != 0;
+    let explicit =
+        bytes.len() >= 6 && bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase();
+    match (explicit, big) {
+        (_, true) => "1.2.840.10008.1.2.2",
+        (true, false) => "1.2.840.10008.1.2.1",
+        (false, false) => "1.2.840.10008.1.2",
+    }
+}
+
+fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObject, IoError> {
+    let opts = || {
+        let o = OpenFileOptions::new().read_preamble(dicom_object::file::ReadPreamble::Never);
+        if header_only {
+            o.read_until(tags::PIXEL_DATA)
+        } else {
+            o
+        }
+    };
+    let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        Some(&bytes[128..])
+    } else if bytes.starts_with(b"DICM") {
+        Some(bytes)
+    } else {
+        None
+    };
+    let mut bytes = bytes;
+    if let Some(body) = body {
+        // "DICM" followed by a file meta group (0002,xxxx), as the standard wants ...
+        if body.len() >= 6 && body[4..6] == [0x02, 0x00] {
+            return opts()
+                .from_reader(body)
+                .map_err(|e| fmt_err(path, format!("not a readable DICOM file: {}", chain(&e))));
+        }
+        // ... or, as some writers leave it, "DICM" straight followed by the data set.
+        bytes = &body[4..];
+    }
+    if !looks_like_dicom(bytes) {
+        return Err(fmt_err(
+            path,
+            "not a DICOM file (no DICM magic and no data set at the start)",
+        ));
+    }
+    // No preamble and no file meta: read the bare data set as pydicom's `force=True` does.
+    let ts_uid = guess_raw_ts(bytes);
+    let ts = dicom_encoding::TransferSyntaxIndex::get(&TransferSyntaxRegistry, ts_uid)
+        .ok_or_else(|| fmt_err(path, format!("transfer syntax {ts_uid} is not registered")))?;
+    let ds = InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| {
+        fmt_err(
+            path,
+            format!("not a readable DICOM data set: {}", chain(&e)),
+        )
+    })?;
+    let sop_class = ds
+        .get(tags::SOP_CLASS_UID)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.7".into());
+    let sop_inst = ds
+        .get(tags::SOP_INSTANCE_UID)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_else(|| "2.25.0".into());
+    ds.with_meta(
+        FileMetaTableBuilder::new()
+            .transfer_syntax(ts_uid)
+            .media_storage_sop_class_uid(sop_class)
+            .media_storage_sop_instance_uid(sop_inst),
+    )
+    .map_err(|e| fmt_err(path, format!("cannot build file meta: {}", chain(&e))))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+// ---- attribute access, lenient like pydicom -------------------------------------------------
+
+fn get_text<D: DataDictionary + Clone>(o: &InMemDicomObject<D>, t: Tag) -> Option<String> {
+    let e = o.get(t)?;
+    let s = match e.value() {
+        Value::Primitive(p) if e.vr() == VR::UN => {
+            String::from_utf8_lossy(&p.to_bytes()).into_owned()
+        }
+        _ => e.to_str().ok()?.into_owned(),
+    };
+    Some(
+        s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .to_string(),
+    )
+}
+
+/// Numbers of a DS / IS / binary numeric element (multi-valued with backslashes).
+fn get_nums<D: DataDictionary + Clone>(o: &InMemDicomObject<D>, t: Tag) -> Option<Vec<f64>> {
+    let e = o.get(t)?;
+    let is_text = matches!(e.vr(), VR::DS | VR::IS | VR::UN | VR::LO | VR::SH | VR::CS);
+    if !is_text {
+        if let Ok(v) = e.to_multi_float64() {
+            return if v.is_empty() { None } else { Some(v) };
+        }
+    }
+    let s = get_text(o, t)?;
+    let v: Result<Vec<f64>, _> = s
+        .split('\\')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.trim().parse::<f64>())
+        .collect();
+    v.ok()
+        .filter(|v| !v.is_empty() && v.iter().all(|x| x.is_finite()))
+}
+
+fn get_num<D: DataDictionary + Clone>(o: &InMemDicomObject<D>, t: Tag) -> Option<f64> {
+    get_nums(o, t).map(|v| v[0])
+}
+
+fn get_uint<D: DataDictionary + Clone>(o: &InMemDicomObject<D>, t: Tag) -> Option<u64> {
+    let e = o.get(t)?;
+    if e.vr() == VR::UN {
+        // US stored as UN in implicit little endian: two bytes.
+        if let Value::Primitive(p) = e.value() {
+            let b = p.to_bytes();
+            if b.len() == 2 {
+                return Some(u16::from_le_bytes([b[0], b[1]]) as u64);
+            }
+        }
+    }
+    get_num(o, t)
+        .filter(|v| *v >= 0.0 && v.fract() == 0.0)
+        .map(|v| v as u64)
+}
+
+fn first_item<D: DataDictionary + Clone>(
+    o: &InMemDicomObject<D>,
+    t: Tag,
+) -> Option<&InMemDicomObject<D>> {
+    o.get(t)?.items()?.first()
+}
+
+/// Looks `t` up in `item`'s functional group `group` (enhanced multi-frame), falling back to
+/// the shared functional groups.
+fn fg_nums(
+    obj: &InMemDicomObject,
+    frame_item: Option<&InMemDicomObject>,
+    group: Tag,
+    t: Tag,
+) -> Option<Vec<f64>> {
+    frame_item
+        .and_then(|f| first_item(f, group))
+        .and_then(|g| get_nums(g, t))
+        .or_else(|| {
+            first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
+                .and_then(|s| first_item(s, group))
+                .and_then(|g| get_nums(g, t))
+        })
+}
+
+fn arr<const N: usize>(v: Option<Vec<f64>>) -> Option<[f64; N]> {
+    v.and_then(|v| v.get(..N).and_then(|s| s.try_into().ok()))
+}
+
+impl DicomFile {
+    /// Opens and parses a DICOM file (header and pixel data, not yet decoded).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, IoError> {
+        Self::open_inner(path.as_ref(), false)
+    }
+
+    /// Parses only the header (stops before Pixel Data): fast, for inspecting and sorting series.
+    pub fn open_header(path: impl AsRef<Path>) -> Result<Self, IoError> {
+        Self::open_inner(path.as_ref(), true)
+    }
+
+    fn open_inner(path: &Path, header_only: bool) -> Result<Self, IoError> {
+        let p = path.display().to_string();
+        let bytes = read_bytes(path, MAX_FILE_BYTES)?;
+        Self::from_bytes_inner(&p, &bytes, header_only)
+    }
+
+    /// Parses DICOM from memory; `name` is used in error messages (fuzzing entry point).
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self, IoError> {
+        Self::from_bytes_inner(name, bytes, false)
+    }
+
+    fn from_bytes_inner(p: &str, bytes: &[u8], header_only: bool) -> Result<Self, IoError> {
+        guard(p, "parsing", || {
+            let obj = parse(p, bytes, header_only)?;
+            let (header, per_frame_rescale) = read_header(p, &obj)?;
+            Ok(DicomFile {
+                path: p.to_string(),
+                obj,
+                header,
+                per_frame_rescale,
+            })
+        })
+    }
+
+    /// The file name used in messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Decodes every frame into images in modality units.
+    pub fn images(&self) -> Result<Vec<Image2d>, IoError> {
+        guard(&self.path, "decoding", || decode(self))
+    }
+}
+
+fn read_header(
+    p: &str,
+    obj: &DefaultDicomObject,
+) -> Result<(DicomHeader, Vec<(f64, f64)>), IoError> {
+    let ts_uid = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_string();
+    let ts = dicom_encoding::TransferSyntaxIndex::get(&TransferSyntaxRegistry, &ts_uid);
+    let ds: &InMemDicomObject = obj;
+    let rows = get_uint(ds, tags::ROWS).unwrap_or(0);
+    let columns = get_uint(ds, tags::COLUMNS).unwrap_or(0);
+    let frames = get_num(ds, tags::NUMBER_OF_FRAMES)
+        .map(|f| f.max(1.0) as u64)
+        .unwrap_or(1);
+    let spp = get_uint(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let bits_allocated = get_uint(ds, tags::BITS_ALLOCATED).unwrap_or(0);
+    let bits_stored = get_uint(ds, tags::BITS_STORED).unwrap_or(bits_allocated);
+    let limits_ok = rows <= 65535 && columns <= 65535 && frames <= u32::MAX as u64 && spp <= 4;
+    if !limits_ok {
+        return Err(fmt_err(p, format!("absurd image geometry: {rows} rows x {columns} columns x {frames} frames x {spp} samples")));
+    }
+    let samples = rows * columns * frames * spp;
+    if samples > MAX_SAMPLES {
+        return Err(fmt_err(
+            p,
+            format!("{rows} rows x {columns} columns x {frames} frames x {spp} samples = {samples} samples, more than the {MAX_SAMPLES} accepted"),
+        ));
+    }
+    let window = match (
+        get_nums(ds, tags::WINDOW_CENTER),
+        get_nums(ds, tags::WINDOW_WIDTH),
+    ) {
+        (Some(c), Some(w)) if w[0] > 0.0 => Some(Window {
+            center: c[0],
+            width: w[0],
+        }),
+        _ => None,
+    };
+    // Enhanced multi-frame: per-frame positions and rescales.
+    let per_frame: Vec<&InMemDicomObject> = ds
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .and_then(|e| e.items())
+        .map(|items| items.iter().collect())
+        .unwrap_or_default();
+    let mut frame_positions = Vec::new();
+    let mut frame_times = Vec::new();
+    let mut per_frame_rescale = Vec::new();
+    for f in &per_frame {
+        if let Some(pos) = arr::<3>(fg_nums(
+            ds,
+            Some(f),
+            tags::PLANE_POSITION_SEQUENCE,
+            tags::IMAGE_POSITION_PATIENT,
+        )) {
+            frame_positions.push(pos);
+        }
+        let slope = fg_nums(
+            ds,
+            Some(f),
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            tags::RESCALE_SLOPE,
+        );
+        let icpt = fg_nums(
+            ds,
+            Some(f),
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            tags::RESCALE_INTERCEPT,
+        );
+        per_frame_rescale.push((slope.map_or(1.0, |v| v[0]), icpt.map_or(0.0, |v| v[0])));
+        let t = fg_nums(
+            ds,
+            Some(f),
+            tags::CARDIAC_SYNCHRONIZATION_SEQUENCE,
+            tags::NOMINAL_CARDIAC_TRIGGER_DELAY_TIME,
+        )
+        .or_else(|| {
+            fg_nums(
+                ds,
+                Some(f),
+                tags::FRAME_CONTENT_SEQUENCE,
+                tags::TEMPORAL_POSITION_INDEX,
+            )
+        });
+        if let Some(t) = t {
+            frame_times.push(t[0]);
+        }
+    }
+    if frame_positions.len() != per_frame.len() {
+        frame_positions.clear();
+    }
+    if frame_times.len() != per_frame.len() {
+        frame_times.clear();
+    }
+    if per_frame_rescale.len() as u64 != frames || per_frame.is_empty() {
+        per_frame_rescale.clear();
+    }
+    let first = per_frame.first().copied();
+    let rescale = (
+        get_num(ds, tags::RESCALE_SLOPE)
+            .or_else(|| {
+                fg_nums(
+                    ds,
+                    first,
+                    tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                    tags::RESCALE_SLOPE,
+                )
+                .map(|v| v[0])
+            })
+            .unwrap_or(1.0),
+        get_num(ds, tags::RESCALE_INTERCEPT)
+            .or_else(|| {
+                fg_nums(
+                    ds,
+                    first,
+                    tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                    tags::RESCALE_INTERCEPT,
+                )
+                .map(|v| v[0])
+            })
+            .unwrap_or(0.0),
+    );
+    let pixel_spacing = arr::<2>(get_nums(ds, tags::PIXEL_SPACING))
+        .or_else(|| {
+            arr::<2>(fg_nums(
+                ds,
+                first,
+                tags::PIXEL_MEASURES_SEQUENCE,
+                tags::PIXEL_SPACING,
+            ))
+        })
+        .or_else(|| arr::<2>(get_nums(ds, tags::IMAGER_PIXEL_SPACING)))
+        .filter(|s| s[0] > 0.0 && s[1] > 0.0);
+    let header = DicomHeader {
+        transfer_syntax: ts
+            .map(|t| t.name().to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        decodable: ts.is_some_and(|t| t.can_decode_all()),
+        transfer_syntax_uid: ts_uid,
+        sop_class_uid: get_text(ds, tags::SOP_CLASS_UID).unwrap_or_default(),
+        modality: get_text(ds, tags::MODALITY).unwrap_or_default(),
+        series_instance_uid: get_text(ds, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+        study_instance_uid: get_text(ds, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+        series_number: get_num(ds, tags::SERIES_NUMBER).map(|v| v as i64),
+        series_description: get_text(ds, tags::SERIES_DESCRIPTION).unwrap_or_default(),
+        instance_number: get_num(ds, tags::INSTANCE_NUMBER).map(|v| v as i64),
+        rows: rows as u32,
+        columns: columns as u32,
+        frames: frames as u32,
+        samples_per_pixel: spp as u16,
+        bits_allocated: bits_allocated as u16,
+        bits_stored: bits_stored as u16,
+        signed: get_uint(ds, tags::PIXEL_REPRESENTATION) == Some(1),
+        photometric: get_text(ds, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default(),
+        planar_configuration: get_uint(ds, tags::PLANAR_CONFIGURATION).unwrap_or(0) as u16,
+        pixel_spacing,
+        slice_thickness: get_num(ds, tags::SLICE_THICKNESS).or_else(|| {
+            fg_nums(
+                ds,
+                first,
+                tags::PIXEL_MEASURES_SEQUENCE,
+                tags::SLICE_THICKNESS,
+            )
+            .map(|v| v[0])
+        }),
+        position: arr::<3>(get_nums(ds, tags::IMAGE_POSITION_PATIENT))
+            .or_else(|| frame_positions.first().copied()),
+        orientation: arr::<6>(get_nums(ds, tags::IMAGE_ORIENTATION_PATIENT)).or_else(|| {
+            arr::<6>(fg_nums(
+                ds,
+                first,
+                tags::PLANE_ORIENTATION_SEQUENCE,
+                tags::IMAGE_ORIENTATION_PATIENT,
+            ))
+        }),
+        trigger_time: get_num(ds, tags::TRIGGER_TIME),
+        temporal_position: get_num(ds, tags::TEMPORAL_POSITION_IDENTIFIER).map(|v| v as i64),
+        rescale,
+        modality_lut: ds
+            .get(tags::MODALITY_LUT_SEQUENCE)
+            .and_then(|e| e.items())
+            .is_some_and(|i| !i.is_empty()),
+        window,
+        frame_positions,
+        frame_times,
+    };
+    Ok((header, per_frame_rescale))
+}
+
+impl DicomHeader {
+    /// The non-identifying tags an image read from this file carries.
+    pub fn tags(&self) -> Tags {
+        let mut t = Tags::new();
+        t.set("source_format", "dicom");
+        t.set("modality", &self.modality);
+        t.set("transfer_syntax", &self.transfer_syntax);
+        t.set("transfer_syntax_uid", &self.transfer_syntax_uid);
+        t.set("sop_class_uid", &self.sop_class_uid);
+        t.set("series_instance_uid", &self.series_instance_uid);
+        t.set("study_instance_uid", &self.study_instance_uid);
+        t.set("photometric", &self.photometric);
+        t.set("bits_allocated", self.bits_allocated.to_string());
+        t.set("bits_stored", self.bits_stored.to_string());
+        if let Some(n) = self.series_number {
+            t.set("series_number", n.to_string());
+        }
+        if let Some(n) = self.instance_number {
+            t.set("instance_number", n.to_string());
+        }
+        if let Some(v) = self.trigger_time {
+            t.set("trigger_time", v.to_string());
+        }
+        if let Some(w) = self.window {
+            t.set("window_center", w.center.to_string());
+            t.set("window_width", w.width.to_string());
+        }
+        if !self.series_description.is_empty() {
+            t.set("series_description", &self.series_description);
+        }
+        t
+    }
+
+    /// The smallest and largest stored value the encoding allows (before the modality transform).
+    pub fn stored_range(&self) -> (f64, f64) {
+        let bits = self.bits_stored.clamp(1, 32) as i32;
+        if self.signed {
+            (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
+        } else {
+            (0.0, 2f64.powi(bits) - 1.0)
+        }
+    }
+}
+
+/// Modality LUT from the first item of the Modality LUT Sequence: (first mapped value, table).
+fn modality_lut(obj: &DefaultDicomObject, p: &str) -> Result<Option<(f64, Vec<f32>)>, IoError> {
+    let Some(item) = first_item(obj, tags::MODALITY_LUT_SEQUENCE) else {
+        return Ok(None);
+    };
+    let desc = get_nums(item, tags::LUT_DESCRIPTOR)
+        .filter(|d| d.len() == 3)
+        .ok_or_else(|| fmt_err(p, "Modality LUT Sequence without a valid LUT Descriptor"))?;
+    let e = item
+        .get(tags::LUT_DATA)
+        .ok_or_else(|| fmt_err(p, "Modality LUT Sequence without LUT Data"))?;
+    let n = if desc[0] == 0.0 {
+        65536
+    } else {
+        desc[0] as usize
+    };
+    let bits = desc[2] as u32;
+    let raw: Vec<f32> = match e.value() {
+        Value::Primitive(v) => {
+            if bits <= 8 && matches!(e.vr(), VR::OB | VR::UN) {
+                v.to_bytes().iter().map(|&b| b as f32).collect()
+            } else if let Ok(vals) = e.to_multi_float64() {
+                vals.iter().map(|&x| x as f32).collect()
+            } else {
+                v.to_bytes()
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as f32)
+                    .collect()
+            }
+        }
+        _ => return Err(fmt_err(p, "LUT Data is not a primitive value")),
+    };
+    if raw.len() < n {
+        return Err(fmt_err(
+            p,
+            format!("Modality LUT declares {n} entries but holds {}", raw.len()),
+        ));
+    }
+    // The first mapped value is US or SS depending on the pixel representation; a value above
+    // 32767 stored as US means negative when the pixels are signed.
+    Ok(Some((desc[1], raw[..n].to_vec())))
+}
+
+fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
+    let h = &f.header;
+    let p = f.path.as_str();
+    if h.rows == 0 || h.columns == 0 {
+        return Err(fmt_err(p, "no image: Rows or Columns missing or zero"));
+    }
+    if !h.decodable {
+        return Err(fmt_err(
+            p,
+            format!(
+                "transfer syntax {} ({}) cannot be decoded by medinfer",
+                h.transfer_syntax, h.transfer_syntax_uid
+            ),
+        ));
+    }
+    if !matches!(h.bits_allocated, 1 | 8 | 16 | 32) {
+        return Err(fmt_err(
+            p,
+            format!(
+                "Bits Allocated {} is not supported (1, 8, 16, 32)",
+                h.bits_allocated
+            ),
+        ));
+    }
+    if h.bits_stored == 0 || h.bits_stored > h.bits_allocated {
+        return Err(fmt_err(
+            p,
+            format!(
+                "Bits Stored {} with Bits Allocated {}",
+                h.bits_stored, h.bits_allocated
+            ),
+        ));
+    }
+    let pi = h.photometric.as_str();
+    let (channels, photometric, ybr) =
+        match (h.samples_per_pixel, pi) {
+            (1, "MONOCHROME1") => (1, Photometric::Monochrome1, false),
+            (1, "MONOCHROME2") | (1, "") => (1, Photometric::Monochrome2, false),
+            (1, "PALETTE COLOR") => {
+                return Err(fmt_err(
+                    p,
+                    "PALETTE COLOR images are not supported (no medical model consumes them)",
+                ))
+            }
+            (3, "RGB") => (3, Photometric::Rgb, false),
+            (3, "YBR_FULL") | (3, "YBR_FULL_422") => (3, Photometric::Rgb, true),
+            (3, "YBR_ICT") | (3, "YBR_RCT") => (3, Photometric::Rgb, false),
+            (s, pi) => return Err(fmt_err(
+                p,
+                format!(
+                    "{s} samples per pixel with photometric interpretation {pi:?} is not supported"
+                ),
+            )),
+        };
+    let pd = f
+        .obj
+        .get(tags::PIXEL_DATA)
+        .ok_or_else(|| fmt_err(p, "no Pixel Data element"))?;
+    let encapsulated = matches!(pd.value(), Value::PixelSequence(_));
+    let frame_samples = h.rows as usize * h.columns as usize * channels;
+    let nframes = h.frames as usize;
+    let bytes_per = if h.bits_allocated == 1 {
+        1
+    } else {
+        h.bits_allocated as usize / 8
+    };
+    // For native encodings the bytes must be there before anything is decoded or allocated.
+    if !encapsulated {
+        let have = match pd.value() {
+            Value::Primitive(v) => v.calculate_byte_len(),
+            _ => 0,
+        };
+        let need = if h.bits_allocated == 1 {
+            (frame_samples * nframes).div_ceil(8)
+        } else {
+            frame_samples * nframes * bytes_per
+        };
+        if have < need {
+            return Err(fmt_err(
+                p,
+                format!("Pixel Data holds {have} bytes but {} rows x {} columns x {} frames x {channels} samples x {} bits need {need} (truncated file?)", h.rows, h.columns, h.frames, h.bits_allocated),
+            ));
+        }
+    }
+    let decoded = f.obj.decode_pixel_data().map_err(|e| {
+        fmt_err(
+            p,
+            format!(
+                "cannot decode pixel data ({}): {}",
+                h.transfer_syntax,
+                chain(&e)
+            ),
+        )
+    })?;
+    let data = decoded.data();
+    let need = frame_samples * nframes * bytes_per;
+    if data.len() < need {
+        return Err(fmt_err(
+            p,
+            format!("decoded pixel data has {} bytes, {need} expected for {nframes} frame(s) of {}x{}x{channels}", data.len(), h.columns, h.rows),
+        ));
+    }
+    // Encapsulated codecs deliver interleaved samples (RLE's planes are interleaved by its
+    // decoder), already converted to RGB by JPEG decoders; RLE keeps the declared colour space.
+    let rle = h.transfer_syntax_uid == "1.2.840.10008.1.2.5";
+    let planar = h.planar_configuration == 1 && channels == 3 && !encapsulated;
+    let convert_ybr = ybr && (!encapsulated || rle);
+    let lut = if channels == 1 && h.modality_lut {
+        modality_lut(&f.obj, p)?
+    } else {
+        None
+    };
+    let (smin, smax) = h.stored_range();
+    let mut images = Vec::with_capacity(nframes);
+    for fr in 0..nframes {
+        let raw = &data[fr * frame_samples * bytes_per..(fr + 1) * frame_samples * bytes_per];
+        // The rescale is applied while converting (in f64), so 32-bit stored values keep
+        // their precision up to the one rounding to f32.
+        let rescale = if channels == 1 && lut.is_none() {
+            f.per_frame_rescale.get(fr).copied().unwrap_or(h.rescale)
+        } else {
+            (1.0, 0.0)
+        };
+        let mut vals = samples(raw, h, frame_samples, rescale);
+        if planar {
+            let n = frame_samples / 3;
+            let mut inter = vec![0f32; frame_samples];
+            for i in 0..n {
+                for c in 0..3 {
+                    inter[i * 3 + c] = vals[c * n + i];
+                }
+            }
+            vals = inter;
+        }
+        if convert_ybr {
+            let maxv = (smax + 1.0) as f32;
+            let half = maxv / 2.0;
+            for px in vals.chunks_exact_mut(3) {
+                let (y, cb, cr) = (px[0], px[1] - half, px[2] - half);
+                px[0] = (y + 1.402 * cr).round().clamp(0.0, maxv - 1.0);
+                px[1] = (y - 0.344_136 * cb - 0.714_136 * cr)
+                    .round()
+                    .clamp(0.0, maxv - 1.0);
+                px[2] = (y + 1.772 * cb).round().clamp(0.0, maxv - 1.0);
+            }
+        }
+        let value_range;
+        if let Some((first, table)) = &lut {
+            let mut first = *first;
+            if h.signed && first > 32767.0 {
+                first -= 65536.0;
+            }
+            let last = table.len() - 1;
+            for v in vals.iter_mut() {
+                let i = (*v as f64 - first).clamp(0.0, last as f64) as usize;
+                *v = table[i];
+            }
+            value_range = medinfer_core::min_max(table);
+        } else if channels == 1 {
+            let (slope, icpt) = rescale;
+            let (a, b) = ((smin * slope + icpt) as f32, (smax * slope + icpt) as f32);
+            value_range = (a.min(b), a.max(b));
+        } else {
+            value_range = (smin as f32, smax as f32);
+        }
+        let mut tags = h.tags();
+        if nframes > 1 {
+            tags.set("number_of_frames", nframes.to_string());
+        }
+        images.push(Image2d {
+            width: h.columns as usize,
+            height: h.rows as usize,
+            channels,
+            data: vals,
+            spacing: h.pixel_spacing.unwrap_or([1.0, 1.0]),
+            photometric,
+            value_range,
+            window: h.window,
+            tags,
+        });
+    }
+    Ok(images)
+}
+
+/// Native-endian decoded bytes to f32 samples, honouring bits stored and the sign, with the
+/// rescale `(slope, intercept)` applied in f64 (one rounding to f32 at the end).
+fn samples(raw: &[u8], h: &DicomHeader, n: usize, (slope, icpt): (f64, f64)) -> Vec<f32> {
+    let bits = h.bits_stored as u32;
+    let signed = h.signed;
+    let mask: u32 = if bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    };
+    let value = move |v: u32| -> f64 {
+        let v = v & mask;
+        if signed {
+            sign_extend(v, bits) as f64
+        } else {
+            v as f64
+        }
+    };
+    let identity = slope == 1.0 && icpt == 0.0;
+    let map = move |v: u32| -> f32 {
+        if identity {
+            value(v) as f32
+        } else {
+            (value(v) * slope + icpt) as f32
+        }
+    };
+    match h.bits_allocated {
+        1 => raw[..n].iter().map(|&b| map((b != 0) as u32)).collect(),
+        8 => raw[..n].iter().map(|&b| map(b as u32)).collect(),
+        16 => raw
+            .chunks_exact(2)
+            .take(n)
+            .map(|c| map(u16::from_ne_bytes([c[0], c[1]]) as u32))
+            .collect(),
+        _ => raw
+            .chunks_exact(4)
+            .take(n)
+            .map(|c| map(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+    }
+}
+
+fn sign_extend(v: u32, bits: u32) -> i64 {
+    if bits >= 32 {
+        return v as i32 as i64;
+    }
+    let shift = 32 - bits;
+    (((v << shift) as i32) >> shift) as i64
+}
+
+/// Reads every frame of a DICOM file (convenience for [`DicomFile::open`] + `images`).
+pub fn read_images(path: impl AsRef<Path>) -> Result<Vec<Image2d>, IoError> {
+    DicomFile::open(path)?.images()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_extension() {
+        assert_eq!(sign_extend(0xfff, 12), -1);
+        assert_eq!(sign_extend(0x7ff, 12), 2047);
+        assert_eq!(sign_extend(0x800, 12), -2048);
+        assert_eq!(sign_extend(0xffff_ffff, 32), -1);
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let e = DicomFile::from_bytes("x.dcm", b"hello world, not dicom at all")
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("x.dcm: not a DICOM file"), "{e}");
+        let mut b = vec![0u8; 128];
+        b.extend_from_slice(b"DICM\x02\x00\x10\x00UI");
+        let e = DicomFile::from_bytes("t.dcm", &b).err().unwrap();
+        assert!(e.to_string().contains("t.dcm"), "{e}");
+    }
+}

@@ -1,0 +1,446 @@
+//! DICOM series to [`Volume`]: group files by Series Instance UID, order slices by Image Position
+//! (Patient) projected on the slice normal (never by file name or Instance Number), derive the
+//! slice spacing from the positions, and reject missing, duplicated and inconsistent slices with
+//! errors that say which. Cine series (several images at each position, told apart by Temporal
+//! Position Identifier or Trigger Time) become 4D: `[columns, rows, slices, phases]`.
+//!
+//! Geometry: the affine maps `(column, row, slice)` to RAS+ mm (DICOM LPS with x and y negated,
+//! as dcm2niix and nibabel do), so a converted series lands where the scanner put it.
+
+use crate::dicom::{DicomFile, DicomHeader};
+use crate::IoError;
+use medinfer_core::{usable_cores, Volume};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Relative tolerance on slice spacing before a gap counts as irregular.
+pub const SPACING_TOLERANCE: f64 = 0.1;
+
+/// One DICOM file of a series (header parsed, pixels not yet decoded).
+#[derive(Clone, Debug)]
+pub struct SeriesFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its header.
+    pub header: DicomHeader,
+}
+
+/// The files of one Series Instance UID.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Series Instance UID.
+    pub uid: String,
+    /// Its files, in no particular order.
+    pub files: Vec<SeriesFile>,
+}
+
+/// What a scan of files or folders found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// DICOM series found, largest first.
+    pub series: Vec<Series>,
+    /// Files that are not DICOM or could not be parsed, with the reason.
+    pub rejected: Vec<(PathBuf, String)>,
+}
+
+/// Lists regular files under `path` (a file, or a folder walked recursively), sorted.
+pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, IoError> {
+    let os = |source| IoError::Os {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(os)?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = std::fs::read_dir(&dir).map_err(|source| IoError::Os {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Parses the headers of every file (in parallel) and groups the DICOM ones by series.
+pub fn scan(files: &[PathBuf]) -> Scan {
+    let results = parallel_map(files, |p| DicomFile::open_header(p).map(|f| f.header));
+    let mut groups: BTreeMap<String, Vec<SeriesFile>> = BTreeMap::new();
+    let mut rejected = Vec::new();
+    for (path, r) in files.iter().zip(results) {
+        match r {
+            Ok(header) => groups
+                .entry(header.series_instance_uid.clone())
+                .or_default()
+                .push(SeriesFile {
+                    path: path.clone(),
+                    header,
+                }),
+            Err(e) => rejected.push((path.clone(), e.to_string())),
+        }
+    }
+    let mut series: Vec<Series> = groups
+        .into_iter()
+        .map(|(uid, files)| Series { uid, files })
+        .collect();
+    series.sort_by(|a, b| b.files.len().cmp(&a.files.len()).then(a.uid.cmp(&b.uid)));
+    Scan { series, rejected }
+}
+
+/// Runs `f` on every item on all usable cores, keeping order.
+pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = usable_cores().min(items.len()).max(1);
+    if workers == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let results = std::sync::Mutex::new(Vec::with_capacity(items.len()));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= items.len() {
+                    break;
+                }
+                let r = f(&items[i]);
+                results.lock().expect("no panics while held").push((i, r));
+            });
+        }
+    });
+    for (i, r) in results.into_inner().expect("threads joined") {
+        slots[i] = Some(r);
+    }
+    slots
+        .into_iter()
+        .map(|r| r.expect("every index computed"))
+        .collect()
+}
+
+fn err(uid: &str, reason: impl Into<String>) -> IoError {
+    IoError::Format {
+        path: format!("series {uid}"),
+        reason: reason.into(),
+    }
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+fn name(p: &Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// How a series assembles, without decoding pixels.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Layout {
+    /// `[columns, rows, slices, phases]`.
+    pub dims: [usize; 4],
+    /// Column spacing, row spacing, slice spacing (mm), phase step (ms, 0 when unknown).
+    pub spacing: [f64; 4],
+    /// Voxel index to RAS+ mm.
+    pub affine: [[f64; 4]; 4],
+    /// `(file index, frame)` for each `(phase, slice)`, phase-major.
+    #[serde(skip)]
+    pub order: Vec<(usize, usize)>,
+}
+
+/// Works out slice order, spacing and geometry from the headers alone.
+pub fn layout(series: &Series) -> Result<Layout, IoError> {
+    let uid = series.uid.as_str();
+    let files = &series.files;
+    let first = files.first().ok_or_else(|| err(uid, "no files"))?;
+    let h0 = &first.header;
+    for f in files {
+        let h = &f.header;
+        if (h.rows, h.columns, h.samples_per_pixel) != (h0.rows, h0.columns, h0.samples_per_pixel) {
+            return Err(err(
+                uid,
+                format!(
+                    "inconsistent image size: {} is {}x{}x{}, {} is {}x{}x{}",
+                    name(&first.path),
+                    h0.columns,
+                    h0.rows,
+                    h0.samples_per_pixel,
+                    name(&f.path),
+                    h.columns,
+                    h.rows,
+                    h.samples_per_pixel
+                ),
+            ));
+        }
+        if h.samples_per_pixel != 1 {
+            return Err(err(uid, "colour series cannot form a volume"));
+        }
+    }
+    // Each image: (file, frame, position, time key).
+    let mut images: Vec<(usize, usize, Option<[f64; 3]>, f64)> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let h = &f.header;
+        if h.frames > 1 {
+            for fr in 0..h.frames as usize {
+                let t = h.frame_times.get(fr).copied().unwrap_or(0.0);
+                images.push((i, fr, h.frame_positions.get(fr).copied(), t));
+            }
+        } else {
+            let t = h
+                .temporal_position
+                .map(|v| v as f64)
+                .or(h.trigger_time)
+                .unwrap_or(0.0);
+            images.push((i, 0, h.position, t));
+        }
+    }
+    let ps = h0.pixel_spacing.unwrap_or([1.0, 1.0]);
+    let Some(iop) = h0.orientation else {
+        // No geometry at all (e.g. classic multi-frame ultrasound): frames in file order.
+        if files.len() != 1 {
+            return Err(err(
+                uid,
+                "files without Image Orientation (Patient) cannot be ordered into a volume",
+            ));
+        }
+        let n = images.len();
+        let dz = h0.slice_thickness.filter(|t| *t > 0.0).unwrap_or(1.0);
+        let mut affine = [[0.0; 4]; 4];
+        affine[0][0] = ps[1];
+        affine[1][1] = ps[0];
+        affine[2][2] = dz;
+        affine[3][3] = 1.0;
+        return Ok(Layout {
+            dims: [h0.columns as usize, h0.rows as usize, n, 1],
+            spacing: [ps[1], ps[0], dz, 0.0],
+            affine,
+            order: images.iter().map(|&(f, fr, _, _)| (f, fr)).collect(),
+        });
+    };
+    for f in files {
+        if let Some(o) = f.header.orientation {
+            if o.iter().zip(iop).any(|(a, b)| (a - b).abs() > 1e-3) {
+                return Err(err(
+                    uid,
+                    format!(
+                        "inconsistent orientation: {} has {:?}, {} has {:?}",
+                        name(&first.path),
+                        iop,
+                        name(&f.path),
+                        o
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = f.header.pixel_spacing {
+            if (p[0] - ps[0]).abs() > 1e-3 || (p[1] - ps[1]).abs() > 1e-3 {
+                return Err(err(
+                    uid,
+                    format!(
+                        "inconsistent pixel spacing: {} has {ps:?}, {} has {p:?}",
+                        name(&first.path),
+                        name(&f.path)
+                    ),
+                ));
+            }
+        }
+    }
+    let row = [iop[0], iop[1], iop[2]];
+    let col = [iop[3], iop[4], iop[5]];
+    let normal = cross(row, col);
+    let mut keyed = Vec::with_capacity(images.len());
+    for &(f, fr, pos, t) in &images {
+        let pos = pos.ok_or_else(|| {
+            err(
+                uid,
+                format!("{} has no Image Position (Patient)", name(&files[f].path)),
+            )
+        })?;
+        keyed.push((dot(pos, normal), t, f, fr, pos));
+    }
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    // Group images at the same position (cine phases).
+    let tol = 1e-3_f64.max(ps[0].min(ps[1]) * 1e-3);
+    let mut groups: Vec<Vec<(f64, f64, usize, usize, [f64; 3])>> = Vec::new();
+    for k in keyed {
+        match groups.last_mut() {
+            Some(g) if (k.0 - g[0].0).abs() < tol => g.push(k),
+            _ => groups.push(vec![k]),
+        }
+    }
+    let phases = groups[0].len();
+    for g in &groups {
+        if g.len() != phases {
+            return Err(err(uid, format!(
+                "slice at {:.2} mm has {} image(s), others have {phases}: a missing or duplicated image",
+                g[0].0, g.len()
+            )));
+        }
+        for w in g.windows(2) {
+            if w[0].1 == w[1].1 {
+                return Err(err(
+                    uid,
+                    format!(
+                        "duplicated slice at {:.2} mm: {} and {} have the same position and time",
+                        w[0].0,
+                        name(&files[w[0].2].path),
+                        name(&files[w[1].2].path)
+                    ),
+                ));
+            }
+        }
+    }
+    if phases > 1 {
+        let times: Vec<f64> = groups[0].iter().map(|k| k.1).collect();
+        for g in &groups {
+            let t: Vec<f64> = g.iter().map(|k| k.1).collect();
+            if t.iter()
+                .zip(&times)
+                .any(|(a, b)| (a - b).abs() > 1e-3 && (a - b).abs() > 0.05 * b.abs())
+            {
+                return Err(err(uid, format!("cine phases do not line up: slice at {:.2} mm has times {t:?}, the first slice {times:?}", g[0].0)));
+            }
+        }
+    }
+    let n = groups.len();
+    let dz = if n > 1 {
+        let gaps: Vec<f64> = groups.windows(2).map(|w| w[1][0].0 - w[0][0].0).collect();
+        let mut sorted = gaps.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        for (i, g) in gaps.iter().enumerate() {
+            if (g - median).abs() > SPACING_TOLERANCE * median {
+                let a = name(&files[groups[i][0].2].path);
+                let b = name(&files[groups[i + 1][0].2].path);
+                let what = if (g / median - 2.0).abs() < 0.5 || g / median > 1.5 {
+                    format!("missing slice(s): gap of {g:.2} mm between {a} and {b}, the series' spacing is {median:.2} mm")
+                } else {
+                    format!("irregular slice spacing: {g:.2} mm between {a} and {b}, the series' spacing is {median:.2} mm")
+                };
+                return Err(err(uid, what));
+            }
+        }
+        gaps.iter().sum::<f64>() / gaps.len() as f64
+    } else {
+        h0.slice_thickness.filter(|t| *t > 0.0).unwrap_or(1.0)
+    };
+    let dt = if phases > 1 {
+        let t = &groups[0];
+        (t[phases - 1].1 - t[0].1) / (phases - 1) as f64
+    } else {
+        0.0
+    };
+    let origin = groups[0][0].4;
+    let mut affine = [[0.0; 4]; 4];
+    for a in 0..3 {
+        let flip = if a < 2 { -1.0 } else { 1.0 };
+        affine[a][0] = flip * row[a] * ps[1];
+        affine[a][1] = flip * col[a] * ps[0];
+        affine[a][2] = flip * normal[a] * dz;
+        affine[a][3] = flip * origin[a];
+    }
+    affine[3][3] = 1.0;
+    let mut order = Vec::with_capacity(n * phases);
+    for p in 0..phases {
+        for g in &groups {
+            order.push((g[p].2, g[p].3));
+        }
+    }
+    Ok(Layout {
+        dims: [h0.columns as usize, h0.rows as usize, n, phases],
+        spacing: [
+            ps[1],
+            ps[0],
+            dz,
+            if phases > 1 && h0.temporal_position.is_none() {
+                dt
+            } else {
+                0.0
+            },
+        ],
+        affine,
+        order,
+    })
+}
+
+/// Decodes and assembles a series into a volume (slices decoded on all usable cores).
+pub fn assemble(series: &Series) -> Result<Volume, IoError> {
+    let lay = layout(series)?;
+    let [nx, ny, nz, nt] = lay.dims;
+    let frame = nx * ny;
+    // Decode each file once, on all cores.
+    let decoded = parallel_map(&series.files, |f| {
+        DicomFile::open(&f.path).and_then(|d| d.images())
+    });
+    let mut per_file = Vec::with_capacity(decoded.len());
+    for r in decoded {
+        per_file.push(r?);
+    }
+    let mut data = Vec::with_capacity(frame * nz * nt);
+    for &(f, fr) in &lay.order {
+        let img = per_file[f].get(fr).ok_or_else(|| {
+            err(
+                &series.uid,
+                format!("{} has no frame {fr}", name(&series.files[f].path)),
+            )
+        })?;
+        data.extend_from_slice(&img.data);
+    }
+    let mut vol =
+        Volume::new(lay.dims, data, lay.spacing).map_err(|e| err(&series.uid, e.to_string()))?;
+    vol.affine = lay.affine;
+    vol.window = series.files[0].header.window;
+    vol.tags = series.files[0].header.tags();
+    Ok(vol)
+}
+
+/// Reads the one series found under `path` (a file or folder). With several series, the error
+/// lists them; pick one with [`scan`] and [`assemble`].
+pub fn read_series(path: impl AsRef<Path>) -> Result<Volume, IoError> {
+    let path = path.as_ref();
+    let files = list_files(path)?;
+    let s = scan(&files);
+    match s.series.len() {
+        0 => Err(IoError::Format {
+            path: path.display().to_string(),
+            reason: match s.rejected.first() {
+                Some((p, e)) => format!(
+                    "no DICOM series found ({} file(s) rejected, e.g. {}: {e})",
+                    s.rejected.len(),
+                    name(p)
+                ),
+                None => "no files found".into(),
+            },
+        }),
+        1 => assemble(&s.series[0]),
+        n => Err(IoError::Format {
+            path: path.display().to_string(),
+            reason: format!(
+                "{n} series found ({}); point at one series' folder",
+                s.series
+                    .iter()
+                    .map(|x| format!("{} with {} file(s)", x.uid, x.files.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}

@@ -1,0 +1,735 @@
+//! medinfer-io against independent references: every fixture under `tests/fixtures` was written
+//! by pydicom / dcmtk / nibabel / Pillow, and FILE.npy holds what pydicom (+ pylibjpeg), nibabel
+//! or Pillow decode from it (see `tests/fixtures/README.md`). Plus series assembly, hostile
+//! input and writers.
+
+use medinfer_core::{Photometric, Tensor};
+use medinfer_io::{dicom, nifti, npy, raster, series};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn reference(path: &Path) -> (Vec<usize>, Vec<f64>) {
+    let t: Tensor = npy::read(&PathBuf::from(format!("{}.npy", path.display()))).unwrap();
+    (t.shape().to_vec(), t.to_f64_vec())
+}
+
+/// Decodes a DICOM fixture and compares every frame with pydicom's values: max |diff| <= tol.
+fn check_dicom(name: &str, tol: f64) -> dicom::DicomFile {
+    check_dicom_mean(name, tol, tol)
+}
+
+/// As [`check_dicom`], with a separate bound on the mean |diff|.
+fn check_dicom_mean(name: &str, tol: f64, mean_tol: f64) -> dicom::DicomFile {
+    let path = fixtures().join("dicom").join(name);
+    let f = dicom::DicomFile::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let imgs = f.images().unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (shape, want) = reference(&path);
+    assert_eq!(shape[0], imgs.len(), "{name}: frames");
+    let mut got = Vec::new();
+    for img in &imgs {
+        assert_eq!(
+            [img.height, img.width, img.channels],
+            [shape[1], shape[2], shape[3]],
+            "{name}: shape"
+        );
+        got.extend(img.data.iter().map(|&v| v as f64));
+    }
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let mean = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / got.len() as f64;
+    assert!(
+        worst <= tol && mean <= mean_tol,
+        "{name}: max |medinfer - pydicom| = {worst} (bound {tol}), mean {mean} (bound {mean_tol})"
+    );
+    f
+}
+
+#[test]
+fn lossless_dicom_encodings_match_pydicom_exactly() {
+    for name in [
+        "ct_explicit_le.dcm",
+        "ct_implicit_le.dcm",
+        "ct_explicit_be.dcm",
+        "ct_deflated.dcm",
+        "ct_rle.dcm",
+        "ct_jpeg_lossless_sv1.dcm",
+        "ct_jpeg_lossless_sv4.dcm",
+        "ct_no_preamble.dcm",
+        "ct_no_meta_implicit.dcm",
+        "ct_raw_dataset.dcm",
+        "mr_u12.dcm",
+        "mr_j2k_lossless.dcm",
+        "pt_u16_rescale_un.dcm",
+        "pt_s32.dcm",
+        "cr_mono1_u8.dcm",
+        "rgb_planar0.dcm",
+        "rgb_planar1.dcm",
+        "rgb_rle.dcm",
+        "seg_1bit.dcm",
+        "us_multiframe_u8.dcm",
+        "cr_modality_lut.dcm",
+        "mr_enhanced_multiframe.dcm",
+    ] {
+        check_dicom(name, 0.0);
+    }
+}
+
+#[test]
+fn lossy_dicom_encodings_match_pydicom_within_tolerance() {
+    // Different IDCT implementations (libjpeg vs jpeg-decoder, OpenJPEG vs its Rust port) may
+    // round differently: one grey level for 8-bit, a few for 12-bit; colour conversion of
+    // YBR_FULL adds one more. Chroma-subsampled (4:2:2) JPEG differs more at sharp colour
+    // edges, because libjpeg and jpeg-decoder upsample chroma with different filters: the
+    // fixture's corner pixels jump from 0 to 255, so the bound is on the mean (measured 0.38)
+    // with a loose maximum (measured 16).
+    check_dicom("cr_jpeg_baseline.dcm", 1.0);
+    check_dicom("mr_j2k_lossy.dcm", 2.0);
+    check_dicom("ybr_full.dcm", 1.0);
+    check_dicom_mean("rgb_jpeg_baseline_ybr422.dcm", 24.0, 1.0);
+}
+
+#[test]
+fn dicom_header_and_modality_semantics() {
+    let ct = check_dicom("ct_explicit_le.dcm", 0.0);
+    let h = &ct.header;
+    assert_eq!(
+        (h.rows, h.columns, h.bits_stored, h.signed),
+        (40, 34, 12, true)
+    );
+    assert_eq!(h.pixel_spacing, Some([0.7, 0.6]));
+    assert_eq!(h.rescale, (1.0, -1024.0));
+    let img = &ct.images().unwrap()[0];
+    // 12-bit signed stored range through the rescale.
+    assert_eq!(img.value_range, (-2048.0 - 1024.0, 2047.0 - 1024.0));
+    assert_eq!(img.window.map(|w| (w.center, w.width)), Some((40.0, 400.0)));
+    assert_eq!(img.spacing, [0.7, 0.6]);
+    // Rescale stored with VR UN.
+    let pt = check_dicom("pt_u16_rescale_un.dcm", 0.0);
+    assert_eq!(pt.header.rescale, (2.5, -10.0));
+    // MONOCHROME1 is reported as such and inverts within the encoding's range.
+    let cr = check_dicom("cr_mono1_u8.dcm", 0.0);
+    let img = cr.images().unwrap().remove(0);
+    assert_eq!(img.photometric, Photometric::Monochrome1);
+    assert_eq!(
+        cr.header.pixel_spacing,
+        Some([0.15, 0.15]),
+        "Imager Pixel Spacing fallback"
+    );
+    let raw0 = img.data[0];
+    let inv = img.to_monochrome2();
+    assert_eq!(inv.data[0], 255.0 - raw0);
+    // Enhanced multi-frame: per-frame positions.
+    let enh = check_dicom("mr_enhanced_multiframe.dcm", 0.0);
+    assert_eq!(enh.header.frame_positions.len(), 4);
+    assert_eq!(enh.header.frame_positions[3], [-50.0, -60.0, 25.0]);
+    assert_eq!(enh.header.pixel_spacing, Some([1.25, 1.25]));
+}
+
+#[test]
+fn twelve_bit_lossy_jpeg_is_a_clear_error() {
+    let path = fixtures().join("dicom/mr_jpeg_extended12.dcm");
+    let e = dicom::read_images(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("mr_jpeg_extended12.dcm") && e.contains("JPEG Extended") && e.contains("12"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_transfer_syntax_is_named() {
+    let path = fixtures().join("dicom/ct_jpegls_lossless.dcm");
+    let f = dicom::DicomFile::open(&path).unwrap();
+    let e = f.images().unwrap_err().to_string();
+    assert!(
+        e.contains("ct_jpegls_lossless.dcm")
+            && e.contains("JPEG-LS")
+            && e.contains("1.2.840.10008.1.2.4.80"),
+        "{e}"
+    );
+}
+
+#[test]
+fn no_patient_identity_in_headers_or_tags() {
+    for entry in std::fs::read_dir(fixtures().join("dicom")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "dcm") {
+            let f = dicom::DicomFile::open_header(&p).unwrap();
+            let text =
+                serde_json::to_string(&f.header).unwrap() + &format!("{:?}", f.header.tags());
+            for secret in ["Fixture", "Secret", "SECRET-ID-0042", "19700101"] {
+                assert!(!text.contains(secret), "{}: leaked {secret}", p.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn nifti_matches_nibabel() {
+    let dir = fixtures().join("nifti");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let s = p.to_string_lossy().to_string();
+        if !(s.ends_with(".nii") || s.ends_with(".nii.gz") || s.ends_with(".hdr")) {
+            continue;
+        }
+        n += 1;
+        let v = nifti::read(&p).unwrap_or_else(|e| panic!("{s}: {e}"));
+        let (shape, want) = reference(&p);
+        // Reference is (t, z, y, x).
+        assert_eq!([shape[3], shape[2], shape[1], shape[0]], v.dims, "{s}");
+        for (i, (a, b)) in v.data.iter().zip(&want).enumerate() {
+            // f32 holds integers up to 2^24 exactly; beyond that relative 2^-24.
+            assert!(
+                (*a as f64 - b).abs() <= b.abs() * 6e-8,
+                "{s}: voxel {i}: {a} vs {b}"
+            );
+        }
+        let aff = npy::read(&PathBuf::from(format!("{s}.affine.npy")))
+            .unwrap()
+            .to_f64_vec();
+        for i in 0..4 {
+            for j in 0..4 {
+                assert!(
+                    (v.affine[i][j] - aff[i * 4 + j]).abs() < 1e-4,
+                    "{s}: affine[{i}][{j}] {} vs {}",
+                    v.affine[i][j],
+                    aff[i * 4 + j]
+                );
+            }
+        }
+    }
+    assert!(n >= 15, "only {n} NIfTI fixtures found");
+}
+
+#[test]
+fn png_and_jpeg_match_pillow() {
+    for (name, tol) in [
+        ("gray16.png", 0.0),
+        ("gray8.png", 0.0),
+        ("rgb8.png", 0.0),
+        ("rgba8.png", 0.0),
+        ("palette.png", 0.0),
+        ("gray.jpg", 1.0),
+        ("rgb.jpg", 2.0),
+    ] {
+        let p = fixtures().join("images").join(name);
+        let img = medinfer_io::read_images(&p).unwrap().remove(0);
+        let (shape, want) = reference(&p);
+        assert_eq!(
+            [img.height, img.width, img.channels],
+            [shape[1], shape[2], shape[3]],
+            "{name}"
+        );
+        let worst = img
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst <= tol, "{name}: max diff {worst}");
+    }
+    let g16 = raster::read_png(fixtures().join("images/gray16.png")).unwrap();
+    assert_eq!(g16.value_range, (0.0, 65535.0));
+}
+
+// ---- series assembly, with series written by dicom-rs ------------------------------------------
+
+mod writer {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    use std::path::Path;
+
+    pub struct Slice {
+        pub pos: [f64; 3],
+        pub iop: [f64; 6],
+        pub instance: i32,
+        pub trigger: Option<f64>,
+        pub value: u16,
+    }
+
+    pub fn write(path: &Path, series_uid: &str, s: &Slice) {
+        let mut o = InMemDicomObject::new_empty();
+        let ds = |v: Vec<f64>| PrimitiveValue::Strs(v.iter().map(|x| format!("{x}")).collect());
+        o.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
+        ));
+        o.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(format!("2.25.{}", s.instance)),
+        ));
+        o.put(DataElement::new(
+            tags::MODALITY,
+            VR::CS,
+            PrimitiveValue::from("MR"),
+        ));
+        o.put(DataElement::new(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(series_uid),
+        ));
+        o.put(DataElement::new(
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            PrimitiveValue::from(s.instance.to_string()),
+        ));
+        o.put(DataElement::new(
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            ds(s.pos.to_vec()),
+        ));
+        o.put(DataElement::new(
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            ds(s.iop.to_vec()),
+        ));
+        o.put(DataElement::new(
+            tags::PIXEL_SPACING,
+            VR::DS,
+            ds(vec![1.5, 1.25]),
+        ));
+        if let Some(t) = s.trigger {
+            o.put(DataElement::new(tags::TRIGGER_TIME, VR::DS, ds(vec![t])));
+        }
+        o.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(3u16),
+        ));
+        o.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(4u16),
+        ));
+        o.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(1u16),
+        ));
+        o.put(DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from("MONOCHROME2"),
+        ));
+        o.put(DataElement::new(
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(16u16),
+        ));
+        o.put(DataElement::new(
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(16u16),
+        ));
+        o.put(DataElement::new(
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(15u16),
+        ));
+        o.put(DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ));
+        let px: Vec<u16> = (0..12).map(|i| s.value + i).collect();
+        o.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(px.into()),
+        ));
+        let f = o
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax("1.2.840.10008.1.2.1")
+                    .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.4")
+                    .media_storage_sop_instance_uid(format!("2.25.{}", s.instance)),
+            )
+            .unwrap();
+        f.write_to_file(path).unwrap();
+    }
+}
+
+/// Writes a stack of `n` slices along `normal` spaced `dz`, file names shuffled, instance numbers
+/// reversed; `value` of slice k is 100 * k so order is visible in the pixels.
+fn stack(
+    dir: &Path,
+    iop: [f64; 6],
+    n: usize,
+    dz: f64,
+    skip: Option<usize>,
+    dup: Option<usize>,
+    phases: usize,
+) {
+    let row = [iop[0], iop[1], iop[2]];
+    let col = [iop[3], iop[4], iop[5]];
+    let normal = [
+        row[1] * col[2] - row[2] * col[1],
+        row[2] * col[0] - row[0] * col[2],
+        row[0] * col[1] - row[1] * col[0],
+    ];
+    let origin = [-20.0, 35.0, 12.5];
+    let mut k_files = 0;
+    for k in 0..n {
+        if Some(k) == skip {
+            continue;
+        }
+        let copies = if Some(k) == dup { 2 } else { 1 };
+        for p in 0..phases {
+            for c in 0..copies {
+                let pos = [0, 1, 2].map(|a| origin[a] + normal[a] * dz * k as f64);
+                let s = writer::Slice {
+                    pos,
+                    iop,
+                    instance: (n * phases - k * phases - p) as i32,
+                    trigger: if phases > 1 {
+                        Some(40.0 * p as f64)
+                    } else {
+                        None
+                    },
+                    value: (100 * k + 10 * p) as u16,
+                };
+                // Names scrambled so that sorting by name is wrong.
+                let name = format!("{:03}_{c}.dcm", (k_files * 7919) % 1000);
+                k_files += 1;
+                writer::write(&dir.join(name), "1.2.3.4.5", &s);
+            }
+        }
+    }
+}
+
+#[test]
+fn series_shuffled_files_are_ordered_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    stack(
+        dir.path(),
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        6,
+        2.5,
+        None,
+        None,
+        1,
+    );
+    let v = series::read_series(dir.path()).unwrap();
+    assert_eq!(v.dims, [4, 3, 6, 1]);
+    assert_eq!(v.spacing[..3], [1.25, 1.5, 2.5]);
+    for z in 0..6 {
+        assert_eq!(v.at(0, 0, z, 0), 100.0 * z as f32, "slice {z}");
+    }
+    // RAS affine: LPS x and y negated; origin of the first slice.
+    assert_eq!(v.affine[0], [-1.25, 0.0, 0.0, 20.0]);
+    assert_eq!(v.affine[1], [0.0, -1.5, 0.0, -35.0]);
+    assert_eq!(v.affine[2], [0.0, 0.0, 2.5, 12.5]);
+}
+
+#[test]
+fn series_oblique_orientation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, s) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+    let iop = [c, s, 0.0, 0.0, 0.0, -1.0];
+    stack(dir.path(), iop, 5, 3.0, None, None, 1);
+    let v = series::read_series(dir.path()).unwrap();
+    assert_eq!(v.dims, [4, 3, 5, 1]);
+    assert!((v.spacing[2] - 3.0).abs() < 1e-9);
+    for z in 0..5 {
+        assert_eq!(v.at(0, 0, z, 0), 100.0 * z as f32);
+    }
+    // The slice direction is row x column, scaled by the spacing.
+    let n = [s * -1.0 - 0.0, 0.0 - c * -1.0, 0.0];
+    for a in 0..3 {
+        let flip = if a < 2 { -1.0 } else { 1.0 };
+        assert!(
+            (v.affine[a][2] - flip * n[a] * 3.0).abs() < 1e-9,
+            "affine col 2 row {a}"
+        );
+    }
+}
+
+#[test]
+fn series_missing_and_duplicated_slices_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    stack(
+        dir.path(),
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        6,
+        2.5,
+        Some(3),
+        None,
+        1,
+    );
+    let e = series::read_series(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("missing slice") && e.contains("5.00 mm"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    stack(
+        dir.path(),
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        6,
+        2.5,
+        None,
+        Some(2),
+        1,
+    );
+    let e = series::read_series(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("duplicated slice") || e.contains("missing or duplicated"),
+        "{e}"
+    );
+}
+
+#[test]
+fn series_cine_becomes_4d() {
+    let dir = tempfile::tempdir().unwrap();
+    stack(
+        dir.path(),
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        4,
+        8.0,
+        None,
+        None,
+        5,
+    );
+    let v = series::read_series(dir.path()).unwrap();
+    assert_eq!(v.dims, [4, 3, 4, 5]);
+    assert_eq!(v.spacing[3], 40.0);
+    for z in 0..4 {
+        for t in 0..5 {
+            assert_eq!(v.at(0, 0, z, t), (100 * z + 10 * t) as f32, "z {z} t {t}");
+        }
+    }
+    // A cine series with one phase image missing is rejected.
+    let first = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(first).unwrap();
+    let e = series::read_series(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("missing or duplicated"), "{e}");
+}
+
+#[test]
+fn series_with_two_uids_is_an_error_that_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    stack(
+        dir.path(),
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        3,
+        2.0,
+        None,
+        None,
+        1,
+    );
+    writer::write(
+        &dir.path().join("other.dcm"),
+        "9.9.9",
+        &writer::Slice {
+            pos: [0.0; 3],
+            iop: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            instance: 1,
+            trigger: None,
+            value: 0,
+        },
+    );
+    let e = series::read_series(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("2 series") && e.contains("9.9.9"), "{e}");
+}
+
+// ---- hostile input ------------------------------------------------------------------------------
+
+#[test]
+fn truncated_and_corrupted_files_give_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for sub in ["dicom", "nifti", "images"] {
+        for entry in std::fs::read_dir(fixtures().join(sub)).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension()
+                .is_some_and(|e| e == "npy" || e == "py" || e == "md" || e == "img")
+            {
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            // Truncations at several points, and byte flips in the header and the data.
+            let mut variants: Vec<Vec<u8>> = [0.1, 0.5, 0.9, 0.99]
+                .iter()
+                .map(|f| bytes[..(bytes.len() as f64 * f) as usize].to_vec())
+                .collect();
+            for (i, at) in [0.05, 0.2, 0.5, 0.8].iter().enumerate() {
+                let mut b = bytes.clone();
+                let k = (b.len() as f64 * at) as usize;
+                for j in k..(k + 16).min(b.len()) {
+                    b[j] ^= 0x5a + i as u8;
+                }
+                variants.push(b);
+            }
+            for (i, v) in variants.iter().enumerate() {
+                let q = dir.path().join(format!("{i}_{name}"));
+                std::fs::write(&q, v).unwrap();
+                // Any outcome but a panic is acceptable for a flipped byte (it may still be
+                // valid); truncations of uncompressed pixel data must be errors.
+                let r = std::panic::catch_unwind(|| {
+                    let _ = medinfer_io::read_images(&q);
+                    let _ = medinfer_io::read_volume(&q);
+                });
+                assert!(r.is_ok(), "{name} variant {i} panicked");
+                checked += 1;
+            }
+            if sub == "dicom" && name.starts_with("ct_explicit_le") {
+                let q = dir.path().join("trunc.dcm");
+                std::fs::write(&q, &bytes[..bytes.len() - 100]).unwrap();
+                let e = medinfer_io::read_images(&q).unwrap_err().to_string();
+                assert!(e.contains("trunc.dcm"), "{e}");
+            }
+        }
+    }
+    assert!(checked > 300, "{checked}");
+}
+
+#[test]
+fn absurd_dimensions_are_refused_before_allocating() {
+    // A DICOM header declaring 65535 x 65535 x 1,000,000 frames with 4 bytes of pixel data.
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = dicom_object::InMemDicomObject::new_empty();
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    o.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(65535u16),
+    ));
+    o.put(DataElement::new(
+        tags::COLUMNS,
+        VR::US,
+        PrimitiveValue::from(65535u16),
+    ));
+    o.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from("1000000"),
+    ));
+    o.put(DataElement::new(
+        tags::BITS_ALLOCATED,
+        VR::US,
+        PrimitiveValue::from(16u16),
+    ));
+    o.put(DataElement::new(
+        tags::SAMPLES_PER_PIXEL,
+        VR::US,
+        PrimitiveValue::from(1u16),
+    ));
+    o.put(DataElement::new(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        PrimitiveValue::from("MONOCHROME2"),
+    ));
+    o.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(vec![1u16, 2].into()),
+    ));
+    let f = o
+        .with_meta(
+            dicom_object::FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .media_storage_sop_class_uid("1.2.3")
+                .media_storage_sop_instance_uid("1.2.3.4"),
+        )
+        .unwrap();
+    let p = dir.path().join("huge.dcm");
+    f.write_to_file(&p).unwrap();
+    let e = dicom::DicomFile::open(&p).err().unwrap().to_string();
+    assert!(e.contains("huge.dcm") && e.contains("more than"), "{e}");
+    // Within limits but with too few bytes: refused before decoding.
+    let mut o = f.into_inner();
+    o.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from("1"),
+    ));
+    o.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(4000u16),
+    ));
+    let f = o
+        .with_meta(
+            dicom_object::FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .media_storage_sop_class_uid("1.2.3")
+                .media_storage_sop_instance_uid("1.2.3.4"),
+        )
+        .unwrap();
+    f.write_to_file(&p).unwrap();
+    let e = dicom::read_images(&p).unwrap_err().to_string();
+    assert!(e.contains("Pixel Data holds 4 bytes"), "{e}");
+}
+
+// ---- writers -----------------------------------------------------------------------------------
+
+#[test]
+fn dicom_series_to_nifti_round_trip_keeps_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    stack(
+        dir.path(),
+        [0.0, 1.0, 0.0, 0.0, 0.0, -1.0],
+        5,
+        4.0,
+        None,
+        None,
+        1,
+    );
+    let v = series::read_series(dir.path()).unwrap();
+    let out = dir.path().join("out.nii.gz");
+    nifti::write(&out, &v, nifti::NiftiDtype::F32).unwrap();
+    let r = nifti::read(&out).unwrap();
+    assert_eq!(r.dims, v.dims);
+    assert_eq!(r.data, v.data);
+    for i in 0..4 {
+        for j in 0..4 {
+            assert!((r.affine[i][j] - v.affine[i][j]).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn png_views_and_overlays() {
+    let dir = tempfile::tempdir().unwrap();
+    let ct = dicom::read_images(fixtures().join("dicom/ct_explicit_le.dcm"))
+        .unwrap()
+        .remove(0);
+    let view = raster::to_u8_view(&ct, None).unwrap();
+    assert_eq!(view.len(), ct.width * ct.height);
+    // The file's window (40, 400) in HU: below -160 is black, above 240 white.
+    for (v, hu) in view.iter().zip(&ct.data) {
+        if *hu < -161.0 {
+            assert_eq!(*v, 0);
+        }
+        if *hu > 240.0 {
+            assert_eq!(*v, 255);
+        }
+    }
+    let labels: Vec<u8> = (0..view.len()).map(|i| (i % 4) as u8).collect();
+    let rgb = raster::overlay(&view, &labels, 0.5);
+    let p = dir.path().join("o.png");
+    raster::write_png8(&p, ct.width, ct.height, 3, &rgb).unwrap();
+    let back = raster::read_png(&p).unwrap();
+    assert_eq!(back.channels, 3);
+    assert_eq!(back.data[..3], [view[0] as f32; 3]);
+    assert!(raster::write_png8(&p, 3, 3, 1, &[0; 8]).is_err());
+}
