@@ -48,6 +48,9 @@ enum Command {
     Inspect(imaging::InspectArgs),
     /// Convert a DICOM series (or any supported image) to NIfTI, NPY or a PNG view.
     Convert(imaging::ConvertArgs),
+    /// Time image decoding and preprocessing (chest X-ray PNG to model input, CT series to a
+    /// windowed volume), for docs/benchmarks.md and benchmarks/io.
+    BenchIo(imaging::BenchIoArgs),
 }
 
 #[derive(Args)]
@@ -177,6 +180,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(a) => cmd_bench(a),
         Command::Inspect(a) => imaging::cmd_inspect(a),
         Command::Convert(a) => imaging::cmd_convert(a),
+        Command::BenchIo(a) => imaging::cmd_bench_io(a),
     }
 }
 

@@ -211,7 +211,7 @@ pub fn window(
     out_lo: f32,
     out_hi: f32,
 ) -> Result<(), CoreError> {
-    if !(width >= 1.0) || !center.is_finite() {
+    if width.is_nan() || width < 1.0 || !center.is_finite() {
         return Err(CoreError::Invalid(format!(
             "window width must be >= 1 and centre finite (got centre {center}, width {width})"
         )));
@@ -239,7 +239,7 @@ pub fn window(
 /// `[-1024, 1024]`. `maxval` is the largest value of the image's *encoding* (255 for 8-bit,
 /// 65535 for 16-bit PNG, `2^bits_stored - 1` for DICOM), not the image's own maximum.
 pub fn xrv_normalize(data: &mut [f32], maxval: f32) -> Result<(), CoreError> {
-    if !(maxval > 0.0) {
+    if maxval.is_nan() || maxval <= 0.0 {
         return Err(CoreError::Invalid(format!(
             "maxval must be > 0, got {maxval}"
         )));
@@ -307,7 +307,7 @@ pub fn resample_spacing(
     target: [f64; 2],
     filter: Filter,
 ) -> Result<Image2d, CoreError> {
-    if !(target[0] > 0.0 && target[1] > 0.0) || !(img.spacing[0] > 0.0 && img.spacing[1] > 0.0) {
+    if !(target[0] > 0.0 && target[1] > 0.0 && img.spacing[0] > 0.0 && img.spacing[1] > 0.0) {
         return Err(CoreError::Invalid(format!(
             "cannot resample spacing {:?} mm to {target:?} mm",
             img.spacing

@@ -688,26 +688,27 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         ));
     }
     let pi = h.photometric.as_str();
-    let (channels, photometric, ybr) =
-        match (h.samples_per_pixel, pi) {
-            (1, "MONOCHROME1") => (1, Photometric::Monochrome1, false),
-            (1, "MONOCHROME2") | (1, "") => (1, Photometric::Monochrome2, false),
-            (1, "PALETTE COLOR") => {
-                return Err(fmt_err(
-                    p,
-                    "PALETTE COLOR images are not supported (no medical model consumes them)",
-                ))
-            }
-            (3, "RGB") => (3, Photometric::Rgb, false),
-            (3, "YBR_FULL") | (3, "YBR_FULL_422") => (3, Photometric::Rgb, true),
-            (3, "YBR_ICT") | (3, "YBR_RCT") => (3, Photometric::Rgb, false),
-            (s, pi) => return Err(fmt_err(
+    let (channels, photometric, ybr) = match (h.samples_per_pixel, pi) {
+        (1, "MONOCHROME1") => (1, Photometric::Monochrome1, false),
+        (1, "MONOCHROME2") | (1, "") => (1, Photometric::Monochrome2, false),
+        (1, "PALETTE COLOR") => {
+            return Err(fmt_err(
+                p,
+                "PALETTE COLOR images are not supported (no medical model consumes them)",
+            ))
+        }
+        (3, "RGB") => (3, Photometric::Rgb, false),
+        (3, "YBR_FULL") | (3, "YBR_FULL_422") => (3, Photometric::Rgb, true),
+        (3, "YBR_ICT") | (3, "YBR_RCT") => (3, Photometric::Rgb, false),
+        (s, pi) => {
+            return Err(fmt_err(
                 p,
                 format!(
                     "{s} samples per pixel with photometric interpretation {pi:?} is not supported"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let pd = f
         .obj
         .get(tags::PIXEL_DATA)

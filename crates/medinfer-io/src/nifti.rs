@@ -691,7 +691,18 @@ pub fn write(path: impl AsRef<Path>, vol: &Volume, dtype: NiftiDtype) -> Result<
     Ok(())
 }
 
+/// Reads only the header of a NIfTI file (gzipped or not).
+pub fn read_header_file(path: &Path) -> Result<NiftiHeader, IoError> {
+    let p = path.display().to_string();
+    let (mut r, _) = open_maybe_gz(path)?;
+    let head = read_upto(&mut *r, 540, &p)?;
+    let h = parse_header(&p, &head)?;
+    h.voxels(&p)?;
+    Ok(h)
+}
+
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
 
@@ -774,14 +785,4 @@ mod tests {
         assert!(e.contains("trunc.nii") && e.contains("truncated"), "{e}");
         assert!(parse_header("x", b"short").is_err());
     }
-}
-
-/// Reads only the header of a NIfTI file (gzipped or not).
-pub fn read_header_file(path: &Path) -> Result<NiftiHeader, IoError> {
-    let p = path.display().to_string();
-    let (mut r, _) = open_maybe_gz(path)?;
-    let head = read_upto(&mut *r, 540, &p)?;
-    let h = parse_header(&p, &head)?;
-    h.voxels(&p)?;
-    Ok(h)
 }

@@ -152,6 +152,9 @@ fn name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// An image of a series: (position along the normal, time key, file index, frame, position).
+type Keyed = (f64, f64, usize, usize, [f64; 3]);
+
 /// How a series assembles, without decoding pixels.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Layout {
@@ -279,7 +282,7 @@ pub fn layout(series: &Series) -> Result<Layout, IoError> {
     keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
     // Group images at the same position (cine phases).
     let tol = 1e-3_f64.max(ps[0].min(ps[1]) * 1e-3);
-    let mut groups: Vec<Vec<(f64, f64, usize, usize, [f64; 3])>> = Vec::new();
+    let mut groups: Vec<Vec<Keyed>> = Vec::new();
     for k in keyed {
         match groups.last_mut() {
             Some(g) if (k.0 - g[0].0).abs() < tol => g.push(k),

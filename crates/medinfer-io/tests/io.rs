@@ -2,6 +2,7 @@
 //! by pydicom / dcmtk / nibabel / Pillow, and FILE.npy holds what pydicom (+ pylibjpeg), nibabel
 //! or Pillow decode from it (see `tests/fixtures/README.md`). Plus series assembly, hostile
 //! input and writers.
+#![allow(clippy::needless_range_loop)]
 
 use medinfer_core::{Photometric, Tensor};
 use medinfer_io::{dicom, nifti, npy, raster, series};
@@ -449,7 +450,7 @@ fn series_oblique_orientation() {
         assert_eq!(v.at(0, 0, z, 0), 100.0 * z as f32);
     }
     // The slice direction is row x column, scaled by the spacing.
-    let n = [s * -1.0 - 0.0, 0.0 - c * -1.0, 0.0];
+    let n = [-s, c, 0.0];
     for a in 0..3 {
         let flip = if a < 2 { -1.0 } else { 1.0 };
         assert!(
