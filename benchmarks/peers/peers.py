@@ -150,7 +150,8 @@ def bench_benchmark_app(path, shape, runs, streams):
     """OpenVINO's own benchmark_app, parsed from its report."""
     exe = os.path.join(os.path.dirname(sys.executable), "benchmark_app")
     out = {}
-    for mode, extra in (("latency", ["-hint", "latency", "-nthreads", str(CORES)]), ("throughput", ["-hint", "throughput", "-nstreams", str(streams), "-nthreads", str(CORES)])):
+    # benchmark_app accepts -nstreams / -nthreads only with -hint none (its own UI rule).
+    for mode, extra in (("latency", ["-hint", "none", "-nstreams", "1", "-nthreads", str(CORES)]), ("throughput", ["-hint", "none", "-nstreams", str(streams), "-nthreads", str(CORES)])):
         cmd = [exe, "-m", path, "-d", "CPU", "-niter", str(runs), "-infer_precision", "f32", "-shape", f"[{','.join(map(str, shape))}]", *extra]
         p = subprocess.run(cmd, capture_output=True, text=True)
         text = p.stdout + p.stderr
@@ -159,8 +160,8 @@ def bench_benchmark_app(path, shape, runs, streams):
         if p.returncode != 0 or not thr:
             out[mode] = {"error": text[-400:]}
             continue
-        # benchmark_app reports requests/s; items/s = requests/s x batch.
-        out[mode] = {"throughput_per_s": float(thr.group(1)) * shape[0], "mean": float(avg.group(1)) if avg else float("nan"), "std": 0.0, "p50": float("nan")}
+        # benchmark_app's "Throughput: N FPS" already counts items (requests/s x batch).
+        out[mode] = {"throughput_per_s": float(thr.group(1)), "mean": float(avg.group(1)) if avg else float("nan"), "std": 0.0, "p50": float("nan")}
     return out
 
 

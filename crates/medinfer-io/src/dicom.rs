@@ -18,7 +18,7 @@
 //! | JPEG-LS, JPEG XL, MPEG/HEVC video | no: a clear error naming the syntax |
 
 use crate::IoError;
-use dicom_core::{value::Value, DataDictionary, Tag, VR};
+use dicom_core::{value::Value, DataDictionary, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
@@ -149,6 +149,24 @@ pub(crate) fn read_bytes(path: &Path, cap: u64) -> Result<Vec<u8>, IoError> {
         ));
     }
     std::fs::read(path).map_err(|source| IoError::Os { path: p, source })
+}
+
+/// How much of a file a header-only read looks at first.
+const HEADER_PREFIX: u64 = 1 << 20;
+
+fn read_prefix(path: &Path, n: u64) -> Result<Vec<u8>, IoError> {
+    use std::io::Read;
+    let os = |source| IoError::Os {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut v = Vec::new();
+    std::fs::File::open(path)
+        .map_err(os)?
+        .take(n)
+        .read_to_end(&mut v)
+        .map_err(os)?;
+    Ok(v)
 }
 
 /// True when `bytes` look like DICOM (preamble + "DICM", bare "DICM", or a raw data set that
@@ -344,6 +362,19 @@ impl DicomFile {
 
     fn open_inner(path: &Path, header_only: bool) -> Result<Self, IoError> {
         let p = path.display().to_string();
+        if header_only {
+            // Headers sit in front of the pixel data: read the first MiB, and the whole file
+            // only when that was not enough to reach Pixel Data.
+            let prefix = read_prefix(path, HEADER_PREFIX)?;
+            if (prefix.len() as u64) < HEADER_PREFIX {
+                return Self::from_bytes_inner(&p, &prefix, true);
+            }
+            if let Ok(f) = Self::from_bytes_inner(&p, &prefix, true) {
+                if f.obj.get(tags::PIXEL_DATA).is_none() && f.header.rows > 0 {
+                    return Ok(f);
+                }
+            }
+        }
         let bytes = read_bytes(path, MAX_FILE_BYTES)?;
         Self::from_bytes_inner(&p, &bytes, header_only)
     }
@@ -739,22 +770,36 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             ));
         }
     }
-    let decoded = f.obj.decode_pixel_data().map_err(|e| {
-        fmt_err(
-            p,
-            format!(
-                "cannot decode pixel data ({}): {}",
-                h.transfer_syntax,
-                chain(&e)
-            ),
-        )
-    })?;
-    let data = decoded.data();
-    let need = frame_samples * nframes * bytes_per;
-    if data.len() < need {
+    // Native 8 / 16-bit pixel data is used in place, as parsed (no copy); everything else goes
+    // through dicom-pixeldata.
+    let in_place = match (encapsulated, h.bits_allocated, pd.value()) {
+        (false, 8, Value::Primitive(PrimitiveValue::U8(v))) => Some(Raw::Bytes(&v[..])),
+        (false, 16, Value::Primitive(PrimitiveValue::U16(v))) => Some(Raw::U16(&v[..])),
+        (false, 16, Value::Primitive(PrimitiveValue::I16(v))) => Some(Raw::I16(&v[..])),
+        _ => None,
+    };
+    let decoded;
+    let raw_all = match in_place {
+        Some(r) => r,
+        None => {
+            decoded = f.obj.decode_pixel_data().map_err(|e| {
+                fmt_err(
+                    p,
+                    format!(
+                        "cannot decode pixel data ({}): {}",
+                        h.transfer_syntax,
+                        chain(&e)
+                    ),
+                )
+            })?;
+            Raw::Bytes(decoded.data())
+        }
+    };
+    let need = frame_samples * nframes;
+    if raw_all.samples(h.bits_allocated) < need {
         return Err(fmt_err(
             p,
-            format!("decoded pixel data has {} bytes, {need} expected for {nframes} frame(s) of {}x{}x{channels}", data.len(), h.columns, h.rows),
+            format!("decoded pixel data has {} samples, {need} expected for {nframes} frame(s) of {}x{}x{channels}", raw_all.samples(h.bits_allocated), h.columns, h.rows),
         ));
     }
     // Encapsulated codecs deliver interleaved samples (RLE's planes are interleaved by its
@@ -770,7 +815,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     let (smin, smax) = h.stored_range();
     let mut images = Vec::with_capacity(nframes);
     for fr in 0..nframes {
-        let raw = &data[fr * frame_samples * bytes_per..(fr + 1) * frame_samples * bytes_per];
+        let raw = raw_all.frame(fr, frame_samples, h.bits_allocated);
         // The rescale is applied while converting (in f64), so 32-bit stored values keep
         // their precision up to the one rounding to f32.
         let rescale = if channels == 1 && lut.is_none() {
@@ -839,9 +884,43 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     Ok(images)
 }
 
-/// Native-endian decoded bytes to f32 samples, honouring bits stored and the sign, with the
-/// rescale `(slope, intercept)` applied in f64 (one rounding to f32 at the end).
-fn samples(raw: &[u8], h: &DicomHeader, n: usize, (slope, icpt): (f64, f64)) -> Vec<f32> {
+/// Stored samples: decoded bytes (native-endian) or the parsed element's own 16-bit values.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    Bytes(&'a [u8]),
+    U16(&'a [u16]),
+    I16(&'a [i16]),
+}
+
+impl<'a> Raw<'a> {
+    fn samples(&self, bits_allocated: u16) -> usize {
+        match self {
+            Raw::Bytes(b) if bits_allocated > 8 => b.len() / (bits_allocated as usize / 8),
+            Raw::Bytes(b) => b.len(),
+            Raw::U16(v) => v.len(),
+            Raw::I16(v) => v.len(),
+        }
+    }
+    fn frame(&self, fr: usize, n: usize, bits_allocated: u16) -> Raw<'a> {
+        match *self {
+            Raw::Bytes(b) => {
+                let k = if bits_allocated > 8 {
+                    bits_allocated as usize / 8
+                } else {
+                    1
+                };
+                Raw::Bytes(&b[fr * n * k..(fr + 1) * n * k])
+            }
+            Raw::U16(v) => Raw::U16(&v[fr * n..(fr + 1) * n]),
+            Raw::I16(v) => Raw::I16(&v[fr * n..(fr + 1) * n]),
+        }
+    }
+}
+
+/// Stored samples to f32, honouring bits stored and the sign, with the rescale
+/// `(slope, intercept)` applied in f64 (one rounding to f32 at the end). 8 and 16-bit samples go
+/// through a table of every possible stored value, built with the same arithmetic.
+fn samples(raw: Raw, h: &DicomHeader, n: usize, (slope, icpt): (f64, f64)) -> Vec<f32> {
     let bits = h.bits_stored as u32;
     let signed = h.signed;
     let mask: u32 = if bits >= 32 {
@@ -849,31 +928,38 @@ fn samples(raw: &[u8], h: &DicomHeader, n: usize, (slope, icpt): (f64, f64)) -> 
     } else {
         (1u32 << bits) - 1
     };
-    let value = move |v: u32| -> f64 {
+    let map = move |v: u32| -> f32 {
         let v = v & mask;
-        if signed {
+        let x = if signed {
             sign_extend(v, bits) as f64
         } else {
             v as f64
-        }
+        };
+        (x * slope + icpt) as f32
     };
-    let identity = slope == 1.0 && icpt == 0.0;
-    let map = move |v: u32| -> f32 {
-        if identity {
-            value(v) as f32
-        } else {
-            (value(v) * slope + icpt) as f32
+    let table = |size: u32| -> Vec<f32> { (0..size).map(map).collect() };
+    match (raw, h.bits_allocated) {
+        (Raw::Bytes(b), 1) => b[..n].iter().map(|&x| map((x != 0) as u32)).collect(),
+        (Raw::Bytes(b), 8) => {
+            let t = table(256);
+            b[..n].iter().map(|&x| t[x as usize]).collect()
         }
-    };
-    match h.bits_allocated {
-        1 => raw[..n].iter().map(|&b| map((b != 0) as u32)).collect(),
-        8 => raw[..n].iter().map(|&b| map(b as u32)).collect(),
-        16 => raw
-            .chunks_exact(2)
-            .take(n)
-            .map(|c| map(u16::from_ne_bytes([c[0], c[1]]) as u32))
-            .collect(),
-        _ => raw
+        (Raw::Bytes(b), 16) => {
+            let t = table(65536);
+            b.chunks_exact(2)
+                .take(n)
+                .map(|c| t[u16::from_ne_bytes([c[0], c[1]]) as usize])
+                .collect()
+        }
+        (Raw::U16(v), _) => {
+            let t = table(65536);
+            v[..n].iter().map(|&x| t[x as usize]).collect()
+        }
+        (Raw::I16(v), _) => {
+            let t = table(65536);
+            v[..n].iter().map(|&x| t[x as u16 as usize]).collect()
+        }
+        (Raw::Bytes(b), _) => b
             .chunks_exact(4)
             .take(n)
             .map(|c| map(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
