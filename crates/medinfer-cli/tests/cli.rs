@@ -346,3 +346,84 @@ fn bench_json_has_the_documented_keys_for_every_configuration() {
         "{svg}"
     );
 }
+
+fn io_fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../medinfer-io/tests/fixtures")
+        .join(rel)
+}
+
+#[test]
+fn inspect_reports_series_without_patient_identity() {
+    let o = run(&["inspect", io_fixture("dicom").to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v["series"].as_array().unwrap().len() >= 10);
+    for secret in ["Fixture", "Secret", "SECRET-ID-0042", "19700101"] {
+        assert!(!text.contains(secret), "inspect leaked {secret}");
+    }
+    // The JPEG-LS file is listed as not decodable.
+    assert!(text.contains("JPEG-LS"), "{text}");
+    let o = run(&["inspect", io_fixture("dicom").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("NOT decodable") && !text.contains("Secret"));
+}
+
+#[test]
+fn convert_dicom_to_nifti_npy_png_and_back() {
+    let d = tmp();
+    let src = io_fixture("dicom/ct_explicit_le.dcm");
+    let nii = d.path().join("ct.nii.gz");
+    let o = run(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        nii.to_str().unwrap(),
+        "--dtype",
+        "i16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = medinfer_io::nifti::read(&nii).unwrap();
+    let img = medinfer_io::dicom::read_images(&src).unwrap().remove(0);
+    assert_eq!(v.dims, [34, 40, 1, 1]);
+    // HU survive the int16 round trip exactly; rows of the volume are the image's rows.
+    assert_eq!(v.data, img.data);
+    let npy = d.path().join("ct.npy");
+    assert!(run(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        npy.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let t = medinfer_io::npy::read(&npy).unwrap();
+    assert_eq!(t.shape(), &[40, 34]);
+    let png = d.path().join("ct.png");
+    assert!(run(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        png.to_str().unwrap(),
+        "--window",
+        "40,400"
+    ])
+    .status
+    .success());
+    assert_eq!(medinfer_io::raster::read_png(&png).unwrap().width, 34);
+    let o = run(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        d.path().join("x.bmp").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &["x.bmp", "unknown output format"]);
+    let o = run(&[
+        "convert",
+        io_fixture("dicom/ct_jpegls_lossless.dcm").to_str().unwrap(),
+        "-o",
+        nii.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &["ct_jpegls_lossless.dcm", "JPEG-LS"]);
+}
