@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use medinfer_core::{Tensor, Volume};
 use medinfer_io::{inspect, nifti, npy, raster};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -141,46 +141,62 @@ fn parse_window(s: &str) -> Result<(f64, f64)> {
     Ok((c, w))
 }
 
+enum ConvertTo {
+    Nifti(nifti::NiftiDtype),
+    Npy,
+    Png,
+}
+
 pub fn cmd_convert(a: ConvertArgs) -> Result<()> {
+    // Everything about the output is checked before the input is read.
     let out = a.output.to_string_lossy().to_ascii_lowercase();
-    let window = a.window.as_deref().map(parse_window).transpose()?;
-    let vol: Volume = medinfer_io::read_volume(&a.input)?;
-    let [nx, ny, nz, nt] = vol.dims;
-    if out.ends_with(".nii") || out.ends_with(".nii.gz") {
-        let dt = match a.dtype.as_str() {
+    let to = if out.ends_with(".nii") || out.ends_with(".nii.gz") {
+        ConvertTo::Nifti(match a.dtype.as_str() {
             "f32" | "float32" => nifti::NiftiDtype::F32,
             "i16" | "int16" => nifti::NiftiDtype::I16,
             "u8" | "uint8" => nifti::NiftiDtype::U8,
             d => bail!("--dtype {d}: expected f32, i16 or u8"),
-        };
-        nifti::write(&a.output, &vol, dt)?;
+        })
     } else if out.ends_with(".npy") {
-        let shape = if nt > 1 {
-            vec![nt, nz, ny, nx]
-        } else if nz > 1 {
-            vec![nz, ny, nx]
-        } else {
-            vec![ny, nx]
-        };
-        let t = Tensor::from_f32(shape, vol.data.clone())?;
-        npy::write(&a.output, &t)?;
+        ConvertTo::Npy
     } else if out.ends_with(".png") {
-        let z = nz / 2;
-        let img = vol.slice(z, 0)?;
-        let view = raster::to_u8_view(&img, window)?;
-        raster::write_png8(&a.output, img.width, img.height, 1, &view)?;
-        if nz > 1 || nt > 1 {
-            eprintln!("note: PNG shows slice {z} of {nz} (phase 0 of {nt})");
-        }
+        ConvertTo::Png
     } else {
         bail!(
             "{}: unknown output format (use .nii, .nii.gz, .npy or .png)",
             a.output.display()
         );
+    };
+    let window = a.window.as_deref().map(parse_window).transpose()?;
+    let mut vol: Volume = medinfer_io::read_volume(&a.input)?;
+    let [nx, ny, nz, nt] = vol.dims;
+    let spacing = vol.spacing;
+    match to {
+        ConvertTo::Nifti(dt) => nifti::write(&a.output, &vol, dt)?,
+        ConvertTo::Npy => {
+            let shape = if nt > 1 {
+                vec![nt, nz, ny, nx]
+            } else if nz > 1 {
+                vec![nz, ny, nx]
+            } else {
+                vec![ny, nx]
+            };
+            let t = Tensor::from_f32(shape, std::mem::take(&mut vol.data))?;
+            npy::write(&a.output, &t)?;
+        }
+        ConvertTo::Png => {
+            let z = nz / 2;
+            let img = vol.slice(z, 0)?;
+            let view = raster::to_u8_view(&img, window)?;
+            raster::write_png8(&a.output, img.width, img.height, 1, &view)?;
+            if nz > 1 || nt > 1 {
+                eprintln!("note: PNG shows slice {z} of {nz} (phase 0 of {nt})");
+            }
+        }
     }
     eprintln!(
         "wrote {} ({} x {} x {}{} voxels, spacing {:.3} x {:.3} x {:.3} mm)",
-        display(&a.output),
+        a.output.display(),
         nx,
         ny,
         nz,
@@ -189,15 +205,11 @@ pub fn cmd_convert(a: ConvertArgs) -> Result<()> {
         } else {
             String::new()
         },
-        vol.spacing[0],
-        vol.spacing[1],
-        vol.spacing[2]
+        spacing[0],
+        spacing[1],
+        spacing[2]
     );
     Ok(())
-}
-
-fn display(p: &Path) -> String {
-    p.display().to_string()
 }
 
 #[derive(Args)]

@@ -17,7 +17,7 @@
 //! | JPEG 2000 (lossless and lossy, HTJ2K excluded) | yes (pure-Rust OpenJPEG port) |
 //! | JPEG-LS, JPEG XL, MPEG/HEVC video | no: a clear error naming the syntax |
 
-use crate::IoError;
+use crate::{fmt_err, os_err, IoError};
 use dicom_core::{value::Value, DataDictionary, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
@@ -110,13 +110,6 @@ pub struct DicomFile {
     per_frame_rescale: Vec<(f64, f64)>,
 }
 
-fn fmt_err(path: &str, reason: impl Into<String>) -> IoError {
-    IoError::Format {
-        path: path.to_string(),
-        reason: reason.into(),
-    }
-}
-
 /// Runs `f`, turning a panic inside a dependency into an error that names the file.
 fn guard<T>(path: &str, what: &str, f: impl FnOnce() -> Result<T, IoError>) -> Result<T, IoError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -138,17 +131,14 @@ fn guard<T>(path: &str, what: &str, f: impl FnOnce() -> Result<T, IoError>) -> R
 /// Reads a file into memory with a size cap.
 pub(crate) fn read_bytes(path: &Path, cap: u64) -> Result<Vec<u8>, IoError> {
     let p = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| IoError::Os {
-        path: p.clone(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(os_err(path))?;
     if meta.len() > cap {
         return Err(fmt_err(
             &p,
             format!("file is {} bytes, more than the {cap} accepted", meta.len()),
         ));
     }
-    std::fs::read(path).map_err(|source| IoError::Os { path: p, source })
+    std::fs::read(path).map_err(os_err(path))
 }
 
 /// How much of a file a header-only read looks at first.
@@ -156,10 +146,7 @@ const HEADER_PREFIX: u64 = 1 << 20;
 
 fn read_prefix(path: &Path, n: u64) -> Result<Vec<u8>, IoError> {
     use std::io::Read;
-    let os = |source| IoError::Os {
-        path: path.display().to_string(),
-        source,
-    };
+    let os = os_err(path);
     let mut v = Vec::new();
     std::fs::File::open(path)
         .map_err(os)?
@@ -369,8 +356,13 @@ impl DicomFile {
             if (prefix.len() as u64) < HEADER_PREFIX {
                 return Self::from_bytes_inner(&p, &prefix, true);
             }
-            if let Ok(f) = Self::from_bytes_inner(&p, &prefix, true) {
-                if f.obj.get(tags::PIXEL_DATA).is_none() && f.header.rows > 0 {
+            // The prefix holds the whole header when the Pixel Data tag is in it (either byte
+            // order); otherwise a parse of the prefix could end early and miss elements.
+            let has_pixel_tag = prefix
+                .windows(4)
+                .any(|w| w == [0xe0, 0x7f, 0x10, 0x00] || w == [0x7f, 0xe0, 0x00, 0x10]);
+            if has_pixel_tag {
+                if let Ok(f) = Self::from_bytes_inner(&p, &prefix, true) {
                     return Ok(f);
                 }
             }
@@ -643,7 +635,18 @@ impl DicomHeader {
 }
 
 /// Modality LUT from the first item of the Modality LUT Sequence: (first mapped value, table).
-fn modality_lut(obj: &DefaultDicomObject, p: &str) -> Result<Option<(f64, Vec<f32>)>, IoError> {
+/// A Modality LUT: stored values from `first` on map to `table`; `range` is the table's extent.
+struct ModalityLut {
+    first: f64,
+    table: Vec<f32>,
+    range: (f32, f32),
+}
+
+fn modality_lut(
+    obj: &DefaultDicomObject,
+    p: &str,
+    signed: bool,
+) -> Result<Option<ModalityLut>, IoError> {
     let Some(item) = first_item(obj, tags::MODALITY_LUT_SEQUENCE) else {
         return Ok(None);
     };
@@ -682,7 +685,18 @@ fn modality_lut(obj: &DefaultDicomObject, p: &str) -> Result<Option<(f64, Vec<f3
     }
     // The first mapped value is US or SS depending on the pixel representation; a value above
     // 32767 stored as US means negative when the pixels are signed.
-    Ok(Some((desc[1], raw[..n].to_vec())))
+    let first = if signed && desc[1] > 32767.0 {
+        desc[1] - 65536.0
+    } else {
+        desc[1]
+    };
+    let table = raw[..n].to_vec();
+    let range = medinfer_core::min_max(&table);
+    Ok(Some(ModalityLut {
+        first,
+        table,
+        range,
+    }))
 }
 
 fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
@@ -808,11 +822,15 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     let planar = h.planar_configuration == 1 && channels == 3 && !encapsulated;
     let convert_ybr = ybr && (!encapsulated || rle);
     let lut = if channels == 1 && h.modality_lut {
-        modality_lut(&f.obj, p)?
+        modality_lut(&f.obj, p, h.signed)?
     } else {
         None
     };
     let (smin, smax) = h.stored_range();
+    let mut tags = h.tags();
+    if nframes > 1 {
+        tags.set("number_of_frames", nframes.to_string());
+    }
     let mut images = Vec::with_capacity(nframes);
     for fr in 0..nframes {
         let raw = raw_all.frame(fr, frame_samples, h.bits_allocated);
@@ -847,27 +865,19 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             }
         }
         let value_range;
-        if let Some((first, table)) = &lut {
-            let mut first = *first;
-            if h.signed && first > 32767.0 {
-                first -= 65536.0;
-            }
-            let last = table.len() - 1;
+        if let Some(lut) = &lut {
+            let last = lut.table.len() - 1;
             for v in vals.iter_mut() {
-                let i = (*v as f64 - first).clamp(0.0, last as f64) as usize;
-                *v = table[i];
+                let i = (*v as f64 - lut.first).clamp(0.0, last as f64) as usize;
+                *v = lut.table[i];
             }
-            value_range = medinfer_core::min_max(table);
+            value_range = lut.range;
         } else if channels == 1 {
             let (slope, icpt) = rescale;
             let (a, b) = ((smin * slope + icpt) as f32, (smax * slope + icpt) as f32);
             value_range = (a.min(b), a.max(b));
         } else {
             value_range = (smin as f32, smax as f32);
-        }
-        let mut tags = h.tags();
-        if nframes > 1 {
-            tags.set("number_of_frames", nframes.to_string());
         }
         images.push(Image2d {
             width: h.columns as usize,
@@ -878,7 +888,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             photometric,
             value_range,
             window: h.window,
-            tags,
+            tags: tags.clone(),
         });
     }
     Ok(images)

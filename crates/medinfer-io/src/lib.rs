@@ -54,6 +54,22 @@ pub enum IoError {
     },
 }
 
+/// A format error about `path` (every reader's errors go through here).
+pub(crate) fn fmt_err(path: &str, reason: impl Into<String>) -> IoError {
+    IoError::Format {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// For `map_err`: an OS error on `path`.
+pub(crate) fn os_err(path: &Path) -> impl Fn(std::io::Error) -> IoError + Copy + '_ {
+    move |source| IoError::Os {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// File formats medinfer recognises by content (not by extension).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,21 +90,13 @@ pub enum Format {
 pub fn detect(path: &Path) -> Result<Option<Format>, IoError> {
     use std::io::Read;
     let mut head = [0u8; 348];
-    let mut f = std::fs::File::open(path).map_err(|source| IoError::Os {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let mut f = std::fs::File::open(path).map_err(os_err(path))?;
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(source) => {
-                return Err(IoError::Os {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
+            Err(e) => return Err(os_err(path)(e)),
         }
     }
     let b = &head[..n];
@@ -131,14 +139,9 @@ pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume, IoError> {
         }
         Some(Format::Png) => raster::read_png(path)?,
         Some(Format::Jpeg) => raster::read_jpeg(path)?,
-        Some(Format::Npy) | None => {
-            return Err(IoError::Format {
-                path: path.display().to_string(),
-                reason: "not a DICOM, NIfTI, PNG or JPEG file".into(),
-            })
-        }
+        Some(Format::Npy) | None => return Err(not_an_image(path)),
     };
-    image_to_volume(img.to_gray())
+    image_to_volume(img)
 }
 
 /// A 2D image as a one-slice volume (rows = y, columns = x).
@@ -149,10 +152,7 @@ pub fn image_to_volume(img: Image2d) -> Result<Volume, IoError> {
         g.data,
         [g.spacing[1], g.spacing[0], 1.0, 0.0],
     )
-    .map_err(|e| IoError::Format {
-        path: "image".into(),
-        reason: e.to_string(),
-    })?;
+    .map_err(|e| fmt_err("image", e.to_string()))?;
     v.window = g.window;
     v.tags = g.tags;
     Ok(v)
@@ -170,17 +170,21 @@ pub fn read_images(path: impl AsRef<Path>) -> Result<Vec<Image2d>, IoError> {
             let mut out = Vec::new();
             for t in 0..v.dims[3] {
                 for z in 0..v.dims[2] {
-                    out.push(v.slice(z, t).map_err(|e| IoError::Format {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })?);
+                    out.push(
+                        v.slice(z, t)
+                            .map_err(|e| fmt_err(&path.display().to_string(), e.to_string()))?,
+                    );
                 }
             }
             Ok(out)
         }
-        _ => Err(IoError::Format {
-            path: path.display().to_string(),
-            reason: "not a DICOM, NIfTI, PNG or JPEG file".into(),
-        }),
+        _ => Err(not_an_image(path)),
     }
+}
+
+fn not_an_image(path: &Path) -> IoError {
+    fmt_err(
+        &path.display().to_string(),
+        "not a DICOM, NIfTI, PNG or JPEG file",
+    )
 }

@@ -7,7 +7,7 @@
 //! as nibabel's `get_best_affine` (sform, then qform, then the centred base affine), and checks
 //! every dimension against hard limits and the bytes really present before allocating.
 
-use crate::IoError;
+use crate::{fmt_err, os_err, IoError};
 use flate2::read::GzDecoder;
 use medinfer_core::{Tags, Volume};
 use std::io::{Read, Write};
@@ -47,13 +47,6 @@ pub struct NiftiHeader {
     pub xyzt_units: u8,
     /// Description string.
     pub descrip: String,
-}
-
-fn fmt_err(path: &str, reason: impl Into<String>) -> IoError {
-    IoError::Format {
-        path: path.to_string(),
-        reason: reason.into(),
-    }
 }
 
 /// Datatype code -> (bytes per voxel, name).
@@ -338,10 +331,7 @@ impl NiftiHeader {
 /// (its size, or deflate's maximum ratio of 1032:1 times its size when gzipped), so a header
 /// that declares more data than that is refused before anything is allocated.
 fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, u64), IoError> {
-    let os = |source| IoError::Os {
-        path: path.display().to_string(),
-        source,
-    };
+    let os = os_err(path);
     let f = std::fs::File::open(path).map_err(os)?;
     let len = f.metadata().map_err(os)?.len();
     let mut r = std::io::BufReader::new(f);
@@ -672,10 +662,7 @@ pub fn write(path: impl AsRef<Path>, vol: &Volume, dtype: NiftiDtype) -> Result<
             .iter()
             .for_each(|v| body.extend_from_slice(&v.to_le_bytes())),
     }
-    let os = |source| IoError::Os {
-        path: p.clone(),
-        source,
-    };
+    let os = os_err(path);
     let f = std::fs::File::create(path).map_err(os)?;
     let mut w: Box<dyn Write> = if p.to_ascii_lowercase().ends_with(".gz") {
         Box::new(flate2::write::GzEncoder::new(

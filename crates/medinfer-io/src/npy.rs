@@ -4,7 +4,7 @@
 //! parser lets every malformed header produce an error that names the file and the problem,
 //! with hard limits so a hostile header cannot make medinfer allocate unbounded memory.
 
-use crate::IoError;
+use crate::{fmt_err, os_err, IoError};
 use medinfer_core::{DType, Tensor};
 use std::io::Write;
 use std::path::Path;
@@ -70,22 +70,13 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
 
 /// Writes a tensor to a `.npy` file.
 pub fn write(path: &Path, t: &Tensor) -> Result<(), IoError> {
-    let mut f = std::fs::File::create(path).map_err(|source| IoError::Os {
-        path: path.display().to_string(),
-        source,
-    })?;
-    f.write_all(&encode(t)).map_err(|source| IoError::Os {
-        path: path.display().to_string(),
-        source,
-    })
+    let mut f = std::fs::File::create(path).map_err(os_err(path))?;
+    f.write_all(&encode(t)).map_err(os_err(path))
 }
 
 /// Reads a `.npy` file.
 pub fn read(path: &Path) -> Result<Tensor, IoError> {
-    let bytes = std::fs::read(path).map_err(|source| IoError::Os {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(os_err(path))?;
     decode(&bytes, &path.display().to_string())
 }
 
@@ -97,10 +88,7 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Decodes `.npy` bytes; `origin` names the file in errors.
 pub fn decode(bytes: &[u8], origin: &str) -> Result<Tensor, IoError> {
-    let bad = |reason: String| IoError::Format {
-        path: origin.to_string(),
-        reason,
-    };
+    let bad = |reason: String| fmt_err(origin, reason);
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("not a NumPy .npy file (bad magic)".into()));
     }

@@ -6,7 +6,7 @@
 //! full range, which TorchXRayVision-style normalization needs (an 8 MB PadChest PNG is 16-bit
 //! even when its pixels use only 12 bits). Alpha is dropped; palettes are expanded to RGB.
 
-use crate::IoError;
+use crate::{fmt_err, os_err, IoError};
 use medinfer_core::{Image2d, Photometric, Tags};
 use std::io::BufReader;
 use std::path::Path;
@@ -14,20 +14,10 @@ use std::path::Path;
 /// Largest image accepted, in pixels (2^28: 16384 x 16384).
 pub const MAX_PIXELS: u64 = 1 << 28;
 
-fn fmt_err(path: &str, reason: impl Into<String>) -> IoError {
-    IoError::Format {
-        path: path.to_string(),
-        reason: reason.into(),
-    }
-}
-
 fn open(path: &Path) -> Result<BufReader<std::fs::File>, IoError> {
     std::fs::File::open(path)
         .map(BufReader::new)
-        .map_err(|source| IoError::Os {
-            path: path.display().to_string(),
-            source,
-        })
+        .map_err(os_err(path))
 }
 
 /// Decodes a PNG file.
@@ -202,10 +192,7 @@ pub fn write_png8(
             format!("{} bytes for a {width}x{height}x{channels} PNG", data.len()),
         ));
     }
-    let f = std::fs::File::create(path).map_err(|source| IoError::Os {
-        path: p.clone(),
-        source,
-    })?;
+    let f = std::fs::File::create(path).map_err(os_err(path))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(f), width as u32, height as u32);
     enc.set_color(if channels == 1 {
         png::ColorType::Grayscale

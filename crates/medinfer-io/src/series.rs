@@ -8,7 +8,7 @@
 //! as dcm2niix and nibabel do), so a converted series lands where the scanner put it.
 
 use crate::dicom::{DicomFile, DicomHeader};
-use crate::IoError;
+use crate::{fmt_err, os_err, IoError};
 use medinfer_core::{usable_cores, Volume};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -46,10 +46,7 @@ pub struct Scan {
 
 /// Lists regular files under `path` (a file, or a folder walked recursively), sorted.
 pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, IoError> {
-    let os = |source| IoError::Os {
-        path: path.display().to_string(),
-        source,
-    };
+    let os = os_err(path);
     let meta = std::fs::metadata(path).map_err(os)?;
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
@@ -57,10 +54,7 @@ pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, IoError> {
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|source| IoError::Os {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        let rd = std::fs::read_dir(&dir).map_err(os_err(&dir))?;
         for e in rd.flatten() {
             let p = e.path();
             match e.file_type() {
@@ -130,10 +124,7 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -
 }
 
 fn err(uid: &str, reason: impl Into<String>) -> IoError {
-    IoError::Format {
-        path: format!("series {uid}"),
-        reason: reason.into(),
-    }
+    fmt_err(&format!("series {uid}"), reason)
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
@@ -422,9 +413,9 @@ pub fn read_series(path: impl AsRef<Path>) -> Result<Volume, IoError> {
     let files = list_files(path)?;
     let s = scan(&files);
     match s.series.len() {
-        0 => Err(IoError::Format {
-            path: path.display().to_string(),
-            reason: match s.rejected.first() {
+        0 => Err(fmt_err(
+            &path.display().to_string(),
+            match s.rejected.first() {
                 Some((p, e)) => format!(
                     "no DICOM series found ({} file(s) rejected, e.g. {}: {e})",
                     s.rejected.len(),
@@ -432,11 +423,11 @@ pub fn read_series(path: impl AsRef<Path>) -> Result<Volume, IoError> {
                 ),
                 None => "no files found".into(),
             },
-        }),
+        )),
         1 => assemble(&s.series[0]),
-        n => Err(IoError::Format {
-            path: path.display().to_string(),
-            reason: format!(
+        n => Err(fmt_err(
+            &path.display().to_string(),
+            format!(
                 "{n} series found ({}); point at one series' folder",
                 s.series
                     .iter()
@@ -444,6 +435,6 @@ pub fn read_series(path: impl AsRef<Path>) -> Result<Volume, IoError> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-        }),
+        )),
     }
 }

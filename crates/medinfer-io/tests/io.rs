@@ -248,7 +248,7 @@ fn png_and_jpeg_match_pillow() {
 // ---- series assembly, with series written by dicom-rs ------------------------------------------
 
 mod writer {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
     use dicom_dictionary_std::tags;
     use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
     use std::path::Path;
@@ -261,107 +261,66 @@ mod writer {
         pub value: u16,
     }
 
+    /// Puts one element.
+    pub fn put(o: &mut InMemDicomObject, tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) {
+        o.put(DataElement::new(tag, vr, v.into()));
+    }
+
+    /// Writes `o` as explicit VR little endian with a file meta group.
+    pub fn save(o: InMemDicomObject, path: &Path, sop_class: &str, sop_instance: &str) {
+        o.with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .media_storage_sop_class_uid(sop_class)
+                .media_storage_sop_instance_uid(sop_instance),
+        )
+        .unwrap()
+        .write_to_file(path)
+        .unwrap();
+    }
+
     pub fn write(path: &Path, series_uid: &str, s: &Slice) {
         let mut o = InMemDicomObject::new_empty();
-        let ds = |v: Vec<f64>| PrimitiveValue::Strs(v.iter().map(|x| format!("{x}")).collect());
-        o.put(DataElement::new(
-            tags::SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
-        ));
-        o.put(DataElement::new(
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from(format!("2.25.{}", s.instance)),
-        ));
-        o.put(DataElement::new(
-            tags::MODALITY,
-            VR::CS,
-            PrimitiveValue::from("MR"),
-        ));
-        o.put(DataElement::new(
-            tags::SERIES_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from(series_uid),
-        ));
-        o.put(DataElement::new(
+        let ds = |v: &[f64]| PrimitiveValue::Strs(v.iter().map(|x| format!("{x}")).collect());
+        let mr = "1.2.840.10008.5.1.4.1.1.4";
+        let instance = format!("2.25.{}", s.instance);
+        put(&mut o, tags::SOP_CLASS_UID, VR::UI, mr);
+        put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, instance.as_str());
+        put(&mut o, tags::MODALITY, VR::CS, "MR");
+        put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
+        put(
+            &mut o,
             tags::INSTANCE_NUMBER,
             VR::IS,
-            PrimitiveValue::from(s.instance.to_string()),
-        ));
-        o.put(DataElement::new(
-            tags::IMAGE_POSITION_PATIENT,
-            VR::DS,
-            ds(s.pos.to_vec()),
-        ));
-        o.put(DataElement::new(
-            tags::IMAGE_ORIENTATION_PATIENT,
-            VR::DS,
-            ds(s.iop.to_vec()),
-        ));
-        o.put(DataElement::new(
-            tags::PIXEL_SPACING,
-            VR::DS,
-            ds(vec![1.5, 1.25]),
-        ));
+            s.instance.to_string(),
+        );
+        put(&mut o, tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&s.pos));
+        put(&mut o, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&s.iop));
+        put(&mut o, tags::PIXEL_SPACING, VR::DS, ds(&[1.5, 1.25]));
         if let Some(t) = s.trigger {
-            o.put(DataElement::new(tags::TRIGGER_TIME, VR::DS, ds(vec![t])));
+            put(&mut o, tags::TRIGGER_TIME, VR::DS, ds(&[t]));
         }
-        o.put(DataElement::new(
-            tags::ROWS,
-            VR::US,
-            PrimitiveValue::from(3u16),
-        ));
-        o.put(DataElement::new(
-            tags::COLUMNS,
-            VR::US,
-            PrimitiveValue::from(4u16),
-        ));
-        o.put(DataElement::new(
-            tags::SAMPLES_PER_PIXEL,
-            VR::US,
-            PrimitiveValue::from(1u16),
-        ));
-        o.put(DataElement::new(
+        put(&mut o, tags::ROWS, VR::US, 3u16);
+        put(&mut o, tags::COLUMNS, VR::US, 4u16);
+        put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 1u16);
+        put(
+            &mut o,
             tags::PHOTOMETRIC_INTERPRETATION,
             VR::CS,
-            PrimitiveValue::from("MONOCHROME2"),
-        ));
-        o.put(DataElement::new(
-            tags::BITS_ALLOCATED,
-            VR::US,
-            PrimitiveValue::from(16u16),
-        ));
-        o.put(DataElement::new(
-            tags::BITS_STORED,
-            VR::US,
-            PrimitiveValue::from(16u16),
-        ));
-        o.put(DataElement::new(
-            tags::HIGH_BIT,
-            VR::US,
-            PrimitiveValue::from(15u16),
-        ));
-        o.put(DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0u16),
-        ));
+            "MONOCHROME2",
+        );
+        put(&mut o, tags::BITS_ALLOCATED, VR::US, 16u16);
+        put(&mut o, tags::BITS_STORED, VR::US, 16u16);
+        put(&mut o, tags::HIGH_BIT, VR::US, 15u16);
+        put(&mut o, tags::PIXEL_REPRESENTATION, VR::US, 0u16);
         let px: Vec<u16> = (0..12).map(|i| s.value + i).collect();
-        o.put(DataElement::new(
+        put(
+            &mut o,
             tags::PIXEL_DATA,
             VR::OW,
             PrimitiveValue::U16(px.into()),
-        ));
-        let f = o
-            .with_meta(
-                FileMetaTableBuilder::new()
-                    .transfer_syntax("1.2.840.10008.1.2.1")
-                    .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.4")
-                    .media_storage_sop_instance_uid(format!("2.25.{}", s.instance)),
-            )
-            .unwrap();
-        f.write_to_file(path).unwrap();
+        );
+        save(o, path, mr, &instance);
     }
 }
 
@@ -605,78 +564,37 @@ fn truncated_and_corrupted_files_give_errors_not_panics() {
 #[test]
 fn absurd_dimensions_are_refused_before_allocating() {
     // A DICOM header declaring 65535 x 65535 x 1,000,000 frames with 4 bytes of pixel data.
-    let dir = tempfile::tempdir().unwrap();
-    let mut o = dicom_object::InMemDicomObject::new_empty();
-    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_core::{PrimitiveValue, VR};
     use dicom_dictionary_std::tags;
-    o.put(DataElement::new(
-        tags::ROWS,
-        VR::US,
-        PrimitiveValue::from(65535u16),
-    ));
-    o.put(DataElement::new(
-        tags::COLUMNS,
-        VR::US,
-        PrimitiveValue::from(65535u16),
-    ));
-    o.put(DataElement::new(
-        tags::NUMBER_OF_FRAMES,
-        VR::IS,
-        PrimitiveValue::from("1000000"),
-    ));
-    o.put(DataElement::new(
-        tags::BITS_ALLOCATED,
-        VR::US,
-        PrimitiveValue::from(16u16),
-    ));
-    o.put(DataElement::new(
-        tags::SAMPLES_PER_PIXEL,
-        VR::US,
-        PrimitiveValue::from(1u16),
-    ));
-    o.put(DataElement::new(
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        PrimitiveValue::from("MONOCHROME2"),
-    ));
-    o.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::U16(vec![1u16, 2].into()),
-    ));
-    let f = o
-        .with_meta(
-            dicom_object::FileMetaTableBuilder::new()
-                .transfer_syntax("1.2.840.10008.1.2.1")
-                .media_storage_sop_class_uid("1.2.3")
-                .media_storage_sop_instance_uid("1.2.3.4"),
-        )
-        .unwrap();
+    use writer::{put, save};
+    let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("huge.dcm");
-    f.write_to_file(&p).unwrap();
+    let header = |rows: u16, frames: &str| {
+        let mut o = dicom_object::InMemDicomObject::new_empty();
+        put(&mut o, tags::ROWS, VR::US, rows);
+        put(&mut o, tags::COLUMNS, VR::US, 65535u16);
+        put(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, frames);
+        put(&mut o, tags::BITS_ALLOCATED, VR::US, 16u16);
+        put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 1u16);
+        put(
+            &mut o,
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            "MONOCHROME2",
+        );
+        put(
+            &mut o,
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(vec![1u16, 2].into()),
+        );
+        o
+    };
+    save(header(65535, "1000000"), &p, "1.2.3", "1.2.3.4");
     let e = dicom::DicomFile::open(&p).err().unwrap().to_string();
     assert!(e.contains("huge.dcm") && e.contains("more than"), "{e}");
     // Within limits but with too few bytes: refused before decoding.
-    let mut o = f.into_inner();
-    o.put(DataElement::new(
-        tags::NUMBER_OF_FRAMES,
-        VR::IS,
-        PrimitiveValue::from("1"),
-    ));
-    o.put(DataElement::new(
-        tags::ROWS,
-        VR::US,
-        PrimitiveValue::from(4000u16),
-    ));
-    let f = o
-        .with_meta(
-            dicom_object::FileMetaTableBuilder::new()
-                .transfer_syntax("1.2.840.10008.1.2.1")
-                .media_storage_sop_class_uid("1.2.3")
-                .media_storage_sop_instance_uid("1.2.3.4"),
-        )
-        .unwrap();
-    f.write_to_file(&p).unwrap();
+    save(header(4000, "1"), &p, "1.2.3", "1.2.3.4");
     let e = dicom::read_images(&p).unwrap_err().to_string();
     assert!(e.contains("Pixel Data holds 4 bytes"), "{e}");
 }
