@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod imaging;
+mod quant;
 
 #[derive(Parser)]
 #[command(name = "medinfer", version, about = "Run trained medical-imaging models (ONNX) on CPUs through tract, ONNX Runtime or OpenVINO", long_about = None)]
@@ -51,6 +52,12 @@ enum Command {
     /// Time image decoding and preprocessing (chest X-ray PNG to model input, CT series to a
     /// windowed volume), for docs/benchmarks.md and benchmarks/io.
     BenchIo(imaging::BenchIoArgs),
+    /// Optimise a model's graph: constant folding, batch-norm folding, identity / dropout
+    /// removal, transpose and reshape merging, dead code. Prints node counts before and after.
+    Optimize(quant::OptimizeArgs),
+    /// Quantize a model to INT8 (QDQ ONNX) with calibration data, bias correction and optional
+    /// accuracy control.
+    Quantize(quant::QuantizeArgs),
 }
 
 #[derive(Args)]
@@ -94,6 +101,9 @@ enum ZooCommand {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Write synthetic image-like input samples for a zoo model (calibration / validation data
+    /// for speed work): one .npy per sample.
+    Samples(quant::SamplesArgs),
 }
 
 #[derive(Args)]
@@ -181,6 +191,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Inspect(a) => imaging::cmd_inspect(a),
         Command::Convert(a) => imaging::cmd_convert(a),
         Command::BenchIo(a) => imaging::cmd_bench_io(a),
+        Command::Optimize(a) => quant::cmd_optimize(a),
+        Command::Quantize(a) => quant::cmd_quantize(a),
     }
 }
 
@@ -328,6 +340,7 @@ fn cmd_zoo(c: ZooCommand) -> Result<()> {
             println!("(batch is a dynamic dimension; the shape shows the nominal batch. Weights are seeded and untrained.)");
             Ok(())
         }
+        ZooCommand::Samples(a) => quant::cmd_samples(a),
         ZooCommand::Build { name, output } => {
             let m = zoo::build(&name)?;
             medinfer_onnx::save_model(&m, &output)?;

@@ -30,6 +30,7 @@
 mod backends;
 mod options;
 mod pool;
+pub mod quantize;
 pub mod runtimes;
 
 pub use backends::{availability_all, backend, Availability};

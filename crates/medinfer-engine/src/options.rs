@@ -184,9 +184,9 @@ pub(crate) fn onnx_dtype(name: &str) -> Option<DType> {
 }
 
 pub(crate) fn prepare(path: &Path, opts: &SessionOptions) -> Result<Prepared, EngineError> {
-    let bytes = std::fs::read(path).map_err(|source| medinfer_onnx::OnnxError::Io {
+    let bytes = std::fs::read(path).map_err(|error| medinfer_onnx::OnnxError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let model = medinfer_onnx::decode_model(&bytes, &path.display().to_string())?;
     // Analysis without hashing the whole file again: size/sha are not needed here.

@@ -241,3 +241,17 @@ pub fn analyze(model: &ModelProto, file_bytes: Option<&[u8]>) -> ModelInfo {
         sha256: hex::encode(Sha256::digest(bytes)),
     }
 }
+
+/// The dims of a declared tensor when every one is a fixed size (`None` if any is dynamic or
+/// the type is not a tensor).
+pub(crate) fn static_dims(v: &ValueInfoProto) -> Option<Vec<usize>> {
+    value_info(v)
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Dynamic(_) => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|_| matches!(v.r#type.as_ref().and_then(|t| t.value.as_ref()), Some(type_proto::Value::TensorType(_))))
+}

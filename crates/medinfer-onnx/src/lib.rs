@@ -16,7 +16,9 @@
 pub mod builder;
 mod info;
 mod model;
+pub mod optimize;
 pub mod proto;
+pub mod quant;
 mod rng;
 pub mod shapes;
 pub mod zoo;
@@ -26,4 +28,5 @@ pub use model::{
     attr_f, attr_i, attr_ints, attr_s, decode_model, elem_type_name, encode_model, load_model,
     save_model, tensor_dims, tensor_to_f32, OnnxError,
 };
+pub use optimize::{optimize, OptimizeReport};
 pub use rng::SeededRng;

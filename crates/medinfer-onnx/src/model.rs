@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not chained again as a source).
+        error: std::io::Error,
     },
     /// The bytes are not a protobuf-encoded ONNX model (wrong file type or truncated).
     #[error("{path}: not a valid ONNX model (protobuf decoding failed: {reason}); is the file truncated or of another type?")]
@@ -46,9 +46,9 @@ pub fn decode_model(bytes: &[u8], origin: &str) -> Result<ModelProto, OnnxError>
 
 /// Reads, decodes and validates an ONNX file.
 pub fn load_model(path: &Path) -> Result<ModelProto, OnnxError> {
-    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
+    let bytes = std::fs::read(path).map_err(|error| OnnxError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     decode_model(&bytes, &path.display().to_string())
 }
@@ -60,9 +60,9 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
 
 /// Writes a model to a file (atomically: a temporary file renamed into place).
 pub fn save_model(model: &ModelProto, path: &Path) -> Result<(), OnnxError> {
-    let io = |source| OnnxError::Io {
+    let io = |error| OnnxError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

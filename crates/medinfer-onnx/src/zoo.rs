@@ -305,3 +305,65 @@ fn unet(b: &mut GraphBuilder, in_ch: usize, classes: usize, base: usize) -> Stri
     }
     b.conv("head", &x, c, classes, 1, 1, 0, true)
 }
+
+/// Synthetic, image-like inputs for a zoo model, one sample (without the batch axis) per entry,
+/// in the model's input convention: smooth anatomy-like structures (random ellipses of
+/// different intensity on a gradient background, smoothed edges) plus noise, scaled like the
+/// published preprocessing (chest X-ray: TorchXRayVision's [-1024, 1024]; CT: a windowed
+/// slice in [0, 1]; cardiac MRI: min-max [0, 1]; fMRI maps: z-scored). They are calibration
+/// and validation data for speed work with the untrained zoo weights: what matters is that
+/// activation statistics look like those of real images (structured, not white noise).
+pub fn sample_inputs(name: &str, count: usize, seed: u64) -> Result<Vec<Vec<f32>>, OnnxError> {
+    let e = entry(name)?;
+    let [_, c, h, w] = e.input_shape;
+    let mut rng = crate::SeededRng::new(seed ^ 0x5eed_0000 ^ e.seed);
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut img = vec![0f32; c * h * w];
+        for ch in 0..c {
+            let plane = &mut img[ch * h * w..(ch + 1) * h * w];
+            let (gx, gy) = (rng.range(-0.3, 0.3), rng.range(-0.3, 0.3));
+            let base = rng.range(0.1, 0.4);
+            for y in 0..h {
+                for x in 0..w {
+                    plane[y * w + x] = (base
+                        + gx * (x as f64 / w as f64 - 0.5)
+                        + gy * (y as f64 / h as f64 - 0.5)) as f32;
+                }
+            }
+            let blobs = 3 + (rng.next_u64() % 6) as usize;
+            for _ in 0..blobs {
+                let (cx, cy) = (rng.range(0.15, 0.85) * w as f64, rng.range(0.15, 0.85) * h as f64);
+                let (rx, ry) = (rng.range(0.05, 0.3) * w as f64, rng.range(0.05, 0.3) * h as f64);
+                let (ang, amp) = (rng.range(0.0, std::f64::consts::PI), rng.range(-0.4, 0.6));
+                let (sa, ca) = ang.sin_cos();
+                for y in 0..h {
+                    for x in 0..w {
+                        let (dx, dy) = (x as f64 - cx, y as f64 - cy);
+                        let u = (dx * ca + dy * sa) / rx;
+                        let v = (-dx * sa + dy * ca) / ry;
+                        let r = (u * u + v * v).sqrt();
+                        // Smoothed edge: 1 inside, 0 outside, a soft ramp of ~10% of the radius.
+                        let m = ((1.1 - r) / 0.2).clamp(0.0, 1.0);
+                        plane[y * w + x] += (amp * m) as f32;
+                    }
+                }
+            }
+            for p in plane.iter_mut() {
+                *p = (*p + (rng.normal() * 0.02) as f32).clamp(0.0, 1.0);
+            }
+        }
+        match name {
+            "densenet121-cxr" => img.iter_mut().for_each(|v| *v = *v * 2048.0 - 1024.0),
+            "resnet50-fmri" => {
+                let n = img.len() as f32;
+                let mean = img.iter().sum::<f32>() / n;
+                let sd = (img.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt().max(1e-6);
+                img.iter_mut().for_each(|v| *v = (*v - mean) / sd);
+            }
+            _ => {}
+        }
+        out.push(img);
+    }
+    Ok(out)
+}

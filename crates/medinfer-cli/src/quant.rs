@@ -1,0 +1,407 @@
+//! `medinfer optimize` and `medinfer quantize`, and `medinfer zoo samples`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use medinfer_core::Tensor;
+use medinfer_engine::quantize::{self as q, AccuracyControl, Metric};
+use medinfer_engine::BackendKind;
+use medinfer_onnx::quant::{self, CalibMethod, QuantConfig};
+use medinfer_onnx::{Dim, OptimizeReport};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct OptimizeArgs {
+    /// ONNX file, or the name of a zoo model.
+    pub model: String,
+    /// Output ONNX file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// FP32 ONNX file, or the name of a zoo model.
+    pub model: String,
+    /// Output ONNX file (QDQ INT8).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Calibration data: a folder of .npy files (float32), each one sample shaped like the
+    /// model input without the batch axis, or several stacked along a first axis.
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// Calibration samples to use: a shuffled subset of this size (all if fewer).
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// Range method: minmax, percentile (99.99th), percentile:P, or entropy (KL divergence).
+    #[arg(long, default_value = "minmax")]
+    pub method: String,
+    /// Keep layers in floating point: a node name, an op type (e.g. Gemm) or a regular
+    /// expression matched against node names. Repeat for several.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Do not correct biases for the mean shift that weight rounding causes.
+    #[arg(long)]
+    pub no_bias_correction: bool,
+    /// Do not run `optimize` first (batch-norm folding matters for INT8 speed and accuracy).
+    #[arg(long)]
+    pub no_optimize: bool,
+    /// Validation data (same format as --calib): enables accuracy control.
+    #[arg(long)]
+    pub validate: Option<PathBuf>,
+    /// Validation samples to use (a shuffled subset).
+    #[arg(long, default_value_t = 100)]
+    pub validate_samples: usize,
+    /// Accuracy metric of INT8 against FP32 outputs: top1 (arg-max agreement), cosine, nmse
+    /// (1 - normalised MSE) or dice (arg-max label maps, foreground classes).
+    #[arg(long, default_value = "cosine")]
+    pub metric: String,
+    /// Largest allowed drop of the metric (FP32 scores 1): layers are reverted to floating
+    /// point, most sensitive first, until the drop is within it.
+    #[arg(long, default_value_t = 0.005)]
+    pub max_drop: f64,
+    /// Write the model even when accuracy control could not meet --max-drop.
+    #[arg(long)]
+    pub force: bool,
+    /// Engine that runs calibration and validation: tract, ort, openvino or auto.
+    #[arg(short, long, default_value = "auto")]
+    pub backend: String,
+    /// Seed of the shuffle that picks the samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SamplesArgs {
+    /// Zoo model name.
+    pub name: String,
+    /// Output folder (one sample_NNNN.npy per sample).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Number of samples.
+    #[arg(short = 'n', long, default_value_t = 300)]
+    pub count: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn print_optimize(path: &str, r: &OptimizeReport) {
+    println!(
+        "{path}: {} -> {} nodes, {} -> {} initializers",
+        r.nodes_before, r.nodes_after, r.initializers_before, r.initializers_after
+    );
+    for (pass, n) in &r.passes {
+        if *n > 0 {
+            println!("  {pass:<12} {n}");
+        }
+    }
+    let after: std::collections::HashMap<&str, usize> =
+        r.ops_after.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let changed: Vec<String> = r
+        .ops_before
+        .iter()
+        .filter(|(op, n)| after.get(op.as_str()).copied().unwrap_or(0) != *n)
+        .map(|(op, n)| format!("{op} {n}->{}", after.get(op.as_str()).copied().unwrap_or(0)))
+        .collect();
+    if !changed.is_empty() {
+        println!("  ops: {}", changed.join(", "));
+    }
+}
+
+pub fn cmd_optimize(a: OptimizeArgs) -> Result<()> {
+    let path = crate::resolve_model(&a.model)?;
+    let mut model = medinfer_onnx::load_model(&path)?;
+    let report = medinfer_onnx::optimize(&mut model)?;
+    medinfer_onnx::save_model(&model, &a.output)?;
+    if a.json {
+        return crate::print_json(&report);
+    }
+    print_optimize(&a.output.display().to_string(), &report);
+    Ok(())
+}
+
+pub fn cmd_samples(a: SamplesArgs) -> Result<()> {
+    let e = medinfer_onnx::zoo::entry(&a.name)?;
+    let samples = medinfer_onnx::zoo::sample_inputs(&a.name, a.count, a.seed)?;
+    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    let shape = e.input_shape[1..].to_vec();
+    for (i, s) in samples.into_iter().enumerate() {
+        let t = Tensor::from_f32(shape.clone(), s)?;
+        medinfer_io::npy::write(&a.output.join(format!("sample_{i:04}.npy")), &t)?;
+    }
+    eprintln!("wrote {} samples {:?} to {}", a.count, shape, a.output.display());
+    Ok(())
+}
+
+/// Loads NPY samples for a model input of per-sample shape `per` (batch axis excluded): files
+/// holding several samples along a first axis are split. Sorted by file name.
+pub fn load_samples(dir: &Path, per: &[usize]) -> Result<Vec<Tensor>> {
+    let files: Vec<PathBuf> = if dir.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("npy")))
+            .collect();
+        v.sort();
+        v
+    } else if dir.exists() {
+        vec![dir.to_path_buf()]
+    } else {
+        bail!("{}: no such file or folder", dir.display())
+    };
+    if files.is_empty() {
+        bail!("{}: no .npy files", dir.display());
+    }
+    let per_len: usize = per.iter().product();
+    let mut out = Vec::new();
+    for f in files {
+        let t = medinfer_io::npy::read(&f)?;
+        let v = t.as_f32().map_err(|_| {
+            anyhow::anyhow!("{}: samples must be float32, got {}", f.display(), t.dtype())
+        })?;
+        let s = t.shape();
+        let count = if s == per {
+            1
+        } else if s.len() == per.len() + 1 && &s[1..] == per {
+            s[0]
+        } else {
+            bail!(
+                "{}: shape {:?} does not fit the model input (expected {:?} or (n, ...{:?}))",
+                f.display(),
+                s,
+                per,
+                per
+            );
+        };
+        for k in 0..count {
+            let mut shape = vec![1];
+            shape.extend_from_slice(per);
+            out.push(Tensor::from_f32(shape, v[k * per_len..(k + 1) * per_len].to_vec())?);
+        }
+    }
+    Ok(out)
+}
+
+fn shuffled_subset(mut v: Vec<Tensor>, n: usize, seed: u64) -> Vec<Tensor> {
+    let mut rng = medinfer_onnx::SeededRng::new(seed);
+    for i in (1..v.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v.truncate(n);
+    v
+}
+
+fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+#[derive(Serialize)]
+struct QuantizeOutput {
+    model: String,
+    output: String,
+    backend: BackendKind,
+    optimize: Option<OptimizeReport>,
+    calibration_samples: usize,
+    calibration_seconds: f64,
+    report: quant::QuantReport,
+    accuracy: Option<q::ControlReport>,
+    written: bool,
+}
+
+pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
+    let path = crate::resolve_model(&a.model)?;
+    let mut model = medinfer_onnx::load_model(&path)?;
+    let method = CalibMethod::parse(&a.method)
+        .with_context(|| format!("--method {}: choose minmax, percentile, percentile:P or entropy", a.method))?;
+    let metric = Metric::parse(&a.metric)
+        .with_context(|| format!("--metric {}: choose top1, cosine, nmse or dice", a.metric))?;
+    if !(0.0..1.0).contains(&a.max_drop) {
+        bail!("--max-drop {} must be in [0, 1)", a.max_drop);
+    }
+    let backend = if a.backend.eq_ignore_ascii_case("auto") {
+        BackendKind::auto()
+    } else {
+        BackendKind::parse(&a.backend).with_context(|| format!("unknown backend '{}'", a.backend))?
+    };
+    let opt = if a.no_optimize {
+        None
+    } else {
+        Some(medinfer_onnx::optimize(&mut model)?)
+    };
+    let info = medinfer_onnx::analyze(&model, None);
+    if info.inputs.len() != 1 {
+        bail!(
+            "{}: quantize calibrates models with one input; this one has {}",
+            path.display(),
+            info.inputs.len()
+        );
+    }
+    let per: Vec<usize> = info.inputs[0].shape[1..]
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => Ok(*n),
+            Dim::Dynamic(p) => Err(anyhow::anyhow!(
+                "{}: input dimension '{p}' is dynamic; only the batch may be",
+                path.display()
+            )),
+        })
+        .collect::<Result<_>>()?;
+    let config = QuantConfig {
+        method,
+        exclude: a.exclude.clone(),
+        bias_correction: !a.no_bias_correction,
+    };
+    let plan = quant::plan(&model, &config)?;
+    let calib_samples = shuffled_subset(load_samples(&a.calib, &per)?, a.samples, a.seed);
+    let pb = bar(calib_samples.len(), "calibrating", a.json);
+    let t0 = std::time::Instant::now();
+    let calib = q::calibrate(&model, &plan, method, &calib_samples, backend, &mut |i| {
+        pb.set_position(i as u64)
+    })
+    .context("calibration")?;
+    pb.finish_and_clear();
+    let calib_secs = t0.elapsed().as_secs_f64();
+
+    let (qmodel, report, accuracy) = match &a.validate {
+        Some(v) => {
+            let samples = shuffled_subset(load_samples(v, &per)?, a.validate_samples, a.seed ^ 1);
+            let control = AccuracyControl {
+                samples,
+                metric,
+                max_drop: a.max_drop,
+            };
+            let quiet = a.json;
+            let (m, r, c) = q::quantize_with_control(&model, &plan, &calib, &config, &control, backend, &mut |s| {
+                if !quiet {
+                    eprintln!("accuracy control: {s}");
+                }
+            })
+            .context("accuracy control")?;
+            (m, r, Some(c))
+        }
+        None => {
+            let (m, r) = quant::quantize(&model, &plan, &calib, &config, &HashSet::new())?;
+            (m, r, None)
+        }
+    };
+    let within = accuracy.as_ref().map(|c| c.within_budget).unwrap_or(true);
+    let write = within || a.force;
+    if write {
+        medinfer_onnx::save_model(&qmodel, &a.output)?;
+    }
+    let out = QuantizeOutput {
+        model: path.display().to_string(),
+        output: a.output.display().to_string(),
+        backend,
+        optimize: opt,
+        calibration_samples: calib_samples.len(),
+        calibration_seconds: calib_secs,
+        report,
+        accuracy,
+        written: write,
+    };
+    if a.json {
+        crate::print_json(&out)?;
+    } else {
+        print_quantize(&out);
+    }
+    if !write {
+        bail!(
+            "not written: the INT8 model misses the accuracy budget ({:?} drop {:.5} > {}); raise --max-drop, exclude layers, or pass --force",
+            metric,
+            1.0 - out.accuracy.as_ref().map(|c| c.int8).unwrap_or(0.0),
+            a.max_drop
+        );
+    }
+    Ok(())
+}
+
+fn print_quantize(o: &QuantizeOutput) {
+    if let Some(r) = &o.optimize {
+        print_optimize("optimize", r);
+    }
+    println!(
+        "calibration: {} samples on {} in {:.1} s, method {:?}",
+        o.calibration_samples, o.backend, o.calibration_seconds, o.report.method
+    );
+    println!(
+        "{:<40} {:<6} {:>5} {:>11} {:>4} {:>9} {:>8} {:>7}",
+        "layer", "op", "int8", "in scale", "zp", "w error", "sqnr dB", "bias c."
+    );
+    for l in &o.report.layers {
+        let (s, z) = l.input_scales.first().copied().unwrap_or((f32::NAN, 0));
+        println!(
+            "{:<40} {:<6} {:>5} {:>11.4e} {:>4} {:>9} {:>8.1} {:>7}",
+            truncate(&l.name, 40),
+            l.op,
+            if l.quantized { "yes" } else { "no" },
+            s,
+            z,
+            l.weight_error.map(|e| format!("{:.2}%", e * 100.0)).unwrap_or_default(),
+            l.activation_sqnr_db,
+            l.bias_correction.map(|b| format!("{b:.2}")).unwrap_or_default()
+        );
+    }
+    let kept: Vec<&str> = o
+        .report
+        .layers
+        .iter()
+        .filter(|l| !l.quantized)
+        .map(|l| l.name.as_str())
+        .collect();
+    println!(
+        "{} of {} layers in INT8; {} activation tensors quantized ({} Q, {} DQ nodes)",
+        o.report.layers.len() - kept.len(),
+        o.report.layers.len(),
+        o.report.activations_quantized,
+        o.report.quantize_nodes,
+        o.report.dequantize_nodes
+    );
+    if !kept.is_empty() {
+        println!("kept in floating point: {}", kept.join(", "));
+    }
+    if let Some(c) = &o.accuracy {
+        println!(
+            "accuracy ({:?} vs FP32): FP32 {:.5}, INT8 {:.5} (all layers {:.5}), drop {:.5}, budget {} -> {}",
+            c.metric,
+            c.fp32,
+            c.int8,
+            c.int8_all_layers,
+            1.0 - c.int8,
+            c.max_drop,
+            if c.within_budget { "within" } else { "MISSED" }
+        );
+    }
+    if o.written {
+        println!("wrote {}", o.output);
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("…{tail}")
+    }
+}

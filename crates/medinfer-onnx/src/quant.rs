@@ -1,0 +1,1215 @@
+//! INT8 post-training quantization: which tensors to quantize ([`plan`]), the activation
+//! statistics gathered on calibration data ([`Calibration`]), and the rewrite of the FP32 graph
+//! into standard QDQ ONNX ([`quantize`]) that ONNX Runtime and OpenVINO both run with integer
+//! kernels.
+//!
+//! Running the FP32 model on calibration data needs an engine, so it lives in
+//! `medinfer-engine` (`medinfer_engine::calibrate`); everything here is pure graph and
+//! arithmetic, testable without an engine.
+//!
+//! ## Placement
+//! - Weights of `Conv`, `Gemm` and `MatMul` (constant, 2-D for the latter two): signed INT8,
+//!   symmetric, one scale per output channel (`[-127, 127]`, so u8 x s8 products never saturate
+//!   on CPUs without VNNI either). Biases become INT32 with scale = input scale x weight scale,
+//!   which is what ONNX Runtime's QLinearConv expects.
+//! - Activations: unsigned INT8 with a zero point (asymmetric), one scale per tensor. Quantized
+//!   are the activation inputs of those layers and of residual `Add`s, and the output of every
+//!   quantized layer (after its `Relu` when the `Relu` is its only consumer: a Q with zero point 0
+//!   makes the `Relu` redundant, and ONNX Runtime removes it), so that each layer sits between a
+//!   DequantizeLinear and a QuantizeLinear and the engines fuse it into an integer kernel.
+//! - Data-movement ops (`MaxPool`, `Resize`, `Reshape`, `Flatten`, `Transpose`, `Squeeze`,
+//!   `Unsqueeze`, average pooling) whose input is quantized pass the input's scale and zero
+//!   point on to their output, so the engines drop the Q/DQ pair around them and run them on
+//!   INT8 data (pooling and resampling in INT8, as in the published cardiac model).
+//! - `Concat` inputs and outputs are not forced to share one scale: OpenVINO was seen to crash in
+//!   the pass that moves quantizers through `Concat` on onnxruntime.quantization's DenseNet.
+//!   Each producer's output is quantized on its own and the concatenation runs on dequantized
+//!   data, which both engines handle.
+
+use crate::model::{attr_f, attr_i, tensor_dims};
+use crate::optimize::Const;
+use crate::proto::{data_type, ModelProto, NodeProto, TensorProto};
+use crate::OnnxError;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// How activation ranges are chosen from the calibration statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibMethod {
+    /// The smallest and largest value seen.
+    MinMax,
+    /// The given percentile of |values| on each side (e.g. 99.99), which ignores rare outliers.
+    Percentile(f64),
+    /// The clipping threshold that minimises the KL divergence between the FP32 histogram and
+    /// its 8-bit version (the TensorRT method).
+    Entropy,
+}
+
+impl CalibMethod {
+    /// Parses `minmax`, `percentile`, `percentile:99.9` or `entropy`.
+    pub fn parse(s: &str) -> Option<CalibMethod> {
+        let s = s.to_ascii_lowercase();
+        match s.as_str() {
+            "minmax" | "min-max" => Some(CalibMethod::MinMax),
+            "percentile" => Some(CalibMethod::Percentile(99.99)),
+            "entropy" | "kl" => Some(CalibMethod::Entropy),
+            _ => {
+                let p: f64 = s.strip_prefix("percentile:")?.parse().ok()?;
+                (p > 50.0 && p <= 100.0).then_some(CalibMethod::Percentile(p))
+            }
+        }
+    }
+    fn needs_histogram(self) -> bool {
+        !matches!(self, CalibMethod::MinMax)
+    }
+}
+
+/// Options of [`plan`] and [`quantize`].
+#[derive(Clone, Debug)]
+pub struct QuantConfig {
+    /// Range method.
+    pub method: CalibMethod,
+    /// Layers never to quantize: a node name, an op type, or a regular expression matched
+    /// against node names.
+    pub exclude: Vec<String>,
+    /// Correct each layer's bias for the mean shift its weight rounding causes.
+    pub bias_correction: bool,
+}
+
+impl Default for QuantConfig {
+    fn default() -> Self {
+        QuantConfig {
+            method: CalibMethod::MinMax,
+            exclude: vec![],
+            bias_correction: true,
+        }
+    }
+}
+
+/// A quantizable layer found by [`plan`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Layer {
+    /// Node name (a name is made up as `<op>_<index>` when the node has none).
+    pub name: String,
+    /// Op type.
+    pub op: String,
+    /// Index of the node in the graph.
+    #[serde(skip)]
+    pub index: usize,
+    /// Activation inputs that get quantized.
+    pub inputs: Vec<String>,
+    /// Weight initializer, for Conv / Gemm / MatMul.
+    pub weight: Option<String>,
+    /// Axis of the weight's output channels.
+    #[serde(skip)]
+    pub weight_axis: usize,
+}
+
+/// What to quantize in a model, and which tensors calibration must observe.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// Quantizable layers in graph order.
+    pub layers: Vec<Layer>,
+    /// Layers left in floating point by `exclude`, by name.
+    pub excluded: Vec<String>,
+    /// Every tensor whose range calibration must measure.
+    pub tensors: Vec<String>,
+    /// Tensors whose per-channel mean is needed (inputs of weighted layers, for bias
+    /// correction).
+    pub channel_mean_tensors: Vec<String>,
+}
+
+/// Ops that only move or select values: their output may reuse their input's quantization.
+const PASS_THROUGH: &[&str] = &[
+    "MaxPool",
+    "Resize",
+    "Upsample",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+];
+
+fn node_name(n: &NodeProto, i: usize) -> String {
+    match n.name.as_deref() {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => format!("{}_{i}", n.op_type.as_deref().unwrap_or("node")),
+    }
+}
+
+struct Matcher {
+    exact: HashSet<String>,
+    regexes: Vec<regex::Regex>,
+}
+
+impl Matcher {
+    fn new(patterns: &[String]) -> Result<Matcher, OnnxError> {
+        let mut regexes = Vec::new();
+        for p in patterns {
+            let anchored = format!("^(?:{p})$");
+            regexes.push(regex::Regex::new(&anchored).map_err(|e| OnnxError::Invalid {
+                path: "--exclude".into(),
+                reason: format!("'{p}' is neither a name nor a valid regular expression: {e}"),
+            })?);
+        }
+        Ok(Matcher {
+            exact: patterns.iter().cloned().collect(),
+            regexes,
+        })
+    }
+    fn matches(&self, name: &str, op: &str) -> bool {
+        self.exact.contains(name)
+            || self.exact.contains(op)
+            || self.regexes.iter().any(|r| r.is_match(name))
+    }
+}
+
+struct Index<'a> {
+    nodes: &'a [NodeProto],
+    inits: HashMap<&'a str, &'a TensorProto>,
+    producer: HashMap<&'a str, usize>,
+    consumers: HashMap<&'a str, Vec<usize>>,
+    outputs: HashSet<&'a str>,
+}
+
+impl<'a> Index<'a> {
+    fn new(model: &'a ModelProto) -> Result<Index<'a>, OnnxError> {
+        let g = model.graph.as_ref().ok_or_else(|| OnnxError::Invalid {
+            path: "<model>".into(),
+            reason: "no graph".into(),
+        })?;
+        let mut producer = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in g.node.iter().enumerate() {
+            for o in &n.output {
+                producer.insert(o.as_str(), i);
+            }
+            for x in &n.input {
+                if !x.is_empty() {
+                    consumers.entry(x.as_str()).or_default().push(i);
+                }
+            }
+        }
+        Ok(Index {
+            nodes: &g.node,
+            inits: g
+                .initializer
+                .iter()
+                .filter_map(|t| Some((t.name.as_deref()?, t)))
+                .collect(),
+            producer,
+            consumers,
+            outputs: g.output.iter().filter_map(|o| o.name.as_deref()).collect(),
+        })
+    }
+    fn is_const(&self, name: &str) -> bool {
+        self.inits.contains_key(name)
+    }
+    fn float_weight(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+        let t = self.inits.get(name)?;
+        if t.data_type != Some(data_type::FLOAT) {
+            return None;
+        }
+        match Const::from_proto(t)? {
+            Const::F32(d, v) => Some((d, v)),
+            Const::I64(..) => None,
+        }
+    }
+    fn single_consumer(&self, t: &str) -> Option<usize> {
+        match self.consumers.get(t).map(|v| v.as_slice()) {
+            Some([c]) => Some(*c),
+            _ => None,
+        }
+    }
+}
+
+fn opset(model: &ModelProto) -> i64 {
+    model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx"))
+        .and_then(|o| o.version)
+        .unwrap_or(0)
+}
+
+/// Finds the quantizable layers of a model and the tensors to calibrate.
+pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError> {
+    let ix = Index::new(model)?;
+    let v = opset(model);
+    if v < 13 {
+        return Err(OnnxError::Invalid {
+            path: "<model>".into(),
+            reason: format!(
+                "opset {v}: per-channel QuantizeLinear / DequantizeLinear need opset 13 or later; re-export the model with a newer opset"
+            ),
+        });
+    }
+    if ix
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op_type.as_deref(), Some("QuantizeLinear" | "DequantizeLinear")))
+    {
+        return Err(OnnxError::Invalid {
+            path: "<model>".into(),
+            reason: "the model is already quantized (it has QuantizeLinear / DequantizeLinear nodes); quantize its FP32 original".into(),
+        });
+    }
+    let matcher = Matcher::new(&config.exclude)?;
+    let mut layers = Vec::new();
+    let mut excluded = Vec::new();
+    for (i, n) in ix.nodes.iter().enumerate() {
+        let op = n.op_type.as_deref().unwrap_or("");
+        if !n.domain.as_deref().unwrap_or("").is_empty() {
+            continue;
+        }
+        let name = node_name(n, i);
+        let layer = match op {
+            "Conv" => {
+                let w = n.input.get(1).filter(|w| ix.is_const(w));
+                match (w.and_then(|w| ix.float_weight(w)), n.input.first()) {
+                    (Some((wd, _)), Some(x)) if wd.len() >= 3 && !ix.is_const(x) => Some(Layer {
+                        name: name.clone(),
+                        op: op.into(),
+                        index: i,
+                        inputs: vec![x.clone()],
+                        weight: w.cloned(),
+                        weight_axis: 0,
+                    }),
+                    _ => None,
+                }
+            }
+            "Gemm" | "MatMul" => {
+                let ok_attrs = op == "MatMul"
+                    || (attr_i(n, "transA").unwrap_or(0) == 0
+                        && attr_f(n, "alpha").unwrap_or(1.0) == 1.0
+                        && attr_f(n, "beta").unwrap_or(1.0) == 1.0);
+                let w = n.input.get(1).filter(|w| ix.is_const(w));
+                match (w.and_then(|w| ix.float_weight(w)), n.input.first()) {
+                    (Some((wd, _)), Some(x)) if ok_attrs && wd.len() == 2 && !ix.is_const(x) => {
+                        let trans_b = op == "Gemm" && attr_i(n, "transB").unwrap_or(0) != 0;
+                        Some(Layer {
+                            name: name.clone(),
+                            op: op.into(),
+                            index: i,
+                            inputs: vec![x.clone()],
+                            weight: w.cloned(),
+                            weight_axis: if trans_b { 0 } else { 1 },
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            "Add" if n.input.len() == 2 && n.input.iter().all(|x| !ix.is_const(x)) => Some(Layer {
+                name: name.clone(),
+                op: op.into(),
+                index: i,
+                inputs: n.input.clone(),
+                weight: None,
+                weight_axis: 0,
+            }),
+            _ => None,
+        };
+        if let Some(l) = layer {
+            if matcher.matches(&l.name, op) {
+                excluded.push(l.name);
+            } else {
+                layers.push(l);
+            }
+        }
+    }
+    let act = activation_tensors(&ix, &layers);
+    let mut tensors: Vec<String> = act.keys().cloned().collect();
+    tensors.sort_by_key(|t| ix.producer.get(t.as_str()).copied().map(|p| p + 1).unwrap_or(0));
+    let channel_mean_tensors = layers
+        .iter()
+        .filter(|l| l.weight.is_some())
+        .map(|l| l.inputs[0].clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(Plan {
+        layers,
+        excluded,
+        tensors,
+        channel_mean_tensors,
+    })
+}
+
+/// Every tensor to quantize, with the consumers (node index, input slot) that read its
+/// dequantized version.
+fn activation_tensors(ix: &Index, layers: &[Layer]) -> BTreeMap<String, Vec<(usize, usize)>> {
+    let mut act: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    let add_use = |act: &mut BTreeMap<String, Vec<(usize, usize)>>, t: &str, node: usize, slot: usize| {
+        let e = act.entry(t.to_string()).or_default();
+        if !e.contains(&(node, slot)) {
+            e.push((node, slot));
+        }
+    };
+    for l in layers {
+        let n = &ix.nodes[l.index];
+        for (slot, x) in n.input.iter().enumerate() {
+            if l.inputs.contains(x) {
+                add_use(&mut act, x, l.index, slot);
+            }
+        }
+    }
+    // Outputs of quantized layers (after a lone Relu): every consumer reads the dequantized
+    // value. Not for graph outputs: their values are the model's answer.
+    for l in layers {
+        let n = &ix.nodes[l.index];
+        let Some(mut out) = n.output.first().map(|s| s.as_str()) else { continue };
+        if let Some(c) = ix.single_consumer(out) {
+            if ix.nodes[c].op_type.as_deref() == Some("Relu") && !ix.outputs.contains(out) {
+                out = ix.nodes[c].output[0].as_str();
+            }
+        }
+        if ix.outputs.contains(out) {
+            continue;
+        }
+        for &c in ix.consumers.get(out).map(|v| v.as_slice()).unwrap_or(&[]) {
+            for (slot, x) in ix.nodes[c].input.iter().enumerate() {
+                if x == out {
+                    add_use(&mut act, out, c, slot);
+                }
+            }
+        }
+    }
+    act
+}
+
+/// Running statistics of one tensor.
+#[derive(Clone, Debug, Default)]
+pub struct TensorStats {
+    /// Smallest value.
+    pub min: f32,
+    /// Largest value.
+    pub max: f32,
+    /// Values seen.
+    pub count: u64,
+    /// Sum of squares (for the signal power in SQNR estimates).
+    pub sum_sq: f64,
+    /// Histogram of values over `[-hist_range, hist_range]` (empty unless the method needs it).
+    pub hist: Vec<u64>,
+    /// Half-width of the histogram.
+    pub hist_range: f32,
+    /// Per-channel (axis 1) sums, when requested.
+    pub channel_sum: Vec<f64>,
+    /// Values per channel.
+    pub channel_count: u64,
+}
+
+const BINS: usize = 4096;
+
+impl TensorStats {
+    /// Adds one tensor's values. `channels`: collect per-channel (axis 1) means.
+    pub fn update(&mut self, dims: &[usize], data: &[f32], histogram: bool, channels: bool) {
+        if data.is_empty() {
+            return;
+        }
+        let (mut lo, mut hi, mut sq) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
+        for &x in data {
+            if x.is_finite() {
+                lo = lo.min(x);
+                hi = hi.max(x);
+                sq += (x as f64) * (x as f64);
+            }
+        }
+        if lo > hi {
+            return; // nothing finite
+        }
+        if self.count == 0 {
+            self.min = lo;
+            self.max = hi;
+        } else {
+            self.min = self.min.min(lo);
+            self.max = self.max.max(hi);
+        }
+        self.count += data.len() as u64;
+        self.sum_sq += sq;
+        if histogram {
+            let m = lo.abs().max(hi.abs()).max(1e-12);
+            if self.hist.is_empty() {
+                self.hist = vec![0; BINS];
+                self.hist_range = m;
+            }
+            while m > self.hist_range {
+                // Double the range: old bins pair up into the middle half.
+                let mut h = vec![0u64; BINS];
+                for (i, &c) in self.hist.iter().enumerate() {
+                    h[BINS / 4 + i / 2] += c;
+                }
+                self.hist = h;
+                self.hist_range *= 2.0;
+            }
+            let scale = BINS as f32 / (2.0 * self.hist_range);
+            for &x in data {
+                if x.is_finite() {
+                    let b = ((x + self.hist_range) * scale) as usize;
+                    self.hist[b.min(BINS - 1)] += 1;
+                }
+            }
+        }
+        if channels && dims.len() >= 2 {
+            let c = dims[1];
+            let inner: usize = dims[2..].iter().product();
+            if self.channel_sum.len() != c {
+                self.channel_sum = vec![0.0; c];
+                self.channel_count = 0;
+            }
+            for (k, chunk) in data.chunks(inner.max(1)).enumerate() {
+                let s: f64 = chunk.iter().map(|&x| x as f64).sum();
+                self.channel_sum[k % c] += s;
+            }
+            self.channel_count += (data.len() / c.max(1)) as u64;
+        }
+    }
+
+    /// Per-channel means (empty when not collected).
+    pub fn channel_means(&self) -> Vec<f32> {
+        if self.channel_count == 0 {
+            return vec![];
+        }
+        self.channel_sum
+            .iter()
+            .map(|&s| (s / self.channel_count as f64) as f32)
+            .collect()
+    }
+
+    /// The value below which `q` (0..1) of the histogram lies.
+    fn quantile(&self, q: f64) -> f32 {
+        let total: u64 = self.hist.iter().sum();
+        let target = (q * total as f64).ceil() as u64;
+        let mut acc = 0;
+        let w = 2.0 * self.hist_range / BINS as f32;
+        for (i, &c) in self.hist.iter().enumerate() {
+            acc += c;
+            if acc >= target.max(1) {
+                return -self.hist_range + (i + 1) as f32 * w;
+            }
+        }
+        self.hist_range
+    }
+
+    /// The range chosen by `method`.
+    pub fn range(&self, method: CalibMethod) -> (f32, f32) {
+        match method {
+            _ if self.hist.is_empty() => (self.min, self.max),
+            CalibMethod::MinMax => (self.min, self.max),
+            CalibMethod::Percentile(p) => {
+                let hi = self.quantile(p / 100.0).min(self.max);
+                let lo = if self.min < 0.0 {
+                    self.quantile(1.0 - p / 100.0).max(self.min)
+                } else {
+                    self.min
+                };
+                (lo.min(hi), hi)
+            }
+            CalibMethod::Entropy => {
+                // Fold into a histogram of |x| and find the KL-optimal threshold.
+                let half = BINS / 2;
+                let mut abs = vec![0u64; half];
+                for (i, &c) in self.hist.iter().enumerate() {
+                    let j = if i >= half { i - half } else { half - 1 - i };
+                    abs[j] += c;
+                }
+                let levels = if self.min >= 0.0 { 255 } else { 128 };
+                let w = self.hist_range / half as f32;
+                let t = kl_threshold(&abs, levels) as f32 * w;
+                (self.min.max(-t), self.max.min(t))
+            }
+        }
+    }
+}
+
+/// TensorRT's entropy calibration: the number of histogram bins to keep so that the clipped
+/// distribution quantized to `levels` buckets stays closest (KL divergence) to the original.
+fn kl_threshold(hist: &[u64], levels: usize) -> usize {
+    let n = hist.len();
+    let last_nonzero = hist.iter().rposition(|&c| c > 0).map(|i| i + 1).unwrap_or(n);
+    if last_nonzero <= levels {
+        return last_nonzero.max(1);
+    }
+    let mut best = (f64::INFINITY, last_nonzero);
+    let step = (last_nonzero - levels).div_ceil(256).max(1);
+    let mut i = levels;
+    while i <= last_nonzero {
+        let mut p: Vec<f64> = hist[..i].iter().map(|&c| c as f64).collect();
+        let outliers: f64 = hist[i..].iter().map(|&c| c as f64).sum();
+        p[i - 1] += outliers;
+        // Quantize the first i bins into `levels` buckets, spreading each bucket's mass over
+        // its non-empty bins.
+        let mut q = vec![0f64; i];
+        for b in 0..levels {
+            let s = b * i / levels;
+            let e = ((b + 1) * i / levels).max(s + 1);
+            let mass: f64 = hist[s..e].iter().map(|&c| c as f64).sum();
+            let nonzero = hist[s..e].iter().filter(|&&c| c > 0).count();
+            if nonzero > 0 {
+                for k in s..e {
+                    if hist[k] > 0 {
+                        q[k] = mass / nonzero as f64;
+                    }
+                }
+            }
+        }
+        let ps: f64 = p.iter().sum();
+        let qs: f64 = q.iter().sum();
+        let mut kl = 0.0;
+        for k in 0..i {
+            if p[k] > 0.0 {
+                let pk = p[k] / ps;
+                let qk = if q[k] > 0.0 { q[k] / qs } else { 1e-12 };
+                kl += pk * (pk / qk).ln();
+            }
+        }
+        if kl < best.0 {
+            best = (kl, i);
+        }
+        i += step;
+    }
+    best.1
+}
+
+/// Statistics of every planned tensor, gathered by running the FP32 model on calibration data.
+#[derive(Clone, Debug, Default)]
+pub struct Calibration {
+    /// By tensor name.
+    pub stats: HashMap<String, TensorStats>,
+    /// Samples seen.
+    pub samples: usize,
+}
+
+impl Calibration {
+    /// Adds one run's values of the planned tensors (`values` in the order of `plan.tensors`).
+    pub fn add(&mut self, plan: &Plan, method: CalibMethod, values: &[(Vec<usize>, &[f32])]) {
+        let channel: HashSet<&str> = plan.channel_mean_tensors.iter().map(|s| s.as_str()).collect();
+        for (name, (dims, data)) in plan.tensors.iter().zip(values) {
+            self.stats.entry(name.clone()).or_default().update(
+                dims,
+                data,
+                method.needs_histogram(),
+                channel.contains(name.as_str()),
+            );
+        }
+        self.samples += 1;
+    }
+}
+
+/// The FP32 model with every planned tensor added as a graph output (after the original
+/// outputs), for calibration.
+pub fn calibration_model(model: &ModelProto, plan: &Plan) -> ModelProto {
+    let mut m = model.clone();
+    if let Some(g) = m.graph.as_mut() {
+        let existing: HashSet<String> = g.output.iter().filter_map(|o| o.name.clone()).collect();
+        for t in &plan.tensors {
+            if !existing.contains(t) {
+                g.output.push(crate::proto::ValueInfoProto {
+                    name: Some(t.clone()),
+                    r#type: Some(crate::proto::TypeProto {
+                        value: Some(crate::proto::type_proto::Value::TensorType(
+                            crate::proto::type_proto::Tensor {
+                                elem_type: Some(data_type::FLOAT),
+                                shape: None,
+                            },
+                        )),
+                        denotation: None,
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    m
+}
+
+/// Per-layer outcome in a [`QuantReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    /// Node name.
+    pub name: String,
+    /// Op type.
+    pub op: String,
+    /// Whether it runs in INT8 (false: kept in floating point).
+    pub quantized: bool,
+    /// Why it was kept in floating point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_float_because: Option<String>,
+    /// Scale and zero point of each quantized activation input.
+    pub input_scales: Vec<(f32, u8)>,
+    /// Smallest and largest per-channel weight scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_scale_range: Option<(f32, f32)>,
+    /// Relative L2 error of the INT8 weights, ||Wq - W|| / ||W||.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_error: Option<f32>,
+    /// Estimated signal-to-quantization-noise ratio of the worst activation input, in dB
+    /// (rounding noise scale^2/12 against the calibration signal power; clipping not counted).
+    pub activation_sqnr_db: f32,
+    /// Largest bias change made by bias correction, relative to the bias' own scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bias_correction: Option<f32>,
+    /// A sensitivity score (higher = more error expected), used to rank layers for accuracy
+    /// control.
+    pub sensitivity: f32,
+}
+
+/// What [`quantize`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantReport {
+    /// Range method.
+    pub method: CalibMethod,
+    /// Calibration samples.
+    pub samples: usize,
+    /// Per layer, in graph order.
+    pub layers: Vec<LayerReport>,
+    /// Activation tensors quantized.
+    pub activations_quantized: usize,
+    /// QuantizeLinear nodes written.
+    pub quantize_nodes: usize,
+    /// DequantizeLinear nodes written.
+    pub dequantize_nodes: usize,
+}
+
+fn act_params(lo: f32, hi: f32) -> (f32, u8) {
+    let lo = lo.min(0.0);
+    let hi = hi.max(0.0);
+    let scale = (hi - lo) / 255.0;
+    if !(scale.is_finite() && scale > 0.0) {
+        return (1.0, 0);
+    }
+    let zp = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+    (scale, zp)
+}
+
+fn scalar_f32(name: &str, v: f32) -> TensorProto {
+    crate::builder::f32_tensor(name, &[], &[v])
+}
+
+fn u8_tensor(name: &str, dims: &[usize], v: &[u8]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::UINT8),
+        raw_data: Some(v.to_vec()),
+        ..Default::default()
+    }
+}
+
+fn i8_tensor(name: &str, dims: &[usize], v: &[i8]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::INT8),
+        raw_data: Some(v.iter().map(|&x| x as u8).collect()),
+        ..Default::default()
+    }
+}
+
+fn i32_tensor(name: &str, dims: &[usize], v: &[i32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::INT32),
+        raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, name: String, inputs: Vec<String>, output: String, axis: Option<i64>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name),
+        input: inputs,
+        output: vec![output],
+        attribute: axis
+            .map(|a| {
+                vec![crate::proto::AttributeProto {
+                    name: Some("axis".into()),
+                    r#type: Some(crate::proto::attribute_type::INT),
+                    i: Some(a),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// Per-output-channel symmetric INT8 weights: (values, scales).
+fn quantize_weight(dims: &[usize], w: &[f32], axis: usize) -> (Vec<i8>, Vec<f32>) {
+    let c = dims[axis];
+    let inner: usize = dims[axis + 1..].iter().product();
+    let mut absmax = vec![0f32; c];
+    for (i, &x) in w.iter().enumerate() {
+        let ch = (i / inner) % c;
+        absmax[ch] = absmax[ch].max(x.abs());
+    }
+    let scales: Vec<f32> = absmax
+        .iter()
+        .map(|&m| if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 })
+        .collect();
+    let q = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x / scales[(i / inner) % c]).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    (q, scales)
+}
+
+/// Writes the QDQ model. `keep_float` names layers to leave in floating point (accuracy
+/// control); `calib` must hold statistics for every tensor of `plan`.
+pub fn quantize(
+    model: &ModelProto,
+    plan: &Plan,
+    calib: &Calibration,
+    config: &QuantConfig,
+    keep_float: &HashSet<String>,
+) -> Result<(ModelProto, QuantReport), OnnxError> {
+    let ix = Index::new(model)?;
+    let layers: Vec<Layer> = plan
+        .layers
+        .iter()
+        .filter(|l| !keep_float.contains(&l.name))
+        .cloned()
+        .collect();
+    let act = activation_tensors(&ix, &layers);
+    // Quantization parameters per tensor, in graph order so that pass-through ops inherit
+    // from their (already decided) input.
+    let mut order: Vec<&String> = act.keys().collect();
+    order.sort_by_key(|t| ix.producer.get(t.as_str()).copied().map(|p| p + 1).unwrap_or(0));
+    let mut params: HashMap<String, (f32, u8)> = HashMap::new();
+    for t in order {
+        let inherited = ix.producer.get(t.as_str()).and_then(|&p| {
+            let n = &ix.nodes[p];
+            let op = n.op_type.as_deref().unwrap_or("");
+            if !PASS_THROUGH.contains(&op) {
+                return None;
+            }
+            let src = n.input.first()?;
+            params.get(src).copied().or_else(|| {
+                // The input is not quantized itself, but its statistics bound this tensor.
+                None
+            })
+        });
+        let p = match inherited {
+            Some(p) => p,
+            None => {
+                let s = calib.stats.get(t).ok_or_else(|| OnnxError::Invalid {
+                    path: "<calibration>".into(),
+                    reason: format!("no calibration statistics for tensor '{t}'"),
+                })?;
+                let (lo, hi) = s.range(config.method);
+                act_params(lo, hi)
+            }
+        };
+        params.insert(t.clone(), p);
+    }
+
+    let g = model.graph.as_ref().ok_or_else(|| OnnxError::Invalid {
+        path: "<model>".into(),
+        reason: "no graph".into(),
+    })?;
+    let mut out = model.clone();
+    let og = out.graph.as_mut().expect("cloned graph");
+    let mut new_inits: Vec<TensorProto> = Vec::new();
+    let mut removed_inits: HashSet<String> = HashSet::new();
+    let mut front: Vec<NodeProto> = Vec::new();
+    let mut after: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    let mut rewired: Vec<NodeProto> = g.node.clone();
+    let (mut nq, mut ndq) = (0, 0);
+    let used_names: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(|s| s.as_str()))
+        .chain(g.initializer.iter().filter_map(|t| t.name.as_deref()))
+        .chain(g.input.iter().filter_map(|t| t.name.as_deref()))
+        .collect();
+    let unique = |base: String| -> String {
+        let mut n = base.clone();
+        let mut k = 1;
+        while used_names.contains(n.as_str()) {
+            n = format!("{base}_{k}");
+            k += 1;
+        }
+        n
+    };
+
+    // Activation Q/DQ pairs.
+    for (t, uses) in &act {
+        let (scale, zp) = params[t];
+        let s_name = unique(format!("{t}_scale"));
+        let z_name = unique(format!("{t}_zero_point"));
+        let q_name = unique(format!("{t}_quantized"));
+        let dq_name = unique(format!("{t}_dequantized"));
+        new_inits.push(scalar_f32(&s_name, scale));
+        new_inits.push(u8_tensor(&z_name, &[], &[zp]));
+        let q = node(
+            "QuantizeLinear",
+            format!("{t}_QuantizeLinear"),
+            vec![t.clone(), s_name.clone(), z_name.clone()],
+            q_name.clone(),
+            None,
+        );
+        let dq = node(
+            "DequantizeLinear",
+            format!("{t}_DequantizeLinear"),
+            vec![q_name, s_name, z_name],
+            dq_name.clone(),
+            None,
+        );
+        nq += 1;
+        ndq += 1;
+        match ix.producer.get(t.as_str()) {
+            Some(&p) => after.entry(p).or_default().extend([q, dq]),
+            None => front.extend([q, dq]),
+        }
+        for &(n, slot) in uses {
+            rewired[n].input[slot] = dq_name.clone();
+        }
+    }
+
+    // Weights and biases.
+    let mut reports = Vec::new();
+    let by_name: HashMap<&str, &Layer> = layers.iter().map(|l| (l.name.as_str(), l)).collect();
+    for l in &plan.layers {
+        let stats_of = |t: &str| calib.stats.get(t);
+        let sqnr = |t: &str| -> f32 {
+            let (s, _) = params.get(t).copied().unwrap_or((1.0, 0));
+            let power = stats_of(t).map(|st| st.sum_sq / st.count.max(1) as f64).unwrap_or(0.0);
+            let noise = (s as f64).powi(2) / 12.0;
+            if power > 0.0 {
+                (10.0 * (power / noise).log10()) as f32
+            } else {
+                f32::INFINITY
+            }
+        };
+        let Some(layer) = by_name.get(l.name.as_str()) else {
+            let why = if keep_float.contains(&l.name) {
+                "accuracy control"
+            } else {
+                "excluded"
+            };
+            reports.push(LayerReport {
+                name: l.name.clone(),
+                op: l.op.clone(),
+                quantized: false,
+                kept_float_because: Some(why.into()),
+                input_scales: vec![],
+                weight_scale_range: None,
+                weight_error: None,
+                activation_sqnr_db: f32::INFINITY,
+                bias_correction: None,
+                sensitivity: 0.0,
+            });
+            continue;
+        };
+        let input_scales: Vec<(f32, u8)> = layer.inputs.iter().filter_map(|t| params.get(t).copied()).collect();
+        let worst_sqnr = layer.inputs.iter().map(|t| sqnr(t)).fold(f32::INFINITY, f32::min);
+        let mut rep = LayerReport {
+            name: layer.name.clone(),
+            op: layer.op.clone(),
+            quantized: true,
+            kept_float_because: None,
+            input_scales,
+            weight_scale_range: None,
+            weight_error: None,
+            activation_sqnr_db: worst_sqnr,
+            bias_correction: None,
+            sensitivity: 0.0,
+        };
+        if let Some(wname) = &layer.weight {
+            let Some((wd, w)) = ix.float_weight(wname) else {
+                return Err(OnnxError::Invalid {
+                    path: "<model>".into(),
+                    reason: format!("weight '{wname}' of {} is not a float initializer", layer.name),
+                });
+            };
+            let axis = layer.weight_axis;
+            let (qw, ws) = quantize_weight(&wd, &w, axis);
+            let c = wd[axis];
+            let inner: usize = wd[axis + 1..].iter().product();
+            let (mut num, mut den) = (0f64, 0f64);
+            let deq: Vec<f32> = qw
+                .iter()
+                .enumerate()
+                .map(|(i, &q)| q as f32 * ws[(i / inner) % c])
+                .collect();
+            for (a, b) in deq.iter().zip(&w) {
+                num += ((a - b) as f64).powi(2);
+                den += (*b as f64).powi(2);
+            }
+            let werr = if den > 0.0 { (num / den).sqrt() as f32 } else { 0.0 };
+            rep.weight_error = Some(werr);
+            rep.weight_scale_range = Some((
+                ws.iter().copied().fold(f32::INFINITY, f32::min),
+                ws.iter().copied().fold(0.0, f32::max),
+            ));
+            let node_ref = &ix.nodes[layer.index];
+            let qn = unique(format!("{wname}_quantized"));
+            let sn = unique(format!("{wname}_scale"));
+            let zn = unique(format!("{wname}_zero_point"));
+            let dqn = unique(format!("{wname}_dequantized"));
+            new_inits.push(i8_tensor(&qn, &wd, &qw));
+            new_inits.push(crate::builder::f32_tensor(&sn, &[c], &ws));
+            new_inits.push(i8_tensor(&zn, &[c], &vec![0; c]));
+            front.push(node(
+                "DequantizeLinear",
+                format!("{wname}_DequantizeLinear_{}", layer.index),
+                vec![qn, sn, zn],
+                dqn.clone(),
+                Some(axis as i64),
+            ));
+            ndq += 1;
+            rewired[layer.index].input[1] = dqn;
+            if ix.consumers.get(wname.as_str()).map(|v| v.len()) == Some(1) {
+                removed_inits.insert(wname.clone());
+            }
+            // Bias: corrected for the weight rounding's mean effect, then INT32.
+            let x_scale = params.get(&layer.inputs[0]).map(|p| p.0).unwrap_or(1.0);
+            let bias_name = node_ref.input.get(2).filter(|b| !b.is_empty()).cloned();
+            let mut bias: Vec<f32> = match &bias_name {
+                Some(b) => match ix.float_weight(b) {
+                    Some((bd, bv)) if bd.iter().product::<usize>() == c => bv,
+                    _ => {
+                        reports.push(rep);
+                        continue; // a broadcast bias stays float
+                    }
+                },
+                None => vec![0.0; c],
+            };
+            let bias_scales: Vec<f32> = ws.iter().map(|s| s * x_scale).collect();
+            if config.bias_correction {
+                let means = stats_of(&layer.inputs[0]).map(|s| s.channel_means()).unwrap_or_default();
+                if let Some(delta) = weight_mean_shift(&layer.op, &wd, &w, &deq, &means, attr_i(node_ref, "group").unwrap_or(1) as usize, axis) {
+                    let mut worst = 0f32;
+                    for k in 0..c {
+                        bias[k] -= delta[k];
+                        worst = worst.max((delta[k] / bias_scales[k]).abs());
+                    }
+                    rep.bias_correction = Some(worst);
+                }
+            }
+            if bias_name.is_some() || rep.bias_correction.is_some_and(|w| w > 0.0) {
+                let qb: Vec<i32> = bias
+                    .iter()
+                    .zip(&bias_scales)
+                    .map(|(b, s)| (b / s).round().clamp(-2147483647.0, 2147483647.0) as i32)
+                    .collect();
+                let base = bias_name.clone().unwrap_or_else(|| format!("{}.bias", layer.name));
+                let qn = unique(format!("{base}_quantized"));
+                let sn = unique(format!("{base}_scale"));
+                let zn = unique(format!("{base}_zero_point"));
+                let dqn = unique(format!("{base}_dequantized"));
+                new_inits.push(i32_tensor(&qn, &[c], &qb));
+                new_inits.push(crate::builder::f32_tensor(&sn, &[c], &bias_scales));
+                new_inits.push(i32_tensor(&zn, &[c], &vec![0; c]));
+                front.push(node(
+                    "DequantizeLinear",
+                    format!("{base}_DequantizeLinear_{}", layer.index),
+                    vec![qn, sn, zn],
+                    dqn.clone(),
+                    Some(0),
+                ));
+                ndq += 1;
+                if layer.op == "MatMul" {
+                    // MatMul has no bias input: nothing to attach (bias correction skipped).
+                } else if rewired[layer.index].input.len() > 2 {
+                    rewired[layer.index].input[2] = dqn;
+                } else {
+                    rewired[layer.index].input.push(dqn);
+                }
+                if let Some(b) = &bias_name {
+                    if ix.consumers.get(b.as_str()).map(|v| v.len()) == Some(1) {
+                        removed_inits.insert(b.clone());
+                    }
+                }
+            }
+            rep.sensitivity = werr * 100.0 + (60.0 - worst_sqnr).max(0.0);
+        } else {
+            rep.sensitivity = (60.0 - worst_sqnr).max(0.0);
+        }
+        reports.push(rep);
+    }
+
+    let mut nodes = front;
+    for (i, n) in rewired.into_iter().enumerate() {
+        nodes.push(n);
+        if let Some(extra) = after.remove(&i) {
+            nodes.extend(extra);
+        }
+    }
+    og.node = nodes;
+    og.initializer.retain(|t| !removed_inits.contains(t.name.as_deref().unwrap_or("")));
+    og.initializer.extend(new_inits);
+    out.metadata_props.retain(|p| p.key.as_deref() != Some("medinfer.quantization"));
+    out.metadata_props.push(crate::proto::StringStringEntryProto {
+        key: Some("medinfer.quantization".into()),
+        value: Some(format!(
+            "int8 QDQ, weights per-channel symmetric s8, activations per-tensor asymmetric u8, method {:?}, {} calibration samples, {} of {} layers quantized",
+            config.method,
+            calib.samples,
+            layers.len(),
+            plan.layers.len() + plan.excluded.len()
+        )),
+    });
+    let report = QuantReport {
+        method: config.method,
+        samples: calib.samples,
+        layers: reports,
+        activations_quantized: act.len(),
+        quantize_nodes: nq,
+        dequantize_nodes: ndq,
+    };
+    Ok((out, report))
+}
+
+/// The mean change of each output channel caused by replacing weights `w` by `deq`, given the
+/// input's per-channel means (padding borders ignored). `None` when the means are missing.
+fn weight_mean_shift(
+    op: &str,
+    wd: &[usize],
+    w: &[f32],
+    deq: &[f32],
+    means: &[f32],
+    group: usize,
+    axis: usize,
+) -> Option<Vec<f32>> {
+    match op {
+        "Conv" => {
+            let (m, cg) = (wd[0], wd[1]);
+            let k: usize = wd[2..].iter().product();
+            let group = group.max(1);
+            if means.len() != cg * group || m % group != 0 {
+                return None;
+            }
+            let per_group = m / group;
+            Some(
+                (0..m)
+                    .map(|o| {
+                        let g = o / per_group;
+                        let mut s = 0f64;
+                        for ci in 0..cg {
+                            let mu = means[g * cg + ci] as f64;
+                            let base = (o * cg + ci) * k;
+                            for j in 0..k {
+                                s += (deq[base + j] - w[base + j]) as f64 * mu;
+                            }
+                        }
+                        s as f32
+                    })
+                    .collect(),
+            )
+        }
+        "Gemm" => {
+            let (rows, cols) = (wd[0], wd[1]);
+            let (c, kdim) = if axis == 0 { (rows, cols) } else { (cols, rows) };
+            if means.len() != kdim {
+                return None;
+            }
+            Some(
+                (0..c)
+                    .map(|o| {
+                        (0..kdim)
+                            .map(|k| {
+                                let i = if axis == 0 { o * cols + k } else { k * cols + o };
+                                (deq[i] - w[i]) as f64 * means[k] as f64
+                            })
+                            .sum::<f64>() as f32
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// The dims of an initializer of `model` (for reports and tests).
+pub fn initializer_dims(model: &ModelProto, name: &str) -> Option<Vec<usize>> {
+    model
+        .graph
+        .as_ref()?
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+        .map(tensor_dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_parameters_represent_zero_exactly() {
+        let (s, z) = act_params(0.0, 6.0);
+        assert_eq!(z, 0);
+        assert!((s - 6.0 / 255.0).abs() < 1e-9);
+        let (s, z) = act_params(-1.0, 3.0);
+        assert_eq!(z, 64);
+        assert!((s * 255.0 - 4.0).abs() < 1e-6);
+        // A range that excludes zero is widened to include it.
+        assert_eq!(act_params(2.0, 4.0).1, 0);
+        assert_eq!(act_params(0.0, 0.0), (1.0, 0));
+    }
+
+    #[test]
+    fn weights_quantize_per_output_channel() {
+        // 2 output channels with very different magnitudes: each keeps full resolution.
+        let w = [1.0, -0.5, 0.25, 0.001, -0.002, 0.0005];
+        let (q, s) = quantize_weight(&[2, 3], &w, 0);
+        assert_eq!(q[0], 127);
+        assert_eq!(q[4], -127);
+        assert!((s[0] - 1.0 / 127.0).abs() < 1e-9 && (s[1] - 0.002 / 127.0).abs() < 1e-9);
+        // Axis 1 (Gemm without transB): channels are columns.
+        let (_, s) = quantize_weight(&[3, 2], &w, 1);
+        assert!((s[0] - 1.0 / 127.0).abs() < 1e-9 && (s[1] - 0.5 / 127.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn histogram_percentiles_and_growth() {
+        let mut st = TensorStats::default();
+        let v: Vec<f32> = (0..10000).map(|i| i as f32 / 10000.0).collect();
+        st.update(&[10000], &v, true, false);
+        // A later batch with a larger range doubles the histogram without losing counts.
+        st.update(&[1], &[3.5], true, false);
+        assert_eq!(st.hist.iter().sum::<u64>(), 10001);
+        assert!(st.hist_range >= 3.5);
+        let (lo, hi) = st.range(CalibMethod::Percentile(99.0));
+        assert_eq!(lo, 0.0);
+        assert!((hi - 0.99).abs() < 0.01, "{hi}");
+        assert_eq!(st.range(CalibMethod::MinMax), (0.0, 3.5));
+        // Entropy clips the lone outlier.
+        let (_, e) = st.range(CalibMethod::Entropy);
+        assert!(e < 3.5 && e > 0.5, "{e}");
+    }
+
+    #[test]
+    fn channel_means_are_per_axis_1() {
+        let mut st = TensorStats::default();
+        // (N=2, C=2, 2) : channel 0 = 1,2 and 5,6 ; channel 1 = 3,4 and 7,8
+        st.update(&[2, 2, 2], &[1., 2., 3., 4., 5., 6., 7., 8.], false, true);
+        assert_eq!(st.channel_means(), vec![3.5, 5.5]);
+    }
+
+    #[test]
+    fn bias_correction_cancels_the_mean_shift_of_rounding() {
+        // One 1x1 conv, 1 output, 2 inputs with means 2 and -1.
+        let w = [0.3, 0.7];
+        let deq = [0.31, 0.69];
+        let d = weight_mean_shift("Conv", &[1, 2, 1, 1], &w, &deq, &[2.0, -1.0], 1, 0).unwrap();
+        assert!((d[0] - (0.01 * 2.0 + (-0.01) * -1.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn method_names_parse() {
+        assert_eq!(CalibMethod::parse("minmax"), Some(CalibMethod::MinMax));
+        assert_eq!(CalibMethod::parse("percentile:99.9"), Some(CalibMethod::Percentile(99.9)));
+        assert_eq!(CalibMethod::parse("entropy"), Some(CalibMethod::Entropy));
+        assert_eq!(CalibMethod::parse("percentile:20"), None);
+        assert_eq!(CalibMethod::parse("nope"), None);
+    }
+}
