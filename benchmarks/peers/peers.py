@@ -177,9 +177,55 @@ def torch_model(name):
     elif name == "resnet18-ct":
         m = torchvision.models.resnet18(num_classes=6)
         m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    elif name == "unet-cardiac":
+        m = unet(1, 4, 16)
     else:
         return None
     return m.eval()
+
+
+def unet(in_ch, classes, base):
+    """The zoo's U-Net in PyTorch: 4 levels, conv-BN-ReLU pairs, max-pool down, nearest 2x up
+    followed by a conv-BN-ReLU that halves the channels, skip concatenation, 1x1 head."""
+    import torch
+    from torch import nn
+
+    def cbr(i, o):
+        return [nn.Conv2d(i, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+    def double(i, o):
+        return nn.Sequential(*cbr(i, o), *cbr(o, o))
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            chans = [base << k for k in range(4)]
+            self.enc = nn.ModuleList()
+            c = in_ch
+            for o in chans:
+                self.enc.append(double(c, o))
+                c = o
+            self.bottleneck = double(c, base << 4)
+            c = base << 4
+            self.up, self.dec = nn.ModuleList(), nn.ModuleList()
+            for o in reversed(chans):
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *cbr(c, o)))
+                self.dec.append(double(2 * o, o))
+                c = o
+            self.head = nn.Conv2d(c, classes, 1)
+
+        def forward(self, x):
+            skips = []
+            for e in self.enc:
+                x = e(x)
+                skips.append(x)
+                x = nn.functional.max_pool2d(x, 2)
+            x = self.bottleneck(x)
+            for u, d, s in zip(self.up, self.dec, reversed(skips)):
+                x = d(torch.cat([u(x), s], 1))
+            return self.head(x)
+
+    return UNet()
 
 
 def bench_torch(name, x, runs, warmup):

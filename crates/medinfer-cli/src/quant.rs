@@ -132,13 +132,19 @@ pub fn cmd_optimize(a: OptimizeArgs) -> Result<()> {
 pub fn cmd_samples(a: SamplesArgs) -> Result<()> {
     let e = medinfer_onnx::zoo::entry(&a.name)?;
     let samples = medinfer_onnx::zoo::sample_inputs(&a.name, a.count, a.seed)?;
-    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("creating {}", a.output.display()))?;
     let shape = e.input_shape[1..].to_vec();
     for (i, s) in samples.into_iter().enumerate() {
         let t = Tensor::from_f32(shape.clone(), s)?;
         medinfer_io::npy::write(&a.output.join(format!("sample_{i:04}.npy")), &t)?;
     }
-    eprintln!("wrote {} samples {:?} to {}", a.count, shape, a.output.display());
+    eprintln!(
+        "wrote {} samples {:?} to {}",
+        a.count,
+        shape,
+        a.output.display()
+    );
     Ok(())
 }
 
@@ -166,7 +172,11 @@ pub fn load_samples(dir: &Path, per: &[usize]) -> Result<Vec<Tensor>> {
     for f in files {
         let t = medinfer_io::npy::read(&f)?;
         let v = t.as_f32().map_err(|_| {
-            anyhow::anyhow!("{}: samples must be float32, got {}", f.display(), t.dtype())
+            anyhow::anyhow!(
+                "{}: samples must be float32, got {}",
+                f.display(),
+                t.dtype()
+            )
         })?;
         let s = t.shape();
         let count = if s == per {
@@ -185,7 +195,10 @@ pub fn load_samples(dir: &Path, per: &[usize]) -> Result<Vec<Tensor>> {
         for k in 0..count {
             let mut shape = vec![1];
             shape.extend_from_slice(per);
-            out.push(Tensor::from_f32(shape, v[k * per_len..(k + 1) * per_len].to_vec())?);
+            out.push(Tensor::from_f32(
+                shape,
+                v[k * per_len..(k + 1) * per_len].to_vec(),
+            )?);
         }
     }
     Ok(out)
@@ -231,8 +244,12 @@ struct QuantizeOutput {
 pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let path = crate::resolve_model(&a.model)?;
     let mut model = medinfer_onnx::load_model(&path)?;
-    let method = CalibMethod::parse(&a.method)
-        .with_context(|| format!("--method {}: choose minmax, percentile, percentile:P or entropy", a.method))?;
+    let method = CalibMethod::parse(&a.method).with_context(|| {
+        format!(
+            "--method {}: choose minmax, percentile, percentile:P or entropy",
+            a.method
+        )
+    })?;
     let metric = Metric::parse(&a.metric)
         .with_context(|| format!("--metric {}: choose top1, cosine, nmse or dice", a.metric))?;
     if !(0.0..1.0).contains(&a.max_drop) {
@@ -241,7 +258,8 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let backend = if a.backend.eq_ignore_ascii_case("auto") {
         BackendKind::auto()
     } else {
-        BackendKind::parse(&a.backend).with_context(|| format!("unknown backend '{}'", a.backend))?
+        BackendKind::parse(&a.backend)
+            .with_context(|| format!("unknown backend '{}'", a.backend))?
     };
     let opt = if a.no_optimize {
         None
@@ -270,6 +288,7 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         method,
         exclude: a.exclude.clone(),
         bias_correction: !a.no_bias_correction,
+        ..Default::default()
     };
     let plan = quant::plan(&model, &config)?;
     let calib_samples = shuffled_subset(load_samples(&a.calib, &per)?, a.samples, a.seed);
@@ -291,11 +310,19 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
                 max_drop: a.max_drop,
             };
             let quiet = a.json;
-            let (m, r, c) = q::quantize_with_control(&model, &plan, &calib, &config, &control, backend, &mut |s| {
-                if !quiet {
-                    eprintln!("accuracy control: {s}");
-                }
-            })
+            let (m, r, c) = q::quantize_with_control(
+                &model,
+                &plan,
+                &calib,
+                &config,
+                &control,
+                backend,
+                &mut |s| {
+                    if !quiet {
+                        eprintln!("accuracy control: {s}");
+                    }
+                },
+            )
             .context("accuracy control")?;
             (m, r, Some(c))
         }
@@ -349,7 +376,11 @@ fn print_quantize(o: &QuantizeOutput) {
         "layer", "op", "int8", "in scale", "zp", "w error", "sqnr dB", "bias c."
     );
     for l in &o.report.layers {
-        let (s, z) = l.input_scales.first().copied().unwrap_or((f32::NAN, 0));
+        let (s, z) = l
+            .input_scales
+            .first()
+            .map(|p| (p.scale, p.zero_point))
+            .unwrap_or((f32::NAN, 0));
         println!(
             "{:<40} {:<6} {:>5} {:>11.4e} {:>4} {:>9} {:>8.1} {:>7}",
             truncate(&l.name, 40),
@@ -357,9 +388,13 @@ fn print_quantize(o: &QuantizeOutput) {
             if l.quantized { "yes" } else { "no" },
             s,
             z,
-            l.weight_error.map(|e| format!("{:.2}%", e * 100.0)).unwrap_or_default(),
+            l.weight_error
+                .map(|e| format!("{:.2}%", e * 100.0))
+                .unwrap_or_default(),
             l.activation_sqnr_db,
-            l.bias_correction.map(|b| format!("{b:.2}")).unwrap_or_default()
+            l.bias_correction
+                .map(|b| format!("{b:.2}"))
+                .unwrap_or_default()
         );
     }
     let kept: Vec<&str> = o
@@ -401,7 +436,14 @@ fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
-        let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(n - 1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("…{tail}")
     }
 }

@@ -8,7 +8,7 @@
 use crate::{load_on, BackendKind, EngineError, SessionOptions};
 use medinfer_core::Tensor;
 use medinfer_onnx::proto::ModelProto;
-use medinfer_onnx::quant::{self, Calibration, CalibMethod, Plan, QuantConfig, QuantReport};
+use medinfer_onnx::quant::{self, CalibMethod, Calibration, Plan, QuantConfig, QuantReport};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -21,7 +21,8 @@ impl TempModel {
     fn write(model: &ModelProto, tag: &str) -> Result<TempModel, EngineError> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("medinfer-{tag}-{}-{n}.onnx", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("medinfer-{tag}-{}-{n}.onnx", std::process::id()));
         medinfer_onnx::save_model(model, &p)?;
         Ok(TempModel(p))
     }
@@ -37,7 +38,10 @@ fn batch_of(samples: &[Tensor]) -> Result<usize, EngineError> {
     let first = samples
         .first()
         .ok_or_else(|| EngineError::BadInput("no calibration / validation samples".into()))?;
-    if let Some(bad) = samples.iter().find(|s| s.shape() != first.shape() || s.dtype() != first.dtype()) {
+    if let Some(bad) = samples
+        .iter()
+        .find(|s| s.shape() != first.shape() || s.dtype() != first.dtype())
+    {
         return Err(EngineError::BadInput(format!(
             "samples differ in shape: {:?} and {:?}",
             first.shape(),
@@ -75,7 +79,13 @@ pub fn calibrate(
         let outs = session.run(std::slice::from_ref(s))?;
         let values: Vec<(Vec<usize>, &[f32])> = outs[n_orig.min(outs.len())..]
             .iter()
-            .map(|t| Ok((t.shape().to_vec(), t.as_f32().map_err(|e| EngineError::BadInput(e.to_string()))?)))
+            .map(|t| {
+                Ok((
+                    t.shape().to_vec(),
+                    t.as_f32()
+                        .map_err(|e| EngineError::BadInput(e.to_string()))?,
+                ))
+            })
             .collect::<Result<_, EngineError>>()?;
         if values.len() != plan.tensors.len() {
             return Err(EngineError::Run {
@@ -150,9 +160,15 @@ impl Metric {
 /// The metric (1 = identical) of `test` outputs against `reference` outputs.
 pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f64, EngineError> {
     if reference.len() != test.len() || reference.is_empty() {
-        return Err(EngineError::BadInput("metric: output counts differ or are empty".into()));
+        return Err(EngineError::BadInput(
+            "metric: output counts differ or are empty".into(),
+        ));
     }
-    let f = |t: &Tensor| t.as_f32().map(|v| v.to_vec()).map_err(|e| EngineError::BadInput(e.to_string()));
+    let f = |t: &Tensor| {
+        t.as_f32()
+            .map(|v| v.to_vec())
+            .map_err(|e| EngineError::BadInput(e.to_string()))
+    };
     let mut total = 0.0;
     let mut n = 0.0;
     for (r, t) in reference.iter().zip(test) {
@@ -176,11 +192,19 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
                 let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
                 let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
                 let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                total += if na * nb > 0.0 { dot / (na * nb) } else { (na == nb) as u8 as f64 };
+                total += if na * nb > 0.0 {
+                    dot / (na * nb)
+                } else {
+                    (na == nb) as u8 as f64
+                };
                 n += 1.0;
             }
             Metric::Nmse => {
-                let err: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+                let err: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| ((x - y) as f64).powi(2))
+                    .sum();
                 let pow: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
                 total += 1.0 - if pow > 0.0 { err / pow } else { err };
                 n += 1.0;
@@ -200,7 +224,8 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
                             .map(|p| {
                                 (0..c)
                                     .max_by(|&i, &j| {
-                                        v[(bi * c + i) * px + p].total_cmp(&v[(bi * c + j) * px + p])
+                                        v[(bi * c + i) * px + p]
+                                            .total_cmp(&v[(bi * c + j) * px + p])
                                     })
                                     .unwrap_or(0)
                             })
@@ -227,7 +252,9 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
 }
 
 fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap_or(0)
+    (0..v.len())
+        .max_by(|&i, &j| v[i].total_cmp(&v[j]))
+        .unwrap_or(0)
 }
 
 /// Accuracy control settings.
@@ -284,7 +311,11 @@ pub fn quantize_with_control(
     let mut current = first;
     let mut evaluations = 2;
     let mut reverted = Vec::new();
-    log(&format!("int8 {:?} = {first:.5} (drop {:.5})", control.metric, 1.0 - first));
+    log(&format!(
+        "int8 {:?} = {first:.5} (drop {:.5})",
+        control.metric,
+        1.0 - first
+    ));
     let mut ranked: Vec<(String, f32)> = rep
         .layers
         .iter()

@@ -253,5 +253,10 @@ pub(crate) fn static_dims(v: &ValueInfoProto) -> Option<Vec<usize>> {
             Dim::Dynamic(_) => None,
         })
         .collect::<Option<Vec<_>>>()
-        .filter(|_| matches!(v.r#type.as_ref().and_then(|t| t.value.as_ref()), Some(type_proto::Value::TensorType(_))))
+        .filter(|_| {
+            matches!(
+                v.r#type.as_ref().and_then(|t| t.value.as_ref()),
+                Some(type_proto::Value::TensorType(_))
+            )
+        })
 }

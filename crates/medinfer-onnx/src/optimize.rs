@@ -207,8 +207,16 @@ fn broadcast_dims(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
     (0..n)
         .map(|i| {
-            let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-            let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            let x = if i + a.len() >= n {
+                a[i + a.len() - n]
+            } else {
+                1
+            };
+            let y = if i + b.len() >= n {
+                b[i + b.len() - n]
+            } else {
+                1
+            };
             match (x, y) {
                 (x, y) if x == y => Some(x),
                 (1, y) => Some(y),
@@ -228,11 +236,11 @@ fn broadcast_index(d: &[usize], out: &[usize]) -> Vec<usize> {
     let mut pos = vec![0usize; n];
     for _ in 0..total {
         let mut k = 0;
-        for i in 0..n {
+        for (i, &p) in pos.iter().enumerate() {
             if i + d.len() >= n {
                 let j = i + d.len() - n;
                 if d[j] != 1 {
-                    k += pos[i] * st[j];
+                    k += p * st[j];
                 }
             }
         }
@@ -296,7 +304,11 @@ fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
 
 /// Evaluates one node on constant inputs; `None` when the op or case is not handled (the node
 /// then stays in the graph, which is always correct).
-fn evaluate(node: &NodeProto, ins: &[Option<Const>], shapes: &HashMap<String, Vec<usize>>) -> Option<Vec<Const>> {
+fn evaluate(
+    node: &NodeProto,
+    ins: &[Option<Const>],
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Option<Vec<Const>> {
     let op = node.op_type.as_deref().unwrap_or("");
     let get = |i: usize| ins.get(i).and_then(|x| x.as_ref());
     let out = match op {
@@ -333,7 +345,9 @@ fn evaluate(node: &NodeProto, ins: &[Option<Const>], shapes: &HashMap<String, Ve
                     })
                     .collect(),
             ),
-            Const::I64(d, v) if op == "Neg" => Const::I64(d.clone(), v.iter().map(|x| -x).collect()),
+            Const::I64(d, v) if op == "Neg" => {
+                Const::I64(d.clone(), v.iter().map(|x| -x).collect())
+            }
             _ => return None,
         },
         "Reshape" => {
@@ -381,7 +395,10 @@ fn evaluate(node: &NodeProto, ins: &[Option<Const>], shapes: &HashMap<String, Ve
             let mut d = x.dims().to_vec();
             if op == "Unsqueeze" {
                 let r = d.len() + axes.len();
-                let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<Option<_>>()?;
+                let mut ax: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| norm_axis(a, r))
+                    .collect::<Option<_>>()?;
                 ax.sort_unstable();
                 for a in ax {
                     d.insert(a.min(d.len()), 1);
@@ -390,7 +407,10 @@ fn evaluate(node: &NodeProto, ins: &[Option<Const>], shapes: &HashMap<String, Ve
                 d.retain(|&s| s != 1);
             } else {
                 let r = d.len();
-                let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<Option<_>>()?;
+                let mut ax: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| norm_axis(a, r))
+                    .collect::<Option<_>>()?;
                 ax.sort_unstable();
                 for a in ax.into_iter().rev() {
                     if d[a] != 1 {
@@ -435,7 +455,10 @@ fn evaluate(node: &NodeProto, ins: &[Option<Const>], shapes: &HashMap<String, Ve
             let r = first.dims().len();
             let axis = norm_axis(attr_i(node, "axis")?, r)?;
             let is_f = matches!(first, Const::F32(..));
-            if parts.iter().any(|p| p.dims().len() != r || matches!(p, Const::F32(..)) != is_f) {
+            if parts
+                .iter()
+                .any(|p| p.dims().len() != r || matches!(p, Const::F32(..)) != is_f)
+            {
                 return None;
             }
             let outer: usize = first.dims()[..axis].iter().product();
@@ -483,7 +506,11 @@ fn evaluate(node: &NodeProto, ins: &[Option<Const>], shapes: &HashMap<String, Ve
             x.gather_flat(&idx, nd)
         }
         "ConstantOfShape" => {
-            let d: Vec<usize> = get(0)?.as_i64().iter().map(|&x| x.max(0) as usize).collect();
+            let d: Vec<usize> = get(0)?
+                .as_i64()
+                .iter()
+                .map(|&x| x.max(0) as usize)
+                .collect();
             let n: usize = d.iter().product();
             if n > FOLD_LIMIT {
                 return None;
@@ -569,7 +596,11 @@ impl Graph {
         } else {
             HashMap::new()
         };
-        let init_order = g.initializer.iter().filter_map(|t| t.name.clone()).collect();
+        let init_order = g
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.clone())
+            .collect();
         Graph {
             nodes: g.node.iter().cloned().map(Some).collect(),
             inits: g
@@ -611,7 +642,10 @@ impl Graph {
     }
 
     fn produced(&self, name: &str) -> bool {
-        self.nodes.iter().flatten().any(|n| n.output.iter().any(|o| o == name))
+        self.nodes
+            .iter()
+            .flatten()
+            .any(|n| n.output.iter().any(|o| o == name))
     }
 
     fn add_init(&mut self, name: String, t: TensorProto) {
@@ -740,7 +774,9 @@ impl Graph {
                         && node
                             .output
                             .get(1)
-                            .map(|m| m.is_empty() || (!cons.contains_key(m) && !self.pinned.contains(m)))
+                            .map(|m| {
+                                m.is_empty() || (!cons.contains_key(m) && !self.pinned.contains(m))
+                            })
                             .unwrap_or(true)
                 }
                 _ => false,
@@ -809,16 +845,22 @@ impl Graph {
             if self.pinned.contains(&x) || cons.get(&x).map(|v| v.len()) != Some(1) {
                 continue;
             }
-            let params: Option<Vec<Vec<f32>>> =
-                bn.input[1..5].iter().map(|s| self.konst(s).map(|c| c.as_f32())).collect();
+            let params: Option<Vec<Vec<f32>>> = bn.input[1..5]
+                .iter()
+                .map(|s| self.konst(s).map(|c| c.as_f32()))
+                .collect();
             let Some(params) = params else { continue };
             let eps = attr_f(bn, "epsilon").unwrap_or(1e-5);
             let c = params[0].len();
             if params.iter().any(|v| v.len() != c) {
                 continue;
             }
-            let factor: Vec<f32> = (0..c).map(|k| params[0][k] / (params[3][k] + eps).sqrt()).collect();
-            let shift: Vec<f32> = (0..c).map(|k| params[1][k] - params[2][k] * factor[k]).collect();
+            let factor: Vec<f32> = (0..c)
+                .map(|k| params[0][k] / (params[3][k] + eps).sqrt())
+                .collect();
+            let shift: Vec<f32> = (0..c)
+                .map(|k| params[1][k] - params[2][k] * factor[k])
+                .collect();
             let bn_out = bn.output[0].clone();
             if self.scale_shift_into(p, &factor, &shift) {
                 if let Some(pn) = self.nodes[p].as_mut() {
@@ -835,7 +877,9 @@ impl Graph {
     /// Returns false (changing nothing) when the producer is not a Conv / Gemm whose weights are
     /// constant with a matching channel count.
     fn scale_shift_into(&mut self, p: usize, factor: &[f32], shift: &[f32]) -> bool {
-        let Some(node) = self.nodes[p].clone() else { return false };
+        let Some(node) = self.nodes[p].clone() else {
+            return false;
+        };
         let op = node.op_type.as_deref().unwrap_or("");
         let c = factor.len();
         let Some(Const::F32(wd, w)) = node.input.get(1).and_then(|s| self.konst(s)) else {
@@ -881,7 +925,8 @@ impl Graph {
                     }
                 }
                 for k in 0..c {
-                    new_bias[k] = beta * bias.as_ref().map(|b| b[k]).unwrap_or(0.0) * factor[k] + shift[k];
+                    new_bias[k] =
+                        beta * bias.as_ref().map(|b| b[k]).unwrap_or(0.0) * factor[k] + shift[k];
                 }
                 attrs.retain(|a| !matches!(a.name.as_deref(), Some("alpha") | Some("beta")));
             }
@@ -892,7 +937,9 @@ impl Graph {
         self.add_init(wname.clone(), Const::F32(wd, w).to_proto(&wname));
         let bd = vec![c];
         self.add_init(bname.clone(), Const::F32(bd, new_bias).to_proto(&bname));
-        let Some(pn) = self.nodes[p].as_mut() else { return false };
+        let Some(pn) = self.nodes[p].as_mut() else {
+            return false;
+        };
         pn.input[1] = wname;
         if pn.input.len() < 3 {
             pn.input.push(bname);
@@ -935,8 +982,12 @@ impl Graph {
             // Accept shapes (C,1,1), (1,C,1,1), scalars: a per-output-channel constant.
             let kd = k.dims().to_vec();
             let per_channel = {
-                let nontrivial: Vec<(usize, usize)> =
-                    kd.iter().copied().enumerate().filter(|&(_, d)| d != 1).collect();
+                let nontrivial: Vec<(usize, usize)> = kd
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .filter(|&(_, d)| d != 1)
+                    .collect();
                 let rank = wd.len();
                 match nontrivial.as_slice() {
                     [] => kd.len() <= rank,
@@ -1027,7 +1078,9 @@ impl Graph {
                 continue;
             }
             // The second reshape must not copy dims from its input (0 entries).
-            let Some(spec) = self.konst(&r2.input[1]) else { continue };
+            let Some(spec) = self.konst(&r2.input[1]) else {
+                continue;
+            };
             if spec.as_i64().contains(&0) {
                 continue;
             }
@@ -1076,7 +1129,11 @@ impl Graph {
 }
 
 fn set_ints(node: &mut NodeProto, name: &str, v: Vec<i64>) {
-    if let Some(a) = node.attribute.iter_mut().find(|a| a.name.as_deref() == Some(name)) {
+    if let Some(a) = node
+        .attribute
+        .iter_mut()
+        .find(|a| a.name.as_deref() == Some(name))
+    {
         a.ints = v;
     }
 }
@@ -1089,7 +1146,15 @@ mod tests {
     fn model(build: impl FnOnce(&mut GraphBuilder) -> String) -> ModelProto {
         let mut b = GraphBuilder::new(1);
         let out = build(&mut b);
-        let x = f32_value_info("input", &[DimSpec::Fixed(1), DimSpec::Fixed(2), DimSpec::Fixed(4), DimSpec::Fixed(4)]);
+        let x = f32_value_info(
+            "input",
+            &[
+                DimSpec::Fixed(1),
+                DimSpec::Fixed(2),
+                DimSpec::Fixed(4),
+                DimSpec::Fixed(4),
+            ],
+        );
         let y = f32_value_info(&out, &[]);
         b.finish("t", vec![x], vec![y], &[])
     }
@@ -1110,8 +1175,18 @@ mod tests {
     #[test]
     fn transposes_that_cancel_disappear_and_others_compose() {
         let mut m = model(|b| {
-            let t1 = b.node("Transpose", "t1", &["input"], &[("perm", Attr::Ints(vec![0, 2, 3, 1]))]);
-            let t2 = b.node("Transpose", "t2", &[&t1], &[("perm", Attr::Ints(vec![0, 3, 1, 2]))]);
+            let t1 = b.node(
+                "Transpose",
+                "t1",
+                &["input"],
+                &[("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+            );
+            let t2 = b.node(
+                "Transpose",
+                "t2",
+                &[&t1],
+                &[("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+            );
             b.relu("out", &t2)
         });
         optimize(&mut m).unwrap();
@@ -1120,8 +1195,18 @@ mod tests {
         assert_eq!(g.node[0].input[0], "input");
 
         let mut m = model(|b| {
-            let t1 = b.node("Transpose", "t1", &["input"], &[("perm", Attr::Ints(vec![0, 2, 3, 1]))]);
-            b.node("Transpose", "out", &[&t1], &[("perm", Attr::Ints(vec![0, 2, 3, 1]))])
+            let t1 = b.node(
+                "Transpose",
+                "t1",
+                &["input"],
+                &[("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+            );
+            b.node(
+                "Transpose",
+                "out",
+                &[&t1],
+                &[("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+            )
         });
         optimize(&mut m).unwrap();
         let g = m.graph.unwrap();
@@ -1146,14 +1231,24 @@ mod tests {
         let rep = optimize(&mut m).unwrap();
         let g = m.graph.unwrap();
         assert_eq!(rep.nodes_after, 1, "{:?}", rep.ops_after);
-        let spec = g.initializer.iter().find(|t| t.name.as_deref() == Some(&g.node[0].input[1])).unwrap();
-        assert_eq!(Const::from_proto(spec).unwrap(), Const::I64(vec![2], vec![1, -1]));
+        let spec = g
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(&g.node[0].input[1]))
+            .unwrap();
+        assert_eq!(
+            Const::from_proto(spec).unwrap(),
+            Const::I64(vec![2], vec![1, -1])
+        );
     }
 
     #[test]
     fn transpose_folding_matches_a_hand_computed_result() {
         let x = Const::F32(vec![2, 3], vec![0., 1., 2., 3., 4., 5.]);
-        let mut node = NodeProto { op_type: Some("Transpose".into()), ..Default::default() };
+        let mut node = NodeProto {
+            op_type: Some("Transpose".into()),
+            ..Default::default()
+        };
         node.input = vec!["x".into()];
         node.output = vec!["y".into()];
         let out = evaluate(&node, &[Some(x)], &HashMap::new()).unwrap();
@@ -1165,8 +1260,16 @@ mod tests {
         let a = Const::F32(vec![2, 1], vec![1., 2.]);
         let b = Const::F32(vec![3], vec![10., 20., 30.]);
         let out = binary("Add", &a, &b).unwrap();
-        assert_eq!(out, Const::F32(vec![2, 3], vec![11., 21., 31., 12., 22., 32.]));
-        assert!(binary("Add", &Const::F32(vec![2], vec![0.; 2]), &Const::F32(vec![3], vec![0.; 3])).is_none());
+        assert_eq!(
+            out,
+            Const::F32(vec![2, 3], vec![11., 21., 31., 12., 22., 32.])
+        );
+        assert!(binary(
+            "Add",
+            &Const::F32(vec![2], vec![0.; 2]),
+            &Const::F32(vec![3], vec![0.; 3])
+        )
+        .is_none());
     }
 
     #[test]
@@ -1183,7 +1286,11 @@ mod tests {
         assert_eq!(g.node.len(), 1);
         assert_eq!(g.node[0].op_type.as_deref(), Some("Conv"));
         assert_eq!(g.node[0].output[0], "out");
-        let bias = g.initializer.iter().find(|t| t.name.as_deref() == Some(&g.node[0].input[2])).unwrap();
+        let bias = g
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(&g.node[0].input[2]))
+            .unwrap();
         assert_eq!(tensor_to_f32(bias).unwrap(), vec![0.5, 0.25, -1.0]);
     }
 }

@@ -75,6 +75,9 @@ pub struct QuantConfig {
     pub exclude: Vec<String>,
     /// Correct each layer's bias for the mean shift its weight rounding causes.
     pub bias_correction: bool,
+    /// Quantize activations that take negative values as symmetric INT8 instead of UINT8 with
+    /// a zero point.
+    pub signed_symmetric: bool,
 }
 
 impl Default for QuantConfig {
@@ -83,6 +86,7 @@ impl Default for QuantConfig {
             method: CalibMethod::MinMax,
             exclude: vec![],
             bias_correction: true,
+            signed_symmetric: false,
         }
     }
 }
@@ -152,10 +156,12 @@ impl Matcher {
         let mut regexes = Vec::new();
         for p in patterns {
             let anchored = format!("^(?:{p})$");
-            regexes.push(regex::Regex::new(&anchored).map_err(|e| OnnxError::Invalid {
-                path: "--exclude".into(),
-                reason: format!("'{p}' is neither a name nor a valid regular expression: {e}"),
-            })?);
+            regexes.push(
+                regex::Regex::new(&anchored).map_err(|e| OnnxError::Invalid {
+                    path: "--exclude".into(),
+                    reason: format!("'{p}' is neither a name nor a valid regular expression: {e}"),
+                })?,
+            );
         }
         Ok(Matcher {
             exact: patterns.iter().cloned().collect(),
@@ -232,7 +238,9 @@ fn opset(model: &ModelProto) -> i64 {
     model
         .opset_import
         .iter()
-        .find(|o| o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx"))
+        .find(|o| {
+            o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx")
+        })
         .and_then(|o| o.version)
         .unwrap_or(0)
 }
@@ -249,11 +257,12 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
             ),
         });
     }
-    if ix
-        .nodes
-        .iter()
-        .any(|n| matches!(n.op_type.as_deref(), Some("QuantizeLinear" | "DequantizeLinear")))
-    {
+    if ix.nodes.iter().any(|n| {
+        matches!(
+            n.op_type.as_deref(),
+            Some("QuantizeLinear" | "DequantizeLinear")
+        )
+    }) {
         return Err(OnnxError::Invalid {
             path: "<model>".into(),
             reason: "the model is already quantized (it has QuantizeLinear / DequantizeLinear nodes); quantize its FP32 original".into(),
@@ -304,6 +313,28 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
                     _ => None,
                 }
             }
+            // A Concat whose output only feeds integer-capable ops runs on INT8 data with one
+            // scale shared by its inputs and output (see `quantize`).
+            "Concat"
+                if n.input.iter().all(|x| !ix.is_const(x))
+                    && n.output.len() == 1
+                    && !ix.outputs.contains(n.output[0].as_str())
+                    && ix.consumers.get(n.output[0].as_str()).is_some_and(|cs| {
+                        cs.iter().all(|&c| {
+                            let op = ix.nodes[c].op_type.as_deref().unwrap_or("");
+                            matches!(op, "Conv" | "Gemm" | "MatMul") || PASS_THROUGH.contains(&op)
+                        })
+                    }) =>
+            {
+                Some(Layer {
+                    name: name.clone(),
+                    op: op.into(),
+                    index: i,
+                    inputs: n.input.clone(),
+                    weight: None,
+                    weight_axis: 0,
+                })
+            }
             "Add" if n.input.len() == 2 && n.input.iter().all(|x| !ix.is_const(x)) => Some(Layer {
                 name: name.clone(),
                 op: op.into(),
@@ -324,7 +355,13 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
     }
     let act = activation_tensors(&ix, &layers);
     let mut tensors: Vec<String> = act.keys().cloned().collect();
-    tensors.sort_by_key(|t| ix.producer.get(t.as_str()).copied().map(|p| p + 1).unwrap_or(0));
+    tensors.sort_by_key(|t| {
+        ix.producer
+            .get(t.as_str())
+            .copied()
+            .map(|p| p + 1)
+            .unwrap_or(0)
+    });
     let channel_mean_tensors = layers
         .iter()
         .filter(|l| l.weight.is_some())
@@ -344,12 +381,13 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
 /// dequantized version.
 fn activation_tensors(ix: &Index, layers: &[Layer]) -> BTreeMap<String, Vec<(usize, usize)>> {
     let mut act: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
-    let add_use = |act: &mut BTreeMap<String, Vec<(usize, usize)>>, t: &str, node: usize, slot: usize| {
-        let e = act.entry(t.to_string()).or_default();
-        if !e.contains(&(node, slot)) {
-            e.push((node, slot));
-        }
-    };
+    let add_use =
+        |act: &mut BTreeMap<String, Vec<(usize, usize)>>, t: &str, node: usize, slot: usize| {
+            let e = act.entry(t.to_string()).or_default();
+            if !e.contains(&(node, slot)) {
+                e.push((node, slot));
+            }
+        };
     for l in layers {
         let n = &ix.nodes[l.index];
         for (slot, x) in n.input.iter().enumerate() {
@@ -362,7 +400,9 @@ fn activation_tensors(ix: &Index, layers: &[Layer]) -> BTreeMap<String, Vec<(usi
     // value. Not for graph outputs: their values are the model's answer.
     for l in layers {
         let n = &ix.nodes[l.index];
-        let Some(mut out) = n.output.first().map(|s| s.as_str()) else { continue };
+        let Some(mut out) = n.output.first().map(|s| s.as_str()) else {
+            continue;
+        };
         if let Some(c) = ix.single_consumer(out) {
             if ix.nodes[c].op_type.as_deref() == Some("Relu") && !ix.outputs.contains(out) {
                 out = ix.nodes[c].output[0].as_str();
@@ -530,7 +570,11 @@ impl TensorStats {
 /// distribution quantized to `levels` buckets stays closest (KL divergence) to the original.
 fn kl_threshold(hist: &[u64], levels: usize) -> usize {
     let n = hist.len();
-    let last_nonzero = hist.iter().rposition(|&c| c > 0).map(|i| i + 1).unwrap_or(n);
+    let last_nonzero = hist
+        .iter()
+        .rposition(|&c| c > 0)
+        .map(|i| i + 1)
+        .unwrap_or(n);
     if last_nonzero <= levels {
         return last_nonzero.max(1);
     }
@@ -587,7 +631,11 @@ pub struct Calibration {
 impl Calibration {
     /// Adds one run's values of the planned tensors (`values` in the order of `plan.tensors`).
     pub fn add(&mut self, plan: &Plan, method: CalibMethod, values: &[(Vec<usize>, &[f32])]) {
-        let channel: HashSet<&str> = plan.channel_mean_tensors.iter().map(|s| s.as_str()).collect();
+        let channel: HashSet<&str> = plan
+            .channel_mean_tensors
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
         for (name, (dims, data)) in plan.tensors.iter().zip(values) {
             self.stats.entry(name.clone()).or_default().update(
                 dims,
@@ -640,7 +688,7 @@ pub struct LayerReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept_float_because: Option<String>,
     /// Scale and zero point of each quantized activation input.
-    pub input_scales: Vec<(f32, u8)>,
+    pub input_scales: Vec<QParams>,
     /// Smallest and largest per-channel weight scale.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_scale_range: Option<(f32, f32)>,
@@ -675,15 +723,48 @@ pub struct QuantReport {
     pub dequantize_nodes: usize,
 }
 
-fn act_params(lo: f32, hi: f32) -> (f32, u8) {
+/// Scale and zero point of one activation tensor; `signed`: INT8 (symmetric, zero point 0)
+/// instead of UINT8.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct QParams {
+    /// Scale.
+    pub scale: f32,
+    /// Zero point.
+    pub zero_point: i32,
+    /// INT8 rather than UINT8.
+    pub signed: bool,
+}
+
+/// Activation parameters for the range `[lo, hi]` (widened to include 0): UINT8 with zero point
+/// 0 for non-negative tensors (post-ReLU); for tensors with negative values, UINT8 with a zero
+/// point (asymmetric) or, when `signed_symmetric`, INT8 symmetric.
+fn act_params(lo: f32, hi: f32, signed_symmetric: bool) -> QParams {
     let lo = lo.min(0.0);
     let hi = hi.max(0.0);
+    if signed_symmetric && lo < 0.0 {
+        let scale = lo.abs().max(hi) / 127.0;
+        if scale.is_finite() && scale > 0.0 {
+            return QParams {
+                scale,
+                zero_point: 0,
+                signed: true,
+            };
+        }
+    }
     let scale = (hi - lo) / 255.0;
     if !(scale.is_finite() && scale > 0.0) {
-        return (1.0, 0);
+        return QParams {
+            scale: 1.0,
+            zero_point: 0,
+            signed: false,
+        };
     }
-    let zp = (-lo / scale).round().clamp(0.0, 255.0) as u8;
-    (scale, zp)
+    let zp = (-lo / scale).round().clamp(0.0, 255.0) as i32;
+    QParams {
+        scale,
+        zero_point: zp,
+        signed: false,
+    }
 }
 
 fn scalar_f32(name: &str, v: f32) -> TensorProto {
@@ -720,7 +801,13 @@ fn i32_tensor(name: &str, dims: &[usize], v: &[i32]) -> TensorProto {
     }
 }
 
-fn node(op: &str, name: String, inputs: Vec<String>, output: String, axis: Option<i64>) -> NodeProto {
+fn node(
+    op: &str,
+    name: String,
+    inputs: Vec<String>,
+    output: String,
+    axis: Option<i64>,
+) -> NodeProto {
     NodeProto {
         op_type: Some(op.into()),
         name: Some(name),
@@ -751,7 +838,13 @@ fn quantize_weight(dims: &[usize], w: &[f32], axis: usize) -> (Vec<i8>, Vec<f32>
     }
     let scales: Vec<f32> = absmax
         .iter()
-        .map(|&m| if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 })
+        .map(|&m| {
+            if m > 0.0 && m.is_finite() {
+                m / 127.0
+            } else {
+                1.0
+            }
+        })
         .collect();
     let q = w
         .iter()
@@ -780,34 +873,63 @@ pub fn quantize(
     let act = activation_tensors(&ix, &layers);
     // Quantization parameters per tensor, in graph order so that pass-through ops inherit
     // from their (already decided) input.
-    let mut order: Vec<&String> = act.keys().collect();
-    order.sort_by_key(|t| ix.producer.get(t.as_str()).copied().map(|p| p + 1).unwrap_or(0));
-    let mut params: HashMap<String, (f32, u8)> = HashMap::new();
-    for t in order {
-        let inherited = ix.producer.get(t.as_str()).and_then(|&p| {
+    // One set of parameters per group of tensors that must share them: a data-movement op's
+    // output with its input (so engines can drop the Q/DQ pair around it), and a quantized
+    // Concat's inputs with its output (so it concatenates INT8 data). Each group's range is the
+    // union of its members' ranges.
+    let names: Vec<&String> = act.keys().collect();
+    let pos: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut parent: Vec<usize> = (0..names.len()).collect();
+    fn find(p: &mut [usize], mut i: usize) -> usize {
+        while p[i] != i {
+            p[i] = p[p[i]];
+            i = p[i];
+        }
+        i
+    }
+    let union = |a: &str, b: &str, parent: &mut Vec<usize>| {
+        if let (Some(&x), Some(&y)) = (pos.get(a), pos.get(b)) {
+            let (rx, ry) = (find(parent, x), find(parent, y));
+            parent[rx] = ry;
+        }
+    };
+    for t in &names {
+        if let Some(&p) = ix.producer.get(t.as_str()) {
             let n = &ix.nodes[p];
-            let op = n.op_type.as_deref().unwrap_or("");
-            if !PASS_THROUGH.contains(&op) {
-                return None;
+            if PASS_THROUGH.contains(&n.op_type.as_deref().unwrap_or("")) {
+                if let Some(src) = n.input.first() {
+                    union(t, src, &mut parent);
+                }
             }
-            let src = n.input.first()?;
-            params.get(src).copied().or_else(|| {
-                // The input is not quantized itself, but its statistics bound this tensor.
-                None
-            })
-        });
-        let p = match inherited {
-            Some(p) => p,
-            None => {
-                let s = calib.stats.get(t).ok_or_else(|| OnnxError::Invalid {
-                    path: "<calibration>".into(),
-                    reason: format!("no calibration statistics for tensor '{t}'"),
-                })?;
-                let (lo, hi) = s.range(config.method);
-                act_params(lo, hi)
-            }
-        };
-        params.insert(t.clone(), p);
+        }
+    }
+    for l in layers.iter().filter(|l| l.op == "Concat") {
+        let out_name = &ix.nodes[l.index].output[0];
+        for x in &l.inputs {
+            union(x, out_name, &mut parent);
+        }
+    }
+    let mut group_range: HashMap<usize, (f32, f32)> = HashMap::new();
+    for (i, t) in names.iter().enumerate() {
+        let s = calib.stats.get(*t).ok_or_else(|| OnnxError::Invalid {
+            path: "<calibration>".into(),
+            reason: format!("no calibration statistics for tensor '{t}'"),
+        })?;
+        let (lo, hi) = s.range(config.method);
+        let r = find(&mut parent, i);
+        let e = group_range.entry(r).or_insert((lo, hi));
+        e.0 = e.0.min(lo);
+        e.1 = e.1.max(hi);
+    }
+    let mut params: HashMap<String, QParams> = HashMap::new();
+    for (i, t) in names.iter().enumerate() {
+        let r = find(&mut parent, i);
+        let (lo, hi) = group_range[&r];
+        params.insert((*t).clone(), act_params(lo, hi, config.signed_symmetric));
     }
 
     let g = model.graph.as_ref().ok_or_else(|| OnnxError::Invalid {
@@ -840,18 +962,40 @@ pub fn quantize(
     };
 
     // Activation Q/DQ pairs.
+    let mut dropped: HashSet<usize> = HashSet::new();
     for (t, uses) in &act {
-        let (scale, zp) = params[t];
+        let qp = params[t];
         let s_name = unique(format!("{t}_scale"));
         let z_name = unique(format!("{t}_zero_point"));
         let q_name = unique(format!("{t}_quantized"));
         let dq_name = unique(format!("{t}_dequantized"));
-        new_inits.push(scalar_f32(&s_name, scale));
-        new_inits.push(u8_tensor(&z_name, &[], &[zp]));
+        new_inits.push(scalar_f32(&s_name, qp.scale));
+        if qp.signed {
+            new_inits.push(i8_tensor(&z_name, &[], &[qp.zero_point as i8]));
+        } else {
+            new_inits.push(u8_tensor(&z_name, &[], &[qp.zero_point as u8]));
+        }
+        // A Relu whose only reader is this UINT8 quantizer with zero point 0 is redundant: the
+        // quantizer clamps at 0 itself. Dropping it lets the engines fuse the producer straight
+        // into its integer kernel (ONNX Runtime does not always do this itself).
+        let mut q_input = t.clone();
+        if let Some(&p) = ix.producer.get(t.as_str()) {
+            let relu = &ix.nodes[p];
+            let all_uses_here = ix.consumers.get(t.as_str()).map(|c| c.len()) == Some(uses.len());
+            if relu.op_type.as_deref() == Some("Relu")
+                && !qp.signed
+                && qp.zero_point == 0
+                && all_uses_here
+                && relu.input.len() == 1
+            {
+                q_input = relu.input[0].clone();
+                dropped.insert(p);
+            }
+        }
         let q = node(
             "QuantizeLinear",
             format!("{t}_QuantizeLinear"),
-            vec![t.clone(), s_name.clone(), z_name.clone()],
+            vec![q_input, s_name.clone(), z_name.clone()],
             q_name.clone(),
             None,
         );
@@ -879,8 +1023,10 @@ pub fn quantize(
     for l in &plan.layers {
         let stats_of = |t: &str| calib.stats.get(t);
         let sqnr = |t: &str| -> f32 {
-            let (s, _) = params.get(t).copied().unwrap_or((1.0, 0));
-            let power = stats_of(t).map(|st| st.sum_sq / st.count.max(1) as f64).unwrap_or(0.0);
+            let s = params.get(t).map(|p| p.scale).unwrap_or(1.0);
+            let power = stats_of(t)
+                .map(|st| st.sum_sq / st.count.max(1) as f64)
+                .unwrap_or(0.0);
             let noise = (s as f64).powi(2) / 12.0;
             if power > 0.0 {
                 (10.0 * (power / noise).log10()) as f32
@@ -908,8 +1054,16 @@ pub fn quantize(
             });
             continue;
         };
-        let input_scales: Vec<(f32, u8)> = layer.inputs.iter().filter_map(|t| params.get(t).copied()).collect();
-        let worst_sqnr = layer.inputs.iter().map(|t| sqnr(t)).fold(f32::INFINITY, f32::min);
+        let input_scales: Vec<QParams> = layer
+            .inputs
+            .iter()
+            .filter_map(|t| params.get(t).copied())
+            .collect();
+        let worst_sqnr = layer
+            .inputs
+            .iter()
+            .map(|t| sqnr(t))
+            .fold(f32::INFINITY, f32::min);
         let mut rep = LayerReport {
             name: layer.name.clone(),
             op: layer.op.clone(),
@@ -926,7 +1080,10 @@ pub fn quantize(
             let Some((wd, w)) = ix.float_weight(wname) else {
                 return Err(OnnxError::Invalid {
                     path: "<model>".into(),
-                    reason: format!("weight '{wname}' of {} is not a float initializer", layer.name),
+                    reason: format!(
+                        "weight '{wname}' of {} is not a float initializer",
+                        layer.name
+                    ),
                 });
             };
             let axis = layer.weight_axis;
@@ -943,7 +1100,11 @@ pub fn quantize(
                 num += ((a - b) as f64).powi(2);
                 den += (*b as f64).powi(2);
             }
-            let werr = if den > 0.0 { (num / den).sqrt() as f32 } else { 0.0 };
+            let werr = if den > 0.0 {
+                (num / den).sqrt() as f32
+            } else {
+                0.0
+            };
             rep.weight_error = Some(werr);
             rep.weight_scale_range = Some((
                 ws.iter().copied().fold(f32::INFINITY, f32::min),
@@ -970,7 +1131,7 @@ pub fn quantize(
                 removed_inits.insert(wname.clone());
             }
             // Bias: corrected for the weight rounding's mean effect, then INT32.
-            let x_scale = params.get(&layer.inputs[0]).map(|p| p.0).unwrap_or(1.0);
+            let x_scale = params.get(&layer.inputs[0]).map(|p| p.scale).unwrap_or(1.0);
             let bias_name = node_ref.input.get(2).filter(|b| !b.is_empty()).cloned();
             let mut bias: Vec<f32> = match &bias_name {
                 Some(b) => match ix.float_weight(b) {
@@ -984,8 +1145,18 @@ pub fn quantize(
             };
             let bias_scales: Vec<f32> = ws.iter().map(|s| s * x_scale).collect();
             if config.bias_correction {
-                let means = stats_of(&layer.inputs[0]).map(|s| s.channel_means()).unwrap_or_default();
-                if let Some(delta) = weight_mean_shift(&layer.op, &wd, &w, &deq, &means, attr_i(node_ref, "group").unwrap_or(1) as usize, axis) {
+                let means = stats_of(&layer.inputs[0])
+                    .map(|s| s.channel_means())
+                    .unwrap_or_default();
+                if let Some(delta) = weight_mean_shift(
+                    &layer.op,
+                    &wd,
+                    &w,
+                    &deq,
+                    &means,
+                    attr_i(node_ref, "group").unwrap_or(1) as usize,
+                    axis,
+                ) {
                     let mut worst = 0f32;
                     for k in 0..c {
                         bias[k] -= delta[k];
@@ -1000,7 +1171,9 @@ pub fn quantize(
                     .zip(&bias_scales)
                     .map(|(b, s)| (b / s).round().clamp(-2147483647.0, 2147483647.0) as i32)
                     .collect();
-                let base = bias_name.clone().unwrap_or_else(|| format!("{}.bias", layer.name));
+                let base = bias_name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.bias", layer.name));
                 let qn = unique(format!("{base}_quantized"));
                 let sn = unique(format!("{base}_scale"));
                 let zn = unique(format!("{base}_zero_point"));
@@ -1038,15 +1211,19 @@ pub fn quantize(
 
     let mut nodes = front;
     for (i, n) in rewired.into_iter().enumerate() {
-        nodes.push(n);
+        if !dropped.contains(&i) {
+            nodes.push(n);
+        }
         if let Some(extra) = after.remove(&i) {
             nodes.extend(extra);
         }
     }
     og.node = nodes;
-    og.initializer.retain(|t| !removed_inits.contains(t.name.as_deref().unwrap_or("")));
+    og.initializer
+        .retain(|t| !removed_inits.contains(t.name.as_deref().unwrap_or("")));
     og.initializer.extend(new_inits);
-    out.metadata_props.retain(|p| p.key.as_deref() != Some("medinfer.quantization"));
+    out.metadata_props
+        .retain(|p| p.key.as_deref() != Some("medinfer.quantization"));
     out.metadata_props.push(crate::proto::StringStringEntryProto {
         key: Some("medinfer.quantization".into()),
         value: Some(format!(
@@ -1107,7 +1284,11 @@ fn weight_mean_shift(
         }
         "Gemm" => {
             let (rows, cols) = (wd[0], wd[1]);
-            let (c, kdim) = if axis == 0 { (rows, cols) } else { (cols, rows) };
+            let (c, kdim) = if axis == 0 {
+                (rows, cols)
+            } else {
+                (cols, rows)
+            };
             if means.len() != kdim {
                 return None;
             }
@@ -1116,7 +1297,11 @@ fn weight_mean_shift(
                     .map(|o| {
                         (0..kdim)
                             .map(|k| {
-                                let i = if axis == 0 { o * cols + k } else { k * cols + o };
+                                let i = if axis == 0 {
+                                    o * cols + k
+                                } else {
+                                    k * cols + o
+                                };
                                 (deq[i] - w[i]) as f64 * means[k] as f64
                             })
                             .sum::<f64>() as f32
@@ -1145,15 +1330,18 @@ mod tests {
 
     #[test]
     fn activation_parameters_represent_zero_exactly() {
-        let (s, z) = act_params(0.0, 6.0);
-        assert_eq!(z, 0);
-        assert!((s - 6.0 / 255.0).abs() < 1e-9);
-        let (s, z) = act_params(-1.0, 3.0);
-        assert_eq!(z, 64);
-        assert!((s * 255.0 - 4.0).abs() < 1e-6);
+        let p = act_params(0.0, 6.0, true);
+        assert_eq!((p.zero_point, p.signed), (0, false));
+        assert!((p.scale - 6.0 / 255.0).abs() < 1e-9);
+        let p = act_params(-1.0, 3.0, false);
+        assert_eq!(p.zero_point, 64);
+        assert!((p.scale * 255.0 - 4.0).abs() < 1e-6);
+        let p = act_params(-1.0, 3.0, true);
+        assert_eq!((p.zero_point, p.signed), (0, true));
+        assert!((p.scale * 127.0 - 3.0).abs() < 1e-6);
         // A range that excludes zero is widened to include it.
-        assert_eq!(act_params(2.0, 4.0).1, 0);
-        assert_eq!(act_params(0.0, 0.0), (1.0, 0));
+        assert_eq!(act_params(2.0, 4.0, false).zero_point, 0);
+        assert_eq!(act_params(0.0, 0.0, false).scale, 1.0);
     }
 
     #[test]
@@ -1207,7 +1395,10 @@ mod tests {
     #[test]
     fn method_names_parse() {
         assert_eq!(CalibMethod::parse("minmax"), Some(CalibMethod::MinMax));
-        assert_eq!(CalibMethod::parse("percentile:99.9"), Some(CalibMethod::Percentile(99.9)));
+        assert_eq!(
+            CalibMethod::parse("percentile:99.9"),
+            Some(CalibMethod::Percentile(99.9))
+        );
         assert_eq!(CalibMethod::parse("entropy"), Some(CalibMethod::Entropy));
         assert_eq!(CalibMethod::parse("percentile:20"), None);
         assert_eq!(CalibMethod::parse("nope"), None);

@@ -328,13 +328,20 @@ pub fn sample_inputs(name: &str, count: usize, seed: u64) -> Result<Vec<Vec<f32>
                 for x in 0..w {
                     plane[y * w + x] = (base
                         + gx * (x as f64 / w as f64 - 0.5)
-                        + gy * (y as f64 / h as f64 - 0.5)) as f32;
+                        + gy * (y as f64 / h as f64 - 0.5))
+                        as f32;
                 }
             }
             let blobs = 3 + (rng.next_u64() % 6) as usize;
             for _ in 0..blobs {
-                let (cx, cy) = (rng.range(0.15, 0.85) * w as f64, rng.range(0.15, 0.85) * h as f64);
-                let (rx, ry) = (rng.range(0.05, 0.3) * w as f64, rng.range(0.05, 0.3) * h as f64);
+                let (cx, cy) = (
+                    rng.range(0.15, 0.85) * w as f64,
+                    rng.range(0.15, 0.85) * h as f64,
+                );
+                let (rx, ry) = (
+                    rng.range(0.05, 0.3) * w as f64,
+                    rng.range(0.05, 0.3) * h as f64,
+                );
                 let (ang, amp) = (rng.range(0.0, std::f64::consts::PI), rng.range(-0.4, 0.6));
                 let (sa, ca) = ang.sin_cos();
                 for y in 0..h {
@@ -358,7 +365,9 @@ pub fn sample_inputs(name: &str, count: usize, seed: u64) -> Result<Vec<Vec<f32>
             "resnet50-fmri" => {
                 let n = img.len() as f32;
                 let mean = img.iter().sum::<f32>() / n;
-                let sd = (img.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt().max(1e-6);
+                let sd = (img.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n)
+                    .sqrt()
+                    .max(1e-6);
                 img.iter_mut().for_each(|v| *v = (*v - mean) / sd);
             }
             _ => {}
