@@ -189,6 +189,7 @@ def main():
             return None if x is None else {"input": x}
 
     t = time.perf_counter()
+    os.chdir(work)  # quant_pre_process writes temporary files into the current directory
     pre = os.path.join(work, "ort-pre.onnx")
     try:
         quant_pre_process(fp32, pre)
