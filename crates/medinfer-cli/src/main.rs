@@ -138,10 +138,15 @@ struct BenchArgs {
     /// Backends, comma-separated (tract, ort, openvino), or `all` for every available one.
     #[arg(short, long, default_value = "all")]
     backend: String,
-    /// Precisions, comma-separated: fp32 (true FP32), bf16 (OpenVINO on CPUs with AVX-512 BF16).
-    /// Combinations a backend cannot run are skipped with a note.
+    /// Precisions, comma-separated: fp32 (true FP32), bf16 (OpenVINO on CPUs with AVX-512 BF16),
+    /// int8 (the INT8 QDQ model given by --int8; for a zoo model without --int8, one quantized
+    /// on the fly from 100 synthetic samples and cached). Combinations a backend cannot run are
+    /// skipped with a note.
     #[arg(long, default_value = "fp32")]
     precision: String,
+    /// The INT8 (QDQ) version of the model, written by `medinfer quantize`, for `--precision int8`.
+    #[arg(long)]
+    int8: Option<PathBuf>,
     /// Modes, comma-separated: latency (one request on all threads) and/or throughput
     /// (N streams x T threads, a request in flight on every stream).
     #[arg(long, default_value = "latency")]
@@ -598,7 +603,37 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         v
     };
-    let precisions = parse_list(&a.precision, "precision", Precision::parse)?;
+    let want_int8 = a
+        .precision
+        .split(',')
+        .any(|p| p.trim().eq_ignore_ascii_case("int8"));
+    let float_list: Vec<&str> = a
+        .precision
+        .split(',')
+        .filter(|p| !p.trim().eq_ignore_ascii_case("int8"))
+        .collect();
+    let precisions = if float_list.is_empty() {
+        vec![]
+    } else {
+        parse_list(&float_list.join(","), "precision", Precision::parse)?
+    };
+    let int8_path = if want_int8 {
+        Some(match &a.int8 {
+            Some(p) => {
+                let m = medinfer_onnx::load_model(p)?;
+                if !medinfer_onnx::analyze(&m, None).quantized {
+                    bail!("{}: --int8 must be a quantized (QDQ) model; write one with `medinfer quantize`", p.display());
+                }
+                p.clone()
+            }
+            None if zoo::entry(&a.model).is_ok() => quant::cached_zoo_int8(&a.model)?,
+            None => bail!(
+                "--precision int8 needs --int8 FILE (the model quantized by `medinfer quantize`)"
+            ),
+        })
+    } else {
+        None
+    };
     let modes = parse_list(&a.mode, "mode", Mode::parse)?;
     if a.runs == 0 {
         bail!("--runs must be at least 1");
@@ -624,9 +659,31 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             }
         }
     }
+    // INT8 rows run the quantized file (in FP32 mode for the parts left in floating point).
+    let int8_start = configs.len();
+    if int8_path.is_some() {
+        for &backend in &backends {
+            for &mode in &modes {
+                configs.push(BenchConfig {
+                    backend,
+                    precision: Precision::Fp32,
+                    mode,
+                    streams: a.streams,
+                    threads: a.threads,
+                    batch: a.batch,
+                    runs: a.runs,
+                    warmup: a.warmup,
+                });
+            }
+        }
+    }
     if configs.is_empty() {
         bail!("no configuration to run");
     }
+    let int8_sha = match &int8_path {
+        Some(p) => file_sha256(p)?,
+        None => String::new(),
+    };
     let bar = ProgressBar::new((configs.len() * (1 + a.warmup + a.runs)) as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -635,12 +692,16 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut results: Vec<BenchResult> = Vec::new();
-    for cfg in &configs {
+    for (i, cfg) in configs.iter().enumerate() {
+        let (file, file_sha) = match (&int8_path, i >= int8_start) {
+            (Some(p), true) => (p, &int8_sha),
+            _ => (&path, &sha),
+        };
         bar.set_message(format!("{} {} {}", cfg.backend, cfg.precision, cfg.mode));
-        let r = medinfer_bench::run(&path, &sha, cfg, &|| bar.inc(1)).with_context(|| {
+        let r = medinfer_bench::run(file, file_sha, cfg, &|| bar.inc(1)).with_context(|| {
             format!(
                 "benchmarking {} on {} {} {}",
-                path.display(),
+                file.display(),
                 cfg.backend,
                 cfg.precision,
                 cfg.mode

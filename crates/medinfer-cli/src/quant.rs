@@ -291,6 +291,9 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         ..Default::default()
     };
     let plan = quant::plan(&model, &config)?;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
     let calib_samples = shuffled_subset(load_samples(&a.calib, &per)?, a.samples, a.seed);
     let pb = bar(calib_samples.len(), "calibrating", a.json);
     let t0 = std::time::Instant::now();
@@ -446,4 +449,41 @@ fn truncate(s: &str, n: usize) -> String {
             .collect();
         format!("…{tail}")
     }
+}
+
+/// The INT8 version of a zoo model for `bench --precision int8`: optimized, calibrated on 100
+/// synthetic samples (`zoo samples`, seed 1) on the fastest engine, min/max ranges, bias
+/// correction; built once into the zoo cache.
+pub fn cached_zoo_int8(name: &str) -> Result<PathBuf> {
+    let fp32 = crate::resolve_model(name)?;
+    let file = fp32.with_file_name(format!("{name}-int8.onnx"));
+    if file.exists() {
+        return Ok(file);
+    }
+    eprintln!(
+        "quantizing {name} for the int8 rows (once; cached as {})",
+        file.display()
+    );
+    let e = medinfer_onnx::zoo::entry(name)?;
+    let mut model = medinfer_onnx::load_model(&fp32)?;
+    medinfer_onnx::optimize(&mut model)?;
+    let mut shape = e.input_shape.to_vec();
+    shape[0] = 1;
+    let samples: Vec<Tensor> = medinfer_onnx::zoo::sample_inputs(name, 100, 1)?
+        .into_iter()
+        .map(|v| Tensor::from_f32(shape.clone(), v))
+        .collect::<std::result::Result<_, _>>()?;
+    let config = QuantConfig::default();
+    let plan = quant::plan(&model, &config)?;
+    let calib = q::calibrate(
+        &model,
+        &plan,
+        config.method,
+        &samples,
+        BackendKind::auto(),
+        &mut |_| {},
+    )?;
+    let (qm, _) = quant::quantize(&model, &plan, &calib, &config, &HashSet::new())?;
+    medinfer_onnx::save_model(&qm, &file)?;
+    Ok(file)
 }

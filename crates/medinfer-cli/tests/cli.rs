@@ -427,3 +427,163 @@ fn convert_dicom_to_nifti_npy_png_and_back() {
     ]);
     assert_clean_failure(&o, &["ct_jpegls_lossless.dcm", "JPEG-LS"]);
 }
+
+#[test]
+fn optimize_and_quantize_from_the_command_line() {
+    let d = tmp();
+    let p = |s: &str| d.path().join(s).display().to_string();
+    // optimize: fewer nodes, JSON report.
+    let o = run(&["optimize", "resnet18-ct", "-o", &p("opt.onnx"), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["nodes_after"].as_u64().unwrap() < r["nodes_before"].as_u64().unwrap());
+    // Samples, then a quantized model with a JSON report (tract calibrates: always present).
+    let o = run(&[
+        "zoo",
+        "samples",
+        "resnet18-ct",
+        "-o",
+        &p("calib"),
+        "-n",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        "quantize",
+        &p("opt.onnx"),
+        "-o",
+        &p("int8.onnx"),
+        "--calib",
+        &p("calib"),
+        "--samples",
+        "6",
+        "--backend",
+        "tract",
+        "--method",
+        "percentile",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["calibration_samples"], 6);
+    assert!(r["report"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["quantized"] == true));
+    let o = run(&["info", &p("int8.onnx"), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["quantized"], true);
+    // FP32 and INT8 side by side in one bench table.
+    let o = run(&[
+        "bench",
+        &p("opt.onnx"),
+        "--backend",
+        "tract",
+        "--precision",
+        "fp32,int8",
+        "--int8",
+        &p("int8.onnx"),
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[1]["effective_precision"]
+            .as_str()
+            .unwrap()
+            .contains("int8"),
+        "{rows:?}"
+    );
+    let o = run(&[
+        "bench",
+        &p("opt.onnx"),
+        "--backend",
+        "tract",
+        "--precision",
+        "int8",
+        "--int8",
+        &p("opt.onnx"),
+    ]);
+    assert_clean_failure(&o, &["must be a quantized"]);
+
+    // Already quantized.
+    let o = run(&[
+        "quantize",
+        &p("int8.onnx"),
+        "-o",
+        &p("x.onnx"),
+        "--calib",
+        &p("calib"),
+        "--backend",
+        "tract",
+    ]);
+    assert_clean_failure(&o, &["already quantized"]);
+    // Empty calibration folder; data of the wrong shape (named).
+    std::fs::create_dir_all(d.path().join("empty")).unwrap();
+    let o = run(&[
+        "quantize",
+        "resnet18-ct",
+        "-o",
+        &p("x.onnx"),
+        "--calib",
+        &p("empty"),
+        "--backend",
+        "tract",
+    ]);
+    assert_clean_failure(&o, &["no .npy files"]);
+    std::fs::create_dir_all(d.path().join("wrong")).unwrap();
+    medinfer_io::npy::write(
+        &d.path().join("wrong/a.npy"),
+        &Tensor::from_f32(vec![1, 64, 64], vec![0.0; 4096]).unwrap(),
+    )
+    .unwrap();
+    let o = run(&[
+        "quantize",
+        "resnet18-ct",
+        "-o",
+        &p("x.onnx"),
+        "--calib",
+        &p("wrong"),
+        "--backend",
+        "tract",
+    ]);
+    assert_clean_failure(&o, &["a.npy", "does not fit"]);
+    // A zero budget: accuracy control reverts layers until the model matches FP32 exactly.
+    let o = run(&[
+        "quantize",
+        "resnet18-ct",
+        "-o",
+        &p("tight.onnx"),
+        "--calib",
+        &p("calib"),
+        "--samples",
+        "4",
+        "--validate",
+        &p("calib"),
+        "--validate-samples",
+        "2",
+        "--metric",
+        "nmse",
+        "--max-drop",
+        "0",
+        "--exclude",
+        "layer[1-3].*",
+        "--backend",
+        "tract",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        !r["accuracy"]["reverted"].as_array().unwrap().is_empty(),
+        "{r}"
+    );
+    assert_eq!(r["accuracy"]["within_budget"], true);
+}

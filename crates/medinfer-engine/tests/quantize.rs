@@ -249,3 +249,194 @@ fn bad_inputs_are_clear_errors() {
         .to_string();
     assert!(e.contains("no calibration statistics"), "{e}");
 }
+
+/// Synthetic 32x32 textures with ground truth: 0 horizontal stripes, 1 vertical stripes,
+/// 2 diagonal stripes, 3 a checkerboard-like product of sines; random period, phase, contrast,
+/// offset, and strong noise.
+fn texture(class: usize, rng: &mut medinfer_onnx::SeededRng) -> Vec<f32> {
+    let period = rng.range(4.0, 9.0);
+    let (phase, amp, offset) = (
+        rng.range(0.0, 6.3),
+        rng.range(0.4, 1.0),
+        rng.range(-0.5, 0.5),
+    );
+    let w = std::f64::consts::TAU / period;
+    let mut v = Vec::with_capacity(32 * 32);
+    for y in 0..32 {
+        for x in 0..32 {
+            let (xf, yf) = (x as f64, y as f64);
+            let s = match class {
+                0 => (w * yf + phase).sin(),
+                1 => (w * xf + phase).sin(),
+                2 => (w * (xf + yf) / std::f64::consts::SQRT_2 + phase).sin(),
+                _ => (w * xf + phase).sin() * (w * yf).sin(),
+            };
+            v.push((offset + amp * s + 0.35 * rng.normal()) as f32);
+        }
+    }
+    v
+}
+
+/// A small model trained here: two fixed random conv layers (Kaiming, seeded) and a global
+/// average pool give 16 features; a softmax classifier on them is trained by gradient descent
+/// on labelled textures and written into the graph as its final Gemm.
+fn trained_texture_model() -> (
+    medinfer_onnx::proto::ModelProto,
+    Vec<Tensor>,
+    Vec<usize>,
+    Vec<Tensor>,
+) {
+    use medinfer_onnx::builder::{f32_tensor, f32_value_info, Attr, DimSpec, GraphBuilder};
+    let mut b = GraphBuilder::new(42);
+    let c1 = b.conv("conv1", "input", 1, 8, 3, 1, 1, true);
+    let r1 = b.relu("relu1", &c1);
+    let c2 = b.conv("conv2", &r1, 8, 16, 3, 2, 1, true);
+    let r2 = b.relu("relu2", &c2);
+    let feat = b.global_pool_flatten("gap", &r2);
+    let dims = [
+        DimSpec::Named("batch".into()),
+        DimSpec::Fixed(1),
+        DimSpec::Fixed(32),
+        DimSpec::Fixed(32),
+    ];
+    let input = f32_value_info("input", &dims);
+    let features_model = {
+        let mut m = b.finish(
+            "features",
+            vec![input.clone()],
+            vec![f32_value_info(&feat, &[])],
+            &[],
+        );
+        m.graph.as_mut().unwrap().output[0].name = Some(feat.clone());
+        m
+    };
+    let mut rng = medinfer_onnx::SeededRng::new(2026);
+    let mut make = |n: usize| -> (Vec<Tensor>, Vec<usize>) {
+        let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
+        let xs = labels
+            .iter()
+            .map(|&c| Tensor::from_f32(vec![1, 1, 32, 32], texture(c, &mut rng)).unwrap())
+            .collect();
+        (xs, labels)
+    };
+    let (train_x, train_y) = make(800);
+    let (test_x, test_y) = make(1000);
+    let feats: Vec<Vec<f32>> =
+        q::evaluate(&features_model, &train_x, BackendKind::Tract, &mut |_| {})
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f32().unwrap().to_vec())
+            .collect();
+    // Standardise, train multinomial logistic regression, fold the standardisation back.
+    let d = 16;
+    let mean: Vec<f32> = (0..d)
+        .map(|j| feats.iter().map(|f| f[j]).sum::<f32>() / feats.len() as f32)
+        .collect();
+    let sd: Vec<f32> = (0..d)
+        .map(|j| {
+            (feats.iter().map(|f| (f[j] - mean[j]).powi(2)).sum::<f32>() / feats.len() as f32)
+                .sqrt()
+                .max(1e-6)
+        })
+        .collect();
+    let z: Vec<Vec<f32>> = feats
+        .iter()
+        .map(|f| (0..d).map(|j| (f[j] - mean[j]) / sd[j]).collect())
+        .collect();
+    let (mut w, mut bias) = (vec![0f32; 4 * d], vec![0f32; 4]);
+    for _ in 0..600 {
+        let (mut gw, mut gb) = (vec![0f32; 4 * d], vec![0f32; 4]);
+        for (x, &y) in z.iter().zip(&train_y) {
+            let logits: Vec<f32> = (0..4)
+                .map(|k| bias[k] + (0..d).map(|j| w[k * d + j] * x[j]).sum::<f32>())
+                .collect();
+            let m = logits.iter().cloned().fold(f32::MIN, f32::max);
+            let e: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
+            let s: f32 = e.iter().sum();
+            for k in 0..4 {
+                let g = e[k] / s - (k == y) as u8 as f32;
+                gb[k] += g;
+                for j in 0..d {
+                    gw[k * d + j] += g * x[j];
+                }
+            }
+        }
+        let n = z.len() as f32;
+        for k in 0..4 {
+            bias[k] -= 0.5 * gb[k] / n;
+            for j in 0..d {
+                w[k * d + j] -= 0.5 * gw[k * d + j] / n;
+            }
+        }
+    }
+    let wf: Vec<f32> = (0..4 * d).map(|i| w[i] / sd[i % d]).collect();
+    let bf: Vec<f32> = (0..4)
+        .map(|k| bias[k] - (0..d).map(|j| w[k * d + j] * mean[j] / sd[j]).sum::<f32>())
+        .collect();
+    let mut m = features_model;
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.push(f32_tensor("cls.weight", &[4, d], &wf));
+    g.initializer.push(f32_tensor("cls.bias", &[4], &bf));
+    g.node.push(medinfer_onnx::proto::NodeProto {
+        op_type: Some("Gemm".into()),
+        name: Some("cls".into()),
+        input: vec![feat, "cls.weight".into(), "cls.bias".into()],
+        output: vec!["logits".into()],
+        attribute: vec![medinfer_onnx::proto::AttributeProto {
+            name: Some("transB".into()),
+            r#type: Some(medinfer_onnx::proto::attribute_type::INT),
+            i: Some(1),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    g.output = vec![f32_value_info(
+        "logits",
+        &[DimSpec::Named("batch".into()), DimSpec::Fixed(4)],
+    )];
+    let _ = Attr::Int(0);
+    (m, train_x, test_y, test_x)
+}
+
+fn accuracy(outputs: &[Tensor], labels: &[usize]) -> f64 {
+    let correct = outputs
+        .iter()
+        .zip(labels)
+        .filter(|(o, &y)| {
+            let v = o.as_f32().unwrap();
+            (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap() == y
+        })
+        .count();
+    correct as f64 / labels.len() as f64
+}
+
+#[test]
+fn trained_model_keeps_its_accuracy_in_int8() {
+    let (m, train_x, test_y, test_x) = trained_texture_model();
+    let config = QuantConfig::default();
+    let plan = quant::plan(&m, &config).unwrap();
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    let calib = q::calibrate(
+        &m,
+        &plan,
+        config.method,
+        &train_x[..300],
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (qm, rep) = quant::quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
+    assert!(rep.layers.iter().all(|l| l.quantized));
+    let mut engines = vec![BackendKind::Tract];
+    engines.extend(native_backends());
+    for k in engines {
+        let fp32 = accuracy(&run(&m, k, &test_x), &test_y);
+        let int8 = accuracy(&run(&qm, k, &test_x), &test_y);
+        eprintln!("{k}: accuracy on 1000 held-out textures: FP32 {fp32:.4}, INT8 {int8:.4}");
+        assert!(fp32 > 0.85, "{k}: training failed, FP32 accuracy {fp32}");
+        assert!(
+            fp32 - int8 < 0.005 * fp32,
+            "{k}: INT8 accuracy {int8} vs FP32 {fp32}"
+        );
+    }
+}

@@ -122,7 +122,59 @@ pub struct Plan {
     /// Tensors whose per-channel mean is needed (inputs of weighted layers, for bias
     /// correction).
     pub channel_mean_tensors: Vec<String>,
+    /// Warnings about ops medinfer does not know (custom domains, op types outside its tables):
+    /// they stay in floating point between dequantized inputs and quantized outputs.
+    pub warnings: Vec<String>,
 }
+
+/// Float ops medinfer knows and leaves in floating point on purpose (cheap element-wise or
+/// shape work, or not worth INT8); anything else not quantized draws a warning.
+const KNOWN_FLOAT: &[&str] = &[
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "LogSoftmax",
+    "HardSigmoid",
+    "HardSwish",
+    "Gelu",
+    "Erf",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "Mul",
+    "Sub",
+    "Div",
+    "Add",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Neg",
+    "Abs",
+    "Identity",
+    "Dropout",
+    "Constant",
+    "Shape",
+    "Gather",
+    "Slice",
+    "Split",
+    "Pad",
+    "Cast",
+    "Expand",
+    "Tile",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ArgMax",
+    "Concat",
+    "ConvTranspose",
+    "Conv",
+    "Gemm",
+    "MatMul",
+];
 
 /// Ops that only move or select values: their output may reuse their input's quantization.
 const PASS_THROUGH: &[&str] = &[
@@ -369,11 +421,34 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
+    let mut unknown: BTreeMap<String, usize> = BTreeMap::new();
+    for n in ix.nodes {
+        let op = n.op_type.as_deref().unwrap_or("");
+        let domain = n.domain.as_deref().unwrap_or("");
+        let custom = !(domain.is_empty() || domain == "ai.onnx");
+        if custom || !(KNOWN_FLOAT.contains(&op) || PASS_THROUGH.contains(&op)) {
+            let key = if custom {
+                format!("{domain}::{op}")
+            } else {
+                op.to_string()
+            };
+            *unknown.entry(key).or_default() += 1;
+        }
+    }
+    let warnings = unknown
+        .into_iter()
+        .map(|(op, n)| {
+            format!(
+                "{n} node(s) of op {op} are not quantized by medinfer: they stay in floating point"
+            )
+        })
+        .collect();
     Ok(Plan {
         layers,
         excluded,
         tensors,
         channel_mean_tensors,
+        warnings,
     })
 }
 
@@ -1402,5 +1477,61 @@ mod tests {
         assert_eq!(CalibMethod::parse("entropy"), Some(CalibMethod::Entropy));
         assert_eq!(CalibMethod::parse("percentile:20"), None);
         assert_eq!(CalibMethod::parse("nope"), None);
+    }
+
+    #[test]
+    fn unknown_ops_stay_float_between_quantized_neighbours_with_a_warning() {
+        use crate::builder::{f32_value_info, DimSpec, GraphBuilder};
+        let mut b = GraphBuilder::new(3);
+        let c1 = b.conv("c1", "input", 1, 4, 3, 1, 1, true);
+        let odd = b.node("FancyActivation", "odd", &[&c1], &[]);
+        let c2 = b.conv("c2", &odd, 4, 2, 1, 1, 0, true);
+        let x = f32_value_info(
+            "input",
+            &[
+                DimSpec::Fixed(1),
+                DimSpec::Fixed(1),
+                DimSpec::Fixed(8),
+                DimSpec::Fixed(8),
+            ],
+        );
+        let mut m = b.finish("t", vec![x], vec![f32_value_info(&c2, &[])], &[]);
+        m.graph.as_mut().unwrap().node[1].domain = Some("com.example".into());
+        let config = QuantConfig::default();
+        let plan = plan(&m, &config).unwrap();
+        assert_eq!(plan.layers.len(), 2);
+        assert_eq!(plan.warnings.len(), 1);
+        assert!(
+            plan.warnings[0].contains("com.example::FancyActivation"),
+            "{:?}",
+            plan.warnings
+        );
+        let mut calib = Calibration::default();
+        let vals: Vec<f32> = (0..64).map(|i| i as f32 / 32.0 - 1.0).collect();
+        let values: Vec<(Vec<usize>, &[f32])> = plan
+            .tensors
+            .iter()
+            .map(|_| (vec![1, 1, 8, 8], &vals[..]))
+            .collect();
+        calib.add(&plan, config.method, &values);
+        let (q, _) = quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
+        let g = q.graph.unwrap();
+        let odd = g
+            .node
+            .iter()
+            .find(|n| n.op_type.as_deref() == Some("FancyActivation"))
+            .unwrap();
+        let producer = g
+            .node
+            .iter()
+            .find(|n| n.output.contains(&odd.input[0]))
+            .unwrap();
+        assert_eq!(producer.op_type.as_deref(), Some("DequantizeLinear"));
+        let reader = g
+            .node
+            .iter()
+            .find(|n| n.input.contains(&odd.output[0]))
+            .unwrap();
+        assert_eq!(reader.op_type.as_deref(), Some("QuantizeLinear"));
     }
 }
