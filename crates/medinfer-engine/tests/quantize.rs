@@ -440,3 +440,51 @@ fn trained_model_keeps_its_accuracy_in_int8() {
         );
     }
 }
+
+#[test]
+fn external_data_round_trips_and_hostile_locations_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let m = zoo::build("resnet18-ct").unwrap();
+    let p = d.path().join("ext.onnx");
+    medinfer_onnx::save_model_external(&m, &p, 1024).unwrap();
+    let small = std::fs::metadata(&p).unwrap().len();
+    assert!(
+        small < 1_000_000,
+        "weights should live in the .data file ({small} bytes)"
+    );
+    let back = medinfer_onnx::load_model(&p).unwrap();
+    assert!(back == m, "external data did not round-trip");
+    // The engines read the external file themselves: same outputs as the inline model.
+    let x = samples("resnet18-ct", 1, 3);
+    let s = load_on(BackendKind::Tract, &p, &SessionOptions::default()).unwrap();
+    let a = s.run(&x).unwrap();
+    let b = run(&m, BackendKind::Tract, &x);
+    assert_eq!(a[0].as_f32().unwrap(), b[0].as_f32().unwrap());
+    // Truncated data file.
+    let data = d.path().join("ext.onnx.data");
+    let len = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let e = medinfer_onnx::load_model(&p).unwrap_err().to_string();
+    assert!(e.contains("beyond the file"), "{e}");
+    // A location outside the model's folder.
+    let mut hostile = medinfer_onnx::load_model(&d.path().join("ext.onnx"))
+        .err()
+        .map(|_| m.clone())
+        .unwrap();
+    let t = &mut hostile.graph.as_mut().unwrap().initializer[0];
+    t.raw_data = None;
+    t.data_location = Some(1);
+    t.external_data = vec![medinfer_onnx::proto::StringStringEntryProto {
+        key: Some("location".into()),
+        value: Some("../../etc/passwd".into()),
+    }];
+    let hp = d.path().join("hostile.onnx");
+    std::fs::write(&hp, medinfer_onnx::encode_model(&hostile)).unwrap();
+    let e = medinfer_onnx::load_model(&hp).unwrap_err().to_string();
+    assert!(e.contains("relative path inside"), "{e}");
+}

@@ -26,7 +26,7 @@ pub mod zoo;
 pub use info::{analyze, Dim, ModelInfo, ValueInfo};
 pub use model::{
     attr_f, attr_i, attr_ints, attr_s, decode_model, elem_type_name, encode_model, load_model,
-    save_model, tensor_dims, tensor_to_f32, OnnxError,
+    resolve_external_data, save_model, save_model_external, tensor_dims, tensor_to_f32, OnnxError,
 };
 pub use optimize::{optimize, OptimizeReport};
 pub use rng::SeededRng;

@@ -44,13 +44,147 @@ pub fn decode_model(bytes: &[u8], origin: &str) -> Result<ModelProto, OnnxError>
     Ok(model)
 }
 
-/// Reads, decodes and validates an ONNX file.
+/// Reads, decodes and validates an ONNX file. Initializers stored as external data (the ONNX
+/// convention for models over 2 GB: `location` / `offset` / `length` entries naming a file next
+/// to the model) are read into the model, so that it can be transformed and saved again.
 pub fn load_model(path: &Path) -> Result<ModelProto, OnnxError> {
     let bytes = std::fs::read(path).map_err(|error| OnnxError::Io {
         path: path.to_path_buf(),
         error,
     })?;
-    decode_model(&bytes, &path.display().to_string())
+    let mut model = decode_model(&bytes, &path.display().to_string())?;
+    resolve_external_data(&mut model, path)?;
+    Ok(model)
+}
+
+/// Reads every external initializer of `model` (loaded from `model_path`) into `raw_data`.
+/// Locations must be relative paths inside the model's folder, as the ONNX checker requires.
+pub fn resolve_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(), OnnxError> {
+    let origin = model_path.display().to_string();
+    let dir = model_path.parent().unwrap_or(Path::new("."));
+    let bad = |reason: String| OnnxError::Invalid {
+        path: origin.clone(),
+        reason,
+    };
+    let Some(g) = model.graph.as_mut() else {
+        return Ok(());
+    };
+    let mut files: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    for t in g
+        .initializer
+        .iter_mut()
+        .filter(|t| t.data_location == Some(1))
+    {
+        let name = t.name.clone().unwrap_or_default();
+        let entry = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key.as_deref() == Some(k))
+                .and_then(|e| e.value.clone())
+        };
+        let location = entry("location").ok_or_else(|| {
+            bad(format!(
+                "initializer '{name}' is external but names no location"
+            ))
+        })?;
+        let rel = Path::new(&location);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(bad(format!(
+                "initializer '{name}': external data location '{location}' must be a relative path inside the model's folder"
+            )));
+        }
+        let num = |k: &str| -> Result<Option<usize>, OnnxError> {
+            entry(k)
+                .map(|v| {
+                    v.parse::<usize>().map_err(|_| {
+                        bad(format!(
+                            "initializer '{name}': external data {k} '{v}' is not a number"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let (offset, length) = (num("offset")?.unwrap_or(0), num("length")?);
+        if !files.contains_key(&location) {
+            let full = dir.join(rel);
+            let data = std::fs::read(&full).map_err(|error| OnnxError::Io { path: full, error })?;
+            files.insert(location.clone(), data);
+        }
+        let data = &files[&location];
+        let end = match length {
+            Some(l) => offset.checked_add(l),
+            None => Some(data.len()),
+        };
+        let slice = end
+            .filter(|&e| e <= data.len() && offset <= e)
+            .map(|e| &data[offset..e])
+            .ok_or_else(|| {
+                bad(format!(
+                    "initializer '{name}': external data {location} [{offset}, +{length:?}) lies beyond the file's {} bytes",
+                    data.len()
+                ))
+            })?;
+        t.raw_data = Some(slice.to_vec());
+        t.data_location = None;
+        t.external_data.clear();
+        check_tensor_size(t).map_err(&bad)?;
+    }
+    Ok(())
+}
+
+/// Writes a model with every initializer of at least `threshold` bytes stored as external data
+/// in `<file name>.data` next to it (the ONNX convention; needed above protobuf's 2 GB limit).
+/// [`save_model`] does this by itself for models whose initializers exceed 1.5 GiB.
+pub fn save_model_external(
+    model: &ModelProto,
+    path: &Path,
+    threshold: usize,
+) -> Result<(), OnnxError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |error| OnnxError::Io { path: p, error }
+    };
+    let file_name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let data_name = format!("{file_name}.data");
+    let data_path = path.with_file_name(&data_name);
+    let mut m = model.clone();
+    let mut data: Vec<u8> = Vec::new();
+    if let Some(g) = m.graph.as_mut() {
+        for t in g.initializer.iter_mut() {
+            let Some(raw) = t.raw_data.take() else {
+                continue;
+            };
+            if raw.len() < threshold {
+                t.raw_data = Some(raw);
+                continue;
+            }
+            // 4 KiB alignment, as onnx's own writer does, so the data can be memory-mapped.
+            while !data.len().is_multiple_of(4096) {
+                data.push(0);
+            }
+            let kv = |k: &str, v: String| crate::proto::StringStringEntryProto {
+                key: Some(k.into()),
+                value: Some(v),
+            };
+            t.external_data = vec![
+                kv("location", data_name.clone()),
+                kv("offset", data.len().to_string()),
+                kv("length", raw.len().to_string()),
+            ];
+            t.data_location = Some(1);
+            data.extend_from_slice(&raw);
+        }
+    }
+    std::fs::write(&data_path, &data).map_err(io(&data_path))?;
+    std::fs::write(path, encode_model(&m)).map_err(io(path))
 }
 
 /// Encodes a model to bytes.
@@ -58,8 +192,22 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-/// Writes a model to a file (atomically: a temporary file renamed into place).
+/// Writes a model to a file (atomically: a temporary file renamed into place). Models whose
+/// initializers exceed 1.5 GiB are written with external data ([`save_model_external`]).
 pub fn save_model(model: &ModelProto, path: &Path) -> Result<(), OnnxError> {
+    let bytes: usize = model
+        .graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                .map(|t| t.raw_data.as_ref().map_or(0, |r| r.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    if bytes > 3 << 29 {
+        return save_model_external(model, path, 1024);
+    }
     let io = |error| OnnxError::Io {
         path: path.to_path_buf(),
         error,

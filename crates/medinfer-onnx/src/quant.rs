@@ -711,13 +711,35 @@ impl Calibration {
             .iter()
             .map(|s| s.as_str())
             .collect();
-        for (name, (dims, data)) in plan.tensors.iter().zip(values) {
-            self.stats.entry(name.clone()).or_default().update(
-                dims,
-                data,
-                method.needs_histogram(),
-                channel.contains(name.as_str()),
-            );
+        // Tensors are independent: scan them on every core (the engine is idle meanwhile).
+        type Job<'v, 'd> = (TensorStats, &'v (Vec<usize>, &'d [f32]), bool);
+        let mut work: Vec<Job> = plan
+            .tensors
+            .iter()
+            .zip(values)
+            .map(|(name, v)| {
+                (
+                    self.stats.remove(name).unwrap_or_default(),
+                    v,
+                    channel.contains(name.as_str()),
+                )
+            })
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(work.len().max(1));
+        let per = work.len().div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|scope| {
+            for chunk in work.chunks_mut(per) {
+                scope.spawn(move || {
+                    for (st, (dims, data), ch) in chunk.iter_mut() {
+                        st.update(dims, data, method.needs_histogram(), *ch);
+                    }
+                });
+            }
+        });
+        for (name, (st, _, _)) in plan.tensors.iter().zip(work) {
+            self.stats.insert(name.clone(), st);
         }
         self.samples += 1;
     }
