@@ -58,9 +58,14 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 100)]
     pub validate_samples: usize,
     /// Accuracy metric of INT8 against FP32 outputs: top1 (arg-max agreement), cosine, nmse
-    /// (1 - normalised MSE) or dice (arg-max label maps, foreground classes).
+    /// (1 - normalised MSE), dice (arg-max label maps, foreground classes), or auc (mean ROC
+    /// AUC against --labels; the drop is FP32's AUC minus INT8's).
     #[arg(long, default_value = "cosine")]
     pub metric: String,
+    /// Ground-truth labels for `--metric auc`: an NPY of shape (samples, labels), one row per
+    /// validation sample in file-name order (values 0 / 1, NaN = unknown).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
     /// Largest allowed drop of the metric (FP32 scores 1): layers are reverted to floating
     /// point, most sensitive first, until the drop is within it.
     #[arg(long, default_value_t = 0.005)]
@@ -215,7 +220,8 @@ pub fn load_samples(dir: &Path, per: &[usize]) -> Result<Vec<Tensor>> {
     Ok(out)
 }
 
-fn shuffled_subset(mut v: Vec<Tensor>, n: usize, seed: u64) -> Vec<Tensor> {
+fn shuffled_indices(len: usize, n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..len).collect();
     let mut rng = medinfer_onnx::SeededRng::new(seed);
     for i in (1..v.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
@@ -223,6 +229,12 @@ fn shuffled_subset(mut v: Vec<Tensor>, n: usize, seed: u64) -> Vec<Tensor> {
     }
     v.truncate(n);
     v
+}
+
+fn shuffled_subset(v: Vec<Tensor>, n: usize, seed: u64) -> Vec<Tensor> {
+    let idx = shuffled_indices(v.len(), n, seed);
+    let mut slots: Vec<Option<Tensor>> = v.into_iter().map(Some).collect();
+    idx.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
@@ -317,10 +329,33 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
 
     let (qmodel, report, accuracy) = match &a.validate {
         Some(v) => {
-            let samples = shuffled_subset(load_samples(v, &per)?, a.validate_samples, a.seed ^ 1);
+            let all = load_samples(v, &per)?;
+            let idx = shuffled_indices(all.len(), a.validate_samples, a.seed ^ 1);
+            let labels = match &a.labels {
+                Some(f) => {
+                    let t = medinfer_io::npy::read(f)?;
+                    let s = t.shape().to_vec();
+                    if s.len() != 2 || s[0] != all.len() {
+                        bail!(
+                            "{}: labels must be (samples, labels) with one row per validation sample ({}), got {:?}",
+                            f.display(),
+                            all.len(),
+                            s
+                        );
+                    }
+                    let v: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32).collect();
+                    let rows: Vec<Vec<f32>> = v.chunks(s[1].max(1)).map(|c| c.to_vec()).collect();
+                    Some(idx.iter().map(|&i| rows[i].clone()).collect())
+                }
+                None if metric == Metric::Auc => bail!("--metric auc needs --labels FILE.npy"),
+                None => None,
+            };
+            let mut slots: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
+            let samples = idx.iter().filter_map(|&i| slots[i].take()).collect();
             let control = AccuracyControl {
                 samples,
                 metric,
+                labels,
                 max_drop: a.max_drop,
             };
             let quiet = a.json;
@@ -430,6 +465,9 @@ fn print_quantize(o: &QuantizeOutput) {
         println!("kept in floating point: {}", kept.join(", "));
     }
     if let Some(c) = &o.accuracy {
+        if let Some(a) = c.fp32_auc {
+            println!("FP32 mean AUC against the labels: {a:.5} (score = 1 - AUC drop)");
+        }
         println!(
             "accuracy ({:?} vs FP32): FP32 {:.5}, INT8 {:.5} (all layers {:.5}), drop {:.5}, budget {} -> {}",
             c.metric,

@@ -142,16 +142,20 @@ pub enum Metric {
     /// Mean Dice, over the foreground classes (axis 1, class 0 = background), of the arg-max
     /// label maps of INT8 against FP32.
     Dice,
+    /// Mean ROC AUC over output columns against ground-truth labels (multi-label classifiers);
+    /// the score is 1 - (AUC of FP32 - AUC of INT8).
+    Auc,
 }
 
 impl Metric {
-    /// Parses `top1`, `cosine`, `nmse`, `dice`.
+    /// Parses `top1`, `cosine`, `nmse`, `dice`, `auc`.
     pub fn parse(s: &str) -> Option<Metric> {
         match s.to_ascii_lowercase().as_str() {
             "top1" | "top-1" | "accuracy" => Some(Metric::Top1),
             "cosine" | "cos" => Some(Metric::Cosine),
             "nmse" | "mse" => Some(Metric::Nmse),
             "dice" => Some(Metric::Dice),
+            "auc" | "mean-auc" => Some(Metric::Auc),
             _ => None,
         }
     }
@@ -181,6 +185,11 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
         }
         let (a, b) = (f(r)?, f(t)?);
         match metric {
+            Metric::Auc => {
+                return Err(EngineError::BadInput(
+                    "metric auc needs labels: use score_against_labels".into(),
+                ))
+            }
             Metric::Top1 => {
                 let c = *r.shape().last().unwrap_or(&1);
                 for (ra, rb) in a.chunks(c.max(1)).zip(b.chunks(c.max(1))) {
@@ -266,6 +275,62 @@ pub struct AccuracyControl {
     pub metric: Metric,
     /// Largest allowed drop of the metric (FP32 scores 1 against itself).
     pub max_drop: f64,
+    /// Ground-truth labels for [`Metric::Auc`]: one row of 0 / 1 per sample (one entry per
+    /// output column; NaN = unknown, skipped as in TorchXRayVision's datasets).
+    pub labels: Option<Vec<Vec<f32>>>,
+}
+
+/// Mean, over output columns, of the ROC AUC of scores `outputs` (one row per sample) against
+/// `labels`; columns where only one class occurs are skipped. `None` when no column counts.
+pub fn mean_auc(outputs: &[Tensor], labels: &[Vec<f32>]) -> Result<Option<f64>, EngineError> {
+    if outputs.len() != labels.len() {
+        return Err(EngineError::BadInput(format!(
+            "metric auc: {} label rows for {} samples",
+            labels.len(),
+            outputs.len()
+        )));
+    }
+    let rows: Vec<&[f32]> = outputs
+        .iter()
+        .map(|t| t.as_f32().map_err(|e| EngineError::BadInput(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let cols = labels.first().map_or(0, |l| l.len());
+    if let Some(r) = rows.iter().find(|r| r.len() != cols) {
+        return Err(EngineError::BadInput(format!(
+            "metric auc: outputs have {} values per sample, labels {cols}",
+            r.len()
+        )));
+    }
+    let mut aucs = Vec::new();
+    for c in 0..cols {
+        let mut pairs: Vec<(f32, bool)> = rows
+            .iter()
+            .zip(labels)
+            .filter(|(_, l)| !l[c].is_nan())
+            .map(|(r, l)| (r[c], l[c] > 0.5))
+            .collect();
+        let pos = pairs.iter().filter(|p| p.1).count();
+        let neg = pairs.len() - pos;
+        if pos == 0 || neg == 0 {
+            continue;
+        }
+        // Mann-Whitney U with average ranks for ties.
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut rank_sum = 0f64;
+        let mut i = 0;
+        while i < pairs.len() {
+            let mut j = i;
+            while j + 1 < pairs.len() && pairs[j + 1].0 == pairs[i].0 {
+                j += 1;
+            }
+            let avg = (i + j) as f64 / 2.0 + 1.0;
+            rank_sum += avg * pairs[i..=j].iter().filter(|p| p.1).count() as f64;
+            i = j + 1;
+        }
+        let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
+        aucs.push(u / (pos as f64 * neg as f64));
+    }
+    Ok((!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64))
 }
 
 /// Result of [`quantize_with_control`].
@@ -275,6 +340,9 @@ pub struct ControlReport {
     pub metric: Metric,
     /// FP32 against itself (1 by definition).
     pub fp32: f64,
+    /// For `auc`: the FP32 model's mean AUC against the labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fp32_auc: Option<f64>,
     /// The written INT8 model's score.
     pub int8: f64,
     /// Score with every layer quantized, before any revert.
@@ -304,6 +372,20 @@ pub fn quantize_with_control(
     log: &mut dyn FnMut(&str),
 ) -> Result<(ModelProto, QuantReport, ControlReport), EngineError> {
     let reference = evaluate(model, &control.samples, backend, &mut |_| {})?;
+    let fp32_auc = match (control.metric, &control.labels) {
+        (Metric::Auc, Some(l)) => Some(mean_auc(&reference, l)?.ok_or_else(|| {
+            EngineError::BadInput("metric auc: no label column has both classes".into())
+        })?),
+        (Metric::Auc, None) => return Err(EngineError::BadInput("metric auc needs labels".into())),
+        _ => None,
+    };
+    let score =
+        |metric: Metric, reference: &[Tensor], out: &[Tensor]| -> Result<f64, EngineError> {
+            match (fp32_auc, &control.labels) {
+                (Some(a), Some(l)) => Ok(1.0 - (a - mean_auc(out, l)?.unwrap_or(0.0))),
+                _ => score(metric, reference, out),
+            }
+        };
     let mut keep: HashSet<String> = HashSet::new();
     let (mut qm, mut rep) = quant::quantize(model, plan, calib, config, &keep)?;
     let out = evaluate(&qm, &control.samples, backend, &mut |_| {})?;
@@ -348,6 +430,7 @@ pub fn quantize_with_control(
     let control_rep = ControlReport {
         metric: control.metric,
         fp32: 1.0,
+        fp32_auc,
         int8: current,
         int8_all_layers: first,
         max_drop: control.max_drop,

@@ -141,6 +141,7 @@ fn accuracy_control_reverts_layers_when_the_budget_is_tight() {
         samples: samples("resnet18-ct", 6, 5),
         metric: Metric::Nmse,
         max_drop: 1e-9,
+        labels: None,
     };
     let (qm, rep, c) = q::quantize_with_control(
         &m,
@@ -439,6 +440,51 @@ fn trained_model_keeps_its_accuracy_in_int8() {
             "{k}: INT8 accuracy {int8} vs FP32 {fp32}"
         );
     }
+    // The same through accuracy control with the mean-AUC metric against the labels (one-vs-rest
+    // per class), on a subset so it stays quick.
+    let n = 300;
+    let labels: Vec<Vec<f32>> = test_y[..n]
+        .iter()
+        .map(|&y| (0..4).map(|k| (k == y) as u8 as f32).collect())
+        .collect();
+    let control = AccuracyControl {
+        samples: test_x[..n].to_vec(),
+        metric: Metric::Auc,
+        max_drop: 0.005,
+        labels: Some(labels),
+    };
+    let (_, _, c) = q::quantize_with_control(
+        &m,
+        &plan,
+        &calib,
+        &config,
+        &control,
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap();
+    eprintln!("mean AUC: FP32 {:?}, score {}", c.fp32_auc, c.int8);
+    assert!(c.fp32_auc.unwrap() > 0.95 && c.within_budget, "{c:?}");
+}
+
+#[test]
+fn mean_auc_matches_a_hand_computed_example() {
+    // scikit-learn's roc_auc_score example: 0.75; a tie counts one half.
+    let t = |v: &[f32]| -> Vec<Tensor> {
+        v.iter()
+            .map(|&x| Tensor::from_f32(vec![1, 1], vec![x]).unwrap())
+            .collect()
+    };
+    let lab = vec![vec![0.0], vec![0.0], vec![1.0], vec![1.0]];
+    let auc = q::mean_auc(&t(&[0.1, 0.4, 0.35, 0.8]), &lab)
+        .unwrap()
+        .unwrap();
+    assert!((auc - 0.75).abs() < 1e-12, "{auc}");
+    let lab = vec![vec![0.0], vec![1.0]];
+    assert!((q::mean_auc(&t(&[0.5, 0.5]), &lab).unwrap().unwrap() - 0.5).abs() < 1e-12);
+    // Unknown labels (NaN) are skipped; a column with one class only gives no AUC.
+    let lab = vec![vec![f32::NAN], vec![1.0]];
+    assert_eq!(q::mean_auc(&t(&[0.5, 0.5]), &lab).unwrap(), None);
 }
 
 #[test]
