@@ -646,6 +646,16 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    let config = |backend, precision, mode| BenchConfig {
+        backend,
+        precision,
+        mode,
+        streams: a.streams,
+        threads: a.threads,
+        batch: a.batch,
+        runs: a.runs,
+        warmup: a.warmup,
+    };
     let mut configs = Vec::new();
     for &backend in &backends {
         for &precision in &precisions {
@@ -654,16 +664,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 continue;
             }
             for &mode in &modes {
-                configs.push(BenchConfig {
-                    backend,
-                    precision,
-                    mode,
-                    streams: a.streams,
-                    threads: a.threads,
-                    batch: a.batch,
-                    runs: a.runs,
-                    warmup: a.warmup,
-                });
+                configs.push(config(backend, precision, mode));
             }
         }
     }
@@ -672,16 +673,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if int8_path.is_some() {
         for &backend in &backends {
             for &mode in &modes {
-                configs.push(BenchConfig {
-                    backend,
-                    precision: Precision::Fp32,
-                    mode,
-                    streams: a.streams,
-                    threads: a.threads,
-                    batch: a.batch,
-                    runs: a.runs,
-                    warmup: a.warmup,
-                });
+                configs.push(config(backend, Precision::Fp32, mode));
             }
         }
     }

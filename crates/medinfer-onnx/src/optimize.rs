@@ -203,30 +203,6 @@ fn strides(d: &[usize]) -> Vec<usize> {
     s
 }
 
-fn broadcast_dims(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let n = a.len().max(b.len());
-    (0..n)
-        .map(|i| {
-            let x = if i + a.len() >= n {
-                a[i + a.len() - n]
-            } else {
-                1
-            };
-            let y = if i + b.len() >= n {
-                b[i + b.len() - n]
-            } else {
-                1
-            };
-            match (x, y) {
-                (x, y) if x == y => Some(x),
-                (1, y) => Some(y),
-                (x, 1) => Some(x),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
 /// Flat source index into a tensor of dims `d` for each element of the broadcast shape `out`.
 fn broadcast_index(d: &[usize], out: &[usize]) -> Vec<usize> {
     let n = out.len();
@@ -257,7 +233,7 @@ fn broadcast_index(d: &[usize], out: &[usize]) -> Vec<usize> {
 }
 
 fn binary(op: &str, a: &Const, b: &Const) -> Option<Const> {
-    let out = broadcast_dims(a.dims(), b.dims())?;
+    let out = crate::shapes::broadcast(a.dims(), b.dims())?;
     if out.iter().product::<usize>() > FOLD_LIMIT {
         return None;
     }
@@ -862,15 +838,22 @@ impl Graph {
                 .map(|k| params[1][k] - params[2][k] * factor[k])
                 .collect();
             let bn_out = bn.output[0].clone();
-            if self.scale_shift_into(p, &factor, &shift) {
-                if let Some(pn) = self.nodes[p].as_mut() {
-                    pn.output[0] = bn_out;
-                }
-                self.nodes[i] = None;
-                n += 1;
-            }
+            n += self.absorb(p, i, &factor, &shift, bn_out) as usize;
         }
         n
+    }
+
+    /// Folds node `i` (a per-channel `y = f * x + s` on node `p`'s output) into `p`, which then
+    /// writes `out` itself; false (nothing changed) when `p` cannot take it.
+    fn absorb(&mut self, p: usize, i: usize, factor: &[f32], shift: &[f32], out: String) -> bool {
+        if !self.scale_shift_into(p, factor, shift) {
+            return false;
+        }
+        if let Some(pn) = self.nodes[p].as_mut() {
+            pn.output[0] = out;
+        }
+        self.nodes[i] = None;
+        true
     }
 
     /// `y = f * producer(x) + s` per output channel: rewrites node `p`'s weights and bias.
@@ -1006,13 +989,7 @@ impl Graph {
                 (vec![1.0; c], (0..c).map(val).collect())
             };
             let out = node.output[0].clone();
-            if self.scale_shift_into(p, &factor, &shift) {
-                if let Some(pn) = self.nodes[p].as_mut() {
-                    pn.output[0] = out;
-                }
-                self.nodes[i] = None;
-                n += 1;
-            }
+            n += self.absorb(p, i, &factor, &shift, out) as usize;
         }
         n
     }

@@ -868,34 +868,37 @@ fn scalar_f32(name: &str, v: f32) -> TensorProto {
     crate::builder::f32_tensor(name, &[], &[v])
 }
 
-fn u8_tensor(name: &str, dims: &[usize], v: &[u8]) -> TensorProto {
+/// An integer tensor of element type `dtype` from its little-endian bytes.
+fn int_tensor(name: &str, dims: &[usize], dtype: i32, raw: Vec<u8>) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
         dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(data_type::UINT8),
-        raw_data: Some(v.to_vec()),
+        data_type: Some(dtype),
+        raw_data: Some(raw),
         ..Default::default()
     }
+}
+
+fn u8_tensor(name: &str, dims: &[usize], v: &[u8]) -> TensorProto {
+    int_tensor(name, dims, data_type::UINT8, v.to_vec())
 }
 
 fn i8_tensor(name: &str, dims: &[usize], v: &[i8]) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(data_type::INT8),
-        raw_data: Some(v.iter().map(|&x| x as u8).collect()),
-        ..Default::default()
-    }
+    int_tensor(
+        name,
+        dims,
+        data_type::INT8,
+        v.iter().map(|&x| x as u8).collect(),
+    )
 }
 
 fn i32_tensor(name: &str, dims: &[usize], v: &[i32]) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(data_type::INT32),
-        raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        ..Default::default()
-    }
+    int_tensor(
+        name,
+        dims,
+        data_type::INT32,
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
 }
 
 fn node(

@@ -87,7 +87,8 @@ fn spatial_pads(
         .collect()
 }
 
-fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+/// NumPy broadcasting of two shapes (`None` when incompatible).
+pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
