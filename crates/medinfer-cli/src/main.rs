@@ -611,15 +611,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         v
     };
-    let want_int8 = a
+    let (int8_items, float_list): (Vec<&str>, Vec<&str>) = a
         .precision
         .split(',')
-        .any(|p| p.trim().eq_ignore_ascii_case("int8"));
-    let float_list: Vec<&str> = a
-        .precision
-        .split(',')
-        .filter(|p| !p.trim().eq_ignore_ascii_case("int8"))
-        .collect();
+        .partition(|p| p.trim().eq_ignore_ascii_case("int8"));
+    let want_int8 = !int8_items.is_empty();
     let precisions = if float_list.is_empty() {
         vec![]
     } else {

@@ -231,10 +231,15 @@ fn shuffled_indices(len: usize, n: usize, seed: u64) -> Vec<usize> {
     v
 }
 
+/// The elements of `v` at the (distinct) positions `idx`, in that order, moved out.
+fn pick(v: Vec<Tensor>, idx: &[usize]) -> Vec<Tensor> {
+    let mut slots: Vec<Option<Tensor>> = v.into_iter().map(Some).collect();
+    idx.iter().filter_map(|&i| slots[i].take()).collect()
+}
+
 fn shuffled_subset(v: Vec<Tensor>, n: usize, seed: u64) -> Vec<Tensor> {
     let idx = shuffled_indices(v.len(), n, seed);
-    let mut slots: Vec<Option<Tensor>> = v.into_iter().map(Some).collect();
-    idx.into_iter().filter_map(|i| slots[i].take()).collect()
+    pick(v, &idx)
 }
 
 fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
@@ -350,8 +355,7 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
                 None if metric == Metric::Auc => bail!("--metric auc needs --labels FILE.npy"),
                 None => None,
             };
-            let mut slots: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
-            let samples = idx.iter().filter_map(|&i| slots[i].take()).collect();
+            let samples = pick(all, &idx);
             let control = AccuracyControl {
                 samples,
                 metric,

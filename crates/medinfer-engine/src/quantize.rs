@@ -51,10 +51,9 @@ fn batch_of(samples: &[Tensor]) -> Result<usize, EngineError> {
     Ok(first.shape().first().copied().unwrap_or(1))
 }
 
-fn session_options(batch: usize, threads: Option<usize>) -> SessionOptions {
+fn session_options(batch: usize) -> SessionOptions {
     SessionOptions {
         batch: Some(batch),
-        threads,
         ..Default::default()
     }
 }
@@ -73,7 +72,7 @@ pub fn calibrate(
     let cmodel = quant::calibration_model(model, plan);
     let n_orig = model.graph.as_ref().map(|g| g.output.len()).unwrap_or(0);
     let tmp = TempModel::write(&cmodel, "calibration")?;
-    let session = load_on(backend, &tmp.0, &session_options(batch, None))?;
+    let session = load_on(backend, &tmp.0, &session_options(batch))?;
     let mut calib = Calibration::default();
     for (i, s) in samples.iter().enumerate() {
         let outs = session.run(std::slice::from_ref(s))?;
@@ -112,7 +111,7 @@ pub fn evaluate(
 ) -> Result<Vec<Tensor>, EngineError> {
     let batch = batch_of(samples)?;
     let tmp = TempModel::write(model, "evaluate")?;
-    let session = load_on(backend, &tmp.0, &session_options(batch, None))?;
+    let session = load_on(backend, &tmp.0, &session_options(batch))?;
     let mut out = Vec::with_capacity(samples.len());
     for (i, s) in samples.iter().enumerate() {
         let mut o = session.run(std::slice::from_ref(s))?;
@@ -168,11 +167,9 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
             "metric: output counts differ or are empty".into(),
         ));
     }
-    let f = |t: &Tensor| {
-        t.as_f32()
-            .map(|v| v.to_vec())
-            .map_err(|e| EngineError::BadInput(e.to_string()))
-    };
+    fn f(t: &Tensor) -> Result<&[f32], EngineError> {
+        t.as_f32().map_err(|e| EngineError::BadInput(e.to_string()))
+    }
     let mut total = 0.0;
     let mut n = 0.0;
     for (r, t) in reference.iter().zip(test) {
@@ -185,11 +182,10 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
         }
         let (a, b) = (f(r)?, f(t)?);
         match metric {
-            Metric::Auc => {
-                return Err(EngineError::BadInput(
-                    "metric auc needs labels: use score_against_labels".into(),
-                ))
-            }
+            Metric::Auc => return Err(EngineError::BadInput(
+                "metric auc compares with ground-truth labels, not with FP32 outputs: use mean_auc"
+                    .into(),
+            )),
             Metric::Top1 => {
                 let c = *r.shape().last().unwrap_or(&1);
                 for (ra, rb) in a.chunks(c.max(1)).zip(b.chunks(c.max(1))) {
@@ -198,7 +194,7 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
                 }
             }
             Metric::Cosine => {
-                let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+                let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
                 let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
                 let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
                 total += if na * nb > 0.0 {
@@ -209,11 +205,7 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
                 n += 1.0;
             }
             Metric::Nmse => {
-                let err: f64 = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| ((x - y) as f64).powi(2))
-                    .sum();
+                let err: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
                 let pow: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
                 total += 1.0 - if pow > 0.0 { err / pow } else { err };
                 n += 1.0;
@@ -240,7 +232,7 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
                             })
                             .collect()
                     };
-                    let (la, lb) = (lab(&a), lab(&b));
+                    let (la, lb) = (lab(a), lab(b));
                     for k in 1..c {
                         let (mut inter, mut sa, mut sb) = (0usize, 0usize, 0usize);
                         for (x, y) in la.iter().zip(&lb) {

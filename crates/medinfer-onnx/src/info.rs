@@ -210,15 +210,7 @@ pub fn analyze(model: &ModelProto, file_bytes: Option<&[u8]>) -> ModelInfo {
     ModelInfo {
         inputs,
         outputs,
-        opset: model
-            .opset_import
-            .iter()
-            .find(|o| {
-                o.domain.as_deref().unwrap_or("").is_empty()
-                    || o.domain.as_deref() == Some("ai.onnx")
-            })
-            .and_then(|o| o.version)
-            .unwrap_or(0),
+        opset: crate::model::default_opset(model),
         ir_version: model.ir_version.unwrap_or(0),
         producer: format!(
             "{} {}",

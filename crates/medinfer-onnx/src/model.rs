@@ -294,6 +294,18 @@ fn check_tensor_size(t: &TensorProto) -> Result<(), String> {
     Ok(())
 }
 
+/// The version of the default (`ai.onnx`) opset a model imports, 0 if none.
+pub(crate) fn default_opset(model: &ModelProto) -> i64 {
+    model
+        .opset_import
+        .iter()
+        .find(|o| {
+            o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx")
+        })
+        .and_then(|o| o.version)
+        .unwrap_or(0)
+}
+
 /// The dims of a tensor as `usize` (negative dims, already rejected by validation, become 0).
 pub fn tensor_dims(t: &TensorProto) -> Vec<usize> {
     t.dims.iter().map(|&d| d.max(0) as usize).collect()

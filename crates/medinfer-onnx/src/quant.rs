@@ -26,7 +26,7 @@
 //!   Each producer's output is quantized on its own and the concatenation runs on dequantized
 //!   data, which both engines handle.
 
-use crate::model::{attr_f, attr_i, tensor_dims};
+use crate::model::{attr_f, attr_i};
 use crate::optimize::Const;
 use crate::proto::{data_type, ModelProto, NodeProto, TensorProto};
 use crate::OnnxError;
@@ -286,21 +286,10 @@ impl<'a> Index<'a> {
     }
 }
 
-fn opset(model: &ModelProto) -> i64 {
-    model
-        .opset_import
-        .iter()
-        .find(|o| {
-            o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx")
-        })
-        .and_then(|o| o.version)
-        .unwrap_or(0)
-}
-
 /// Finds the quantizable layers of a model and the tensors to calibrate.
 pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError> {
     let ix = Index::new(model)?;
-    let v = opset(model);
+    let v = crate::model::default_opset(model);
     if v < 13 {
         return Err(OnnxError::Invalid {
             path: "<model>".into(),
@@ -927,6 +916,62 @@ fn node(
     }
 }
 
+/// What [`quantize`] adds to the graph: initializers, the constant DequantizeLinear nodes that
+/// go first, and their count; `used` holds every name already taken.
+struct Emitted<'a> {
+    used: HashSet<&'a str>,
+    inits: Vec<TensorProto>,
+    front: Vec<NodeProto>,
+    dequantize_nodes: usize,
+}
+
+impl Emitted<'_> {
+    /// `base`, or `base_1`, `base_2`, ... if the graph already has that name.
+    fn unique(&self, base: String) -> String {
+        let mut n = base.clone();
+        let mut k = 1;
+        while self.used.contains(n.as_str()) {
+            n = format!("{base}_{k}");
+            k += 1;
+        }
+        n
+    }
+}
+
+/// Adds a constant DequantizeLinear of `values` (INT8 or INT32, its name is set here) with
+/// per-channel `scales` along `axis` and zero points 0, for node `index`; returns its output.
+fn const_dequantize(
+    emit: &mut Emitted,
+    base: &str,
+    index: usize,
+    mut values: TensorProto,
+    scales: &[f32],
+    axis: usize,
+) -> String {
+    let c = scales.len();
+    let q = emit.unique(format!("{base}_quantized"));
+    let s = emit.unique(format!("{base}_scale"));
+    let z = emit.unique(format!("{base}_zero_point"));
+    let dq = emit.unique(format!("{base}_dequantized"));
+    let dtype = values.data_type.unwrap_or(data_type::INT8);
+    let elem = if dtype == data_type::INT32 { 4 } else { 1 };
+    values.name = Some(q.clone());
+    emit.inits.push(values);
+    emit.inits
+        .push(crate::builder::f32_tensor(&s, &[c], scales));
+    emit.inits
+        .push(int_tensor(&z, &[c], dtype, vec![0; c * elem]));
+    emit.front.push(node(
+        "DequantizeLinear",
+        format!("{base}_DequantizeLinear_{index}"),
+        vec![q, s, z],
+        dq.clone(),
+        Some(axis as i64),
+    ));
+    emit.dequantize_nodes += 1;
+    dq
+}
+
 /// Per-output-channel symmetric INT8 weights: (values, scales).
 fn quantize_weight(dims: &[usize], w: &[f32], axis: usize) -> (Vec<i8>, Vec<f32>) {
     let c = dims[axis];
@@ -971,8 +1016,6 @@ pub fn quantize(
         .cloned()
         .collect();
     let act = activation_tensors(&ix, &layers);
-    // Quantization parameters per tensor, in graph order so that pass-through ops inherit
-    // from their (already decided) input.
     // One set of parameters per group of tensors that must share them: a data-movement op's
     // output with its input (so engines can drop the Q/DQ pair around it), and a quantized
     // Concat's inputs with its output (so it concatenates INT8 data). Each group's range is the
@@ -1038,42 +1081,38 @@ pub fn quantize(
     })?;
     let mut out = model.clone();
     let og = out.graph.as_mut().expect("cloned graph");
-    let mut new_inits: Vec<TensorProto> = Vec::new();
     let mut removed_inits: HashSet<String> = HashSet::new();
-    let mut front: Vec<NodeProto> = Vec::new();
     let mut after: HashMap<usize, Vec<NodeProto>> = HashMap::new();
     let mut rewired: Vec<NodeProto> = g.node.clone();
-    let (mut nq, mut ndq) = (0, 0);
-    let used_names: HashSet<&str> = g
-        .node
-        .iter()
-        .flat_map(|n| n.output.iter().map(|s| s.as_str()))
-        .chain(g.initializer.iter().filter_map(|t| t.name.as_deref()))
-        .chain(g.input.iter().filter_map(|t| t.name.as_deref()))
-        .collect();
-    let unique = |base: String| -> String {
-        let mut n = base.clone();
-        let mut k = 1;
-        while used_names.contains(n.as_str()) {
-            n = format!("{base}_{k}");
-            k += 1;
-        }
-        n
+    let mut nq = 0;
+    let mut emit = Emitted {
+        used: g
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(|s| s.as_str()))
+            .chain(g.initializer.iter().filter_map(|t| t.name.as_deref()))
+            .chain(g.input.iter().filter_map(|t| t.name.as_deref()))
+            .collect(),
+        inits: Vec::new(),
+        front: Vec::new(),
+        dequantize_nodes: 0,
     };
 
     // Activation Q/DQ pairs.
     let mut dropped: HashSet<usize> = HashSet::new();
     for (t, uses) in &act {
         let qp = params[t];
-        let s_name = unique(format!("{t}_scale"));
-        let z_name = unique(format!("{t}_zero_point"));
-        let q_name = unique(format!("{t}_quantized"));
-        let dq_name = unique(format!("{t}_dequantized"));
-        new_inits.push(scalar_f32(&s_name, qp.scale));
+        let s_name = emit.unique(format!("{t}_scale"));
+        let z_name = emit.unique(format!("{t}_zero_point"));
+        let q_name = emit.unique(format!("{t}_quantized"));
+        let dq_name = emit.unique(format!("{t}_dequantized"));
+        emit.inits.push(scalar_f32(&s_name, qp.scale));
         if qp.signed {
-            new_inits.push(i8_tensor(&z_name, &[], &[qp.zero_point as i8]));
+            emit.inits
+                .push(i8_tensor(&z_name, &[], &[qp.zero_point as i8]));
         } else {
-            new_inits.push(u8_tensor(&z_name, &[], &[qp.zero_point as u8]));
+            emit.inits
+                .push(u8_tensor(&z_name, &[], &[qp.zero_point as u8]));
         }
         // A Relu whose only reader is this UINT8 quantizer with zero point 0 is redundant: the
         // quantizer clamps at 0 itself. Dropping it lets the engines fuse the producer straight
@@ -1107,10 +1146,10 @@ pub fn quantize(
             None,
         );
         nq += 1;
-        ndq += 1;
+        emit.dequantize_nodes += 1;
         match ix.producer.get(t.as_str()) {
             Some(&p) => after.entry(p).or_default().extend([q, dq]),
-            None => front.extend([q, dq]),
+            None => emit.front.extend([q, dq]),
         }
         for &(n, slot) in uses {
             rewired[n].input[slot] = dq_name.clone();
@@ -1211,21 +1250,14 @@ pub fn quantize(
                 ws.iter().copied().fold(0.0, f32::max),
             ));
             let node_ref = &ix.nodes[layer.index];
-            let qn = unique(format!("{wname}_quantized"));
-            let sn = unique(format!("{wname}_scale"));
-            let zn = unique(format!("{wname}_zero_point"));
-            let dqn = unique(format!("{wname}_dequantized"));
-            new_inits.push(i8_tensor(&qn, &wd, &qw));
-            new_inits.push(crate::builder::f32_tensor(&sn, &[c], &ws));
-            new_inits.push(i8_tensor(&zn, &[c], &vec![0; c]));
-            front.push(node(
-                "DequantizeLinear",
-                format!("{wname}_DequantizeLinear_{}", layer.index),
-                vec![qn, sn, zn],
-                dqn.clone(),
-                Some(axis as i64),
-            ));
-            ndq += 1;
+            let dqn = const_dequantize(
+                &mut emit,
+                wname,
+                layer.index,
+                i8_tensor("", &wd, &qw),
+                &ws,
+                axis,
+            );
             rewired[layer.index].input[1] = dqn;
             if ix.consumers.get(wname.as_str()).map(|v| v.len()) == Some(1) {
                 removed_inits.insert(wname.clone());
@@ -1274,24 +1306,16 @@ pub fn quantize(
                 let base = bias_name
                     .clone()
                     .unwrap_or_else(|| format!("{}.bias", layer.name));
-                let qn = unique(format!("{base}_quantized"));
-                let sn = unique(format!("{base}_scale"));
-                let zn = unique(format!("{base}_zero_point"));
-                let dqn = unique(format!("{base}_dequantized"));
-                new_inits.push(i32_tensor(&qn, &[c], &qb));
-                new_inits.push(crate::builder::f32_tensor(&sn, &[c], &bias_scales));
-                new_inits.push(i32_tensor(&zn, &[c], &vec![0; c]));
-                front.push(node(
-                    "DequantizeLinear",
-                    format!("{base}_DequantizeLinear_{}", layer.index),
-                    vec![qn, sn, zn],
-                    dqn.clone(),
-                    Some(0),
-                ));
-                ndq += 1;
-                if layer.op == "MatMul" {
-                    // MatMul has no bias input: nothing to attach (bias correction skipped).
-                } else if rewired[layer.index].input.len() > 2 {
+                let dqn = const_dequantize(
+                    &mut emit,
+                    &base,
+                    layer.index,
+                    i32_tensor("", &[c], &qb),
+                    &bias_scales,
+                    0,
+                );
+                // (MatMul never gets here: it has no bias and no bias correction.)
+                if rewired[layer.index].input.len() > 2 {
                     rewired[layer.index].input[2] = dqn;
                 } else {
                     rewired[layer.index].input.push(dqn);
@@ -1309,7 +1333,7 @@ pub fn quantize(
         reports.push(rep);
     }
 
-    let mut nodes = front;
+    let mut nodes = std::mem::take(&mut emit.front);
     for (i, n) in rewired.into_iter().enumerate() {
         if !dropped.contains(&i) {
             nodes.push(n);
@@ -1321,7 +1345,7 @@ pub fn quantize(
     og.node = nodes;
     og.initializer
         .retain(|t| !removed_inits.contains(t.name.as_deref().unwrap_or("")));
-    og.initializer.extend(new_inits);
+    og.initializer.extend(emit.inits);
     out.metadata_props
         .retain(|p| p.key.as_deref() != Some("medinfer.quantization"));
     out.metadata_props.push(crate::proto::StringStringEntryProto {
@@ -1340,7 +1364,7 @@ pub fn quantize(
         layers: reports,
         activations_quantized: act.len(),
         quantize_nodes: nq,
-        dequantize_nodes: ndq,
+        dequantize_nodes: emit.dequantize_nodes,
     };
     Ok((out, report))
 }
@@ -1411,17 +1435,6 @@ fn weight_mean_shift(
         }
         _ => None,
     }
-}
-
-/// The dims of an initializer of `model` (for reports and tests).
-pub fn initializer_dims(model: &ModelProto, name: &str) -> Option<Vec<usize>> {
-    model
-        .graph
-        .as_ref()?
-        .initializer
-        .iter()
-        .find(|t| t.name.as_deref() == Some(name))
-        .map(tensor_dims)
 }
 
 #[cfg(test)]
