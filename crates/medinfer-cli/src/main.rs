@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cardiac;
 mod imaging;
 mod quant;
 
@@ -58,6 +59,20 @@ enum Command {
     /// Quantize a model to INT8 (QDQ ONNX) with calibration data, bias correction and optional
     /// accuracy control.
     Quantize(quant::QuantizeArgs),
+    /// Synthetic exams with exact ground truth (the cardiac cine-MRI phantom) and the training
+    /// patches made from them.
+    Phantom {
+        #[command(subcommand)]
+        command: cardiac::PhantomCommand,
+    },
+    /// Run a clinical pipeline end to end: files in, clinical numbers out.
+    Run {
+        #[command(subcommand)]
+        command: cardiac::RunCommand,
+    },
+    /// Generate a cardiac cine-MRI phantom exam, analyse it on the fastest available backend,
+    /// and print the clinical numbers next to the exact ground truth.
+    Demo(cardiac::DemoArgs),
 }
 
 #[derive(Args)]
@@ -100,6 +115,14 @@ enum ZooCommand {
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
+        /// Trained parameters instead of seeded ones: a folder with one NAME.npy (float32) per
+        /// initializer of the graph (e.g. enc1.0.conv.weight.npy), as training/cardiac/train.py
+        /// writes them. Missing, extra or wrongly sized parameters are an error.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// What the trained weights are (stored in the model's medinfer.weights metadata).
+        #[arg(long, requires = "weights", default_value = "trained")]
+        weights_note: String,
     },
     /// Write synthetic image-like input samples for a zoo model (calibration / validation data
     /// for speed work): one .npy per sample.
@@ -206,7 +229,35 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::BenchIo(a) => imaging::cmd_bench_io(a),
         Command::Optimize(a) => quant::cmd_optimize(a),
         Command::Quantize(a) => quant::cmd_quantize(a),
+        Command::Phantom { command } => cardiac::cmd_phantom(command),
+        Command::Run { command } => cardiac::cmd_run(command),
+        Command::Demo(a) => cardiac::cmd_demo(a),
     }
+}
+
+/// Reads every NAME.npy in `dir` as float32 parameters keyed by NAME.
+fn read_weights(dir: &Path) -> Result<HashMap<String, Vec<f32>>> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".npy"))
+        else {
+            continue;
+        };
+        let t = medinfer_io::npy::read(&path)?;
+        let v = t
+            .as_f32()
+            .with_context(|| format!("{}: parameters must be float32", path.display()))?
+            .to_vec();
+        out.insert(name.to_string(), v);
+    }
+    if out.is_empty() {
+        bail!("{}: no .npy parameter files", dir.display());
+    }
+    Ok(out)
 }
 
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
@@ -354,8 +405,16 @@ fn cmd_zoo(c: ZooCommand) -> Result<()> {
             Ok(())
         }
         ZooCommand::Samples(a) => quant::cmd_samples(a),
-        ZooCommand::Build { name, output } => {
-            let m = zoo::build(&name)?;
+        ZooCommand::Build {
+            name,
+            output,
+            weights,
+            weights_note,
+        } => {
+            let m = match weights {
+                None => zoo::build(&name)?,
+                Some(dir) => zoo::build_trained(&name, read_weights(&dir)?, &weights_note)?,
+            };
             medinfer_onnx::save_model(&m, &output)?;
             let info = medinfer_onnx::analyze(&m, None);
             eprintln!(

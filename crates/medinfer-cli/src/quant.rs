@@ -242,7 +242,7 @@ fn shuffled_subset(v: Vec<Tensor>, n: usize, seed: u64) -> Vec<Tensor> {
     pick(v, &idx)
 }
 
-fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
+pub(crate) fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
     if hidden {
         return ProgressBar::hidden();
     }

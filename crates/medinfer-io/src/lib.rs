@@ -14,7 +14,7 @@
 //!
 //! | format | module | read | write |
 //! |---|---|---|---|
-//! | DICOM (see [`dicom`] for transfer syntaxes), series, cine, multi-frame | [`dicom`], [`series`] | yes | - |
+//! | DICOM (see [`dicom`] for transfer syntaxes), series, cine, multi-frame | [`dicom`], [`series`], [`dicom_write`] | yes | series (explicit VR LE, 16-bit) |
 //! | NIfTI-1 / NIfTI-2, `.nii`, `.nii.gz`, `.hdr`/`.img` | [`nifti`] | yes | NIfTI-1 |
 //! | PNG 1-16 bit, JPEG 8/12 bit | [`raster`] | yes | 8-bit PNG, overlays |
 //! | NumPy `.npy` | [`npy`] | yes | yes |
@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod dicom;
+pub mod dicom_write;
 pub mod inspect;
 pub mod nifti;
 pub mod npy;

@@ -129,6 +129,10 @@ pub struct GraphBuilder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     rng: SeededRng,
+    /// Trained parameters by initializer name; when set, they replace the seeded values.
+    pretrained: Option<std::collections::HashMap<String, Vec<f32>>>,
+    /// Parameters that `pretrained` lacked or had with the wrong size.
+    problems: Vec<String>,
 }
 
 impl GraphBuilder {
@@ -138,7 +142,59 @@ impl GraphBuilder {
             nodes: Vec::new(),
             initializers: Vec::new(),
             rng: SeededRng::new(seed),
+            pretrained: None,
+            problems: Vec::new(),
         }
+    }
+
+    /// A builder whose parameters come from `weights` (initializer name -> values, row-major),
+    /// for trained models: every parameter the graph needs must be there with the right size,
+    /// which [`GraphBuilder::weight_problems`] reports after building.
+    pub fn with_weights(weights: std::collections::HashMap<String, Vec<f32>>) -> GraphBuilder {
+        let mut b = GraphBuilder::new(0);
+        b.pretrained = Some(weights);
+        b
+    }
+
+    /// Parameters that were missing or of the wrong size, and trained weights that the graph
+    /// did not use (empty when the weights fit exactly, or when the weights are seeded).
+    pub fn weight_problems(&self) -> Vec<String> {
+        let mut p = self.problems.clone();
+        if let Some(w) = &self.pretrained {
+            let mut unused: Vec<&String> = w.keys().collect();
+            unused.sort();
+            p.extend(
+                unused
+                    .into_iter()
+                    .map(|k| format!("{k}: not a parameter of this graph")),
+            );
+        }
+        p
+    }
+
+    /// Parameter `name` of `len` values: the trained values when the builder has them, else
+    /// `seeded()` for each element.
+    fn param(
+        &mut self,
+        name: &str,
+        len: usize,
+        mut seeded: impl FnMut(&mut SeededRng) -> f64,
+    ) -> Vec<f32> {
+        if let Some(w) = self.pretrained.as_mut() {
+            return match w.remove(name) {
+                Some(v) if v.len() == len => v,
+                Some(v) => {
+                    self.problems
+                        .push(format!("{name}: {} values, the graph needs {len}", v.len()));
+                    vec![0.0; len]
+                }
+                None => {
+                    self.problems.push(format!("{name}: missing"));
+                    vec![0.0; len]
+                }
+            };
+        }
+        (0..len).map(|_| seeded(&mut self.rng) as f32).collect()
     }
 
     /// Adds an initializer and returns its name.
@@ -182,9 +238,9 @@ impl GraphBuilder {
     ) -> String {
         let fan_in = (cin * k * k) as f64;
         let std = (2.0 / fan_in).sqrt();
-        let w: Vec<f32> = (0..cout * cin * k * k)
-            .map(|_| (self.rng.normal() * std) as f32)
-            .collect();
+        let w = self.param(&format!("{name}.weight"), cout * cin * k * k, |r| {
+            r.normal() * std
+        });
         let wn = self.initializer(f32_tensor(
             &format!("{name}.weight"),
             &[cout, cin, k, k],
@@ -193,9 +249,7 @@ impl GraphBuilder {
         let mut inputs = vec![x.to_string(), wn];
         if bias {
             let bound = 1.0 / fan_in.sqrt();
-            let b: Vec<f32> = (0..cout)
-                .map(|_| self.rng.range(-bound, bound) as f32)
-                .collect();
+            let b = self.param(&format!("{name}.bias"), cout, |r| r.range(-bound, bound));
             inputs.push(self.initializer(f32_tensor(&format!("{name}.bias"), &[cout], &b)));
         }
         let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
@@ -214,13 +268,10 @@ impl GraphBuilder {
 
     /// BatchNormalization with random statistics; `gamma` is the range of the scale.
     pub fn batch_norm(&mut self, name: &str, x: &str, c: usize, gamma: (f64, f64)) -> String {
-        let mut vec = |f: &mut dyn FnMut(&mut SeededRng) -> f64| -> Vec<f32> {
-            (0..c).map(|_| f(&mut self.rng) as f32).collect()
-        };
-        let scale = vec(&mut |r| r.range(gamma.0, gamma.1));
-        let shift = vec(&mut |r| r.normal() * 0.05);
-        let mean = vec(&mut |r| r.normal() * 0.05);
-        let var = vec(&mut |r| r.range(0.8, 1.2));
+        let scale = self.param(&format!("{name}.weight"), c, |r| r.range(gamma.0, gamma.1));
+        let shift = self.param(&format!("{name}.bias"), c, |r| r.normal() * 0.05);
+        let mean = self.param(&format!("{name}.running_mean"), c, |r| r.normal() * 0.05);
+        let var = self.param(&format!("{name}.running_var"), c, |r| r.range(0.8, 1.2));
         let s = self.initializer(f32_tensor(&format!("{name}.weight"), &[c], &scale));
         let b = self.initializer(f32_tensor(&format!("{name}.bias"), &[c], &shift));
         let m = self.initializer(f32_tensor(&format!("{name}.running_mean"), &[c], &mean));
@@ -280,12 +331,10 @@ impl GraphBuilder {
     /// A fully connected layer (Gemm with transposed weight, PyTorch's `Linear`).
     pub fn linear(&mut self, name: &str, x: &str, cin: usize, cout: usize) -> String {
         let bound = 1.0 / (cin as f64).sqrt();
-        let w: Vec<f32> = (0..cout * cin)
-            .map(|_| self.rng.range(-bound, bound) as f32)
-            .collect();
-        let b: Vec<f32> = (0..cout)
-            .map(|_| self.rng.range(-bound, bound) as f32)
-            .collect();
+        let w = self.param(&format!("{name}.weight"), cout * cin, |r| {
+            r.range(-bound, bound)
+        });
+        let b = self.param(&format!("{name}.bias"), cout, |r| r.range(-bound, bound));
         let wn = self.initializer(f32_tensor(&format!("{name}.weight"), &[cout, cin], &w));
         let bn = self.initializer(f32_tensor(&format!("{name}.bias"), &[cout], &b));
         self.node("Gemm", name, &[x, &wn, &bn], &[("transB", Attr::Int(1))])

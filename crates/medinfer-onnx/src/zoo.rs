@@ -10,6 +10,10 @@
 //! | `resnet50-fmri` | ResNet-50 (v1.5) | (batch,3,45,45), nominal 8 | 10 | 23,528,522 |
 //! | `resnet18-ct` | ResNet-18, 1 input channel | (batch,1,128,128), nominal 1 | 6 | 11,173,318 |
 //! | `unet-cardiac` | 2-D U-Net, 4 levels, 16 base channels, BN+ReLU, nearest up-sampling | (batch,1,128,128), nominal 1 | (batch,4,128,128) | 2,160,180 |
+//! | `cardiac-unet` | 2-D U-Net, 3 levels, 16 base channels (the trained cardiac model's graph) | (batch,1,96,96), nominal 1 | (batch,4,96,96) | see `medinfer zoo list` |
+//!
+//! [`build_trained`] assembles an architecture with trained parameters instead (that is how the
+//! shipped cardiac model is made from the weights its training script finds).
 
 use crate::builder::{f32_value_info, DimSpec, GraphBuilder};
 use crate::proto::ModelProto;
@@ -61,6 +65,15 @@ pub const ENTRIES: &[ZooEntry] = &[
         input_shape: [1, 1, 128, 128],
         seed: 2,
     },
+    ZooEntry {
+        name: "cardiac-unet",
+        description:
+            "2-D U-Net, 3 down-sampling levels, 16 base channels, BatchNorm+ReLU, 4 classes, \
+             96x96 patches at 1.6 mm (the architecture of medinfer's trained cardiac model)",
+        stands_for: "cardiac cine-MRI chamber segmentation (trained: models/cardiac)",
+        input_shape: [1, 1, 96, 96],
+        seed: 3,
+    },
 ];
 
 /// Looks a zoo entry up by name.
@@ -74,7 +87,50 @@ pub fn entry(name: &str) -> Result<&'static ZooEntry, OnnxError> {
 /// Builds a zoo model by name.
 pub fn build(name: &str) -> Result<ModelProto, OnnxError> {
     let e = entry(name)?;
-    let mut b = GraphBuilder::new(e.seed);
+    build_with(
+        e,
+        GraphBuilder::new(e.seed),
+        format!("seeded, untrained (seed {})", e.seed),
+    )
+}
+
+/// Builds zoo architecture `name` with trained parameters: `weights` maps every initializer
+/// name of the graph (e.g. `enc1.0.conv.weight`, `enc1.0.bn.running_var`, `head.bias`; PyTorch
+/// `state_dict` names when the network is written to mirror the graph) to its values.
+/// `description` goes into the model's `medinfer.weights` metadata. Missing, extra or
+/// wrongly sized parameters are an error that lists them.
+pub fn build_trained(
+    name: &str,
+    weights: std::collections::HashMap<String, Vec<f32>>,
+    description: &str,
+) -> Result<ModelProto, OnnxError> {
+    let e = entry(name)?;
+    let mut problems = Vec::new();
+    let model = build_with_check(
+        e,
+        GraphBuilder::with_weights(weights),
+        description,
+        &mut problems,
+    );
+    if !problems.is_empty() {
+        return Err(OnnxError::Invalid {
+            path: format!("weights for {name}"),
+            reason: format!("{} problem(s): {}", problems.len(), problems.join("; ")),
+        });
+    }
+    Ok(model)
+}
+
+fn build_with(e: &ZooEntry, b: GraphBuilder, weights: String) -> Result<ModelProto, OnnxError> {
+    Ok(build_with_check(e, b, &weights, &mut Vec::new()))
+}
+
+fn build_with_check(
+    e: &ZooEntry,
+    mut b: GraphBuilder,
+    weights: &str,
+    problems: &mut Vec<String>,
+) -> ModelProto {
     let (out, out_dims) = match e.name {
         "densenet121-cxr" => (densenet121(&mut b, 1, 18), vec![18]),
         "resnet50-fmri" => (
@@ -82,9 +138,11 @@ pub fn build(name: &str) -> Result<ModelProto, OnnxError> {
             vec![10],
         ),
         "resnet18-ct" => (resnet(&mut b, Block::Basic, [2, 2, 2, 2], 1, 6), vec![6]),
-        "unet-cardiac" => (unet(&mut b, 1, 4, 16), vec![4, 128, 128]),
+        "unet-cardiac" => (unet(&mut b, 1, 4, 16, 4), vec![4, 128, 128]),
+        "cardiac-unet" => (unet(&mut b, 1, 4, 16, 3), vec![4, 96, 96]),
         _ => unreachable!("every entry has a builder"),
     };
+    problems.extend(b.weight_problems());
     let [n, c, h, w] = e.input_shape;
     let batch = || DimSpec::Named("batch".into());
     let input = f32_value_info(
@@ -101,19 +159,16 @@ pub fn build(name: &str) -> Result<ModelProto, OnnxError> {
     let mut b2 = b;
     let out = b2.node("Identity", "output", &[&out], &[]);
     let output = f32_value_info(&out, &od);
-    Ok(b2.finish(
+    b2.finish(
         e.name,
         vec![input],
         vec![output],
         &[
             ("medinfer.zoo", e.name.to_string()),
             ("medinfer.default_batch", n.to_string()),
-            (
-                "medinfer.weights",
-                format!("seeded, untrained (seed {})", e.seed),
-            ),
+            ("medinfer.weights", weights.to_string()),
         ],
-    ))
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -270,10 +325,10 @@ fn resnet(
     b.linear("fc", &g, cin, classes)
 }
 
-/// 2-D U-Net: 4 down-sampling levels (max pool), double 3x3 conv + BN + ReLU at each level,
-/// nearest 2x up-sampling followed by a 3x3 conv that halves the channels, skip concatenation,
-/// and a final 1x1 conv to the class logits.
-fn unet(b: &mut GraphBuilder, in_ch: usize, classes: usize, base: usize) -> String {
+/// 2-D U-Net: `levels` down-sampling levels (max pool), double 3x3 conv + BN + ReLU at each
+/// level, nearest 2x up-sampling followed by a 3x3 conv that halves the channels, skip
+/// concatenation, and a final 1x1 conv to the class logits.
+fn unet(b: &mut GraphBuilder, in_ch: usize, classes: usize, base: usize, levels: usize) -> String {
     let double = |b: &mut GraphBuilder, name: &str, x: &str, cin: usize, cout: usize| {
         let a = conv_bn_relu(b, &format!("{name}.0"), x, cin, cout, 3, 1, 1);
         conv_bn_relu(b, &format!("{name}.1"), &a, cout, cout, 3, 1, 1)
@@ -281,16 +336,16 @@ fn unet(b: &mut GraphBuilder, in_ch: usize, classes: usize, base: usize) -> Stri
     let mut skips = Vec::new();
     let mut x = "input".to_string();
     let mut c = in_ch;
-    for level in 0..4 {
+    for level in 0..levels {
         let out = base << level;
         let e = double(b, &format!("enc{}", level + 1), &x, c, out);
         skips.push((e.clone(), out));
         x = b.max_pool(&format!("pool{}", level + 1), &e, 2, 2, 0);
         c = out;
     }
-    x = double(b, "bottleneck", &x, c, base << 4);
-    c = base << 4;
-    for level in (0..4).rev() {
+    x = double(b, "bottleneck", &x, c, base << levels);
+    c = base << levels;
+    for level in (0..levels).rev() {
         let (skip, sc) = skips[level].clone();
         let u = b.upsample2x(&format!("up{}.resize", level + 1), &x);
         let uc = conv_bn_relu(b, &format!("up{}.conv", level + 1), &u, c, sc, 3, 1, 1);

@@ -1,0 +1,128 @@
+//! Writing a [`Volume`] as a DICOM series: one single-frame file per slice and phase, explicit
+//! VR little endian, 16-bit unsigned pixels, with the geometry (Image Position / Orientation
+//! Patient, Pixel Spacing, Slice Thickness, Spacing Between Slices) and timing (Trigger Time,
+//! Temporal Position Identifier) that scanners write, so that the series reader, pydicom and
+//! dcm2niix reassemble it into the same volume.
+//!
+//! medinfer uses it for phantom exams and test fixtures; identity fields get fixed phantom
+//! values, never anything from a real patient.
+
+use crate::{fmt_err, os_err, IoError, Volume};
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use std::path::{Path, PathBuf};
+
+/// What to put in the series' descriptive fields.
+#[derive(Clone, Debug)]
+pub struct SeriesInfo {
+    /// Modality (`MR`, `CT`, ...).
+    pub modality: String,
+    /// Series description.
+    pub description: String,
+    /// Root of the generated UIDs (`2.25.<number>` style): study, series and instance UIDs are
+    /// derived from it deterministically.
+    pub uid_seed: u64,
+    /// Slice thickness in mm (the slice spacing minus any gap); the spacing comes from the
+    /// volume.
+    pub slice_thickness: f64,
+}
+
+/// Writes `vol` (values rounded and clamped to 0..=65535) as one file per (slice, phase) named
+/// `IM_<slice>_<phase>.dcm` in `dir`; returns the paths.
+pub fn write_series(dir: &Path, vol: &Volume, info: &SeriesInfo) -> Result<Vec<PathBuf>, IoError> {
+    let d = dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(os_err(dir))?;
+    let [nx, ny, nz, nt] = vol.dims;
+    if nx > u16::MAX as usize || ny > u16::MAX as usize {
+        return Err(fmt_err(
+            &d,
+            format!("{nx}x{ny} is too large for DICOM rows / columns"),
+        ));
+    }
+    // RAS+ affine -> LPS+ direction cosines and positions.
+    let a = &vol.affine;
+    let col = |j: usize| -> [f64; 3] {
+        let v = [-a[0][j], -a[1][j], a[2][j]];
+        let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt().max(1e-12);
+        [v[0] / n, v[1] / n, v[2] / n]
+    };
+    let (row_dir, col_dir) = (col(0), col(1));
+    let iop = [row_dir, col_dir].concat();
+    let study = format!("2.25.{}", info.uid_seed as u128 * 1000 + 1);
+    let series = format!("2.25.{}", info.uid_seed as u128 * 1000 + 2);
+    let frame_of_ref = format!("2.25.{}", info.uid_seed as u128 * 1000 + 3);
+    let mut paths = Vec::with_capacity(nz * nt);
+    let plane = nx * ny;
+    for t in 0..nt {
+        for z in 0..nz {
+            let pos = [
+                -(a[0][2] * z as f64 + a[0][3]),
+                -(a[1][2] * z as f64 + a[1][3]),
+                a[2][2] * z as f64 + a[2][3],
+            ];
+            let off = (t * nz + z) * plane;
+            let pixels: Vec<u16> = vol.data[off..off + plane]
+                .iter()
+                .map(|&v| v.round().clamp(0.0, 65535.0) as u16)
+                .collect();
+            let number = t * nz + z + 1;
+            let sop = format!("2.25.{}{:06}", info.uid_seed as u128 * 1000 + 4, number);
+            let ds =
+                |v: &[f64]| PrimitiveValue::Strs(v.iter().map(|x| format!("{x:.6}")).collect());
+            let s = |v: &str| PrimitiveValue::from(v);
+            let obj = InMemDicomObject::from_element_iter([
+                DataElement::new(tags::SOP_CLASS_UID, VR::UI, s(uids::MR_IMAGE_STORAGE)),
+                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, s(&sop)),
+                DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, s(&study)),
+                DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, s(&series)),
+                DataElement::new(tags::FRAME_OF_REFERENCE_UID, VR::UI, s(&frame_of_ref)),
+                DataElement::new(tags::MODALITY, VR::CS, s(&info.modality)),
+                DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, s(&info.description)),
+                DataElement::new(tags::PATIENT_NAME, VR::PN, s("PHANTOM^MEDINFER")),
+                DataElement::new(tags::PATIENT_ID, VR::LO, s("PHANTOM")),
+                DataElement::new(tags::SERIES_NUMBER, VR::IS, s("1")),
+                DataElement::new(tags::INSTANCE_NUMBER, VR::IS, s(&number.to_string())),
+                DataElement::new(tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&pos)),
+                DataElement::new(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&iop)),
+                DataElement::new(
+                    tags::PIXEL_SPACING,
+                    VR::DS,
+                    ds(&[vol.spacing[1], vol.spacing[0]]),
+                ),
+                DataElement::new(tags::SLICE_THICKNESS, VR::DS, ds(&[info.slice_thickness])),
+                DataElement::new(tags::SPACING_BETWEEN_SLICES, VR::DS, ds(&[vol.spacing[2]])),
+                DataElement::new(tags::TRIGGER_TIME, VR::DS, ds(&[t as f64 * vol.spacing[3]])),
+                DataElement::new(
+                    tags::TEMPORAL_POSITION_IDENTIFIER,
+                    VR::IS,
+                    s(&(t + 1).to_string()),
+                ),
+                DataElement::new(tags::CARDIAC_NUMBER_OF_IMAGES, VR::IS, s(&nt.to_string())),
+                DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+                DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, s("MONOCHROME2")),
+                DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(ny as u16)),
+                DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(nx as u16)),
+                DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+                DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
+                DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
+                DataElement::new(
+                    tags::PIXEL_REPRESENTATION,
+                    VR::US,
+                    PrimitiveValue::from(0u16),
+                ),
+                DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
+            ]);
+            let file = obj
+                .with_meta(
+                    FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN),
+                )
+                .map_err(|e| fmt_err(&d, format!("DICOM meta table: {e}")))?;
+            let path = dir.join(format!("IM_{z:03}_{t:03}.dcm"));
+            file.write_to_file(&path)
+                .map_err(|e| fmt_err(&path.display().to_string(), e.to_string()))?;
+            paths.push(path);
+        }
+    }
+    Ok(paths)
+}

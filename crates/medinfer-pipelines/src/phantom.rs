@@ -1,0 +1,689 @@
+//! A beating-heart cine-MRI phantom with exact ground truth.
+//!
+//! One seed gives one short-axis exam: a stack of 8-14 slices x 20-30 phases, as an SSFP cine
+//! looks: bright blood, dark myocardium, chest wall with subcutaneous fat, lungs, spine, a
+//! descending aorta, the liver under the apex, a smooth coil bias field and Rician noise. The
+//! heart has a left ventricle (cavity, myocardium that thickens in systole because its
+//! cross-section area is conserved, two papillary muscles inside the cavity), a crescent right
+//! ventricle with a thin free wall, base-to-apex tapering, through-plane motion of the base, a
+//! random size, position, in-plane rotation and ejection fraction (15-75 %), and an oblique
+//! short-axis orientation in patient space.
+//!
+//! **Ground truth.** Every pixel is rendered from 4 x 4 sub-samples (the heart) or 2 x 2 (the
+//! static anatomy), which gives partial-volume edges in the image and, for the labels, the
+//! fraction of each pixel covered by each structure. The truth masks are the per-pixel majority
+//! label. The truth volumes are the method the pipeline uses applied to the exact
+//! cross-sections: per slice, the covered area (sum of fractions x pixel area) times the slice
+//! spacing (thickness + gap), summed over slices. Papillary muscles count as LV cavity (they
+//! are blood-pool volume in this convention, as in ACDC and most clinical software). ED is the
+//! phase with the largest LV volume, ES the smallest; myocardial mass is the LV myocardial
+//! volume at ED x 1.05 g/ml.
+
+use medinfer_core::{Tags, Volume};
+use medinfer_onnx::SeededRng;
+use serde::Serialize;
+
+/// Labels in the truth masks and in the segmentation output.
+pub const LABELS: [&str; 4] = ["background", "lv_cavity", "lv_myocardium", "rv_cavity"];
+
+/// Density of myocardium used for the mass, g/ml.
+pub const MYOCARDIAL_DENSITY: f64 = 1.05;
+
+/// Exact clinical numbers of a phantom exam.
+#[derive(Clone, Debug, Serialize)]
+pub struct Truth {
+    /// Phase index of end diastole (largest LV volume).
+    pub ed_phase: usize,
+    /// Phase index of end systole (smallest LV volume).
+    pub es_phase: usize,
+    /// LV end-diastolic volume, ml.
+    pub lv_edv_ml: f64,
+    /// LV end-systolic volume, ml.
+    pub lv_esv_ml: f64,
+    /// LV ejection fraction, %.
+    pub lv_ef_pct: f64,
+    /// RV end-diastolic volume, ml (at the LV's ED phase).
+    pub rv_edv_ml: f64,
+    /// RV end-systolic volume, ml (at the LV's ES phase).
+    pub rv_esv_ml: f64,
+    /// RV ejection fraction, %.
+    pub rv_ef_pct: f64,
+    /// LV myocardial mass at ED, g.
+    pub lv_mass_g: f64,
+    /// LV cavity volume per phase, ml.
+    pub lv_volume_ml: Vec<f64>,
+    /// RV cavity volume per phase, ml.
+    pub rv_volume_ml: Vec<f64>,
+    /// LV myocardial volume per phase, ml.
+    pub myo_volume_ml: Vec<f64>,
+}
+
+/// The random parameters drawn from the seed (recorded so that a result can be explained).
+#[derive(Clone, Debug, Serialize)]
+pub struct Params {
+    /// The seed.
+    pub seed: u64,
+    /// In-plane pixel spacing, mm.
+    pub pixel_spacing_mm: f64,
+    /// Slice thickness, mm.
+    pub slice_thickness_mm: f64,
+    /// Gap between slices, mm.
+    pub slice_gap_mm: f64,
+    /// Matrix size (square).
+    pub matrix: usize,
+    /// Number of slices.
+    pub slices: usize,
+    /// Number of phases.
+    pub phases: usize,
+    /// Heart centre in the image plane, mm from the image centre (x right, y down).
+    pub heart_centre_mm: [f64; 2],
+    /// Direction of the RV from the LV centre, degrees in the image plane.
+    pub rv_angle_deg: f64,
+    /// LV endocardial radius at the base at ED, mm.
+    pub lv_radius_mm: f64,
+    /// LV wall thickness at the base at ED, mm.
+    pub wall_mm: f64,
+    /// LV long-axis length at ED, mm.
+    pub lv_length_mm: f64,
+    /// The ejection fraction the geometry was designed for (the exact one is in [`Truth`]).
+    pub design_ef: f64,
+    /// Cardiac cycle length, ms.
+    pub rr_ms: f64,
+}
+
+/// One phantom exam: the image, the exact masks and the exact numbers.
+#[derive(Clone, Debug)]
+pub struct CardiacPhantom {
+    /// The cine stack `[nx, ny, slices, phases]`, scanner-like integer intensities, with an
+    /// oblique short-axis affine and the time step in `spacing[3]`.
+    pub image: Volume,
+    /// Truth labels (see [`LABELS`]) in the same layout as `image`.
+    pub labels: Vec<u8>,
+    /// Exact numbers.
+    pub truth: Truth,
+    /// What was drawn.
+    pub params: Params,
+}
+
+#[derive(Clone, Copy)]
+struct Heart {
+    cx: f64,
+    cy: f64,
+    r_ed: f64,
+    wall_area: f64, // (R+w)^2 - R^2
+    k_lv: f64,      // endo radius ratio ES/ED
+    length: f64,
+    base_offset: f64,
+    base_motion: f64,
+    harm: [(f64, f64, f64); 2], // (order, amplitude, phase)
+    pap: [(f64, f64); 2],       // (angle, radius fraction)
+    e: [f64; 2],                // RV direction
+    rv_dist: f64,
+    rv_a: f64,
+    rv_b: f64,
+    k_rv: f64,
+    rv_wall: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tissue {
+    LvBlood,
+    Papillary,
+    Myo,
+    RvBlood,
+    RvWall,
+}
+
+/// Per-frame geometry of the heart (one slice, one phase).
+struct Frame {
+    present: bool,
+    r_en: f64,
+    r_ep: f64,
+    pap_r: f64,
+    rv_present: bool,
+    rv_a: f64,
+    rv_b: f64,
+}
+
+impl Heart {
+    fn contraction(phase: f64, es: f64) -> f64 {
+        use std::f64::consts::PI;
+        if phase <= es {
+            0.5 * (1.0 - (PI * phase / es).cos())
+        } else {
+            0.5 * (1.0 + (PI * (phase - es) / (1.0 - es)).cos())
+        }
+    }
+
+    fn frame(&self, depth_from_base_ed: f64, c: f64) -> Frame {
+        let shift = self.base_motion * c;
+        let d = depth_from_base_ed - shift;
+        let len = self.length - shift;
+        let u = d / len;
+        let g = |u: f64, scale: f64| {
+            if !(0.0..1.0).contains(&(u / scale)) {
+                0.0
+            } else {
+                (1.0 - (u / scale).powf(2.2)).max(0.0).sqrt()
+            }
+        };
+        let gl = g(u, 1.0);
+        let gr = g(u, 0.85);
+        let r_en = self.r_ed * (1.0 - (1.0 - self.k_lv) * c) * gl;
+        let r_ep = (r_en * r_en + self.wall_area * gl * gl).sqrt();
+        let s_rv = 1.0 - (1.0 - self.k_rv) * c;
+        Frame {
+            present: gl > 0.0,
+            r_en,
+            r_ep,
+            pap_r: if (0.2..0.8).contains(&u) {
+                0.14 * r_en
+            } else {
+                0.0
+            },
+            rv_present: gr > 0.0,
+            rv_a: self.rv_a * gr * s_rv,
+            rv_b: self.rv_b * gr * s_rv.sqrt(),
+        }
+    }
+
+    /// What the point (x, y) mm is, if it belongs to the heart.
+    fn tissue(&self, f: &Frame, x: f64, y: f64) -> Option<Tissue> {
+        if !f.present && !f.rv_present {
+            return None;
+        }
+        let (dx, dy) = (x - self.cx, y - self.cy);
+        let r2 = dx * dx + dy * dy;
+        let r = r2.sqrt();
+        // Shape modulation m(theta) = 1 + sum a_n cos(n (theta - phi_n)), without atan2.
+        let (ct, st) = if r > 1e-9 {
+            (dx / r, dy / r)
+        } else {
+            (1.0, 0.0)
+        };
+        let mut m = 1.0;
+        for &(n, a, ph) in &self.harm {
+            let (cn, sn) = if n == 2.0 {
+                (ct * ct - st * st, 2.0 * st * ct)
+            } else {
+                (4.0 * ct * ct * ct - 3.0 * ct, 3.0 * st - 4.0 * st * st * st)
+            };
+            m += a * (cn * ph.cos() + sn * ph.sin());
+        }
+        if f.present {
+            if r < f.r_en * m {
+                for &(ang, frac) in &self.pap {
+                    let px = self.cx + ang.cos() * f.r_en * frac;
+                    let py = self.cy + ang.sin() * f.r_en * frac;
+                    if f.pap_r > 0.0 && (x - px).powi(2) + (y - py).powi(2) < f.pap_r * f.pap_r {
+                        return Some(Tissue::Papillary);
+                    }
+                }
+                return Some(Tissue::LvBlood);
+            }
+            if r < f.r_ep * m {
+                return Some(Tissue::Myo);
+            }
+        }
+        if f.rv_present && f.rv_a > 0.0 {
+            let (ex, ey) = (self.e[0], self.e[1]);
+            let (qx, qy) = (dx - ex * self.rv_dist, dy - ey * self.rv_dist);
+            let a = qx * ex + qy * ey;
+            let b = -qx * ey + qy * ex;
+            let inside = |ra: f64, rb: f64| (a / ra).powi(2) + (b / rb).powi(2) < 1.0;
+            if inside(f.rv_a, f.rv_b) {
+                return Some(Tissue::RvBlood);
+            }
+            if inside(f.rv_a + self.rv_wall, f.rv_b + self.rv_wall) {
+                return Some(Tissue::RvWall);
+            }
+        }
+        None
+    }
+}
+
+/// Static anatomy around the heart (constant over the cycle).
+struct Body {
+    a: f64,
+    b: f64,
+    fat: f64,
+    lungs: [(f64, f64, f64, f64); 2],
+    spine: (f64, f64, f64),
+    aorta: (f64, f64, f64),
+    liver: (f64, f64, f64, f64),
+    liver_from: f64, // depth (mm from the base) where the liver starts
+}
+
+impl Body {
+    fn intensity(&self, x: f64, y: f64, depth: f64, rv: &Contrast) -> f64 {
+        let e = (x / self.a).powi(2) + (y / self.b).powi(2);
+        if e >= 1.0 {
+            return 0.0;
+        }
+        let ei = (x / (self.a - self.fat)).powi(2) + (y / (self.b - self.fat)).powi(2);
+        if ei >= 1.0 {
+            return rv.fat;
+        }
+        let inc = |c: (f64, f64, f64)| (x - c.0).powi(2) + (y - c.1).powi(2) < c.2 * c.2;
+        if inc(self.aorta) {
+            return rv.blood * 0.95;
+        }
+        if inc(self.spine) {
+            return rv.muscle * 0.8;
+        }
+        if depth > self.liver_from {
+            let (lx, ly, la, lb) = self.liver;
+            let grow = ((depth - self.liver_from) / 30.0).min(1.0);
+            if ((x - lx) / (la * grow.max(0.3))).powi(2) + ((y - ly) / lb).powi(2) < 1.0 {
+                return rv.liver;
+            }
+        }
+        for &(lx, ly, la, lb) in &self.lungs {
+            if ((x - lx) / la).powi(2) + ((y - ly) / lb).powi(2) < 1.0 {
+                return rv.lung;
+            }
+        }
+        rv.muscle
+    }
+}
+
+/// Tissue signal levels (blood = about 1).
+struct Contrast {
+    blood: f64,
+    myo: f64,
+    fat: f64,
+    muscle: f64,
+    lung: f64,
+    liver: f64,
+}
+
+/// Generates the phantom exam of `seed` (deterministic: same seed, same bytes).
+pub fn cardiac(seed: u64) -> CardiacPhantom {
+    let mut rng = SeededRng::new(seed ^ 0xca7d_1ac0_0000_0000);
+    let sp = rng.range(1.2, 2.0);
+    let fov = rng.range(320.0, 380.0);
+    let n = ((fov / sp / 2.0).round() as usize) * 2;
+    let thick = rng.range(6.0, 10.0);
+    let gap = rng.range(0.0, 4.0);
+    let spacing = thick + gap;
+    let phases = 20 + (rng.uniform() * 11.0) as usize % 11;
+    let design_ef = rng.range(0.15, 0.75);
+    let r_ed = rng.range(20.0, 30.0) * (1.0 + 0.5 * (0.55 - design_ef).max(0.0));
+    let wall = rng.range(6.0, 11.0);
+    let length = rng.range(80.0, 100.0);
+    let base_motion = 0.1 * length * (design_ef / 0.6).min(1.0);
+    // Volume ~ r^2 L: choose the radial ratio so the design EF is met with the base motion.
+    let len_ratio = (length - base_motion) / length;
+    let k_lv = ((1.0 - design_ef) / len_ratio).max(0.05).sqrt();
+    let rv_ef = (design_ef * rng.range(0.8, 1.1)).clamp(0.2, 0.7);
+    let k_rv = 1.0 - rv_ef.min(0.65);
+    let r_ep = (r_ed * r_ed + (r_ed + wall).powi(2) - r_ed * r_ed).sqrt();
+    let rv_angle = (200.0 + rng.range(-25.0, 25.0)).to_radians();
+    let slices = (((length - 4.0) / spacing).ceil() as usize + 1).clamp(8, 14);
+    let heart = Heart {
+        cx: rng.range(5.0, 40.0),
+        cy: rng.range(-30.0, 10.0),
+        r_ed,
+        wall_area: (r_ed + wall).powi(2) - r_ed * r_ed,
+        k_lv,
+        length,
+        base_offset: rng.range(2.0, 6.0),
+        base_motion,
+        harm: [
+            (2.0, rng.range(0.0, 0.06), rng.range(0.0, 6.283)),
+            (3.0, rng.range(0.0, 0.04), rng.range(0.0, 6.283)),
+        ],
+        pap: [
+            (
+                rv_angle + std::f64::consts::PI + rng.range(0.5, 0.9),
+                rng.range(0.6, 0.75),
+            ),
+            (
+                rv_angle + std::f64::consts::PI - rng.range(0.5, 0.9),
+                rng.range(0.6, 0.75),
+            ),
+        ],
+        e: [rv_angle.cos(), rv_angle.sin()],
+        rv_dist: r_ep * rng.range(0.55, 0.75),
+        rv_a: r_ep * rng.range(0.9, 1.15),
+        rv_b: r_ep * rng.range(1.2, 1.45),
+        k_rv,
+        rv_wall: rng.range(2.5, 4.0),
+    };
+    let ba = fov * rng.range(0.40, 0.45);
+    let bb = ba * rng.range(0.66, 0.76);
+    let body = Body {
+        a: ba,
+        b: bb,
+        fat: rng.range(8.0, 16.0),
+        lungs: [
+            (-0.45 * ba, -0.05 * bb, 0.3 * ba, 0.55 * bb),
+            (0.5 * ba, 0.0, 0.28 * ba, 0.55 * bb),
+        ],
+        spine: (0.0, 0.72 * bb, 18.0),
+        aorta: (
+            rng.range(-10.0, 10.0) + 22.0,
+            0.5 * bb,
+            rng.range(9.0, 13.0),
+        ),
+        liver: (-0.3 * ba, 0.2 * bb, 0.5 * ba, 0.45 * bb),
+        liver_from: length * rng.range(0.5, 0.8),
+    };
+    let blood = rng.range(0.9, 1.1);
+    let contrast = Contrast {
+        blood,
+        myo: rng.range(0.22, 0.32),
+        fat: rng.range(0.8, 0.95),
+        muscle: rng.range(0.28, 0.38),
+        lung: rng.range(0.03, 0.07),
+        liver: rng.range(0.38, 0.48),
+    };
+    let scale = rng.range(700.0, 1400.0);
+    let sigma = rng.range(0.025, 0.05);
+    let bias = [
+        rng.range(-0.3, 0.3),
+        rng.range(-0.3, 0.3),
+        rng.range(-0.3, 0.1),
+        rng.range(-0.3, 0.3),
+    ];
+    let es_frac = rng.range(0.3, 0.4);
+    let rr = rng.range(800.0, 1100.0);
+    let noise_seed = rng.next_u64();
+
+    // Pixel centre coordinates in mm (x right, y down, origin at the image centre).
+    let coord = |i: usize| (i as f64 + 0.5 - n as f64 / 2.0) * sp;
+    let plane = n * n;
+    let depth_of = |k: usize| heart.base_offset + k as f64 * spacing;
+
+    // Static anatomy per slice, 2x2 sub-samples.
+    let statics: Vec<Vec<f32>> = (0..slices)
+        .map(|k| {
+            let depth = depth_of(k);
+            let mut s = vec![0f32; plane];
+            for j in 0..n {
+                for i in 0..n {
+                    let mut acc = 0.0;
+                    for (sx, sy) in [(-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25)] {
+                        acc += body.intensity(
+                            coord(i) + sx * sp,
+                            coord(j) + sy * sp,
+                            depth,
+                            &contrast,
+                        );
+                    }
+                    s[j * n + i] = (acc / 4.0) as f32;
+                }
+            }
+            s
+        })
+        .collect();
+
+    // Heart bounding box (largest extent over the cycle), in pixels.
+    let reach = heart.rv_dist + heart.rv_b.max(heart.rv_a) + heart.rv_wall + 4.0;
+    let reach = reach.max(r_ep * 1.2);
+    let to_px = |mm: f64| ((mm / sp) + n as f64 / 2.0 - 0.5).floor();
+    let clampi = |v: f64| v.clamp(0.0, (n - 1) as f64) as usize;
+    let (x0, x1) = (
+        clampi(to_px(heart.cx - reach)),
+        clampi(to_px(heart.cx + reach) + 1.0),
+    );
+    let (y0, y1) = (
+        clampi(to_px(heart.cy - reach)),
+        clampi(to_px(heart.cy + reach) + 1.0),
+    );
+
+    let frames: Vec<(usize, usize)> = (0..phases)
+        .flat_map(|t| (0..slices).map(move |k| (k, t)))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
+    let ss = 4usize;
+    let render = |&(k, t): &(usize, usize)| -> (Vec<f32>, Vec<u8>, [f64; 3]) {
+        let c = Heart::contraction(t as f64 / phases as f64, es_frac);
+        let f = heart.frame(depth_of(k), c);
+        let mut img = statics[k].clone();
+        let mut lab = vec![0u8; plane];
+        let mut area = [0f64; 3];
+        for j in y0..=y1 {
+            for i in x0..=x1 {
+                let mut frac = [0u32; 4];
+                let mut acc = 0.0;
+                let mut any = false;
+                for sy in 0..ss {
+                    for sx in 0..ss {
+                        let x = coord(i) + ((sx as f64 + 0.5) / ss as f64 - 0.5) * sp;
+                        let y = coord(j) + ((sy as f64 + 0.5) / ss as f64 - 0.5) * sp;
+                        let tissue = heart.tissue(&f, x, y);
+                        any |= tissue.is_some();
+                        let (label, v) = match tissue {
+                            Some(Tissue::LvBlood) => (1, contrast.blood),
+                            Some(Tissue::Papillary) => (1, contrast.myo),
+                            Some(Tissue::Myo) => (2, contrast.myo),
+                            Some(Tissue::RvBlood) => (3, contrast.blood),
+                            Some(Tissue::RvWall) => (0, contrast.myo),
+                            None => (0, body.intensity(x, y, depth_of(k), &contrast)),
+                        };
+                        frac[label] += 1;
+                        acc += v;
+                    }
+                }
+                if any {
+                    let idx = j * n + i;
+                    img[idx] = (acc / (ss * ss) as f64) as f32;
+                    let total = (ss * ss) as f64;
+                    for l in 1..4 {
+                        area[l - 1] += frac[l] as f64 / total;
+                    }
+                    // Majority label; ties go to the heart structure.
+                    let mut best = 0;
+                    for l in 1..4 {
+                        if frac[l] >= frac[best] {
+                            best = l;
+                        }
+                    }
+                    lab[idx] = best as u8;
+                }
+            }
+        }
+        // Bias field, Rician noise, integer scanner values.
+        let mut rng = SeededRng::new(noise_seed ^ ((k as u64) << 32) ^ t as u64);
+        for j in 0..n {
+            for i in 0..n {
+                let (u, v) = (coord(i) / fov, coord(j) / fov);
+                let b = (bias[0] * u
+                    + bias[1] * v
+                    + bias[2] * (u * u + v * v) * 4.0
+                    + bias[3] * u * v * 4.0)
+                    .exp();
+                let s = img[j * n + i] as f64 * b;
+                let re = s + sigma * rng.normal();
+                let im = sigma * rng.normal();
+                img[j * n + i] = ((re * re + im * im).sqrt() * scale).round().min(4095.0) as f32;
+            }
+        }
+        (img, lab, area)
+    };
+    let rendered: Vec<(Vec<f32>, Vec<u8>, [f64; 3])> = parallel(&frames, threads, render);
+
+    let mut data = vec![0f32; plane * slices * phases];
+    let mut labels = vec![0u8; plane * slices * phases];
+    let mut vols = vec![[0f64; 3]; phases];
+    let px_ml = sp * sp * spacing / 1000.0;
+    for ((k, t), (img, lab, area)) in frames.iter().zip(rendered) {
+        let off = (t * slices + k) * plane;
+        data[off..off + plane].copy_from_slice(&img);
+        labels[off..off + plane].copy_from_slice(&lab);
+        for s in 0..3 {
+            vols[*t][s] += area[s] * px_ml;
+        }
+    }
+    let lv: Vec<f64> = vols.iter().map(|v| v[0]).collect();
+    let myo: Vec<f64> = vols.iter().map(|v| v[1]).collect();
+    let rvv: Vec<f64> = vols.iter().map(|v| v[2]).collect();
+    let (ed, es) = ed_es(&lv);
+    let ef = |d: f64, s: f64| if d > 0.0 { 100.0 * (d - s) / d } else { 0.0 };
+    let truth = Truth {
+        ed_phase: ed,
+        es_phase: es,
+        lv_edv_ml: lv[ed],
+        lv_esv_ml: lv[es],
+        lv_ef_pct: ef(lv[ed], lv[es]),
+        rv_edv_ml: rvv[ed],
+        rv_esv_ml: rvv[es],
+        rv_ef_pct: ef(rvv[ed], rvv[es]),
+        lv_mass_g: myo[ed] * MYOCARDIAL_DENSITY,
+        lv_volume_ml: lv,
+        rv_volume_ml: rvv,
+        myo_volume_ml: myo,
+    };
+
+    let mut image = Volume::new(
+        [n, n, slices, phases],
+        data,
+        [sp, sp, spacing, rr / phases as f64],
+    )
+    .expect("dims match the data by construction");
+    image.affine = oblique_affine(&mut rng, n, sp, spacing);
+    let mut tags = Tags::new();
+    tags.set("modality", "MR");
+    tags.set(
+        "series_description",
+        "medinfer cardiac phantom, SSFP cine short axis",
+    );
+    tags.set("slice_thickness", format!("{thick:.3}"));
+    image.tags = tags;
+    CardiacPhantom {
+        image,
+        labels,
+        truth,
+        params: Params {
+            seed,
+            pixel_spacing_mm: sp,
+            slice_thickness_mm: thick,
+            slice_gap_mm: gap,
+            matrix: n,
+            slices,
+            phases,
+            heart_centre_mm: [heart.cx, heart.cy],
+            rv_angle_deg: rv_angle.to_degrees(),
+            lv_radius_mm: r_ed,
+            wall_mm: wall,
+            lv_length_mm: length,
+            design_ef,
+            rr_ms: rr,
+        },
+    }
+}
+
+/// ED = the phase of the largest volume, ES = the smallest (first on ties).
+pub fn ed_es(lv: &[f64]) -> (usize, usize) {
+    let mut ed = 0;
+    let mut es = 0;
+    for (i, &v) in lv.iter().enumerate() {
+        if v > lv[ed] {
+            ed = i;
+        }
+        if v < lv[es] {
+            es = i;
+        }
+    }
+    (ed, es)
+}
+
+/// A random oblique short-axis orientation (RAS+ affine) centred near the scanner isocentre.
+fn oblique_affine(rng: &mut SeededRng, n: usize, sp: f64, spacing: f64) -> [[f64; 4]; 4] {
+    // Rotations about two axes: the short axis is tilted from the axial plane as in real
+    // planning (typically 30-60 degrees).
+    let a = rng.range(0.5, 1.0);
+    let b = rng.range(-0.6, -0.2);
+    let (ca, sa) = (a.cos(), a.sin());
+    let (cb, sb) = (b.cos(), b.sin());
+    // R = Rz(b) * Rx(a)
+    let r = [
+        [cb, -sb * ca, sb * sa],
+        [sb, cb * ca, -cb * sa],
+        [0.0, sa, ca],
+    ];
+    let half = n as f64 / 2.0 * sp;
+    let mut m = [[0.0; 4]; 4];
+    for i in 0..3 {
+        m[i][0] = r[i][0] * sp;
+        m[i][1] = r[i][1] * sp;
+        m[i][2] = r[i][2] * spacing;
+        // Image centre at (0, 0, 20) mm.
+        m[i][3] = -(r[i][0] + r[i][1]) * half + [0.0, 0.0, 20.0][i];
+    }
+    m[3][3] = 1.0;
+    m
+}
+
+/// Maps `f` over `items` on `threads` scoped threads, keeping the order.
+pub(crate) fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let chunk = items.len().div_ceil(threads);
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk.max(1))
+            .map(|c| {
+                let f = &f;
+                s.spawn(move || c.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_within_the_specified_ranges() {
+        let a = cardiac(7);
+        let b = cardiac(7);
+        assert_eq!(a.image.data, b.image.data);
+        assert_eq!(a.labels, b.labels);
+        let p = &a.params;
+        assert!((1.2..=2.0).contains(&p.pixel_spacing_mm));
+        assert!((8..=14).contains(&p.slices));
+        assert!((20..=30).contains(&p.phases));
+        let t = &a.truth;
+        assert!(t.lv_edv_ml > t.lv_esv_ml && t.lv_esv_ml > 0.0);
+        assert_eq!(t.ed_phase, 0, "ED is the first phase by design");
+        // The truth volumes are the label fractions summed: the majority masks agree to ~2 %.
+        let [nx, ny, nz, _] = a.image.dims;
+        let count = |l: u8, t: usize| {
+            a.labels[t * nx * ny * nz..(t + 1) * nx * ny * nz]
+                .iter()
+                .filter(|&&v| v == l)
+                .count() as f64
+        };
+        let px_ml = p.pixel_spacing_mm.powi(2) * a.image.spacing[2] / 1000.0;
+        let lv_mask = count(1, t.ed_phase) * px_ml;
+        assert!(
+            (lv_mask / t.lv_edv_ml - 1.0).abs() < 0.02,
+            "{lv_mask} vs {}",
+            t.lv_edv_ml
+        );
+        let myo_mask = count(2, t.ed_phase) * px_ml;
+        assert!((myo_mask / t.myo_volume_ml[t.ed_phase] - 1.0).abs() < 0.04);
+    }
+
+    #[test]
+    fn ejection_fractions_span_the_clinical_range() {
+        let efs: Vec<f64> = (0..12).map(|s| cardiac(1000 + s).truth.lv_ef_pct).collect();
+        let lo = efs.iter().cloned().fold(f64::MAX, f64::min);
+        let hi = efs.iter().cloned().fold(f64::MIN, f64::max);
+        assert!(lo < 35.0 && hi > 55.0, "{efs:?}");
+        assert!(efs.iter().all(|&e| (10.0..=80.0).contains(&e)), "{efs:?}");
+    }
+}

@@ -1,0 +1,263 @@
+//! The cardiac pipeline end to end on held-out phantom exams (seeds never used in training),
+//! with the shipped trained model: accuracy against the phantom's exact truth on tract (FP32)
+//! and, where installed, INT8 on ONNX Runtime / OpenVINO; the DICOM route against the NIfTI
+//! route; bad inputs.
+//!
+//! Native backends that are missing are skipped with a note unless `MEDINFER_REQUIRE_BACKENDS`
+//! names them (CI does).
+
+use medinfer_core::Volume;
+use medinfer_engine::{backend, load_on, BackendKind, Mode, Session, SessionOptions};
+use medinfer_pipelines::cardiac::{self, ModelId};
+use medinfer_pipelines::phantom;
+use medinfer_pipelines::PipelineError;
+use std::path::PathBuf;
+
+fn model(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/cardiac")
+        .join(name)
+}
+
+fn session(kind: BackendKind, name: &str) -> (Session, ModelId) {
+    let path = model(name);
+    let opts = SessionOptions {
+        mode: Mode::Throughput,
+        batch: Some(8),
+        ..Default::default()
+    };
+    let s = load_on(kind, &path, &opts).expect("the shipped model loads");
+    (s, ModelId::of(&path).expect("model readable"))
+}
+
+fn native() -> Vec<BackendKind> {
+    let required: Vec<BackendKind> = std::env::var("MEDINFER_REQUIRE_BACKENDS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| BackendKind::parse(s.trim()))
+        .collect();
+    let mut out = Vec::new();
+    for k in [BackendKind::Ort, BackendKind::OpenVino] {
+        let a = backend(k).availability();
+        if a.available {
+            out.push(k);
+        } else if required.contains(&k) {
+            panic!("{k} is required but unavailable: {:?}", a.reason);
+        } else {
+            eprintln!("note: skipping {k}: {}", a.reason.unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn check_accuracy(s: &cardiac::EvalSummary, what: &str) {
+    eprintln!("{what}: {s:#?}");
+    let [lv, myo, rv] = s.mean_dice;
+    assert!(lv >= 0.92, "{what}: LV cavity Dice {lv}");
+    assert!(myo >= 0.85, "{what}: myocardium Dice {myo}");
+    assert!(rv >= 0.88, "{what}: RV cavity Dice {rv}");
+    assert!(s.lv_ef_mae <= 3.0, "{what}: LV EF error {}", s.lv_ef_mae);
+    assert!(
+        s.lv_mass_mape <= 5.0,
+        "{what}: LV mass error {} %",
+        s.lv_mass_mape
+    );
+}
+
+/// Held-out exams with a spread of EF (seed 1: 59 %, 2, 3 drawn independently).
+const SEEDS: [u64; 3] = [1, 2, 3];
+
+#[test]
+fn fp32_on_tract_meets_the_accuracy_targets_on_held_out_phantoms() {
+    let (s, id) = session(BackendKind::Tract, "cardiac-unet.onnx");
+    let sum = cardiac::evaluate(&SEEDS, &s, &id, |_| {}).unwrap();
+    check_accuracy(&sum, "tract fp32");
+}
+
+#[test]
+fn int8_on_native_backends_keeps_the_accuracy_of_fp32() {
+    let kinds = native();
+    if kinds.is_empty() {
+        return;
+    }
+    // The FP32 reference on the first native backend.
+    let (s32, id32) = session(kinds[0], "cardiac-unet.onnx");
+    let fp32 = cardiac::evaluate(&SEEDS, &s32, &id32, |_| {}).unwrap();
+    for k in kinds {
+        let (s8, id8) = session(k, "cardiac-unet-int8.onnx");
+        assert!(
+            s8.info().effective_precision.contains("int8"),
+            "{k}: {}",
+            s8.info().effective_precision
+        );
+        let int8 = cardiac::evaluate(&SEEDS, &s8, &id8, |_| {}).unwrap();
+        check_accuracy(&int8, &format!("{k} int8"));
+        let mean = |d: [f64; 3]| d.iter().sum::<f64>() / 3.0;
+        let drop = mean(fp32.mean_dice) - mean(int8.mean_dice);
+        assert!(drop <= 0.005, "{k}: INT8 lowers mean Dice by {drop}");
+    }
+}
+
+#[test]
+fn a_dicom_cine_series_gives_the_same_result_as_the_nifti_file() {
+    let ph = phantom::cardiac(4);
+    let dir = tempfile::tempdir().unwrap();
+    let nii = dir.path().join("cine.nii.gz");
+    medinfer_io::nifti::write(&nii, &ph.image, medinfer_io::nifti::NiftiDtype::I16).unwrap();
+    let info = medinfer_io::dicom_write::SeriesInfo {
+        modality: "MR".into(),
+        description: "test".into(),
+        uid_seed: 99,
+        slice_thickness: ph.params.slice_thickness_mm,
+    };
+    let dcm = dir.path().join("dicom");
+    medinfer_io::dicom_write::write_series(&dcm, &ph.image, &info).unwrap();
+    // The series assembles to the same voxels, spacing and geometry.
+    let back = medinfer_io::read_volume(&dcm).unwrap();
+    assert_eq!(back.dims, ph.image.dims);
+    assert_eq!(back.data, ph.image.data);
+    for i in 0..3 {
+        assert!((back.spacing[i] - ph.image.spacing[i]).abs() < 1e-4);
+        for j in 0..4 {
+            assert!(
+                (back.affine[i][j] - ph.image.affine[i][j]).abs() < 1e-3,
+                "affine {:?} vs {:?}",
+                back.affine,
+                ph.image.affine
+            );
+        }
+    }
+    let (s, id) = session(BackendKind::Tract, "cardiac-unet.onnx");
+    let out = dir.path().join("out");
+    let a = cardiac::run(&nii, &s, id.clone(), Some(&out)).unwrap();
+    let b = cardiac::run(&dcm, &s, id, None).unwrap();
+    assert_eq!(a.labels, b.labels);
+    assert_eq!(a.report.ed_phase, ph.truth.ed_phase);
+    assert!((a.report.lv.ef_pct - ph.truth.lv_ef_pct).abs() < 4.0);
+    // The outputs exist and the mask keeps the input geometry.
+    let mask = medinfer_io::nifti::read(out.join("masks.nii.gz")).unwrap();
+    assert_eq!(mask.dims, ph.image.dims);
+    for i in 0..3 {
+        for j in 0..4 {
+            assert!((mask.affine[i][j] - ph.image.affine[i][j]).abs() < 1e-3);
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["model"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(report["timings"]["segment_ms"].as_f64().unwrap() > 0.0);
+    assert!(out.join("ed_es.png").exists() && out.join("volumes.svg").exists());
+}
+
+fn expect_input_error(r: Result<cardiac::CardiacResult, PipelineError>, needle: &str) {
+    match r {
+        Err(PipelineError::Input(m)) => assert!(m.contains(needle), "{m}"),
+        Err(e) => panic!("expected an input error about {needle}, got {e}"),
+        Ok(_) => panic!("expected an input error about {needle}"),
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let (s, id) = session(BackendKind::Tract, "cardiac-unet.onnx");
+    let ph = phantom::cardiac(5);
+    let [nx, ny, nz, _] = ph.image.dims;
+    // 3D instead of 4D: the first phase only.
+    let mut v3 = Volume::new(
+        [nx, ny, nz, 1],
+        ph.image.data[..nx * ny * nz].to_vec(),
+        ph.image.spacing,
+    )
+    .unwrap();
+    v3.affine = ph.image.affine;
+    expect_input_error(cardiac::analyse(&v3, "3d.nii", &s, id.clone()), "4D");
+    // No heart: every phase a copy of the first one (nothing moves).
+    let still: Vec<f32> = (0..ph.image.dims[3])
+        .flat_map(|_| ph.image.data[..nx * ny * nz].iter().copied())
+        .collect();
+    let v = Volume::new(ph.image.dims, still, ph.image.spacing).unwrap();
+    expect_input_error(
+        cardiac::analyse(&v, "still.nii", &s, id.clone()),
+        "no beating heart",
+    );
+    // Absurd spacings.
+    let mut v = ph.image.clone();
+    v.spacing[0] = 40.0;
+    expect_input_error(
+        cardiac::analyse(&v, "big.nii", &s, id.clone()),
+        "pixel spacing",
+    );
+    let mut v = ph.image.clone();
+    v.spacing[2] = 0.0;
+    expect_input_error(
+        cardiac::analyse(&v, "flat.nii", &s, id.clone()),
+        "slice spacing",
+    );
+    // Non-finite voxels.
+    let mut v = ph.image.clone();
+    v.data[17] = f32::NAN;
+    expect_input_error(
+        cardiac::analyse(&v, "nan.nii", &s, id.clone()),
+        "non-finite",
+    );
+    // A DICOM series with a missing slice: the series reader names the gap.
+    let dir = tempfile::tempdir().unwrap();
+    let info = medinfer_io::dicom_write::SeriesInfo {
+        modality: "MR".into(),
+        description: "test".into(),
+        uid_seed: 7,
+        slice_thickness: 8.0,
+    };
+    let files = medinfer_io::dicom_write::write_series(dir.path(), &ph.image, &info).unwrap();
+    for f in files.iter().filter(|f| {
+        f.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("IM_003_"))
+    }) {
+        std::fs::remove_file(f).unwrap();
+    }
+    match cardiac::run(dir.path(), &s, id.clone(), None) {
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.contains("missing") || m.contains("gap"), "{m}");
+        }
+        Ok(_) => panic!("a series with a missing slice was accepted"),
+    }
+    // A model that does not fit the pipeline.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("resnet.onnx");
+    medinfer_onnx::save_model(&medinfer_onnx::zoo::build("resnet18-ct").unwrap(), &other).unwrap();
+    let s2 = load_on(BackendKind::Tract, &other, &SessionOptions::default()).unwrap();
+    match cardiac::analyse(&ph.image, "x", &s2, ModelId::of(&other).unwrap()) {
+        Err(PipelineError::Model { reason, .. }) => assert!(reason.contains("96"), "{reason}"),
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a classifier was accepted as a segmentation model"),
+    }
+}
+
+#[test]
+fn the_locator_finds_the_heart_and_components_are_cleaned() {
+    for seed in [1, 6, 9] {
+        let ph = phantom::cardiac(seed);
+        let loc = cardiac::locate_heart(&ph.image);
+        let n = ph.params.matrix as f64;
+        let sp = ph.params.pixel_spacing_mm;
+        let truth = [
+            ph.params.heart_centre_mm[0] / sp + n / 2.0 - 0.5,
+            ph.params.heart_centre_mm[1] / sp + n / 2.0 - 0.5,
+        ];
+        let err_mm = (loc.centre_px[0] - truth[0]).hypot(loc.centre_px[1] - truth[1]) * sp;
+        // The locator aims at the moving region (LV + RV), so it lands between the two.
+        assert!(err_mm < 40.0, "seed {seed}: {err_mm} mm off");
+        assert!(loc.motion_contrast > cardiac::MIN_MOTION_CONTRAST);
+    }
+    // Two blobs of class 1: only the larger one stays.
+    let mut f = vec![0u8; 10 * 10 * 2];
+    for i in [11, 12, 13, 21, 22, 23, 111, 112] {
+        f[i] = 1;
+    }
+    f[88] = 1;
+    cardiac::keep_largest_component(&mut f, [10, 10, 2], 1);
+    let kept: Vec<usize> = (0..f.len()).filter(|&i| f[i] == 1).collect();
+    assert_eq!(kept, vec![11, 12, 13, 21, 22, 23, 111, 112]);
+}
