@@ -464,3 +464,189 @@ fn print_report(r: &cardiac::CardiacReport, truth: Option<&phantom::Truth>, load
         tm.postprocess_ms, tm.write_ms, load_ms
     );
 }
+
+#[derive(Args)]
+pub struct BenchPipelineArgs {
+    /// Pipeline (cardiac).
+    #[arg(value_enum)]
+    pub pipeline: BenchPipeline,
+    /// Backends, comma-separated (tract, ort, openvino) or `all` available.
+    #[arg(short, long, default_value = "all")]
+    pub backend: String,
+    /// Precisions of the shipped model, comma-separated: fp32, int8 (int8 is skipped on tract).
+    #[arg(long, default_value = "fp32,int8")]
+    pub precision: String,
+    /// Timed runs per configuration (configurations are interleaved round by round).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Slices x phases of the phantom exam (the published figure is for 10 x 25).
+    #[arg(long, default_value = "10x25")]
+    pub exam: String,
+    /// Phantom seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Images per inference request.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BenchPipeline {
+    /// Cardiac cine-MRI: read a 4D NIfTI, preprocess, segment, quantify, write every output.
+    Cardiac,
+}
+
+#[derive(serde::Serialize)]
+struct PipelineBench {
+    backend: String,
+    precision: String,
+    model_load_ms: f64,
+    runs: usize,
+    images: usize,
+    /// Median of each stage over the runs, ms.
+    median: cardiac::Timings,
+    /// Fastest end-to-end run, ms.
+    best_total_ms: f64,
+    /// Images per second end to end (median total).
+    end_to_end_images_per_s: f64,
+    /// Images per second of the segment stage (median).
+    segment_images_per_s: f64,
+}
+
+pub fn cmd_bench_pipeline(a: BenchPipelineArgs) -> Result<()> {
+    let BenchPipeline::Cardiac = a.pipeline;
+    let (slices, phases) = a
+        .exam
+        .split_once('x')
+        .and_then(|(s, p)| {
+            Some((
+                s.trim().parse::<usize>().ok()?,
+                p.trim().parse::<usize>().ok()?,
+            ))
+        })
+        .ok_or_else(|| anyhow::anyhow!("--exam must be SLICESxPHASES, e.g. 10x25"))?;
+    let dir = tempfile_dir("medinfer-bench-cardiac")?;
+    let ph = phantom::cardiac_sized(a.seed, Some(slices), Some(phases));
+    let input = dir.join("cine.nii.gz");
+    nifti::write(&input, &ph.image, NiftiDtype::I16)?;
+    let kinds: Vec<medinfer_engine::BackendKind> = if a.backend == "all" {
+        medinfer_engine::availability_all()
+            .into_iter()
+            .filter(|v| v.available)
+            .map(|v| v.backend)
+            .collect()
+    } else {
+        a.backend
+            .split(',')
+            .map(|b| {
+                medinfer_engine::BackendKind::parse(b.trim())
+                    .ok_or_else(|| anyhow::anyhow!("unknown backend '{b}'"))
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut configs = Vec::new();
+    for k in kinds {
+        for p in a.precision.split(',') {
+            let prec = match p.trim() {
+                "fp32" => PipelinePrecision::Fp32,
+                "int8" if k == medinfer_engine::BackendKind::Tract => continue,
+                "int8" => PipelinePrecision::Int8,
+                other => anyhow::bail!("unknown precision '{other}' (fp32, int8)"),
+            };
+            let (_, model) = pick_model(k.name(), prec, None)?;
+            let t0 = std::time::Instant::now();
+            let session = load_session(k, &model, a.batch, None)?;
+            let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            let id = cardiac::ModelId::of(&model)?;
+            configs.push((session, id, load_ms, Vec::<cardiac::Timings>::new()));
+        }
+    }
+    if configs.is_empty() {
+        anyhow::bail!("no configuration to run");
+    }
+    let bar = crate::quant::bar(configs.len() * (a.runs + 1), "runs", a.json);
+    for round in 0..=a.runs {
+        for (i, (session, id, _, times)) in configs.iter_mut().enumerate() {
+            let out = dir.join(format!("out{i}"));
+            let res = cardiac::run(&input, session, id.clone(), Some(&out))?;
+            if round > 0 {
+                times.push(res.report.timings);
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let images = slices * phases;
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let rows: Vec<PipelineBench> = configs
+        .iter()
+        .map(|(s, _, load_ms, times)| {
+            let col = |f: fn(&cardiac::Timings) -> f64| med(&mut times.iter().map(f).collect());
+            let median = cardiac::Timings {
+                read_ms: col(|t| t.read_ms),
+                preprocess_ms: col(|t| t.preprocess_ms),
+                segment_ms: col(|t| t.segment_ms),
+                postprocess_ms: col(|t| t.postprocess_ms),
+                write_ms: col(|t| t.write_ms),
+                total_ms: col(|t| t.total_ms),
+            };
+            PipelineBench {
+                backend: s.info().backend.name().into(),
+                precision: s.info().effective_precision.clone(),
+                model_load_ms: *load_ms,
+                runs: times.len(),
+                images,
+                best_total_ms: times.iter().map(|t| t.total_ms).fold(f64::MAX, f64::min),
+                end_to_end_images_per_s: images as f64 / (median.total_ms / 1000.0),
+                segment_images_per_s: images as f64 / (median.segment_ms / 1000.0),
+                median,
+            }
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    if a.json {
+        return crate::print_json(&serde_json::json!({
+            "pipeline": "cardiac", "exam": format!("{slices}x{phases}"),
+            "matrix": ph.params.matrix, "cores": medinfer_core::usable_cores(), "results": rows,
+        }));
+    }
+    println!(
+        "cardiac pipeline, phantom exam {slices} slices x {phases} phases ({images} images, {}x{} px), {} runs each, medians in ms",
+        ph.params.matrix, ph.params.matrix, a.runs
+    );
+    println!(
+        "{:<9} {:<10} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>8} {:>10} {:>10}",
+        "backend",
+        "precision",
+        "read",
+        "prep",
+        "segment",
+        "post",
+        "write",
+        "total",
+        "best",
+        "img/s e2e",
+        "img/s seg"
+    );
+    for r in &rows {
+        let m = &r.median;
+        println!(
+            "{:<9} {:<10} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>7.1} {:>8.1} {:>8.1} {:>10.0} {:>10.0}",
+            r.backend, r.precision, m.read_ms, m.preprocess_ms, m.segment_ms, m.postprocess_ms,
+            m.write_ms, m.total_ms, r.best_total_ms, r.end_to_end_images_per_s, r.segment_images_per_s
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}

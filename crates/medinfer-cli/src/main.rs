@@ -73,6 +73,9 @@ enum Command {
     /// Generate a cardiac cine-MRI phantom exam, analyse it on the fastest available backend,
     /// and print the clinical numbers next to the exact ground truth.
     Demo(cardiac::DemoArgs),
+    /// Benchmark a clinical pipeline end to end (read, preprocess, segment, quantify, write) on
+    /// a phantom exam, per backend and precision, with the time of every stage.
+    BenchPipeline(cardiac::BenchPipelineArgs),
 }
 
 #[derive(Args)]
@@ -232,6 +235,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Phantom { command } => cardiac::cmd_phantom(command),
         Command::Run { command } => cardiac::cmd_run(command),
         Command::Demo(a) => cardiac::cmd_demo(a),
+        Command::BenchPipeline(a) => cardiac::cmd_bench_pipeline(a),
     }
 }
 

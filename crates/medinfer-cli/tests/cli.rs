@@ -57,7 +57,7 @@ fn native_available(name: &str) -> bool {
 fn zoo_list_and_info_report_the_models() {
     let o = run(&["zoo", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 4);
+    assert_eq!(v.as_array().unwrap().len(), zoo_len());
     let d = tmp();
     let p = build_zoo(d.path(), "resnet18-ct");
     let o = run(&["info", p.to_str().unwrap(), "--json"]);
@@ -586,4 +586,96 @@ fn optimize_and_quantize_from_the_command_line() {
         "{r}"
     );
     assert_eq!(r["accuracy"]["within_budget"], true);
+}
+
+fn zoo_len() -> usize {
+    medinfer_onnx::zoo::ENTRIES.len()
+}
+
+#[test]
+fn cardiac_phantom_run_and_demo_from_the_command_line() {
+    let d = tmp();
+    let exam = d.path().join("exam");
+    let o = run(&[
+        "phantom",
+        "cardiac",
+        "-o",
+        exam.to_str().unwrap(),
+        "--seed",
+        "12",
+        "--format",
+        "dicom",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exam.join("truth.json")).unwrap()).unwrap();
+    let out = d.path().join("out");
+    let o = run(&[
+        "run",
+        "cardiac",
+        exam.join("dicom").to_str().unwrap(),
+        "--backend",
+        "tract",
+        "--json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ef = r["lv"]["ef_pct"].as_f64().unwrap();
+    let true_ef = truth["truth"]["lv_ef_pct"].as_f64().unwrap();
+    assert!((ef - true_ef).abs() < 3.0, "EF {ef} vs {true_ef}");
+    let mass = r["lv_mass_g"].as_f64().unwrap();
+    let true_mass = truth["truth"]["lv_mass_g"].as_f64().unwrap();
+    assert!(
+        (mass / true_mass - 1.0).abs() < 0.08,
+        "mass {mass} vs {true_mass}"
+    );
+    assert_eq!(r["backend"], "tract");
+    for f in ["report.json", "masks.nii.gz", "ed_es.png", "volumes.svg"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    // The phantom's fake identity never reaches the report.
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("PHANTOM^"));
+
+    // The demo: numbers next to the truth, on the requested backend.
+    let o = run(&[
+        "demo",
+        "--backend",
+        "tract",
+        "--seed",
+        "13",
+        "--json",
+        "-o",
+        d.path().join("demo").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ef = v["report"]["lv"]["ef_pct"].as_f64().unwrap();
+    let true_ef = v["truth"]["lv_ef_pct"].as_f64().unwrap();
+    assert!((ef - true_ef).abs() < 3.0, "demo EF {ef} vs {true_ef}");
+
+    // Not a cine stack: one clear line.
+    let png = d.path().join("x.png");
+    std::fs::write(&png, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let o = run(&[
+        "run",
+        "cardiac",
+        png.to_str().unwrap(),
+        "--backend",
+        "tract",
+    ]);
+    assert_clean_failure(&o, &["x.png"]);
+    let one = exam.join("dicom").join("IM_000_000.dcm");
+    let o = run(&[
+        "run",
+        "cardiac",
+        one.to_str().unwrap(),
+        "--backend",
+        "tract",
+    ]);
+    assert_clean_failure(&o, &["IM_000_000.dcm", "4D"]);
+    let labels = exam.join("truth_labels.nii.gz");
+    let o = run(&["run", "cardiac", labels.to_str().unwrap(), "--backend", "tract"]);
+    assert_clean_failure(&o, &["truth_labels.nii.gz", "label map"]);
 }

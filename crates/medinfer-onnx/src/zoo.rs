@@ -10,7 +10,7 @@
 //! | `resnet50-fmri` | ResNet-50 (v1.5) | (batch,3,45,45), nominal 8 | 10 | 23,528,522 |
 //! | `resnet18-ct` | ResNet-18, 1 input channel | (batch,1,128,128), nominal 1 | 6 | 11,173,318 |
 //! | `unet-cardiac` | 2-D U-Net, 4 levels, 16 base channels, BN+ReLU, nearest up-sampling | (batch,1,128,128), nominal 1 | (batch,4,128,128) | 2,160,180 |
-//! | `cardiac-unet` | 2-D U-Net, 3 levels, 16 base channels (the trained cardiac model's graph) | (batch,1,96,96), nominal 1 | (batch,4,96,96) | see `medinfer zoo list` |
+//! | `cardiac-unet` | 2-D U-Net, 3 levels, 16 base channels (the trained cardiac model's graph) | (batch,1,96,96), nominal 1 | (batch,4,96,96) | 536,372 |
 //!
 //! [`build_trained`] assembles an architecture with trained parameters instead (that is how the
 //! shipped cardiac model is made from the weights its training script finds).

@@ -93,3 +93,60 @@ fn corrupt_bytes_are_rejected_with_a_reason() {
     let err = decode_model(b"", "empty.onnx").unwrap_err().to_string();
     assert!(err.contains("no graph"), "{err}");
 }
+
+#[test]
+fn cardiac_unet_parameter_count_and_trained_weights() {
+    // Independent count for 3 levels: enc 1-16-32-64, bottleneck 128, up-convs, decoders, head.
+    fn conv_bn(cin: u64, cout: u64) -> u64 {
+        cin * cout * 9 + 2 * cout
+    }
+    let mut total = 0;
+    let mut c = 1;
+    for out in [16, 32, 64, 128] {
+        total += conv_bn(c, out) + conv_bn(out, out);
+        c = out;
+    }
+    for sc in [64, 32, 16] {
+        total += conv_bn(c, sc) + conv_bn(2 * sc, sc) + conv_bn(sc, sc);
+        c = sc;
+    }
+    total += 16 * 4 + 4;
+    assert_eq!(count("cardiac-unet"), total);
+    assert_eq!(total, 536_372);
+
+    // Trained weights replace the seeded ones by initializer name, exactly.
+    let seeded = zoo::build("cardiac-unet").unwrap();
+    let g = seeded.graph.as_ref().unwrap();
+    let mut weights = std::collections::HashMap::new();
+    for t in &g.initializer {
+        let name = t.name.clone().unwrap();
+        if name.ends_with(".scales") {
+            continue; // Resize scales are structure, not parameters
+        }
+        let v = medinfer_onnx::tensor_to_f32(t).unwrap();
+        weights.insert(name, v.iter().map(|x| x * 2.0).collect::<Vec<f32>>());
+    }
+    let trained = zoo::build_trained("cardiac-unet", weights.clone(), "test").unwrap();
+    let tg = trained.graph.as_ref().unwrap();
+    let head = |g: &medinfer_onnx::proto::GraphProto| {
+        let t = g
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some("head.bias"))
+            .unwrap();
+        medinfer_onnx::tensor_to_f32(t).unwrap()
+    };
+    let (a, b) = (head(g), head(tg));
+    assert!(a.iter().zip(&b).all(|(x, y)| (2.0 * x - y).abs() < 1e-6));
+    // Missing, extra and wrongly sized parameters are named.
+    let mut w = weights.clone();
+    w.remove("head.bias");
+    w.insert("nonsense".into(), vec![1.0]);
+    w.insert("enc1.0.conv.weight".into(), vec![0.0; 3]);
+    let err = zoo::build_trained("cardiac-unet", w, "test")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head.bias: missing"), "{err}");
+    assert!(err.contains("nonsense: not a parameter"), "{err}");
+    assert!(err.contains("enc1.0.conv.weight: 3 values"), "{err}");
+}
