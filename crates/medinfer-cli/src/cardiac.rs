@@ -239,6 +239,9 @@ pub enum RunCommand {
     /// Cardiac cine-MRI: LV / RV volumes, ejection fractions and LV mass from a short-axis cine
     /// stack (4D NIfTI, or a DICOM cine series folder).
     Cardiac(RunCardiacArgs),
+    /// Chest X-ray multi-label classification (TorchXRayVision conventions) over files and
+    /// folders, in batch: results in input order, per-file errors, resumable CSV.
+    Cxr(crate::cxr::RunCxrArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -362,6 +365,7 @@ fn load_session(
 
 pub fn cmd_run(cmd: RunCommand) -> Result<()> {
     match cmd {
+        RunCommand::Cxr(a) => crate::cxr::cmd_run_cxr(a),
         RunCommand::Cardiac(a) => {
             let (kind, model) = pick_model(&a.backend, a.precision, a.model)?;
             let t0 = std::time::Instant::now();

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod cardiac;
+mod cxr;
 mod imaging;
 mod quant;
 

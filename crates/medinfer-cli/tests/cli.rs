@@ -676,6 +676,104 @@ fn cardiac_phantom_run_and_demo_from_the_command_line() {
     ]);
     assert_clean_failure(&o, &["IM_000_000.dcm", "4D"]);
     let labels = exam.join("truth_labels.nii.gz");
-    let o = run(&["run", "cardiac", labels.to_str().unwrap(), "--backend", "tract"]);
+    let o = run(&[
+        "run",
+        "cardiac",
+        labels.to_str().unwrap(),
+        "--backend",
+        "tract",
+    ]);
     assert_clean_failure(&o, &["truth_labels.nii.gz", "label map"]);
+}
+
+#[test]
+fn cxr_batch_reports_corrupt_files_and_resumes_without_duplicates() {
+    let d = tmp();
+    let imgs = d.path().join("imgs");
+    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    for k in 0..5u8 {
+        let dir = if k % 2 == 0 {
+            imgs.clone()
+        } else {
+            imgs.join("sub")
+        };
+        let px: Vec<u8> = (0..64 * 80)
+            .map(|i| ((i as u32 * (k as u32 + 3)) % 251) as u8)
+            .collect();
+        medinfer_io::raster::write_png8(dir.join(format!("x{k}.png")), 64, 80, 1, &px).unwrap();
+    }
+    // Recognised as PNG by content, but truncated: an error row, the batch goes on.
+    std::fs::write(imgs.join("broken.png"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0").unwrap();
+    std::fs::write(
+        imgs.join("notes.txt"),
+        b"not an image, skipped by the folder scan",
+    )
+    .unwrap();
+    let csv = d.path().join("out.csv");
+    let args = |extra: &[&str]| {
+        let mut v = vec!["run", "cxr", imgs.to_str().unwrap(), "--backend", "tract"];
+        v.extend_from_slice(extra);
+        v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let a = args(&["--csv", csv.to_str().unwrap()]);
+    let o = run(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 7, "{text}");
+    assert!(lines[0].starts_with("file,status,Atelectasis,Consolidation,"));
+    assert!(lines[0].contains(",Enlarged Cardiomediastinum,error,note"));
+    let broken: Vec<&&str> = lines.iter().filter(|l| l.contains("broken.png")).collect();
+    assert_eq!(broken.len(), 1);
+    assert!(broken[0].contains(",error,"));
+    assert!(lines[1..].iter().all(|l| l.contains("UNTRAINED")));
+
+    // Interrupt: keep the header, two rows and half of the third; the re-run completes the
+    // rest exactly once.
+    let cut: usize = lines[..3].iter().map(|l| l.len() + 1).sum::<usize>() + lines[3].len() / 2;
+    std::fs::write(&csv, &text.as_bytes()[..cut]).unwrap();
+    let o = run(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("2 file(s) already done"),
+        "{}",
+        stderr(&o)
+    );
+    let again = std::fs::read_to_string(&csv).unwrap();
+    let mut files: Vec<&str> = again
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(files.len(), 6, "{again}");
+    files.sort();
+    files.dedup();
+    assert_eq!(files.len(), 6, "duplicates after resume: {again}");
+    // The same scores as the uninterrupted run for the rows it wrote again.
+    for l in &lines[3..] {
+        assert!(again.contains(l), "{l} not reproduced");
+    }
+
+    // JSON lines, label order from a label file, thresholds of the wrong length refused.
+    let labels = d.path().join("labels.txt");
+    std::fs::write(&labels, "# padchest subset\nA\nB\n").unwrap();
+    let a = args(&["--labels", labels.to_str().unwrap()]);
+    let o = run(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert_clean_failure(&o, &["18 scores", "2"]);
+    let th = d.path().join("th.txt");
+    std::fs::write(&th, "0.5, 0.5").unwrap();
+    let a = args(&["--thresholds", th.to_str().unwrap()]);
+    let o = run(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert_clean_failure(&o, &["th.txt", "2 thresholds for 18 labels"]);
+    let a = args(&["--json"]);
+    let o = run(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    let ok = rows.iter().find(|r| r["status"] == "ok").unwrap();
+    assert_eq!(ok["scores"].as_object().unwrap().len(), 18);
+    assert!(ok["note"].as_str().unwrap().contains("UNTRAINED"));
 }

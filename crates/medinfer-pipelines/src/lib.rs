@@ -3,10 +3,14 @@
 //!
 //! - [`phantom`]: the cardiac cine-MRI phantom (exact masks, volumes, EF and mass).
 //! - [`cardiac`]: the cardiac cine-MRI quantification pipeline (`medinfer run cardiac`).
+//! - [`cxr`]: chest X-ray multi-label classification (`medinfer run cxr`).
+//! - [`batch`]: the bounded decode -> inference pipeline that keeps every core busy.
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod cardiac;
+pub mod cxr;
 pub mod phantom;
 
 /// Pipeline errors: what was wrong with which input, or which stage failed.

@@ -1,0 +1,297 @@
+//! `medinfer run cxr`: chest X-ray classification over files and folders, in batch.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use medinfer_pipelines::{batch, cxr};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct RunCxrArgs {
+    /// Radiographs (PNG 8 / 16-bit, JPEG, DICOM) or folders of them (searched recursively,
+    /// files recognised by content; processed in sorted order).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Classifier: ONNX taking (batch, 1, 224, 224) TorchXRayVision-normalised images and giving
+    /// one logit per label. Default: the zoo densenet121-cxr, whose weights are UNTRAINED (every
+    /// output says so).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Label names in output order: xrv (TorchXRayVision's 18), padchest (its 28), or a file
+    /// with one label per line.
+    #[arg(long, default_value = "xrv")]
+    pub labels: String,
+    /// Operating thresholds, one per label in label order (TorchXRayVision's op_threshs: each
+    /// threshold is mapped to a score of 0.5; nan = none).
+    #[arg(long)]
+    pub thresholds: Option<PathBuf>,
+    /// Backend: tract, ort, openvino or auto (the fastest available).
+    #[arg(short, long, default_value = "auto")]
+    pub backend: String,
+    /// fp32, or int8 (the zoo model quantized and cached; with --model, give an INT8 file).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Images per inference request.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Decode / preprocess workers (default: one per core).
+    #[arg(long)]
+    pub decoders: Option<usize>,
+    /// Print one JSON object per image (JSON lines) instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Append results to this CSV (created with a header). Files already in it are skipped, so
+    /// an interrupted run resumes where it stopped.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+}
+
+/// Every image file under `inputs`, in order (explicit files always; folder contents when
+/// their content is PNG, JPEG or DICOM).
+pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            let mut found = Vec::new();
+            while let Some(d) = stack.pop() {
+                for e in
+                    std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?
+                {
+                    let path = e?.path();
+                    if path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.'))
+                    {
+                        continue;
+                    }
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if matches!(
+                        medinfer_io::detect(&path),
+                        Ok(Some(
+                            medinfer_io::Format::Png
+                                | medinfer_io::Format::Jpeg
+                                | medinfer_io::Format::Dicom
+                        ))
+                    ) {
+                        found.push(path);
+                    }
+                }
+            }
+            found.sort();
+            out.extend(found);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            bail!("{}: no such file or folder", p.display());
+        }
+    }
+    Ok(out)
+}
+
+/// Files already recorded in `csv` (its first column). A last line without its newline (an
+/// interrupted write) is cut off so that the file is whole again.
+fn finished_files(csv: &Path) -> Result<std::collections::HashSet<String>> {
+    let mut done = std::collections::HashSet::new();
+    let Ok(bytes) = std::fs::read(csv) else {
+        return Ok(done);
+    };
+    let whole = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None => 0,
+    };
+    if whole < bytes.len() {
+        let f = std::fs::OpenOptions::new().write(true).open(csv)?;
+        f.set_len(whole as u64)
+            .with_context(|| format!("repairing {}", csv.display()))?;
+    }
+    for line in bytes[..whole].lines().skip(1) {
+        let line = line?;
+        if let Some(first) = split_csv_first(&line) {
+            done.insert(first);
+        }
+    }
+    Ok(done)
+}
+
+fn split_csv_first(line: &str) -> Option<String> {
+    if let Some(rest) = line.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    out.push('"');
+                    chars.next();
+                } else {
+                    return Some(out);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None
+    } else {
+        line.split(',').next().map(String::from)
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn cmd_run_cxr(a: RunCxrArgs) -> Result<()> {
+    let labels = cxr::read_labels(&a.labels)?;
+    let thresholds = match &a.thresholds {
+        Some(p) => Some(cxr::read_thresholds(p, labels.len())?),
+        None => None,
+    };
+    let untrained = a.model.is_none();
+    let model = match (&a.model, a.precision.as_str()) {
+        (Some(m), _) => m.clone(),
+        (None, "fp32") => crate::resolve_model("densenet121-cxr")?,
+        (None, "int8") => crate::quant::cached_zoo_int8("densenet121-cxr")?,
+        (None, p) => bail!("unknown precision '{p}' (fp32, int8)"),
+    };
+    let note = if untrained {
+        "UNTRAINED zoo weights (densenet121-cxr): the scores are meaningless; pass --model"
+    } else {
+        ""
+    };
+    let opts = medinfer_engine::SessionOptions {
+        mode: medinfer_engine::Mode::Throughput,
+        batch: Some(a.batch.max(1)),
+        ..Default::default()
+    };
+    let session = medinfer_engine::load(&a.backend, &model, &opts)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let out_len = session
+        .outputs()
+        .first()
+        .map(|o| o.shape.get(1).copied().unwrap_or(0));
+    if let Some(n) = out_len.filter(|&n| n != 0 && n != labels.len()) {
+        bail!(
+            "{}: the model gives {n} scores, the label set has {}",
+            model.display(),
+            labels.len()
+        );
+    }
+    let mut files = collect_inputs(&a.inputs)?;
+    let mut csv = None;
+    if let Some(path) = &a.csv {
+        let done = finished_files(path)?;
+        let before = files.len();
+        files.retain(|f| !done.contains(&f.display().to_string()));
+        if before > files.len() {
+            eprintln!(
+                "{}: {} file(s) already done, {} to go",
+                path.display(),
+                before - files.len(),
+                files.len()
+            );
+        }
+        let new = !path.exists() || std::fs::metadata(path)?.len() == 0;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if new {
+            let mut header = vec!["file".to_string(), "status".into()];
+            header.extend(labels.iter().map(|l| csv_field(l)));
+            header.push("error".into());
+            header.push("note".into());
+            writeln!(f, "{}", header.join(","))?;
+        }
+        csv = Some(f);
+    }
+    if untrained && !a.json && csv.is_none() {
+        eprintln!("note: {note}");
+    }
+    let bar = crate::quant::bar(files.len(), "images", a.json || files.len() < 2);
+    let decoders = a.decoders.unwrap_or_else(medinfer_core::usable_cores);
+    let t0 = std::time::Instant::now();
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut io_error: Option<std::io::Error> = None;
+    batch::run_ordered(
+        &files,
+        &session,
+        decoders,
+        |f: &PathBuf| cxr::preprocess_file(f).map_err(|e| e.to_string()),
+        |i, r| {
+            let file = files[i].display().to_string();
+            let scored = r.map(|logits| cxr::scores(&logits, thresholds.as_deref()));
+            match &scored {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            bar.inc(1);
+            let res = if let Some(f) = csv.as_mut() {
+                let mut row = vec![csv_field(&file)];
+                match &scored {
+                    Ok(s) => {
+                        row.push("ok".into());
+                        row.extend(s.iter().map(|v| format!("{v:.6}")));
+                        row.push(String::new());
+                    }
+                    Err(e) => {
+                        row.push("error".into());
+                        row.extend(labels.iter().map(|_| String::new()));
+                        row.push(csv_field(e));
+                    }
+                }
+                row.push(csv_field(note));
+                writeln!(f, "{}", row.join(",")).and_then(|_| f.flush())
+            } else if a.json {
+                let v = match &scored {
+                    Ok(s) => serde_json::json!({
+                        "file": file, "status": "ok",
+                        "scores": labels.iter().zip(s).map(|(l, v)| (l.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
+                        "note": note,
+                    }),
+                    Err(e) => {
+                        serde_json::json!({"file": file, "status": "error", "error": e, "note": note})
+                    }
+                };
+                writeln!(std::io::stdout(), "{v}")
+            } else {
+                let line = match &scored {
+                    Ok(s) => {
+                        let mut idx: Vec<usize> = (0..s.len()).collect();
+                        idx.sort_by(|&x, &y| s[y].total_cmp(&s[x]));
+                        let top: Vec<String> = idx
+                            .iter()
+                            .take(3)
+                            .map(|&k| format!("{} {:.3}", labels[k], s[k]))
+                            .collect();
+                        format!("{file}: {}", top.join(", "))
+                    }
+                    Err(e) => format!("{file}: error: {e}"),
+                };
+                bar.suspend(|| writeln!(std::io::stdout(), "{line}"))
+            };
+            if let Err(e) = res {
+                io_error.get_or_insert(e);
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(e) = io_error {
+        return Err(e).context("writing results");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{ok} image(s) classified, {failed} failed, in {secs:.1} s ({:.1} images/s) on {} ({}){}",
+        (ok + failed) as f64 / secs.max(1e-9),
+        session.info().backend,
+        session.info().effective_precision,
+        if untrained { "; weights UNTRAINED" } else { "" }
+    );
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Chest X-ray multi-label classification with TorchXRayVision's conventions.
+//!
+//! Preprocessing (TorchXRayVision `xrv.datasets.normalize` + `XRayCenterCrop` +
+//! `XRayResizer(224)`): the first frame of a PNG (8 / 16-bit), JPEG or DICOM radiograph, colour
+//! to gray, MONOCHROME1 inverted, centre crop to a square, area resize to 224 x 224, then
+//! `(2 x / maxval - 1) x 1024` with `maxval` the largest value of the image's encoding (255,
+//! 65535, or 2^BitsStored - 1 after the modality LUT), so [0, maxval] maps to [-1024, 1024].
+//! One channel.
+//!
+//! Scores: a sigmoid per label; with operating thresholds (TorchXRayVision's `op_threshs`), each
+//! score is mapped piecewise-linearly so that its threshold lands on 0.5:
+//! `p < t ? p / (2t) : 1 - (1 - p) / (2 (1 - t))`. A NaN threshold leaves the sigmoid as it is
+//! (TorchXRayVision would return NaN for that label).
+
+use crate::PipelineError;
+use medinfer_core::preprocess::{self, Filter};
+use std::path::Path;
+
+/// Side of the model input.
+pub const SIZE: usize = 224;
+
+/// TorchXRayVision's 18 default pathologies (`xrv.datasets.default_pathologies`), in order:
+/// the output order of its "all" DenseNet and of medinfer's `densenet121-cxr`.
+pub const XRV_LABELS: [&str; 18] = [
+    "Atelectasis",
+    "Consolidation",
+    "Infiltration",
+    "Pneumothorax",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Effusion",
+    "Pneumonia",
+    "Pleural_Thickening",
+    "Cardiomegaly",
+    "Nodule",
+    "Mass",
+    "Hernia",
+    "Lung Lesion",
+    "Fracture",
+    "Lung Opacity",
+    "Enlarged Cardiomediastinum",
+];
+
+/// TorchXRayVision's PadChest label set (`PC_Dataset.pathologies`, sorted as it sorts them;
+/// the quote in `Tube'` is TorchXRayVision's own).
+pub const PADCHEST_LABELS: [&str; 28] = [
+    "Air Trapping",
+    "Aortic Atheromatosis",
+    "Aortic Elongation",
+    "Atelectasis",
+    "Bronchiectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Costophrenic Angle Blunting",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Flattened Diaphragm",
+    "Fracture",
+    "Granuloma",
+    "Hemidiaphragm Elevation",
+    "Hernia",
+    "Hilar Enlargement",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+    "Scoliosis",
+    "Support Devices",
+    "Tube'",
+    "Tuberculosis",
+];
+
+/// Reads one radiograph and returns the `SIZE x SIZE` model input.
+pub fn preprocess_file(path: &Path) -> Result<Vec<f32>, PipelineError> {
+    let mut frames = medinfer_io::read_images(path)?;
+    if frames.is_empty() {
+        return Err(PipelineError::Input(format!(
+            "{}: no image in the file",
+            path.display()
+        )));
+    }
+    let img = frames.swap_remove(0);
+    preprocess_image(img).map_err(|e| PipelineError::Input(format!("{}: {e}", path.display())))
+}
+
+/// The preprocessing of [`preprocess_file`] on a decoded image.
+pub fn preprocess_image(img: medinfer_core::Image2d) -> Result<Vec<f32>, medinfer_core::CoreError> {
+    let maxval = img.value_range.1;
+    let img = img.to_monochrome2().to_gray();
+    let img = preprocess::center_crop_square(&img);
+    let mut img = preprocess::resize(&img, SIZE, SIZE, Filter::Area)?;
+    preprocess::xrv_normalize(&mut img.data, maxval)?;
+    Ok(img.data)
+}
+
+/// Sigmoid of the logits, then TorchXRayVision's operating-point normalisation when
+/// `thresholds` is given (same length as the logits).
+pub fn scores(logits: &[f32], thresholds: Option<&[f32]>) -> Vec<f32> {
+    logits
+        .iter()
+        .enumerate()
+        .map(|(i, &z)| {
+            let p = 1.0 / (1.0 + (-z).exp());
+            match thresholds.map(|t| t[i]) {
+                Some(t) if t.is_finite() && t > 0.0 && t < 1.0 => {
+                    if p < t {
+                        p / (2.0 * t)
+                    } else {
+                        1.0 - (1.0 - p) / (2.0 * (1.0 - t))
+                    }
+                }
+                _ => p,
+            }
+        })
+        .collect()
+}
+
+/// Reads a label list: `xrv` (the 18 default pathologies), `padchest`, or a text file with one
+/// label per line (blank lines and `#` comments ignored).
+pub fn read_labels(spec: &str) -> Result<Vec<String>, PipelineError> {
+    match spec {
+        "xrv" | "default" => return Ok(XRV_LABELS.iter().map(|s| s.to_string()).collect()),
+        "padchest" => return Ok(PADCHEST_LABELS.iter().map(|s| s.to_string()).collect()),
+        _ => {}
+    }
+    let text = std::fs::read_to_string(spec).map_err(|e| medinfer_io::IoError::Os {
+        path: spec.to_string(),
+        source: e,
+    })?;
+    let labels: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if labels.is_empty() {
+        return Err(PipelineError::Input(format!(
+            "{spec}: no labels in the file"
+        )));
+    }
+    Ok(labels)
+}
+
+/// Reads operating thresholds: numbers separated by commas, spaces or new lines, one per label
+/// in label order (`nan` for a label without one), each in (0, 1).
+pub fn read_thresholds(path: &Path, labels: usize) -> Result<Vec<f32>, PipelineError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| medinfer_io::IoError::Os {
+        path: p.clone(),
+        source: e,
+    })?;
+    let mut out = Vec::new();
+    for tok in text
+        .split(|c: char| c == ',' || c.is_whitespace() || c == '[' || c == ']')
+        .filter(|t| !t.is_empty())
+    {
+        let v: f32 = tok
+            .parse()
+            .map_err(|_| PipelineError::Input(format!("{p}: '{tok}' is not a number")))?;
+        if v.is_finite() && !(v > 0.0 && v < 1.0) {
+            return Err(PipelineError::Input(format!(
+                "{p}: threshold {v} is outside (0, 1)"
+            )));
+        }
+        out.push(v);
+    }
+    if out.len() != labels {
+        return Err(PipelineError::Input(format!(
+            "{p}: {} thresholds for {labels} labels",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operating_thresholds_map_to_one_half() {
+        // logit 0 -> 0.5; threshold 0.2: 0.5 >= 0.2 -> 1 - 0.5 / 1.6 = 0.6875.
+        let s = scores(
+            &[0.0, 0.0, (0.2f32 / 0.8).ln(), 0.0],
+            Some(&[0.2, 0.8, 0.2, f32::NAN]),
+        );
+        assert!((s[0] - 0.6875).abs() < 1e-6);
+        // threshold 0.8: 0.5 < 0.8 -> 0.5 / 1.6 = 0.3125.
+        assert!((s[1] - 0.3125).abs() < 1e-6);
+        // A score equal to its threshold becomes 0.5.
+        assert!((s[2] - 0.5).abs() < 1e-6);
+        // NaN threshold: the sigmoid.
+        assert!((s[3] - 0.5).abs() < 1e-6);
+        assert_eq!(XRV_LABELS.len(), 18);
+        let mut sorted = PADCHEST_LABELS.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, PADCHEST_LABELS.to_vec());
+    }
+}

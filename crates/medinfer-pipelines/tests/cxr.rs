@@ -1,0 +1,158 @@
+//! Chest X-ray pipeline: TorchXRayVision preprocessing against values computed here from its
+//! definition, label order and operating thresholds through a model whose outputs are known,
+//! and a batch with corrupt files.
+
+use medinfer_engine::{load_on, BackendKind, Mode, SessionOptions};
+use medinfer_onnx::builder::{f32_value_info, DimSpec, GraphBuilder};
+use medinfer_pipelines::{batch, cxr};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn write_png16(path: &Path, w: usize, h: usize, px: &[u16]) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut e = png::Encoder::new(std::io::BufWriter::new(f), w as u32, h as u32);
+    e.set_color(png::ColorType::Grayscale);
+    e.set_depth(png::BitDepth::Sixteen);
+    let mut wr = e.write_header().unwrap();
+    let bytes: Vec<u8> = px.iter().flat_map(|v| v.to_be_bytes()).collect();
+    wr.write_image_data(&bytes).unwrap();
+}
+
+fn write_png8(path: &Path, w: usize, h: usize, px: &[u8]) {
+    medinfer_io::raster::write_png8(path, w, h, 1, px).unwrap();
+}
+
+/// A 600 x 448 16-bit image: the centre crop is columns 76..524, and 448 -> 224 halves each
+/// side, so every output pixel is the mean of a 2 x 2 block.
+#[test]
+fn preprocessing_matches_torchxrayvisions_definition() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, h) = (600usize, 448usize);
+    let px: Vec<u16> = (0..w * h)
+        .map(|i| (((i % w) * 97 + (i / w) * 131) % 65536) as u16)
+        .collect();
+    let p = d.path().join("a.png");
+    write_png16(&p, w, h, &px);
+    let got = cxr::preprocess_file(&p).unwrap();
+    assert_eq!(got.len(), 224 * 224);
+    let mut worst = 0f64;
+    for y in 0..224 {
+        for x in 0..224 {
+            let mut s = 0f64;
+            for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                s += px[(2 * y + dy) * w + 76 + 2 * x + dx] as f64;
+            }
+            let want = (2.0 * (s / 4.0) / 65535.0 - 1.0) * 1024.0;
+            worst = worst.max((got[y * 224 + x] as f64 - want).abs());
+        }
+    }
+    assert!(worst < 1e-2, "max error {worst}");
+    // 8-bit: maxval 255, and a tall image is cropped in rows.
+    let (w, h) = (224usize, 300usize);
+    let px: Vec<u8> = (0..w * h).map(|i| ((i * 7) % 256) as u8).collect();
+    let p = d.path().join("b.png");
+    write_png8(&p, w, h, &px);
+    let got = cxr::preprocess_file(&p).unwrap();
+    for y in [0, 100, 223] {
+        for x in [0, 5, 223] {
+            let v = px[(y + 38) * w + x] as f64;
+            let want = (2.0 * v / 255.0 - 1.0) * 1024.0;
+            assert!((got[y * 224 + x] as f64 - want).abs() < 1e-3);
+        }
+    }
+}
+
+/// input -> global mean -> Gemm with known weights: logit_k = w_k * mean + b_k.
+fn known_model(dir: &Path, labels: usize) -> (PathBuf, Vec<f32>, Vec<f32>) {
+    let w: Vec<f32> = (0..labels).map(|k| 0.001 * (k as f32 + 1.0)).collect();
+    let b: Vec<f32> = (0..labels).map(|k| 0.1 * (k as f32 - 9.0)).collect();
+    let mut weights = HashMap::new();
+    weights.insert("fc.weight".to_string(), w.clone());
+    weights.insert("fc.bias".to_string(), b.clone());
+    let mut g = GraphBuilder::with_weights(weights);
+    let x = g.global_pool_flatten("gap", "input");
+    let out = g.linear("fc", &x, 1, labels);
+    assert!(g.weight_problems().is_empty());
+    let batch = || DimSpec::Named("batch".into());
+    let m = g.finish(
+        "known",
+        vec![f32_value_info(
+            "input",
+            &[
+                batch(),
+                DimSpec::Fixed(1),
+                DimSpec::Fixed(224),
+                DimSpec::Fixed(224),
+            ],
+        )],
+        vec![f32_value_info(&out, &[batch(), DimSpec::Fixed(labels)])],
+        &[],
+    );
+    let p = dir.join("known.onnx");
+    medinfer_onnx::save_model(&m, &p).unwrap();
+    (p, w, b)
+}
+
+#[test]
+fn a_batch_keeps_order_applies_thresholds_and_reports_corrupt_files() {
+    let d = tempfile::tempdir().unwrap();
+    let (model, w, b) = known_model(d.path(), 18);
+    let mut files = Vec::new();
+    let mut means = Vec::new();
+    for k in 0..7usize {
+        let p = d.path().join(format!("img{k}.png"));
+        if k == 2 {
+            // Truncated PNG.
+            std::fs::write(&p, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0").unwrap();
+            means.push(None);
+        } else if k == 5 {
+            std::fs::write(&p, b"this is not an image").unwrap();
+            means.push(None);
+        } else {
+            let v = (k * 30) as u8;
+            write_png8(&p, 240, 240, &vec![v; 240 * 240]);
+            means.push(Some((2.0 * v as f64 / 255.0 - 1.0) * 1024.0));
+        }
+        files.push(p);
+    }
+    let thresholds: Vec<f32> = (0..18).map(|k| 0.1 + 0.04 * k as f32).collect();
+    let opts = SessionOptions {
+        mode: Mode::Throughput,
+        batch: Some(2),
+        ..Default::default()
+    };
+    let s = load_on(BackendKind::Tract, &model, &opts).unwrap();
+    let mut seen = Vec::new();
+    batch::run_ordered(
+        &files,
+        &s,
+        3,
+        |f: &PathBuf| cxr::preprocess_file(f).map_err(|e| e.to_string()),
+        |i, r| seen.push((i, r)),
+    )
+    .unwrap();
+    assert_eq!(
+        seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..7).collect::<Vec<_>>()
+    );
+    for ((i, r), mean) in seen.iter().zip(&means) {
+        match (r, mean) {
+            (Ok(logits), Some(m)) => {
+                let sc = cxr::scores(logits, Some(&thresholds));
+                for k in 0..18 {
+                    let z = w[k] as f64 * m + b[k] as f64;
+                    let p = 1.0 / (1.0 + (-z).exp());
+                    let t = thresholds[k] as f64;
+                    let want = if p < t {
+                        p / (2.0 * t)
+                    } else {
+                        1.0 - (1.0 - p) / (2.0 * (1.0 - t))
+                    };
+                    assert!((sc[k] as f64 - want).abs() < 1e-4, "file {i} label {k}");
+                }
+            }
+            (Err(e), None) => assert!(e.contains(&format!("img{i}.png")), "{e}"),
+            other => panic!("file {i}: unexpected {other:?}"),
+        }
+    }
+}
