@@ -200,6 +200,7 @@ pub fn write_phantom(dir: &Path, seed: u64, format: PhantomFormat) -> Result<Car
                 description: "medinfer cardiac phantom, SSFP cine short axis".into(),
                 uid_seed: seed + 1,
                 slice_thickness: ph.params.slice_thickness_mm,
+                rescale_intercept: 0.0,
             };
             medinfer_io::dicom_write::write_series(&dir.join("dicom"), &ph.image, &info)?;
         }
@@ -242,6 +243,9 @@ pub enum RunCommand {
     /// Chest X-ray multi-label classification (TorchXRayVision conventions) over files and
     /// folders, in batch: results in input order, per-file errors, resumable CSV.
     Cxr(crate::cxr::RunCxrArgs),
+    /// CT slice anatomy tagging: a body-region label per slice of a DICOM series and a
+    /// per-series summary of the regions over slice ranges.
+    Ct(crate::cxr::RunCtArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -366,6 +370,7 @@ fn load_session(
 pub fn cmd_run(cmd: RunCommand) -> Result<()> {
     match cmd {
         RunCommand::Cxr(a) => crate::cxr::cmd_run_cxr(a),
+        RunCommand::Ct(a) => crate::cxr::cmd_run_ct(a),
         RunCommand::Cardiac(a) => {
             let (kind, model) = pick_model(&a.backend, a.precision, a.model)?;
             let t0 = std::time::Instant::now();

@@ -295,3 +295,94 @@ pub fn cmd_run_cxr(a: RunCxrArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct RunCtArgs {
+    /// A DICOM CT series: a folder, or one file of it.
+    pub input: PathBuf,
+    /// Slice classifier: ONNX taking (batch, 1, 128, 128) windowed slices in [0, 1] and giving
+    /// one logit per region. Default: the zoo resnet18-ct, whose weights are UNTRAINED.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Region names in output order: a file with one per line (default: head, neck, chest,
+    /// abdomen, pelvis, legs).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// HU window CENTRE,WIDTH applied to every slice.
+    #[arg(long, default_value = "40,400")]
+    pub window: String,
+    /// Backend: tract, ort, openvino or auto.
+    #[arg(short, long, default_value = "auto")]
+    pub backend: String,
+    /// fp32, or int8 (the zoo model quantized and cached; with --model, give an INT8 file).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Slices per inference request.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Cores to use for inference streams (default: all usable cores, one stream each).
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Print the report (every slice and the summary) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn cmd_run_ct(a: RunCtArgs) -> Result<()> {
+    let window = crate::imaging::parse_window(&a.window)?;
+    let regions: Vec<String> = match &a.labels {
+        Some(p) => cxr::read_labels(&p.display().to_string())?,
+        None => medinfer_pipelines::ct::REGIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let untrained = a.model.is_none();
+    let model = match (&a.model, a.precision.as_str()) {
+        (Some(m), _) => m.clone(),
+        (None, "fp32") => crate::resolve_model("resnet18-ct")?,
+        (None, "int8") => crate::quant::cached_zoo_int8("resnet18-ct")?,
+        (None, p) => bail!("unknown precision '{p}' (fp32, int8)"),
+    };
+    let cores = a.cores.unwrap_or_else(medinfer_core::usable_cores).max(1);
+    let opts = medinfer_engine::SessionOptions {
+        mode: medinfer_engine::Mode::Throughput,
+        batch: Some(a.batch.max(1)),
+        streams: Some(cores),
+        threads: Some(1),
+        ..Default::default()
+    };
+    let session = medinfer_engine::load(&a.backend, &model, &opts)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let r = medinfer_pipelines::ct::run(&a.input, &session, window, &regions, cores)?;
+    let note = if untrained {
+        "UNTRAINED zoo weights (resnet18-ct): the regions are meaningless; pass --model"
+    } else {
+        ""
+    };
+    if a.json {
+        return crate::print_json(&serde_json::json!({"report": r, "note": note}));
+    }
+    if untrained {
+        println!("note: {note}");
+    }
+    println!(
+        "{}: {} slices of {}x{}, on {} ({}), read {:.0} ms, tagged in {:.0} ms ({:.0} slices/s)",
+        r.input,
+        r.dims[2],
+        r.dims[0],
+        r.dims[1],
+        r.backend,
+        r.precision,
+        r.seconds[0] * 1e3,
+        r.seconds[1] * 1e3,
+        r.dims[2] as f64 / r.seconds[1].max(1e-9)
+    );
+    for s in &r.summary {
+        println!(
+            "  {:<10} slices {:>4}-{:<4} ({:.1} to {:.1} mm)",
+            s.region, s.slices[0], s.slices[1], s.positions_mm[0], s.positions_mm[1]
+        );
+    }
+    Ok(())
+}

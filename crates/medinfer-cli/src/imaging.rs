@@ -128,7 +128,7 @@ pub fn cmd_inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_window(s: &str) -> Result<(f64, f64)> {
+pub(crate) fn parse_window(s: &str) -> Result<(f64, f64)> {
     let (c, w) = s.split_once(',').context("--window takes CENTER,WIDTH")?;
     let c: f64 = c
         .trim()

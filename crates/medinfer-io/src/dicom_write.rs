@@ -26,9 +26,12 @@ pub struct SeriesInfo {
     /// Slice thickness in mm (the slice spacing minus any gap); the spacing comes from the
     /// volume.
     pub slice_thickness: f64,
+    /// Rescale Intercept written with slope 1 (CT: -1024, so HU -1024.. are stored from 0);
+    /// stored values are `value - intercept`. 0 writes no rescale.
+    pub rescale_intercept: f64,
 }
 
-/// Writes `vol` (values rounded and clamped to 0..=65535) as one file per (slice, phase) named
+/// Writes `vol` (values minus the rescale intercept, rounded and clamped to 0..=65535) as one file per (slice, phase) named
 /// `IM_<slice>_<phase>.dcm` in `dir`; returns the paths.
 pub fn write_series(dir: &Path, vol: &Volume, info: &SeriesInfo) -> Result<Vec<PathBuf>, IoError> {
     let d = dir.display().to_string();
@@ -64,15 +67,24 @@ pub fn write_series(dir: &Path, vol: &Volume, info: &SeriesInfo) -> Result<Vec<P
             let off = (t * nz + z) * plane;
             let pixels: Vec<u16> = vol.data[off..off + plane]
                 .iter()
-                .map(|&v| v.round().clamp(0.0, 65535.0) as u16)
+                .map(|&v| {
+                    (v as f64 - info.rescale_intercept)
+                        .round()
+                        .clamp(0.0, 65535.0) as u16
+                })
                 .collect();
             let number = t * nz + z + 1;
             let sop = format!("2.25.{}{:06}", info.uid_seed as u128 * 1000 + 4, number);
             let ds =
                 |v: &[f64]| PrimitiveValue::Strs(v.iter().map(|x| format!("{x:.6}")).collect());
             let s = |v: &str| PrimitiveValue::from(v);
-            let obj = InMemDicomObject::from_element_iter([
-                DataElement::new(tags::SOP_CLASS_UID, VR::UI, s(uids::MR_IMAGE_STORAGE)),
+            let sop_class = if info.modality == "CT" {
+                uids::CT_IMAGE_STORAGE
+            } else {
+                uids::MR_IMAGE_STORAGE
+            };
+            let mut obj = InMemDicomObject::from_element_iter([
+                DataElement::new(tags::SOP_CLASS_UID, VR::UI, s(sop_class)),
                 DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, s(&sop)),
                 DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, s(&study)),
                 DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, s(&series)),
@@ -113,6 +125,14 @@ pub fn write_series(dir: &Path, vol: &Volume, info: &SeriesInfo) -> Result<Vec<P
                 ),
                 DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
             ]);
+            if info.rescale_intercept != 0.0 {
+                obj.put(DataElement::new(
+                    tags::RESCALE_INTERCEPT,
+                    VR::DS,
+                    ds(&[info.rescale_intercept]),
+                ));
+                obj.put(DataElement::new(tags::RESCALE_SLOPE, VR::DS, ds(&[1.0])));
+            }
             let file = obj
                 .with_meta(
                     FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN),

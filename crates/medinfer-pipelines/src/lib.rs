@@ -4,12 +4,14 @@
 //! - [`phantom`]: the cardiac cine-MRI phantom (exact masks, volumes, EF and mass).
 //! - [`cardiac`]: the cardiac cine-MRI quantification pipeline (`medinfer run cardiac`).
 //! - [`cxr`]: chest X-ray multi-label classification (`medinfer run cxr`).
+//! - [`ct`]: CT slice anatomy tagging per series (`medinfer run ct`).
 //! - [`batch`]: the bounded decode -> inference pipeline that keeps every core busy.
 
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod cardiac;
+pub mod ct;
 pub mod cxr;
 pub mod phantom;
 

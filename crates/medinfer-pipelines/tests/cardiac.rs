@@ -109,6 +109,7 @@ fn a_dicom_cine_series_gives_the_same_result_as_the_nifti_file() {
         description: "test".into(),
         uid_seed: 99,
         slice_thickness: ph.params.slice_thickness_mm,
+        rescale_intercept: 0.0,
     };
     let dcm = dir.path().join("dicom");
     medinfer_io::dicom_write::write_series(&dcm, &ph.image, &info).unwrap();
@@ -207,6 +208,7 @@ fn bad_inputs_are_clear_errors() {
         description: "test".into(),
         uid_seed: 7,
         slice_thickness: 8.0,
+        rescale_intercept: 0.0,
     };
     let files = medinfer_io::dicom_write::write_series(dir.path(), &ph.image, &info).unwrap();
     for f in files.iter().filter(|f| {
