@@ -476,9 +476,14 @@ fn print_report(r: &cardiac::CardiacReport, truth: Option<&phantom::Truth>, load
 
 #[derive(Args)]
 pub struct BenchPipelineArgs {
-    /// Pipeline (cardiac).
+    /// Pipeline: cardiac (a phantom exam), cxr (a folder of radiographs) or ct (a DICOM series).
     #[arg(value_enum)]
     pub pipeline: BenchPipeline,
+    /// Input for cxr (folder of PNG / JPEG / DICOM radiographs) and ct (series folder).
+    pub input: Option<PathBuf>,
+    /// Cores for cxr / ct (streams x 1 thread, and as many decode workers); default all.
+    #[arg(long)]
+    pub cores: Option<usize>,
     /// Backends, comma-separated (tract, ort, openvino) or `all` available.
     #[arg(short, long, default_value = "all")]
     pub backend: String,
@@ -506,6 +511,10 @@ pub struct BenchPipelineArgs {
 pub enum BenchPipeline {
     /// Cardiac cine-MRI: read a 4D NIfTI, preprocess, segment, quantify, write every output.
     Cardiac,
+    /// Chest X-ray classification over a folder (decode, preprocess, infer, scores).
+    Cxr,
+    /// CT slice tagging of a series (read + assemble, window + resize, infer, summary).
+    Ct,
 }
 
 #[derive(serde::Serialize)]
@@ -526,7 +535,10 @@ struct PipelineBench {
 }
 
 pub fn cmd_bench_pipeline(a: BenchPipelineArgs) -> Result<()> {
-    let BenchPipeline::Cardiac = a.pipeline;
+    match a.pipeline {
+        BenchPipeline::Cardiac => {}
+        BenchPipeline::Cxr | BenchPipeline::Ct => return crate::cxr::bench_batch_pipeline(&a),
+    }
     let (slices, phases) = a
         .exam
         .split_once('x')

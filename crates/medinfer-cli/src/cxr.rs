@@ -386,3 +386,192 @@ pub fn cmd_run_ct(a: RunCtArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(serde::Serialize)]
+struct StageBench {
+    pipeline: &'static str,
+    input: String,
+    images: usize,
+    cores: usize,
+    backend: String,
+    precision: String,
+    batch: usize,
+    /// CPU time per image of each stage, measured one image at a time on one core, ms.
+    per_image_ms: serde_json::Value,
+    /// cores / (sum of the per-image stage times): perfect overlap, no idle core.
+    ideal_images_per_s: f64,
+    /// The real pipeline (decoders + streams, bounded queue), median of the runs.
+    end_to_end_images_per_s: f64,
+    /// end to end / ideal.
+    efficiency: f64,
+    /// The engine alone on already preprocessed inputs, same session and batch.
+    engine_only_images_per_s: f64,
+    runs: usize,
+}
+
+/// `medinfer bench-pipeline cxr|ct DIR`.
+pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()> {
+    use crate::cardiac::BenchPipeline;
+    use std::time::Instant;
+    let input = a
+        .input
+        .clone()
+        .context("bench-pipeline cxr / ct needs an input folder")?;
+    let cores = a.cores.unwrap_or_else(medinfer_core::usable_cores).max(1);
+    let (zoo, name) = match a.pipeline {
+        BenchPipeline::Cxr => ("densenet121-cxr", "cxr"),
+        _ => ("resnet18-ct", "ct"),
+    };
+    let prec = a.precision.split(',').next().unwrap_or("fp32").trim().to_string();
+    let model = match prec.as_str() {
+        "fp32" => crate::resolve_model(zoo)?,
+        "int8" => crate::quant::cached_zoo_int8(zoo)?,
+        p => bail!("unknown precision '{p}' (fp32, int8)"),
+    };
+    let backend = if a.backend == "all" { "auto" } else { a.backend.as_str() };
+    let load = |streams: usize| {
+        medinfer_engine::load(
+            backend,
+            &model,
+            &medinfer_engine::SessionOptions {
+                mode: medinfer_engine::Mode::Throughput,
+                batch: Some(a.batch.max(1)),
+                streams: Some(streams),
+                threads: Some(1),
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("loading {}", model.display()))
+    };
+    let one = load(1)?;
+    let all = load(cores)?;
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+
+    // 1. One by one, one core: decode and preprocess per image, then inference per image.
+    let (decode_ms, prep_ms, inputs): (f64, f64, Vec<Vec<f32>>) = match a.pipeline {
+        BenchPipeline::Cxr => {
+            let files = collect_inputs(std::slice::from_ref(&input))?;
+            if files.is_empty() {
+                bail!("{}: no radiographs", input.display());
+            }
+            let (mut d, mut p, mut xs) = (0.0, 0.0, Vec::new());
+            for f in &files {
+                let t = Instant::now();
+                let img = medinfer_io::read_images(f)?.swap_remove(0);
+                d += ms(t);
+                let t = Instant::now();
+                xs.push(cxr::preprocess_image(img)?);
+                p += ms(t);
+            }
+            let n = files.len() as f64;
+            (d / n, p / n, xs)
+        }
+        _ => {
+            let t = Instant::now();
+            let vol = medinfer_io::series::read_series(&input)?;
+            let n = vol.dims[2];
+            let d = ms(t) / n as f64;
+            let t = Instant::now();
+            let xs: Vec<Vec<f32>> = (0..n)
+                .map(|z| medinfer_pipelines::ct::preprocess_slice(&vol, z, medinfer_pipelines::ct::DEFAULT_WINDOW))
+                .collect::<Result<_, String>>()
+                .map_err(anyhow::Error::msg)?;
+            (d, ms(t) / n as f64, xs)
+        }
+    };
+    let images = inputs.len();
+    let engine = |s: &medinfer_engine::Session, decoders: usize| -> Result<f64> {
+        let t = Instant::now();
+        batch::run_ordered(&inputs, s, decoders, |x: &Vec<f32>| Ok(x.clone()), |_, _| {})?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    engine(&one, 1)?; // warm-up
+    let infer_ms = engine(&one, 1)? * 1e3 / images as f64;
+    let ideal = cores as f64 / ((decode_ms + prep_ms + infer_ms) / 1e3);
+
+    // 2. The real pipeline and the engine alone, interleaved.
+    let mut e2e = Vec::new();
+    let mut eng = Vec::new();
+    for round in 0..=a.runs {
+        let t = Instant::now();
+        match a.pipeline {
+            BenchPipeline::Cxr => {
+                let files = collect_inputs(std::slice::from_ref(&input))?;
+                let mut failed = 0;
+                batch::run_ordered(
+                    &files,
+                    &all,
+                    cores,
+                    |f: &PathBuf| cxr::preprocess_file(f).map_err(|e| e.to_string()),
+                    |_, r| {
+                        if let Ok(l) = r {
+                            std::hint::black_box(cxr::scores(&l, None));
+                        } else {
+                            failed += 1;
+                        }
+                    },
+                )?;
+                if failed > 0 {
+                    bail!("{failed} file(s) failed");
+                }
+            }
+            _ => {
+                let regions: Vec<String> =
+                    medinfer_pipelines::ct::REGIONS.iter().map(|s| s.to_string()).collect();
+                medinfer_pipelines::ct::run(
+                    &input,
+                    &all,
+                    medinfer_pipelines::ct::DEFAULT_WINDOW,
+                    &regions,
+                    cores,
+                )?;
+            }
+        }
+        let e = t.elapsed().as_secs_f64();
+        let g = engine(&all, cores)?;
+        if round > 0 {
+            e2e.push(images as f64 / e);
+            eng.push(images as f64 / g);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    let e2e = med(&mut e2e);
+    let r = StageBench {
+        pipeline: name,
+        input: input.display().to_string(),
+        images,
+        cores,
+        backend: all.info().backend.name().into(),
+        precision: all.info().effective_precision.clone(),
+        batch: a.batch,
+        per_image_ms: serde_json::json!({
+            "decode": decode_ms, "preprocess": prep_ms, "inference": infer_ms,
+        }),
+        ideal_images_per_s: ideal,
+        end_to_end_images_per_s: e2e,
+        efficiency: e2e / ideal,
+        engine_only_images_per_s: med(&mut eng),
+        runs: a.runs,
+    };
+    if a.json {
+        return crate::print_json(&r);
+    }
+    println!(
+        "{} {} ({} images) on {} core(s), {} {}, batch {}, {} runs",
+        r.pipeline, r.input, r.images, r.cores, r.backend, r.precision, r.batch, r.runs
+    );
+    println!(
+        "  per image, one core: decode {decode_ms:.2} ms, preprocess {prep_ms:.2} ms, inference {infer_ms:.2} ms"
+    );
+    println!(
+        "  ideal {:.1} images/s, end to end {:.1} images/s ({:.0} % of ideal), engine alone {:.1} images/s",
+        r.ideal_images_per_s,
+        r.end_to_end_images_per_s,
+        100.0 * r.efficiency,
+        r.engine_only_images_per_s
+    );
+    Ok(())
+}
