@@ -422,13 +422,23 @@ pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()>
         BenchPipeline::Cxr => ("densenet121-cxr", "cxr"),
         _ => ("resnet18-ct", "ct"),
     };
-    let prec = a.precision.split(',').next().unwrap_or("fp32").trim().to_string();
+    let prec = a
+        .precision
+        .split(',')
+        .next()
+        .unwrap_or("fp32")
+        .trim()
+        .to_string();
     let model = match prec.as_str() {
         "fp32" => crate::resolve_model(zoo)?,
         "int8" => crate::quant::cached_zoo_int8(zoo)?,
         p => bail!("unknown precision '{p}' (fp32, int8)"),
     };
-    let backend = if a.backend == "all" { "auto" } else { a.backend.as_str() };
+    let backend = if a.backend == "all" {
+        "auto"
+    } else {
+        a.backend.as_str()
+    };
     let load = |streams: usize| {
         medinfer_engine::load(
             backend,
@@ -473,7 +483,13 @@ pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()>
             let d = ms(t) / n as f64;
             let t = Instant::now();
             let xs: Vec<Vec<f32>> = (0..n)
-                .map(|z| medinfer_pipelines::ct::preprocess_slice(&vol, z, medinfer_pipelines::ct::DEFAULT_WINDOW))
+                .map(|z| {
+                    medinfer_pipelines::ct::preprocess_slice(
+                        &vol,
+                        z,
+                        medinfer_pipelines::ct::DEFAULT_WINDOW,
+                    )
+                })
                 .collect::<Result<_, String>>()
                 .map_err(anyhow::Error::msg)?;
             (d, ms(t) / n as f64, xs)
@@ -482,7 +498,13 @@ pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()>
     let images = inputs.len();
     let engine = |s: &medinfer_engine::Session, decoders: usize| -> Result<f64> {
         let t = Instant::now();
-        batch::run_ordered(&inputs, s, decoders, |x: &Vec<f32>| Ok(x.clone()), |_, _| {})?;
+        batch::run_ordered(
+            &inputs,
+            s,
+            decoders,
+            |x: &Vec<f32>| Ok(x.clone()),
+            |_, _| {},
+        )?;
         Ok(t.elapsed().as_secs_f64())
     };
     engine(&one, 1)?; // warm-up
@@ -516,8 +538,10 @@ pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()>
                 }
             }
             _ => {
-                let regions: Vec<String> =
-                    medinfer_pipelines::ct::REGIONS.iter().map(|s| s.to_string()).collect();
+                let regions: Vec<String> = medinfer_pipelines::ct::REGIONS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
                 medinfer_pipelines::ct::run(
                     &input,
                     &all,
