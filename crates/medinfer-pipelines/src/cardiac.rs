@@ -17,11 +17,9 @@
 
 use crate::phantom::{ed_es, MYOCARDIAL_DENSITY};
 use crate::PipelineError;
-use medinfer_core::{Tensor, Volume};
+use medinfer_core::Volume;
 use medinfer_engine::Session;
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 /// Pixel spacing of the model's input, mm.
@@ -477,7 +475,7 @@ pub fn analyse(
 ) -> Result<CardiacResult, PipelineError> {
     let t_all = Instant::now();
     check_input(vol, input_name)?;
-    let batch = check_model(session, &model.path)?;
+    check_model(session, &model.path)?;
     let [nx, ny, nz, nt] = vol.dims;
     let plane = nx * ny;
     let mut flags = Vec::new();
@@ -519,66 +517,36 @@ pub fn analyse(
     }
     let preprocess_ms = ms(t0);
 
-    // Segment: batches pulled by one worker per stream.
+    // Segment: the shared batch pipeline, one worker per engine stream.
     let t0 = Instant::now();
-    let n_batches = images.div_ceil(batch);
-    let logits = Mutex::new(vec![Vec::<f32>::new(); n_batches]);
-    let next = AtomicUsize::new(0);
-    let failure = Mutex::new(None);
-    let workers = session.info().streams.max(1).min(n_batches);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                if b >= n_batches {
-                    break;
-                }
-                let lo = b * batch;
-                let hi = (lo + batch).min(images);
-                let mut x = vec![0f32; batch * CROP * CROP];
-                x[..(hi - lo) * CROP * CROP]
-                    .copy_from_slice(&patches[lo * CROP * CROP..hi * CROP * CROP]);
-                let out = Tensor::from_f32(vec![batch, 1, CROP, CROP], x)
-                    .map_err(|e| PipelineError::Input(e.to_string()))
-                    .and_then(|t| session.run(&[t]).map_err(PipelineError::from))
-                    .and_then(|o| {
-                        o.into_iter()
-                            .next()
-                            .ok_or_else(|| PipelineError::Input("model gave no output".into()))
-                    })
-                    .and_then(|t| {
-                        t.as_f32()
-                            .map(|v| v.to_vec())
-                            .map_err(|e| PipelineError::Input(e.to_string()))
-                    });
-                match out {
-                    Ok(v) if v.len() == batch * 4 * CROP * CROP => {
-                        logits.lock().unwrap_or_else(|e| e.into_inner())[b] = v
-                    }
-                    Ok(v) => {
-                        *failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(PipelineError::Model {
-                                model: model.path.clone(),
-                                reason: format!(
-                                    "output has {} values, expected {}",
-                                    v.len(),
-                                    batch * 4 * CROP * CROP
-                                ),
-                            });
-                        break;
-                    }
-                    Err(e) => {
-                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
+    let idx: Vec<usize> = (0..images).collect();
+    let mut logits: Vec<Vec<f32>> = vec![Vec::new(); images];
+    let mut failure = None;
+    crate::batch::run_ordered(
+        &idx,
+        session,
+        1,
+        |&i| Ok(patches[i * CROP * CROP..(i + 1) * CROP * CROP].to_vec()),
+        |i, r| match r {
+            Ok(v) if v.len() == 4 * CROP * CROP => logits[i] = v,
+            Ok(v) => {
+                failure.get_or_insert(format!(
+                    "output has {} values per image, expected {}",
+                    v.len(),
+                    4 * CROP * CROP
+                ));
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        },
+    )?;
+    if let Some(reason) = failure {
+        return Err(PipelineError::Model {
+            model: model.path.clone(),
+            reason,
+        });
     }
-    let logits = logits.into_inner().unwrap_or_else(|e| e.into_inner());
     let segment_ms = ms(t0);
 
     // Postprocess: class scores back onto the input grid inside the patch's footprint.
@@ -602,9 +570,7 @@ pub fn analyse(
             for g in groups {
                 s.spawn(move || {
                     for (img, out) in g {
-                        let (b, k) = (img / batch, img % batch);
-                        let l = &logits[b][k * 4 * CROP * CROP..(k + 1) * 4 * CROP * CROP];
-                        back_project(l, &geo, out, nx, [fx0, fx1, fy0, fy1]);
+                        back_project(&logits[img], &geo, out, nx, [fx0, fx1, fy0, fy1]);
                     }
                 });
             }
