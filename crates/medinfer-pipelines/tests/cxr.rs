@@ -156,3 +156,32 @@ fn a_batch_keeps_order_applies_thresholds_and_reports_corrupt_files() {
         }
     }
 }
+
+/// A MONOCHROME1 DICOM radiograph (written by pydicom, decoded by pydicom into the .npy): the
+/// pipeline inverts it with the encoding's range (0..255) before TorchXRayVision's scaling.
+#[test]
+fn a_monochrome1_dicom_radiograph_is_inverted_before_scaling() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../medinfer-io/tests/fixtures/dicom");
+    let got = cxr::preprocess_file(&dir.join("cr_mono1_u8.dcm")).unwrap();
+    let raw = medinfer_io::npy::read(&dir.join("cr_mono1_u8.dcm.npy")).unwrap();
+    // (frames, rows, columns, samples) as the fixture script writes it.
+    let shape = raw.shape().to_vec();
+    let (h, w) = (shape[1], shape[2]);
+    let inverted: Vec<f32> = raw
+        .to_f64_vec()
+        .iter()
+        .map(|&v| (255.0 - v) as f32)
+        .collect();
+    let mut img = medinfer_core::Image2d::gray(w, h, inverted).unwrap();
+    img.value_range = (0.0, 255.0);
+    let want = cxr::preprocess_image(img).unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "max difference {worst}");
+    // White in MONOCHROME1 (0) is bright after inversion: the result spans the XRV range.
+    let hi = got.iter().cloned().fold(f32::MIN, f32::max);
+    assert!(hi <= 1024.0 + 1e-3);
+}
