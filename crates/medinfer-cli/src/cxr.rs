@@ -298,8 +298,10 @@ pub fn cmd_run_cxr(a: RunCxrArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct RunCtArgs {
-    /// A DICOM CT series: a folder, or one file of it.
-    pub input: PathBuf,
+    /// DICOM CT series: folders (searched recursively; every series found is tagged, in the
+    /// order of its first file's path) or files. Non-DICOM files are ignored.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
     /// Slice classifier: ONNX taking (batch, 1, 128, 128) windowed slices in [0, 1] and giving
     /// one logit per region. Default: the zoo resnet18-ct, whose weights are UNTRAINED.
     #[arg(long)]
@@ -320,22 +322,59 @@ pub struct RunCtArgs {
     /// Slices per inference request.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Cores to use for inference streams (default: all usable cores, one stream each).
+    /// Cores to use: inference streams (one thread each) and decode workers (default: all
+    /// usable cores).
     #[arg(long)]
     pub cores: Option<usize>,
-    /// Print the report (every slice and the summary) as JSON.
-    #[arg(long)]
+    /// Print one JSON object per series (JSON lines: the report with every slice and the
+    /// summary, or the error) instead of a table.
+    #[arg(long, conflicts_with = "jsonl")]
     pub json: bool,
+    /// Append one JSON object per series to this file (JSON lines). Series already in it (by
+    /// Series Instance UID; unreadable files by path) are skipped, so an interrupted batch
+    /// resumes where it stopped. A summary table is printed as well.
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+}
+
+/// The `key` field of every whole line of the JSON-lines file `path` (none if it does not
+/// exist). A last line without its newline (an interrupted write) is cut off first.
+fn finished_keys_jsonl(path: &Path, key: &str) -> Result<std::collections::HashSet<String>> {
+    let mut done = std::collections::HashSet::new();
+    let Ok(bytes) = std::fs::read(path) else {
+        return Ok(done);
+    };
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if whole < bytes.len() {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.set_len(whole as u64)
+            .with_context(|| format!("repairing {}", path.display()))?;
+    }
+    for (n, line) in bytes[..whole].lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{}: line {} is not JSON; not appending to it",
+                path.display(),
+                n + 1
+            )
+        })?;
+        if let Some(k) = v.get(key).and_then(|k| k.as_str()) {
+            done.insert(k.to_string());
+        }
+    }
+    Ok(done)
 }
 
 pub fn cmd_run_ct(a: RunCtArgs) -> Result<()> {
+    use medinfer_pipelines::ct;
     let window = crate::imaging::parse_window(&a.window)?;
     let regions: Vec<String> = match &a.labels {
         Some(p) => cxr::read_labels(&p.display().to_string())?,
-        None => medinfer_pipelines::ct::REGIONS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        None => ct::REGIONS.iter().map(|s| s.to_string()).collect(),
     };
     let untrained = a.model.is_none();
     let model = match (&a.model, a.precision.as_str()) {
@@ -343,6 +382,11 @@ pub fn cmd_run_ct(a: RunCtArgs) -> Result<()> {
         (None, "fp32") => crate::resolve_model("resnet18-ct")?,
         (None, "int8") => crate::quant::cached_zoo_int8("resnet18-ct")?,
         (None, p) => bail!("unknown precision '{p}' (fp32, int8)"),
+    };
+    let note = if untrained {
+        "UNTRAINED zoo weights (resnet18-ct): the regions are meaningless; pass --model"
+    } else {
+        ""
     };
     let cores = a.cores.unwrap_or_else(medinfer_core::usable_cores).max(1);
     let opts = medinfer_engine::SessionOptions {
@@ -354,35 +398,166 @@ pub fn cmd_run_ct(a: RunCtArgs) -> Result<()> {
     };
     let session = medinfer_engine::load(&a.backend, &model, &opts)
         .with_context(|| format!("loading {}", model.display()))?;
-    let r = medinfer_pipelines::ct::run(&a.input, &session, window, &regions, cores)?;
-    let note = if untrained {
-        "UNTRAINED zoo weights (resnet18-ct): the regions are meaningless; pass --model"
-    } else {
-        ""
-    };
-    if a.json {
-        return crate::print_json(&serde_json::json!({"report": r, "note": note}));
+    if let Some(n) = session
+        .outputs()
+        .first()
+        .and_then(|o| o.shape.get(1).copied())
+        .filter(|&n| n != 0 && n != regions.len())
+    {
+        bail!(
+            "{}: the model gives {n} scores, there are {} regions",
+            model.display(),
+            regions.len()
+        );
     }
-    if untrained {
+
+    // Find and order the series (headers only).
+    let mut files = Vec::new();
+    for p in &a.inputs {
+        files.extend(medinfer_io::series::list_files(p)?);
+    }
+    files.sort();
+    files.dedup();
+    let (mut plans, rejected) = ct::plan(&files);
+    if plans.is_empty() && rejected.is_empty() {
+        bail!(
+            "{}: no DICOM series found",
+            a.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // A single series named directly keeps the name it was given.
+    if let ([one], [Ok(p)]) = (a.inputs.as_slice(), plans.as_mut_slice()) {
+        p.input = one.display().to_string();
+    }
+    let key = |r: &ct::Planned| match r {
+        Ok(p) => p.uid.clone(),
+        Err(e) => e.clone(),
+    };
+    let mut sink = None;
+    let mut rejected = rejected;
+    if let Some(path) = &a.jsonl {
+        let done = finished_keys_jsonl(path, "key")?;
+        let before = plans.len() + rejected.len();
+        plans.retain(|p| !done.contains(&key(p)));
+        rejected.retain(|(f, _)| !done.contains(&f.display().to_string()));
+        let skipped = before - plans.len() - rejected.len();
+        if skipped > 0 {
+            eprintln!(
+                "{}: {skipped} series / file(s) already done, {} to go",
+                path.display(),
+                plans.len() + rejected.len()
+            );
+        }
+        sink = Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        );
+    }
+    let mut emit = |v: serde_json::Value, human: String| -> std::io::Result<()> {
+        if let Some(f) = sink.as_mut() {
+            writeln!(f, "{v}")?;
+            f.flush()?;
+            println!("{human}");
+            Ok(())
+        } else if a.json {
+            writeln!(std::io::stdout(), "{v}")
+        } else {
+            writeln!(std::io::stdout(), "{human}")
+        }
+    };
+    if untrained && !a.json {
         println!("note: {note}");
     }
-    println!(
-        "{}: {} slices of {}x{}, on {} ({}), read {:.0} ms, tagged in {:.0} ms ({:.0} slices/s)",
-        r.input,
-        r.dims[2],
-        r.dims[0],
-        r.dims[1],
-        r.backend,
-        r.precision,
-        r.seconds[0] * 1e3,
-        r.seconds[1] * 1e3,
-        r.dims[2] as f64 / r.seconds[1].max(1e-9)
+    let (mut ok, mut failed, mut tagged) = (0usize, 0usize, 0usize);
+    for (f, e) in &rejected {
+        failed += 1;
+        let file = f.display().to_string();
+        emit(
+            serde_json::json!({"key": file, "file": file, "status": "error", "error": e, "note": note}),
+            format!("{file}: error: {e}"),
+        )?;
+    }
+    let total: usize = plans
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .map(|p| p.dims[2])
+        .sum();
+    let bar = crate::quant::bar(total, "slices", a.json || total < 2);
+    let t0 = std::time::Instant::now();
+    let mut io_error: Option<std::io::Error> = None;
+    ct::tag_series(
+        &plans,
+        &session,
+        window,
+        &regions,
+        cores,
+        || {
+            tagged += 1;
+            bar.inc(1)
+        },
+        |k, r| {
+            let k = key(&plans[k]);
+            let (v, human) = match r {
+                Ok(r) => {
+                    ok += 1;
+                    let mut human = format!(
+                        "{}: {} slices of {}x{}, tagged in {:.0} ms ({:.0} slices/s)",
+                        r.input,
+                        r.dims[2],
+                        r.dims[0],
+                        r.dims[1],
+                        r.seconds[1] * 1e3,
+                        r.dims[2] as f64 / r.seconds[1].max(1e-9)
+                    );
+                    for s in &r.summary {
+                        human.push_str(&format!(
+                            "\n  {:<10} slices {:>4}-{:<4} ({:.1} to {:.1} mm)",
+                            s.region,
+                            s.slices[0],
+                            s.slices[1],
+                            s.positions_mm[0],
+                            s.positions_mm[1]
+                        ));
+                    }
+                    let v = serde_json::json!({
+                        "key": k, "series_uid": r.series_uid, "input": r.input,
+                        "status": "ok", "report": r, "note": note,
+                    });
+                    (v, human)
+                }
+                Err(e) => {
+                    failed += 1;
+                    let v =
+                        serde_json::json!({"key": k, "status": "error", "error": e, "note": note});
+                    (v, format!("error: {e}"))
+                }
+            };
+            if let Err(e) = bar.suspend(|| emit(v, human)) {
+                io_error.get_or_insert(e);
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(e) = io_error {
+        return Err(e).context("writing results");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{ok} series tagged ({tagged} slices), {failed} failed, in {secs:.1} s ({:.0} slices/s) on {} ({}){}",
+        tagged as f64 / secs.max(1e-9),
+        session.info().backend,
+        session.info().effective_precision,
+        if untrained { "; weights UNTRAINED" } else { "" }
     );
-    for s in &r.summary {
-        println!(
-            "  {:<10} slices {:>4}-{:<4} ({:.1} to {:.1} mm)",
-            s.region, s.slices[0], s.slices[1], s.positions_mm[0], s.positions_mm[1]
-        );
+    if ok == 0 && failed > 0 {
+        bail!("no series could be tagged ({failed} failed)");
     }
     Ok(())
 }

@@ -777,3 +777,190 @@ fn cxr_batch_reports_corrupt_files_and_resumes_without_duplicates() {
     assert_eq!(ok["scores"].as_object().unwrap().len(), 18);
     assert!(ok["note"].as_str().unwrap().contains("UNTRAINED"));
 }
+
+/// Writes a small synthetic CT series (HU through a -1024 intercept) into `dir`.
+fn write_ct_series(dir: &Path, nz: usize, seed: u64) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let n = 64;
+    let mut r = SeededRng::new(seed);
+    let data: Vec<f32> = (0..n * n * nz)
+        .map(|i| {
+            let (x, y) = ((i % n) as f32 - 32.0, ((i / n) % n) as f32 - 32.0);
+            if x * x + y * y < 600.0 {
+                (40.0 + 30.0 * r.normal()).round() as f32
+            } else {
+                -1000.0
+            }
+        })
+        .collect();
+    let mut v = medinfer_core::Volume::new([n, n, nz, 1], data, [0.7, 0.7, 3.0, 0.0]).unwrap();
+    v.affine[2][3] = -100.0 * seed as f64;
+    let info = medinfer_io::dicom_write::SeriesInfo {
+        modality: "CT".into(),
+        description: "synthetic".into(),
+        uid_seed: seed,
+        slice_thickness: 3.0,
+        rescale_intercept: -1024.0,
+    };
+    medinfer_io::dicom_write::write_series(dir, &v, &info).unwrap()
+}
+
+#[test]
+fn ct_batch_tags_every_series_reports_broken_ones_and_resumes_without_duplicates() {
+    let d = tmp();
+    let root = d.path().join("archive");
+    write_ct_series(&root.join("a"), 7, 1);
+    write_ct_series(&root.join("b/inner"), 5, 2);
+    let gap = write_ct_series(&root.join("c"), 6, 3);
+    std::fs::remove_file(&gap[2]).unwrap(); // a missing slice: that series fails, alone
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    let whole = std::fs::read(&gap[0]).unwrap();
+    // DICOM by its preamble, cut inside the header: a per-file error.
+    std::fs::write(root.join("d/cut.dcm"), &whole[..200]).unwrap();
+    std::fs::write(root.join("d/README.txt"), b"not DICOM, ignored").unwrap();
+
+    let out = d.path().join("tags.jsonl");
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "run".to_string(),
+            "ct".into(),
+            root.display().to_string(),
+            "--backend".into(),
+            "tract".into(),
+            "--batch".into(),
+            "4".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let go = |a: &[String]| run(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let a = args(&["--jsonl", out.to_str().unwrap()]);
+    let o = go(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    let ok: Vec<&serde_json::Value> = rows.iter().filter(|r| r["status"] == "ok").collect();
+    assert_eq!(ok.len(), 2, "{text}");
+    // In the order of the folders, every slice tagged once, in position order.
+    assert!(ok[0]["input"].as_str().unwrap().ends_with("a"));
+    assert!(ok[1]["input"].as_str().unwrap().ends_with("inner"));
+    for (r, nz) in ok.iter().zip([7, 5]) {
+        let slices = r["report"]["slices"].as_array().unwrap();
+        assert_eq!(slices.len(), nz);
+        for (k, s) in slices.iter().enumerate() {
+            assert_eq!(s["index"], k);
+            let p: f64 = s["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .sum();
+            assert!((p - 1.0).abs() < 1e-4);
+        }
+        let pos: Vec<f64> = slices
+            .iter()
+            .map(|s| s["position_mm"].as_f64().unwrap())
+            .collect();
+        assert!(pos.windows(2).all(|w| (w[1] - w[0] - 3.0).abs() < 1e-3));
+        assert!(r["note"].as_str().unwrap().contains("UNTRAINED"));
+    }
+    let errors: Vec<String> = rows
+        .iter()
+        .filter(|r| r["status"] == "error")
+        .map(|r| r["error"].as_str().unwrap().to_string())
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("cut.dcm")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("missing") || e.contains("gap")),
+        "{errors:?}"
+    );
+
+    // Interrupted after the first record and half of the second: the re-run repairs the file
+    // and completes it, each series exactly once, with the same numbers.
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines[0].len() + 1 + lines[1].len() / 2;
+    std::fs::write(&out, &text.as_bytes()[..cut]).unwrap();
+    let o = go(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 series / file(s) already done"),
+        "{}",
+        stderr(&o)
+    );
+    let again = std::fs::read_to_string(&out).unwrap();
+    let mut keys: Vec<String> = again
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys.len(), 4, "{again}");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 4, "duplicates after resume: {again}");
+    let probs = |text: &str, uid: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["series_uid"] == uid)
+            .map(|r| {
+                r["report"]["slices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["probabilities"].clone())
+                    .collect()
+            })
+            .unwrap()
+    };
+    for r in &ok {
+        let uid = r["series_uid"].as_str().unwrap();
+        assert_eq!(probs(&text, uid), probs(&again, uid));
+    }
+
+    // One series named directly: the same numbers as in the batch; --json gives its report.
+    let o = run(&[
+        "run",
+        "ct",
+        root.join("a").to_str().unwrap(),
+        "--backend",
+        "tract",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got: Vec<serde_json::Value> = v["report"]["slices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["probabilities"].clone())
+        .collect();
+    let want = probs(&text, ok[0]["series_uid"].as_str().unwrap());
+    for (g, w) in got.iter().zip(&want) {
+        for (x, y) in g.as_array().unwrap().iter().zip(w.as_array().unwrap()) {
+            assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5);
+        }
+    }
+    // The broken series alone: a clear failure naming it.
+    let o = run(&[
+        "run",
+        "ct",
+        root.join("c").to_str().unwrap(),
+        "--backend",
+        "tract",
+    ]);
+    assert!(!o.status.success());
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(
+        all.contains("no series could be tagged") && !all.contains("panicked"),
+        "{all}"
+    );
+}

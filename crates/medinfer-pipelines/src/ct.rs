@@ -3,15 +3,20 @@
 //!
 //! Preprocessing per slice: values in HU (rescale applied by the reader), the window
 //! (centre, width) with DICOM's linear VOI function to [0, 1], area resize to 128 x 128, one
-//! channel. The series is read with medinfer's series reader (ordered along the slice normal,
-//! gaps and duplicates refused), slices are then preprocessed and classified by
-//! [`crate::batch::run_ordered`] on every core and stream.
+//! channel. Series are found and ordered from their headers alone (medinfer's series reader:
+//! ordered along the slice normal, gaps and duplicates refused); then every slice of every
+//! series streams through [`crate::batch::run_ordered`]: decoded, windowed and resized by one
+//! worker per core while the engine's streams classify earlier slices. A batch of thousands of
+//! series therefore never waits for a whole volume to be read, and memory stays bounded.
 
 use crate::PipelineError;
 use medinfer_core::preprocess::{self, Filter};
 use medinfer_core::{Image2d, Volume};
 use medinfer_engine::Session;
+use medinfer_io::series::Series;
 use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 /// Side of the model input.
 pub const SIZE: usize = 128;
@@ -49,8 +54,10 @@ pub struct RegionRange {
 /// The result for a series.
 #[derive(Clone, Debug, Serialize)]
 pub struct CtReport {
-    /// Input.
+    /// Input: the series' folder (or its one file).
     pub input: String,
+    /// Series Instance UID.
+    pub series_uid: String,
     /// `[columns, rows, slices]`.
     pub dims: [usize; 3],
     /// Backend and precision.
@@ -61,17 +68,29 @@ pub struct CtReport {
     pub slices: Vec<SliceResult>,
     /// Consecutive runs of one region.
     pub summary: Vec<RegionRange>,
-    /// Seconds to read + assemble, and to preprocess + classify.
+    /// Seconds: the header scan and slice ordering (this series' share), then decode +
+    /// preprocess + classify, streamed (wall time until its last slice was tagged).
     pub seconds: [f64; 2],
 }
 
-/// Slice `z` (phase 0) windowed to [0, 1] and resized to `SIZE x SIZE`.
+/// Slice `z` (phase 0) of a volume windowed to [0, 1] and resized to `SIZE x SIZE`.
 pub fn preprocess_slice(vol: &Volume, z: usize, window: (f64, f64)) -> Result<Vec<f32>, String> {
-    let [nx, ny, _, _] = vol.dims;
+    let [nx, ny, nz, _] = vol.dims;
+    if z >= nz {
+        return Err(format!("slice {z} of {nz}"));
+    }
     let start = z * nx * ny;
-    let mut data = vol.data[start..start + nx * ny].to_vec();
-    preprocess::window(&mut data, window.0, window.1, 0.0, 1.0).map_err(|e| e.to_string())?;
-    let img = Image2d::gray(nx, ny, data).map_err(|e| e.to_string())?;
+    let img = Image2d::gray(nx, ny, vol.data[start..start + nx * ny].to_vec())
+        .map_err(|e| e.to_string())?;
+    preprocess_image(img, window)
+}
+
+/// One decoded slice (values in HU) windowed to [0, 1] and resized to `SIZE x SIZE`.
+pub fn preprocess_image(mut img: Image2d, window: (f64, f64)) -> Result<Vec<f32>, String> {
+    if img.channels != 1 {
+        return Err(format!("{} channels; a CT slice has one", img.channels));
+    }
+    preprocess::window(&mut img.data, window.0, window.1, 0.0, 1.0).map_err(|e| e.to_string())?;
     let img = preprocess::resize(&img, SIZE, SIZE, Filter::Area).map_err(|e| e.to_string())?;
     Ok(img.data)
 }
@@ -103,7 +122,234 @@ pub fn summarize(slices: &[SliceResult]) -> Vec<RegionRange> {
     out
 }
 
-/// Reads the series at `input` and tags every slice.
+/// A series ready to be tagged: its slice order and geometry worked out from the headers, no
+/// pixel decoded yet.
+#[derive(Clone, Debug)]
+pub struct SeriesPlan {
+    /// Series Instance UID.
+    pub uid: String,
+    /// Where it was found (its folder, or its one file).
+    pub input: String,
+    /// `[columns, rows, slices]`.
+    pub dims: [usize; 3],
+    /// Position of each slice along the slice normal, mm, in slice order.
+    pub positions_mm: Vec<f64>,
+    /// Seconds spent on the header scan and ordering, this series' share.
+    pub scan_seconds: f64,
+    series: Series,
+    /// `(file index, frame)` per slice.
+    order: Vec<(usize, usize)>,
+    /// Some file holds several frames: the series is decoded whole, once, instead of per slice.
+    multi_frame: bool,
+}
+
+impl SeriesPlan {
+    /// Orders the slices of `series` from its headers. A 4D (cine) series, inconsistent
+    /// geometry, gaps and duplicates are errors that name the series.
+    pub fn new(series: Series, scan_seconds: f64) -> Result<Self, PipelineError> {
+        let lay = medinfer_io::series::layout(&series)?;
+        let [nx, ny, nz, nt] = lay.dims;
+        let input = match series.files.as_slice() {
+            [one] => one.path.display().to_string(),
+            files => files
+                .iter()
+                .map(|f| f.path.parent().unwrap_or(&f.path).display().to_string())
+                .min()
+                .unwrap_or_default(),
+        };
+        if nt != 1 {
+            return Err(PipelineError::Input(format!(
+                "{input}: series {}: a CT series has one time point; this one has {nt}",
+                series.uid
+            )));
+        }
+        let a = lay.affine;
+        let c = [a[0][2], a[1][2], a[2][2]];
+        let len = (c[0] * c[0] + c[1] * c[1] + c[2] * c[2]).sqrt();
+        let n = if len > 0.0 {
+            [c[0] / len, c[1] / len, c[2] / len]
+        } else {
+            [0.0, 0.0, 1.0]
+        };
+        let positions_mm = (0..nz)
+            .map(|z| (0..3).map(|i| (a[i][2] * z as f64 + a[i][3]) * n[i]).sum())
+            .collect();
+        let multi_frame = series.files.iter().any(|f| f.header.frames > 1);
+        Ok(SeriesPlan {
+            uid: series.uid.clone(),
+            input,
+            dims: [nx, ny, nz],
+            positions_mm,
+            scan_seconds,
+            order: lay.order,
+            series,
+            multi_frame,
+        })
+    }
+}
+
+/// A series' plan, or why it cannot be tagged.
+pub type Planned = Result<SeriesPlan, String>;
+
+/// Finds the DICOM series in `files` (headers only, on every core) and orders each one. Series
+/// come back in the order of their first file's path; one that cannot be ordered is an `Err`
+/// in its place. Files that are DICOM but unreadable come back separately with the reason;
+/// files that are not DICOM at all are ignored.
+pub fn plan(files: &[PathBuf]) -> (Vec<Planned>, Vec<(PathBuf, String)>) {
+    let t = std::time::Instant::now();
+    let scan = medinfer_io::series::scan(files);
+    let share = t.elapsed().as_secs_f64() / scan.series.len().max(1) as f64;
+    let mut series = scan.series;
+    for s in &mut series {
+        s.files.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+    series.sort_by(|a, b| a.files[0].path.cmp(&b.files[0].path));
+    let plans = series
+        .into_iter()
+        .map(|s| SeriesPlan::new(s, share).map_err(|e| e.to_string()))
+        .collect();
+    let rejected = scan
+        .rejected
+        .into_iter()
+        .filter(|(p, _)| matches!(medinfer_io::detect(p), Ok(Some(medinfer_io::Format::Dicom))))
+        .collect();
+    (plans, rejected)
+}
+
+/// Tags every slice of every series in `plans`, streaming: slices are decoded, windowed and
+/// resized by `decoders` workers while the engine's streams classify earlier ones (the bounded
+/// queue of [`crate::batch::run_ordered`]), so no series is ever held in memory whole (except a
+/// multi-frame one, decoded once). `on_slice` is called after each slice; `on_series` once per
+/// entry of `plans`, in order, with its report or what went wrong. A broken file fails its
+/// series only; a failing engine stops the batch and is returned.
+#[allow(clippy::too_many_arguments)]
+pub fn tag_series(
+    plans: &[Planned],
+    session: &Session,
+    window: (f64, f64),
+    regions: &[String],
+    decoders: usize,
+    mut on_slice: impl FnMut(),
+    mut on_series: impl FnMut(usize, Result<CtReport, String>),
+) -> Result<(), PipelineError> {
+    let info = session.info();
+    let (backend, precision) = (
+        info.backend.name().to_string(),
+        info.effective_precision.clone(),
+    );
+    let items: Vec<(usize, usize)> = plans
+        .iter()
+        .enumerate()
+        .filter_map(|(p, r)| r.as_ref().ok().map(|plan| (p, plan.dims[2])))
+        .flat_map(|(p, nz)| (0..nz).map(move |z| (p, z)))
+        .collect();
+    // Multi-frame series: decoded whole by the first worker that needs them, dropped when done.
+    type Whole = Option<Result<std::sync::Arc<Volume>, String>>;
+    let wholes: Vec<Mutex<Whole>> = plans.iter().map(|_| Mutex::new(None)).collect();
+    let decode = |&(p, z): &(usize, usize)| -> Result<Vec<f32>, String> {
+        let plan = plans[p].as_ref().map_err(|e| e.clone())?;
+        if plan.multi_frame {
+            let vol = {
+                let mut w = wholes[p].lock().unwrap_or_else(|e| e.into_inner());
+                w.get_or_insert_with(|| {
+                    medinfer_io::series::assemble(&plan.series)
+                        .map(std::sync::Arc::new)
+                        .map_err(|e| e.to_string())
+                })
+                .clone()?
+            };
+            return preprocess_slice(&vol, z, window);
+        }
+        let (f, frame) = plan.order[z];
+        let path = &plan.series.files[f].path;
+        let mut images = medinfer_io::dicom::DicomFile::open(path)
+            .and_then(|d| d.images())
+            .map_err(|e| e.to_string())?;
+        if frame >= images.len() {
+            return Err(format!("{}: no frame {frame}", path.display()));
+        }
+        let img = images.swap_remove(frame);
+        if [img.width, img.height] != [plan.dims[0], plan.dims[1]] {
+            return Err(format!(
+                "{}: {}x{} pixels, the series header said {}x{}",
+                path.display(),
+                img.width,
+                img.height,
+                plan.dims[0],
+                plan.dims[1]
+            ));
+        }
+        preprocess_image(img, window)
+    };
+    // Plans before `cursor` have been reported.
+    let mut cursor = 0usize;
+    let mut slices: Vec<SliceResult> = Vec::new();
+    let mut first_error: Option<String> = None;
+    let mut since = std::time::Instant::now();
+    crate::batch::run_ordered(&items, session, decoders, decode, |i, r| {
+        let (p, z) = items[i];
+        let Ok(plan) = &plans[p] else { return };
+        while cursor < p {
+            if let Err(e) = &plans[cursor] {
+                on_series(cursor, Err(e.clone()));
+            }
+            cursor += 1;
+        }
+        match r {
+            Ok(logits) if logits.len() == regions.len() => {
+                let prob = softmax(&logits);
+                let best = (0..prob.len())
+                    .max_by(|&a, &b| prob[a].total_cmp(&prob[b]))
+                    .unwrap_or(0);
+                slices.push(SliceResult {
+                    index: z,
+                    position_mm: plan.positions_mm[z],
+                    region: regions[best].clone(),
+                    probabilities: prob,
+                });
+            }
+            Ok(logits) => {
+                first_error.get_or_insert(format!(
+                    "the model gives {} scores, there are {} regions",
+                    logits.len(),
+                    regions.len()
+                ));
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("slice {z}: {e}"));
+            }
+        }
+        on_slice();
+        if z + 1 == plan.dims[2] {
+            *wholes[p].lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let done = std::mem::take(&mut slices);
+            let out = match first_error.take() {
+                Some(e) => Err(format!("{}: series {}: {e}", plan.input, plan.uid)),
+                None => Ok(CtReport {
+                    input: plan.input.clone(),
+                    series_uid: plan.uid.clone(),
+                    dims: plan.dims,
+                    backend: backend.clone(),
+                    precision: precision.clone(),
+                    summary: summarize(&done),
+                    slices: done,
+                    seconds: [plan.scan_seconds, since.elapsed().as_secs_f64()],
+                }),
+            };
+            since = std::time::Instant::now();
+            on_series(p, out);
+            cursor = p + 1;
+        }
+    })?;
+    for (k, r) in plans.iter().enumerate().skip(cursor) {
+        if let Err(e) = r {
+            on_series(k, Err(e.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the one series at `input` (a folder or a file of it) and tags every slice.
 pub fn run(
     input: &std::path::Path,
     session: &Session,
@@ -111,69 +357,36 @@ pub fn run(
     regions: &[String],
     decoders: usize,
 ) -> Result<CtReport, PipelineError> {
-    let t0 = std::time::Instant::now();
-    let vol = medinfer_io::series::read_series(input)?;
-    let read_s = t0.elapsed().as_secs_f64();
     let name = input.display().to_string();
-    let [nx, ny, nz, nt] = vol.dims;
-    if nt != 1 {
-        return Err(PipelineError::Input(format!(
-            "{name}: a CT series has one time point; this one has {nt}"
-        )));
+    let files = medinfer_io::series::list_files(input)?;
+    let (mut plans, rejected) = plan(&files);
+    match plans.len() {
+        0 => {
+            return Err(PipelineError::Input(match rejected.first() {
+                Some((p, e)) => format!("{name}: no readable DICOM series ({}: {e})", p.display()),
+                None => format!("{name}: no DICOM series found"),
+            }))
+        }
+        1 => {}
+        n => {
+            return Err(PipelineError::Input(format!(
+                "{name}: {n} series found; point at one series' folder, or pass them all to the batch mode"
+            )))
+        }
     }
-    let t1 = std::time::Instant::now();
-    let n = vol.slice_normal();
-    let pos = |z: usize| {
-        let a = &vol.affine;
-        (0..3)
-            .map(|i| (a[i][2] * z as f64 + a[i][3]) * n[i])
-            .sum::<f64>()
-    };
-    let idx: Vec<usize> = (0..nz).collect();
-    let mut slices = Vec::with_capacity(nz);
-    let mut first_error = None;
-    crate::batch::run_ordered(
-        &idx,
+    if let Ok(p) = &mut plans[0] {
+        p.input = name;
+    }
+    let mut out = None;
+    tag_series(
+        &plans,
         session,
+        window,
+        regions,
         decoders,
-        |&z| preprocess_slice(&vol, z, window),
-        |z, r| match r {
-            Ok(logits) => {
-                if logits.len() != regions.len() {
-                    first_error.get_or_insert(format!(
-                        "the model gives {} scores, there are {} regions",
-                        logits.len(),
-                        regions.len()
-                    ));
-                    return;
-                }
-                let p = softmax(&logits);
-                let best = (0..p.len())
-                    .max_by(|&a, &b| p[a].total_cmp(&p[b]))
-                    .unwrap_or(0);
-                slices.push(SliceResult {
-                    index: z,
-                    position_mm: pos(z),
-                    region: regions[best].clone(),
-                    probabilities: p,
-                });
-            }
-            Err(e) => {
-                first_error.get_or_insert(format!("slice {z}: {e}"));
-            }
-        },
+        || {},
+        |_, r| out = Some(r),
     )?;
-    if let Some(e) = first_error {
-        return Err(PipelineError::Input(format!("{name}: {e}")));
-    }
-    let info = session.info();
-    Ok(CtReport {
-        input: name,
-        dims: [nx, ny, nz],
-        backend: info.backend.name().into(),
-        precision: info.effective_precision.clone(),
-        summary: summarize(&slices),
-        slices,
-        seconds: [read_s, t1.elapsed().as_secs_f64()],
-    })
+    out.unwrap_or_else(|| Err("no result".into()))
+        .map_err(PipelineError::Input)
 }

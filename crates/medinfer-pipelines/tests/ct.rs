@@ -123,3 +123,35 @@ fn a_ct_series_is_windowed_ordered_and_tagged_slice_by_slice() {
         .to_string();
     assert!(e.contains("6 scores") && e.contains("2 regions"), "{e}");
 }
+
+#[test]
+fn a_multi_frame_series_is_tagged_like_its_assembled_volume() {
+    let d = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../medinfer-io/tests/fixtures/dicom/mr_enhanced_multiframe.dcm");
+    let model = d.path().join("resnet18-ct.onnx");
+    medinfer_onnx::save_model(&medinfer_onnx::zoo::build("resnet18-ct").unwrap(), &model).unwrap();
+    let opts = SessionOptions {
+        mode: Mode::Throughput,
+        batch: Some(3),
+        ..Default::default()
+    };
+    let s = load_on(BackendKind::Tract, &model, &opts).unwrap();
+    let regions: Vec<String> = ct::REGIONS.iter().map(|r| r.to_string()).collect();
+    let win = (500.0, 1000.0);
+    let r = ct::run(&fixture, &s, win, &regions, 2).unwrap();
+    let vol = medinfer_io::series::read_series(&fixture).unwrap();
+    assert_eq!(r.dims, [vol.dims[0], vol.dims[1], vol.dims[2]]);
+    assert_eq!(r.slices.len(), 4);
+    let one = load_on(BackendKind::Tract, &model, &SessionOptions::default()).unwrap();
+    for z in 0..4 {
+        let x = ct::preprocess_slice(&vol, z, win).unwrap();
+        let out = one
+            .run(&[Tensor::from_f32(vec![1, 1, 128, 128], x).unwrap()])
+            .unwrap();
+        let p = ct::softmax(out[0].as_f32().unwrap());
+        for (a, b) in p.iter().zip(&r.slices[z].probabilities) {
+            assert!((a - b).abs() < 1e-4, "slice {z}");
+        }
+    }
+}
