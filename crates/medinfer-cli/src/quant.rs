@@ -8,6 +8,7 @@ use medinfer_engine::quantize::{self as q, AccuracyControl, Metric};
 use medinfer_engine::BackendKind;
 use medinfer_onnx::quant::{self, CalibMethod, QuantConfig};
 use medinfer_onnx::{Dim, OptimizeReport};
+use medinfer_pipelines::samples::shuffled_indices;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,9 +33,16 @@ pub struct QuantizeArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Calibration data: a folder of .npy files (float32), each one sample shaped like the
-    /// model input without the batch axis, or several stacked along a first axis.
+    /// model input without the batch axis, or several stacked along a first axis. With
+    /// --pipeline: a folder of that pipeline's input files (radiographs, CT series, cine exams).
     #[arg(long)]
     pub calib: PathBuf,
+    /// Make the calibration and validation samples from images with this pipeline's own
+    /// preprocessing: cxr (radiographs -> 1x224x224), ct (every slice of every DICOM series,
+    /// window 40,400 -> 1x128x128) or cardiac (4D NIfTI / DICOM cine exams -> one 1x96x96 heart
+    /// patch per slice and phase). Unreadable files are skipped with a warning.
+    #[arg(long)]
+    pub pipeline: Option<String>,
     /// Calibration samples to use: a shuffled subset of this size (all if fewer).
     #[arg(long, default_value_t = 300)]
     pub samples: usize,
@@ -164,6 +172,34 @@ pub fn cmd_samples(a: SamplesArgs) -> Result<()> {
     Ok(())
 }
 
+/// Samples made by a pipeline's preprocessing from the files under `dir` (see
+/// `medinfer_pipelines::samples`), as tensors of shape `(1, per...)`; skipped files are warned
+/// about on stderr.
+fn pipeline_samples(
+    pl: medinfer_pipelines::samples::Pipeline,
+    dir: &Path,
+    per: &[usize],
+    pick: Option<(usize, u64)>,
+    quiet: bool,
+) -> Result<Vec<Tensor>> {
+    let s = medinfer_pipelines::samples::samples(pl, dir, pick)?;
+    if !s.skipped.is_empty() && !quiet {
+        eprintln!(
+            "warning: {}: {} input(s) skipped, e.g. {}: {}",
+            dir.display(),
+            s.skipped.len(),
+            s.skipped[0].0,
+            s.skipped[0].1
+        );
+    }
+    let mut shape = vec![1];
+    shape.extend_from_slice(per);
+    s.inputs
+        .into_iter()
+        .map(|x| Tensor::from_f32(shape.clone(), x).map_err(anyhow::Error::from))
+        .collect()
+}
+
 /// Loads NPY samples for a model input of per-sample shape `per` (batch axis excluded): files
 /// holding several samples along a first axis are split. Sorted by file name.
 pub fn load_samples(dir: &Path, per: &[usize]) -> Result<Vec<Tensor>> {
@@ -218,17 +254,6 @@ pub fn load_samples(dir: &Path, per: &[usize]) -> Result<Vec<Tensor>> {
         }
     }
     Ok(out)
-}
-
-fn shuffled_indices(len: usize, n: usize, seed: u64) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..len).collect();
-    let mut rng = medinfer_onnx::SeededRng::new(seed);
-    for i in (1..v.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v.truncate(n);
-    v
 }
 
 /// The elements of `v` at the (distinct) positions `idx`, in that order, moved out.
@@ -322,7 +347,27 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
-    let calib_samples = shuffled_subset(load_samples(&a.calib, &per)?, a.samples, a.seed);
+    let pipeline = match &a.pipeline {
+        Some(p) => {
+            let pl = medinfer_pipelines::samples::Pipeline::parse(p)
+                .with_context(|| format!("--pipeline {p}: choose cxr, ct or cardiac"))?;
+            if pl.sample_shape().as_slice() != per.as_slice() {
+                bail!(
+                    "{}: the model takes {:?} per sample, the {} pipeline makes {:?}",
+                    path.display(),
+                    per,
+                    pl.name(),
+                    pl.sample_shape()
+                );
+            }
+            Some(pl)
+        }
+        None => None,
+    };
+    let calib_samples = match pipeline {
+        Some(pl) => pipeline_samples(pl, &a.calib, &per, Some((a.samples, a.seed)), a.json)?,
+        None => shuffled_subset(load_samples(&a.calib, &per)?, a.samples, a.seed),
+    };
     let pb = bar(calib_samples.len(), "calibrating", a.json);
     let t0 = std::time::Instant::now();
     let calib = q::calibrate(&model, &plan, method, &calib_samples, backend, &mut |i| {
@@ -334,7 +379,10 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
 
     let (qmodel, report, accuracy) = match &a.validate {
         Some(v) => {
-            let all = load_samples(v, &per)?;
+            let all = match pipeline {
+                Some(pl) => pipeline_samples(pl, v, &per, None, a.json)?,
+                None => load_samples(v, &per)?,
+            };
             let idx = shuffled_indices(all.len(), a.validate_samples, a.seed ^ 1);
             let labels = match &a.labels {
                 Some(f) => {

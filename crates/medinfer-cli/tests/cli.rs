@@ -964,3 +964,95 @@ fn ct_batch_tags_every_series_reports_broken_ones_and_resumes_without_duplicates
         "{all}"
     );
 }
+
+#[test]
+fn quantize_calibrates_on_images_through_a_pipelines_preprocessing() {
+    let d = tmp();
+    // Cardiac: two phantom exams to calibrate on, a third to validate on. Each phantom folder
+    // also holds its truth label map, which the pipeline refuses: skipped with a warning.
+    for (dir, seed) in [("calib/e1", "101"), ("calib/e2", "102"), ("val/e3", "103")] {
+        let o = run(&[
+            "phantom",
+            "cardiac",
+            "-o",
+            d.path().join(dir).to_str().unwrap(),
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let fp32 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cardiac/cardiac-unet.onnx");
+    let out = d.path().join("unet-int8.onnx");
+    let o = run(&[
+        "quantize",
+        fp32.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--pipeline",
+        "cardiac",
+        "--calib",
+        d.path().join("calib").to_str().unwrap(),
+        "--samples",
+        "120",
+        "--validate",
+        d.path().join("val").to_str().unwrap(),
+        "--validate-samples",
+        "60",
+        "--metric",
+        "dice",
+        "--max-drop",
+        "0.005",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["calibration_samples"], 120, "{v}");
+    let acc = &v["accuracy"];
+    let drop = acc["fp32"].as_f64().unwrap() - acc["int8"].as_f64().unwrap();
+    assert!(drop <= 0.005, "Dice drop {drop}: {acc}");
+    assert!(out.exists());
+
+    // CT: every slice of the series under the folder; a model / pipeline mismatch is refused.
+    write_ct_series(&d.path().join("ct/a"), 6, 4);
+    write_ct_series(&d.path().join("ct/b"), 5, 5);
+    let ct = build_zoo(d.path(), "resnet18-ct");
+    let o = run(&[
+        "quantize",
+        ct.to_str().unwrap(),
+        "-o",
+        d.path().join("ct-int8.onnx").to_str().unwrap(),
+        "--pipeline",
+        "ct",
+        "--calib",
+        d.path().join("ct").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["calibration_samples"], 11,
+        "every slice of both series: {v}"
+    );
+    let o = run(&[
+        "quantize",
+        ct.to_str().unwrap(),
+        "-o",
+        d.path().join("x.onnx").to_str().unwrap(),
+        "--pipeline",
+        "cxr",
+        "--calib",
+        d.path().join("ct").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &["cxr pipeline", "[1, 224, 224]", "[1, 128, 128]"]);
+    let o = run(&[
+        "quantize",
+        fp32.to_str().unwrap(),
+        "-o",
+        d.path().join("x.onnx").to_str().unwrap(),
+        "--pipeline",
+        "cardiac",
+        "--calib",
+        d.path().join("ct").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &["no usable cardiac input"]);
+}

@@ -466,22 +466,16 @@ pub fn check_model(session: &Session, model: &str) -> Result<usize, PipelineErro
     Ok(ins[0].shape[0].max(1))
 }
 
-/// Segments and quantifies one cine stack.
-pub fn analyse(
+/// The model inputs of an exam, as [`analyse`] makes them: the heart located by its motion, then
+/// one `CROP x CROP` z-scored patch per slice and phase (image index `t * nz + z`), sampled on
+/// every core. Errors: input [`check_input`] refuses, or no beating heart.
+pub fn exam_patches(
     vol: &Volume,
     input_name: &str,
-    session: &Session,
-    model: ModelId,
-) -> Result<CardiacResult, PipelineError> {
-    let t_all = Instant::now();
+) -> Result<(HeartLocation, PatchGeometry, Vec<f32>), PipelineError> {
     check_input(vol, input_name)?;
-    check_model(session, &model.path)?;
     let [nx, ny, nz, nt] = vol.dims;
     let plane = nx * ny;
-    let mut flags = Vec::new();
-
-    // Preprocess.
-    let t0 = Instant::now();
     let heart = locate_heart(vol);
     if heart.motion_contrast < MIN_MOTION_CONTRAST {
         return Err(PipelineError::Input(format!(
@@ -515,6 +509,28 @@ pub fn analyse(
             }
         });
     }
+    Ok((heart, geo, patches))
+}
+
+/// Segments and quantifies one cine stack.
+pub fn analyse(
+    vol: &Volume,
+    input_name: &str,
+    session: &Session,
+    model: ModelId,
+) -> Result<CardiacResult, PipelineError> {
+    let t_all = Instant::now();
+    check_input(vol, input_name)?;
+    check_model(session, &model.path)?;
+    let [nx, ny, nz, nt] = vol.dims;
+    let plane = nx * ny;
+    let mut flags = Vec::new();
+
+    // Preprocess.
+    let t0 = Instant::now();
+    let (heart, geo, patches) = exam_patches(vol, input_name)?;
+    let images = nz * nt;
+    let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
     let preprocess_ms = ms(t0);
 
     // Segment: the shared batch pipeline, one worker per engine stream.

@@ -216,6 +216,73 @@ pub fn plan(files: &[PathBuf]) -> (Vec<Planned>, Vec<(PathBuf, String)>) {
     (plans, rejected)
 }
 
+/// A multi-frame series decoded whole, once, by the first worker that needs it (dropped when the
+/// series is done).
+type Whole = Option<Result<std::sync::Arc<Volume>, String>>;
+
+/// The model input of slice `z` of plan `p`: decoded (one file, or the whole multi-frame series
+/// once), windowed and resized.
+fn slice_input(
+    plans: &[Planned],
+    wholes: &[Mutex<Whole>],
+    p: usize,
+    z: usize,
+    window: (f64, f64),
+) -> Result<Vec<f32>, String> {
+    let plan = plans[p].as_ref().map_err(|e| e.clone())?;
+    if z >= plan.dims[2] {
+        return Err(format!("slice {z} of {}", plan.dims[2]));
+    }
+    if plan.multi_frame {
+        let vol = {
+            let mut w = wholes[p].lock().unwrap_or_else(|e| e.into_inner());
+            w.get_or_insert_with(|| {
+                medinfer_io::series::assemble(&plan.series)
+                    .map(std::sync::Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()?
+        };
+        return preprocess_slice(&vol, z, window);
+    }
+    let (f, frame) = plan.order[z];
+    let path = &plan.series.files[f].path;
+    let mut images = medinfer_io::dicom::DicomFile::open(path)
+        .and_then(|d| d.images())
+        .map_err(|e| e.to_string())?;
+    if frame >= images.len() {
+        return Err(format!("{}: no frame {frame}", path.display()));
+    }
+    let img = images.swap_remove(frame);
+    if [img.width, img.height] != [plan.dims[0], plan.dims[1]] {
+        return Err(format!(
+            "{}: {}x{} pixels, the series header said {}x{}",
+            path.display(),
+            img.width,
+            img.height,
+            plan.dims[0],
+            plan.dims[1]
+        ));
+    }
+    preprocess_image(img, window)
+}
+
+/// The model inputs of the slices `items` (`(plan, slice)` pairs), decoded and preprocessed on
+/// every core, in order: calibration and validation data for a slice classifier.
+pub fn slice_inputs(
+    plans: &[Planned],
+    items: &[(usize, usize)],
+    window: (f64, f64),
+) -> Vec<Result<Vec<f32>, String>> {
+    let wholes: Vec<Mutex<Whole>> = plans.iter().map(|_| Mutex::new(None)).collect();
+    medinfer_io::series::parallel_map(items, |&(p, z)| {
+        if p >= plans.len() {
+            return Err(format!("no series {p}"));
+        }
+        slice_input(plans, &wholes, p, z, window)
+    })
+}
+
 /// Tags every slice of every series in `plans`, streaming: slices are decoded, windowed and
 /// resized by `decoders` workers while the engine's streams classify earlier ones (the bounded
 /// queue of [`crate::batch::run_ordered`]), so no series is ever held in memory whole (except a
@@ -243,44 +310,8 @@ pub fn tag_series(
         .filter_map(|(p, r)| r.as_ref().ok().map(|plan| (p, plan.dims[2])))
         .flat_map(|(p, nz)| (0..nz).map(move |z| (p, z)))
         .collect();
-    // Multi-frame series: decoded whole by the first worker that needs them, dropped when done.
-    type Whole = Option<Result<std::sync::Arc<Volume>, String>>;
     let wholes: Vec<Mutex<Whole>> = plans.iter().map(|_| Mutex::new(None)).collect();
-    let decode = |&(p, z): &(usize, usize)| -> Result<Vec<f32>, String> {
-        let plan = plans[p].as_ref().map_err(|e| e.clone())?;
-        if plan.multi_frame {
-            let vol = {
-                let mut w = wholes[p].lock().unwrap_or_else(|e| e.into_inner());
-                w.get_or_insert_with(|| {
-                    medinfer_io::series::assemble(&plan.series)
-                        .map(std::sync::Arc::new)
-                        .map_err(|e| e.to_string())
-                })
-                .clone()?
-            };
-            return preprocess_slice(&vol, z, window);
-        }
-        let (f, frame) = plan.order[z];
-        let path = &plan.series.files[f].path;
-        let mut images = medinfer_io::dicom::DicomFile::open(path)
-            .and_then(|d| d.images())
-            .map_err(|e| e.to_string())?;
-        if frame >= images.len() {
-            return Err(format!("{}: no frame {frame}", path.display()));
-        }
-        let img = images.swap_remove(frame);
-        if [img.width, img.height] != [plan.dims[0], plan.dims[1]] {
-            return Err(format!(
-                "{}: {}x{} pixels, the series header said {}x{}",
-                path.display(),
-                img.width,
-                img.height,
-                plan.dims[0],
-                plan.dims[1]
-            ));
-        }
-        preprocess_image(img, window)
-    };
+    let decode = |&(p, z): &(usize, usize)| slice_input(plans, &wholes, p, z, window);
     // Plans before `cursor` have been reported.
     let mut cursor = 0usize;
     let mut slices: Vec<SliceResult> = Vec::new();

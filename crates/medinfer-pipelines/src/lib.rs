@@ -6,6 +6,7 @@
 //! - [`cxr`]: chest X-ray multi-label classification (`medinfer run cxr`).
 //! - [`ct`]: CT slice anatomy tagging per series (`medinfer run ct`).
 //! - [`batch`]: the bounded decode -> inference pipeline that keeps every core busy.
+//! - [`samples`]: model inputs made by a pipeline's preprocessing, for INT8 calibration.
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod cardiac;
 pub mod ct;
 pub mod cxr;
 pub mod phantom;
+pub mod samples;
 
 /// Pipeline errors: what was wrong with which input, or which stage failed.
 #[derive(Debug, thiserror::Error)]
