@@ -184,12 +184,16 @@ fn pipeline_samples(
 ) -> Result<Vec<Tensor>> {
     let s = medinfer_pipelines::samples::samples(pl, dir, pick)?;
     if !s.skipped.is_empty() && !quiet {
+        let (what, why) = &s.skipped[0];
+        let example = if why.starts_with(what.as_str()) {
+            why.clone()
+        } else {
+            format!("{what}: {why}")
+        };
         eprintln!(
-            "warning: {}: {} input(s) skipped, e.g. {}: {}",
+            "warning: {}: {} input(s) skipped, e.g. {example}",
             dir.display(),
             s.skipped.len(),
-            s.skipped[0].0,
-            s.skipped[0].1
         );
     }
     let mut shape = vec![1];

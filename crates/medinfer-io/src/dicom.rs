@@ -15,7 +15,8 @@
 //! | JPEG baseline (8-bit), extended 8-bit, lossless (process 14, any predictor) | yes |
 //! | JPEG extended 12-bit | no: jpeg-decoder has no 12-bit lossy path; a clear error |
 //! | JPEG 2000 (lossless and lossy, HTJ2K excluded) | yes (pure-Rust OpenJPEG port) |
-//! | JPEG-LS, JPEG XL, MPEG/HEVC video | no: a clear error naming the syntax |
+//! | JPEG-LS (lossless and near-lossless) | with the `jpegls` feature (CharLS; needs cmake and a C++ compiler, which is why it is opt-in; `cargo xtask test` turns it on); otherwise a clear error naming the syntax |
+//! | JPEG XL, MPEG/HEVC video | no: a clear error naming the syntax |
 
 use crate::{fmt_err, os_err, IoError};
 use dicom_core::{value::Value, DataDictionary, PrimitiveValue, Tag, VR};
