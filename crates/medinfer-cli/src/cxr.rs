@@ -653,24 +653,34 @@ pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()>
             (d / n, p / n, xs)
         }
         _ => {
-            // Warm the page cache first, as the cxr branch's repeated files do.
-            medinfer_io::series::read_series(&input)?;
-            let t = Instant::now();
-            let vol = medinfer_io::series::read_series(&input)?;
-            let n = vol.dims[2];
-            let d = ms(t) / n as f64;
-            let t = Instant::now();
-            let xs: Vec<Vec<f32>> = (0..n)
-                .map(|z| {
-                    medinfer_pipelines::ct::preprocess_slice(
-                        &vol,
-                        z,
+            // One file at a time on this core: decode, then window + resize.
+            let files = medinfer_io::series::list_files(&input)?;
+            let (mut d, mut p, mut xs) = (0.0, 0.0, Vec::new());
+            for f in &files {
+                std::hint::black_box(std::fs::read(f)?); // warm the page cache
+            }
+            for f in &files {
+                let t = Instant::now();
+                let Ok(dcm) = medinfer_io::dicom::DicomFile::open(f) else {
+                    continue; // not DICOM: the pipeline ignores it too
+                };
+                let img = dcm.images()?.swap_remove(0);
+                d += ms(t);
+                let t = Instant::now();
+                xs.push(
+                    medinfer_pipelines::ct::preprocess_image(
+                        img,
                         medinfer_pipelines::ct::DEFAULT_WINDOW,
                     )
-                })
-                .collect::<Result<_, String>>()
-                .map_err(anyhow::Error::msg)?;
-            (d, ms(t) / n as f64, xs)
+                    .map_err(anyhow::Error::msg)?,
+                );
+                p += ms(t);
+            }
+            if xs.is_empty() {
+                bail!("{}: no DICOM slices", input.display());
+            }
+            let n = xs.len() as f64;
+            (d / n, p / n, xs)
         }
     };
     let images = inputs.len();
@@ -687,7 +697,29 @@ pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()>
     };
     engine(&one, 1)?; // warm-up
     let infer_ms = engine(&one, 1)? * 1e3 / images as f64;
-    let ideal = cores as f64 / ((decode_ms + prep_ms + infer_ms) / 1e3);
+    // Post-processing of the model outputs: sigmoid + thresholds (CXR), softmax + arg-max (CT).
+    let mut outputs = Vec::with_capacity(images);
+    batch::run_ordered(
+        &inputs,
+        &one,
+        1,
+        |x: &Vec<f32>| Ok(x.clone()),
+        |_, r| outputs.extend(r.ok()),
+    )?;
+    let t = Instant::now();
+    for o in &outputs {
+        match a.pipeline {
+            BenchPipeline::Cxr => {
+                std::hint::black_box(cxr::scores(o, None));
+            }
+            _ => {
+                let p = medinfer_pipelines::ct::softmax(o);
+                std::hint::black_box(p.iter().cloned().fold(f32::MIN, f32::max));
+            }
+        }
+    }
+    let post_ms = ms(t) / outputs.len().max(1) as f64;
+    let ideal = cores as f64 / ((decode_ms + prep_ms + infer_ms + post_ms) / 1e3);
 
     // 2. The real pipeline and the engine alone, interleaved.
     let mut e2e = Vec::new();
@@ -751,6 +783,7 @@ pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()>
         batch: a.batch,
         per_image_ms: serde_json::json!({
             "decode": decode_ms, "preprocess": prep_ms, "inference": infer_ms,
+            "postprocess": post_ms,
         }),
         ideal_images_per_s: ideal,
         end_to_end_images_per_s: e2e,
@@ -766,7 +799,7 @@ pub fn bench_batch_pipeline(a: &crate::cardiac::BenchPipelineArgs) -> Result<()>
         r.pipeline, r.input, r.images, r.cores, r.backend, r.precision, r.batch, r.runs
     );
     println!(
-        "  per image, one core: decode {decode_ms:.2} ms, preprocess {prep_ms:.2} ms, inference {infer_ms:.2} ms"
+        "  per image, one core: decode {decode_ms:.2} ms, preprocess {prep_ms:.2} ms, inference {infer_ms:.2} ms, postprocess {post_ms:.4} ms"
     );
     println!(
         "  ideal {:.1} images/s, end to end {:.1} images/s ({:.0} % of ideal), engine alone {:.1} images/s",

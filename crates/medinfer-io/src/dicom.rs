@@ -19,6 +19,7 @@
 //! | JPEG XL, MPEG/HEVC video | no: a clear error naming the syntax |
 
 use crate::{fmt_err, os_err, IoError};
+use dicom_core::dictionary::DataDictionaryEntry;
 use dicom_core::{value::Value, DataDictionary, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
@@ -177,6 +178,273 @@ fn guess_raw_ts(bytes: &[u8]) -> &'static str {
     }
 }
 
+/// How a data set is encoded, for [`check_declared_lengths`].
+#[derive(Clone, Copy)]
+struct Encoding {
+    explicit: bool,
+    big_endian: bool,
+}
+
+impl Encoding {
+    /// `None` for deflated syntaxes (the bytes are compressed; dicom-rs inflates them).
+    fn of(ts_uid: &str) -> Option<Self> {
+        match ts_uid.trim_end_matches(['\0', ' ']) {
+            "1.2.840.10008.1.2" => Some(Encoding {
+                explicit: false,
+                big_endian: false,
+            }),
+            "1.2.840.10008.1.2.2" => Some(Encoding {
+                explicit: true,
+                big_endian: true,
+            }),
+            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.8.1" => None,
+            _ => Some(Encoding {
+                explicit: true,
+                big_endian: false,
+            }),
+        }
+    }
+}
+
+const UNDEFINED: u32 = u32::MAX;
+
+/// Walks a data set's element, item and fragment headers (into sequences and items) and checks
+/// that every declared length fits in the bytes that are really there, before dicom-rs reads
+/// the set: dicom-rs allocates each value from its declared length first (a 5 KB file declaring
+/// a 4 GB element made it allocate 4 GB; found by fuzzing), so a hostile length must be refused
+/// here. Returns where the data set ended (`bytes.len()`, or the Pixel Data element with
+/// `stop_at_pixel_data`). Malformed structure that is not a length problem is left to dicom-rs.
+fn check_declared_lengths(
+    bytes: &[u8],
+    start: usize,
+    enc: Encoding,
+    stop_at_pixel_data: bool,
+    meta_only: bool,
+) -> Result<usize, String> {
+    /// A context being walked: its end (usize::MAX when its length is undefined), and whether
+    /// its elements have explicit VRs (a UN sequence of undefined length holds implicit VR
+    /// little endian items, PS3.5 6.2.2).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        /// A data set (the top level, or an item's).
+        Set,
+        /// A sequence's items.
+        Seq,
+        /// Encapsulated pixel data fragments.
+        Frags,
+    }
+    struct Ctx {
+        kind: Kind,
+        end: usize,
+        explicit: bool,
+        big_endian: bool,
+    }
+    let u16_at = |i: usize, be: bool| {
+        let b = [bytes[i], bytes[i + 1]];
+        if be {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let u32_at = |i: usize, be: bool| {
+        let b = [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]];
+        if be {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    let too_long = |g: u16, e: u16, len: u32, room: usize| {
+        format!(
+            "element ({g:04X},{e:04X}) declares {len} bytes but only {room} remain: truncated or corrupt"
+        )
+    };
+    let mut stack = vec![Ctx {
+        kind: Kind::Set,
+        end: bytes.len(),
+        explicit: enc.explicit,
+        big_endian: enc.big_endian,
+    }];
+    let mut pos = start;
+    loop {
+        // Close the contexts whose defined length is used up.
+        while stack.len() > 1 {
+            let top = &stack[stack.len() - 1];
+            if top.kind != Kind::Frags && top.end != usize::MAX && pos >= top.end {
+                stack.pop();
+            } else {
+                break;
+            }
+        }
+        let limit = stack
+            .iter()
+            .map(|c| c.end)
+            .min()
+            .unwrap_or(0)
+            .min(bytes.len());
+        if pos + 8 > limit {
+            return Ok(pos);
+        }
+        let top = &stack[stack.len() - 1];
+        let (kind, explicit, be) = (top.kind, top.explicit, top.big_endian);
+        let (g, e) = (u16_at(pos, be), u16_at(pos + 2, be));
+        if meta_only && g != 0x0002 {
+            return Ok(pos);
+        }
+        if g == 0xFFFE {
+            let len = u32_at(pos + 4, be);
+            pos += 8;
+            match e {
+                0xE000 => {
+                    if len != UNDEFINED && len as usize > limit - pos {
+                        return Err(too_long(g, e, len, limit - pos));
+                    }
+                    if kind == Kind::Frags {
+                        if len != UNDEFINED {
+                            pos += len as usize;
+                        }
+                    } else {
+                        stack.push(Ctx {
+                            kind: Kind::Set,
+                            end: if len == UNDEFINED {
+                                usize::MAX
+                            } else {
+                                pos + len as usize
+                            },
+                            explicit,
+                            big_endian: be,
+                        });
+                    }
+                }
+                0xE00D => {
+                    if stack.len() > 1 && kind == Kind::Set {
+                        stack.pop();
+                    }
+                }
+                0xE0DD => {
+                    while stack.len() > 1 {
+                        if stack.pop().is_some_and(|c| c.kind != Kind::Set) {
+                            break;
+                        }
+                    }
+                }
+                _ => return Ok(pos),
+            }
+            continue;
+        }
+        if stop_at_pixel_data && stack.len() == 1 && (g, e) == (0x7FE0, 0x0010) {
+            return Ok(pos);
+        }
+        let (vr, len, header) = if explicit {
+            let vr = [bytes[pos + 4], bytes[pos + 5]];
+            let short = matches!(
+                &vr,
+                b"AE"
+                    | b"AS"
+                    | b"AT"
+                    | b"CS"
+                    | b"DA"
+                    | b"DS"
+                    | b"DT"
+                    | b"FL"
+                    | b"FD"
+                    | b"IS"
+                    | b"LO"
+                    | b"LT"
+                    | b"PN"
+                    | b"SH"
+                    | b"SL"
+                    | b"SS"
+                    | b"ST"
+                    | b"TM"
+                    | b"UI"
+                    | b"UL"
+                    | b"US"
+            );
+            if short {
+                (vr, u16_at(pos + 6, be) as u32, 8)
+            } else {
+                if pos + 12 > limit {
+                    return Ok(pos);
+                }
+                (vr, u32_at(pos + 8, be), 12)
+            }
+        } else {
+            let sq = (g, e) != (0x7FE0, 0x0010)
+                && dicom_dictionary_std::StandardDataDictionary
+                    .by_tag(Tag(g, e))
+                    .is_some_and(|d| d.vr().relaxed() == VR::SQ);
+            (if sq { *b"SQ" } else { *b"UN" }, u32_at(pos + 4, be), 8)
+        };
+        pos += header;
+        if len == UNDEFINED {
+            let pixel = (g, e) == (0x7FE0, 0x0010);
+            stack.push(Ctx {
+                kind: if pixel { Kind::Frags } else { Kind::Seq },
+                end: usize::MAX,
+                // Items of a UN sequence are implicit VR little endian.
+                explicit: explicit && (pixel || &vr != b"UN"),
+                big_endian: be && (pixel || &vr != b"UN"),
+            });
+            continue;
+        }
+        if len as usize > limit - pos {
+            return Err(too_long(g, e, len, limit - pos));
+        }
+        if &vr == b"SQ" {
+            stack.push(Ctx {
+                kind: Kind::Seq,
+                end: pos + len as usize,
+                explicit,
+                big_endian: be,
+            });
+        } else {
+            pos += len as usize;
+        }
+    }
+}
+
+/// The transfer syntax UID in a file meta group starting at `start` (explicit VR little endian).
+fn meta_transfer_syntax(bytes: &[u8], start: usize, end: usize) -> Option<String> {
+    let mut pos = start;
+    while pos + 8 <= end {
+        let g = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
+        let e = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
+        if g != 0x0002 {
+            return None;
+        }
+        let vr = [bytes[pos + 4], bytes[pos + 5]];
+        let (len, header) = if matches!(&vr, b"OB" | b"OW" | b"UN" | b"SQ" | b"UT" | b"UC" | b"UR")
+        {
+            if pos + 12 > end {
+                return None;
+            }
+            (
+                u32::from_le_bytes([
+                    bytes[pos + 8],
+                    bytes[pos + 9],
+                    bytes[pos + 10],
+                    bytes[pos + 11],
+                ]) as usize,
+                12,
+            )
+        } else {
+            (
+                u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize,
+                8,
+            )
+        };
+        let v = pos + header;
+        if e == 0x0010 {
+            let s = bytes.get(v..v.checked_add(len)?.min(end))?;
+            return Some(String::from_utf8_lossy(s).into_owned());
+        }
+        pos = v.checked_add(len)?;
+    }
+    None
+}
+
 fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObject, IoError> {
     let opts = || {
         let o = OpenFileOptions::new().read_preamble(dicom_object::file::ReadPreamble::Never);
@@ -197,6 +465,18 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
     if let Some(body) = body {
         // "DICM" followed by a file meta group (0002,xxxx), as the standard wants ...
         if body.len() >= 6 && body[4..6] == [0x02, 0x00] {
+            let le = Encoding {
+                explicit: true,
+                big_endian: false,
+            };
+            let meta_end = check_declared_lengths(body, 4, le, false, true)
+                .map_err(|e| fmt_err(path, format!("file meta: {e}")))?;
+            if let Some(enc) =
+                meta_transfer_syntax(body, 4, meta_end).and_then(|ts| Encoding::of(&ts))
+            {
+                check_declared_lengths(body, meta_end, enc, header_only, false)
+                    .map_err(|e| fmt_err(path, e))?;
+            }
             return opts()
                 .from_reader(body)
                 .map_err(|e| fmt_err(path, format!("not a readable DICOM file: {}", chain(&e))));
@@ -212,6 +492,9 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
     }
     // No preamble and no file meta: read the bare data set as pydicom's `force=True` does.
     let ts_uid = guess_raw_ts(bytes);
+    if let Some(enc) = Encoding::of(ts_uid) {
+        check_declared_lengths(bytes, 0, enc, header_only, false).map_err(|e| fmt_err(path, e))?;
+    }
     let ts = dicom_encoding::TransferSyntaxIndex::get(&TransferSyntaxRegistry, ts_uid)
         .ok_or_else(|| fmt_err(path, format!("transfer syntax {ts_uid} is not registered")))?;
     let ds = InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| {

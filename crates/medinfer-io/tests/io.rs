@@ -605,6 +605,59 @@ fn absurd_dimensions_are_refused_before_allocating() {
     assert!(e.contains("Pixel Data holds 4 bytes"), "{e}");
 }
 
+/// Regression (cargo-fuzz, dicom_decode): a 5 KB file whose header declares a 4 GB element made
+/// dicom-rs allocate 4 GB before reading it. Declared lengths are now checked against the bytes
+/// present first, in every encoding, nested sequences and pixel fragments included.
+#[test]
+fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
+    let e = dicom::DicomFile::from_bytes(
+        "fuzz_declared_4gb.bin",
+        &std::fs::read(fixtures().join("dicom/fuzz_declared_4gb.bin")).unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("fuzz_declared_4gb.bin") && e.contains("declares") && e.contains("remain"),
+        "{e}"
+    );
+    // Each encoding: the Pixel Data length of a valid file raised to almost 4 GiB.
+    for name in [
+        "ct_explicit_le.dcm",
+        "ct_implicit_le.dcm",
+        "ct_explicit_be.dcm",
+        "ct_no_meta_implicit.dcm",
+    ] {
+        let mut bytes = std::fs::read(fixtures().join("dicom").join(name)).unwrap();
+        let big = name.contains("_be");
+        let tag: [u8; 4] = if big {
+            [0x7f, 0xe0, 0x00, 0x10]
+        } else {
+            [0xe0, 0x7f, 0x10, 0x00]
+        };
+        let at = bytes.windows(4).rposition(|w| w == tag).unwrap();
+        let len_at = if name.contains("implicit") {
+            at + 4
+        } else {
+            at + 8
+        };
+        let huge: u32 = 0xFFFF_FFF0;
+        bytes[len_at..len_at + 4].copy_from_slice(&if big {
+            huge.to_be_bytes()
+        } else {
+            huge.to_le_bytes()
+        });
+        let e = dicom::DicomFile::from_bytes(name, &bytes)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: accepted"))
+            .to_string();
+        assert!(
+            e.contains(name) && e.contains("(7FE0,0010) declares 4294967280"),
+            "{name}: {e}"
+        );
+    }
+}
+
 // ---- writers -----------------------------------------------------------------------------------
 
 #[test]
