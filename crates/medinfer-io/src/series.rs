@@ -380,23 +380,53 @@ pub fn assemble(series: &Series) -> Result<Volume, IoError> {
     let lay = layout(series)?;
     let [nx, ny, nz, nt] = lay.dims;
     let frame = nx * ny;
-    // Decode each file once, on all cores.
-    let decoded = parallel_map(&series.files, |f| {
-        DicomFile::open(&f.path).and_then(|d| d.images())
-    });
-    let mut per_file = Vec::with_capacity(decoded.len());
-    for r in decoded {
-        per_file.push(r?);
+    // Each file is decoded once, on all cores, straight into its slices' places in the
+    // preallocated volume: no per-file copy of the whole series is kept alive (that doubled the
+    // memory touched and cost a copy of every voxel).
+    let mut data = vec![0f32; frame * nz * nt];
+    let mut per_file: Vec<Vec<(usize, &mut [f32])>> =
+        (0..series.files.len()).map(|_| Vec::new()).collect();
+    for (&(f, fr), slot) in lay.order.iter().zip(data.chunks_mut(frame.max(1))) {
+        per_file
+            .get_mut(f)
+            .ok_or_else(|| err(&series.uid, format!("no file {f}")))?
+            .push((fr, slot));
     }
-    let mut data = Vec::with_capacity(frame * nz * nt);
-    for &(f, fr) in &lay.order {
-        let img = per_file[f].get(fr).ok_or_else(|| {
-            err(
-                &series.uid,
-                format!("{} has no frame {fr}", name(&series.files[f].path)),
-            )
-        })?;
-        data.extend_from_slice(&img.data);
+    let jobs: Vec<(usize, std::sync::Mutex<Vec<(usize, &mut [f32])>>)> = per_file
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(f, v)| (f, std::sync::Mutex::new(v)))
+        .collect();
+    let results = parallel_map(&jobs, |(f, slots)| -> Result<(), IoError> {
+        let file = &series.files[*f];
+        let images = DicomFile::open(&file.path).and_then(|d| d.images())?;
+        let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+        for (fr, slot) in slots.iter_mut() {
+            let img = images.get(*fr).ok_or_else(|| {
+                err(
+                    &series.uid,
+                    format!("{} has no frame {fr}", name(&file.path)),
+                )
+            })?;
+            if img.data.len() != slot.len() {
+                return Err(err(
+                    &series.uid,
+                    format!(
+                        "{} frame {fr} has {}x{}x{} values, the series {nx}x{ny}",
+                        name(&file.path),
+                        img.width,
+                        img.height,
+                        img.channels
+                    ),
+                ));
+            }
+            slot.copy_from_slice(&img.data);
+        }
+        Ok(())
+    });
+    for r in results {
+        r?;
     }
     let mut vol =
         Volume::new(lay.dims, data, lay.spacing).map_err(|e| err(&series.uid, e.to_string()))?;
