@@ -13,7 +13,7 @@
 //! | encapsulated uncompressed | yes |
 //! | RLE lossless | yes |
 //! | JPEG baseline (8-bit), extended 8-bit, lossless (process 14, any predictor) | yes |
-//! | JPEG extended 12-bit | no: jpeg-decoder has no 12-bit lossy path; a clear error |
+//! | JPEG extended 12-bit (grayscale) | yes: medinfer's own decoder ([`crate::jpeg12`]), since no crate decodes it |
 //! | JPEG 2000 (lossless and lossy, HTJ2K excluded) | yes (pure-Rust OpenJPEG port) |
 //! | JPEG-LS (lossless and near-lossless) | with the `jpegls` feature (CharLS; needs cmake and a C++ compiler, which is why it is opt-in; `cargo xtask test` turns it on); otherwise a clear error naming the syntax |
 //! | JPEG XL, MPEG/HEVC video | no: a clear error naming the syntax |
@@ -1077,8 +1077,18 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         _ => None,
     };
     let decoded;
+    let jpeg12;
     let raw_all = match in_place {
         Some(r) => r,
+        None if is_jpeg12(h, encapsulated, channels) => {
+            jpeg12 = decode_jpeg12(pd.value(), h, nframes).map_err(|e| {
+                fmt_err(
+                    p,
+                    format!("cannot decode pixel data ({}): {e}", h.transfer_syntax),
+                )
+            })?;
+            Raw::U16(&jpeg12)
+        }
         None => {
             decoded = f.obj.decode_pixel_data().map_err(|e| {
                 fmt_err(
@@ -1176,6 +1186,42 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         });
     }
     Ok(images)
+}
+
+/// 12-bit lossy JPEG (JPEG Extended, process 2 & 4), which no decoder in dicom-rs handles:
+/// medinfer's own [`crate::jpeg12`] decodes it.
+fn is_jpeg12(h: &DicomHeader, encapsulated: bool, channels: usize) -> bool {
+    encapsulated
+        && channels == 1
+        && h.bits_allocated == 16
+        && h.transfer_syntax_uid == "1.2.840.10008.1.2.4.51"
+}
+
+/// Every frame of a 12-bit JPEG Extended pixel sequence: the fragments joined, then one JPEG
+/// stream per frame, back to back (a stream's entropy-coded data cannot contain an SOI marker).
+fn decode_jpeg12(
+    value: &Value<InMemDicomObject>,
+    h: &DicomHeader,
+    nframes: usize,
+) -> Result<Vec<u16>, String> {
+    let fragments = value.fragments().ok_or("no pixel fragments")?;
+    let joined: Vec<u8> = fragments.iter().flatten().copied().collect();
+    let (w, hgt) = (h.columns as usize, h.rows as usize);
+    let mut out = Vec::with_capacity(w * hgt * nframes);
+    let mut pos = 0;
+    for fr in 0..nframes {
+        while pos + 1 < joined.len() && !(joined[pos] == 0xFF && joined[pos + 1] == 0xD8) {
+            pos += 1;
+        }
+        if pos + 1 >= joined.len() {
+            return Err(format!("frame {fr} of {nframes}: no JPEG stream left"));
+        }
+        let f = crate::jpeg12::decode(&joined[pos..], (w, hgt))
+            .map_err(|e| format!("frame {fr}: {e}"))?;
+        out.extend_from_slice(&f.data);
+        pos += f.consumed.max(2);
+    }
+    Ok(out)
 }
 
 /// Stored samples: decoded bytes (native-endian) or the parsed element's own 16-bit values.

@@ -26,6 +26,7 @@
 pub mod dicom;
 pub mod dicom_write;
 pub mod inspect;
+pub mod jpeg12;
 pub mod nifti;
 pub mod npy;
 pub mod raster;

@@ -375,6 +375,10 @@ pub fn layout(series: &Series) -> Result<Layout, IoError> {
     })
 }
 
+/// The `(frame, place in the volume)` pairs one file fills, behind a lock that only its worker
+/// takes.
+type FrameSlots<'a> = std::sync::Mutex<Vec<(usize, &'a mut [f32])>>;
+
 /// Decodes and assembles a series into a volume (slices decoded on all usable cores).
 pub fn assemble(series: &Series) -> Result<Volume, IoError> {
     let lay = layout(series)?;
@@ -392,7 +396,7 @@ pub fn assemble(series: &Series) -> Result<Volume, IoError> {
             .ok_or_else(|| err(&series.uid, format!("no file {f}")))?
             .push((fr, slot));
     }
-    let jobs: Vec<(usize, std::sync::Mutex<Vec<(usize, &mut [f32])>>)> = per_file
+    let jobs: Vec<(usize, FrameSlots)> = per_file
         .into_iter()
         .enumerate()
         .filter(|(_, v)| !v.is_empty())

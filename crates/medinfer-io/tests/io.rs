@@ -137,14 +137,14 @@ fn dicom_header_and_modality_semantics() {
     assert_eq!(enh.header.pixel_spacing, Some([1.25, 1.25]));
 }
 
+/// 12-bit lossy JPEG (JPEG Extended), decoded by medinfer's own decoder, against pydicom +
+/// pylibjpeg's libjpeg: their IDCTs differ (exact float here, integer there), by at most two grey
+/// levels out of 4096 (measured: max 1 and 2, mean 0.08).
 #[test]
-fn twelve_bit_lossy_jpeg_is_a_clear_error() {
-    let path = fixtures().join("dicom/mr_jpeg_extended12.dcm");
-    let e = dicom::read_images(&path).unwrap_err().to_string();
-    assert!(
-        e.contains("mr_jpeg_extended12.dcm") && e.contains("JPEG Extended") && e.contains("12"),
-        "{e}"
-    );
+fn twelve_bit_lossy_jpeg_matches_pydicom_within_tolerance() {
+    check_dicom_mean("mr_jpeg_extended12.dcm", 2.0, 0.5);
+    // Three signed frames of 90 x 77 (edge blocks cropped), each spread over several fragments.
+    check_dicom_mean("mr_jpeg_extended12_multiframe.dcm", 2.0, 0.5);
 }
 
 /// JPEG-LS decodes through CharLS when medinfer is built with the `jpegls` feature (the test
