@@ -1068,6 +1068,33 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             ));
         }
     }
+    // Compressed data cannot expand without bound: RLE at most 64x (a 2-byte run gives 128
+    // bytes); the other codecs are held to 10,000x or 64 MiB, whichever is larger (far above
+    // any real image, blank ones included). A few KB declaring gigapixels is refused before a
+    // decoder allocates the output (fuzzing found decoders that allocate it first).
+    if encapsulated {
+        let encoded: usize = pd
+            .value()
+            .fragments()
+            .map(|f| f.iter().map(|x| x.len()).sum())
+            .unwrap_or(0);
+        let need = frame_samples * nframes * bytes_per;
+        let rle = h.transfer_syntax_uid == "1.2.840.10008.1.2.5";
+        let cap = if rle {
+            encoded.saturating_mul(64).saturating_add(64 * nframes)
+        } else {
+            encoded.saturating_mul(10_000).max(64 << 20)
+        };
+        if need > cap {
+            return Err(fmt_err(
+                p,
+                format!(
+                    "{} x {} x {} frame(s) ({need} bytes) cannot come from {encoded} bytes of {} data",
+                    h.columns, h.rows, nframes, h.transfer_syntax
+                ),
+            ));
+        }
+    }
     // Native 8 / 16-bit pixel data is used in place, as parsed (no copy); everything else goes
     // through dicom-pixeldata.
     let in_place = match (encapsulated, h.bits_allocated, pd.value()) {

@@ -658,6 +658,20 @@ fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
     }
 }
 
+/// Regression (cargo-fuzz, dicom_decode): an RLE file whose segment offsets run past its data
+/// makes dicom-rs's RLE decoder index out of bounds. medinfer's guard turns the panic into an
+/// error naming the file.
+#[test]
+fn a_panic_inside_the_rle_decoder_is_an_error() {
+    let bytes = std::fs::read(fixtures().join("dicom/fuzz_rle_panic.bin")).unwrap();
+    let r = dicom::DicomFile::from_bytes("fuzz_rle_panic.bin", &bytes).and_then(|f| f.images());
+    let e = r.err().expect("an error").to_string();
+    assert!(
+        e.contains("fuzz_rle_panic.bin") && e.contains("inside the DICOM library"),
+        "{e}"
+    );
+}
+
 // ---- writers -----------------------------------------------------------------------------------
 
 #[test]
