@@ -92,6 +92,38 @@ pub struct Window {
     pub width: f64,
 }
 
+/// A VOI LUT (DICOM VOI LUT Sequence, PS3.3 C.11.2.1.1): a table from modality values to display
+/// values, the non-linear alternative to a window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VoiLut {
+    /// The input value mapped to the first entry (LUT Descriptor, second value).
+    pub first: f64,
+    /// The entries (LUT Data), as unsigned display values.
+    pub table: Vec<f32>,
+    /// Bits per entry (LUT Descriptor, third value): entries run over 0..2^bits - 1.
+    pub bits: u32,
+}
+
+impl VoiLut {
+    /// Maps values through the table: inputs below the first mapped value take the first
+    /// entry, inputs beyond the last take the last (PS3.3 C.11.2.1.1). Output in 0..2^bits - 1.
+    pub fn apply(&self, data: &mut [f32]) {
+        let last = self.table.len().saturating_sub(1) as f64;
+        if self.table.is_empty() {
+            return;
+        }
+        for v in data.iter_mut() {
+            let i = (*v as f64 - self.first).floor().clamp(0.0, last) as usize;
+            *v = self.table[i];
+        }
+    }
+
+    /// The largest display value the table's bit depth allows.
+    pub fn max_value(&self) -> f32 {
+        ((1u64 << self.bits.min(32)) - 1) as f32
+    }
+}
+
 /// One 2D image: `height x width x channels` values, row-major, channels interleaved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image2d {
@@ -112,6 +144,9 @@ pub struct Image2d {
     pub value_range: (f32, f32),
     /// The file's first VOI window, if it declared one.
     pub window: Option<Window>,
+    /// The file's first VOI LUT (VOI LUT Sequence), if it declared one; shared between the
+    /// frames of a file.
+    pub voi_lut: Option<std::sync::Arc<VoiLut>>,
     /// Non-identifying attributes.
     pub tags: Tags,
 }
@@ -139,6 +174,7 @@ impl Image2d {
             photometric: Photometric::Monochrome2,
             value_range: (lo, hi),
             window: None,
+            voi_lut: None,
             tags: Tags::new(),
         })
     }

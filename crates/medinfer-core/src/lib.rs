@@ -15,7 +15,7 @@ mod image;
 pub mod preprocess;
 mod tensor;
 
-pub use image::{min_max, Image2d, Photometric, Tags, Volume, Window};
+pub use image::{min_max, Image2d, Photometric, Tags, VoiLut, Volume, Window};
 
 pub use tensor::{DType, Tensor, TensorData};
 

@@ -159,6 +159,7 @@ impl Image2d {
             photometric: self.photometric,
             value_range: self.value_range,
             window: self.window,
+            voi_lut: self.voi_lut.clone(),
             tags: self.tags.clone(),
         }
     }

@@ -3,7 +3,8 @@
 //! medinfer owns the *value* pipeline on top of the decoded samples, because that is where silent
 //! errors live: bits-stored masking and sign extension, planar configuration, YBR to RGB, the
 //! modality transform (Rescale Slope / Intercept, also when stored with VR UN, or a Modality LUT
-//! Sequence; per frame for enhanced multi-frame), MONOCHROME1 bookkeeping and the value range.
+//! Sequence; per frame for enhanced multi-frame), MONOCHROME1 bookkeeping and the value range,
+//! and the VOI inputs (window, VOI LUT Sequence) handed on with each image.
 //! Every declared size is checked against the bytes really present before anything is allocated
 //! from it, and a panic inside a dependency becomes an error naming the file.
 //!
@@ -934,12 +935,45 @@ fn modality_lut(
     let Some(item) = first_item(obj, tags::MODALITY_LUT_SEQUENCE) else {
         return Ok(None);
     };
+    let (first, table, _) = read_lut(item, p, signed, "Modality LUT")?;
+    let range = medinfer_core::min_max(&table);
+    Ok(Some(ModalityLut {
+        first,
+        table,
+        range,
+    }))
+}
+
+/// The first item of the VOI LUT Sequence (PS3.3 C.11.2), if the file has one.
+fn voi_lut(
+    obj: &DefaultDicomObject,
+    p: &str,
+    signed: bool,
+) -> Result<Option<medinfer_core::VoiLut>, IoError> {
+    let Some(item) = first_item(obj, tags::VOILUT_SEQUENCE) else {
+        return Ok(None);
+    };
+    let (first, table, bits) = read_lut(item, p, signed, "VOI LUT")?;
+    if !(1..=16).contains(&bits) {
+        return Err(fmt_err(p, format!("VOI LUT with {bits} bits per entry")));
+    }
+    Ok(Some(medinfer_core::VoiLut { first, table, bits }))
+}
+
+/// A LUT item's (first mapped value, entries, bits per entry), from its LUT Descriptor and
+/// LUT Data; `what` names the sequence in errors.
+fn read_lut(
+    item: &InMemDicomObject,
+    p: &str,
+    signed: bool,
+    what: &str,
+) -> Result<(f64, Vec<f32>, u32), IoError> {
     let desc = get_nums(item, tags::LUT_DESCRIPTOR)
         .filter(|d| d.len() == 3)
-        .ok_or_else(|| fmt_err(p, "Modality LUT Sequence without a valid LUT Descriptor"))?;
+        .ok_or_else(|| fmt_err(p, format!("{what} Sequence without a valid LUT Descriptor")))?;
     let e = item
         .get(tags::LUT_DATA)
-        .ok_or_else(|| fmt_err(p, "Modality LUT Sequence without LUT Data"))?;
+        .ok_or_else(|| fmt_err(p, format!("{what} Sequence without LUT Data")))?;
     let n = if desc[0] == 0.0 {
         65536
     } else {
@@ -964,7 +998,7 @@ fn modality_lut(
     if raw.len() < n {
         return Err(fmt_err(
             p,
-            format!("Modality LUT declares {n} entries but holds {}", raw.len()),
+            format!("{what} declares {n} entries but holds {}", raw.len()),
         ));
     }
     // The first mapped value is US or SS depending on the pixel representation; a value above
@@ -974,13 +1008,7 @@ fn modality_lut(
     } else {
         desc[1]
     };
-    let table = raw[..n].to_vec();
-    let range = medinfer_core::min_max(&table);
-    Ok(Some(ModalityLut {
-        first,
-        table,
-        range,
-    }))
+    Ok((first, raw[..n].to_vec(), bits))
 }
 
 fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
@@ -1147,6 +1175,11 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     } else {
         None
     };
+    let voi = if channels == 1 {
+        voi_lut(&f.obj, p, h.signed)?.map(std::sync::Arc::new)
+    } else {
+        None
+    };
     let (smin, smax) = h.stored_range();
     let mut tags = h.tags();
     if nframes > 1 {
@@ -1209,6 +1242,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             photometric,
             value_range,
             window: h.window,
+            voi_lut: voi.clone(),
             tags: tags.clone(),
         });
     }

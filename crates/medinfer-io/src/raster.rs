@@ -115,6 +115,7 @@ fn raster_image(
         },
         value_range: (0.0, maxv),
         window: None,
+        voi_lut: None,
         tags,
     }
 }
@@ -206,9 +207,29 @@ pub fn write_png8(
     w.finish().map_err(|e| fmt_err(&p, e.to_string()))
 }
 
-/// An 8-bit view of a grayscale image: the window (centre, width) mapped to 0..=255 with the
-/// DICOM linear VOI function; without a window, the image's own min..max.
+/// An 8-bit view of a grayscale image. The VOI transform, in DICOM's order of precedence as
+/// pydicom's `apply_voi_lut` applies it: the `window` (centre, width) asked for; else the file's
+/// VOI LUT (its output scaled from the LUT's bit depth to 0..=255); else the file's window
+/// (DICOM's linear VOI function); else the image's own min..max. MONOCHROME1 comes out inverted
+/// after the VOI transform (PS3.3 C.7.6.3.1.2), so that bright means dense either way.
 pub fn to_u8_view(img: &Image2d, window: Option<(f64, f64)>) -> Result<Vec<u8>, IoError> {
+    if let (None, Some(lut), 1) = (window, &img.voi_lut, img.channels) {
+        let mut d = img.data.clone();
+        lut.apply(&mut d);
+        let scale = 255.0 / lut.max_value().max(1.0);
+        let invert = img.photometric == medinfer_core::Photometric::Monochrome1;
+        return Ok(d
+            .iter()
+            .map(|&v| {
+                let x = (v * scale).round().clamp(0.0, 255.0) as u8;
+                if invert {
+                    255 - x
+                } else {
+                    x
+                }
+            })
+            .collect());
+    }
     let g = img.clone().to_monochrome2().to_gray();
     let mut d = g.data;
     let (c, w) = match window.or(img.window.map(|w| (w.center, w.width))) {

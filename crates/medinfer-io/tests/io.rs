@@ -137,6 +137,31 @@ fn dicom_header_and_modality_semantics() {
     assert_eq!(enh.header.pixel_spacing, Some([1.25, 1.25]));
 }
 
+/// The VOI LUT Sequence: a gamma table of 3000 entries starting at input 100 (values below and
+/// above it clamp), against pydicom's `apply_voi_lut`; the 8-bit view uses it in preference to
+/// the file's window, scaled from the LUT's 12 bits.
+#[test]
+fn voi_lut_sequence_matches_pydicom() {
+    let f = check_dicom("cr_voi_lut.dcm", 0.0);
+    let img = f.images().unwrap().remove(0);
+    let lut = img.voi_lut.clone().expect("the VOI LUT is read");
+    assert_eq!((lut.first, lut.table.len(), lut.bits), (100.0, 3000, 12));
+    let mut got = img.data.clone();
+    lut.apply(&mut got);
+    let (shape, want) = reference(&fixtures().join("dicom/cr_voi_lut.dcm.voi"));
+    assert_eq!(shape, vec![1, 40, 34, 1]);
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(*g as f64, *w, "pixel {k}");
+    }
+    let view = raster::to_u8_view(&img, None).unwrap();
+    for (v, w) in view.iter().zip(&want) {
+        assert_eq!(*v, (w * 255.0 / 4095.0).round() as u8);
+    }
+    // An explicit window still wins over the LUT.
+    let windowed = raster::to_u8_view(&img, Some((2048.0, 4096.0))).unwrap();
+    assert_ne!(windowed, view);
+}
+
 /// 12-bit lossy JPEG (JPEG Extended), decoded by medinfer's own decoder, against pydicom +
 /// pylibjpeg's libjpeg: their IDCTs differ (exact float here, integer there), by at most two grey
 /// levels out of 4096 (measured: max 1 and 2, mean 0.08).
