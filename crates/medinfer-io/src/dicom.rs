@@ -472,11 +472,36 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
             };
             let meta_end = check_declared_lengths(body, 4, le, false, true)
                 .map_err(|e| fmt_err(path, format!("file meta: {e}")))?;
-            if let Some(enc) =
-                meta_transfer_syntax(body, 4, meta_end).and_then(|ts| Encoding::of(&ts))
-            {
-                check_declared_lengths(body, meta_end, enc, header_only, false)
-                    .map_err(|e| fmt_err(path, e))?;
+            let ts = meta_transfer_syntax(body, 4, meta_end).unwrap_or_default();
+            match Encoding::of(&ts) {
+                Some(enc) => {
+                    check_declared_lengths(body, meta_end, enc, header_only, false)
+                        .map_err(|e| fmt_err(path, e))?;
+                }
+                None => {
+                    // Deflated: the lengths are checked on the inflated data set (explicit VR
+                    // little endian). Deflate cannot expand more than 1032:1, so a stream that
+                    // inflates beyond that (or beyond the file size cap) is refused.
+                    let packed = &body[meta_end.min(body.len())..];
+                    let cap = (packed.len() as u64)
+                        .saturating_mul(1032)
+                        .saturating_add(1 << 20)
+                        .min(MAX_FILE_BYTES);
+                    let mut inflated = Vec::new();
+                    use std::io::Read;
+                    flate2::read::DeflateDecoder::new(packed)
+                        .take(cap + 1)
+                        .read_to_end(&mut inflated)
+                        .map_err(|e| fmt_err(path, format!("deflated data set: {e}")))?;
+                    if inflated.len() as u64 > cap {
+                        return Err(fmt_err(
+                            path,
+                            format!("the deflated data set inflates beyond {cap} bytes"),
+                        ));
+                    }
+                    check_declared_lengths(&inflated, 0, le, header_only, false)
+                        .map_err(|e| fmt_err(path, format!("deflated data set: {e}")))?;
+                }
             }
             return opts()
                 .from_reader(body)

@@ -646,6 +646,18 @@ fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
         e.contains("fuzz_declared_4gb.bin") && e.contains("declares") && e.contains("remain"),
         "{e}"
     );
+    // The same inside a deflated data set (found next): checked on the inflated bytes.
+    let e = dicom::DicomFile::from_bytes(
+        "fuzz_deflated_oom.bin",
+        &std::fs::read(fixtures().join("dicom/fuzz_deflated_oom.bin")).unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("fuzz_deflated_oom.bin") && e.contains("deflated"),
+        "{e}"
+    );
     // Each encoding: the Pixel Data length of a valid file raised to almost 4 GiB.
     for name in [
         "ct_explicit_le.dcm",
