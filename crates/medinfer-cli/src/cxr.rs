@@ -146,6 +146,15 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// Ends a batch: clears the progress bar, then reports the first failed write of results.
+fn finish(bar: &indicatif::ProgressBar, io_error: Option<std::io::Error>) -> Result<()> {
+    bar.finish_and_clear();
+    match io_error {
+        Some(e) => Err(e).context("writing results"),
+        None => Ok(()),
+    }
+}
+
 pub fn cmd_run_cxr(a: RunCxrArgs) -> Result<()> {
     let labels = cxr::read_labels(&a.labels)?;
     let thresholds = match &a.thresholds {
@@ -281,10 +290,7 @@ pub fn cmd_run_cxr(a: RunCxrArgs) -> Result<()> {
             }
         },
     )?;
-    bar.finish_and_clear();
-    if let Some(e) = io_error {
-        return Err(e).context("writing results");
-    }
+    finish(&bar, io_error)?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "{ok} image(s) classified, {failed} failed, in {secs:.1} s ({:.1} images/s) on {} ({}){}",
@@ -544,10 +550,7 @@ pub fn cmd_run_ct(a: RunCtArgs) -> Result<()> {
             }
         },
     )?;
-    bar.finish_and_clear();
-    if let Some(e) = io_error {
-        return Err(e).context("writing results");
-    }
+    finish(&bar, io_error)?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "{ok} series tagged ({tagged} slices), {failed} failed, in {secs:.1} s ({:.0} slices/s) on {} ({}){}",

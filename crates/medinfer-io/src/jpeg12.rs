@@ -190,6 +190,23 @@ fn u16_at(d: &[u8], i: usize) -> Result<usize, String> {
     }
 }
 
+/// `cos[x][u] = C(u) cos((2x + 1) u pi / 16) / 2`, the 1-D IDCT basis (C(0) = 1/sqrt 2, else 1).
+fn idct_table() -> [[f32; 8]; 8] {
+    let mut cos = [[0f32; 8]; 8];
+    for (x, row) in cos.iter_mut().enumerate() {
+        for (u, c) in row.iter_mut().enumerate() {
+            let cu = if u == 0 {
+                std::f64::consts::FRAC_1_SQRT_2
+            } else {
+                1.0
+            };
+            *c = (cu * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos() / 2.0)
+                as f32;
+        }
+    }
+    cos
+}
+
 /// The exact 8x8 inverse DCT, separable, in f32; then level shift and clamp.
 fn idct_block(coef: &[f32; 64], cos: &[[f32; 8]; 8], shift: f32, max: f32, out: &mut [f32; 64]) {
     let mut tmp = [0f32; 64];
@@ -353,19 +370,7 @@ pub fn decode(data: &[u8], expect: (usize, usize)) -> Result<Frame, String> {
                 let q = qt[tq].ok_or("missing quantisation table")?;
                 let (bw, bh) = (w.div_ceil(8), h.div_ceil(8));
                 let mut img = vec![0u16; w * h];
-                let mut cos = [[0f32; 8]; 8];
-                for (x, row) in cos.iter_mut().enumerate() {
-                    for (u, c) in row.iter_mut().enumerate() {
-                        let cu = if u == 0 {
-                            std::f64::consts::FRAC_1_SQRT_2
-                        } else {
-                            1.0
-                        };
-                        *c = (cu
-                            * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos()
-                            / 2.0) as f32;
-                    }
-                }
+                let cos = idct_table();
                 let shift = (1u32 << (p - 1)) as f32;
                 let max = ((1u32 << p) - 1) as f32;
                 let mut bits = Bits {
@@ -465,18 +470,7 @@ mod tests {
     #[test]
     fn the_idct_inverts_a_dc_only_block() {
         // A DC coefficient of 8 * v gives a flat block of v (plus the level shift).
-        let mut cos = [[0f32; 8]; 8];
-        for (x, row) in cos.iter_mut().enumerate() {
-            for (u, c) in row.iter_mut().enumerate() {
-                let cu = if u == 0 {
-                    std::f64::consts::FRAC_1_SQRT_2
-                } else {
-                    1.0
-                };
-                *c = (cu * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos()
-                    / 2.0) as f32;
-            }
-        }
+        let cos = idct_table();
         let mut coef = [0f32; 64];
         coef[0] = 8.0 * 100.0;
         let mut out = [0f32; 64];
