@@ -17,7 +17,8 @@
 //! | JPEG extended 12-bit (grayscale) | yes: medinfer's own decoder ([`crate::jpeg12`]), since no crate decodes it |
 //! | JPEG 2000 (lossless and lossy, HTJ2K excluded) | yes (pure-Rust OpenJPEG port) |
 //! | JPEG-LS (lossless and near-lossless) | with the `jpegls` feature (CharLS; needs cmake and a C++ compiler, which is why it is opt-in; `cargo xtask test` turns it on); otherwise a clear error naming the syntax |
-//! | JPEG XL, MPEG/HEVC video | no: a clear error naming the syntax |
+//! | JPEG XL (lossless, recompression, lossy) | yes: jxl-oxide, read back at the codestream's bit depth by medinfer (dicom-rs's adapter scales 12-bit samples wrongly) |
+//! | MPEG/HEVC video | no: a clear error naming the syntax |
 
 use crate::{fmt_err, os_err, IoError};
 use dicom_core::dictionary::DataDictionaryEntry;
@@ -222,9 +223,9 @@ fn check_declared_lengths(
     stop_at_pixel_data: bool,
     meta_only: bool,
 ) -> Result<usize, String> {
-    /// A context being walked: its end (usize::MAX when its length is undefined), and whether
-    /// its elements have explicit VRs (a UN sequence of undefined length holds implicit VR
-    /// little endian items, PS3.5 6.2.2).
+    /// A context being walked: its end (usize::MAX when its length is undefined) and its
+    /// encoding. The walk mirrors how dicom-rs's parser reads (not only what the standard
+    /// says), because what matters is the lengths dicom-rs will allocate from.
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
         /// A data set (the top level, or an item's).
@@ -293,51 +294,49 @@ fn check_declared_lengths(
         if meta_only && g != 0x0002 {
             return Ok(pos);
         }
-        if g == 0xFFFE {
+        if kind != Kind::Set {
+            // Inside a sequence: only item headers (tag + 4-byte length) are valid, as dicom-rs
+            // reads them; anything else makes dicom-rs fail at the same place.
             let len = u32_at(pos + 4, be);
             pos += 8;
-            match e {
-                0xE000 => {
+            match (g, e, kind) {
+                (0xFFFE, 0xE000, Kind::Frags) => {
+                    if len == UNDEFINED || len as usize > limit - pos {
+                        return Err(too_long(g, e, len, limit - pos));
+                    }
+                    pos += len as usize;
+                }
+                (0xFFFE, 0xE000, _) => {
                     if len != UNDEFINED && len as usize > limit - pos {
                         return Err(too_long(g, e, len, limit - pos));
                     }
-                    if kind == Kind::Frags {
-                        if len != UNDEFINED {
-                            pos += len as usize;
-                        }
-                    } else {
-                        stack.push(Ctx {
-                            kind: Kind::Set,
-                            end: if len == UNDEFINED {
-                                usize::MAX
-                            } else {
-                                pos + len as usize
-                            },
-                            explicit,
-                            big_endian: be,
-                        });
-                    }
+                    stack.push(Ctx {
+                        kind: Kind::Set,
+                        end: if len == UNDEFINED {
+                            usize::MAX
+                        } else {
+                            pos + len as usize
+                        },
+                        explicit,
+                        big_endian: be,
+                    });
                 }
-                0xE00D => {
-                    if stack.len() > 1 && kind == Kind::Set {
-                        stack.pop();
-                    }
+                (0xFFFE, 0xE0DD, _) => {
+                    stack.pop();
                 }
-                0xE0DD => {
-                    while stack.len() > 1 {
-                        if stack.pop().is_some_and(|c| c.kind != Kind::Set) {
-                            break;
-                        }
-                    }
-                }
-                _ => return Ok(pos),
+                (0xFFFE, 0xE00D, _) => {}
+                _ => return Ok(pos - 8),
             }
             continue;
         }
         if stop_at_pixel_data && stack.len() == 1 && (g, e) == (0x7FE0, 0x0010) {
             return Ok(pos);
         }
-        let (vr, len, header) = if explicit {
+        // A data set: element headers as dicom-rs's decoders read them. Group FFFE has no VR
+        // (tag + 4-byte length) in every encoding.
+        let (vr, len, header) = if g == 0xFFFE {
+            (*b"UN", u32_at(pos + 4, be), 8)
+        } else if explicit {
             let vr = [bytes[pos + 4], bytes[pos + 5]];
             let short = matches!(
                 &vr,
@@ -365,10 +364,9 @@ fn check_declared_lengths(
             );
             if short {
                 (vr, u16_at(pos + 6, be) as u32, 8)
+            } else if pos + 12 > limit {
+                return Ok(pos);
             } else {
-                if pos + 12 > limit {
-                    return Ok(pos);
-                }
                 (vr, u32_at(pos + 8, be), 12)
             }
         } else {
@@ -379,28 +377,59 @@ fn check_declared_lengths(
             (if sq { *b"SQ" } else { *b"UN" }, u32_at(pos + 4, be), 8)
         };
         pos += header;
-        if len == UNDEFINED {
-            let pixel = (g, e) == (0x7FE0, 0x0010);
-            stack.push(Ctx {
-                kind: if pixel { Kind::Frags } else { Kind::Seq },
-                end: usize::MAX,
-                // Items of a UN sequence are implicit VR little endian.
-                explicit: explicit && (pixel || &vr != b"UN"),
-                big_endian: be && (pixel || &vr != b"UN"),
-            });
+        if (g, e) == (0xFFFE, 0xE00D) {
+            // Item end (dicom-rs ignores one outside any sequence).
+            if stack.len() > 1 {
+                stack.pop();
+            }
             continue;
         }
-        if len as usize > limit - pos {
-            return Err(too_long(g, e, len, limit - pos));
-        }
+        let seq = |end| Ctx {
+            kind: Kind::Seq,
+            end,
+            explicit,
+            big_endian: be,
+        };
         if &vr == b"SQ" {
-            stack.push(Ctx {
-                kind: Kind::Seq,
-                end: pos + len as usize,
-                explicit,
-                big_endian: be,
-            });
+            if len != UNDEFINED && len as usize > limit - pos {
+                return Err(too_long(g, e, len, limit - pos));
+            }
+            stack.push(seq(if len == UNDEFINED {
+                usize::MAX
+            } else {
+                pos + len as usize
+            }));
+        } else if len == UNDEFINED {
+            // Encapsulated pixel data holds fragments; any other undefined-length element is
+            // read by dicom-rs as a sequence of data sets, in the same encoding.
+            if (g, e) == (0x7FE0, 0x0010) {
+                stack.push(Ctx {
+                    kind: Kind::Frags,
+                    end: usize::MAX,
+                    explicit,
+                    big_endian: be,
+                });
+            } else {
+                stack.push(seq(usize::MAX));
+            }
+        } else if len as usize > limit - pos {
+            return Err(too_long(g, e, len, limit - pos));
         } else {
+            // dicom-rs reads len / size binary numbers but counts len bytes as read: a length
+            // that is not a multiple of the size makes it lose its place in the file (fuzzing
+            // found FD with length 2 turning later bytes into a 4 GB element).
+            let size = match &vr {
+                b"SS" | b"US" | b"OW" => 2,
+                b"FL" | b"SL" | b"UL" | b"AT" | b"OF" | b"OL" => 4,
+                b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
+                _ => 1,
+            };
+            if len % size != 0 {
+                return Err(format!(
+                    "element ({g:04X},{e:04X}) {} has length {len}, not a multiple of {size}",
+                    String::from_utf8_lossy(&vr)
+                ));
+            }
             pos += len as usize;
         }
     }
@@ -1158,8 +1187,21 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     };
     let decoded;
     let jpeg12;
+    let jxl;
     let raw_all = match in_place {
         Some(r) => r,
+        None if is_jpeg_xl(h, encapsulated) => {
+            jxl = decode_jpeg_xl(pd.value(), h, nframes, frame_samples).map_err(|e| {
+                fmt_err(
+                    p,
+                    format!("cannot decode pixel data ({}): {e}", h.transfer_syntax),
+                )
+            })?;
+            match &jxl {
+                Decoded::U8(v) => Raw::Bytes(v),
+                Decoded::U16(v) => Raw::U16(v),
+            }
+        }
         None if is_jpeg12(h, encapsulated, channels) => {
             jpeg12 = decode_jpeg12(pd.value(), h, nframes).map_err(|e| {
                 fmt_err(
@@ -1272,6 +1314,76 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         });
     }
     Ok(images)
+}
+
+/// JPEG XL (1.2.840.10008.1.2.4.110 / .111 / .112).
+fn is_jpeg_xl(h: &DicomHeader, encapsulated: bool) -> bool {
+    encapsulated
+        && matches!(
+            h.transfer_syntax_uid.as_str(),
+            "1.2.840.10008.1.2.4.110" | "1.2.840.10008.1.2.4.111" | "1.2.840.10008.1.2.4.112"
+        )
+}
+
+/// Samples decoded by medinfer itself.
+enum Decoded {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+}
+
+/// JPEG XL frames (one fragment each) through jxl-oxide, read back at the codestream's own bit
+/// depth. dicom-rs's adapter asks jxl-oxide for 16-bit samples, which jxl-oxide scales to the
+/// full 0..65535 range for any other depth: a 12-bit image came back multiplied by 16 and then
+/// lost its high bits to Bits Stored (found by the JPEG XL fixture). Here the normalised
+/// samples are scaled by the codestream's `2^bits - 1` instead: exact for lossless files.
+fn decode_jpeg_xl(
+    value: &Value<InMemDicomObject>,
+    h: &DicomHeader,
+    nframes: usize,
+    frame_samples: usize,
+) -> Result<Decoded, String> {
+    let fragments = value.fragments().ok_or("no pixel fragments")?;
+    if fragments.len() != nframes {
+        return Err(format!(
+            "{} fragments for {nframes} frame(s); JPEG XL needs one fragment per frame",
+            fragments.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(frame_samples * nframes);
+    for (fr, bytes) in fragments.iter().enumerate() {
+        let image = jxl_oxide::JxlImage::builder()
+            .read(&bytes[..])
+            .map_err(|e| format!("frame {fr}: {e}"))?;
+        let (w, hh) = (image.width() as usize, image.height() as usize);
+        if (w, hh) != (h.columns as usize, h.rows as usize) {
+            return Err(format!(
+                "frame {fr} is {w}x{hh}, the header declares {}x{}",
+                h.columns, h.rows
+            ));
+        }
+        let bits = image.image_header().metadata.bit_depth.bits_per_sample();
+        if !(1..=16).contains(&bits) {
+            return Err(format!("frame {fr}: {bits}-bit samples"));
+        }
+        let render = image
+            .render_frame(0)
+            .map_err(|e| format!("frame {fr}: {e}"))?;
+        let mut stream = render.stream();
+        let mut buf = vec![0f32; frame_samples];
+        let n = stream.write_to_buffer(&mut buf);
+        if n != frame_samples {
+            return Err(format!(
+                "frame {fr} gave {n} samples, {frame_samples} expected"
+            ));
+        }
+        let max = ((1u32 << bits) - 1) as f32;
+        out.extend(buf.iter().map(|&v| (v * max).round().clamp(0.0, max)));
+    }
+    Ok(if h.bits_allocated <= 8 {
+        Decoded::U8(out.iter().map(|&v| v as u8).collect())
+    } else {
+        Decoded::U16(out.iter().map(|&v| v as u16).collect())
+    })
 }
 
 /// 12-bit lossy JPEG (JPEG Extended, process 2 & 4), which no decoder in dicom-rs handles:
