@@ -285,8 +285,20 @@ fn check_declared_lengths(
             .min()
             .unwrap_or(0)
             .min(bytes.len());
+        // A header that does not fit in what is left of a sequence or item would be read by
+        // dicom-rs from the bytes after it (it does not stop at item ends): refused. At the end
+        // of the data itself dicom-rs stops, so the walk does too.
+        let straddles = |pos: usize| {
+            Err(format!(
+                "an element header at byte {pos} runs past the end of its item or sequence"
+            ))
+        };
         if pos + 8 > limit {
-            return Ok(pos);
+            return if limit < bytes.len() && pos < limit {
+                straddles(pos)
+            } else {
+                Ok(pos)
+            };
         }
         let top = &stack[stack.len() - 1];
         let (kind, explicit, be) = (top.kind, top.explicit, top.big_endian);
@@ -365,7 +377,11 @@ fn check_declared_lengths(
             if short {
                 (vr, u16_at(pos + 6, be) as u32, 8)
             } else if pos + 12 > limit {
-                return Ok(pos);
+                return if limit < bytes.len() {
+                    straddles(pos)
+                } else {
+                    Ok(pos)
+                };
             } else {
                 (vr, u32_at(pos + 8, be), 12)
             }

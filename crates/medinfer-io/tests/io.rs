@@ -681,6 +681,19 @@ fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
         e.contains("fuzz_fd_length_oom.bin") && e.contains("FD has length 2, not a multiple of 8"),
         "{e}"
     );
+    // An element header that crosses the end of its item (found fourth): dicom-rs reads on
+    // past item ends, so the check may not stop there.
+    let e = dicom::DicomFile::from_bytes(
+        "fuzz_item_straddle_oom.bin",
+        &std::fs::read(fixtures().join("dicom/fuzz_item_straddle_oom.bin")).unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("fuzz_item_straddle_oom.bin") && e.contains("runs past the end of its item"),
+        "{e}"
+    );
     // Each encoding: the Pixel Data length of a valid file raised to almost 4 GiB.
     for name in [
         "ct_explicit_le.dcm",
