@@ -221,7 +221,6 @@ fn check_declared_lengths(
     start: usize,
     enc: Encoding,
     stop_at_pixel_data: bool,
-    meta_only: bool,
 ) -> Result<usize, String> {
     /// A context being walked: its end (usize::MAX when its length is undefined) and its
     /// encoding. The walk mirrors how dicom-rs's parser reads (not only what the standard
@@ -303,9 +302,6 @@ fn check_declared_lengths(
         let top = &stack[stack.len() - 1];
         let (kind, explicit, be) = (top.kind, top.explicit, top.big_endian);
         let (g, e) = (u16_at(pos, be), u16_at(pos + 2, be));
-        if meta_only && g != 0x0002 {
-            return Ok(pos);
-        }
         if kind != Kind::Set {
             // Inside a sequence: only item headers (tag + 4-byte length) are valid, as dicom-rs
             // reads them; anything else makes dicom-rs fail at the same place.
@@ -451,44 +447,73 @@ fn check_declared_lengths(
     }
 }
 
-/// The transfer syntax UID in a file meta group starting at `start` (explicit VR little endian).
-fn meta_transfer_syntax(bytes: &[u8], start: usize, end: usize) -> Option<String> {
-    let mut pos = start;
-    while pos + 8 <= end {
-        let g = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
-        let e = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
-        if g != 0x0002 {
-            return None;
+/// Where the file meta group ends and the transfer syntax it names, read the way dicom-rs reads
+/// it: the group length element first, then elements (of any group) until that many bytes are
+/// consumed. `body` starts at "DICM". Declared lengths beyond the data are refused.
+fn meta_extent(body: &[u8]) -> Result<(usize, String), String> {
+    let u16_at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+    // (0002,0000) UL 4: the group length. Anything else: dicom-rs refuses the file itself.
+    if body.len() < 16 || (u16_at(4), u16_at(6)) != (0x0002, 0x0000) {
+        return Ok((4, String::new()));
+    }
+    let group_length = u32_at(12) as usize;
+    let mut pos = 16;
+    let mut total = 0usize;
+    let mut ts = String::new();
+    while total < group_length {
+        if pos + 8 > body.len() {
+            return Err("truncated".into());
         }
-        let vr = [bytes[pos + 4], bytes[pos + 5]];
-        let (len, header) = if matches!(&vr, b"OB" | b"OW" | b"UN" | b"SQ" | b"UT" | b"UC" | b"UR")
-        {
-            if pos + 12 > end {
-                return None;
-            }
-            (
-                u32::from_le_bytes([
-                    bytes[pos + 8],
-                    bytes[pos + 9],
-                    bytes[pos + 10],
-                    bytes[pos + 11],
-                ]) as usize,
-                12,
-            )
+        let (g, e) = (u16_at(pos), u16_at(pos + 2));
+        let vr = [body[pos + 4], body[pos + 5]];
+        let short = matches!(
+            &vr,
+            b"AE"
+                | b"AS"
+                | b"AT"
+                | b"CS"
+                | b"DA"
+                | b"DS"
+                | b"DT"
+                | b"FL"
+                | b"FD"
+                | b"IS"
+                | b"LO"
+                | b"LT"
+                | b"PN"
+                | b"SH"
+                | b"SL"
+                | b"SS"
+                | b"ST"
+                | b"TM"
+                | b"UI"
+                | b"UL"
+                | b"US"
+        );
+        let (len, header) = if g == 0xFFFE {
+            (u32_at(pos + 4) as usize, 8)
+        } else if short {
+            (u16_at(pos + 6) as usize, 8)
+        } else if pos + 12 > body.len() {
+            return Err("truncated".into());
         } else {
-            (
-                u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize,
-                8,
-            )
+            (u32_at(pos + 8) as usize, 12)
         };
         let v = pos + header;
-        if e == 0x0010 {
-            let s = bytes.get(v..v.checked_add(len)?.min(end))?;
-            return Some(String::from_utf8_lossy(s).into_owned());
+        if len == UNDEFINED as usize || len > body.len() - v {
+            return Err(format!(
+                "element ({g:04X},{e:04X}) declares {len} bytes but only {} remain",
+                body.len() - v
+            ));
         }
-        pos = v.checked_add(len)?;
+        if (g, e) == (0x0002, 0x0010) {
+            ts = String::from_utf8_lossy(&body[v..v + len]).into_owned();
+        }
+        total += header + len;
+        pos = v + len;
     }
-    None
+    Ok((pos, ts))
 }
 
 fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObject, IoError> {
@@ -515,12 +540,11 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
                 explicit: true,
                 big_endian: false,
             };
-            let meta_end = check_declared_lengths(body, 4, le, false, true)
-                .map_err(|e| fmt_err(path, format!("file meta: {e}")))?;
-            let ts = meta_transfer_syntax(body, 4, meta_end).unwrap_or_default();
+            let (meta_end, ts) =
+                meta_extent(body).map_err(|e| fmt_err(path, format!("file meta: {e}")))?;
             match Encoding::of(&ts) {
                 Some(enc) => {
-                    check_declared_lengths(body, meta_end, enc, header_only, false)
+                    check_declared_lengths(body, meta_end, enc, header_only)
                         .map_err(|e| fmt_err(path, e))?;
                 }
                 None => {
@@ -544,7 +568,7 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
                             format!("the deflated data set inflates beyond {cap} bytes"),
                         ));
                     }
-                    check_declared_lengths(&inflated, 0, le, header_only, false)
+                    check_declared_lengths(&inflated, 0, le, header_only)
                         .map_err(|e| fmt_err(path, format!("deflated data set: {e}")))?;
                 }
             }
@@ -564,7 +588,7 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
     // No preamble and no file meta: read the bare data set as pydicom's `force=True` does.
     let ts_uid = guess_raw_ts(bytes);
     if let Some(enc) = Encoding::of(ts_uid) {
-        check_declared_lengths(bytes, 0, enc, header_only, false).map_err(|e| fmt_err(path, e))?;
+        check_declared_lengths(bytes, 0, enc, header_only).map_err(|e| fmt_err(path, e))?;
     }
     let ts = dicom_encoding::TransferSyntaxIndex::get(&TransferSyntaxRegistry, ts_uid)
         .ok_or_else(|| fmt_err(path, format!("transfer syntax {ts_uid} is not registered")))?;

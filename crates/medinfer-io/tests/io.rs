@@ -694,6 +694,17 @@ fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
         e.contains("fuzz_item_straddle_oom.bin") && e.contains("runs past the end of its item"),
         "{e}"
     );
+    // A deflated file whose file meta group length disagrees with its elements (found fifth):
+    // the data set starts where dicom-rs starts it, by the group length.
+    let r = dicom::DicomFile::from_bytes(
+        "fuzz_meta_length_oom.bin",
+        &std::fs::read(fixtures().join("dicom/fuzz_meta_length_oom.bin")).unwrap(),
+    );
+    let e = r.err().unwrap().to_string();
+    assert!(
+        e.contains("fuzz_meta_length_oom.bin") && e.contains("declares 2566849280"),
+        "{e}"
+    );
     // Each encoding: the Pixel Data length of a valid file raised to almost 4 GiB.
     for name in [
         "ct_explicit_le.dcm",
