@@ -382,11 +382,17 @@ fn check_declared_lengths(
                 (vr, u32_at(pos + 8, be), 12)
             }
         } else {
-            let sq = (g, e) != (0x7FE0, 0x0010)
-                && dicom_dictionary_std::StandardDataDictionary
+            // Implicit VR: the VR dicom-rs takes from its dictionary (OW for Pixel Data and
+            // overlay data, UN when unknown).
+            let vr = if (g, e) == (0x7FE0, 0x0010) || (g >> 8 == 0x60 && e == 0x3000) {
+                VR::OW
+            } else {
+                dicom_dictionary_std::StandardDataDictionary
                     .by_tag(Tag(g, e))
-                    .is_some_and(|d| d.vr().relaxed() == VR::SQ);
-            (if sq { *b"SQ" } else { *b"UN" }, u32_at(pos + 4, be), 8)
+                    .map(|d| d.vr().relaxed())
+                    .unwrap_or(VR::UN)
+            };
+            (vr.to_bytes(), u32_at(pos + 4, be), 8)
         };
         pos += header;
         if (g, e) == (0xFFFE, 0xE00D) {

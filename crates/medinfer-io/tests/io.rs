@@ -705,6 +705,14 @@ fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
         e.contains("fuzz_meta_length_oom.bin") && e.contains("declares 2566849280"),
         "{e}"
     );
+    // The same desynchronisation in implicit VR (found sixth): (0000,0000) is UL by the
+    // dictionary, and a length of 5 makes dicom-rs read one number and count five bytes.
+    let r = dicom::DicomFile::from_bytes(
+        "fuzz_implicit_ul_length_oom.bin",
+        &std::fs::read(fixtures().join("dicom/fuzz_implicit_ul_length_oom.bin")).unwrap(),
+    );
+    let e = r.err().unwrap().to_string();
+    assert!(e.contains("UL has length 5, not a multiple of 4"), "{e}");
     // Each encoding: the Pixel Data length of a valid file raised to almost 4 GiB.
     for name in [
         "ct_explicit_le.dcm",
