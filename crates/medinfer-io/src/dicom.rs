@@ -1208,6 +1208,9 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             .unwrap_or(0);
         let need = frame_samples * nframes * bytes_per;
         let rle = h.transfer_syntax_uid == "1.2.840.10008.1.2.5";
+        if rle {
+            check_rle_headers(pd.value()).map_err(|e| fmt_err(p, e))?;
+        }
         let cap = if rle {
             encoded.saturating_mul(64).saturating_add(64 * nframes)
         } else {
@@ -1360,6 +1363,39 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         });
     }
     Ok(images)
+}
+
+/// Every RLE fragment's 64-byte header (PS3.5 G.3.1): at most 15 segments, offsets inside the
+/// fragment. dicom-rs's RLE decoder allocates the segment table from the declared count and
+/// indexes the fragment with the offsets unchecked (fuzzing found a 5.6 GB allocation and an
+/// index panic).
+fn check_rle_headers(value: &Value<InMemDicomObject>) -> Result<(), String> {
+    for (i, f) in value.fragments().unwrap_or(&[]).iter().enumerate() {
+        if f.len() < 64 {
+            return Err(format!(
+                "RLE fragment {i} is {} bytes, shorter than its 64-byte header",
+                f.len()
+            ));
+        }
+        let word =
+            |k: usize| u32::from_le_bytes([f[4 * k], f[4 * k + 1], f[4 * k + 2], f[4 * k + 3]]);
+        let n = word(0) as usize;
+        if !(1..=15).contains(&n) {
+            return Err(format!(
+                "RLE fragment {i} declares {n} segments (1 to 15 allowed)"
+            ));
+        }
+        for k in 1..=n {
+            let off = word(k) as usize;
+            if off < 64 || off > f.len() {
+                return Err(format!(
+                    "RLE fragment {i}: segment {k} starts at byte {off}, outside the fragment of {} bytes",
+                    f.len()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// JPEG XL (1.2.840.10008.1.2.4.110 / .111 / .112).
