@@ -363,11 +363,32 @@ fn inspect_reports_series_without_patient_identity() {
     for secret in ["Fixture", "Secret", "SECRET-ID-0042", "19700101"] {
         assert!(!text.contains(secret), "inspect leaked {secret}");
     }
-    // The JPEG-LS file is listed as not decodable.
     assert!(text.contains("JPEG-LS"), "{text}");
-    let o = run(&["inspect", io_fixture("dicom").to_str().unwrap()]);
+    // A file in a transfer syntax medinfer cannot decode is listed as such.
+    let d = tmp();
+    let jpip = undecodable_copy(d.path());
+    let o = run(&["inspect", d.path().to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("NOT decodable") && !text.contains("Secret"));
+    assert!(
+        text.contains("NOT decodable") && text.contains("JPIP") && !text.contains("Secret"),
+        "{text}"
+    );
+    assert!(jpip.exists());
+}
+
+/// The JPEG-LS fixture with its transfer syntax changed to JPIP Referenced (same UID length),
+/// which no decoder handles: pixels medinfer cannot decode, whatever features it was built with.
+fn undecodable_copy(dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(io_fixture("dicom/ct_jpegls_lossless.dcm")).unwrap();
+    let (from, to) = (b"1.2.840.10008.1.2.4.80", b"1.2.840.10008.1.2.4.94");
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the transfer syntax UID");
+    bytes[at..at + to.len()].copy_from_slice(to);
+    let p = dir.join("jpip.dcm");
+    std::fs::write(&p, bytes).unwrap();
+    p
 }
 
 #[test]
@@ -419,13 +440,14 @@ fn convert_dicom_to_nifti_npy_png_and_back() {
         d.path().join("x.bmp").to_str().unwrap(),
     ]);
     assert_clean_failure(&o, &["x.bmp", "unknown output format"]);
+    let jpip = undecodable_copy(d.path());
     let o = run(&[
         "convert",
-        io_fixture("dicom/ct_jpegls_lossless.dcm").to_str().unwrap(),
+        jpip.to_str().unwrap(),
         "-o",
         nii.to_str().unwrap(),
     ]);
-    assert_clean_failure(&o, &["ct_jpegls_lossless.dcm", "JPEG-LS"]);
+    assert_clean_failure(&o, &["jpip.dcm", "JPIP"]);
 }
 
 #[test]
