@@ -289,11 +289,14 @@ fn check_declared_lengths(
         // of the data itself dicom-rs stops, so the walk does too.
         let straddles = |pos: usize| {
             Err(format!(
-                "an element header at byte {pos} runs past the end of its item or sequence"
+                "at byte {pos} an element header or an open item runs past the end of its item or sequence"
             ))
         };
         if pos + 8 > limit {
-            return if limit < bytes.len() && pos < limit {
+            // Short of the end of the data, this is either a header crossing the end of its
+            // sequence or item, or an undefined-length item still open at the end of the
+            // defined-length sequence around it (dicom-rs would read on into what follows).
+            return if limit < bytes.len() {
                 straddles(pos)
             } else {
                 Ok(pos)

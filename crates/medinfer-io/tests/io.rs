@@ -713,6 +713,14 @@ fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
     );
     let e = r.err().unwrap().to_string();
     assert!(e.contains("UL has length 5, not a multiple of 4"), "{e}");
+    // An undefined-length item left open at the end of the defined-length sequence around it
+    // (found last): dicom-rs reads on into the following bytes.
+    let r = dicom::DicomFile::from_bytes(
+        "fuzz_open_item_oom.bin",
+        &std::fs::read(fixtures().join("dicom/fuzz_open_item_oom.bin")).unwrap(),
+    );
+    let e = r.err().unwrap().to_string();
+    assert!(e.contains("an open item runs past the end"), "{e}");
     // Each encoding: the Pixel Data length of a valid file raised to almost 4 GiB.
     for name in [
         "ct_explicit_le.dcm",
