@@ -210,6 +210,36 @@ impl Encoding {
 
 const UNDEFINED: u32 = u32::MAX;
 
+/// Explicit VRs whose value length is a 2-byte field (PS3.5 7.1.2), as dicom-rs's decoders
+/// read them; every other VR (unknown ones too, read as UN) has 2 reserved bytes and a 4-byte
+/// length.
+fn has_short_length(vr: &[u8; 2]) -> bool {
+    matches!(
+        vr,
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
+    )
+}
+
 /// Walks a data set's element, item and fragment headers (into sequences and items) and checks
 /// that every declared length fits in the bytes that are really there, before dicom-rs reads
 /// the set: dicom-rs allocates each value from its declared length first (a 5 KB file declaring
@@ -349,30 +379,7 @@ fn check_declared_lengths(
             (*b"UN", u32_at(pos + 4, be), 8)
         } else if explicit {
             let vr = [bytes[pos + 4], bytes[pos + 5]];
-            let short = matches!(
-                &vr,
-                b"AE"
-                    | b"AS"
-                    | b"AT"
-                    | b"CS"
-                    | b"DA"
-                    | b"DS"
-                    | b"DT"
-                    | b"FL"
-                    | b"FD"
-                    | b"IS"
-                    | b"LO"
-                    | b"LT"
-                    | b"PN"
-                    | b"SH"
-                    | b"SL"
-                    | b"SS"
-                    | b"ST"
-                    | b"TM"
-                    | b"UI"
-                    | b"UL"
-                    | b"US"
-            );
+            let short = has_short_length(&vr);
             if short {
                 (vr, u16_at(pos + 6, be) as u32, 8)
             } else if pos + 12 > limit {
@@ -476,30 +483,7 @@ fn meta_extent(body: &[u8]) -> Result<(usize, String), String> {
         }
         let (g, e) = (u16_at(pos), u16_at(pos + 2));
         let vr = [body[pos + 4], body[pos + 5]];
-        let short = matches!(
-            &vr,
-            b"AE"
-                | b"AS"
-                | b"AT"
-                | b"CS"
-                | b"DA"
-                | b"DS"
-                | b"DT"
-                | b"FL"
-                | b"FD"
-                | b"IS"
-                | b"LO"
-                | b"LT"
-                | b"PN"
-                | b"SH"
-                | b"SL"
-                | b"SS"
-                | b"ST"
-                | b"TM"
-                | b"UI"
-                | b"UL"
-                | b"US"
-        );
+        let short = has_short_length(&vr);
         let (len, header) = if g == 0xFFFE {
             (u32_at(pos + 4) as usize, 8)
         } else if short {
