@@ -8,12 +8,13 @@ For one zoo model, in one run on one machine:
   3. `onnxruntime.quantization.quantize_static` (QDQ, its defaults plus per-channel weights) on
      the same FP32 ONNX (after its own pre-processing), same 300 samples;
   4. every model is timed on OpenVINO's Python API (true FP32 hint) and on onnxruntime's Python
-     API, latency mode (one request on all cores), plus stock PyTorch eager FP32; a model that
-     crashes an engine is run in a child process and reported as "crash";
+     API, latency mode (one request on all cores), next to stock PyTorch eager FP32 and to
+     `medinfer bench` running medinfer's INT8 model, in paired interleaved rounds (rounds.py:
+     one worker process per runner, so a model that crashes an engine is reported as "crash");
   5. output error of each INT8 model against FP32 on the validation samples: cosine, normalised
      MSE, top-1 agreement (classifiers) or Dice of arg-max maps (segmentation).
 
-Usage: benchmarks/peers/run_int8.sh MODEL [--runs 50]
+Usage: benchmarks/peers/run_int8.sh MODEL [--rounds 12] [--runs 20] [--json out.json]
 """
 import argparse
 import json
@@ -26,7 +27,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peers  # noqa: E402  (timed_loop, stats, torch models)
+import peers  # noqa: E402  (shapes)
+import rounds  # noqa: E402  (paired interleaved timing)
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -38,31 +40,6 @@ def load_samples(folder):
 
 def batched(samples, batch):
     return [np.concatenate(samples[i:i + batch]) for i in range(0, len(samples) - batch + 1, batch)]
-
-
-def time_ov(path, x, runs, warmup):
-    import openvino as ov
-    core = ov.Core()
-    m = core.read_model(path)
-    m.reshape({m.inputs[0].get_any_name(): list(x.shape)})
-    c = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                                      "INFERENCE_NUM_THREADS": str(CORES), "NUM_STREAMS": "1"})
-    req = c.create_infer_request()
-    req.infer({0: x})
-    s, wall = peers.timed_loop(lambda: req.infer({0: x}), runs, warmup)
-    return peers.stats(s, x.shape[0], wall, runs)
-
-
-def time_ort(path, x, runs, warmup):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = CORES
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    sess.run(None, {name: x})
-    s, wall = peers.timed_loop(lambda: sess.run(None, {name: x}), runs, warmup)
-    return peers.stats(s, x.shape[0], wall, runs)
 
 
 def outputs_ov(path, xs):
@@ -116,16 +93,10 @@ def child(args):
 
 
 def run_child(spec, out):
-    x = np.load(spec["x"])
-    if spec["job"] == "time":
-        fn = time_ov if spec["engine"] == "ov" else time_ort
-        res = fn(spec["path"], x, spec["runs"], spec["warmup"])
-    else:
-        xs = [np.load(p) for p in spec["xs"]]
-        fn = outputs_ov if spec["engine"] == "ov" else outputs_ort
-        outs = fn(spec["path"], xs)
-        np.save(spec["dest"], np.stack(outs))
-        res = {"ok": True}
+    xs = [np.load(p) for p in spec["xs"]]
+    fn = outputs_ov if spec["engine"] == "ov" else outputs_ort
+    np.save(spec["dest"], np.stack(fn(spec["path"], xs)))
+    res = {"ok": True}
     with open(out, "w") as f:
         json.dump(res, f)
 
@@ -134,7 +105,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", nargs="?")
     ap.add_argument("--medinfer", default="target/release/medinfer")
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=20, help="timed requests per runner per round")
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved rounds")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--json")
     ap.add_argument("--child")
@@ -205,41 +177,31 @@ def main():
     x = np.concatenate([calib[i % len(calib)] for i in range(batch)])
     xp = os.path.join(work, "x.npy")
     np.save(xp, x)
-    results = {"model": name, "batch": batch, "cores": CORES, "quantize_seconds": qtime, "latency": {}, "error": {}}
-    # This machine is shared and noisy: models are timed in interleaved rounds and each keeps
-    # its best round (the least disturbed), so all of them see the same conditions.
-    rounds = 3
+    results = {"model": name, "batch": batch, "cores": CORES, "quantize_seconds": qtime, "latency": {},
+               "ratios": {}, "error": {}, "rounds": a.rounds, "runs_per_round": a.runs}
+    # Paired, interleaved rounds (rounds.py): every runner loads once in its own process, then
+    # each round times every runner in turn, so all see the same machine noise.
+    workers = []
     for engine in ("ov", "ort"):
-        for _ in range(rounds):
-            for label, path in models.items():
-                if engine == "ort" and path.endswith(".xml"):
-                    continue
-                r = child({"job": "time", "engine": engine, "path": path, "x": xp,
-                           "runs": max(10, a.runs // rounds), "warmup": a.warmup})
-                key = f"{engine}/{label}"
-                best = results["latency"].get(key)
-                if best is None or ("mean" in r and ("mean" not in best or r["mean"] < best["mean"])):
-                    results["latency"][key] = r
-        for label in models:
-            r = results["latency"].get(f"{engine}/{label}")
-            if r:
-                print(f"{engine:4} {label:15} {r.get('mean', float('nan')):8.2f} ms {r.get('error', '')}", flush=True)
-    # stock PyTorch
-    try:
-        import torch
-        torch.set_num_threads(CORES)
-        tm = peers.torch_model(name).eval()
-        xt = torch.from_numpy(x)
-        with torch.inference_mode():
-            best = None
-            for _ in range(rounds):
-                s, wall = peers.timed_loop(lambda: tm(xt), max(10, a.runs // rounds), a.warmup)
-                st = peers.stats(s, batch, wall, max(10, a.runs // rounds))
-                best = st if best is None or st["mean"] < best["mean"] else best
-        results["latency"]["torch/fp32"] = best
-        print(f"torch fp32            {results['latency']['torch/fp32']['mean']:8.2f} ms", flush=True)
-    except Exception as e:  # noqa: BLE001
-        results["latency"]["torch/fp32"] = {"error": str(e)}
+        for label, path in models.items():
+            if engine == "ort" and path.endswith(".xml"):
+                continue
+            workers.append(rounds.Worker(f"{engine}/{label}", {"kind": engine, "path": path, "x": xp,
+                                                               "warmup": a.warmup}))
+    workers.append(rounds.Worker("torch/fp32", {"kind": "torch", "model": name, "x": xp, "warmup": a.warmup}))
+    workers.append(rounds.Worker("medinfer-bench/ov-int8", {"kind": "medinfer", "medinfer": mi, "path": mq,
+                                                            "backend": "openvino", "batch": batch,
+                                                            "warmup": a.warmup}))
+    rounds.run_rounds(workers, a.rounds, a.runs, log=lambda m: print(m, flush=True))
+    by = {w.label: w for w in workers}
+    for w in workers:
+        results["latency"][w.label] = w.summary()
+
+    def ratio(slow, fast):
+        r = rounds.paired_ratio(by[slow], by[fast])
+        results["ratios"][f"{slow} / {fast}"] = r
+        return r
+
     # Output error against FP32 on the validation samples.
     vpaths = []
     for i, v in enumerate(val):
@@ -261,25 +223,29 @@ def main():
             results["error"][f"{engine}/{label}"] = e
             print(f"error {engine:4} {label:15} {e}", flush=True)
 
-    # Table.
+    # Table: medians over all rounds; ratios are paired per round (median, lowest-highest round).
     L = results["latency"]
-    def ms(k):
-        return L.get(k, {}).get("mean")
-    print(f"\n### {name} (batch {batch}, {CORES} cores, latency mode, mean ms)\n")
-    print("| engine | FP32 | medinfer INT8 | NNCF INT8 | onnxruntime INT8 | medinfer speed-up vs FP32 | vs best peer INT8 |")
-    print("|---|---|---|---|---|---|---|")
-    for engine, peer in (("ov", "nncf-int8"), ("ort", "ort-int8")):
-        f, m = ms(f"{engine}/fp32"), ms(f"{engine}/medinfer-int8")
-        n, o = L.get(f"{engine}/nncf-int8", {}), L.get(f"{engine}/ort-int8", {})
-        def cell(d):
-            return f"{d['mean']:.2f}" if "mean" in d else d.get("error", "-") if d else "-"
-        peers_ms = [d["mean"] for d in (n, o) if "mean" in d]
-        best = min(peers_ms) if peers_ms else None
-        print(f"| {engine} | {f:.2f} | {m:.2f} | {cell(n)} | {cell(o)} | {f / m:.2f}x | "
-              f"{(best / m if best else float('nan')):.2f}x |")
-    tq = ms("torch/fp32")
-    if tq:
-        print(f"\nstock PyTorch FP32: {tq:.2f} ms; medinfer INT8 on OpenVINO is {tq / ms('ov/medinfer-int8'):.2f}x faster, NNCF INT8 {tq / ms('ov/nncf-int8'):.2f}x")
+
+    def cell(k):
+        d = L.get(k)
+        return "-" if d is None else f"{d['median']:.2f}" if "median" in d else d.get("error", "-")
+
+    def rcell(r):
+        return "-" if r is None else f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+    print(f"\n### {name} (batch {batch}, {CORES} cores, latency mode, median ms over {a.rounds} rounds x {a.runs} runs)\n")
+    print("| engine | FP32 | medinfer INT8 | NNCF INT8 | onnxruntime INT8 | medinfer INT8 vs FP32 | vs NNCF | vs onnxruntime |")
+    print("|---|---|---|---|---|---|---|---|")
+    for engine in ("ov", "ort"):
+        m = f"{engine}/medinfer-int8"
+        vs_fp32 = ratio(f"{engine}/fp32", m)
+        vs_nncf = ratio("ov/nncf-int8", m) if engine == "ov" else None
+        vs_ort = ratio(f"{engine}/ort-int8", m)
+        print(f"| {engine} | {cell(engine + '/fp32')} | {cell(m)} | {cell('ov/nncf-int8') if engine == 'ov' else '-'} | "
+              f"{cell(engine + '/ort-int8')} | {rcell(vs_fp32)} | {rcell(vs_nncf)} | {rcell(vs_ort)} |")
+    print(f"\nstock PyTorch FP32 {cell('torch/fp32')} ms; speed-up over it (paired per round):")
+    for k in ("ov/medinfer-int8", "medinfer-bench/ov-int8", "ov/nncf-int8", "ov/ort-int8"):
+        print(f"  {k:24s} {cell(k):>8} ms  {rcell(ratio('torch/fp32', k))}")
     print("quantization time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in qtime.items()))
     if a.json:
         with open(a.json, "w") as f:

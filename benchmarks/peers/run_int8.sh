@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # INT8 side by side (medinfer quantize vs NNCF vs onnxruntime.quantization) on a zoo model.
-# Usage: benchmarks/peers/run_int8.sh MODEL [--runs 50] [--json out.json]
+# Usage: benchmarks/peers/run_int8.sh MODEL [--rounds 12] [--runs 20] [--json out.json]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 model="${1:?usage: run_int8.sh MODEL [int8.py options]}"; shift
