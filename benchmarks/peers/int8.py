@@ -59,6 +59,47 @@ def outputs_ort(path, xs):
     return [sess.run(None, {name: x})[0] for x in xs]
 
 
+def kernels_ov(path, x):
+    """What OpenVINO really executes: compute layers (Convolution, FullyConnected, MatMul, ...)
+    counted by the precision of their kernel (exec type ..._I8 or ..._f32)."""
+    import openvino as ov
+    core = ov.Core()
+    m = core.read_model(path)
+    m.reshape({m.inputs[0].get_any_name(): list(x.shape)})
+    c = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES"})
+    req = c.create_infer_request()
+    req.infer({0: x})
+    out = {}
+    for p in req.profiling_info:
+        if p.status.name == "EXECUTED" and any(k in p.node_type for k in ("Convolution", "Deconvolution", "FullyConnected", "MatMul")):
+            prec = "int8" if p.exec_type.lower().endswith("_i8") else p.exec_type.split("_")[-1]
+            key = f"{p.node_type}:{prec}"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def kernels_ort(path, x):
+    """What ONNX Runtime really executes: compute kernels after its graph optimisation, by op
+    (QLinearConv / MatMulInteger / QGemm are integer, Conv / FusedConv / Gemm float)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "medinfer-kernels")
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess.run(None, {sess.get_inputs()[0].name: x})
+    prof = sess.end_profiling()
+    with open(prof) as f:
+        events = json.load(f)
+    os.remove(prof)
+    out = {}
+    for e in events:
+        op = e.get("args", {}).get("op_name", "")
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and any(
+                k in op for k in ("Conv", "Gemm", "MatMul")):
+            out[op] = out.get(op, 0) + 1
+    return out
+
+
 def errors(ref, test, seg):
     cos, nmse, agree = [], [], []
     for r, t in zip(ref, test):
@@ -93,10 +134,14 @@ def child(args):
 
 
 def run_child(spec, out):
-    xs = [np.load(p) for p in spec["xs"]]
-    fn = outputs_ov if spec["engine"] == "ov" else outputs_ort
-    np.save(spec["dest"], np.stack(fn(spec["path"], xs)))
-    res = {"ok": True}
+    if spec["job"] == "kernels":
+        fn = kernels_ov if spec["engine"] == "ov" else kernels_ort
+        res = fn(spec["path"], np.load(spec["x"]))
+    else:
+        xs = [np.load(p) for p in spec["xs"]]
+        fn = outputs_ov if spec["engine"] == "ov" else outputs_ort
+        np.save(spec["dest"], np.stack(fn(spec["path"], xs)))
+        res = {"ok": True}
     with open(out, "w") as f:
         json.dump(res, f)
 
@@ -201,6 +246,16 @@ def main():
         r = rounds.paired_ratio(by[slow], by[fast])
         results["ratios"][f"{slow} / {fast}"] = r
         return r
+
+    # Which kernels each engine really runs for each model (real INT8, or float fallbacks).
+    results["kernels"] = {}
+    for engine in ("ov", "ort"):
+        for label, path in models.items():
+            if engine == "ort" and path.endswith(".xml"):
+                continue
+            r = child({"job": "kernels", "engine": engine, "path": path, "x": xp})
+            results["kernels"][f"{engine}/{label}"] = r
+            print(f"kernels {engine:4} {label:15} {r}", flush=True)
 
     # Output error against FP32 on the validation samples.
     vpaths = []
