@@ -266,6 +266,41 @@ impl GraphBuilder {
         )
     }
 
+    /// A 2-D transposed convolution (kernel `k`, stride `k`: the learned 2x up-sampling of U-Net
+    /// decoders) with He-normal weights over the `cin * k * k / stride^2` inputs each output
+    /// pixel receives, and a bias.
+    pub fn conv_transpose(
+        &mut self,
+        name: &str,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+    ) -> String {
+        let fan_in = cin as f64;
+        let std = (2.0 / fan_in).sqrt();
+        let w = self.param(&format!("{name}.weight"), cin * cout * k * k, |r| {
+            r.normal() * std
+        });
+        let wn = self.initializer(f32_tensor(
+            &format!("{name}.weight"),
+            &[cin, cout, k, k],
+            &w,
+        ));
+        let bound = 1.0 / fan_in.sqrt();
+        let b = self.param(&format!("{name}.bias"), cout, |r| r.range(-bound, bound));
+        let bn = self.initializer(f32_tensor(&format!("{name}.bias"), &[cout], &b));
+        self.node(
+            "ConvTranspose",
+            name,
+            &[x, &wn, &bn],
+            &[
+                ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
+                ("strides", Attr::Ints(vec![k as i64, k as i64])),
+            ],
+        )
+    }
+
     /// BatchNormalization with random statistics; `gamma` is the range of the scale.
     pub fn batch_norm(&mut self, name: &str, x: &str, c: usize, gamma: (f64, f64)) -> String {
         let scale = self.param(&format!("{name}.weight"), c, |r| r.range(gamma.0, gamma.1));

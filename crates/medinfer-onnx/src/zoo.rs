@@ -10,6 +10,7 @@
 //! | `resnet50-fmri` | ResNet-50 (v1.5) | (batch,3,45,45), nominal 8 | 10 | 23,528,522 |
 //! | `resnet18-ct` | ResNet-18, 1 input channel | (batch,1,128,128), nominal 1 | 6 | 11,173,318 |
 //! | `unet-cardiac` | 2-D U-Net, 4 levels, 16 base channels, BN+ReLU, nearest up-sampling | (batch,1,128,128), nominal 1 | (batch,4,128,128) | 2,160,180 |
+//! | `unet-convt` | 2-D U-Net, 4 levels, 16 base channels, BN+ReLU, transposed-convolution up-sampling (the original U-Net's and nnU-Net's decoder) | (batch,1,128,128), nominal 1 | (batch,4,128,128) | 1,942,340 |
 //! | `cardiac-unet` | 2-D U-Net, 3 levels, 16 base channels (the trained cardiac model's graph) | (batch,1,96,96), nominal 1 | (batch,4,96,96) | 536,372 |
 //!
 //! [`build_trained`] assembles an architecture with trained parameters instead (that is how the
@@ -64,6 +65,16 @@ pub const ENTRIES: &[ZooEntry] = &[
         stands_for: "cardiac cine-MRI chamber segmentation",
         input_shape: [1, 1, 128, 128],
         seed: 2,
+    },
+    ZooEntry {
+        name: "unet-convt",
+        description:
+            "2-D U-Net, 4 down-sampling levels, 16 base channels, BatchNorm+ReLU, 2x2 stride-2 \
+             transposed-convolution up-sampling (the decoder of the original U-Net and of \
+             nnU-Net), 4 classes",
+        stands_for: "cardiac cine-MRI chamber segmentation, decoder as nnU-Net builds it",
+        input_shape: [1, 1, 128, 128],
+        seed: 4,
     },
     ZooEntry {
         name: "cardiac-unet",
@@ -138,8 +149,12 @@ fn build_with_check(
             vec![10],
         ),
         "resnet18-ct" => (resnet(&mut b, Block::Basic, [2, 2, 2, 2], 1, 6), vec![6]),
-        "unet-cardiac" => (unet(&mut b, 1, 4, 16, 4), vec![4, 128, 128]),
-        "cardiac-unet" => (unet(&mut b, 1, 4, 16, 3), vec![4, 96, 96]),
+        "unet-cardiac" => (unet(&mut b, 1, 4, 16, 4, Up::Resize), vec![4, 128, 128]),
+        "unet-convt" => (
+            unet(&mut b, 1, 4, 16, 4, Up::ConvTranspose),
+            vec![4, 128, 128],
+        ),
+        "cardiac-unet" => (unet(&mut b, 1, 4, 16, 3, Up::Resize), vec![4, 96, 96]),
         _ => unreachable!("every entry has a builder"),
     };
     problems.extend(b.weight_problems());
@@ -325,10 +340,27 @@ fn resnet(
     b.linear("fc", &g, cin, classes)
 }
 
+/// How a U-Net decoder doubles the resolution.
+#[derive(Clone, Copy)]
+enum Up {
+    /// Nearest 2x resize, then a 3x3 conv + BN + ReLU that halves the channels.
+    Resize,
+    /// A 2x2 stride-2 transposed convolution (with bias, no activation) that halves the
+    /// channels, as in the original U-Net and nnU-Net.
+    ConvTranspose,
+}
+
 /// 2-D U-Net: `levels` down-sampling levels (max pool), double 3x3 conv + BN + ReLU at each
-/// level, nearest 2x up-sampling followed by a 3x3 conv that halves the channels, skip
-/// concatenation, and a final 1x1 conv to the class logits.
-fn unet(b: &mut GraphBuilder, in_ch: usize, classes: usize, base: usize, levels: usize) -> String {
+/// level, 2x up-sampling that halves the channels (`up`), skip concatenation, and a final 1x1
+/// conv to the class logits.
+fn unet(
+    b: &mut GraphBuilder,
+    in_ch: usize,
+    classes: usize,
+    base: usize,
+    levels: usize,
+    up: Up,
+) -> String {
     let double = |b: &mut GraphBuilder, name: &str, x: &str, cin: usize, cout: usize| {
         let a = conv_bn_relu(b, &format!("{name}.0"), x, cin, cout, 3, 1, 1);
         conv_bn_relu(b, &format!("{name}.1"), &a, cout, cout, 3, 1, 1)
@@ -347,8 +379,13 @@ fn unet(b: &mut GraphBuilder, in_ch: usize, classes: usize, base: usize, levels:
     c = base << levels;
     for level in (0..levels).rev() {
         let (skip, sc) = skips[level].clone();
-        let u = b.upsample2x(&format!("up{}.resize", level + 1), &x);
-        let uc = conv_bn_relu(b, &format!("up{}.conv", level + 1), &u, c, sc, 3, 1, 1);
+        let uc = match up {
+            Up::Resize => {
+                let u = b.upsample2x(&format!("up{}.resize", level + 1), &x);
+                conv_bn_relu(b, &format!("up{}.conv", level + 1), &u, c, sc, 3, 1, 1)
+            }
+            Up::ConvTranspose => b.conv_transpose(&format!("up{}.convt", level + 1), &x, c, sc, 2),
+        };
         let cat = b.node(
             "Concat",
             &format!("up{}.concat", level + 1),

@@ -43,6 +43,28 @@ fn unet_cardiac_parameter_count_is_pinned() {
 }
 
 #[test]
+fn unet_convt_parameter_count_is_pinned() {
+    // Independent count: the same encoder as unet-cardiac; each decoder level up-samples with a
+    // 2x2 transposed convolution with bias that halves the channels, then two conv-BN-ReLU.
+    fn conv_bn(cin: u64, cout: u64) -> u64 {
+        cin * cout * 9 + 2 * cout
+    }
+    let mut total = 0;
+    let mut c = 1;
+    for out in [16, 32, 64, 128, 256] {
+        total += conv_bn(c, out) + conv_bn(out, out);
+        c = out;
+    }
+    for sc in [128, 64, 32, 16] {
+        total += c * sc * 4 + sc + conv_bn(2 * sc, sc) + conv_bn(sc, sc);
+        c = sc;
+    }
+    total += 16 * 4 + 4;
+    assert_eq!(total, 1_942_340);
+    assert_eq!(count("unet-convt"), total);
+}
+
+#[test]
 fn zoo_models_are_byte_identical_across_builds_and_round_trip() {
     for e in zoo::ENTRIES {
         let a = encode_model(&zoo::build(e.name).unwrap());
