@@ -163,7 +163,7 @@ def main():
     name = a.model
     shape = peers.SHAPES[name]
     batch = shape[0]
-    seg = name == "unet-cardiac"
+    seg = name.startswith("unet-")
     work = tempfile.mkdtemp(prefix=f"int8-{name}-")
     mi = a.medinfer
     fp32 = os.path.join(work, "fp32.onnx")

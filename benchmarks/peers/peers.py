@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 CORES = len(os.sched_getaffinity(0))
-SHAPES = {"densenet121-cxr": (1, 1, 224, 224), "resnet50-fmri": (8, 3, 45, 45), "resnet18-ct": (1, 1, 128, 128), "unet-cardiac": (1, 1, 128, 128)}
+SHAPES = {"densenet121-cxr": (1, 1, 224, 224), "resnet50-fmri": (8, 3, 45, 45), "resnet18-ct": (1, 1, 128, 128), "unet-cardiac": (1, 1, 128, 128), "unet-convt": (1, 1, 128, 128)}
 
 
 def stats(samples_ms, batch, wall_s, runs):
@@ -179,14 +179,18 @@ def torch_model(name):
         m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     elif name == "unet-cardiac":
         m = unet(1, 4, 16)
+    elif name == "unet-convt":
+        m = unet(1, 4, 16, up="convt")
     else:
         return None
     return m.eval()
 
 
-def unet(in_ch, classes, base):
-    """The zoo's U-Net in PyTorch: 4 levels, conv-BN-ReLU pairs, max-pool down, nearest 2x up
-    followed by a conv-BN-ReLU that halves the channels, skip concatenation, 1x1 head."""
+def unet(in_ch, classes, base, up="resize"):
+    """The zoo's U-Nets in PyTorch: 4 levels, conv-BN-ReLU pairs, max-pool down, then either
+    nearest 2x up followed by a conv-BN-ReLU that halves the channels (`unet-cardiac`) or a
+    2x2 stride-2 transposed convolution with bias that does both (`unet-convt`), skip
+    concatenation, 1x1 head. Same parameter counts as the zoo's."""
     import torch
     from torch import nn
 
@@ -209,7 +213,10 @@ def unet(in_ch, classes, base):
             c = base << 4
             self.up, self.dec = nn.ModuleList(), nn.ModuleList()
             for o in reversed(chans):
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *cbr(c, o)))
+                if up == "convt":
+                    self.up.append(nn.ConvTranspose2d(c, o, 2, 2))
+                else:
+                    self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *cbr(c, o)))
                 self.dec.append(double(2 * o, o))
                 c = o
             self.head = nn.Conv2d(c, classes, 1)

@@ -133,6 +133,78 @@ fn quantized_model_runs_int8_on_native_engines_close_to_fp32() {
     }
 }
 
+/// The transposed-convolution U-Net (nnU-Net's decoder): its ConvTranspose layers are quantized
+/// (per-channel weights on axis 1, bias corrected over the taps each pixel receives), every Conv
+/// but the float head and every ConvTranspose hold INT8 weights, and both native engines give
+/// FP32's segmentation back on held-out inputs. With bias correction off, the error is larger
+/// (the correction is what a wrong tap count would break).
+#[test]
+fn transposed_convolution_unet_quantizes_and_keeps_its_segmentation() {
+    let mut m = zoo::build("unet-convt").unwrap();
+    optimize(&mut m).unwrap();
+    let calib_on = native_backends()
+        .first()
+        .copied()
+        .unwrap_or(BackendKind::Tract);
+    let config = QuantConfig::default();
+    let plan = quant::plan(&m, &config).unwrap();
+    let calib = q::calibrate(
+        &m,
+        &plan,
+        config.method,
+        &samples("unet-convt", 16, 1),
+        calib_on,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (qm, rep) = quant::quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
+    let convt: Vec<_> = rep
+        .layers
+        .iter()
+        .filter(|l| l.op == "ConvTranspose")
+        .collect();
+    assert_eq!(convt.len(), 4, "{:?}", rep.layers);
+    assert!(convt
+        .iter()
+        .all(|l| l.quantized && l.bias_correction.is_some()));
+    let g = qm.graph.as_ref().unwrap();
+    let float_weights: Vec<_> = g
+        .initializer
+        .iter()
+        .filter(|t| {
+            t.dims.len() == 4 && t.data_type == Some(medinfer_onnx::proto::data_type::FLOAT)
+        })
+        .map(|t| t.name.clone())
+        .collect();
+    assert!(float_weights.len() <= 1, "float weights: {float_weights:?}");
+    let no_bc = QuantConfig {
+        bias_correction: false,
+        ..QuantConfig::default()
+    };
+    let (qm_raw, _) = quant::quantize(&m, &plan, &calib, &no_bc, &HashSet::new()).unwrap();
+    let x = samples("unet-convt", 4, 99);
+    let dir = tempfile::tempdir().unwrap();
+    let qpath = dir.path().join("int8.onnx");
+    save_model(&qm, &qpath).unwrap();
+    for k in native_backends() {
+        let s = load_on(k, &qpath, &SessionOptions::default()).unwrap();
+        assert!(s.info().effective_precision.contains("int8"), "{k}");
+        let reference = run(&m, k, &x);
+        let out = run(&qm, k, &x);
+        let raw = run(&qm_raw, k, &x);
+        let cos = q::score(Metric::Cosine, &reference, &out).unwrap();
+        let dice = q::score(Metric::Dice, &reference, &out).unwrap();
+        let nmse = q::score(Metric::Nmse, &reference, &out).unwrap();
+        let nmse_raw = q::score(Metric::Nmse, &reference, &raw).unwrap();
+        eprintln!(
+            "{k}: cosine {cos:.5}, dice {dice:.4}, 1-nmse {nmse:.5} (no bias correction {nmse_raw:.5})"
+        );
+        assert!(cos > 0.99, "{k}: cosine {cos}");
+        assert!(dice > 0.8, "{k}: dice {dice}");
+        assert!(nmse > nmse_raw, "{k}: bias correction did not help");
+    }
+}
+
 #[test]
 fn accuracy_control_reverts_layers_when_the_budget_is_tight() {
     let config = QuantConfig::default();
