@@ -138,6 +138,72 @@ fn quantized_model_runs_int8_on_native_engines_close_to_fp32() {
 /// but the float head and every ConvTranspose hold INT8 weights, and both native engines give
 /// FP32's segmentation back on held-out inputs. With bias correction off, the error is larger
 /// (the correction is what a wrong tap count would break).
+/// `--target openvino`: activations with negative values become symmetric INT8 (zero point 0);
+/// the model stays an accurate standard QDQ model on every engine.
+#[test]
+fn openvino_target_writes_signed_symmetric_activations_and_stays_accurate() {
+    let mut m = zoo::build("unet-convt").unwrap();
+    optimize(&mut m).unwrap();
+    let calib_on = native_backends()
+        .first()
+        .copied()
+        .unwrap_or(BackendKind::Tract);
+    let config = QuantConfig {
+        target: quant::Target::OpenVino,
+        ..QuantConfig::default()
+    };
+    let plan = quant::plan(&m, &config).unwrap();
+    let calib = q::calibrate(
+        &m,
+        &plan,
+        config.method,
+        &samples("unet-convt", 16, 1),
+        calib_on,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (qm, rep) = quant::quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
+    assert_eq!(rep.target, quant::Target::OpenVino);
+    let g = qm.graph.as_ref().unwrap();
+    let zp_type = |name: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(name))
+            .and_then(|t| t.data_type)
+    };
+    let q_nodes: Vec<_> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("QuantizeLinear"))
+        .collect();
+    let signed = q_nodes
+        .iter()
+        .filter(|n| zp_type(&n.input[2]) == Some(medinfer_onnx::proto::data_type::INT8))
+        .count();
+    let unsigned = q_nodes
+        .iter()
+        .filter(|n| zp_type(&n.input[2]) == Some(medinfer_onnx::proto::data_type::UINT8))
+        .count();
+    // The 4 transposed convolutions' outputs take negative values; the ReLU outputs do not.
+    assert!(signed >= 4, "{signed} signed of {}", q_nodes.len());
+    assert!(unsigned >= 10, "{unsigned} unsigned of {}", q_nodes.len());
+    let x = samples("unet-convt", 4, 99);
+    let dir = tempfile::tempdir().unwrap();
+    let qpath = dir.path().join("int8-ov.onnx");
+    save_model(&qm, &qpath).unwrap();
+    for k in native_backends() {
+        let s = load_on(k, &qpath, &SessionOptions::default()).unwrap();
+        assert!(s.info().effective_precision.contains("int8"), "{k}");
+        let reference = run(&m, k, &x);
+        let out = run(&qm, k, &x);
+        let cos = q::score(Metric::Cosine, &reference, &out).unwrap();
+        let dice = q::score(Metric::Dice, &reference, &out).unwrap();
+        eprintln!("{k} (target openvino): cosine {cos:.5}, dice {dice:.4}");
+        assert!(cos > 0.99, "{k}: cosine {cos}");
+        assert!(dice > 0.8, "{k}: dice {dice}");
+    }
+}
+
 #[test]
 fn transposed_convolution_unet_quantizes_and_keeps_its_segmentation() {
     let mut m = zoo::build("unet-convt").unwrap();

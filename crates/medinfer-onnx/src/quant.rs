@@ -17,6 +17,9 @@
 //!   quantized layer (after its `Relu` when the `Relu` is its only consumer: a Q with zero point 0
 //!   makes the `Relu` redundant, and ONNX Runtime removes it), so that each layer sits between a
 //!   DequantizeLinear and a QuantizeLinear and the engines fuse it into an integer kernel.
+//!   With [`Target::OpenVino`], activations with negative values are symmetric INT8 instead
+//!   (NNCF's scheme; OpenVINO folds zero-point-free dequantization into the next op, and ONNX
+//!   Runtime leaves a UINT8-input Conv with an INT8 output in float).
 //! - Data-movement ops (`MaxPool`, `Resize`, `Reshape`, `Flatten`, `Transpose`, `Squeeze`,
 //!   `Unsqueeze`, average pooling) whose input is quantized pass the input's scale and zero
 //!   point on to their output, so the engines drop the Q/DQ pair around them and run them on
@@ -82,9 +85,38 @@ pub struct QuantConfig {
     pub exclude: Vec<String>,
     /// Correct each layer's bias for the mean shift its weight rounding causes.
     pub bias_correction: bool,
-    /// Quantize activations that take negative values as symmetric INT8 instead of UINT8 with
-    /// a zero point.
-    pub signed_symmetric: bool,
+    /// The engines the QDQ model is laid out for (see [`Target`]).
+    pub target: Target,
+}
+
+/// The engines a quantized model is laid out for. Both layouts are standard QDQ ONNX that every
+/// engine runs correctly; they differ in speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Fast on ONNX Runtime and OpenVINO alike: activations with negative values are UINT8
+    /// with a zero point, because ONNX Runtime fuses a Conv into QLinearConv only when its
+    /// input and output have one type, and UINT8 is its fast path on x86.
+    #[default]
+    Portable,
+    /// Fastest on OpenVINO (NNCF's scheme): activations with negative values are INT8,
+    /// symmetric (zero point 0), so OpenVINO folds their dequantization into the ops that read
+    /// them; and a pooling / data-movement output that feeds a Concat is quantized too, so a
+    /// DenseNet block concatenates INT8 data only (measured in docs/benchmarks.md). Still
+    /// correct on ONNX Runtime, but possibly slower there: DenseNet-121 runs 2x slower (54 of
+    /// its Convs, UINT8 in and INT8 out, stay float), ResNets and U-Nets as fast.
+    OpenVino,
+}
+
+impl Target {
+    /// Parses `portable` or `openvino`.
+    pub fn parse(s: &str) -> Option<Target> {
+        match s {
+            "portable" | "both" => Some(Target::Portable),
+            "openvino" | "ov" => Some(Target::OpenVino),
+            _ => None,
+        }
+    }
 }
 
 impl Default for QuantConfig {
@@ -93,7 +125,7 @@ impl Default for QuantConfig {
             method: CalibMethod::MinMax,
             exclude: vec![],
             bias_correction: true,
-            signed_symmetric: false,
+            target: Target::Portable,
         }
     }
 }
@@ -404,7 +436,7 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
             }
         }
     }
-    let act = activation_tensors(&ix, &layers);
+    let act = activation_tensors(&ix, &layers, config.target);
     let mut tensors: Vec<String> = act.keys().cloned().collect();
     tensors.sort_by_key(|t| {
         ix.producer
@@ -453,7 +485,11 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
 
 /// Every tensor to quantize, with the consumers (node index, input slot) that read its
 /// dequantized version.
-fn activation_tensors(ix: &Index, layers: &[Layer]) -> BTreeMap<String, Vec<(usize, usize)>> {
+fn activation_tensors(
+    ix: &Index,
+    layers: &[Layer],
+    target: Target,
+) -> BTreeMap<String, Vec<(usize, usize)>> {
     let mut act: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
     let add_use =
         |act: &mut BTreeMap<String, Vec<(usize, usize)>>, t: &str, node: usize, slot: usize| {
@@ -489,6 +525,41 @@ fn activation_tensors(ix: &Index, layers: &[Layer]) -> BTreeMap<String, Vec<(usi
             for (slot, x) in ix.nodes[c].input.iter().enumerate() {
                 if x == out {
                     add_use(&mut act, out, c, slot);
+                }
+            }
+        }
+    }
+    // For OpenVINO: a data-movement op (a DenseNet transition's AveragePool) between a quantized
+    // tensor and a Concat gets its output quantized with its input's parameters, so every input
+    // of the Concat is INT8 and OpenVINO keeps the whole block in INT8.
+    if target == Target::OpenVino {
+        for n in ix.nodes {
+            let op = n.op_type.as_deref().unwrap_or("");
+            let (Some(src), Some(out)) = (n.input.first(), n.output.first()) else {
+                continue;
+            };
+            if !PASS_THROUGH.contains(&op)
+                || !act.contains_key(src)
+                || ix.outputs.contains(out.as_str())
+            {
+                continue;
+            }
+            let cs = ix
+                .consumers
+                .get(out.as_str())
+                .map(|v| v.as_slice())
+                .unwrap_or(&[]);
+            if !cs
+                .iter()
+                .any(|&c| ix.nodes[c].op_type.as_deref() == Some("Concat"))
+            {
+                continue;
+            }
+            for &c in cs {
+                for (slot, x) in ix.nodes[c].input.iter().enumerate() {
+                    if x == out {
+                        add_use(&mut act, out, c, slot);
+                    }
                 }
             }
         }
@@ -807,6 +878,8 @@ pub struct LayerReport {
 pub struct QuantReport {
     /// Range method.
     pub method: CalibMethod,
+    /// The engines the model is laid out for.
+    pub target: Target,
     /// Calibration samples.
     pub samples: usize,
     /// Per layer, in graph order.
@@ -833,7 +906,7 @@ pub struct QParams {
 
 /// Activation parameters for the range `[lo, hi]` (widened to include 0): UINT8 with zero point
 /// 0 for non-negative tensors (post-ReLU); for tensors with negative values, UINT8 with a zero
-/// point (asymmetric) or, when `signed_symmetric`, INT8 symmetric.
+/// point (asymmetric) or, when `signed_symmetric` ([`Target::OpenVino`]), INT8 symmetric.
 fn act_params(lo: f32, hi: f32, signed_symmetric: bool) -> QParams {
     let lo = lo.min(0.0);
     let hi = hi.max(0.0);
@@ -1025,7 +1098,7 @@ pub fn quantize(
         .filter(|l| !keep_float.contains(&l.name))
         .cloned()
         .collect();
-    let act = activation_tensors(&ix, &layers);
+    let act = activation_tensors(&ix, &layers, config.target);
     // One set of parameters per group of tensors that must share them: a data-movement op's
     // output with its input (so engines can drop the Q/DQ pair around it), and a quantized
     // Concat's inputs with its output (so it concatenates INT8 data). Each group's range is the
@@ -1096,7 +1169,10 @@ pub fn quantize(
     for (i, t) in names.iter().enumerate() {
         let r = find(&mut parent, i);
         let (lo, hi) = group_range[&r];
-        params.insert((*t).clone(), act_params(lo, hi, config.signed_symmetric));
+        params.insert(
+            (*t).clone(),
+            act_params(lo, hi, config.target == Target::OpenVino),
+        );
     }
 
     let g = model.graph.as_ref().ok_or_else(|| OnnxError::Invalid {
@@ -1367,7 +1443,11 @@ pub fn quantize(
     out.metadata_props.push(crate::proto::StringStringEntryProto {
         key: Some("medinfer.quantization".into()),
         value: Some(format!(
-            "int8 QDQ, weights per-channel symmetric s8, activations per-tensor asymmetric u8, method {:?}, {} calibration samples, {} of {} layers quantized",
+            "int8 QDQ, weights per-channel symmetric s8, activations per-tensor {}, method {:?}, {} calibration samples, {} of {} layers quantized",
+            match config.target {
+                Target::Portable => "asymmetric u8 (target portable)",
+                Target::OpenVino => "u8, or symmetric s8 where negative (target openvino)",
+            },
             config.method,
             calib.samples,
             layers.len(),
@@ -1376,6 +1456,7 @@ pub fn quantize(
     });
     let report = QuantReport {
         method: config.method,
+        target: config.target,
         samples: calib.samples,
         layers: reports,
         activations_quantized: act.len(),
@@ -1497,6 +1578,43 @@ mod tests {
         // A range that excludes zero is widened to include it.
         assert_eq!(act_params(2.0, 4.0, false).zero_point, 0);
         assert_eq!(act_params(0.0, 0.0, false).scale, 1.0);
+    }
+
+    #[test]
+    fn openvino_target_quantizes_pool_outputs_that_feed_a_concat() {
+        let mut m = crate::zoo::build("densenet121-cxr").unwrap();
+        crate::optimize::optimize(&mut m).unwrap();
+        let g = m.graph.as_ref().unwrap();
+        let pools: Vec<&str> = g
+            .node
+            .iter()
+            .filter(|n| {
+                matches!(n.op_type.as_deref(), Some("AveragePool" | "MaxPool"))
+                    && g.node.iter().any(|c| {
+                        c.op_type.as_deref() == Some("Concat") && c.input.contains(&n.output[0])
+                    })
+            })
+            .map(|n| n.output[0].as_str())
+            .collect();
+        // pool0 (MaxPool) and the three transition AveragePools open the four dense blocks.
+        assert_eq!(pools.len(), 4, "{pools:?}");
+        let portable = plan(&m, &QuantConfig::default()).unwrap();
+        let ov = plan(
+            &m,
+            &QuantConfig {
+                target: Target::OpenVino,
+                ..QuantConfig::default()
+            },
+        )
+        .unwrap();
+        for p in &pools {
+            assert!(!portable.tensors.iter().any(|t| t == p), "{p}");
+            assert!(ov.tensors.iter().any(|t| t == p), "{p}");
+        }
+        assert_eq!(ov.tensors.len(), portable.tensors.len() + pools.len());
+        assert_eq!(Target::parse("openvino"), Some(Target::OpenVino));
+        assert_eq!(Target::parse("portable"), Some(Target::Portable));
+        assert_eq!(Target::parse("tensorrt"), None);
     }
 
     #[test]
