@@ -72,6 +72,32 @@ fn optimized_zoo_models_give_the_original_outputs_with_fewer_nodes() {
     }
 }
 
+/// A zoo model, optimized, planned and calibrated on `n` samples (seed 1) on `on`.
+fn calibrated_zoo_model(
+    name: &str,
+    n: usize,
+    config: &QuantConfig,
+    on: BackendKind,
+) -> (
+    medinfer_onnx::proto::ModelProto,
+    quant::Plan,
+    quant::Calibration,
+) {
+    let mut m = zoo::build(name).unwrap();
+    optimize(&mut m).unwrap();
+    let plan = quant::plan(&m, config).unwrap();
+    let calib = q::calibrate(
+        &m,
+        &plan,
+        config.method,
+        &samples(name, n, 1),
+        on,
+        &mut |_| {},
+    )
+    .unwrap();
+    (m, plan, calib)
+}
+
 fn quantized_resnet18(
     config: &QuantConfig,
 ) -> (
@@ -79,19 +105,15 @@ fn quantized_resnet18(
     quant::Plan,
     quant::Calibration,
 ) {
-    let mut m = zoo::build("resnet18-ct").unwrap();
-    optimize(&mut m).unwrap();
-    let plan = quant::plan(&m, config).unwrap();
-    let calib = q::calibrate(
-        &m,
-        &plan,
-        config.method,
-        &samples("resnet18-ct", 24, 1),
-        BackendKind::Tract,
-        &mut |_| {},
-    )
-    .unwrap();
-    (m, plan, calib)
+    calibrated_zoo_model("resnet18-ct", 24, config, BackendKind::Tract)
+}
+
+/// The first native engine, else tract: calibration on it is fastest.
+fn fastest_backend() -> BackendKind {
+    native_backends()
+        .first()
+        .copied()
+        .unwrap_or(BackendKind::Tract)
 }
 
 #[test]
@@ -133,35 +155,15 @@ fn quantized_model_runs_int8_on_native_engines_close_to_fp32() {
     }
 }
 
-/// The transposed-convolution U-Net (nnU-Net's decoder): its ConvTranspose layers are quantized
-/// (per-channel weights on axis 1, bias corrected over the taps each pixel receives), every Conv
-/// but the float head and every ConvTranspose hold INT8 weights, and both native engines give
-/// FP32's segmentation back on held-out inputs. With bias correction off, the error is larger
-/// (the correction is what a wrong tap count would break).
 /// `--target openvino`: activations with negative values become symmetric INT8 (zero point 0);
 /// the model stays an accurate standard QDQ model on every engine.
 #[test]
 fn openvino_target_writes_signed_symmetric_activations_and_stays_accurate() {
-    let mut m = zoo::build("unet-convt").unwrap();
-    optimize(&mut m).unwrap();
-    let calib_on = native_backends()
-        .first()
-        .copied()
-        .unwrap_or(BackendKind::Tract);
     let config = QuantConfig {
         target: quant::Target::OpenVino,
         ..QuantConfig::default()
     };
-    let plan = quant::plan(&m, &config).unwrap();
-    let calib = q::calibrate(
-        &m,
-        &plan,
-        config.method,
-        &samples("unet-convt", 16, 1),
-        calib_on,
-        &mut |_| {},
-    )
-    .unwrap();
+    let (m, plan, calib) = calibrated_zoo_model("unet-convt", 16, &config, fastest_backend());
     let (qm, rep) = quant::quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
     assert_eq!(rep.target, quant::Target::OpenVino);
     let g = qm.graph.as_ref().unwrap();
@@ -204,25 +206,15 @@ fn openvino_target_writes_signed_symmetric_activations_and_stays_accurate() {
     }
 }
 
+/// The transposed-convolution U-Net (nnU-Net's decoder): its ConvTranspose layers are quantized
+/// (per-channel weights on axis 1, bias corrected over the taps each pixel receives), every Conv
+/// but the float head and every ConvTranspose hold INT8 weights, and both native engines give
+/// FP32's segmentation back on held-out inputs. With bias correction off, the error is larger
+/// (the correction is what a wrong tap count would break).
 #[test]
 fn transposed_convolution_unet_quantizes_and_keeps_its_segmentation() {
-    let mut m = zoo::build("unet-convt").unwrap();
-    optimize(&mut m).unwrap();
-    let calib_on = native_backends()
-        .first()
-        .copied()
-        .unwrap_or(BackendKind::Tract);
     let config = QuantConfig::default();
-    let plan = quant::plan(&m, &config).unwrap();
-    let calib = q::calibrate(
-        &m,
-        &plan,
-        config.method,
-        &samples("unet-convt", 16, 1),
-        calib_on,
-        &mut |_| {},
-    )
-    .unwrap();
+    let (m, plan, calib) = calibrated_zoo_model("unet-convt", 16, &config, fastest_backend());
     let (qm, rep) = quant::quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
     let convt: Vec<_> = rep
         .layers

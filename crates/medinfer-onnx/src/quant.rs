@@ -112,8 +112,8 @@ impl Target {
     /// Parses `portable` or `openvino`.
     pub fn parse(s: &str) -> Option<Target> {
         match s {
-            "portable" | "both" => Some(Target::Portable),
-            "openvino" | "ov" => Some(Target::OpenVino),
+            "portable" => Some(Target::Portable),
+            "openvino" => Some(Target::OpenVino),
             _ => None,
         }
     }
@@ -498,6 +498,16 @@ fn activation_tensors(
                 e.push((node, slot));
             }
         };
+    // Every reader of `t` reads its dequantized value.
+    let add_readers = |act: &mut BTreeMap<String, Vec<(usize, usize)>>, t: &str| {
+        for &c in ix.consumers.get(t).map(|v| v.as_slice()).unwrap_or(&[]) {
+            for (slot, x) in ix.nodes[c].input.iter().enumerate() {
+                if x == t {
+                    add_use(act, t, c, slot);
+                }
+            }
+        }
+    };
     for l in layers {
         let n = &ix.nodes[l.index];
         for (slot, x) in n.input.iter().enumerate() {
@@ -521,13 +531,7 @@ fn activation_tensors(
         if ix.outputs.contains(out) {
             continue;
         }
-        for &c in ix.consumers.get(out).map(|v| v.as_slice()).unwrap_or(&[]) {
-            for (slot, x) in ix.nodes[c].input.iter().enumerate() {
-                if x == out {
-                    add_use(&mut act, out, c, slot);
-                }
-            }
-        }
+        add_readers(&mut act, out);
     }
     // For OpenVINO: a data-movement op (a DenseNet transition's AveragePool) between a quantized
     // tensor and a Concat gets its output quantized with its input's parameters, so every input
@@ -538,29 +542,16 @@ fn activation_tensors(
             let (Some(src), Some(out)) = (n.input.first(), n.output.first()) else {
                 continue;
             };
-            if !PASS_THROUGH.contains(&op)
-                || !act.contains_key(src)
-                || ix.outputs.contains(out.as_str())
+            let feeds_concat = ix.consumers.get(out.as_str()).is_some_and(|cs| {
+                cs.iter()
+                    .any(|&c| ix.nodes[c].op_type.as_deref() == Some("Concat"))
+            });
+            if PASS_THROUGH.contains(&op)
+                && act.contains_key(src)
+                && !ix.outputs.contains(out.as_str())
+                && feeds_concat
             {
-                continue;
-            }
-            let cs = ix
-                .consumers
-                .get(out.as_str())
-                .map(|v| v.as_slice())
-                .unwrap_or(&[]);
-            if !cs
-                .iter()
-                .any(|&c| ix.nodes[c].op_type.as_deref() == Some("Concat"))
-            {
-                continue;
-            }
-            for &c in cs {
-                for (slot, x) in ix.nodes[c].input.iter().enumerate() {
-                    if x == out {
-                        add_use(&mut act, out, c, slot);
-                    }
-                }
+                add_readers(&mut act, out);
             }
         }
     }
