@@ -158,6 +158,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=12, help="interleaved rounds")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--json")
+    ap.add_argument("--vnni", choices=("auto", "yes", "no"), default="auto",
+                    help="also time the OpenVINO INT8 runners with oneDNN capped at AVX-512 VNNI "
+                         "(ONEDNN_MAX_CPU_ISA, medinfer --cpu-isa avx512-vnni); auto: on CPUs with AMX")
     ap.add_argument("--child")
     ap.add_argument("--child-out")
     a = ap.parse_args()
@@ -245,6 +248,18 @@ def main():
     workers.append(rounds.Worker("medinfer-bench/ov-int8", {"kind": "medinfer", "medinfer": mi, "path": mq,
                                                             "backend": "openvino", "batch": batch,
                                                             "warmup": a.warmup}))
+    # On AMX CPUs oneDNN picks AMX INT8 kernels; capped at AVX-512 VNNI it picks VNNI ones, which
+    # are faster for some models (small spatial sizes) and slower for others. Every OpenVINO INT8
+    # runner is timed both ways, NNCF's included, so the choice is compared fairly.
+    vnni = a.vnni == "yes" or (a.vnni == "auto" and "amx_int8" in open("/proc/cpuinfo").read())
+    if vnni:
+        cap = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}
+        for label in ("medinfer-int8", "medinfer-ov-int8", "nncf-int8"):
+            workers.append(rounds.Worker(f"ov-vnni/{label}", {"kind": "ov", "path": models[label], "x": xp,
+                                                              "warmup": a.warmup, "env": cap}))
+        workers.append(rounds.Worker("medinfer-bench/ov-int8-vnni", {
+            "kind": "medinfer", "medinfer": mi, "path": mq, "backend": "openvino", "batch": batch,
+            "warmup": a.warmup, "args": ["--cpu-isa", "avx512-vnni"]}))
     rounds.run_rounds(workers, a.rounds, a.runs, log=lambda m: print(m, flush=True))
     by = {w.label: w for w in workers}
     for w in workers:
@@ -313,6 +328,15 @@ def main():
     print(f"\nstock PyTorch FP32 {cell('torch/fp32')} ms; speed-up over it (paired per round):")
     for k in ("ov/medinfer-int8", mo, "medinfer-bench/ov-int8", "ov/nncf-int8", "ov/ort-int8"):
         print(f"  {k:24s} {cell(k):>8} ms  {rcell(ratio('torch/fp32', k))}")
+    if vnni:
+        print("with oneDNN capped at AVX-512 VNNI (no AMX), speed-up over stock PyTorch and over the same "
+              "model on the default (AMX) kernels:")
+        for k, amx in (("ov-vnni/medinfer-int8", "ov/medinfer-int8"), ("ov-vnni/medinfer-ov-int8", mo),
+                       ("medinfer-bench/ov-int8-vnni", "medinfer-bench/ov-int8"),
+                       ("ov-vnni/nncf-int8", "ov/nncf-int8")):
+            print(f"  {k:28s} {cell(k):>8} ms  {rcell(ratio('torch/fp32', k))}  vs AMX {rcell(ratio(amx, k))}")
+        print(f"  medinfer --target openvino vs NNCF, both VNNI: "
+              f"{rcell(ratio('ov-vnni/nncf-int8', 'ov-vnni/medinfer-ov-int8'))}")
     print("quantization time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in qtime.items()))
     if a.json:
         with open(a.json, "w") as f:

@@ -86,8 +86,12 @@ class Worker:
         self.proc = None
         if spec["kind"] == "medinfer":
             return
+        # "env": extra environment for the worker, e.g. ONEDNN_MAX_CPU_ISA (read once by oneDNN
+        # inside OpenVINO and PyTorch, so it can only differ between processes).
+        env = {**os.environ, **spec.get("env", {})}
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
         line = self.proc.stdout.readline()
         if not line:
             self._died()
@@ -107,6 +111,7 @@ class Worker:
                    "--warmup", str(s.get("warmup", 10)), "--json"]
             if s.get("batch"):
                 cmd += ["--batch", str(s["batch"])]
+            cmd += s.get("args", [])
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode != 0:
                 self.error = f"medinfer bench failed: {p.stderr.strip()[-200:]}"

@@ -39,8 +39,12 @@ pub fn render_svg(title: &str, results: &[BenchResult]) -> String {
     for (i, r) in results.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let w = plot_w * r.throughput_per_s / max;
+        let isa = match r.cpu_isa.as_deref() {
+            Some(cap) if cap != "auto" => format!(" [{cap}]"),
+            _ => String::new(),
+        };
         let label = format!(
-            "{} {} {} {}x{} b{}",
+            "{}{isa} {} {} {}x{} b{}",
             r.backend, r.effective_precision, r.mode, r.streams, r.threads, r.batch
         );
         s.push_str(&format!(

@@ -17,7 +17,7 @@ pub use rss::{peak_rss_mb, reset_peak_rss};
 use medinfer_core::Tensor;
 use medinfer_engine::{load_on, BackendKind, EngineError, Mode, Precision, SessionOptions};
 use medinfer_onnx::SeededRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -45,7 +45,7 @@ pub struct BenchConfig {
 }
 
 /// Latency statistics in milliseconds.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LatencyStats {
     /// Mean.
     pub mean: f64,
@@ -64,7 +64,7 @@ pub struct LatencyStats {
 }
 
 /// Result of one configuration; the JSON keys are part of medinfer's interface.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchResult {
     /// Model file name.
     pub model: String,
@@ -100,6 +100,9 @@ pub struct BenchResult {
     pub throughput_per_s: f64,
     /// Peak resident memory of the process during this configuration.
     pub peak_rss_mb: f64,
+    /// OpenVINO rows: the instruction-set cap its kernels ran under (`auto` = none, else
+    /// oneDNN's name, e.g. `AVX512_CORE_VNNI`; see `medinfer --cpu-isa`). Other engines: null.
+    pub cpu_isa: Option<String>,
     /// Engine facts read back after compilation.
     pub notes: Vec<String>,
 }
@@ -252,6 +255,8 @@ pub fn run(
             0.0
         },
         peak_rss_mb: peak_rss_mb(),
+        cpu_isa: (info.backend == BackendKind::OpenVino)
+            .then(|| medinfer_engine::cpu_isa_cap().unwrap_or_else(|| "auto".into())),
         notes: info.notes,
     })
 }
@@ -284,7 +289,12 @@ pub fn render_table(results: &[BenchResult]) -> String {
         .iter()
         .map(|r| {
             vec![
-                format!("{} {}", r.backend, r.backend_version),
+                match r.cpu_isa.as_deref() {
+                    Some(cap) if cap != "auto" => {
+                        format!("{} {} [{cap}]", r.backend, r.backend_version)
+                    }
+                    _ => format!("{} {}", r.backend, r.backend_version),
+                },
                 r.effective_precision.clone(),
                 r.mode.to_string(),
                 r.batch.to_string(),

@@ -6,7 +6,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use medinfer_bench::{BenchConfig, BenchResult};
 use medinfer_core::Tensor;
-use medinfer_engine::{availability_all, runtimes, BackendKind, Mode, Precision, SessionOptions};
+use medinfer_engine::{
+    availability_all, runtimes, BackendKind, CpuIsa, Mode, Precision, SessionOptions,
+};
 use medinfer_onnx::zoo;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -21,8 +23,26 @@ mod quant;
 #[derive(Parser)]
 #[command(name = "medinfer", version, about = "Run trained medical-imaging models (ONNX) on CPUs through tract, ONNX Runtime or OpenVINO", long_about = None)]
 struct Cli {
+    /// Newest CPU instruction set OpenVINO's kernels may use, for every command: auto (all the
+    /// CPU has), avx2, avx2-vnni, avx512, avx512-vnni, avx512-bf16, amx. On CPUs with AMX some
+    /// INT8 models run faster on AVX-512 VNNI kernels (ResNet-50 at batch 8: 1.2x) and others
+    /// slower (U-Nets); compare with `medinfer bench --isa auto,avx512-vnni`. Sets oneDNN's
+    /// ONEDNN_MAX_CPU_ISA for this process; ONNX Runtime and tract ignore it. Default: leave the
+    /// environment as it is.
+    #[arg(long, global = true, value_name = "ISA", value_parser = parse_cpu_isa)]
+    cpu_isa: Option<CpuIsa>,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_cpu_isa(s: &str) -> std::result::Result<CpuIsa, String> {
+    CpuIsa::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = CpuIsa::ALL.iter().map(|i| i.name()).collect();
+        format!(
+            "unknown instruction set '{s}' (one of {})",
+            names.join(", ")
+        )
+    })
 }
 
 #[derive(Subcommand)]
@@ -199,6 +219,11 @@ struct BenchArgs {
     /// Also write the comparison as an SVG bar chart to this file.
     #[arg(long)]
     chart: Option<PathBuf>,
+    /// Compare CPU instruction-set caps side by side (comma-separated, as for --cpu-isa, e.g.
+    /// auto,avx512-vnni): every configuration runs once per cap, each cap in its own medinfer
+    /// process (oneDNN reads its cap once per process). Only OpenVINO's kernels change.
+    #[arg(long, value_name = "LIST")]
+    isa: Option<String>,
 }
 
 /// Keeps freed image-sized blocks in the process instead of handing them back to the kernel.
@@ -234,6 +259,13 @@ fn main() -> ExitCode {
     }
     tune_allocator();
     let cli = Cli::parse();
+    if let Some(isa) = cli.cpu_isa {
+        // Still single-threaded here (clap spawns no threads), as set_cpu_isa requires.
+        if let Err(e) = medinfer_engine::set_cpu_isa(isa) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -663,7 +695,59 @@ fn parse_list<T>(s: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Resu
         .collect()
 }
 
+/// `bench --isa`: the same benchmark re-run by child processes of this binary, one per cap,
+/// their JSON rows merged in order.
+fn bench_per_isa(list: &str) -> Result<Vec<BenchResult>> {
+    let isas = parse_list(list, "instruction set", CpuIsa::parse)?;
+    if isas.is_empty() {
+        bail!("--isa needs at least one instruction set");
+    }
+    // This invocation's own arguments minus the ones the parent handles.
+    let mut forward = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let s = arg.to_string_lossy();
+        let takes_value = ["--isa", "--cpu-isa", "--chart"].contains(&s.as_ref());
+        if takes_value {
+            args.next();
+            continue;
+        }
+        if s == "--json"
+            || ["--isa=", "--cpu-isa=", "--chart="]
+                .iter()
+                .any(|p| s.starts_with(p))
+        {
+            continue;
+        }
+        forward.push(arg);
+    }
+    let exe = std::env::current_exe().context("finding the medinfer executable")?;
+    let mut results = Vec::new();
+    for isa in isas {
+        eprintln!("instruction set {isa}:");
+        let out = std::process::Command::new(&exe)
+            .arg("--cpu-isa")
+            .arg(isa.name())
+            .args(&forward)
+            .arg("--json")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        if !out.status.success() {
+            bail!("the benchmark with --cpu-isa {isa} failed (its error is above)");
+        }
+        let rows: Vec<BenchResult> = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("reading the JSON of the --cpu-isa {isa} run"))?;
+        results.extend(rows);
+    }
+    Ok(results)
+}
+
 fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if let Some(list) = &a.isa {
+        let results = bench_per_isa(list)?;
+        return report_bench(&a, &results, None);
+    }
     let path = resolve_model(&a.model)?;
     let sha = file_sha256(&path)?;
     // Validate the model before touching any engine: a clear error for non-ONNX files.
@@ -793,29 +877,40 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         results.push(r);
     }
     bar.finish_and_clear();
+    report_bench(&a, &results, Some((&path, &sha)))
+}
+
+/// The chart, JSON or table of a finished benchmark (`model`: the file and its sha256, when this
+/// process ran it).
+fn report_bench(
+    a: &BenchArgs,
+    results: &[BenchResult],
+    model: Option<(&Path, &str)>,
+) -> Result<()> {
     if let Some(chart) = &a.chart {
-        let title = format!(
-            "{} on {} core(s)",
-            path.file_name().unwrap_or_default().to_string_lossy(),
-            medinfer_core::usable_cores()
-        );
-        std::fs::write(chart, medinfer_bench::render_svg(&title, &results))
+        let name = results.first().map(|r| r.model.clone()).unwrap_or_default();
+        let title = format!("{name} on {} core(s)", medinfer_core::usable_cores());
+        std::fs::write(chart, medinfer_bench::render_svg(&title, results))
             .with_context(|| format!("writing {}", chart.display()))?;
         eprintln!("chart written to {}", chart.display());
     }
     if a.json {
         return print_json(&results);
     }
+    let (shown, sha) = match (model, results.first()) {
+        (Some((p, sha)), _) => (p.display().to_string(), sha.to_string()),
+        (None, Some(r)) => (r.model.clone(), r.model_sha256.clone()),
+        (None, None) => (a.model.clone(), String::new()),
+    };
     println!(
-        "model {} (sha256 {}), {} usable core(s), {} runs after {} warm-up",
-        path.display(),
-        &sha[..16],
+        "model {shown} (sha256 {}), {} usable core(s), {} runs after {} warm-up",
+        &sha[..sha.len().min(16)],
         medinfer_core::usable_cores(),
         a.runs,
         a.warmup
     );
-    print!("{}", medinfer_bench::render_table(&results));
-    for r in &results {
+    print!("{}", medinfer_bench::render_table(results));
+    for r in results {
         for n in &r.notes {
             println!("  {} {} {}: {n}", r.backend, r.effective_precision, r.mode);
         }

@@ -347,6 +347,94 @@ fn bench_json_has_the_documented_keys_for_every_configuration() {
     );
 }
 
+/// `--cpu-isa` reaches OpenVINO's kernel dispatcher (its optimization capabilities change under
+/// the cap), and `bench --isa` runs each cap in its own process and labels the rows.
+#[test]
+fn cpu_isa_cap_reaches_openvino_and_bench_compares_caps() {
+    let o = run(&["--cpu-isa", "sse9", "zoo", "list"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("sse9") && e.contains("avx512-vnni"), "{e}");
+    let required = std::env::var("MEDINFER_REQUIRE_BACKENDS")
+        .unwrap_or_default()
+        .contains("openvino");
+    if !native_available("openvino") {
+        assert!(!required, "openvino is required but unavailable");
+        eprintln!("note: openvino unavailable, --cpu-isa not exercised");
+        return;
+    }
+    let d = tmp();
+    let chart = d.path().join("isa.svg");
+    let o = run(&[
+        "bench",
+        "resnet18-ct",
+        "--backend",
+        "openvino",
+        "--isa",
+        "auto,avx512-vnni",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[0]["cpu_isa"], "auto", "{}", rows[0]);
+    assert_eq!(rows[1]["cpu_isa"], "AVX512_CORE_VNNI", "{}", rows[1]);
+    assert!(
+        rows[1]["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("capped at AVX512_CORE_VNNI")),
+        "{}",
+        rows[1]
+    );
+    // oneDNN's dispatcher inside OpenVINO honours the cap: FP16 compute needs AVX-512 FP16,
+    // so on a CPU that has it the capability is listed uncapped and gone under the cap.
+    let capabilities = |r: &serde_json::Value| -> Vec<String> {
+        let notes = r["notes"].as_array().unwrap();
+        let line = notes
+            .iter()
+            .filter_map(|n| n.as_str())
+            .find_map(|n| n.strip_prefix("CPU OPTIMIZATION_CAPABILITIES="))
+            .unwrap_or_else(|| panic!("no capabilities note in {r}"));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    let (uncapped, capped) = (capabilities(&rows[0]), capabilities(&rows[1]));
+    assert!(uncapped.iter().any(|c| c == "INT8") && capped.iter().any(|c| c == "INT8"));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if cpu.contains("avx512_fp16") {
+        assert!(uncapped.iter().any(|c| c == "FP16"), "{uncapped:?}");
+        assert!(!capped.iter().any(|c| c == "FP16"), "{capped:?}");
+    } else {
+        eprintln!("note: no AVX-512 FP16 on this CPU; the capability change is not observable");
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.contains("[AVX512_CORE_VNNI]"), "{svg}");
+    // The table labels the capped row too.
+    let o = run(&[
+        "bench",
+        "resnet18-ct",
+        "--backend",
+        "openvino",
+        "--isa",
+        "avx512-vnni",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("[AVX512_CORE_VNNI]"), "{table}");
+}
+
 fn io_fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../medinfer-io/tests/fixtures")

@@ -28,12 +28,14 @@
 #![warn(missing_docs)]
 
 mod backends;
+pub mod isa;
 mod options;
 mod pool;
 pub mod quantize;
 pub mod runtimes;
 
 pub use backends::{availability_all, backend, Availability};
+pub use isa::{cpu_isa_cap, set_cpu_isa, CpuIsa};
 pub use options::{BackendKind, Mode, Precision, SessionOptions};
 
 use medinfer_core::{DType, Tensor};

@@ -51,6 +51,11 @@ impl Availability {
     }
 }
 
+/// Whether OpenVINO's library is loaded in this process (its oneDNN has read its ISA cap).
+pub(crate) fn openvino_loaded() -> bool {
+    openvino::loaded()
+}
+
 pub(crate) type Loaded = (Box<dyn BackendSession>, SessionInfo, Vec<TensorSpec>);
 
 /// Internal backend interface: availability and loading of a prepared model.

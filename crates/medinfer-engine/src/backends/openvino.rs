@@ -23,6 +23,11 @@ struct Runtime {
 
 static RUNTIME: OnceLock<Result<Runtime, (String, &'static str)>> = OnceLock::new();
 
+/// Whether the library has been loaded (or a load tried) in this process.
+pub(crate) fn loaded() -> bool {
+    RUNTIME.get().is_some()
+}
+
 fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
     RUNTIME.get_or_init(|| {
         let found = locate_openvino().map_err(|r| (r, INSTALL_HINT))?;
@@ -152,6 +157,14 @@ impl Backend for OpenVino {
                     load_err(format!("setting {}={value}: {}", key.as_ref(), ov_err(e)))
                 })?;
             }
+            // What the CPU plugin's kernels may use here (oneDNN's dispatcher, after any
+            // --cpu-isa cap): reported so a cap is visible, e.g. FP16 goes below AVX-512 FP16.
+            let capabilities = core
+                .get_property(
+                    &cpu,
+                    &PropertyKey::Other("OPTIMIZATION_CAPABILITIES".into()),
+                )
+                .unwrap_or_else(|_| "?".into());
             let mut model = core
                 .read_model_from_file(path_str, "")
                 .map_err(|e| load_err(ov_err(e)))?;
@@ -203,7 +216,7 @@ impl Backend for OpenVino {
                 "f32" => "fp32".to_string(),
                 other => other.to_string(),
             };
-            let info = SessionInfo {
+            let mut info = SessionInfo {
                 backend: KIND,
                 backend_version: rt.version.clone(),
                 library: Some(rt.path.clone()),
@@ -216,6 +229,14 @@ impl Backend for OpenVino {
                     "compiled: NUM_STREAMS={real_streams} INFERENCE_NUM_THREADS={real_threads} INFERENCE_PRECISION_HINT={real_precision} OPTIMAL_NUMBER_OF_INFER_REQUESTS={optimal}"
                 )],
             };
+            info.notes
+                .push(format!("CPU OPTIMIZATION_CAPABILITIES={capabilities}"));
+            if let Some(cap) = crate::cpu_isa_cap() {
+                info.notes.push(format!(
+                    "kernels capped at {cap} ({}, medinfer --cpu-isa)",
+                    crate::isa::ONEDNN_ISA_ENV
+                ));
+            }
             let outputs = p.outputs.iter().map(|o| o.name.clone()).collect();
             let sess: Box<dyn BackendSession> = Box::new(OvRun {
                 _compiled: Mutex::new(compiled),

@@ -4,6 +4,10 @@ use crate::{BackendKind, EngineError};
 
 pub(crate) struct OpenVino;
 
+pub(crate) fn loaded() -> bool {
+    false
+}
+
 impl Backend for OpenVino {
     fn availability(&self) -> Availability {
         Availability::missing(
