@@ -39,10 +39,7 @@ pub fn render_svg(title: &str, results: &[BenchResult]) -> String {
     for (i, r) in results.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let w = plot_w * r.throughput_per_s / max;
-        let isa = match r.cpu_isa.as_deref() {
-            Some(cap) if cap != "auto" => format!(" [{cap}]"),
-            _ => String::new(),
-        };
+        let isa = r.isa_label();
         let label = format!(
             "{}{isa} {} {} {}x{} b{}",
             r.backend, r.effective_precision, r.mode, r.streams, r.threads, r.batch

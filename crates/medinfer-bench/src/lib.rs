@@ -107,6 +107,16 @@ pub struct BenchResult {
     pub notes: Vec<String>,
 }
 
+impl BenchResult {
+    /// ` [CAP]` for a row that ran under an instruction-set cap, else empty (table and chart).
+    pub fn isa_label(&self) -> String {
+        match self.cpu_isa.as_deref() {
+            Some(cap) if cap != "auto" => format!(" [{cap}]"),
+            _ => String::new(),
+        }
+    }
+}
+
 /// Latency statistics of samples in milliseconds (nearest-rank percentiles).
 pub fn latency_stats(samples: &[f64]) -> LatencyStats {
     if samples.is_empty() {
@@ -289,12 +299,7 @@ pub fn render_table(results: &[BenchResult]) -> String {
         .iter()
         .map(|r| {
             vec![
-                match r.cpu_isa.as_deref() {
-                    Some(cap) if cap != "auto" => {
-                        format!("{} {} [{cap}]", r.backend, r.backend_version)
-                    }
-                    _ => format!("{} {}", r.backend, r.backend_version),
-                },
+                format!("{} {}{}", r.backend, r.backend_version, r.isa_label()),
                 r.effective_precision.clone(),
                 r.mode.to_string(),
                 r.batch.to_string(),
