@@ -274,7 +274,7 @@ pub struct RunCardiacArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: PipelinePrecision,
     /// Images per inference request.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::at_least_one(), default_value_t = 8)]
     pub batch: usize,
     /// Parallel inference streams (default: one per core, one thread each).
     #[arg(long)]
@@ -491,7 +491,7 @@ pub struct BenchPipelineArgs {
     #[arg(long, default_value = "fp32,int8")]
     pub precision: String,
     /// Timed runs per configuration (configurations are interleaved round by round).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = crate::at_least_one(), default_value_t = 10)]
     pub runs: usize,
     /// Slices x phases of the phantom exam (the published figure is for 10 x 25).
     #[arg(long, default_value = "10x25")]
@@ -500,7 +500,7 @@ pub struct BenchPipelineArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Images per inference request.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::at_least_one(), default_value_t = 8)]
     pub batch: usize,
     /// Print JSON.
     #[arg(long)]

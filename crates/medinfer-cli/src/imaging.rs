@@ -222,7 +222,7 @@ pub struct BenchIoArgs {
     /// The file or folder.
     pub path: PathBuf,
     /// Timed repetitions (after one untimed warm-up).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, value_parser = crate::at_least_one(), default_value_t = 20)]
     pub runs: usize,
     /// Window for `ct` as CENTER,WIDTH in HU.
     #[arg(long, default_value = "40,400")]

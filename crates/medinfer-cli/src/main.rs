@@ -320,6 +320,12 @@ fn read_weights(dir: &Path) -> Result<HashMap<String, Vec<f32>>> {
     Ok(out)
 }
 
+/// clap parser for counts that must be at least 1 (runs, batch sizes): 0 is refused with a
+/// usage error before any work starts.
+pub(crate) fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())

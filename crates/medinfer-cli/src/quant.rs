@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use medinfer_core::Tensor;
-use medinfer_engine::quantize::{self as q, AccuracyControl, Metric};
+use medinfer_engine::quantize::{self as q, AccuracyControl, Metric, Ranking};
 use medinfer_engine::BackendKind;
 use medinfer_onnx::quant::{self, CalibMethod, QuantConfig};
 use medinfer_onnx::{Dim, OptimizeReport};
@@ -81,9 +81,18 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Largest allowed drop of the metric (FP32 scores 1): layers are reverted to floating
-    /// point, most sensitive first, until the drop is within it.
+    /// point (weights and inputs), the most harmful first, until the drop is within it; the
+    /// shortest such list is searched for (doubling, then bisection).
     #[arg(long, default_value_t = 0.005)]
     pub max_drop: f64,
+    /// How accuracy control ranks layers: measured (each layer reverted alone and scored on
+    /// --ranking-samples validation samples; one evaluation per layer) or heuristic (the
+    /// quantizer's sensitivity estimate; no extra evaluations).
+    #[arg(long, default_value = "measured")]
+    pub ranking: String,
+    /// Validation samples used to rank layers with --ranking measured (the first ones; 0 = all).
+    #[arg(long, default_value_t = 64)]
+    pub ranking_samples: usize,
     /// Write the model even when accuracy control could not meet --max-drop.
     #[arg(long)]
     pub force: bool,
@@ -416,11 +425,14 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
                 None => None,
             };
             let samples = pick(all, &idx);
+            let ranking = Ranking::parse(&a.ranking).with_context(|| {
+                format!("--ranking {}: choose measured or heuristic", a.ranking)
+            })?;
             let control = AccuracyControl {
-                samples,
-                metric,
                 labels,
-                max_drop: a.max_drop,
+                ranking,
+                ranking_samples: a.ranking_samples,
+                ..AccuracyControl::new(samples, metric, a.max_drop)
             };
             let quiet = a.json;
             let (m, r, c) = q::quantize_with_control(
@@ -541,6 +553,13 @@ fn print_quantize(o: &QuantizeOutput) {
             1.0 - c.int8,
             c.max_drop,
             if c.within_budget { "within" } else { "MISSED" }
+        );
+        println!(
+            "accuracy control: {:?} ranking, {} layer(s) reverted, {} validation evaluation(s), {} ranking evaluation(s)",
+            c.ranking,
+            c.reverted.len(),
+            c.evaluations,
+            c.ranking_evaluations
         );
     }
     if o.written {

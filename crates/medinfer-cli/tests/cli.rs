@@ -1166,3 +1166,34 @@ fn quantize_calibrates_on_images_through_a_pipelines_preprocessing() {
     ]);
     assert_clean_failure(&o, &["no usable cardiac input"]);
 }
+
+/// Regression (hardening review): `bench-pipeline --runs 0` panicked taking the median of no
+/// runs; counts of zero are now usage errors before any work starts.
+#[test]
+fn bench_pipeline_runs_0_is_a_usage_error_not_a_panic() {
+    for args in [
+        &[
+            "bench-pipeline",
+            "cardiac",
+            "--runs",
+            "0",
+            "--backend",
+            "tract",
+        ][..],
+        &[
+            "bench-pipeline",
+            "cardiac",
+            "--batch",
+            "0",
+            "--backend",
+            "tract",
+        ][..],
+        &["bench-io", "cxr", "x.png", "--runs", "0"][..],
+    ] {
+        let o = run(args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+        assert!(e.contains("invalid value '0'"), "{args:?}: {e}");
+    }
+}

@@ -278,6 +278,82 @@ pub(crate) fn guard<T>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A backend whose engine call panics on the first request and works afterwards, holding
+    /// its one stream in a [`pool::Pool`] as the real backends do.
+    struct PanicsOnce {
+        streams: pool::Pool<()>,
+        calls: AtomicUsize,
+    }
+
+    impl BackendSession for PanicsOnce {
+        fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+            guard(BackendKind::Tract, "running", || {
+                self.streams.with(|_| {
+                    if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        panic!("simulated engine assertion");
+                    }
+                    Ok(inputs.to_vec())
+                })
+            })
+        }
+    }
+
+    /// Regression (hardening review): a panic inside a backend lost the stream it ran on; in
+    /// latency mode (one stream) every later `Session::run` then waited forever.
+    #[test]
+    fn a_panic_inside_a_backend_does_not_lose_a_stream() {
+        let spec = TensorSpec {
+            name: "x".into(),
+            dtype: DType::F32,
+            shape: vec![1, 2],
+        };
+        let session = Session {
+            inner: Box::new(PanicsOnce {
+                streams: pool::Pool::new(vec![()]),
+                calls: AtomicUsize::new(0),
+            }),
+            inputs: vec![spec.clone()],
+            outputs: vec![spec],
+            info: SessionInfo {
+                backend: BackendKind::Tract,
+                backend_version: "test".into(),
+                library: None,
+                precision: Precision::Fp32,
+                effective_precision: "fp32".into(),
+                mode: Mode::Latency,
+                streams: 1,
+                threads: 1,
+                notes: vec![],
+            },
+            model_path: "panics-once.onnx".into(),
+        };
+        let x = Tensor::from_f32(vec![1, 2], vec![1.0, 2.0]).unwrap();
+        let e = session.run(std::slice::from_ref(&x)).unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..3 {
+                    tx.send(
+                        session
+                            .run(std::slice::from_ref(&x))
+                            .map_err(|e| e.to_string()),
+                    )
+                    .unwrap();
+                }
+            });
+            for _ in 0..3 {
+                let got = rx
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("the session hung after a panic: its stream was lost");
+                assert_eq!(got.unwrap(), vec![x.clone()]);
+            }
+        });
+    }
+
     #[test]
     fn sessions_can_be_shared_between_threads() {
         fn assert_send_sync<T: Send + Sync>() {}

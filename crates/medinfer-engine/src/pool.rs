@@ -18,7 +18,7 @@ impl<T> Pool<T> {
 
     /// Runs `f` with exclusive use of one item.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let mut item = {
+        let item = {
             let mut items = self.items.lock().unwrap_or_else(PoisonError::into_inner);
             loop {
                 if let Some(it) = items.pop() {
@@ -30,7 +30,9 @@ impl<T> Pool<T> {
                     .unwrap_or_else(PoisonError::into_inner);
             }
         };
-        // Return the item even if `f` panics (a guard upstream turns the panic into an error).
+        // The item goes back to the pool however `f` ends, a panic included: the guard owns it
+        // for the whole call (a backend's panic guard upstream turns the panic into an error,
+        // and the stream must stay usable for the next request).
         struct Return<'a, T> {
             pool: &'a Pool<T>,
             item: Option<T>,
@@ -51,9 +53,7 @@ impl<T> Pool<T> {
             pool: self,
             item: None,
         };
-        let r = f(&mut item);
-        guard.item = Some(item);
-        r
+        f(guard.item.insert(item))
     }
 }
 
@@ -62,6 +62,33 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    /// Regression (hardening review): the item was put back only after `f` returned, so each
+    /// panic inside a backend lost a stream for good and, once all were lost, every later
+    /// request waited on the condvar forever.
+    #[test]
+    fn a_panic_inside_f_does_not_lose_the_item() {
+        let pool = Pool::new(vec![0usize]);
+        for _ in 0..3 {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.with(|_| -> () { panic!("engine failure") })
+            }));
+            assert!(r.is_err());
+        }
+        // With the stream lost this call would block forever; run it on a thread and wait.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tx.send(pool.with(|n| {
+                    *n += 1;
+                    *n
+                }))
+                .unwrap()
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+            assert_eq!(got, Ok(1), "the pool lost its only item to a panic");
+        });
+    }
 
     #[test]
     fn never_hands_one_item_to_two_callers() {

@@ -258,6 +258,31 @@ fn argmax(v: &[f32]) -> usize {
         .unwrap_or(0)
 }
 
+/// How accuracy control orders the layers it may revert to floating point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ranking {
+    /// By measured effect (as NNCF's accuracy control does): each quantized layer is reverted
+    /// alone and the metric measured on a ranking subset of the validation samples; the layers
+    /// whose revert gains most come first. Costs one evaluation of the subset per layer.
+    #[default]
+    Measured,
+    /// By the quantizer's own sensitivity estimate (weight error and input SQNR): no extra
+    /// evaluations, but it can put harmless layers first.
+    Heuristic,
+}
+
+impl Ranking {
+    /// Parses `measured` / `heuristic`.
+    pub fn parse(s: &str) -> Option<Ranking> {
+        match s.to_ascii_lowercase().as_str() {
+            "measured" => Some(Ranking::Measured),
+            "heuristic" => Some(Ranking::Heuristic),
+            _ => None,
+        }
+    }
+}
+
 /// Accuracy control settings.
 #[derive(Clone, Debug)]
 pub struct AccuracyControl {
@@ -270,6 +295,25 @@ pub struct AccuracyControl {
     /// Ground-truth labels for [`Metric::Auc`]: one row of 0 / 1 per sample (one entry per
     /// output column; NaN = unknown, skipped as in TorchXRayVision's datasets).
     pub labels: Option<Vec<Vec<f32>>>,
+    /// How layers are ranked for reverting.
+    pub ranking: Ranking,
+    /// Validation samples used to rank layers ([`Ranking::Measured`]); the first ones are
+    /// taken (0 = all).
+    pub ranking_samples: usize,
+}
+
+impl AccuracyControl {
+    /// Settings with the defaults: measured ranking on the first 64 samples.
+    pub fn new(samples: Vec<Tensor>, metric: Metric, max_drop: f64) -> AccuracyControl {
+        AccuracyControl {
+            samples,
+            metric,
+            max_drop,
+            labels: None,
+            ranking: Ranking::Measured,
+            ranking_samples: 64,
+        }
+    }
 }
 
 /// Mean, over output columns, of the ROC AUC of scores `outputs` (one row per sample) against
@@ -325,6 +369,18 @@ pub fn mean_auc(outputs: &[Tensor], labels: &[Vec<f32>]) -> Result<Option<f64>, 
     Ok((!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64))
 }
 
+/// A layer's measured effect: the metric with that layer alone in floating point, on the ranking
+/// subset.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerEffect {
+    /// The layer.
+    pub name: String,
+    /// The metric on the ranking subset with this layer reverted alone.
+    pub score: f64,
+    /// Its gain over the all-INT8 model on the same subset.
+    pub gain: f64,
+}
+
 /// Result of [`quantize_with_control`].
 #[derive(Clone, Debug, Serialize)]
 pub struct ControlReport {
@@ -343,16 +399,33 @@ pub struct ControlReport {
     pub max_drop: f64,
     /// Whether the written model is within budget.
     pub within_budget: bool,
-    /// Layers reverted to floating point, in revert order.
+    /// How layers were ranked.
+    pub ranking: Ranking,
+    /// Layers reverted to floating point (inputs included), in rank order.
     pub reverted: Vec<String>,
-    /// Evaluations run.
+    /// With [`Ranking::Measured`]: every quantized layer's measured effect, best first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layer_effects: Vec<LayerEffect>,
+    /// Evaluations of the whole validation set run (FP32 and INT8 models).
     pub evaluations: usize,
+    /// Evaluations of the ranking subset run.
+    pub ranking_evaluations: usize,
 }
 
-/// Quantizes with accuracy control: evaluates, and while the drop exceeds the budget reverts
-/// the most sensitive quantized layers (by the report's sensitivity score; first one, then
-/// doubling steps) and evaluates again. Returns the last model, which the caller refuses to
-/// write when `within_budget` is false unless told otherwise.
+/// Quantizes with accuracy control. Reverting a layer is a full revert: its weights and its
+/// inputs stay in floating point, even where the layer producing an input stays INT8.
+///
+/// 1. Evaluate the all-INT8 model; within budget, done.
+/// 2. Rank the quantized layers: by measured effect ([`Ranking::Measured`]: each layer
+///    reverted alone, the metric on a subset of the validation samples) or by the quantizer's
+///    sensitivity estimate ([`Ranking::Heuristic`]).
+/// 3. Find the shortest prefix of the ranking whose revert meets the budget: doubling the
+///    count (1, 2, 4, ...) until the budget holds, then backing off by bisection between the
+///    last count that missed and the first that met it (the metric is taken as monotone in the
+///    prefix, which is what the ranking aims for).
+///
+/// Returns the model of that prefix (or of every layer reverted when nothing meets the
+/// budget); the caller refuses to write it when `within_budget` is false unless told otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_with_control(
     model: &ModelProto,
@@ -371,64 +444,156 @@ pub fn quantize_with_control(
         (Metric::Auc, None) => return Err(EngineError::BadInput("metric auc needs labels".into())),
         _ => None,
     };
-    let score =
-        |metric: Metric, reference: &[Tensor], out: &[Tensor]| -> Result<f64, EngineError> {
-            match (fp32_auc, &control.labels) {
-                (Some(a), Some(l)) => Ok(1.0 - (a - mean_auc(out, l)?.unwrap_or(0.0))),
-                _ => score(metric, reference, out),
+    // The metric of `out` (outputs of the first `n` samples) against FP32.
+    let score_of = |out: &[Tensor]| -> Result<f64, EngineError> {
+        let n = out.len();
+        match (fp32_auc, &control.labels) {
+            (Some(_), Some(l)) => {
+                let base = mean_auc(&reference[..n], &l[..n])?.unwrap_or(0.0);
+                Ok(1.0 - (base - mean_auc(out, &l[..n])?.unwrap_or(0.0)))
             }
+            _ => score(control.metric, &reference[..n], out),
+        }
+    };
+    let within = |s: f64| 1.0 - s <= control.max_drop;
+    let mut evaluations = 1;
+    let mut ranking_evaluations = 0;
+    // Quantizes with `keep` in float and scores it on the first `n` samples.
+    let trial =
+        |keep: &HashSet<String>, n: usize| -> Result<(ModelProto, QuantReport, f64), EngineError> {
+            let (m, r) = quant::quantize(model, plan, calib, config, keep)?;
+            let out = evaluate(&m, &control.samples[..n], backend, &mut |_| {})?;
+            let s = score_of(&out)?;
+            Ok((m, r, s))
         };
-    let mut keep: HashSet<String> = HashSet::new();
-    let (mut qm, mut rep) = quant::quantize(model, plan, calib, config, &keep)?;
-    let out = evaluate(&qm, &control.samples, backend, &mut |_| {})?;
-    let first = score(control.metric, &reference, &out)?;
-    let mut current = first;
-    let mut evaluations = 2;
-    let mut reverted = Vec::new();
+    let all = control.samples.len();
+    let (first_model, first_rep, first) = trial(&HashSet::new(), all)?;
+    evaluations += 1;
     log(&format!(
         "int8 {:?} = {first:.5} (drop {:.5})",
         control.metric,
         1.0 - first
     ));
-    let mut ranked: Vec<(String, f32)> = rep
-        .layers
-        .iter()
-        .filter(|l| l.quantized)
-        .map(|l| (l.name.clone(), l.sensitivity))
-        .collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut step = 1;
-    let mut next = 0;
-    while 1.0 - current > control.max_drop && next < ranked.len() {
-        for (name, _) in ranked.iter().skip(next).take(step) {
-            keep.insert(name.clone());
-            reverted.push(name.clone());
-        }
-        next += step;
-        step *= 2;
-        let (m, r) = quant::quantize(model, plan, calib, config, &keep)?;
-        let o = evaluate(&m, &control.samples, backend, &mut |_| {})?;
-        evaluations += 1;
-        current = score(control.metric, &reference, &o)?;
-        log(&format!(
-            "{} layer(s) in floating point: {:?} = {current:.5} (drop {:.5})",
-            keep.len(),
-            control.metric,
-            1.0 - current
-        ));
-        qm = m;
-        rep = r;
-    }
-    let control_rep = ControlReport {
+    let report = |int8: f64,
+                  reverted: Vec<String>,
+                  layer_effects: Vec<LayerEffect>,
+                  evaluations: usize,
+                  ranking_evaluations: usize| ControlReport {
         metric: control.metric,
         fp32: 1.0,
         fp32_auc,
-        int8: current,
+        int8,
         int8_all_layers: first,
         max_drop: control.max_drop,
-        within_budget: 1.0 - current <= control.max_drop,
+        within_budget: within(int8),
+        ranking: control.ranking,
         reverted,
+        layer_effects,
         evaluations,
+        ranking_evaluations,
     };
-    Ok((qm, rep, control_rep))
+    if within(first) {
+        let r = report(first, vec![], vec![], evaluations, 0);
+        return Ok((first_model, first_rep, r));
+    }
+    // Rank.
+    let quantized: Vec<&quant::LayerReport> =
+        first_rep.layers.iter().filter(|l| l.quantized).collect();
+    let mut effects = Vec::new();
+    let ranked: Vec<String> = match control.ranking {
+        Ranking::Heuristic => {
+            let mut v: Vec<(String, f32)> = quantized
+                .iter()
+                .map(|l| (l.name.clone(), l.sensitivity))
+                .collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            v.into_iter().map(|(n, _)| n).collect()
+        }
+        Ranking::Measured => {
+            let n = match control.ranking_samples {
+                0 => all,
+                k => k.min(all),
+            };
+            let base = if n == all {
+                first
+            } else {
+                ranking_evaluations += 1;
+                trial(&HashSet::new(), n)?.2
+            };
+            for (i, l) in quantized.iter().enumerate() {
+                let keep: HashSet<String> = [l.name.clone()].into();
+                let (_, _, s) = trial(&keep, n)?;
+                ranking_evaluations += 1;
+                effects.push(LayerEffect {
+                    name: l.name.clone(),
+                    score: s,
+                    gain: s - base,
+                });
+                log(&format!(
+                    "ranking {}/{}: {} alone in float: {:?} {s:.5} (gain {:+.5})",
+                    i + 1,
+                    quantized.len(),
+                    l.name,
+                    control.metric,
+                    s - base
+                ));
+            }
+            // Largest gain first; ties keep the plan's order.
+            effects.sort_by(|a, b| b.gain.total_cmp(&a.gain));
+            effects.iter().map(|e| e.name.clone()).collect()
+        }
+    };
+    // Doubling, then bisection, over the prefix length.
+    let mut tried: std::collections::BTreeMap<usize, (ModelProto, QuantReport, f64)> =
+        std::collections::BTreeMap::new();
+    let mut eval_prefix = |k: usize, log: &mut dyn FnMut(&str)| -> Result<f64, EngineError> {
+        let keep: HashSet<String> = ranked[..k].iter().cloned().collect();
+        let (m, r, s) = trial(&keep, all)?;
+        evaluations += 1;
+        log(&format!(
+            "{k} layer(s) in floating point: {:?} = {s:.5} (drop {:.5})",
+            control.metric,
+            1.0 - s
+        ));
+        tried.insert(k, (m, r, s));
+        Ok(s)
+    };
+    let mut lo = 0; // misses the budget
+    let mut hi = None; // meets it
+    let mut k = 1;
+    while k < ranked.len() {
+        if within(eval_prefix(k, log)?) {
+            hi = Some(k);
+            break;
+        }
+        lo = k;
+        k *= 2;
+    }
+    let (mut hi, meets) = match hi {
+        Some(h) => (h, true),
+        None => {
+            let n = ranked.len();
+            (n, within(eval_prefix(n, log)?))
+        }
+    };
+    while meets && hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if within(eval_prefix(mid, log)?) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let (m, r, s) = tried.remove(&hi).ok_or_else(|| EngineError::Run {
+        backend,
+        message: "accuracy control lost its best model".into(),
+    })?;
+    let rep = report(
+        s,
+        ranked[..hi].to_vec(),
+        effects,
+        evaluations,
+        ranking_evaluations,
+    );
+    Ok((m, r, rep))
 }

@@ -3,7 +3,7 @@
 //! FP32, accuracy control reverts layers under a tight budget, bad inputs are clear errors.
 
 use medinfer_core::Tensor;
-use medinfer_engine::quantize::{self as q, AccuracyControl, Metric};
+use medinfer_engine::quantize::{self as q, AccuracyControl, Metric, Ranking};
 use medinfer_engine::{backend, load_on, BackendKind, SessionOptions};
 use medinfer_onnx::quant::{self, CalibMethod, QuantConfig};
 use medinfer_onnx::{optimize, save_model, zoo};
@@ -267,11 +267,11 @@ fn transposed_convolution_unet_quantizes_and_keeps_its_segmentation() {
 fn accuracy_control_reverts_layers_when_the_budget_is_tight() {
     let config = QuantConfig::default();
     let (m, plan, calib) = quantized_resnet18(&config);
+    // The heuristic ranking keeps this generic check quick (no ranking evaluations); the
+    // measured ranking has its own test below.
     let control = AccuracyControl {
-        samples: samples("resnet18-ct", 6, 5),
-        metric: Metric::Nmse,
-        max_drop: 1e-9,
-        labels: None,
+        ranking: Ranking::Heuristic,
+        ..AccuracyControl::new(samples("resnet18-ct", 6, 5), Metric::Nmse, 1e-9)
     };
     let (qm, rep, c) = q::quantize_with_control(
         &m,
@@ -578,10 +578,8 @@ fn trained_model_keeps_its_accuracy_in_int8() {
         .map(|&y| (0..4).map(|k| (k == y) as u8 as f32).collect())
         .collect();
     let control = AccuracyControl {
-        samples: test_x[..n].to_vec(),
-        metric: Metric::Auc,
-        max_drop: 0.005,
         labels: Some(labels),
+        ..AccuracyControl::new(test_x[..n].to_vec(), Metric::Auc, 0.005)
     };
     let (_, _, c) = q::quantize_with_control(
         &m,
@@ -663,4 +661,154 @@ fn external_data_round_trips_and_hostile_locations_are_refused() {
     std::fs::write(&hp, medinfer_onnx::encode_model(&hostile)).unwrap();
     let e = medinfer_onnx::load_model(&hp).unwrap_err().to_string();
     assert!(e.contains("relative path inside"), "{e}");
+}
+
+/// Two harmless layers whose weights quantize badly (one large weight per output channel among
+/// many small ones: high weight error, so the quantizer's sensitivity estimate puts them
+/// first), scaled by 1e-3 before the sum, and one well-conditioned layer that carries the
+/// whole output (small weight error, but its INT8 rounding is what the output sees).
+fn misleading_model() -> medinfer_onnx::proto::ModelProto {
+    use medinfer_onnx::builder::{f32_tensor, f32_value_info, DimSpec, GraphBuilder};
+    use medinfer_onnx::SeededRng;
+    let (cin, cout) = (32, 8);
+    let mut rng = SeededRng::new(11);
+    let mut b = GraphBuilder::new(0);
+    let mut conv = |b: &mut GraphBuilder, name: &str, outliers: bool| {
+        let n = cout * cin * 9;
+        let w: Vec<f32> = (0..n)
+            .map(|i| {
+                if outliers && i % (cin * 9) == 0 {
+                    1.0
+                } else if outliers {
+                    rng.range(-0.03, 0.03) as f32
+                } else {
+                    (rng.normal() * (2.0 / (cin * 9) as f64).sqrt()) as f32
+                }
+            })
+            .collect();
+        let wn = b.initializer(f32_tensor(
+            &format!("{name}.weight"),
+            &[cout, cin, 3, 3],
+            &w,
+        ));
+        b.node(
+            "Conv",
+            name,
+            &["x", &wn],
+            &[("pads", medinfer_onnx::builder::Attr::Ints(vec![1, 1, 1, 1]))],
+        )
+    };
+    let a = conv(&mut b, "harmless_a", true);
+    let c = conv(&mut b, "harmless_c", true);
+    let main = conv(&mut b, "main", false);
+    let k = b.initializer(f32_tensor("small", &[], &[1e-3]));
+    let a = b.node("Mul", "a_scaled", &[&a, &k], &[]);
+    let c = b.node("Mul", "c_scaled", &[&c, &k], &[]);
+    let s = b.node("Add", "sum1", &[&main, &a], &[]);
+    b.node("Add", "y", &[&s, &c], &[]);
+    let dims = |c| {
+        [1, c, 8, 8]
+            .iter()
+            .map(|&d| DimSpec::Fixed(d))
+            .collect::<Vec<_>>()
+    };
+    b.finish(
+        "misleading",
+        vec![f32_value_info("x", &dims(cin))],
+        vec![f32_value_info("y", &dims(cout))],
+        &[],
+    )
+}
+
+/// Issue "hardening", quantizer accuracy control: layers used to be ranked by a heuristic
+/// (weight error and input SQNR) and reverted in doubling steps, and a reverted layer still read
+/// INT8-rounded inputs. Measured ranking finds the one layer that matters; the back-off keeps
+/// the list short; the revert is full (the layer's input has no Q/DQ).
+#[test]
+fn accuracy_control_ranks_by_measured_effect_and_reverts_fewer_layers() {
+    let m = misleading_model();
+    let config = QuantConfig::default();
+    let plan = quant::plan(&m, &config).unwrap();
+    assert_eq!(plan.layers.len(), 3, "{:?}", plan.layers);
+    let mut rng = medinfer_onnx::SeededRng::new(3);
+    let mut gen = |n: usize| -> Vec<Tensor> {
+        (0..n)
+            .map(|_| {
+                let v = (0..32 * 64).map(|_| rng.normal() as f32).collect();
+                Tensor::from_f32(vec![1, 32, 8, 8], v).unwrap()
+            })
+            .collect()
+    };
+    let calib_x = gen(16);
+    let val_x = gen(12);
+    let calib = q::calibrate(
+        &m,
+        &plan,
+        config.method,
+        &calib_x,
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap();
+    // The budget: half of the all-INT8 drop.
+    let (all8, rep) = quant::quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
+    let sens = |n: &str| rep.layers.iter().find(|l| l.name == n).unwrap().sensitivity;
+    assert!(
+        sens("harmless_a") > sens("main") && sens("harmless_c") > sens("main"),
+        "the heuristic must rank the harmless layers first for this test to mean anything: {:?}",
+        rep.layers
+            .iter()
+            .map(|l| (&l.name, l.sensitivity))
+            .collect::<Vec<_>>()
+    );
+    let reference = q::evaluate(&m, &val_x, BackendKind::Tract, &mut |_| {}).unwrap();
+    let out = q::evaluate(&all8, &val_x, BackendKind::Tract, &mut |_| {}).unwrap();
+    let drop = 1.0 - q::score(Metric::Nmse, &reference, &out).unwrap();
+    assert!(drop > 0.0);
+    let budget = drop / 2.0;
+    let run = |ranking| {
+        let control = AccuracyControl {
+            ranking,
+            ..AccuracyControl::new(val_x.clone(), Metric::Nmse, budget)
+        };
+        q::quantize_with_control(
+            &m,
+            &plan,
+            &calib,
+            &config,
+            &control,
+            BackendKind::Tract,
+            &mut |s| eprintln!("{s}"),
+        )
+        .unwrap()
+    };
+    let (measured_model, _, measured) = run(Ranking::Measured);
+    let (_, _, heuristic) = run(Ranking::Heuristic);
+    eprintln!("measured: {measured:?}\nheuristic: {heuristic:?}");
+    assert!(measured.within_budget && heuristic.within_budget);
+    assert_eq!(measured.reverted, vec!["main".to_string()]);
+    assert_eq!(measured.layer_effects[0].name, "main");
+    assert!(
+        measured.reverted.len() < heuristic.reverted.len(),
+        "measured {:?} vs heuristic {:?}",
+        measured.reverted,
+        heuristic.reverted
+    );
+    // Full revert: `main` reads the raw input, while the INT8 layers read its DQ.
+    let g = measured_model.graph.as_ref().unwrap();
+    let main = g
+        .node
+        .iter()
+        .find(|n| n.name.as_deref() == Some("main"))
+        .unwrap();
+    assert_eq!(
+        main.input[0], "x",
+        "the reverted layer still reads a dequantized input"
+    );
+    let a = g
+        .node
+        .iter()
+        .find(|n| n.name.as_deref() == Some("harmless_a"))
+        .unwrap();
+    assert_ne!(a.input[0], "x");
 }

@@ -36,6 +36,14 @@ pub const MAX_FILE_BYTES: u64 = 4 << 30;
 /// Largest decoded pixel buffer accepted, in samples (rows x columns x frames x samples per
 /// pixel); 2^31 samples is 8 GiB of f32 and far beyond any real acquisition on this machine.
 pub const MAX_SAMPLES: u64 = 1 << 31;
+/// Most frames one file may declare. Far above real acquisitions (ultrasound and XA cines run
+/// to a few thousand, enhanced MR to tens of thousands) and small enough that per-frame
+/// bookkeeping from a hostile header stays bounded.
+pub const MAX_FRAMES: u64 = 1 << 17;
+/// Deepest nesting of sequences / items accepted. Real objects nest a handful of levels;
+/// dicom-rs builds (and drops) nested items recursively, so tens of thousands of levels would
+/// overflow the stack, which aborts the process (a stack overflow cannot be caught).
+pub const MAX_DEPTH: usize = 64;
 
 /// Everything medinfer reads from a DICOM file apart from the pixels. Holds no
 /// patient-identifying attribute.
@@ -73,6 +81,9 @@ pub struct DicomHeader {
     pub bits_allocated: u16,
     /// Bits stored.
     pub bits_stored: u16,
+    /// High Bit: the most significant bit of a stored sample (Bits Stored - 1 unless the file
+    /// says otherwise).
+    pub high_bit: u16,
     /// Pixel representation: true when signed.
     pub signed: bool,
     /// Photometric interpretation as declared.
@@ -144,6 +155,10 @@ pub(crate) fn read_bytes(path: &Path, cap: u64) -> Result<Vec<u8>, IoError> {
     }
     std::fs::read(path).map_err(os_err(path))
 }
+
+/// The Pixel Data tag (7FE0,0010) as little- and big-endian bytes.
+const PIXEL_TAG_LE: [u8; 4] = [0xe0, 0x7f, 0x10, 0x00];
+const PIXEL_TAG_BE: [u8; 4] = [0x7f, 0xe0, 0x00, 0x10];
 
 /// How much of a file a header-only read looks at first.
 const HEADER_PREFIX: u64 = 1 << 20;
@@ -299,6 +314,12 @@ fn check_declared_lengths(
     }];
     let mut pos = start;
     loop {
+        // Each nesting level is a sequence context plus an item context.
+        if stack.len() > 2 * MAX_DEPTH + 1 {
+            return Err(format!(
+                "sequences nested more than {MAX_DEPTH} levels deep at byte {pos}: corrupt or hostile"
+            ));
+        }
         // Close the contexts whose defined length is used up.
         while stack.len() > 1 {
             let top = &stack[stack.len() - 1];
@@ -726,32 +747,50 @@ impl DicomFile {
             // only when that was not enough to reach Pixel Data.
             let prefix = read_prefix(path, HEADER_PREFIX)?;
             if (prefix.len() as u64) < HEADER_PREFIX {
-                return Self::from_bytes_inner(&p, &prefix, true);
+                return Self::from_bytes_inner(&p, &prefix, true, prefix.len() as u64);
             }
+            let file_len = std::fs::metadata(path).map_err(os_err(path))?.len();
             // The prefix holds the whole header when the Pixel Data tag is in it (either byte
             // order); otherwise a parse of the prefix could end early and miss elements.
             let has_pixel_tag = prefix
                 .windows(4)
-                .any(|w| w == [0xe0, 0x7f, 0x10, 0x00] || w == [0x7f, 0xe0, 0x00, 0x10]);
+                .any(|w| w == PIXEL_TAG_LE || w == PIXEL_TAG_BE);
             if has_pixel_tag {
-                if let Ok(f) = Self::from_bytes_inner(&p, &prefix, true) {
+                if let Ok(f) = Self::from_bytes_inner(&p, &prefix, true, file_len) {
                     return Ok(f);
                 }
             }
         }
         let bytes = read_bytes(path, MAX_FILE_BYTES)?;
-        Self::from_bytes_inner(&p, &bytes, header_only)
+        Self::from_bytes_inner(&p, &bytes, header_only, bytes.len() as u64)
     }
 
     /// Parses DICOM from memory; `name` is used in error messages (fuzzing entry point).
     pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self, IoError> {
-        Self::from_bytes_inner(name, bytes, false)
+        Self::from_bytes_inner(name, bytes, false, bytes.len() as u64)
     }
 
-    fn from_bytes_inner(p: &str, bytes: &[u8], header_only: bool) -> Result<Self, IoError> {
+    /// Parses `bytes` (the whole file, or its first part for a header-only read of a file of
+    /// `file_len` bytes).
+    fn from_bytes_inner(
+        p: &str,
+        bytes: &[u8],
+        header_only: bool,
+        file_len: u64,
+    ) -> Result<Self, IoError> {
         guard(p, "parsing", || {
             let obj = parse(p, bytes, header_only)?;
             let (header, per_frame_rescale) = read_header(p, &obj)?;
+            let has_pixels = if header_only {
+                bytes
+                    .windows(4)
+                    .any(|w| w == PIXEL_TAG_LE || w == PIXEL_TAG_BE)
+            } else {
+                obj.get(tags::PIXEL_DATA).is_some()
+            };
+            if has_pixels {
+                check_size_against_file(p, &header, file_len)?;
+            }
             Ok(DicomFile {
                 path: p.to_string(),
                 obj,
@@ -785,17 +824,26 @@ fn read_header(
     let ds: &InMemDicomObject = obj;
     let rows = get_uint(ds, tags::ROWS).unwrap_or(0);
     let columns = get_uint(ds, tags::COLUMNS).unwrap_or(0);
-    let frames = get_num(ds, tags::NUMBER_OF_FRAMES)
-        .map(|f| f.max(1.0) as u64)
-        .unwrap_or(1);
+    let frames_declared = get_num(ds, tags::NUMBER_OF_FRAMES).unwrap_or(1.0);
+    if frames_declared > MAX_FRAMES as f64 {
+        return Err(fmt_err(
+            p,
+            format!("Number of Frames {frames_declared} is more than the {MAX_FRAMES} accepted"),
+        ));
+    }
+    let frames = frames_declared.max(1.0) as u64;
     let spp = get_uint(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
     let bits_allocated = get_uint(ds, tags::BITS_ALLOCATED).unwrap_or(0);
     let bits_stored = get_uint(ds, tags::BITS_STORED).unwrap_or(bits_allocated);
-    let limits_ok = rows <= 65535 && columns <= 65535 && frames <= u32::MAX as u64 && spp <= 4;
+    let limits_ok = rows <= 65535 && columns <= 65535 && spp <= 4;
     if !limits_ok {
         return Err(fmt_err(p, format!("absurd image geometry: {rows} rows x {columns} columns x {frames} frames x {spp} samples")));
     }
-    let samples = rows * columns * frames * spp;
+    let samples = rows
+        .checked_mul(columns)
+        .and_then(|v| v.checked_mul(frames))
+        .and_then(|v| v.checked_mul(spp))
+        .unwrap_or(u64::MAX);
     if samples > MAX_SAMPLES {
         return Err(fmt_err(
             p,
@@ -925,6 +973,9 @@ fn read_header(
         samples_per_pixel: spp as u16,
         bits_allocated: bits_allocated as u16,
         bits_stored: bits_stored as u16,
+        high_bit: get_uint(ds, tags::HIGH_BIT)
+            .map(|v| v.min(u16::MAX as u64) as u16)
+            .unwrap_or((bits_stored as u16).saturating_sub(1)),
         signed: get_uint(ds, tags::PIXEL_REPRESENTATION) == Some(1),
         photometric: get_text(ds, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default(),
         planar_configuration: get_uint(ds, tags::PLANAR_CONFIGURATION).unwrap_or(0) as u16,
@@ -960,6 +1011,33 @@ fn read_header(
         frame_times,
     };
     Ok((header, per_frame_rescale))
+}
+
+/// Refuses a header whose image could not fit in the file: a few hundred bytes declaring
+/// millions of frames would otherwise drive per-frame bookkeeping (series layout) and volume
+/// allocation from nothing. Native pixel data needs its full size (deflate can shrink it at
+/// most 1032:1); encapsulated data at least one byte per frame.
+fn check_size_against_file(p: &str, h: &DicomHeader, file_len: u64) -> Result<(), IoError> {
+    if h.rows == 0 || h.columns == 0 {
+        return Ok(());
+    }
+    let samples = h.rows as u64 * h.columns as u64 * h.frames as u64 * h.samples_per_pixel as u64;
+    let native_bytes = (samples * h.bits_allocated.max(1) as u64).div_ceil(8);
+    let need = match h.transfer_syntax_uid.as_str() {
+        "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" => native_bytes,
+        "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.8.1" => native_bytes / 1032,
+        _ => h.frames as u64,
+    };
+    if need > file_len {
+        return Err(fmt_err(
+            p,
+            format!(
+                "{} frame(s) of {}x{}x{} at {} bits need at least {need} bytes, the file has {file_len}: truncated or corrupt",
+                h.frames, h.columns, h.rows, h.samples_per_pixel, h.bits_allocated
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl DicomHeader {
@@ -1061,6 +1139,14 @@ fn read_lut(
     let e = item
         .get(tags::LUT_DATA)
         .ok_or_else(|| fmt_err(p, format!("{what} Sequence without LUT Data")))?;
+    // The entry count is US (0 means 65536); a negative or fractional count (an SS-encoded -1,
+    // say) would give an empty table and an index underflow when it is applied.
+    if !(0.0..=65535.0).contains(&desc[0]) || desc[0].fract() != 0.0 {
+        return Err(fmt_err(
+            p,
+            format!("{what} Descriptor declares {} entries", desc[0]),
+        ));
+    }
     let n = if desc[0] == 0.0 {
         65536
     } else {
@@ -1131,6 +1217,20 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             ),
         ));
     }
+    // High Bit places the stored bits inside the allocated ones. The standard now fixes it at
+    // Bits Stored - 1 (what pydicom assumes, ignoring the element); older files may put the
+    // samples higher (High Bit 15 with 12 bits stored), which medinfer honours as dcmtk does,
+    // by shifting them down. A High Bit outside the allocated bits, or too low to hold the
+    // stored ones, contradicts the other two and is refused.
+    if h.high_bit >= h.bits_allocated || h.high_bit + 1 < h.bits_stored {
+        return Err(fmt_err(
+            p,
+            format!(
+                "High Bit {} contradicts Bits Stored {} and Bits Allocated {}",
+                h.high_bit, h.bits_stored, h.bits_allocated
+            ),
+        ));
+    }
     let pi = h.photometric.as_str();
     let (channels, photometric, ybr) = match (h.samples_per_pixel, pi) {
         (1, "MONOCHROME1") => (1, Photometric::Monochrome1, false),
@@ -1158,7 +1258,16 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         .get(tags::PIXEL_DATA)
         .ok_or_else(|| fmt_err(p, "no Pixel Data element"))?;
     let encapsulated = matches!(pd.value(), Value::PixelSequence(_));
-    let frame_samples = h.rows as usize * h.columns as usize * channels;
+    // Sizes come from the file: every product is checked (the header's sample cap makes them
+    // fit, but a check here cannot wrap whatever changes upstream).
+    let size_err = || fmt_err(p, "image size overflows");
+    let frame_samples = (h.rows as usize)
+        .checked_mul(h.columns as usize)
+        .and_then(|v| v.checked_mul(channels))
+        .ok_or_else(size_err)?;
+    let all_samples = frame_samples
+        .checked_mul(h.frames as usize)
+        .ok_or_else(size_err)?;
     let nframes = h.frames as usize;
     let bytes_per = if h.bits_allocated == 1 {
         1
@@ -1172,9 +1281,9 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             _ => 0,
         };
         let need = if h.bits_allocated == 1 {
-            (frame_samples * nframes).div_ceil(8)
+            all_samples.div_ceil(8)
         } else {
-            frame_samples * nframes * bytes_per
+            all_samples.checked_mul(bytes_per).ok_or_else(size_err)?
         };
         if have < need {
             return Err(fmt_err(
@@ -1193,7 +1302,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             .fragments()
             .map(|f| f.iter().map(|x| x.len()).sum())
             .unwrap_or(0);
-        let need = frame_samples * nframes * bytes_per;
+        let need = all_samples.checked_mul(bytes_per).ok_or_else(size_err)?;
         let rle = h.transfer_syntax_uid == "1.2.840.10008.1.2.5";
         if rle {
             check_rle_headers(pd.value()).map_err(|e| fmt_err(p, e))?;
@@ -1261,7 +1370,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             Raw::Bytes(decoded.data())
         }
     };
-    let need = frame_samples * nframes;
+    let need = all_samples;
     if raw_all.samples(h.bits_allocated) < need {
         return Err(fmt_err(
             p,
@@ -1284,6 +1393,12 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         None
     };
     let (smin, smax) = h.stored_range();
+    // Codecs deliver samples aligned at bit 0; only native data can sit higher.
+    let high_bit_shift = if encapsulated {
+        0
+    } else {
+        (h.high_bit + 1 - h.bits_stored) as u32
+    };
     let mut tags = h.tags();
     if nframes > 1 {
         tags.set("number_of_frames", nframes.to_string());
@@ -1298,7 +1413,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         } else {
             (1.0, 0.0)
         };
-        let mut vals = samples(raw, h, frame_samples, rescale);
+        let mut vals = samples(raw, h, frame_samples, rescale, high_bit_shift);
         if planar {
             let n = frame_samples / 3;
             let mut inter = vec![0f32; frame_samples];
@@ -1527,7 +1642,7 @@ impl<'a> Raw<'a> {
 /// Stored samples to f32, honouring bits stored and the sign, with the rescale
 /// `(slope, intercept)` applied in f64 (one rounding to f32 at the end). 8 and 16-bit samples go
 /// through a table of every possible stored value, built with the same arithmetic.
-fn samples(raw: Raw, h: &DicomHeader, n: usize, (slope, icpt): (f64, f64)) -> Vec<f32> {
+fn samples(raw: Raw, h: &DicomHeader, n: usize, (slope, icpt): (f64, f64), shift: u32) -> Vec<f32> {
     let bits = h.bits_stored as u32;
     let signed = h.signed;
     let mask: u32 = if bits >= 32 {
@@ -1536,7 +1651,7 @@ fn samples(raw: Raw, h: &DicomHeader, n: usize, (slope, icpt): (f64, f64)) -> Ve
         (1u32 << bits) - 1
     };
     let map = move |v: u32| -> f32 {
-        let v = v & mask;
+        let v = (v >> shift) & mask;
         let x = if signed {
             sign_extend(v, bits) as f64
         } else {

@@ -14,6 +14,11 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Most images (files x frames) one series may hold: far above real series (a 4D cine is a
+/// few hundred, a whole-body CT a few thousand, a DTI or fMRI series tens of thousands), and
+/// the bound on the per-image bookkeeping a folder of hostile headers can cause.
+pub const MAX_SERIES_IMAGES: u64 = 1 << 20;
+
 /// Relative tolerance on slice spacing before a gap counts as irregular.
 pub const SPACING_TOLERANCE: f64 = 0.1;
 
@@ -187,6 +192,30 @@ pub fn layout(series: &Series) -> Result<Layout, IoError> {
         if h.samples_per_pixel != 1 {
             return Err(err(uid, "colour series cannot form a volume"));
         }
+    }
+    let total: u64 = files.iter().map(|f| f.header.frames.max(1) as u64).sum();
+    if total > MAX_SERIES_IMAGES {
+        return Err(err(
+            uid,
+            format!(
+                "{total} images in {} file(s), more than the {MAX_SERIES_IMAGES} a series may hold",
+                files.len()
+            ),
+        ));
+    }
+    let voxels = (h0.rows as u64)
+        .checked_mul(h0.columns as u64)
+        .and_then(|v| v.checked_mul(total));
+    if voxels.is_none_or(|v| v > crate::dicom::MAX_SAMPLES) {
+        return Err(err(
+            uid,
+            format!(
+                "{total} images of {}x{} are more than the {} samples a volume may hold",
+                h0.columns,
+                h0.rows,
+                crate::dicom::MAX_SAMPLES
+            ),
+        ));
     }
     // Each image: (file, frame, position, time key).
     let mut images: Vec<(usize, usize, Option<[f64; 3]>, f64)> = Vec::new();

@@ -640,6 +640,254 @@ fn absurd_dimensions_are_refused_before_allocating() {
     assert!(e.contains("Pixel Data holds 4 bytes"), "{e}");
 }
 
+/// A small monochrome image header (explicit VR little endian), pixels as given.
+fn mono_header(
+    rows: u16,
+    cols: u16,
+    frames: &str,
+    bits: (u16, u16, u16),
+) -> dicom_object::InMemDicomObject {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    use writer::put;
+    let mut o = dicom_object::InMemDicomObject::new_empty();
+    put(
+        &mut o,
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.7",
+    );
+    put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.4.5");
+    put(&mut o, tags::ROWS, VR::US, rows);
+    put(&mut o, tags::COLUMNS, VR::US, cols);
+    put(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, frames);
+    put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 1u16);
+    put(
+        &mut o,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        "MONOCHROME2",
+    );
+    put(&mut o, tags::BITS_ALLOCATED, VR::US, bits.0);
+    put(&mut o, tags::BITS_STORED, VR::US, bits.1);
+    put(&mut o, tags::HIGH_BIT, VR::US, bits.2);
+    put(&mut o, tags::PIXEL_REPRESENTATION, VR::US, 0u16);
+    o
+}
+
+/// Regression (hardening review): the sample cap let 1 x 1 pixel x 2^31 frames through, and
+/// series layout then pushed one entry per frame (about 120 GB) from a header of a few hundred
+/// bytes. Frames are capped, and a header whose image cannot fit in its file is refused.
+#[test]
+fn frame_count_from_a_tiny_header_is_capped_before_series_layout() {
+    use dicom_core::{PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use writer::{put, save};
+    let dir = tempfile::tempdir().unwrap();
+    for (k, frames) in ["2147483647", "100000"].iter().enumerate() {
+        let mut o = mono_header(1, 1, frames, (16, 16, 15));
+        put(
+            &mut o,
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(vec![7u16].into()),
+        );
+        save(
+            o,
+            &dir.path().join(format!("f{k}.dcm")),
+            "1.2.840.10008.5.1.4.1.1.7",
+            "1.2.3",
+        );
+    }
+    let files = series::list_files(dir.path()).unwrap();
+    let scan = series::scan(&files);
+    assert!(
+        scan.series.is_empty(),
+        "a hostile header reached series layout"
+    );
+    assert_eq!(scan.rejected.len(), 2);
+    let (a, b) = (&scan.rejected[0].1, &scan.rejected[1].1);
+    assert!(
+        a.contains("f0.dcm") && a.contains("Number of Frames 2147483647 is more than"),
+        "{a}"
+    );
+    assert!(b.contains("f1.dcm") && b.contains("the file has"), "{b}");
+    // inspect / convert / run reach the same refusal through read_series.
+    let e = series::read_series(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("no DICOM series found"), "{e}");
+}
+
+/// Regression (hardening review): `rows * columns * frames * samples` was an unchecked u64
+/// product: 65504 x 65535 x 3 x 1,432,377,014 wraps to about 2.07e9, under the sample cap.
+#[test]
+fn size_products_that_wrap_are_refused() {
+    use dicom_core::{PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use writer::{put, save};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("wrap.dcm");
+    let mut o = mono_header(65504, 65535, "1432377014", (8, 8, 7));
+    put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 3u16);
+    put(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
+    put(
+        &mut o,
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::U8(vec![0u8; 6].into()),
+    );
+    save(o, &p, "1.2.840.10008.5.1.4.1.1.7", "1.2.3");
+    for r in [
+        dicom::DicomFile::open_header(&p).map(|_| ()),
+        dicom::read_images(&p).map(|_| ()),
+    ] {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("wrap.dcm") && e.contains("more than"), "{e}");
+    }
+}
+
+/// Regression (hardening review): the declared-length walk had no depth limit and dicom-rs
+/// builds nested items recursively; tens of thousands of nested undefined-length sequences
+/// (20 bytes a level) overflowed the stack, which aborts the process. Run on a thread with a
+/// small stack, as a server's worker might be.
+#[test]
+fn deeply_nested_sequences_are_refused_without_overflowing_the_stack() {
+    // A bare explicit-VR data set: (0008,0016) UI, then 70,000 levels of
+    // (0008,1140) SQ undefined length > item of undefined length.
+    let mut b = Vec::new();
+    b.extend_from_slice(&[0x08, 0x00, 0x16, 0x00, b'U', b'I', 4, 0]);
+    b.extend_from_slice(b"1.2\0");
+    for _ in 0..70_000 {
+        b.extend_from_slice(&[
+            0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        b.extend_from_slice(&[0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff]);
+    }
+    let e = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            dicom::DicomFile::from_bytes("nested.dcm", &b)
+                .err()
+                .map(|e| e.to_string())
+        })
+        .unwrap()
+        .join()
+        .expect("no panic")
+        .expect("refused");
+    assert!(
+        e.contains("nested.dcm") && e.contains("nested more than 64 levels"),
+        "{e}"
+    );
+    // A real depth (3 levels) still parses.
+    let mut b = Vec::new();
+    b.extend_from_slice(&[0x08, 0x00, 0x16, 0x00, b'U', b'I', 4, 0]);
+    b.extend_from_slice(b"1.2\0");
+    for _ in 0..3 {
+        b.extend_from_slice(&[
+            0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        b.extend_from_slice(&[0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff]);
+    }
+    for _ in 0..3 {
+        b.extend_from_slice(&[0xfe, 0xff, 0x0d, 0xe0, 0, 0, 0, 0]);
+        b.extend_from_slice(&[0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0]);
+    }
+    dicom::DicomFile::from_bytes("nested3.dcm", &b).unwrap();
+}
+
+/// Regression (hardening review): a Modality LUT Descriptor with an entry count of -1 (SS)
+/// gave an empty table, and applying it underflowed `len() - 1`.
+#[test]
+fn modality_lut_descriptors_without_entries_are_refused() {
+    use dicom_core::value::DataSetSequence;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use writer::{put, save};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("lut.dcm");
+    for (count, want) in [
+        (
+            PrimitiveValue::I16(vec![-1, 0, 16].into()),
+            "Modality LUT Descriptor declares -1 entries",
+        ),
+        (
+            PrimitiveValue::U16(vec![0, 0, 16].into()),
+            "declares 65536 entries but holds 4",
+        ),
+    ] {
+        let mut o = mono_header(2, 2, "1", (16, 16, 15));
+        let mut item = dicom_object::InMemDicomObject::new_empty();
+        let vr = if matches!(count, PrimitiveValue::I16(_)) {
+            VR::SS
+        } else {
+            VR::US
+        };
+        item.put(DataElement::new(tags::LUT_DESCRIPTOR, vr, count));
+        put(
+            &mut item,
+            tags::LUT_DATA,
+            VR::OW,
+            PrimitiveValue::U16(vec![5u16, 6, 7, 8].into()),
+        );
+        o.put(DataElement::new(
+            tags::MODALITY_LUT_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(vec![item]),
+        ));
+        put(
+            &mut o,
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(vec![0u16, 1, 2, 3].into()),
+        );
+        save(o, &p, "1.2.840.10008.5.1.4.1.1.7", "1.2.3");
+        let e = dicom::read_images(&p).unwrap_err().to_string();
+        assert!(e.contains("lut.dcm") && e.contains(want), "{e}");
+        assert!(
+            !e.contains("panic") && !e.contains("inside the DICOM library"),
+            "{e}"
+        );
+    }
+}
+
+/// Regression (hardening review): High Bit was ignored. Samples stored high in their word
+/// (High Bit 15 with 12 bits stored, as older writers did) are shifted down, as dcmtk does; a
+/// High Bit that contradicts Bits Stored / Allocated is refused.
+#[test]
+fn high_bit_is_honoured_or_refused() {
+    use dicom_core::{PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use writer::{put, save};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("hb.dcm");
+    let vals = [0u16, 1, 2047, 4095];
+    let mut o = mono_header(2, 2, "1", (16, 12, 15));
+    let stored: Vec<u16> = vals.iter().map(|v| (v << 4) | 0x5).collect();
+    put(
+        &mut o,
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(stored.into()),
+    );
+    save(o, &p, "1.2.840.10008.5.1.4.1.1.7", "1.2.3");
+    let img = dicom::read_images(&p).unwrap().remove(0);
+    assert_eq!(img.data, vals.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    for (bits, what) in [((16, 12, 16), "High Bit 16"), ((16, 12, 10), "High Bit 10")] {
+        let mut o = mono_header(2, 2, "1", bits);
+        put(
+            &mut o,
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(vec![1u16; 4].into()),
+        );
+        save(o, &p, "1.2.840.10008.5.1.4.1.1.7", "1.2.3");
+        let e = dicom::read_images(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("hb.dcm") && e.contains(what) && e.contains("contradicts"),
+            "{e}"
+        );
+    }
+}
+
 /// Regression (cargo-fuzz, dicom_decode): a 5 KB file whose header declares a 4 GB element made
 /// dicom-rs allocate 4 GB before reading it. Declared lengths are now checked against the bytes
 /// present first, in every encoding, nested sequences and pixel fragments included.

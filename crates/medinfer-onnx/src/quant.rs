@@ -436,7 +436,7 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
             }
         }
     }
-    let act = activation_tensors(&ix, &layers, config.target);
+    let act = activation_tensors(&ix, &layers, config.target, &HashSet::new());
     let mut tensors: Vec<String> = act.keys().cloned().collect();
     tensors.sort_by_key(|t| {
         ix.producer
@@ -485,10 +485,15 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
 
 /// Every tensor to quantize, with the consumers (node index, input slot) that read its
 /// dequantized version.
+/// The activation tensors to quantize, each with the `(node, input slot)` reads that take its
+/// dequantized value. `float_nodes` are layers kept in floating point by accuracy control: they
+/// read their inputs unquantized (a full revert), even where the producer is quantized and its
+/// other readers take the INT8 value.
 fn activation_tensors(
     ix: &Index,
     layers: &[Layer],
     target: Target,
+    float_nodes: &HashSet<usize>,
 ) -> BTreeMap<String, Vec<(usize, usize)>> {
     let mut act: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
     let add_use =
@@ -498,9 +503,12 @@ fn activation_tensors(
                 e.push((node, slot));
             }
         };
-    // Every reader of `t` reads its dequantized value.
+    // Every reader of `t` but the float-kept layers reads its dequantized value.
     let add_readers = |act: &mut BTreeMap<String, Vec<(usize, usize)>>, t: &str| {
         for &c in ix.consumers.get(t).map(|v| v.as_slice()).unwrap_or(&[]) {
+            if float_nodes.contains(&c) {
+                continue;
+            }
             for (slot, x) in ix.nodes[c].input.iter().enumerate() {
                 if x == t {
                     add_use(act, t, c, slot);
@@ -1089,7 +1097,13 @@ pub fn quantize(
         .filter(|l| !keep_float.contains(&l.name))
         .cloned()
         .collect();
-    let act = activation_tensors(&ix, &layers, config.target);
+    let float_nodes: HashSet<usize> = plan
+        .layers
+        .iter()
+        .filter(|l| keep_float.contains(&l.name))
+        .map(|l| l.index)
+        .collect();
+    let act = activation_tensors(&ix, &layers, config.target, &float_nodes);
     // One set of parameters per group of tensors that must share them: a data-movement op's
     // output with its input (so engines can drop the Q/DQ pair around it), and a quantized
     // Concat's inputs with its output (so it concatenates INT8 data). Each group's range is the

@@ -542,7 +542,7 @@ pub fn analyse(
         &idx,
         session,
         1,
-        |&i| Ok(patches[i * CROP * CROP..(i + 1) * CROP * CROP].to_vec()),
+        |&i| Ok(&patches[i * CROP * CROP..(i + 1) * CROP * CROP]),
         |i, r| match r {
             Ok(v) if v.len() == 4 * CROP * CROP => logits[i] = v,
             Ok(v) => {

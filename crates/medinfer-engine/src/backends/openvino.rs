@@ -4,12 +4,13 @@ use crate::options::Prepared;
 use crate::pool::Pool;
 use crate::runtimes::{locate_openvino, INSTALL_HINT};
 use crate::{guard, BackendKind, BackendSession, EngineError, Mode, Precision, SessionInfo};
-use medinfer_core::{DType, Tensor};
+use medinfer_core::{DType, Tensor, TensorData};
 use openvino::{
     Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey, RwPropertyKey, Shape,
 };
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 const KIND: BackendKind = BackendKind::OpenVino;
 
@@ -52,26 +53,66 @@ fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
     })
 }
 
-/// OpenVINO's own message for the last failed call on this thread, with the binding's code.
-fn ov_err(e: openvino::InferenceError) -> String {
-    // SAFETY: `ov_get_last_err_msg` returns a pointer to a NUL-terminated string owned by the
-    // library (thread-local, valid until the next failing call on this thread) or null; it is
-    // copied immediately, on the same thread, before any other OpenVINO call.
-    let msg = unsafe {
+/// Guards OpenVINO's last-error message. The C API keeps ONE process-wide copy of the message
+/// of the last failed call (not one per thread), written only when a call fails. Calls made
+/// while loading a model hold this lock exclusively from the call until its message is read,
+/// so a load error always carries its own message; inference calls hold it shared (requests
+/// run in parallel), so when two requests fail at the same moment one may read the other's
+/// message, which [`ov_err`] then says.
+static LAST_ERROR: RwLock<()> = RwLock::new(());
+
+/// Inference calls in flight (to say when a run error's message may not be its own).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// The library's process-wide last error message, taken and released.
+fn last_error_message() -> String {
+    // SAFETY: `ov_get_last_err_msg` takes no arguments and returns either null or a fresh heap
+    // copy (C++ `new char[]`) of the library's last error message, NUL-terminated and owned by
+    // the caller, who must release it with `ov_free` (OpenVINO's C API contract: the string is
+    // copied out of a process-global `std::string`, not lent). The pointer is read once as a
+    // C string while it is valid, then given to `ov_free` exactly once and never used again.
+    unsafe {
         let p = openvino_sys::ov_get_last_err_msg();
         if p.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(p)
-                .to_string_lossy()
-                .trim()
-                .to_string()
+            return String::new();
         }
-    };
-    if msg.is_empty() {
-        format!("{e:?}")
-    } else {
-        format!("{e:?}: {msg}")
+        let msg = std::ffi::CStr::from_ptr(p)
+            .to_string_lossy()
+            .trim()
+            .to_string();
+        openvino_sys::ov_free(p);
+        msg
+    }
+}
+
+/// Runs one OpenVINO call that loads or configures a model, with the last-error message held
+/// for it alone: on failure the message read is this call's.
+fn ov_load<T>(f: impl FnOnce() -> Result<T, openvino::InferenceError>) -> Result<T, String> {
+    let _only_us = LAST_ERROR.write().unwrap_or_else(PoisonError::into_inner);
+    f().map_err(|e| ov_err(e, false))
+}
+
+/// Runs one inference-time OpenVINO call (requests run in parallel: the message is shared).
+fn ov_run<T>(f: impl FnOnce() -> Result<T, openvino::InferenceError>) -> Result<T, String> {
+    let _shared = LAST_ERROR.read().unwrap_or_else(PoisonError::into_inner);
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let r = f();
+    let others = IN_FLIGHT.load(Ordering::SeqCst) > 1;
+    let r = r.map_err(|e| ov_err(e, others));
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    r
+}
+
+/// The binding's error code with OpenVINO's message; `maybe_not_ours` when other requests were
+/// in flight and could have written the process-wide message.
+fn ov_err(e: openvino::InferenceError, maybe_not_ours: bool) -> String {
+    let msg = last_error_message();
+    match (msg.is_empty(), maybe_not_ours) {
+        (true, _) => format!("{e:?}"),
+        (false, false) => format!("{e:?}: {msg}"),
+        (false, true) => format!(
+            "{e:?}: {msg} (OpenVINO keeps one last-error message per process and other requests were running: it may be theirs)"
+        ),
     }
 }
 
@@ -134,8 +175,15 @@ impl Backend for OpenVino {
             .to_str()
             .ok_or_else(|| load_err("the model path is not valid UTF-8".into()))?;
         guard(KIND, "loading", || {
-            let mut core =
-                Core::new().map_err(|e| load_err(format!("cannot start OpenVINO: {e}")))?;
+            let mut core = {
+                let _only_us = LAST_ERROR.write().unwrap_or_else(PoisonError::into_inner);
+                Core::new().map_err(|e| {
+                    load_err(format!(
+                        "cannot start OpenVINO: {e} {}",
+                        last_error_message()
+                    ))
+                })?
+            };
             let cpu = DeviceType::CPU;
             let hint = match p.mode {
                 Mode::Latency => "LATENCY",
@@ -153,9 +201,8 @@ impl Backend for OpenVino {
                 (RwPropertyKey::NumStreams, streams.as_str()),
                 (RwPropertyKey::InferenceNumThreads, threads.as_str()),
             ] {
-                core.set_property(&cpu, &key, value).map_err(|e| {
-                    load_err(format!("setting {}={value}: {}", key.as_ref(), ov_err(e)))
-                })?;
+                ov_load(|| core.set_property(&cpu, &key, value))
+                    .map_err(|e| load_err(format!("setting {}={value}: {e}", key.as_ref())))?;
             }
             // What the CPU plugin's kernels may use here (oneDNN's dispatcher, after any
             // --cpu-isa cap): reported so a cap is visible, e.g. FP16 goes below AVX-512 FP16.
@@ -165,9 +212,8 @@ impl Backend for OpenVino {
                     &PropertyKey::Other("OPTIMIZATION_CAPABILITIES".into()),
                 )
                 .unwrap_or_else(|_| "?".into());
-            let mut model = core
-                .read_model_from_file(path_str, "")
-                .map_err(|e| load_err(ov_err(e)))?;
+            let mut model =
+                ov_load(|| core.read_model_from_file(path_str, "")).map_err(load_err)?;
             let shapes: Vec<(String, PartialShape)> = p
                 .inputs
                 .iter()
@@ -176,15 +222,12 @@ impl Backend for OpenVino {
                     PartialShape::new_static(dims.len() as i64, &dims).map(|s| (i.name.clone(), s))
                 })
                 .collect::<Result<_, _>>()
-                .map_err(|e| load_err(ov_err(e)))?;
+                .map_err(|e| load_err(ov_err(e, false)))?;
             let refs: Vec<(&str, &PartialShape)> =
                 shapes.iter().map(|(n, s)| (n.as_str(), s)).collect();
-            model
-                .reshape(&refs)
-                .map_err(|e| load_err(format!("fixing input shapes: {}", ov_err(e))))?;
-            let mut compiled = core
-                .compile_model(&model, cpu)
-                .map_err(|e| load_err(ov_err(e)))?;
+            ov_load(|| model.reshape(&refs))
+                .map_err(|e| load_err(format!("fixing input shapes: {e}")))?;
+            let mut compiled = ov_load(|| core.compile_model(&model, cpu)).map_err(load_err)?;
             let prop = |k: PropertyKey| {
                 compiled
                     .get_property(&k)
@@ -197,17 +240,15 @@ impl Backend for OpenVino {
             let optimal = prop(PropertyKey::OptimalNumberOfInferRequests);
             let mut requests = Vec::with_capacity(p.streams);
             for _ in 0..p.streams {
-                let mut req = compiled
-                    .create_infer_request()
-                    .map_err(|e| load_err(ov_err(e)))?;
+                let mut req = ov_load(|| compiled.create_infer_request()).map_err(load_err)?;
                 let mut bufs = Vec::new();
                 for i in &p.inputs {
                     let dims: Vec<i64> = i.shape.iter().map(|&d| d as i64).collect();
-                    let shape = Shape::new(&dims).map_err(|e| load_err(ov_err(e)))?;
-                    let t = openvino::Tensor::new(element_type(i.dtype), &shape)
-                        .map_err(|e| load_err(ov_err(e)))?;
-                    req.set_tensor(&i.name, &t)
-                        .map_err(|e| load_err(format!("input '{}': {}", i.name, ov_err(e))))?;
+                    let shape = ov_load(|| Shape::new(&dims)).map_err(load_err)?;
+                    let t = ov_load(|| openvino::Tensor::new(element_type(i.dtype), &shape))
+                        .map_err(load_err)?;
+                    ov_load(|| req.set_tensor(&i.name, &t))
+                        .map_err(|e| load_err(format!("input '{}': {e}", i.name)))?;
                     bufs.push(t);
                 }
                 requests.push(Request { req, inputs: bufs });
@@ -231,6 +272,13 @@ impl Backend for OpenVino {
             };
             info.notes
                 .push(format!("CPU OPTIMIZATION_CAPABILITIES={capabilities}"));
+            if p.precision == Precision::Bf16
+                && !capabilities.split_whitespace().any(|c| c == "BF16")
+            {
+                info.notes.push(
+                    "bf16 was asked for, but this CPU has no BF16 instructions (AVX-512 BF16 or AMX): OpenVINO computes in fp32".into(),
+                );
+            }
             if let Some(cap) = crate::cpu_isa_cap() {
                 info.notes.push(format!(
                     "kernels capped at {cap} ({}, medinfer --cpu-isa)",
@@ -268,41 +316,80 @@ impl BackendSession for OvRun {
         };
         guard(KIND, "running", || {
             self.requests.with(|r| {
+                // Inputs are written straight from the tensor's typed storage into the
+                // request's own buffers (one copy, no intermediate byte vector). The binding
+                // (0.11) offers no tensor over caller memory: `Tensor::from_ptr` is private, see
+                // openvino-rs #125, so one copy is the least it allows.
                 for (buf, t) in r.inputs.iter_mut().zip(inputs) {
-                    let dst = buf.get_raw_data_mut().map_err(|e| run_err(ov_err(e)))?;
-                    let src = t.to_le_bytes();
-                    if dst.len() != src.len() {
-                        return Err(run_err(format!(
-                            "input buffer holds {} bytes, tensor has {}",
-                            dst.len(),
-                            src.len()
-                        )));
-                    }
-                    dst.copy_from_slice(&src);
+                    write_input(t, buf).map_err(run_err)?;
                 }
-                r.req.infer().map_err(|e| run_err(ov_err(e)))?;
+                ov_run(|| r.req.infer()).map_err(run_err)?;
                 self.outputs
                     .iter()
                     .map(|name| {
-                        let t = r
-                            .req
-                            .get_tensor(name)
-                            .map_err(|e| run_err(format!("output '{name}': {}", ov_err(e))))?;
-                        let et = t.get_element_type().map_err(|e| run_err(ov_err(e)))?;
+                        let t = ov_run(|| r.req.get_tensor(name))
+                            .map_err(|e| run_err(format!("output '{name}': {e}")))?;
+                        let et = ov_run(|| t.get_element_type()).map_err(run_err)?;
                         let dt = dtype(et).ok_or_else(|| {
                             run_err(format!("output '{name}' has unsupported type {et:?}"))
                         })?;
-                        let shape = t.get_shape().map_err(|e| run_err(ov_err(e)))?;
+                        let shape = ov_run(|| t.get_shape()).map_err(run_err)?;
                         let dims: Vec<usize> = shape
                             .get_dimensions()
                             .iter()
                             .map(|&d| d.max(0) as usize)
                             .collect();
-                        let raw = t.get_raw_data().map_err(|e| run_err(ov_err(e)))?;
-                        Tensor::from_le_bytes(dt, dims, raw).map_err(|e| run_err(e.to_string()))
+                        read_typed(&t, dt, dims).map_err(run_err)
                     })
                     .collect()
             })
         })
     }
+}
+
+/// Copies a tensor's elements into the request's input buffer of the same type and size.
+fn write_input(t: &Tensor, dst: &mut openvino::Tensor) -> Result<(), String> {
+    fn put<T: Copy>(src: &[T], dst: &mut openvino::Tensor) -> Result<(), String> {
+        let d = ov_run(|| dst.get_data_mut::<T>())?;
+        if d.len() != src.len() {
+            return Err(format!(
+                "input buffer holds {} elements, tensor has {}",
+                d.len(),
+                src.len()
+            ));
+        }
+        d.copy_from_slice(src);
+        Ok(())
+    }
+    match t.data() {
+        TensorData::F32(v) => put(v, dst),
+        TensorData::F64(v) => put(v, dst),
+        TensorData::I64(v) => put(v, dst),
+        TensorData::I32(v) => put(v, dst),
+        TensorData::I8(v) => put(v, dst),
+        TensorData::U8(v) => put(v, dst),
+        TensorData::Bool(v) => {
+            let bytes: Vec<u8> = v.iter().map(|&b| b as u8).collect();
+            put(&bytes, dst)
+        }
+    }
+}
+
+/// An engine output read as typed elements (one copy, straight into the result's storage).
+fn read_typed(t: &openvino::Tensor, dt: DType, dims: Vec<usize>) -> Result<Tensor, String> {
+    let data = match dt {
+        DType::F32 => TensorData::F32(ov_run(|| t.get_data::<f32>())?.to_vec()),
+        DType::F64 => TensorData::F64(ov_run(|| t.get_data::<f64>())?.to_vec()),
+        DType::I64 => TensorData::I64(ov_run(|| t.get_data::<i64>())?.to_vec()),
+        DType::I32 => TensorData::I32(ov_run(|| t.get_data::<i32>())?.to_vec()),
+        DType::I8 => TensorData::I8(ov_run(|| t.get_data::<i8>())?.to_vec()),
+        DType::U8 => TensorData::U8(ov_run(|| t.get_data::<u8>())?.to_vec()),
+        DType::Bool => TensorData::Bool(
+            ov_run(|| t.get_data::<u8>())?
+                .iter()
+                .map(|&b| b != 0)
+                .collect(),
+        ),
+    };
+    Tensor::new(dims, data).map_err(|e| e.to_string())
 }

@@ -118,58 +118,23 @@ fn to_tract(t: &Tensor) -> TractResult<TValue> {
     Ok(tensor.into_tvalue())
 }
 
+/// An engine output as a medinfer tensor: one contiguous copy of tract's storage (tract keeps
+/// its own aligned buffers, so one copy each way is the least its API allows).
 fn from_tract(t: &tract_onnx::prelude::Tensor) -> Result<Tensor, String> {
+    fn copy<T: Datum + Copy>(t: &tract_onnx::prelude::Tensor) -> Result<Vec<T>, String> {
+        t.try_as_plain_ram()
+            .and_then(|v| v.as_slice::<T>().map(|s| s.to_vec()))
+            .map_err(|e| e.to_string())
+    }
     let shape = t.shape().to_vec();
     let data = match t.datum_type() {
-        dt if dt == f32::datum_type() => TensorData::F32(
-            t.to_plain_array_view::<f32>()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .cloned()
-                .collect(),
-        ),
-        dt if dt == f64::datum_type() => TensorData::F64(
-            t.to_plain_array_view::<f64>()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .cloned()
-                .collect(),
-        ),
-        dt if dt == i64::datum_type() => TensorData::I64(
-            t.to_plain_array_view::<i64>()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .cloned()
-                .collect(),
-        ),
-        dt if dt == i32::datum_type() => TensorData::I32(
-            t.to_plain_array_view::<i32>()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .cloned()
-                .collect(),
-        ),
-        dt if dt == i8::datum_type() => TensorData::I8(
-            t.to_plain_array_view::<i8>()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .cloned()
-                .collect(),
-        ),
-        dt if dt == u8::datum_type() => TensorData::U8(
-            t.to_plain_array_view::<u8>()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .cloned()
-                .collect(),
-        ),
-        dt if dt == bool::datum_type() => TensorData::Bool(
-            t.to_plain_array_view::<bool>()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .cloned()
-                .collect(),
-        ),
+        dt if dt == f32::datum_type() => TensorData::F32(copy(t)?),
+        dt if dt == f64::datum_type() => TensorData::F64(copy(t)?),
+        dt if dt == i64::datum_type() => TensorData::I64(copy(t)?),
+        dt if dt == i32::datum_type() => TensorData::I32(copy(t)?),
+        dt if dt == i8::datum_type() => TensorData::I8(copy(t)?),
+        dt if dt == u8::datum_type() => TensorData::U8(copy(t)?),
+        dt if dt == bool::datum_type() => TensorData::Bool(copy(t)?),
         other => return Err(format!("output of type {other:?} is not supported")),
     };
     Tensor::new(shape, data).map_err(|e| e.to_string())
