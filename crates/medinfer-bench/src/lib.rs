@@ -16,7 +16,7 @@ pub use rss::{peak_rss_mb, reset_peak_rss};
 
 use medinfer_core::Tensor;
 use medinfer_engine::{load_on, BackendKind, EngineError, Mode, Precision, SessionOptions};
-use medinfer_onnx::SeededRng;
+use medinfer_core::SeededRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,6 @@
 //! The `medinfer` binary as a user runs it: real processes, real files, exit codes, stderr.
 use medinfer_core::Tensor;
-use medinfer_onnx::SeededRng;
+use medinfer_core::SeededRng;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -12,11 +12,13 @@
 #![warn(missing_docs)]
 
 mod image;
+mod rng;
 pub mod preprocess;
 mod tensor;
 
 pub use image::{min_max, Image2d, Photometric, Tags, VoiLut, Volume, Window};
 
+pub use rng::SeededRng;
 pub use tensor::{DType, Tensor, TensorData};
 
 /// Errors raised by the core data model.

@@ -28,13 +28,13 @@
 #![warn(missing_docs)]
 
 mod backends;
-pub mod isa;
 mod options;
 mod pool;
-pub mod quantize;
+pub mod calibrate;
 pub mod runtimes;
 
 pub use backends::{availability_all, backend, Availability};
+pub use backends::openvino::isa;
 pub use isa::{cpu_isa_cap, set_cpu_isa, CpuIsa};
 pub use options::{BackendKind, Mode, Precision, SessionOptions};
 

@@ -9,7 +9,8 @@ use medinfer_core::Tensor;
 use medinfer_engine::{
     backend, load_on, BackendKind, EngineError, Mode, Precision, Session, SessionOptions,
 };
-use medinfer_onnx::{save_model, zoo, SeededRng};
+use medinfer_core::SeededRng;
+use medinfer_onnx::{save_model, zoo};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

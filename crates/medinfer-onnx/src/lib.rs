@@ -18,8 +18,7 @@ mod info;
 mod model;
 pub mod optimize;
 pub mod proto;
-pub mod quant;
-mod rng;
+pub mod qdq;
 pub mod shapes;
 pub mod zoo;
 
@@ -29,4 +28,3 @@ pub use model::{
     resolve_external_data, save_model, save_model_external, tensor_dims, tensor_to_f32, OnnxError,
 };
 pub use optimize::{optimize, OptimizeReport};
-pub use rng::SeededRng;

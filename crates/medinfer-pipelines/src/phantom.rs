@@ -20,7 +20,7 @@
 //! volume at ED x 1.05 g/ml.
 
 use medinfer_core::{Tags, Volume};
-use medinfer_onnx::SeededRng;
+use medinfer_core::SeededRng;
 use serde::Serialize;
 
 /// Labels in the truth masks and in the segmentation output.

@@ -72,7 +72,7 @@ pub struct Samples {
 /// A seeded shuffle of `0..len` cut to `n` (the same shuffle as the NPY route of quantize).
 pub fn shuffled_indices(len: usize, n: usize, seed: u64) -> Vec<usize> {
     let mut v: Vec<usize> = (0..len).collect();
-    let mut rng = medinfer_onnx::SeededRng::new(seed);
+    let mut rng = medinfer_core::SeededRng::new(seed);
     for i in (1..v.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         v.swap(i, j);

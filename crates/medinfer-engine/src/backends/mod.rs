@@ -7,10 +7,10 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 #[cfg(feature = "openvino")]
-mod openvino;
+pub(crate) mod openvino;
 #[cfg(not(feature = "openvino"))]
-#[path = "openvino_off.rs"]
-mod openvino;
+#[path = "openvino/off.rs"]
+pub(crate) mod openvino;
 #[cfg(feature = "ort")]
 mod ort;
 #[cfg(not(feature = "ort"))]
@@ -49,11 +49,6 @@ impl Availability {
             fix: Some(fix.to_string()),
         }
     }
-}
-
-/// Whether OpenVINO's library is loaded in this process (its oneDNN has read its ISA cap).
-pub(crate) fn openvino_loaded() -> bool {
-    openvino::loaded()
 }
 
 pub(crate) type Loaded = (Box<dyn BackendSession>, SessionInfo, Vec<TensorSpec>);

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
+pub mod isa;
+
 const KIND: BackendKind = BackendKind::OpenVino;
 
 pub(crate) struct OpenVino;
@@ -279,10 +281,10 @@ impl Backend for OpenVino {
                     "bf16 was asked for, but this CPU has no BF16 instructions (AVX-512 BF16 or AMX): OpenVINO computes in fp32".into(),
                 );
             }
-            if let Some(cap) = crate::cpu_isa_cap() {
+            if let Some(cap) = isa::cpu_isa_cap() {
                 info.notes.push(format!(
                     "kernels capped at {cap} ({}, medinfer --cpu-isa)",
-                    crate::isa::ONEDNN_ISA_ENV
+                    isa::ONEDNN_ISA_ENV
                 ));
             }
             let outputs = p.outputs.iter().map(|o| o.name.clone()).collect();
