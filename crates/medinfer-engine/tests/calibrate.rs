@@ -161,11 +161,13 @@ fn quantized_model_runs_int8_on_native_engines_close_to_fp32() {
 fn openvino_target_writes_signed_symmetric_activations_and_stays_accurate() {
     let config = QuantConfig {
         target: quant::Target::OpenVino,
+        signed_activations: Some(true),
         ..QuantConfig::default()
     };
     let (m, plan, calib) = calibrated_zoo_model("unet-convt", 16, &config, fastest_backend());
     let (qm, rep) = quant::quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
     assert_eq!(rep.target, quant::Target::OpenVino);
+    assert!(rep.signed_activations);
     let g = qm.graph.as_ref().unwrap();
     let zp_type = |name: &str| {
         g.initializer
@@ -189,20 +191,34 @@ fn openvino_target_writes_signed_symmetric_activations_and_stays_accurate() {
     // The 4 transposed convolutions' outputs take negative values; the ReLU outputs do not.
     assert!(signed >= 4, "{signed} signed of {}", q_nodes.len());
     assert!(unsigned >= 10, "{unsigned} unsigned of {}", q_nodes.len());
+    // By default the signed layout is written only where the CPU has VNNI: OpenVINO without
+    // VNNI computes INT8-input convolutions inaccurately (cosine 0.86 on an AVX2 Zen 3).
+    let default = QuantConfig {
+        target: quant::Target::OpenVino,
+        ..QuantConfig::default()
+    };
+    let (qm_default, rep_default) =
+        quant::quantize(&m, &plan, &calib, &default, &HashSet::new()).unwrap();
+    assert_eq!(rep_default.signed_activations, quant::cpu_has_vnni());
     let x = samples("unet-convt", 4, 99);
     let dir = tempfile::tempdir().unwrap();
-    let qpath = dir.path().join("int8-ov.onnx");
-    save_model(&qm, &qpath).unwrap();
-    for k in native_backends() {
-        let s = load_on(k, &qpath, &SessionOptions::default()).unwrap();
-        assert!(s.info().effective_precision.contains("int8"), "{k}");
-        let reference = run(&m, k, &x);
-        let out = run(&qm, k, &x);
-        let cos = q::score(Metric::Cosine, &reference, &out).unwrap();
-        let dice = q::score(Metric::Dice, &reference, &out).unwrap();
-        eprintln!("{k} (target openvino): cosine {cos:.5}, dice {dice:.4}");
-        assert!(cos > 0.99, "{k}: cosine {cos}");
-        assert!(dice > 0.8, "{k}: dice {dice}");
+    for (name, model, signed) in [("signed", &qm, true), ("default", &qm_default, false)] {
+        let qpath = dir.path().join(format!("int8-ov-{name}.onnx"));
+        save_model(model, &qpath).unwrap();
+        for k in native_backends() {
+            if signed && k == BackendKind::OpenVino && !quant::cpu_has_vnni() {
+                continue;
+            }
+            let s = load_on(k, &qpath, &SessionOptions::default()).unwrap();
+            assert!(s.info().effective_precision.contains("int8"), "{k}");
+            let reference = run(&m, k, &x);
+            let out = run(model, k, &x);
+            let cos = q::score(Metric::Cosine, &reference, &out).unwrap();
+            let dice = q::score(Metric::Dice, &reference, &out).unwrap();
+            eprintln!("{k} (target openvino, {name}): cosine {cos:.5}, dice {dice:.4}");
+            assert!(cos > 0.99, "{k} {name}: cosine {cos}");
+            assert!(dice > 0.8, "{k} {name}: dice {dice}");
+        }
     }
 }
 
@@ -729,7 +745,8 @@ fn accuracy_control_ranks_by_measured_effect_and_reverts_fewer_layers() {
     let m = misleading_model();
     let config = QuantConfig::default();
     let plan = quant::plan(&m, &config).unwrap();
-    assert_eq!(plan.layers.len(), 3, "{:?}", plan.layers);
+    // Three Convs and the two residual Adds.
+    assert_eq!(plan.layers.len(), 5, "{:?}", plan.layers);
     let mut rng = medinfer_core::SeededRng::new(3);
     let mut gen = |n: usize| -> Vec<Tensor> {
         (0..n)
@@ -752,14 +769,16 @@ fn accuracy_control_ranks_by_measured_effect_and_reverts_fewer_layers() {
     .unwrap();
     // The budget: half of the all-INT8 drop.
     let (all8, rep) = quant::quantize(&m, &plan, &calib, &config, &HashSet::new()).unwrap();
-    let sens = |n: &str| rep.layers.iter().find(|l| l.name == n).unwrap().sensitivity;
+    let mut by_sensitivity: Vec<(&str, f32)> = rep
+        .layers
+        .iter()
+        .map(|l| (l.name.as_str(), l.sensitivity))
+        .collect();
+    by_sensitivity.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let sens = |n: &str| by_sensitivity.iter().find(|l| l.0 == n).unwrap().1;
     assert!(
         sens("harmless_a") > sens("main") && sens("harmless_c") > sens("main"),
-        "the heuristic must rank the harmless layers first for this test to mean anything: {:?}",
-        rep.layers
-            .iter()
-            .map(|l| (&l.name, l.sensitivity))
-            .collect::<Vec<_>>()
+        "the heuristic must rank the harmless layers above `main` for this test to mean anything: {by_sensitivity:?}"
     );
     let reference = q::evaluate(&m, &val_x, BackendKind::Tract, &mut |_| {}).unwrap();
     let out = q::evaluate(&all8, &val_x, BackendKind::Tract, &mut |_| {}).unwrap();

@@ -103,6 +103,25 @@ pub struct QuantConfig {
     pub bias_correction: bool,
     /// The engines the QDQ model is laid out for (see [`Target`]).
     pub target: Target,
+    /// Whether [`Target::OpenVino`] writes negative-valued activations as symmetric INT8:
+    /// `None` (the default) when the CPU running the quantizer has VNNI ([`cpu_has_vnni`]),
+    /// else UINT8 with a zero point as the portable layout does. Measured on a 2-core AVX2
+    /// Zen 3 (no VNNI): OpenVINO ran the ConvTranspose U-Net's INT8-input decoder Convs with
+    /// large errors (cosine 0.86 against FP32, 0.996 with UINT8 inputs; 7-bit weights, NNCF's
+    /// overflow fix, did not help), while the same model was accurate on AVX-512 VNNI CPUs.
+    pub signed_activations: Option<bool>,
+}
+
+/// Whether this CPU has VNNI INT8 dot products (AVX-512 VNNI or AVX-VNNI).
+pub fn cpu_has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
 }
 
 /// The engines a quantized model is laid out for. Both layouts are standard QDQ ONNX that every
@@ -142,6 +161,7 @@ impl Default for QuantConfig {
             exclude: vec![],
             bias_correction: true,
             target: Target::Portable,
+            signed_activations: None,
         }
     }
 }
@@ -285,6 +305,9 @@ pub struct QuantReport {
     pub method: CalibMethod,
     /// The engines the model is laid out for.
     pub target: Target,
+    /// Whether negative-valued activations were written as symmetric INT8 (the `openvino`
+    /// layout on a CPU with VNNI) rather than UINT8 with a zero point.
+    pub signed_activations: bool,
     /// Calibration samples.
     pub samples: usize,
     /// Per layer, in graph order.

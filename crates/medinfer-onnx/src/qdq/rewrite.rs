@@ -196,6 +196,8 @@ pub fn quantize(
     keep_float: &HashSet<String>,
 ) -> Result<(ModelProto, QuantReport), OnnxError> {
     let ix = Index::new(model)?;
+    let signed_activations =
+        config.target == Target::OpenVino && config.signed_activations.unwrap_or_else(cpu_has_vnni);
     let layers: Vec<Layer> = plan
         .layers
         .iter()
@@ -279,10 +281,7 @@ pub fn quantize(
     for (i, t) in names.iter().enumerate() {
         let r = find(&mut parent, i);
         let (lo, hi) = group_range[&r];
-        params.insert(
-            (*t).clone(),
-            act_params(lo, hi, config.target == Target::OpenVino),
-        );
+        params.insert((*t).clone(), act_params(lo, hi, signed_activations));
     }
 
     let g = model.graph.as_ref().ok_or_else(|| OnnxError::Invalid {
@@ -567,6 +566,7 @@ pub fn quantize(
     let report = QuantReport {
         method: config.method,
         target: config.target,
+        signed_activations,
         samples: calib.samples,
         layers: reports,
         activations_quantized: act.len(),
