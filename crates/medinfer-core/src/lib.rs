@@ -10,10 +10,11 @@
 //! assert_eq!(t.len(), 6);
 //! ```
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 mod image;
-mod rng;
 pub mod preprocess;
+mod rng;
 mod tensor;
 
 pub use image::{min_max, Image2d, Photometric, Tags, VoiLut, Volume, Window};

@@ -4,29 +4,13 @@
 
 use medinfer_core::Tensor;
 use medinfer_engine::calibrate::{self as q, AccuracyControl, Metric, Ranking};
-use medinfer_engine::{backend, load_on, BackendKind, SessionOptions};
+use medinfer_engine::{load_on, BackendKind, SessionOptions};
 use medinfer_onnx::qdq::{self as quant, CalibMethod, QuantConfig};
 use medinfer_onnx::{optimize, save_model, zoo};
 use std::collections::HashSet;
 
 fn native_backends() -> Vec<BackendKind> {
-    let required: Vec<BackendKind> = std::env::var("MEDINFER_REQUIRE_BACKENDS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| BackendKind::parse(s.trim()))
-        .collect();
-    let mut out = Vec::new();
-    for k in [BackendKind::Ort, BackendKind::OpenVino] {
-        let a = backend(k).availability();
-        if a.available {
-            out.push(k);
-        } else if required.contains(&k) {
-            panic!("{k} is required but unavailable: {:?}", a.reason);
-        } else {
-            eprintln!("note: skipping {k}: {}", a.reason.unwrap_or_default());
-        }
-    }
-    out
+    medinfer_engine::native_backends_for_tests().unwrap()
 }
 
 fn samples(name: &str, n: usize, seed: u64) -> Vec<Tensor> {
@@ -684,8 +668,8 @@ fn external_data_round_trips_and_hostile_locations_are_refused() {
 /// first), scaled by 1e-3 before the sum, and one well-conditioned layer that carries the
 /// whole output (small weight error, but its INT8 rounding is what the output sees).
 fn misleading_model() -> medinfer_onnx::proto::ModelProto {
-    use medinfer_onnx::builder::{f32_tensor, f32_value_info, DimSpec, GraphBuilder};
     use medinfer_core::SeededRng;
+    use medinfer_onnx::builder::{f32_tensor, f32_value_info, DimSpec, GraphBuilder};
     let (cin, cout) = (32, 8);
     let mut rng = SeededRng::new(11);
     let mut b = GraphBuilder::new(0);

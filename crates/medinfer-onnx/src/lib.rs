@@ -12,6 +12,7 @@
 //! assert_eq!(info.trainable_parameters, 11_173_318);
 //! ```
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod builder;
 mod info;

@@ -81,7 +81,8 @@ pub fn zoo_int8(name: &str, note: &dyn Fn(&str)) -> Result<PathBuf, PipelineErro
         "quantizing {name} for the int8 rows (once; cached as {})",
         file.display()
     ));
-    let onnx = |e: medinfer_onnx::OnnxError| PipelineError::from(medinfer_engine::EngineError::from(e));
+    let onnx =
+        |e: medinfer_onnx::OnnxError| PipelineError::from(medinfer_engine::EngineError::from(e));
     let e = zoo::entry(name).map_err(onnx)?;
     let mut model = medinfer_onnx::load_model(&fp32).map_err(onnx)?;
     medinfer_onnx::optimize(&mut model).map_err(onnx)?;
@@ -168,5 +169,63 @@ impl ModelId {
             sha256: hex::encode(sha2::Sha256::digest(&bytes)),
             weights,
         })
+    }
+}
+
+/// Which of a pipeline's own models to run (ignored for a user's model file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// INT8 where the backend runs INT8 (ONNX Runtime, OpenVINO), else FP32.
+    Auto,
+    /// The FP32 model.
+    Fp32,
+    /// The INT8 (QDQ) model.
+    Int8,
+}
+
+/// The model a pipeline run uses.
+#[derive(Clone, Debug)]
+pub struct ChosenModel {
+    /// The file.
+    pub path: PathBuf,
+    /// For a zoo model with seeded (untrained) weights: its name, so results can say so.
+    pub untrained_zoo: Option<&'static str>,
+}
+
+/// The model for `pipeline` on `backend`: the user's file when given, else the pipeline's own
+/// (the shipped trained cardiac model; the zoo model, untrained, for cxr and ct), FP32 or INT8
+/// by `precision`. `note` hears about one-time work (quantizing a zoo model).
+pub fn choose(
+    pipeline: crate::Pipeline,
+    backend: BackendKind,
+    precision: Precision,
+    user: Option<&Path>,
+    note: &dyn Fn(&str),
+) -> Result<ChosenModel, PipelineError> {
+    if let Some(p) = user {
+        return Ok(ChosenModel {
+            path: p.to_path_buf(),
+            untrained_zoo: None,
+        });
+    }
+    let int8 = match precision {
+        Precision::Int8 => true,
+        Precision::Fp32 => false,
+        Precision::Auto => backend != BackendKind::Tract,
+    };
+    match pipeline.default_zoo_model() {
+        None => Ok(ChosenModel {
+            path: shipped_cardiac(int8)?,
+            untrained_zoo: None,
+        }),
+        Some(zoo_name) => Ok(ChosenModel {
+            path: if int8 {
+                zoo_int8(zoo_name, note)?
+            } else {
+                resolve(zoo_name)?
+            },
+            untrained_zoo: Some(zoo_name),
+        }),
     }
 }

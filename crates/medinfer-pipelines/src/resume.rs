@@ -158,7 +158,10 @@ impl Shard {
                 .into_iter()
                 .find_map(|v| std::env::var(v).ok().map(|x| (v, x)));
             let (v, x) = var.ok_or_else(|| {
-                bad("K is 'env' but neither JOB_COMPLETION_INDEX nor SLURM_ARRAY_TASK_ID is set".into())
+                bad(
+                    "K is 'env' but neither JOB_COMPLETION_INDEX nor SLURM_ARRAY_TASK_ID is set"
+                        .into(),
+                )
             })?;
             x.trim()
                 .parse()
@@ -241,8 +244,14 @@ mod tests {
         );
         let j = d.path().join("r.jsonl");
         std::fs::write(&j, "{\"key\":\"s1\"}\n{\"key\":\"s2\"}\n{\"key\":\"s").unwrap();
-        assert_eq!(jsonl_done(&j, "key").unwrap(), ["s1", "s2"].map(String::from).into());
+        assert_eq!(
+            jsonl_done(&j, "key").unwrap(),
+            ["s1", "s2"].map(String::from).into()
+        );
         std::fs::write(&j, "not json\n").unwrap();
-        assert!(jsonl_done(&j, "key").unwrap_err().to_string().contains("not JSON"));
+        assert!(jsonl_done(&j, "key")
+            .unwrap_err()
+            .to_string()
+            .contains("not JSON"));
     }
 }

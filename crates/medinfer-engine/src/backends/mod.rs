@@ -37,7 +37,34 @@ pub struct Availability {
     pub fix: Option<String>,
 }
 
+/// The error a backend whose library did not load answers with.
+pub(crate) fn unavailable(backend: BackendKind, reason: &str, fix: &str) -> EngineError {
+    EngineError::Unavailable {
+        backend,
+        reason: reason.to_string(),
+        fix: Some(fix.to_string()),
+    }
+}
+
 impl Availability {
+    /// A backend whose library is loaded.
+    pub(crate) fn found(
+        backend: BackendKind,
+        version: &str,
+        library: &std::path::Path,
+        source: &str,
+    ) -> Availability {
+        Availability {
+            backend,
+            available: true,
+            version: Some(version.to_string()),
+            library: Some(library.to_path_buf()),
+            source: Some(source.to_string()),
+            reason: None,
+            fix: None,
+        }
+    }
+
     pub(crate) fn missing(backend: BackendKind, reason: String, fix: &str) -> Availability {
         Availability {
             backend,

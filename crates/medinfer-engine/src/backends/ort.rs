@@ -28,7 +28,7 @@ static RUNTIME: OnceLock<Result<Runtime, (String, &'static str)>> = OnceLock::ne
 
 fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
     RUNTIME.get_or_init(|| {
-        let found = locate_ort().map_err(|r| (r, INSTALL_HINT))?;
+        let found = locate_ort().map_err(|r| (r.to_string(), INSTALL_HINT))?;
         let path = found.path.clone();
         let fix = "medinfer runtimes install --force";
         let env = guard(KIND, "loading the library", || {
@@ -59,15 +59,7 @@ fn s<E: std::fmt::Display>(e: E) -> String {
 impl Backend for Ort {
     fn availability(&self) -> Availability {
         match runtime() {
-            Ok(rt) => Availability {
-                backend: KIND,
-                available: true,
-                version: Some(rt.version.clone()),
-                library: Some(rt.path.clone()),
-                source: Some(rt.source.clone()),
-                reason: None,
-                fix: None,
-            },
+            Ok(rt) => Availability::found(KIND, &rt.version, &rt.path, &rt.source),
             Err((reason, fix)) => Availability::missing(KIND, reason.clone(), fix),
         }
     }
@@ -81,11 +73,7 @@ impl Backend for Ort {
         }
         let rt = runtime()
             .as_ref()
-            .map_err(|(reason, fix)| EngineError::Unavailable {
-                backend: KIND,
-                reason: reason.clone(),
-                fix: Some(fix.to_string()),
-            })?;
+            .map_err(|(reason, fix)| super::unavailable(KIND, reason, fix))?;
         let load_err = |m: String| EngineError::Load {
             backend: KIND,
             path: p.path.clone(),

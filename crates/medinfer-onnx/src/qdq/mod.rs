@@ -58,7 +58,6 @@ use crate::proto::NodeProto;
 use serde::Serialize;
 use std::collections::HashSet;
 
-
 /// How activation ranges are chosen from the calibration statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -266,7 +265,6 @@ const PASS_THROUGH: &[&str] = &[
     "GlobalMaxPool",
 ];
 
-
 /// Per-layer outcome in a [`QuantReport`].
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerReport {
@@ -331,7 +329,6 @@ pub struct QParams {
     /// INT8 rather than UINT8.
     pub signed: bool,
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -534,4 +531,3 @@ mod tests {
         assert_eq!(reader.op_type.as_deref(), Some("QuantizeLinear"));
     }
 }
-

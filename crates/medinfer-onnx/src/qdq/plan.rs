@@ -1,8 +1,9 @@
 //! Which layers and tensors to quantize, and the calibration graph that exposes them.
 
 use super::*;
-use crate::model::attr_i;
-use crate::proto::ModelProto;
+use crate::model::{attr_f, attr_i};
+use crate::optimize::Const;
+use crate::proto::{data_type, ModelProto, TensorProto};
 use crate::OnnxError;
 use std::collections::{BTreeMap, HashMap};
 
@@ -42,16 +43,16 @@ impl Matcher {
     }
 }
 
-struct Index<'a> {
-    nodes: &'a [NodeProto],
-    inits: HashMap<&'a str, &'a TensorProto>,
-    producer: HashMap<&'a str, usize>,
-    consumers: HashMap<&'a str, Vec<usize>>,
-    outputs: HashSet<&'a str>,
+pub(super) struct Index<'a> {
+    pub(super) nodes: &'a [NodeProto],
+    pub(super) inits: HashMap<&'a str, &'a TensorProto>,
+    pub(super) producer: HashMap<&'a str, usize>,
+    pub(super) consumers: HashMap<&'a str, Vec<usize>>,
+    pub(super) outputs: HashSet<&'a str>,
 }
 
 impl<'a> Index<'a> {
-    fn new(model: &'a ModelProto) -> Result<Index<'a>, OnnxError> {
+    pub(super) fn new(model: &'a ModelProto) -> Result<Index<'a>, OnnxError> {
         let g = model.graph.as_ref().ok_or_else(|| OnnxError::Invalid {
             path: "<model>".into(),
             reason: "no graph".into(),
@@ -80,10 +81,10 @@ impl<'a> Index<'a> {
             outputs: g.output.iter().filter_map(|o| o.name.as_deref()).collect(),
         })
     }
-    fn is_const(&self, name: &str) -> bool {
+    pub(super) fn is_const(&self, name: &str) -> bool {
         self.inits.contains_key(name)
     }
-    fn float_weight(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+    pub(super) fn float_weight(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
         let t = self.inits.get(name)?;
         if t.data_type != Some(data_type::FLOAT) {
             return None;
@@ -93,7 +94,7 @@ impl<'a> Index<'a> {
             Const::I64(..) => None,
         }
     }
-    fn single_consumer(&self, t: &str) -> Option<usize> {
+    pub(super) fn single_consumer(&self, t: &str) -> Option<usize> {
         match self.consumers.get(t).map(|v| v.as_slice()) {
             Some([c]) => Some(*c),
             _ => None,
@@ -263,7 +264,7 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
 /// dequantized value. `float_nodes` are layers kept in floating point by accuracy control: they
 /// read their inputs unquantized (a full revert), even where the producer is quantized and its
 /// other readers take the INT8 value.
-fn activation_tensors(
+pub(super) fn activation_tensors(
     ix: &Index,
     layers: &[Layer],
     target: Target,
@@ -340,7 +341,6 @@ fn activation_tensors(
     act
 }
 
-
 /// The FP32 model with every planned tensor added as a graph output (after the original
 /// outputs), for calibration.
 pub fn calibration_model(model: &ModelProto, plan: &Plan) -> ModelProto {
@@ -367,4 +367,3 @@ pub fn calibration_model(model: &ModelProto, plan: &Plan) -> ModelProto {
     }
     m
 }
-

@@ -2,8 +2,7 @@
 
 use super::plan::{activation_tensors, Index};
 use super::*;
-use crate::model::{attr_f, attr_i};
-use crate::optimize::Const;
+use crate::model::attr_i;
 use crate::proto::{data_type, ModelProto, TensorProto};
 use crate::OnnxError;
 use std::collections::HashMap;
@@ -11,7 +10,7 @@ use std::collections::HashMap;
 /// Activation parameters for the range `[lo, hi]` (widened to include 0): UINT8 with zero point
 /// 0 for non-negative tensors (post-ReLU); for tensors with negative values, UINT8 with a zero
 /// point (asymmetric) or, when `signed_symmetric` ([`Target::OpenVino`]), INT8 symmetric.
-fn act_params(lo: f32, hi: f32, signed_symmetric: bool) -> QParams {
+pub(super) fn act_params(lo: f32, hi: f32, signed_symmetric: bool) -> QParams {
     let lo = lo.min(0.0);
     let hi = hi.max(0.0);
     if signed_symmetric && lo < 0.0 {
@@ -160,7 +159,7 @@ fn const_dequantize(
 }
 
 /// Per-output-channel symmetric INT8 weights: (values, scales).
-fn quantize_weight(dims: &[usize], w: &[f32], axis: usize) -> (Vec<i8>, Vec<f32>) {
+pub(super) fn quantize_weight(dims: &[usize], w: &[f32], axis: usize) -> (Vec<i8>, Vec<f32>) {
     let c = dims[axis];
     let inner: usize = dims[axis + 1..].iter().product();
     let mut absmax = vec![0f32; c];
@@ -579,7 +578,7 @@ pub fn quantize(
 /// The mean change of each output channel of `node` caused by replacing weights `w` by `deq`,
 /// given the input's per-channel means (padding borders ignored). `None` when the means are
 /// missing.
-fn weight_mean_shift(
+pub(super) fn weight_mean_shift(
     node: &NodeProto,
     wd: &[usize],
     w: &[f32],
@@ -669,4 +668,3 @@ fn weight_mean_shift(
         _ => None,
     }
 }
-

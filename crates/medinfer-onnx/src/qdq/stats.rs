@@ -149,7 +149,7 @@ impl TensorStats {
 
 /// TensorRT's entropy calibration: the number of histogram bins to keep so that the clipped
 /// distribution quantized to `levels` buckets stays closest (KL divergence) to the original.
-fn kl_threshold(hist: &[u64], levels: usize) -> usize {
+pub(super) fn kl_threshold(hist: &[u64], levels: usize) -> usize {
     let n = hist.len();
     let last_nonzero = hist
         .iter()
@@ -250,4 +250,3 @@ impl Calibration {
         self.samples += 1;
     }
 }
-

@@ -1,7 +1,7 @@
 //! Segmentation on the engine and the clinical numbers: back-projection onto the input grid,
 //! largest components, volumes by summation of discs, ED / ES, EF, mass.
 
-use super::preprocess::{exam_patches, PatchGeometry};
+use super::preprocess::{check_input, exam_patches, PatchGeometry};
 use super::{ms, CardiacReport, CardiacResult, Chamber, Curves, ModelId, Timings, CROP};
 use crate::phantom::{ed_es, MYOCARDIAL_DENSITY};
 use crate::PipelineError;
@@ -31,7 +31,6 @@ pub fn check_model(session: &Session, model: &str) -> Result<usize, PipelineErro
     }
     Ok(ins[0].shape[0].max(1))
 }
-
 
 /// Segments and quantifies one cine stack.
 pub fn analyse(
@@ -201,7 +200,6 @@ pub fn analyse(
     })
 }
 
-
 /// Arg-max of the bilinearly interpolated class scores at every input pixel of the footprint.
 fn back_project(l: &[f32], g: &PatchGeometry, out: &mut [u8], nx: usize, fp: [usize; 4]) {
     let half = CROP as f64 / 2.0;
@@ -290,4 +288,3 @@ pub fn keep_largest_component(frame: &mut [u8], dims: [usize; 3], class: u8) {
         }
     }
 }
-

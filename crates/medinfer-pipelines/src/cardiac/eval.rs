@@ -53,7 +53,6 @@ pub fn training_set(
     (xs, ys, n)
 }
 
-
 /// Dice of `class` between two label volumes (1 when neither has it).
 pub fn dice(a: &[u8], b: &[u8], class: u8) -> f64 {
     let (mut inter, mut na, mut nb) = (0usize, 0usize, 0usize);
@@ -151,4 +150,3 @@ pub fn evaluate(
         exams,
     })
 }
-

@@ -39,7 +39,7 @@ pub use preprocess::{
 use crate::PipelineError;
 use medinfer_engine::Session;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Pixel spacing of the model's input, mm.
@@ -142,7 +142,6 @@ pub struct Curves {
     pub myo_ml: Vec<f64>,
 }
 
-
 /// The segmentation and the numbers of one exam.
 pub struct CardiacResult {
     /// The report (timings of read / write are filled in by the caller when it does those).
@@ -150,7 +149,6 @@ pub struct CardiacResult {
     /// Labels in the input geometry, the same layout as the input volume.
     pub labels: Vec<u8>,
 }
-
 
 /// What to analyse and where the outputs go.
 #[derive(Clone, Debug)]
@@ -190,8 +188,11 @@ pub fn run(session: &Session, request: &CardiacRequest) -> Result<CardiacResult,
         res.report.timings.total_ms = ms(t_all);
         // The report is written last so that it carries the write time too.
         let path = dir.join("report.json");
-        let json = serde_json::to_string_pretty(&res.report)
-            .map_err(|e| PipelineError::Input(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&res.report).map_err(|e| PipelineError::Output {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         std::fs::write(&path, json).map_err(|e| medinfer_io::IoError::Os {
             path: path.display().to_string(),
             source: e,
@@ -201,4 +202,3 @@ pub fn run(session: &Session, request: &CardiacRequest) -> Result<CardiacResult,
     }
     Ok(res)
 }
-

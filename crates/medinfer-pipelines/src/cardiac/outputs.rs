@@ -76,7 +76,7 @@ pub fn write_overlay_pair(
     for (k, &t) in phases.iter().enumerate() {
         let img = vol
             .slice(z, t)
-            .map_err(|e| PipelineError::Input(e.to_string()))?;
+            .map_err(|e| PipelineError::input(path.display().to_string(), e.to_string()))?;
         let gray = medinfer_io::raster::to_u8_view(&img, Some((hi / 2.0, hi)))?;
         let off = (t * nz + z) * nx * ny;
         let over = medinfer_io::raster::overlay(&gray, &labels[off..off + nx * ny], 0.45);
@@ -162,4 +162,3 @@ pub fn volume_curves_svg(c: &Curves, dt_ms: f64, ed: usize, es: usize) -> String
     s += "</svg>\n";
     s
 }
-

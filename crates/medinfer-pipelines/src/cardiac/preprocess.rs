@@ -22,7 +22,7 @@ pub const MIN_MOTION_CONTRAST: f64 = 1.5;
 /// Checks that `vol` is a plausible cine short-axis stack; the error says what is wrong.
 pub fn check_input(vol: &Volume, name: &str) -> Result<(), PipelineError> {
     let [nx, ny, nz, nt] = vol.dims;
-    let bad = |why: String| Err(PipelineError::Input(format!("{name}: {why}")));
+    let bad = |why: String| Err(PipelineError::input(name, why));
     if nt < 2 {
         return bad(format!(
             "a cine short-axis stack has slices x phases (4D); this is {nx}x{ny}x{nz} with {nt} \
@@ -237,7 +237,6 @@ pub fn sample_label_patch(labels: &[u8], nx: usize, ny: usize, g: &PatchGeometry
     }
 }
 
-
 /// The model inputs of an exam, as [`analyse`] makes them: the heart located by its motion, then
 /// one `CROP x CROP` z-scored patch per slice and phase (image index `t * nz + z`), sampled on
 /// every core. Errors: input [`check_input`] refuses, or no beating heart.
@@ -250,11 +249,14 @@ pub fn exam_patches(
     let plane = nx * ny;
     let heart = locate_heart(vol);
     if heart.motion_contrast < MIN_MOTION_CONTRAST {
-        return Err(PipelineError::Input(format!(
-            "{input_name}: no beating heart found (motion contrast {:.2}, a cine heart gives > {MIN_MOTION_CONTRAST}); \
-             is this a cine short-axis stack?",
-            heart.motion_contrast
-        )));
+        return Err(PipelineError::input(
+            input_name,
+            format!(
+                "no beating heart found (motion contrast {:.2}, a cine heart gives > {MIN_MOTION_CONTRAST}); \
+                 is this a cine short-axis stack?",
+                heart.motion_contrast
+            ),
+        ));
     }
     let geo = PatchGeometry::new(vol, heart.centre_px);
     let images = nz * nt;
@@ -283,4 +285,3 @@ pub fn exam_patches(
     }
     Ok((heart, geo, patches))
 }
-

@@ -33,7 +33,7 @@ pub(crate) fn loaded() -> bool {
 
 fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
     RUNTIME.get_or_init(|| {
-        let found = locate_openvino().map_err(|r| (r, INSTALL_HINT))?;
+        let found = locate_openvino().map_err(|r| (r.to_string(), INSTALL_HINT))?;
         let fix = "medinfer runtimes install --force";
         openvino_sys::library::load_from(&found.path)
             .map_err(|e| (format!("cannot load {}: {e}", found.path.display()), fix))?;
@@ -146,15 +146,7 @@ fn dtype(et: ElementType) -> Option<DType> {
 impl Backend for OpenVino {
     fn availability(&self) -> Availability {
         match runtime() {
-            Ok(rt) => Availability {
-                backend: KIND,
-                available: true,
-                version: Some(rt.version.clone()),
-                library: Some(rt.path.clone()),
-                source: Some(rt.source.clone()),
-                reason: None,
-                fix: None,
-            },
+            Ok(rt) => Availability::found(KIND, &rt.version, &rt.path, &rt.source),
             Err((reason, fix)) => Availability::missing(KIND, reason.clone(), fix),
         }
     }
@@ -162,11 +154,7 @@ impl Backend for OpenVino {
     fn load(&self, p: &Prepared) -> Result<Loaded, EngineError> {
         let rt = runtime()
             .as_ref()
-            .map_err(|(reason, fix)| EngineError::Unavailable {
-                backend: KIND,
-                reason: reason.clone(),
-                fix: Some(fix.to_string()),
-            })?;
+            .map_err(|(reason, fix)| super::unavailable(KIND, reason, fix))?;
         let load_err = |m: String| EngineError::Load {
             backend: KIND,
             path: p.path.clone(),
