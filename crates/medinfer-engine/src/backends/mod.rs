@@ -37,34 +37,51 @@ pub struct Availability {
     pub fix: Option<String>,
 }
 
-/// The error a backend whose library did not load answers with.
-pub(crate) fn unavailable(backend: BackendKind, reason: &str, fix: &str) -> EngineError {
-    EngineError::Unavailable {
-        backend,
-        reason: reason.to_string(),
-        fix: Some(fix.to_string()),
+/// A native library as loaded: where it is, how it was found, its version.
+pub(crate) struct NativeLib {
+    pub path: PathBuf,
+    pub source: String,
+    pub version: String,
+}
+
+/// The outcome of loading a native backend's library once per process: its state, or (why
+/// not, the command that fixes it).
+pub(crate) type LoadOutcome<R> = Result<R, (String, &'static str)>;
+
+/// A native backend's availability from the outcome of loading its library.
+pub(crate) fn native_availability(
+    backend: BackendKind,
+    loaded: Result<&NativeLib, &(String, &'static str)>,
+) -> Availability {
+    match loaded {
+        Ok(lib) => Availability {
+            backend,
+            available: true,
+            version: Some(lib.version.clone()),
+            library: Some(lib.path.clone()),
+            source: Some(lib.source.clone()),
+            reason: None,
+            fix: None,
+        },
+        Err((reason, fix)) => Availability::missing(backend, reason.clone(), fix),
     }
 }
 
-impl Availability {
-    /// A backend whose library is loaded.
-    pub(crate) fn found(
-        backend: BackendKind,
-        version: &str,
-        library: &std::path::Path,
-        source: &str,
-    ) -> Availability {
-        Availability {
+/// The loaded state of a native backend, or the error that says why it cannot run.
+pub(crate) fn native_ready<R>(
+    backend: BackendKind,
+    outcome: &'static LoadOutcome<R>,
+) -> Result<&'static R, EngineError> {
+    outcome
+        .as_ref()
+        .map_err(|(reason, fix)| EngineError::Unavailable {
             backend,
-            available: true,
-            version: Some(version.to_string()),
-            library: Some(library.to_path_buf()),
-            source: Some(source.to_string()),
-            reason: None,
-            fix: None,
-        }
-    }
+            reason: reason.clone(),
+            fix: Some(fix.to_string()),
+        })
+}
 
+impl Availability {
     pub(crate) fn missing(backend: BackendKind, reason: String, fix: &str) -> Availability {
         Availability {
             backend,

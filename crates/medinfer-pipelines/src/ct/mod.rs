@@ -409,12 +409,14 @@ pub fn run(
             ))
         }
         1 => {}
-        n => return Err(PipelineError::input(
-            name,
-            format!(
+        n => {
+            return Err(PipelineError::input(
+                name,
+                format!(
                 "{n} series found; point at one series' folder, or pass them all to the batch mode"
             ),
-        )),
+            ))
+        }
     }
     if let Ok(p) = &mut plans[0] {
         p.input = name.clone();

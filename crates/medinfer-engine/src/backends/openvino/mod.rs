@@ -8,7 +8,6 @@ use medinfer_core::{DType, Tensor, TensorData};
 use openvino::{
     Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey, RwPropertyKey, Shape,
 };
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
@@ -18,20 +17,16 @@ const KIND: BackendKind = BackendKind::OpenVino;
 
 pub(crate) struct OpenVino;
 
-struct Runtime {
-    path: PathBuf,
-    source: String,
-    version: String,
-}
+type Runtime = super::NativeLib;
 
-static RUNTIME: OnceLock<Result<Runtime, (String, &'static str)>> = OnceLock::new();
+static RUNTIME: OnceLock<super::LoadOutcome<Runtime>> = OnceLock::new();
 
 /// Whether the library has been loaded (or a load tried) in this process.
 pub(crate) fn loaded() -> bool {
     RUNTIME.get().is_some()
 }
 
-fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
+fn runtime() -> &'static super::LoadOutcome<Runtime> {
     RUNTIME.get_or_init(|| {
         let found = locate_openvino().map_err(|r| (r.to_string(), INSTALL_HINT))?;
         let fix = "medinfer runtimes install --force";
@@ -145,16 +140,11 @@ fn dtype(et: ElementType) -> Option<DType> {
 
 impl Backend for OpenVino {
     fn availability(&self) -> Availability {
-        match runtime() {
-            Ok(rt) => Availability::found(KIND, &rt.version, &rt.path, &rt.source),
-            Err((reason, fix)) => Availability::missing(KIND, reason.clone(), fix),
-        }
+        super::native_availability(KIND, runtime().as_ref())
     }
 
     fn load(&self, p: &Prepared) -> Result<Loaded, EngineError> {
-        let rt = runtime()
-            .as_ref()
-            .map_err(|(reason, fix)| super::unavailable(KIND, reason, fix))?;
+        let rt = super::native_ready(KIND, runtime())?;
         let load_err = |m: String| EngineError::Load {
             backend: KIND,
             path: p.path.clone(),
