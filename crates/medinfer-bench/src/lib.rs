@@ -7,16 +7,18 @@
 //! and peak resident memory. [`render_table`] and [`render_svg`] present several configurations
 //! side by side with speed-ups against the first.
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 mod chart;
+pub mod pipeline;
 mod rss;
 
 pub use chart::render_svg;
 pub use rss::{peak_rss_mb, reset_peak_rss};
 
+use medinfer_core::SeededRng;
 use medinfer_core::Tensor;
 use medinfer_engine::{load_on, BackendKind, EngineError, Mode, Precision, SessionOptions};
-use medinfer_onnx::SeededRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -10,13 +10,16 @@
 //! assert_eq!(t.len(), 6);
 //! ```
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 mod image;
 pub mod preprocess;
+mod rng;
 mod tensor;
 
 pub use image::{min_max, Image2d, Photometric, Tags, VoiLut, Volume, Window};
 
+pub use rng::SeededRng;
 pub use tensor::{DType, Tensor, TensorData};
 
 /// Errors raised by the core data model.

@@ -28,12 +28,12 @@
 #![warn(missing_docs)]
 
 mod backends;
-pub mod isa;
+pub mod calibrate;
 mod options;
 mod pool;
-pub mod quantize;
 pub mod runtimes;
 
+pub use backends::openvino::isa;
 pub use backends::{availability_all, backend, Availability};
 pub use isa::{cpu_isa_cap, set_cpu_isa, CpuIsa};
 pub use options::{BackendKind, Mode, Precision, SessionOptions};
@@ -215,13 +215,17 @@ pub fn load(
     model: &Path,
     opts: &SessionOptions,
 ) -> Result<Session, EngineError> {
-    let kind = if backend_name.eq_ignore_ascii_case("auto") {
-        BackendKind::auto()
+    load_on(resolve_backend(backend_name)?, model, opts)
+}
+
+/// The backend called `name`: `tract`, `ort`, `openvino`, or `auto` (the fastest available:
+/// OpenVINO, then ONNX Runtime, then tract). Every command resolves backend names here.
+pub fn resolve_backend(name: &str) -> Result<BackendKind, EngineError> {
+    if name.trim().eq_ignore_ascii_case("auto") {
+        Ok(BackendKind::auto())
     } else {
-        BackendKind::parse(backend_name)
-            .ok_or_else(|| EngineError::UnknownBackend(backend_name.to_string()))?
-    };
-    load_on(kind, model, opts)
+        BackendKind::parse(name.trim()).ok_or_else(|| EngineError::UnknownBackend(name.to_string()))
+    }
 }
 
 /// Loads `model` on a given backend.
@@ -251,6 +255,38 @@ pub fn load_on(
         info,
         model_path: model.to_path_buf(),
     })
+}
+
+/// The native backends (ONNX Runtime, OpenVINO) available here, for tests and benchmarks that
+/// run a case on every engine. A missing one is skipped with a note on stderr, unless the
+/// environment variable `MEDINFER_REQUIRE_BACKENDS` (comma-separated, e.g. `ort,openvino`)
+/// names it: then its absence is an error, so that a CI run with a broken runtime install fails
+/// instead of silently testing less.
+pub fn native_backends_for_tests() -> Result<Vec<BackendKind>, EngineError> {
+    let required: Vec<BackendKind> = std::env::var("MEDINFER_REQUIRE_BACKENDS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| BackendKind::parse(s.trim()))
+        .collect();
+    let mut out = Vec::new();
+    for k in [BackendKind::Ort, BackendKind::OpenVino] {
+        let a = backend(k).availability();
+        if a.available {
+            out.push(k);
+        } else if required.contains(&k) {
+            return Err(EngineError::Unavailable {
+                backend: k,
+                reason: format!(
+                    "required by MEDINFER_REQUIRE_BACKENDS: {}",
+                    a.reason.unwrap_or_default()
+                ),
+                fix: a.fix,
+            });
+        } else {
+            eprintln!("note: skipping {k}: {}", a.reason.unwrap_or_default());
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `f` and turns a panic inside an engine binding into an error (native engines and

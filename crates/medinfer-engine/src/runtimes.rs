@@ -130,71 +130,56 @@ fn version_from_name(path: &Path, prefix: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Finds the ONNX Runtime library. `Err` says where it looked.
-pub fn locate_ort() -> Result<Located, String> {
-    const PREFIX: &str = "libonnxruntime.so.";
-    if let Some((var, p)) = env_path(&["MEDINFER_ORT_LIB", "ORT_DYLIB_PATH"]) {
-        return if p.is_file() {
-            Ok(Located {
-                version: version_from_name(&p, PREFIX),
-                path: p,
-                source: format!("env {var}"),
-            })
-        } else {
-            Err(format!(
-                "{var} points to {}, which is not a file",
-                p.display()
-            ))
-        };
-    }
-    if let Some(rec) = read_manifest().onnxruntime {
-        let p = runtimes_dir().join(&rec.library);
-        if p.is_file() {
-            return Ok(Located {
-                path: p,
-                source: "cache".into(),
-                version: Some(rec.version),
-            });
-        }
-    }
-    if let Some(dir) = python_package_dir("onnxruntime") {
-        if let Some(p) = find_lib(&dir.join("capi"), PREFIX) {
-            return Ok(Located {
-                version: version_from_name(&p, PREFIX),
-                path: p,
-                source: "python package".into(),
-            });
-        }
-    }
-    Err(format!(
-        "libonnxruntime.so not found (looked at MEDINFER_ORT_LIB / ORT_DYLIB_PATH, {}, and the Python package onnxruntime)",
-        runtimes_dir().display()
-    ))
+/// Why a native library was not found: where medinfer looked.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+/// Where one native library is looked for, in order: environment variables, the project
+/// cache (its install manifest), an installed Python package.
+struct Lookup {
+    /// The library's file name (for messages).
+    file: &'static str,
+    /// File-name prefix of the versioned library.
+    prefix: &'static str,
+    /// Prefix before the version in the file name.
+    version_prefix: &'static str,
+    /// Environment variables naming the library (or, with `env_dir`, its folder).
+    env: &'static [&'static str],
+    /// Whether an environment variable may name a folder.
+    env_dir: bool,
+    /// The install manifest's record.
+    manifest: fn(Manifest) -> Option<RuntimeRecord>,
+    /// Python package and the folder inside it that holds the library.
+    python: (&'static str, &'static str),
 }
 
-/// Finds the OpenVINO C library. `Err` says where it looked.
-pub fn locate_openvino() -> Result<Located, String> {
-    const PREFIX: &str = "libopenvino_c.so";
-    let ver = |p: &Path| version_from_name(p, "libopenvino_c.so.");
-    if let Some((var, p)) = env_path(&["MEDINFER_OPENVINO_LIB"]) {
-        let file = if p.is_dir() {
-            find_lib(&p, PREFIX)
+fn locate(l: &Lookup) -> Result<Located, NotFound> {
+    let version = |p: &Path| version_from_name(p, l.version_prefix);
+    if let Some((var, p)) = env_path(l.env) {
+        let file = if l.env_dir && p.is_dir() {
+            find_lib(&p, l.prefix)
         } else {
             Some(p.clone()).filter(|p| p.is_file())
         };
         return match file {
             Some(f) => Ok(Located {
-                version: ver(&f),
+                version: version(&f),
                 path: f,
                 source: format!("env {var}"),
             }),
-            None => Err(format!(
-                "{var} points to {}, which holds no libopenvino_c.so",
-                p.display()
-            )),
+            None => Err(NotFound(format!(
+                "{var} points to {}, which {}",
+                p.display(),
+                if l.env_dir {
+                    format!("holds no {}", l.file)
+                } else {
+                    "is not a file".into()
+                }
+            ))),
         };
     }
-    if let Some(rec) = read_manifest().openvino {
+    if let Some(rec) = (l.manifest)(read_manifest()) {
         let p = runtimes_dir().join(&rec.library);
         if p.is_file() {
             return Ok(Located {
@@ -204,19 +189,48 @@ pub fn locate_openvino() -> Result<Located, String> {
             });
         }
     }
-    if let Some(dir) = python_package_dir("openvino") {
-        if let Some(p) = find_lib(&dir.join("libs"), PREFIX) {
+    if let Some(dir) = python_package_dir(l.python.0) {
+        if let Some(p) = find_lib(&dir.join(l.python.1), l.prefix) {
             return Ok(Located {
-                version: ver(&p),
+                version: version(&p),
                 path: p,
                 source: "python package".into(),
             });
         }
     }
-    Err(format!(
-        "libopenvino_c.so not found (looked at MEDINFER_OPENVINO_LIB, {}, and the Python package openvino)",
-        runtimes_dir().display()
-    ))
+    Err(NotFound(format!(
+        "{} not found (looked at {}, {}, and the Python package {})",
+        l.file,
+        l.env.join(" / "),
+        runtimes_dir().display(),
+        l.python.0
+    )))
+}
+
+/// Finds the ONNX Runtime library. `Err` says where it looked.
+pub fn locate_ort() -> Result<Located, NotFound> {
+    locate(&Lookup {
+        file: "libonnxruntime.so",
+        prefix: "libonnxruntime.so.",
+        version_prefix: "libonnxruntime.so.",
+        env: &["MEDINFER_ORT_LIB", "ORT_DYLIB_PATH"],
+        env_dir: false,
+        manifest: |m| m.onnxruntime,
+        python: ("onnxruntime", "capi"),
+    })
+}
+
+/// Finds the OpenVINO C library. `Err` says where it looked.
+pub fn locate_openvino() -> Result<Located, NotFound> {
+    locate(&Lookup {
+        file: "libopenvino_c.so",
+        prefix: "libopenvino_c.so",
+        version_prefix: "libopenvino_c.so.",
+        env: &["MEDINFER_OPENVINO_LIB"],
+        env_dir: true,
+        manifest: |m| m.openvino,
+        python: ("openvino", "libs"),
+    })
 }
 
 /// SHA-256 of a file, streamed.
@@ -418,17 +432,28 @@ fn extract(spec: &WheelSpec, wheel: &Path, dir: &Path) -> Result<RuntimeRecord, 
 }
 
 /// Re-hashes the installed libraries against the manifest; returns one line per runtime.
-pub fn verify() -> Vec<(String, Result<(), String>)> {
+pub fn verify() -> Vec<(String, Result<(), RuntimeProblem>)> {
     let m = read_manifest();
     [("onnxruntime", m.onnxruntime), ("openvino", m.openvino)]
         .into_iter()
         .map(|(name, rec)| {
             let r = match rec {
-                None => Err(format!("not installed ({INSTALL_HINT})")),
+                None => Err(RuntimeProblem::Missing),
                 Some(rec) if record_intact(&rec) => Ok(()),
-                Some(rec) => Err(format!("{} does not match its recorded checksum; reinstall with `{INSTALL_HINT} --force`", rec.library)),
+                Some(rec) => Err(RuntimeProblem::Altered(rec.library)),
             };
             (name.to_string(), r)
         })
         .collect()
+}
+
+/// What is wrong with an installed runtime.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RuntimeProblem {
+    /// Not installed.
+    #[error("not installed (medinfer runtimes install)")]
+    Missing,
+    /// A file no longer matches the checksum recorded at install time.
+    #[error("{0} does not match its recorded checksum; reinstall with `medinfer runtimes install --force`")]
+    Altered(String),
 }

@@ -5,39 +5,18 @@
 //! `MEDINFER_REQUIRE_BACKENDS` (comma-separated, e.g. `ort,openvino`) names them: CI sets it so
 //! that a missing runtime fails the suite instead of silently shrinking it.
 
+use medinfer_core::SeededRng;
 use medinfer_core::Tensor;
 use medinfer_engine::{
-    backend, load_on, BackendKind, EngineError, Mode, Precision, Session, SessionOptions,
+    load_on, BackendKind, EngineError, Mode, Precision, Session, SessionOptions,
 };
-use medinfer_onnx::{save_model, zoo, SeededRng};
+use medinfer_onnx::{save_model, zoo};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-fn required() -> Vec<BackendKind> {
-    std::env::var("MEDINFER_REQUIRE_BACKENDS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| BackendKind::parse(s.trim()))
-        .collect()
-}
-
 /// Native backends to test here, failing if a required one is missing.
 fn native_backends() -> Vec<BackendKind> {
-    let mut out = Vec::new();
-    for k in [BackendKind::Ort, BackendKind::OpenVino] {
-        let a = backend(k).availability();
-        if a.available {
-            out.push(k);
-        } else if required().contains(&k) {
-            panic!(
-                "{k} is required (MEDINFER_REQUIRE_BACKENDS) but unavailable: {:?}",
-                a.reason
-            );
-        } else {
-            eprintln!("note: skipping {k}: {}", a.reason.unwrap_or_default());
-        }
-    }
-    out
+    medinfer_engine::native_backends_for_tests().unwrap()
 }
 
 fn zoo_dir() -> &'static PathBuf {

@@ -233,7 +233,16 @@ fn idct_block(coef: &[f32; 64], cos: &[[f32; 8]; 8], shift: f32, max: f32, out: 
 
 /// Decodes one JPEG stream starting at `data[0]` (SOI). `expect` is the image size the DICOM
 /// header declared (columns, rows); any other size is an error, so nothing larger is allocated.
-pub fn decode(data: &[u8], expect: (usize, usize)) -> Result<Frame, String> {
+pub fn decode(data: &[u8], expect: (usize, usize)) -> Result<Frame, Jpeg12Error> {
+    decode_stream(data, expect).map_err(Jpeg12Error)
+}
+
+/// Why a 12-bit JPEG stream could not be decoded.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Jpeg12Error(pub String);
+
+fn decode_stream(data: &[u8], expect: (usize, usize)) -> Result<Frame, String> {
     if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
         return Err("not a JPEG stream (no SOI marker)".into());
     }
@@ -460,10 +469,12 @@ mod tests {
         let sof = [
             0xFF, 0xD8, 0xFF, 0xC1, 0, 11, 12, 0x10, 0, 0x10, 0, 1, 1, 0x11, 0, 0xFF, 0xD9,
         ];
-        let e = decode(&sof, (8, 8)).unwrap_err();
+        let e = decode(&sof, (8, 8)).unwrap_err().to_string();
         assert!(e.contains("4096x4096") && e.contains("8x8"), "{e}");
         // A segment length beyond the data.
-        let e = decode(&[0xFF, 0xD8, 0xFF, 0xDB, 0xFF, 0xFF, 0], (8, 8)).unwrap_err();
+        let e = decode(&[0xFF, 0xD8, 0xFF, 0xDB, 0xFF, 0xFF, 0], (8, 8))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("past the end"), "{e}");
     }
 

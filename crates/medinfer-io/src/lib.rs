@@ -22,6 +22,7 @@
 //! Every reader checks declared sizes against hard limits and the bytes present before
 //! allocating, and every error names the file and what was wrong with it.
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod dicom;
 pub mod dicom_write;

@@ -10,7 +10,7 @@ use crate::proto::{
     ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use crate::SeededRng;
+use medinfer_core::SeededRng;
 
 /// The opset every zoo model is written with.
 pub const OPSET: i64 = 17;

@@ -12,14 +12,14 @@
 //! assert_eq!(info.trainable_parameters, 11_173_318);
 //! ```
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod builder;
 mod info;
 mod model;
 pub mod optimize;
 pub mod proto;
-pub mod quant;
-mod rng;
+pub mod qdq;
 pub mod shapes;
 pub mod zoo;
 
@@ -29,4 +29,3 @@ pub use model::{
     resolve_external_data, save_model, save_model_external, tensor_dims, tensor_to_f32, OnnxError,
 };
 pub use optimize::{optimize, OptimizeReport};
-pub use rng::SeededRng;

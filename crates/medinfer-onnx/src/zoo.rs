@@ -408,7 +408,7 @@ fn unet(
 pub fn sample_inputs(name: &str, count: usize, seed: u64) -> Result<Vec<Vec<f32>>, OnnxError> {
     let e = entry(name)?;
     let [_, c, h, w] = e.input_shape;
-    let mut rng = crate::SeededRng::new(seed ^ 0x5eed_0000 ^ e.seed);
+    let mut rng = medinfer_core::SeededRng::new(seed ^ 0x5eed_0000 ^ e.seed);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let mut img = vec![0f32; c * h * w];

@@ -48,11 +48,11 @@ impl BatchModel for Session {
             .run(&[x])?
             .into_iter()
             .next()
-            .ok_or_else(|| PipelineError::Input("the model gave no output".into()))?;
+            .ok_or_else(|| PipelineError::Batch("the model gave no output".into()))?;
         let dtype = t.dtype();
         match t.into_parts().1 {
             medinfer_core::TensorData::F32(v) => Ok(v),
-            _ => Err(PipelineError::Input(format!(
+            _ => Err(PipelineError::Batch(format!(
                 "the model's first output is {dtype}, f32 expected"
             ))),
         }
@@ -169,7 +169,7 @@ pub fn run_ordered<T: Sync, M: BatchModel + ?Sized, S: AsRef<[f32]> + Send>(
                             x[k * sample..(k + 1) * sample].copy_from_slice(v.as_ref());
                         }
                         let res = Tensor::from_f32(shape.clone(), x)
-                            .map_err(|e| PipelineError::Input(e.to_string()))
+                            .map_err(|e| PipelineError::Batch(e.to_string()))
                             .and_then(|t| model.run_batch(t));
                         match res {
                             Ok(y) if !y.is_empty() && y.len() % batch == 0 => {
@@ -179,7 +179,7 @@ pub fn run_ordered<T: Sync, M: BatchModel + ?Sized, S: AsRef<[f32]> + Send>(
                                         out_tx.send((*i, Ok(y[k * per..(k + 1) * per].to_vec())));
                                 }
                             }
-                            Ok(y) => fail(PipelineError::Input(format!(
+                            Ok(y) => fail(PipelineError::Batch(format!(
                                 "the model gave {} values for a batch of {batch}",
                                 y.len()
                             ))),
@@ -191,7 +191,7 @@ pub fn run_ordered<T: Sync, M: BatchModel + ?Sized, S: AsRef<[f32]> + Send>(
                     }
                 };
                 if let Err(p) = catch_unwind(AssertUnwindSafe(worker)) {
-                    fail(PipelineError::Input(format!(
+                    fail(PipelineError::Batch(format!(
                         "an inference worker panicked: {}",
                         panic_text(&*p)
                     )));

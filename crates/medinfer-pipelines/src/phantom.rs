@@ -19,8 +19,8 @@
 //! phase with the largest LV volume, ES the smallest; myocardial mass is the LV myocardial
 //! volume at ED x 1.05 g/ml.
 
+use medinfer_core::SeededRng;
 use medinfer_core::{Tags, Volume};
-use medinfer_onnx::SeededRng;
 use serde::Serialize;
 
 /// Labels in the truth masks and in the segmentation output.
@@ -698,4 +698,67 @@ mod tests {
         assert!(lo < 35.0 && hi > 55.0, "{efs:?}");
         assert!(efs.iter().all(|&e| (10.0..=80.0).contains(&e)), "{efs:?}");
     }
+}
+
+/// How [`write_cardiac`] writes the phantom's images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One 4D NIfTI (`cine.nii.gz`, int16).
+    Nifti,
+    /// A DICOM cine series (`dicom/IM_<slice>_<phase>.dcm`, explicit VR little endian).
+    Dicom,
+}
+
+/// Generates cardiac phantom `seed` and writes it into `dir`: the images, the truth masks
+/// (`truth_labels.nii.gz`: 1 LV cavity, 2 LV myocardium, 3 RV cavity), `truth.json` (the
+/// numbers and the drawn parameters) and `preview.png`.
+pub fn write_cardiac(
+    dir: &std::path::Path,
+    seed: u64,
+    format: Format,
+) -> Result<CardiacPhantom, crate::PipelineError> {
+    use medinfer_io::nifti::{self, NiftiDtype};
+    let out_err = |p: &std::path::Path, e: String| crate::PipelineError::Output {
+        path: p.display().to_string(),
+        reason: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| out_err(dir, e.to_string()))?;
+    let ph = cardiac(seed);
+    match format {
+        Format::Nifti => nifti::write(dir.join("cine.nii.gz"), &ph.image, NiftiDtype::I16)?,
+        Format::Dicom => {
+            let info = medinfer_io::dicom_write::SeriesInfo {
+                modality: "MR".into(),
+                description: "medinfer cardiac phantom, SSFP cine short axis".into(),
+                uid_seed: seed + 1,
+                slice_thickness: ph.params.slice_thickness_mm,
+                rescale_intercept: 0.0,
+            };
+            medinfer_io::dicom_write::write_series(&dir.join("dicom"), &ph.image, &info)?;
+        }
+    }
+    let mut lab = medinfer_core::Volume {
+        data: ph.labels.iter().map(|&v| v as f32).collect(),
+        ..ph.image.clone()
+    };
+    lab.window = None;
+    nifti::write(dir.join("truth_labels.nii.gz"), &lab, NiftiDtype::U8)?;
+    let truth = dir.join("truth.json");
+    let json =
+        serde_json::to_string_pretty(&serde_json::json!({"truth": ph.truth, "params": ph.params}))
+            .map_err(|e| out_err(&truth, e.to_string()))?;
+    std::fs::write(&truth, json).map_err(|e| out_err(&truth, e.to_string()))?;
+    let mid = crate::cardiac::mid_ventricular_slice(
+        &ph.labels,
+        ph.image.dims,
+        [ph.truth.ed_phase, ph.truth.es_phase],
+    );
+    crate::cardiac::write_overlay_pair(
+        &dir.join("preview.png"),
+        &ph.image,
+        &ph.labels,
+        mid,
+        [ph.truth.ed_phase, ph.truth.es_phase],
+    )?;
+    Ok(ph)
 }

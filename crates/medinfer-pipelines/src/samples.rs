@@ -14,50 +14,10 @@
 //! error. With `pick = Some((n, seed))` a seeded shuffled subset of `n` samples is chosen before
 //! anything is decoded (for `cxr` and `ct`), so a 160,000-image archive costs `n` decodes.
 
+pub use crate::Pipeline;
 use crate::{cardiac, ct, cxr, PipelineError};
 use medinfer_io::Format;
 use std::path::{Path, PathBuf};
-
-/// A pipeline whose preprocessing makes the samples.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pipeline {
-    /// Chest X-ray classification.
-    Cxr,
-    /// CT slice tagging.
-    Ct,
-    /// Cardiac cine-MRI segmentation.
-    Cardiac,
-}
-
-impl Pipeline {
-    /// `cxr`, `ct` or `cardiac`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "cxr" => Some(Pipeline::Cxr),
-            "ct" => Some(Pipeline::Ct),
-            "cardiac" => Some(Pipeline::Cardiac),
-            _ => None,
-        }
-    }
-
-    /// Its name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Pipeline::Cxr => "cxr",
-            Pipeline::Ct => "ct",
-            Pipeline::Cardiac => "cardiac",
-        }
-    }
-
-    /// The shape of one sample (model input without the batch axis).
-    pub fn sample_shape(self) -> [usize; 3] {
-        match self {
-            Pipeline::Cxr => [1, cxr::SIZE, cxr::SIZE],
-            Pipeline::Ct => [1, ct::SIZE, ct::SIZE],
-            Pipeline::Cardiac => [1, cardiac::CROP, cardiac::CROP],
-        }
-    }
-}
 
 /// Samples and the inputs that were skipped.
 #[derive(Debug, Default)]
@@ -72,7 +32,7 @@ pub struct Samples {
 /// A seeded shuffle of `0..len` cut to `n` (the same shuffle as the NPY route of quantize).
 pub fn shuffled_indices(len: usize, n: usize, seed: u64) -> Vec<usize> {
     let mut v: Vec<usize> = (0..len).collect();
-    let mut rng = medinfer_onnx::SeededRng::new(seed);
+    let mut rng = medinfer_core::SeededRng::new(seed);
     for i in (1..v.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         v.swap(i, j);
@@ -204,14 +164,17 @@ pub fn samples(
         }
     }
     if out.inputs.is_empty() {
-        return Err(PipelineError::Input(match out.skipped.first() {
-            Some((f, e)) => format!(
-                "{name}: no usable {} input ({} skipped; first: {f}: {e})",
-                pipeline.name(),
-                out.skipped.len()
-            ),
-            None => format!("{name}: no {} input found", pipeline.name()),
-        }));
+        return Err(PipelineError::input(
+            name,
+            match out.skipped.first() {
+                Some((f, e)) => format!(
+                    "no usable {} input ({} skipped; first: {f}: {e})",
+                    pipeline.name(),
+                    out.skipped.len()
+                ),
+                None => format!("no {} input found", pipeline.name()),
+            },
+        ));
     }
     Ok(out)
 }

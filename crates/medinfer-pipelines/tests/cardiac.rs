@@ -7,7 +7,7 @@
 //! names them (CI does).
 
 use medinfer_core::Volume;
-use medinfer_engine::{backend, load_on, BackendKind, Mode, Session, SessionOptions};
+use medinfer_engine::{load_on, BackendKind, Mode, Session, SessionOptions};
 use medinfer_pipelines::cardiac::{self, ModelId};
 use medinfer_pipelines::phantom;
 use medinfer_pipelines::PipelineError;
@@ -31,23 +31,7 @@ fn session(kind: BackendKind, name: &str) -> (Session, ModelId) {
 }
 
 fn native() -> Vec<BackendKind> {
-    let required: Vec<BackendKind> = std::env::var("MEDINFER_REQUIRE_BACKENDS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| BackendKind::parse(s.trim()))
-        .collect();
-    let mut out = Vec::new();
-    for k in [BackendKind::Ort, BackendKind::OpenVino] {
-        let a = backend(k).availability();
-        if a.available {
-            out.push(k);
-        } else if required.contains(&k) {
-            panic!("{k} is required but unavailable: {:?}", a.reason);
-        } else {
-            eprintln!("note: skipping {k}: {}", a.reason.unwrap_or_default());
-        }
-    }
-    out
+    medinfer_engine::native_backends_for_tests().unwrap()
 }
 
 fn check_accuracy(s: &cardiac::EvalSummary, what: &str) {
@@ -130,8 +114,14 @@ fn a_dicom_cine_series_gives_the_same_result_as_the_nifti_file() {
     }
     let (s, id) = session(BackendKind::Tract, "cardiac-unet.onnx");
     let out = dir.path().join("out");
-    let a = cardiac::run(&nii, &s, id.clone(), Some(&out)).unwrap();
-    let b = cardiac::run(&dcm, &s, id, None).unwrap();
+    let req =
+        |input: &std::path::Path, output: Option<std::path::PathBuf>| cardiac::CardiacRequest {
+            input: input.to_path_buf(),
+            model: id.clone(),
+            output,
+        };
+    let a = cardiac::run(&s, &req(&nii, Some(out.clone()))).unwrap();
+    let b = cardiac::run(&s, &req(&dcm, None)).unwrap();
     assert_eq!(a.labels, b.labels);
     assert_eq!(a.report.ed_phase, ph.truth.ed_phase);
     assert!((a.report.lv.ef_pct - ph.truth.lv_ef_pct).abs() < 4.0);
@@ -152,7 +142,10 @@ fn a_dicom_cine_series_gives_the_same_result_as_the_nifti_file() {
 
 fn expect_input_error(r: Result<cardiac::CardiacResult, PipelineError>, needle: &str) {
     match r {
-        Err(PipelineError::Input(m)) => assert!(m.contains(needle), "{m}"),
+        Err(e @ PipelineError::Input { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains(needle), "{m}")
+        }
         Err(e) => panic!("expected an input error about {needle}, got {e}"),
         Ok(_) => panic!("expected an input error about {needle}"),
     }
@@ -218,7 +211,12 @@ fn bad_inputs_are_clear_errors() {
     }) {
         std::fs::remove_file(f).unwrap();
     }
-    match cardiac::run(dir.path(), &s, id.clone(), None) {
+    let req = cardiac::CardiacRequest {
+        input: dir.path().to_path_buf(),
+        model: id.clone(),
+        output: None,
+    };
+    match cardiac::run(&s, &req) {
         Err(e) => {
             let m = e.to_string();
             assert!(m.contains("missing") || m.contains("gap"), "{m}");

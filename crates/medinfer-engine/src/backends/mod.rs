@@ -7,10 +7,10 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 #[cfg(feature = "openvino")]
-mod openvino;
+pub(crate) mod openvino;
 #[cfg(not(feature = "openvino"))]
-#[path = "openvino_off.rs"]
-mod openvino;
+#[path = "openvino/off.rs"]
+pub(crate) mod openvino;
 #[cfg(feature = "ort")]
 mod ort;
 #[cfg(not(feature = "ort"))]
@@ -37,6 +37,50 @@ pub struct Availability {
     pub fix: Option<String>,
 }
 
+/// A native library as loaded: where it is, how it was found, its version.
+pub(crate) struct NativeLib {
+    pub path: PathBuf,
+    pub source: String,
+    pub version: String,
+}
+
+/// The outcome of loading a native backend's library once per process: its state, or (why
+/// not, the command that fixes it).
+pub(crate) type LoadOutcome<R> = Result<R, (String, &'static str)>;
+
+/// A native backend's availability from the outcome of loading its library.
+pub(crate) fn native_availability(
+    backend: BackendKind,
+    loaded: Result<&NativeLib, &(String, &'static str)>,
+) -> Availability {
+    match loaded {
+        Ok(lib) => Availability {
+            backend,
+            available: true,
+            version: Some(lib.version.clone()),
+            library: Some(lib.path.clone()),
+            source: Some(lib.source.clone()),
+            reason: None,
+            fix: None,
+        },
+        Err((reason, fix)) => Availability::missing(backend, reason.clone(), fix),
+    }
+}
+
+/// The loaded state of a native backend, or the error that says why it cannot run.
+pub(crate) fn native_ready<R>(
+    backend: BackendKind,
+    outcome: &'static LoadOutcome<R>,
+) -> Result<&'static R, EngineError> {
+    outcome
+        .as_ref()
+        .map_err(|(reason, fix)| EngineError::Unavailable {
+            backend,
+            reason: reason.clone(),
+            fix: Some(fix.to_string()),
+        })
+}
+
 impl Availability {
     pub(crate) fn missing(backend: BackendKind, reason: String, fix: &str) -> Availability {
         Availability {
@@ -49,11 +93,6 @@ impl Availability {
             fix: Some(fix.to_string()),
         }
     }
-}
-
-/// Whether OpenVINO's library is loaded in this process (its oneDNN has read its ISA cap).
-pub(crate) fn openvino_loaded() -> bool {
-    openvino::loaded()
 }
 
 pub(crate) type Loaded = (Box<dyn BackendSession>, SessionInfo, Vec<TensorSpec>);

@@ -9,7 +9,6 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session as OrtSession, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use std::borrow::Cow;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 const KIND: BackendKind = BackendKind::Ort;
@@ -18,17 +17,15 @@ pub(crate) struct Ort;
 
 struct Runtime {
     env: ort::environment::Environment,
-    path: PathBuf,
-    source: String,
-    version: String,
+    lib: super::NativeLib,
 }
 
 /// ONNX Runtime can be loaded once per process; the outcome is remembered.
-static RUNTIME: OnceLock<Result<Runtime, (String, &'static str)>> = OnceLock::new();
+static RUNTIME: OnceLock<super::LoadOutcome<Runtime>> = OnceLock::new();
 
-fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
+fn runtime() -> &'static super::LoadOutcome<Runtime> {
     RUNTIME.get_or_init(|| {
-        let found = locate_ort().map_err(|r| (r, INSTALL_HINT))?;
+        let found = locate_ort().map_err(|r| (r.to_string(), INSTALL_HINT))?;
         let path = found.path.clone();
         let fix = "medinfer runtimes install --force";
         let env = guard(KIND, "loading the library", || {
@@ -45,9 +42,11 @@ fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
         .map_err(|e| (e.to_string(), fix))?;
         Ok(Runtime {
             env,
-            version: found.version.unwrap_or_else(|| "unknown".into()),
-            path,
-            source: found.source,
+            lib: super::NativeLib {
+                version: found.version.unwrap_or_else(|| "unknown".into()),
+                path,
+                source: found.source,
+            },
         })
     })
 }
@@ -58,18 +57,7 @@ fn s<E: std::fmt::Display>(e: E) -> String {
 
 impl Backend for Ort {
     fn availability(&self) -> Availability {
-        match runtime() {
-            Ok(rt) => Availability {
-                backend: KIND,
-                available: true,
-                version: Some(rt.version.clone()),
-                library: Some(rt.path.clone()),
-                source: Some(rt.source.clone()),
-                reason: None,
-                fix: None,
-            },
-            Err((reason, fix)) => Availability::missing(KIND, reason.clone(), fix),
-        }
+        super::native_availability(KIND, runtime().as_ref().map(|r| &r.lib))
     }
 
     fn load(&self, p: &Prepared) -> Result<Loaded, EngineError> {
@@ -79,13 +67,7 @@ impl Backend for Ort {
                 what: "bf16 on CPU (ONNX Runtime's CPU provider computes fp32 or quantized int8; use --backend openvino for bf16)".into(),
             });
         }
-        let rt = runtime()
-            .as_ref()
-            .map_err(|(reason, fix)| EngineError::Unavailable {
-                backend: KIND,
-                reason: reason.clone(),
-                fix: Some(fix.to_string()),
-            })?;
+        let rt = super::native_ready(KIND, runtime())?;
         let load_err = |m: String| EngineError::Load {
             backend: KIND,
             path: p.path.clone(),
@@ -113,8 +95,8 @@ impl Backend for Ort {
             }
             let info = SessionInfo {
                 backend: KIND,
-                backend_version: rt.version.clone(),
-                library: Some(rt.path.clone()),
+                backend_version: rt.lib.version.clone(),
+                library: Some(rt.lib.path.clone()),
                 precision: p.precision,
                 effective_precision: "fp32".into(),
                 mode: p.mode,

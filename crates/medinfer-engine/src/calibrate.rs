@@ -3,12 +3,12 @@
 //! data, accuracy metrics, and accuracy control (layers reverted to floating point, most
 //! sensitive first, until the metric's drop is within budget).
 //!
-//! The graph half (placement, statistics, QDQ rewrite) is `medinfer_onnx::quant`.
+//! The graph half (placement, statistics, QDQ rewrite) is `medinfer_onnx::qdq`.
 
 use crate::{load_on, BackendKind, EngineError, SessionOptions};
 use medinfer_core::Tensor;
 use medinfer_onnx::proto::ModelProto;
-use medinfer_onnx::quant::{self, CalibMethod, Calibration, Plan, QuantConfig, QuantReport};
+use medinfer_onnx::qdq::{self as quant, CalibMethod, Calibration, Plan, QuantConfig, QuantReport};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::PathBuf;

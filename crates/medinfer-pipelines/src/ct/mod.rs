@@ -9,6 +9,10 @@
 //! worker per core while the engine's streams classify earlier slices. A batch of thousands of
 //! series therefore never waits for a whole volume to be read, and memory stays bounded.
 
+mod batch;
+
+pub use batch::{CtBatch, CtBatchRequest, CtRecord, CtSummary};
+
 use crate::PipelineError;
 use medinfer_core::preprocess::{self, Filter};
 use medinfer_core::{Image2d, Volume};
@@ -158,10 +162,13 @@ impl SeriesPlan {
                 .unwrap_or_default(),
         };
         if nt != 1 {
-            return Err(PipelineError::Input(format!(
-                "{input}: series {}: a CT series has one time point; this one has {nt}",
-                series.uid
-            )));
+            return Err(PipelineError::input(
+                input,
+                format!(
+                    "series {}: a CT series has one time point; this one has {nt}",
+                    series.uid
+                ),
+            ));
         }
         let a = lay.affine;
         let c = [a[0][2], a[1][2], a[2][2]];
@@ -393,20 +400,26 @@ pub fn run(
     let (mut plans, rejected) = plan(&files);
     match plans.len() {
         0 => {
-            return Err(PipelineError::Input(match rejected.first() {
-                Some((p, e)) => format!("{name}: no readable DICOM series ({}: {e})", p.display()),
-                None => format!("{name}: no DICOM series found"),
-            }))
+            return Err(PipelineError::input(
+                name,
+                match rejected.first() {
+                    Some((p, e)) => format!("no readable DICOM series ({}: {e})", p.display()),
+                    None => "no DICOM series found".into(),
+                },
+            ))
         }
         1 => {}
         n => {
-            return Err(PipelineError::Input(format!(
-                "{name}: {n} series found; point at one series' folder, or pass them all to the batch mode"
-            )))
+            return Err(PipelineError::input(
+                name,
+                format!(
+                "{n} series found; point at one series' folder, or pass them all to the batch mode"
+            ),
+            ))
         }
     }
     if let Ok(p) = &mut plans[0] {
-        p.input = name;
+        p.input = name.clone();
     }
     let mut out = None;
     tag_series(
@@ -418,6 +431,9 @@ pub fn run(
         || {},
         |_, r| out = Some(r),
     )?;
-    out.unwrap_or_else(|| Err("no result".into()))
-        .map_err(PipelineError::Input)
+    let prefix = format!("{name}: ");
+    out.unwrap_or_else(|| Err("no result".into())).map_err(|e| {
+        let reason = e.strip_prefix(&prefix).unwrap_or(&e).to_string();
+        PipelineError::input(name, reason)
+    })
 }

@@ -12,6 +12,10 @@
 //! `p < t ? p / (2t) : 1 - (1 - p) / (2 (1 - t))`. A NaN threshold leaves the sigmoid as it is
 //! (TorchXRayVision would return NaN for that label).
 
+mod batch;
+
+pub use batch::{collect_inputs, csv_header, CxrBatch, CxrBatchRequest, CxrRecord, CxrSummary};
+
 use crate::PipelineError;
 use medinfer_core::preprocess::{self, Filter};
 use std::path::Path;
@@ -79,13 +83,14 @@ pub const PADCHEST_LABELS: [&str; 28] = [
 pub fn preprocess_file(path: &Path) -> Result<Vec<f32>, PipelineError> {
     let mut frames = medinfer_io::read_images(path)?;
     if frames.is_empty() {
-        return Err(PipelineError::Input(format!(
-            "{}: no image in the file",
-            path.display()
-        )));
+        return Err(PipelineError::input(
+            path.display().to_string(),
+            "no image in the file",
+        ));
     }
     let img = frames.swap_remove(0);
-    preprocess_image(img).map_err(|e| PipelineError::Input(format!("{}: {e}", path.display())))
+    preprocess_image(img)
+        .map_err(|e| PipelineError::input(path.display().to_string(), e.to_string()))
 }
 
 /// The preprocessing of [`preprocess_file`] on a decoded image.
@@ -139,9 +144,10 @@ pub fn read_labels(spec: &str) -> Result<Vec<String>, PipelineError> {
         .map(String::from)
         .collect();
     if labels.is_empty() {
-        return Err(PipelineError::Input(format!(
-            "{spec}: no labels in the file"
-        )));
+        return Err(PipelineError::Config {
+            what: spec.to_string(),
+            reason: "no labels in the file".into(),
+        });
     }
     Ok(labels)
 }
@@ -159,21 +165,23 @@ pub fn read_thresholds(path: &Path, labels: usize) -> Result<Vec<f32>, PipelineE
         .split(|c: char| c == ',' || c.is_whitespace() || c == '[' || c == ']')
         .filter(|t| !t.is_empty())
     {
+        let bad = |reason: String| PipelineError::Config {
+            what: p.clone(),
+            reason,
+        };
         let v: f32 = tok
             .parse()
-            .map_err(|_| PipelineError::Input(format!("{p}: '{tok}' is not a number")))?;
+            .map_err(|_| bad(format!("'{tok}' is not a number")))?;
         if v.is_finite() && !(v > 0.0 && v < 1.0) {
-            return Err(PipelineError::Input(format!(
-                "{p}: threshold {v} is outside (0, 1)"
-            )));
+            return Err(bad(format!("threshold {v} is outside (0, 1)")));
         }
         out.push(v);
     }
     if out.len() != labels {
-        return Err(PipelineError::Input(format!(
-            "{p}: {} thresholds for {labels} labels",
-            out.len()
-        )));
+        return Err(PipelineError::Config {
+            what: p,
+            reason: format!("{} thresholds for {labels} labels", out.len()),
+        });
     }
     Ok(out)
 }

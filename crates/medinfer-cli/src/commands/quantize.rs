@@ -1,29 +1,19 @@
-//! `medinfer optimize` and `medinfer quantize`, and `medinfer zoo samples`.
+//! `medinfer quantize`: INT8 (QDQ ONNX) with calibration data, bias correction and optional
+//! accuracy control.
 
+use crate::args::{bar, print_json};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use medinfer_core::Tensor;
-use medinfer_engine::quantize::{self as q, AccuracyControl, Metric, Ranking};
+use medinfer_engine::calibrate::{self as q, AccuracyControl, Metric, Ranking};
 use medinfer_engine::BackendKind;
-use medinfer_onnx::quant::{self, CalibMethod, QuantConfig};
+use medinfer_onnx::qdq::{self as quant, CalibMethod, QuantConfig};
 use medinfer_onnx::{Dim, OptimizeReport};
+use medinfer_pipelines::models;
 use medinfer_pipelines::samples::shuffled_indices;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-
-#[derive(Args)]
-pub struct OptimizeArgs {
-    /// ONNX file, or the name of a zoo model.
-    pub model: String,
-    /// Output ONNX file.
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
 
 #[derive(Args)]
 pub struct QuantizeArgs {
@@ -114,44 +104,6 @@ pub struct QuantizeArgs {
     pub json: bool,
 }
 
-#[derive(Args)]
-pub struct SamplesArgs {
-    /// Zoo model name.
-    pub name: String,
-    /// Output folder (one sample_NNNN.npy per sample).
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Number of samples.
-    #[arg(short = 'n', long, default_value_t = 300)]
-    pub count: usize,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-}
-
-fn print_optimize(path: &str, r: &OptimizeReport) {
-    println!(
-        "{path}: {} -> {} nodes, {} -> {} initializers",
-        r.nodes_before, r.nodes_after, r.initializers_before, r.initializers_after
-    );
-    for (pass, n) in &r.passes {
-        if *n > 0 {
-            println!("  {pass:<12} {n}");
-        }
-    }
-    let after: std::collections::HashMap<&str, usize> =
-        r.ops_after.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let changed: Vec<String> = r
-        .ops_before
-        .iter()
-        .filter(|(op, n)| after.get(op.as_str()).copied().unwrap_or(0) != *n)
-        .map(|(op, n)| format!("{op} {n}->{}", after.get(op.as_str()).copied().unwrap_or(0)))
-        .collect();
-    if !changed.is_empty() {
-        println!("  ops: {}", changed.join(", "));
-    }
-}
-
 /// The engine `auto` picks for calibration and validation: ONNX Runtime first, because with a
 /// model's intermediate tensors exposed as outputs it ran DenseNet-121's calibration 1.5x faster
 /// than OpenVINO (8.9 vs 13.4 s for 100 samples); then OpenVINO, then tract.
@@ -160,37 +112,6 @@ fn calibration_backend() -> BackendKind {
         .into_iter()
         .find(|k| medinfer_engine::backend(*k).availability().available)
         .unwrap_or(BackendKind::Tract)
-}
-
-pub fn cmd_optimize(a: OptimizeArgs) -> Result<()> {
-    let path = crate::resolve_model(&a.model)?;
-    let mut model = medinfer_onnx::load_model(&path)?;
-    let report = medinfer_onnx::optimize(&mut model)?;
-    medinfer_onnx::save_model(&model, &a.output)?;
-    if a.json {
-        return crate::print_json(&report);
-    }
-    print_optimize(&a.output.display().to_string(), &report);
-    Ok(())
-}
-
-pub fn cmd_samples(a: SamplesArgs) -> Result<()> {
-    let e = medinfer_onnx::zoo::entry(&a.name)?;
-    let samples = medinfer_onnx::zoo::sample_inputs(&a.name, a.count, a.seed)?;
-    std::fs::create_dir_all(&a.output)
-        .with_context(|| format!("creating {}", a.output.display()))?;
-    let shape = e.input_shape[1..].to_vec();
-    for (i, s) in samples.into_iter().enumerate() {
-        let t = Tensor::from_f32(shape.clone(), s)?;
-        medinfer_io::npy::write(&a.output.join(format!("sample_{i:04}.npy")), &t)?;
-    }
-    eprintln!(
-        "wrote {} samples {:?} to {}",
-        a.count,
-        shape,
-        a.output.display()
-    );
-    Ok(())
 }
 
 /// Samples made by a pipeline's preprocessing from the files under `dir` (see
@@ -292,20 +213,6 @@ fn shuffled_subset(v: Vec<Tensor>, n: usize, seed: u64) -> Vec<Tensor> {
     pick(v, &idx)
 }
 
-pub(crate) fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
-
 #[derive(Serialize)]
 struct QuantizeOutput {
     model: String,
@@ -319,8 +226,8 @@ struct QuantizeOutput {
     written: bool,
 }
 
-pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
-    let path = crate::resolve_model(&a.model)?;
+pub fn run(a: QuantizeArgs) -> Result<()> {
+    let path = models::resolve(&a.model)?;
     let mut model = medinfer_onnx::load_model(&path)?;
     let method = CalibMethod::parse(&a.method).with_context(|| {
         format!(
@@ -336,8 +243,7 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let backend = if a.backend.eq_ignore_ascii_case("auto") {
         calibration_backend()
     } else {
-        BackendKind::parse(&a.backend)
-            .with_context(|| format!("unknown backend '{}'", a.backend))?
+        medinfer_engine::resolve_backend(&a.backend)?
     };
     let opt = if a.no_optimize {
         None
@@ -480,7 +386,7 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         written: write,
     };
     if a.json {
-        crate::print_json(&out)?;
+        print_json(&out)?;
     } else {
         print_quantize(&out);
     }
@@ -497,7 +403,7 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
 
 fn print_quantize(o: &QuantizeOutput) {
     if let Some(r) = &o.optimize {
-        print_optimize("optimize", r);
+        super::optimize::print_optimize("optimize", r);
     }
     println!(
         "calibration: {} samples on {} in {:.1} s, method {:?}",
@@ -588,41 +494,4 @@ fn truncate(s: &str, n: usize) -> String {
             .collect();
         format!("…{tail}")
     }
-}
-
-/// The INT8 version of a zoo model for `bench --precision int8`: optimized, calibrated on 100
-/// synthetic samples (`zoo samples`, seed 1) on the fastest engine, min/max ranges, bias
-/// correction; built once into the zoo cache.
-pub fn cached_zoo_int8(name: &str) -> Result<PathBuf> {
-    let fp32 = crate::resolve_model(name)?;
-    let file = fp32.with_file_name(format!("{name}-int8.onnx"));
-    if file.exists() {
-        return Ok(file);
-    }
-    eprintln!(
-        "quantizing {name} for the int8 rows (once; cached as {})",
-        file.display()
-    );
-    let e = medinfer_onnx::zoo::entry(name)?;
-    let mut model = medinfer_onnx::load_model(&fp32)?;
-    medinfer_onnx::optimize(&mut model)?;
-    let mut shape = e.input_shape.to_vec();
-    shape[0] = 1;
-    let samples: Vec<Tensor> = medinfer_onnx::zoo::sample_inputs(name, 100, 1)?
-        .into_iter()
-        .map(|v| Tensor::from_f32(shape.clone(), v))
-        .collect::<std::result::Result<_, _>>()?;
-    let config = QuantConfig::default();
-    let plan = quant::plan(&model, &config)?;
-    let calib = q::calibrate(
-        &model,
-        &plan,
-        config.method,
-        &samples,
-        BackendKind::auto(),
-        &mut |_| {},
-    )?;
-    let (qm, _) = quant::quantize(&model, &plan, &calib, &config, &HashSet::new())?;
-    medinfer_onnx::save_model(&qm, &file)?;
-    Ok(file)
 }

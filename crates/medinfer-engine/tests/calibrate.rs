@@ -3,30 +3,14 @@
 //! FP32, accuracy control reverts layers under a tight budget, bad inputs are clear errors.
 
 use medinfer_core::Tensor;
-use medinfer_engine::quantize::{self as q, AccuracyControl, Metric, Ranking};
-use medinfer_engine::{backend, load_on, BackendKind, SessionOptions};
-use medinfer_onnx::quant::{self, CalibMethod, QuantConfig};
+use medinfer_engine::calibrate::{self as q, AccuracyControl, Metric, Ranking};
+use medinfer_engine::{load_on, BackendKind, SessionOptions};
+use medinfer_onnx::qdq::{self as quant, CalibMethod, QuantConfig};
 use medinfer_onnx::{optimize, save_model, zoo};
 use std::collections::HashSet;
 
 fn native_backends() -> Vec<BackendKind> {
-    let required: Vec<BackendKind> = std::env::var("MEDINFER_REQUIRE_BACKENDS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| BackendKind::parse(s.trim()))
-        .collect();
-    let mut out = Vec::new();
-    for k in [BackendKind::Ort, BackendKind::OpenVino] {
-        let a = backend(k).availability();
-        if a.available {
-            out.push(k);
-        } else if required.contains(&k) {
-            panic!("{k} is required but unavailable: {:?}", a.reason);
-        } else {
-            eprintln!("note: skipping {k}: {}", a.reason.unwrap_or_default());
-        }
-    }
-    out
+    medinfer_engine::native_backends_for_tests().unwrap()
 }
 
 fn samples(name: &str, n: usize, seed: u64) -> Vec<Tensor> {
@@ -400,7 +384,7 @@ fn bad_inputs_are_clear_errors() {
 /// Synthetic 32x32 textures with ground truth: 0 horizontal stripes, 1 vertical stripes,
 /// 2 diagonal stripes, 3 a checkerboard-like product of sines; random period, phase, contrast,
 /// offset, and strong noise.
-fn texture(class: usize, rng: &mut medinfer_onnx::SeededRng) -> Vec<f32> {
+fn texture(class: usize, rng: &mut medinfer_core::SeededRng) -> Vec<f32> {
     let period = rng.range(4.0, 9.0);
     let (phase, amp, offset) = (
         rng.range(0.0, 6.3),
@@ -457,7 +441,7 @@ fn trained_texture_model() -> (
         m.graph.as_mut().unwrap().output[0].name = Some(feat.clone());
         m
     };
-    let mut rng = medinfer_onnx::SeededRng::new(2026);
+    let mut rng = medinfer_core::SeededRng::new(2026);
     let mut make = |n: usize| -> (Vec<Tensor>, Vec<usize>) {
         let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
         let xs = labels
@@ -684,8 +668,8 @@ fn external_data_round_trips_and_hostile_locations_are_refused() {
 /// first), scaled by 1e-3 before the sum, and one well-conditioned layer that carries the
 /// whole output (small weight error, but its INT8 rounding is what the output sees).
 fn misleading_model() -> medinfer_onnx::proto::ModelProto {
+    use medinfer_core::SeededRng;
     use medinfer_onnx::builder::{f32_tensor, f32_value_info, DimSpec, GraphBuilder};
-    use medinfer_onnx::SeededRng;
     let (cin, cout) = (32, 8);
     let mut rng = SeededRng::new(11);
     let mut b = GraphBuilder::new(0);
@@ -747,7 +731,7 @@ fn accuracy_control_ranks_by_measured_effect_and_reverts_fewer_layers() {
     let plan = quant::plan(&m, &config).unwrap();
     // Three Convs and the two residual Adds.
     assert_eq!(plan.layers.len(), 5, "{:?}", plan.layers);
-    let mut rng = medinfer_onnx::SeededRng::new(3);
+    let mut rng = medinfer_core::SeededRng::new(3);
     let mut gen = |n: usize| -> Vec<Tensor> {
         (0..n)
             .map(|_| {

@@ -100,7 +100,7 @@ pub fn cpu_isa_cap() -> Option<String> {
 /// variable, and the C library's `getenv` in another thread could read the environment while it
 /// changes. Fails when OpenVINO was already loaded, because oneDNN would keep the cap it read.
 pub fn set_cpu_isa(isa: CpuIsa) -> Result<(), EngineError> {
-    if crate::backends::openvino_loaded() && cpu_isa_cap().as_deref() != isa.onednn_name() {
+    if super::loaded() && cpu_isa_cap().as_deref() != isa.onednn_name() {
         return Err(EngineError::BadInput(format!(
             "the CPU instruction-set cap ({isa}) must be chosen before OpenVINO is first used in \
              this process"

@@ -8,30 +8,27 @@ use medinfer_core::{DType, Tensor, TensorData};
 use openvino::{
     Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey, RwPropertyKey, Shape,
 };
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
+
+pub mod isa;
 
 const KIND: BackendKind = BackendKind::OpenVino;
 
 pub(crate) struct OpenVino;
 
-struct Runtime {
-    path: PathBuf,
-    source: String,
-    version: String,
-}
+type Runtime = super::NativeLib;
 
-static RUNTIME: OnceLock<Result<Runtime, (String, &'static str)>> = OnceLock::new();
+static RUNTIME: OnceLock<super::LoadOutcome<Runtime>> = OnceLock::new();
 
 /// Whether the library has been loaded (or a load tried) in this process.
 pub(crate) fn loaded() -> bool {
     RUNTIME.get().is_some()
 }
 
-fn runtime() -> &'static Result<Runtime, (String, &'static str)> {
+fn runtime() -> &'static super::LoadOutcome<Runtime> {
     RUNTIME.get_or_init(|| {
-        let found = locate_openvino().map_err(|r| (r, INSTALL_HINT))?;
+        let found = locate_openvino().map_err(|r| (r.to_string(), INSTALL_HINT))?;
         let fix = "medinfer runtimes install --force";
         openvino_sys::library::load_from(&found.path)
             .map_err(|e| (format!("cannot load {}: {e}", found.path.display()), fix))?;
@@ -143,28 +140,11 @@ fn dtype(et: ElementType) -> Option<DType> {
 
 impl Backend for OpenVino {
     fn availability(&self) -> Availability {
-        match runtime() {
-            Ok(rt) => Availability {
-                backend: KIND,
-                available: true,
-                version: Some(rt.version.clone()),
-                library: Some(rt.path.clone()),
-                source: Some(rt.source.clone()),
-                reason: None,
-                fix: None,
-            },
-            Err((reason, fix)) => Availability::missing(KIND, reason.clone(), fix),
-        }
+        super::native_availability(KIND, runtime().as_ref())
     }
 
     fn load(&self, p: &Prepared) -> Result<Loaded, EngineError> {
-        let rt = runtime()
-            .as_ref()
-            .map_err(|(reason, fix)| EngineError::Unavailable {
-                backend: KIND,
-                reason: reason.clone(),
-                fix: Some(fix.to_string()),
-            })?;
+        let rt = super::native_ready(KIND, runtime())?;
         let load_err = |m: String| EngineError::Load {
             backend: KIND,
             path: p.path.clone(),
@@ -279,10 +259,10 @@ impl Backend for OpenVino {
                     "bf16 was asked for, but this CPU has no BF16 instructions (AVX-512 BF16 or AMX): OpenVINO computes in fp32".into(),
                 );
             }
-            if let Some(cap) = crate::cpu_isa_cap() {
+            if let Some(cap) = isa::cpu_isa_cap() {
                 info.notes.push(format!(
                     "kernels capped at {cap} ({}, medinfer --cpu-isa)",
-                    crate::isa::ONEDNN_ISA_ENV
+                    isa::ONEDNN_ISA_ENV
                 ));
             }
             let outputs = p.outputs.iter().map(|o| o.name.clone()).collect();

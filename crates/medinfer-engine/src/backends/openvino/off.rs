@@ -4,6 +4,10 @@ use crate::{BackendKind, EngineError};
 
 pub(crate) struct OpenVino;
 
+#[path = "isa.rs"]
+pub mod isa;
+
+/// Whether OpenVINO's library is loaded in this process: never, without the feature.
 pub(crate) fn loaded() -> bool {
     false
 }

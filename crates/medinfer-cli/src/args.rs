@@ -1,0 +1,155 @@
+//! What several commands share: the engine arguments, JSON and progress output, small parsers.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use medinfer_engine::{BackendKind, Session};
+use medinfer_pipelines::models::{self, ChosenModel};
+use medinfer_pipelines::Pipeline;
+use serde::Serialize;
+use std::path::Path;
+
+/// Which of a pipeline's own models to run.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PipelinePrecision {
+    /// INT8 model where the backend runs INT8 (ONNX Runtime, OpenVINO), else FP32.
+    Auto,
+    /// The FP32 model.
+    Fp32,
+    /// The INT8 (QDQ) model.
+    Int8,
+}
+
+impl From<PipelinePrecision> for models::Precision {
+    fn from(p: PipelinePrecision) -> Self {
+        match p {
+            PipelinePrecision::Auto => models::Precision::Auto,
+            PipelinePrecision::Fp32 => models::Precision::Fp32,
+            PipelinePrecision::Int8 => models::Precision::Int8,
+        }
+    }
+}
+
+/// The engine arguments every pipeline command takes (flattened into it).
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Backend: tract, ort, openvino or auto (the fastest available).
+    #[arg(short, long, default_value = "auto")]
+    pub backend: String,
+    /// Which of the pipeline's own models to run (ignored with --model): auto, fp32 or int8.
+    /// Default: auto for cardiac (the shipped INT8 model on ONNX Runtime / OpenVINO), fp32 for
+    /// cxr and ct.
+    #[arg(long, value_enum)]
+    pub precision: Option<PipelinePrecision>,
+    /// Images per inference request (default: 8 for cardiac and ct, 4 for cxr).
+    #[arg(long, value_parser = at_least_one())]
+    pub batch: Option<usize>,
+    /// Parallel inference streams (default: one per usable core, one thread each; fewer
+    /// streams share the cores between them).
+    #[arg(long, value_parser = at_least_one())]
+    pub streams: Option<usize>,
+}
+
+impl EngineArgs {
+    /// The backend these arguments name.
+    pub fn backend(&self) -> Result<BackendKind> {
+        Ok(medinfer_engine::resolve_backend(&self.backend)?)
+    }
+
+    /// The model for `pipeline` (the user's `model`, else the pipeline's own by precision,
+    /// `default` when none was given).
+    pub fn model(
+        &self,
+        pipeline: Pipeline,
+        model: Option<&Path>,
+        default: PipelinePrecision,
+    ) -> Result<ChosenModel> {
+        let precision = self.precision.unwrap_or(default);
+        Ok(models::choose(
+            pipeline,
+            self.backend()?,
+            precision.into(),
+            model,
+            &|note| eprintln!("{note}"),
+        )?)
+    }
+
+    /// A throughput-mode session of `model`: `--batch` (else the pipeline's `default_batch`),
+    /// `--streams` (else `streams`, else one per core) and `threads` per stream (`None`: the
+    /// cores shared out between the streams).
+    pub fn session(
+        &self,
+        model: &Path,
+        default_batch: usize,
+        streams: Option<usize>,
+        threads: Option<usize>,
+    ) -> Result<Session> {
+        let kind = self.backend()?;
+        let opts = medinfer_engine::SessionOptions {
+            mode: medinfer_engine::Mode::Throughput,
+            batch: Some(self.batch.unwrap_or(default_batch).max(1)),
+            streams: self.streams.or(streams),
+            threads,
+            ..Default::default()
+        };
+        medinfer_engine::load_on(kind, model, &opts)
+            .with_context(|| format!("loading {} on {kind}", model.display()))
+    }
+}
+
+/// clap parser for counts that must be at least 1 (runs, batch sizes): 0 is refused with a
+/// usage error before any work starts.
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// clap parser for a pipeline name: the names come from [`Pipeline::ALL`], the one list.
+pub fn pipeline_parser() -> impl clap::builder::TypedValueParser<Value = Pipeline> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Pipeline::ALL.map(|p| p.name()))
+        .try_map(|s| Pipeline::parse(&s).ok_or("unknown pipeline"))
+}
+
+/// Prints `v` as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// A progress bar over `len` items of `what` (hidden for JSON output and tiny jobs).
+pub fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// A comma-separated list, each item parsed by `parse`.
+pub fn parse_list<T>(s: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| parse(x).ok_or_else(|| anyhow!("unknown {what} '{x}'")))
+        .collect()
+}
+
+/// `CENTER,WIDTH` in modality units (width >= 1).
+pub fn parse_window(s: &str) -> Result<(f64, f64)> {
+    let (c, w) = s.split_once(',').context("--window takes CENTER,WIDTH")?;
+    let c: f64 = c
+        .trim()
+        .parse()
+        .context("--window centre is not a number")?;
+    let w: f64 = w.trim().parse().context("--window width is not a number")?;
+    if w.is_nan() || w < 1.0 {
+        bail!("--window width must be >= 1, got {w}");
+    }
+    Ok((c, w))
+}

@@ -1,0 +1,290 @@
+//! Segmentation on the engine and the clinical numbers: back-projection onto the input grid,
+//! largest components, volumes by summation of discs, ED / ES, EF, mass.
+
+use super::preprocess::{check_input, exam_patches, PatchGeometry};
+use super::{ms, CardiacReport, CardiacResult, Chamber, Curves, ModelId, Timings, CROP};
+use crate::phantom::{ed_es, MYOCARDIAL_DENSITY};
+use crate::PipelineError;
+use medinfer_core::Volume;
+use medinfer_engine::Session;
+use std::time::Instant;
+
+/// Checks that `session` takes `(B, 1, CROP, CROP)` and gives `(B, 4, CROP, CROP)`.
+pub fn check_model(session: &Session, model: &str) -> Result<usize, PipelineError> {
+    let bad = |reason: String| PipelineError::Model {
+        model: model.to_string(),
+        reason,
+    };
+    let ins = session.inputs();
+    if ins.len() != 1 || ins[0].shape.len() != 4 || ins[0].shape[1..] != [1, CROP, CROP] {
+        return Err(bad(format!(
+            "the cardiac pipeline feeds one (batch, 1, {CROP}, {CROP}) input; the model takes {:?}",
+            ins.iter().map(|i| &i.shape).collect::<Vec<_>>()
+        )));
+    }
+    let outs = session.outputs();
+    if outs.is_empty() || outs[0].shape.len() != 4 || outs[0].shape[1] != 4 {
+        return Err(bad(format!(
+            "the cardiac pipeline reads (batch, 4, {CROP}, {CROP}) class scores; the model gives {:?}",
+            outs.iter().map(|o| &o.shape).collect::<Vec<_>>()
+        )));
+    }
+    Ok(ins[0].shape[0].max(1))
+}
+
+/// Segments and quantifies one cine stack.
+pub fn analyse(
+    vol: &Volume,
+    input_name: &str,
+    session: &Session,
+    model: ModelId,
+) -> Result<CardiacResult, PipelineError> {
+    let t_all = Instant::now();
+    check_input(vol, input_name)?;
+    check_model(session, &model.path)?;
+    let [nx, ny, nz, nt] = vol.dims;
+    let plane = nx * ny;
+    let mut flags = Vec::new();
+
+    // Preprocess.
+    let t0 = Instant::now();
+    let (heart, geo, patches) = exam_patches(vol, input_name)?;
+    let images = nz * nt;
+    let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
+    let preprocess_ms = ms(t0);
+
+    // Segment: the shared batch pipeline, one worker per engine stream.
+    let t0 = Instant::now();
+    let idx: Vec<usize> = (0..images).collect();
+    let mut logits: Vec<Vec<f32>> = vec![Vec::new(); images];
+    let mut failure = None;
+    crate::batch::run_ordered(
+        &idx,
+        session,
+        1,
+        |&i| Ok(&patches[i * CROP * CROP..(i + 1) * CROP * CROP]),
+        |i, r| match r {
+            Ok(v) if v.len() == 4 * CROP * CROP => logits[i] = v,
+            Ok(v) => {
+                failure.get_or_insert(format!(
+                    "output has {} values per image, expected {}",
+                    v.len(),
+                    4 * CROP * CROP
+                ));
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        },
+    )?;
+    if let Some(reason) = failure {
+        return Err(PipelineError::Model {
+            model: model.path.clone(),
+            reason,
+        });
+    }
+    let segment_ms = ms(t0);
+
+    // Postprocess: class scores back onto the input grid inside the patch's footprint.
+    let t0 = Instant::now();
+    let half = CROP as f64 / 2.0;
+    let fx0 = (geo.centre[0] - half * geo.step[0]).floor().max(0.0) as usize;
+    let fx1 = ((geo.centre[0] + half * geo.step[0]).ceil().max(0.0) as usize).min(nx);
+    let fy0 = (geo.centre[1] - half * geo.step[1]).floor().max(0.0) as usize;
+    let fy1 = ((geo.centre[1] + half * geo.step[1]).ceil().max(0.0) as usize).min(ny);
+    let mut labels = vec![0u8; vol.data.len()];
+    {
+        let frames: Vec<(usize, &mut [u8])> = labels.chunks_mut(plane).enumerate().collect();
+        let per = frames.len().div_ceil(threads).max(1);
+        let mut groups: Vec<Vec<(usize, &mut [u8])>> = Vec::new();
+        let mut it = frames.into_iter().peekable();
+        while it.peek().is_some() {
+            groups.push(it.by_ref().take(per).collect());
+        }
+        let logits = &logits;
+        std::thread::scope(|s| {
+            for g in groups {
+                s.spawn(move || {
+                    for (img, out) in g {
+                        back_project(&logits[img], &geo, out, nx, [fx0, fx1, fy0, fy1]);
+                    }
+                });
+            }
+        });
+    }
+    // Largest 3D connected component per structure and phase.
+    for t in 0..nt {
+        let frame = &mut labels[t * nz * plane..(t + 1) * nz * plane];
+        for class in 1..=3u8 {
+            keep_largest_component(frame, [nx, ny, nz], class);
+        }
+    }
+    let voxel_ml = vol.spacing[0] * vol.spacing[1] * vol.spacing[2] / 1000.0;
+    let mut curves = Curves {
+        lv_ml: vec![0.0; nt],
+        rv_ml: vec![0.0; nt],
+        myo_ml: vec![0.0; nt],
+    };
+    for t in 0..nt {
+        let mut counts = [0usize; 4];
+        for &v in &labels[t * nz * plane..(t + 1) * nz * plane] {
+            counts[v as usize & 3] += 1;
+        }
+        curves.lv_ml[t] = counts[1] as f64 * voxel_ml;
+        curves.myo_ml[t] = counts[2] as f64 * voxel_ml;
+        curves.rv_ml[t] = counts[3] as f64 * voxel_ml;
+    }
+    let (ed, es) = ed_es(&curves.lv_ml);
+    let lv = Chamber::new(curves.lv_ml[ed], curves.lv_ml[es]);
+    let rv = Chamber::new(curves.rv_ml[ed], curves.rv_ml[es]);
+    if lv.edv_ml < 5.0 {
+        flags.push(format!(
+            "LV end-diastolic volume {:.1} ml: the segmentation found almost no left ventricle",
+            lv.edv_ml
+        ));
+    }
+    if !(5.0..=90.0).contains(&lv.ef_pct) {
+        flags.push(format!(
+            "LV EF {:.1} % is outside 5-90 %: check the segmentation",
+            lv.ef_pct
+        ));
+    }
+    for (name, vals) in [("LV", &curves.lv_ml), ("RV", &curves.rv_ml)] {
+        // A chamber touching the first or last slice at ED may extend beyond the stack.
+        let _ = vals;
+        let edge = [0, nz - 1].iter().any(|&z| {
+            let class = if name == "LV" { 1 } else { 3 };
+            let start = (ed * nz + z) * plane;
+            let n = labels[start..start + plane]
+                .iter()
+                .filter(|&&v| v == class)
+                .count();
+            n as f64 * vol.spacing[0] * vol.spacing[1] > 1500.0 && z == nz - 1
+        });
+        if edge {
+            flags.push(format!(
+                "{name} is still large on the most apical slice at ED: the stack may not cover the whole ventricle"
+            ));
+        }
+    }
+    let lv_mass_g = curves.myo_ml[ed] * MYOCARDIAL_DENSITY;
+    let postprocess_ms = ms(t0);
+    let info = session.info();
+    Ok(CardiacResult {
+        report: CardiacReport {
+            input: input_name.to_string(),
+            dims: vol.dims,
+            spacing: vol.spacing,
+            model,
+            backend: info.backend.name().to_string(),
+            precision: info.effective_precision.clone(),
+            heart,
+            ed_phase: ed,
+            es_phase: es,
+            lv,
+            rv,
+            lv_mass_g,
+            curves,
+            images,
+            images_per_s: images as f64 / (segment_ms / 1000.0).max(1e-9),
+            flags,
+            timings: Timings {
+                preprocess_ms,
+                segment_ms,
+                postprocess_ms,
+                total_ms: ms(t_all),
+                ..Default::default()
+            },
+        },
+        labels,
+    })
+}
+
+/// Arg-max of the bilinearly interpolated class scores at every input pixel of the footprint.
+fn back_project(l: &[f32], g: &PatchGeometry, out: &mut [u8], nx: usize, fp: [usize; 4]) {
+    let half = CROP as f64 / 2.0;
+    let plane = CROP * CROP;
+    let [x0, x1, y0, y1] = fp;
+    for y in y0..y1 {
+        // Patch coordinate of this input pixel (patch pixel centres at integer + 0.5 - 0.5).
+        let py = (y as f64 - g.centre[1]) / g.step[1] + half - 0.5;
+        if py < 0.0 || py > (CROP - 1) as f64 {
+            continue;
+        }
+        let j0 = (py.floor() as usize).min(CROP - 2);
+        let fy = (py - j0 as f64) as f32;
+        for x in x0..x1 {
+            let px = (x as f64 - g.centre[0]) / g.step[0] + half - 0.5;
+            if px < 0.0 || px > (CROP - 1) as f64 {
+                continue;
+            }
+            let i0 = (px.floor() as usize).min(CROP - 2);
+            let fx = (px - i0 as f64) as f32;
+            let mut best = (f32::MIN, 0u8);
+            for c in 0..4 {
+                let b = c * plane + j0 * CROP + i0;
+                let top = l[b] * (1.0 - fx) + l[b + 1] * fx;
+                let bot = l[b + CROP] * (1.0 - fx) + l[b + CROP + 1] * fx;
+                let v = top * (1.0 - fy) + bot * fy;
+                if v > best.0 {
+                    best = (v, c as u8);
+                }
+            }
+            out[y * nx + x] = best.1;
+        }
+    }
+}
+
+/// Keeps only the largest 6-connected component of `class` in a `[nx, ny, nz]` frame.
+pub fn keep_largest_component(frame: &mut [u8], dims: [usize; 3], class: u8) {
+    let [nx, ny, nz] = dims;
+    let mut comp = vec![0u32; frame.len()];
+    let mut sizes = vec![0usize];
+    let mut stack = Vec::new();
+    for start in 0..frame.len() {
+        if frame[start] != class || comp[start] != 0 {
+            continue;
+        }
+        let id = sizes.len() as u32;
+        sizes.push(0);
+        comp[start] = id;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            sizes[id as usize] += 1;
+            let (x, y, z) = (i % nx, (i / nx) % ny, i / (nx * ny));
+            let mut visit = |j: usize| {
+                if frame[j] == class && comp[j] == 0 {
+                    comp[j] = id;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < nx {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - nx);
+            }
+            if y + 1 < ny {
+                visit(i + nx);
+            }
+            if z > 0 {
+                visit(i - nx * ny);
+            }
+            if z + 1 < nz {
+                visit(i + nx * ny);
+            }
+        }
+    }
+    if sizes.len() <= 2 {
+        return;
+    }
+    let keep = (1..sizes.len()).max_by_key(|&i| sizes[i]).unwrap_or(1) as u32;
+    for (v, &c) in frame.iter_mut().zip(&comp) {
+        if c != 0 && c != keep {
+            *v = 0;
+        }
+    }
+}

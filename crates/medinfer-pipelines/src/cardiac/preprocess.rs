@@ -1,0 +1,287 @@
+//! Preprocessing: input checks, locating the heart by its motion, and the model's patches.
+
+use super::{CROP, MODEL_SPACING};
+use crate::PipelineError;
+use medinfer_core::Volume;
+use serde::Serialize;
+
+/// Where the heart is and how sure the locator is.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct HeartLocation {
+    /// Centre in pixel coordinates of the input slices (x = column, y = row).
+    pub centre_px: [f64; 2],
+    /// Peak of the smoothed temporal standard deviation over its median inside the body: the
+    /// motion contrast. Below [`MIN_MOTION_CONTRAST`] there is no beating heart in the stack.
+    pub motion_contrast: f64,
+}
+
+/// The smallest motion contrast accepted as a beating heart. Measured: a stack in which nothing
+/// moves but the noise scores 1.01; phantom hearts with EF 15-75 % score 2.1 and up.
+pub const MIN_MOTION_CONTRAST: f64 = 1.5;
+
+/// Checks that `vol` is a plausible cine short-axis stack; the error says what is wrong.
+pub fn check_input(vol: &Volume, name: &str) -> Result<(), PipelineError> {
+    let [nx, ny, nz, nt] = vol.dims;
+    let bad = |why: String| Err(PipelineError::input(name, why));
+    if nt < 2 {
+        return bad(format!(
+            "a cine short-axis stack has slices x phases (4D); this is {nx}x{ny}x{nz} with {nt} \
+             time point(s)"
+        ));
+    }
+    if nz < 2 {
+        return bad(format!(
+            "{nz} slice: volumes need a stack of at least 2 slices"
+        ));
+    }
+    if nx < 32 || ny < 32 {
+        return bad(format!("{nx}x{ny} pixels is too small for a cine image"));
+    }
+    let [sx, sy, sz, _] = vol.spacing;
+    if !(0.3..=5.0).contains(&sx) || !(0.3..=5.0).contains(&sy) {
+        return bad(format!(
+            "pixel spacing {sx} x {sy} mm is outside 0.3-5 mm: not a cardiac cine"
+        ));
+    }
+    if !(1.0..=30.0).contains(&sz) {
+        return bad(format!(
+            "slice spacing {sz} mm is outside 1-30 mm: not a short-axis stack"
+        ));
+    }
+    if vol.data.iter().any(|v| !v.is_finite()) {
+        return bad("non-finite voxel values".into());
+    }
+    // A mask or label map (a handful of distinct values) is not an image to segment.
+    let mut distinct: Vec<u32> = Vec::new();
+    for v in vol.data.iter().step_by(7) {
+        let b = v.to_bits();
+        if !distinct.contains(&b) {
+            distinct.push(b);
+            if distinct.len() >= 16 {
+                return Ok(());
+            }
+        }
+    }
+    bad(format!(
+        "only {} distinct values: this looks like a mask or label map, not a cine image",
+        distinct.len()
+    ))
+}
+
+/// Finds the heart: the centre of the region that moves most over the cycle.
+pub fn locate_heart(vol: &Volume) -> HeartLocation {
+    let [nx, ny, nz, nt] = vol.dims;
+    let plane = nx * ny;
+    let mut sd = vec![0f64; plane];
+    let (z0, z1) = (nz / 4, (3 * nz).div_ceil(4).max(nz / 4 + 1).min(nz));
+    for z in z0..z1 {
+        for (p, acc) in sd.iter_mut().enumerate() {
+            let (mut s, mut s2) = (0f64, 0f64);
+            for t in 0..nt {
+                let v = vol.data[(t * nz + z) * plane + p] as f64;
+                s += v;
+                s2 += v * v;
+            }
+            let m = s / nt as f64;
+            *acc += (s2 / nt as f64 - m * m).max(0.0).sqrt();
+        }
+    }
+    // Box smoothing over ~20 mm (separable, two passes).
+    let r = ((10.0 / vol.spacing[0].max(0.1)).round() as usize).max(1);
+    let sm = box_blur(&box_blur(&sd, nx, ny, r), nx, ny, r);
+    let (mut best, mut bi) = (f64::MIN, 0);
+    for (i, &v) in sm.iter().enumerate() {
+        if v > best {
+            best = v;
+            bi = i;
+        }
+    }
+    // Motion contrast: peak over the median of the image region that has signal.
+    let mean_img: Vec<f64> = (0..plane)
+        .map(|p| {
+            (0..nt)
+                .map(|t| vol.data[(t * nz + z0) * plane + p] as f64)
+                .sum::<f64>()
+        })
+        .collect();
+    let thr = mean_img.iter().cloned().fold(0.0, f64::max) * 0.1;
+    let mut inside: Vec<f64> = sm
+        .iter()
+        .zip(&mean_img)
+        .filter(|(_, &m)| m > thr)
+        .map(|(&v, _)| v)
+        .collect();
+    inside.sort_by(|a, b| a.total_cmp(b));
+    let median = inside.get(inside.len() / 2).copied().unwrap_or(0.0);
+    // Refine: weighted centroid of the smoothed map above half the peak near the peak.
+    let (px, py) = ((bi % nx) as f64, (bi / nx) as f64);
+    let reach = 60.0 / vol.spacing[0].max(0.1);
+    let (mut w, mut cx, mut cy) = (0.0, 0.0, 0.0);
+    for y in 0..ny {
+        for x in 0..nx {
+            let v = sm[y * nx + x];
+            if v > 0.5 * best && ((x as f64 - px).hypot(y as f64 - py)) < reach {
+                w += v;
+                cx += v * x as f64;
+                cy += v * y as f64;
+            }
+        }
+    }
+    let centre_px = if w > 0.0 { [cx / w, cy / w] } else { [px, py] };
+    HeartLocation {
+        centre_px,
+        motion_contrast: if median > 0.0 { best / median } else { 0.0 },
+    }
+}
+
+fn box_blur(v: &[f64], nx: usize, ny: usize, r: usize) -> Vec<f64> {
+    let mut tmp = vec![0f64; v.len()];
+    for y in 0..ny {
+        let row = &v[y * nx..(y + 1) * nx];
+        let mut acc: f64 = row[..r.min(nx)].iter().sum();
+        for x in 0..nx {
+            if x + r < nx {
+                acc += row[x + r];
+            }
+            if x > r {
+                acc -= row[x - r - 1];
+            }
+            tmp[y * nx + x] = acc;
+        }
+    }
+    let mut out = vec![0f64; v.len()];
+    for x in 0..nx {
+        let mut acc: f64 = (0..r.min(ny)).map(|y| tmp[y * nx + x]).sum();
+        for y in 0..ny {
+            if y + r < ny {
+                acc += tmp[(y + r) * nx + x];
+            }
+            if y > r {
+                acc -= tmp[(y - r - 1) * nx + x];
+            }
+            out[y * nx + x] = acc;
+        }
+    }
+    out
+}
+
+/// Geometry of the patch in the input slice: input pixel = centre + (patch index + 0.5 - CROP/2) * step.
+#[derive(Clone, Copy, Debug)]
+pub struct PatchGeometry {
+    /// Centre in input pixel coordinates (x, y).
+    pub centre: [f64; 2],
+    /// Input pixels per patch pixel along x and y.
+    pub step: [f64; 2],
+}
+
+impl PatchGeometry {
+    /// The patch of `vol` centred at `centre` (input pixels).
+    pub fn new(vol: &Volume, centre: [f64; 2]) -> Self {
+        PatchGeometry {
+            centre,
+            step: [
+                MODEL_SPACING / vol.spacing[0],
+                MODEL_SPACING / vol.spacing[1],
+            ],
+        }
+    }
+}
+
+/// Samples the patch of one slice (`nx * ny` values) bilinearly (0 outside) and z-scores it,
+/// writing `CROP * CROP` values into `out`.
+pub fn sample_patch(slice: &[f32], nx: usize, ny: usize, g: &PatchGeometry, out: &mut [f32]) {
+    let half = CROP as f64 / 2.0;
+    let at = |x: isize, y: isize| -> f32 {
+        if x < 0 || y < 0 || x >= nx as isize || y >= ny as isize {
+            0.0
+        } else {
+            slice[y as usize * nx + x as usize]
+        }
+    };
+    for j in 0..CROP {
+        let sy = g.centre[1] + (j as f64 + 0.5 - half) * g.step[1];
+        let y0 = sy.floor();
+        let fy = (sy - y0) as f32;
+        for i in 0..CROP {
+            let sx = g.centre[0] + (i as f64 + 0.5 - half) * g.step[0];
+            let x0 = sx.floor();
+            let fx = (sx - x0) as f32;
+            let (x0, y0) = (x0 as isize, y0 as isize);
+            let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1, y0) * fx;
+            let bot = at(x0, y0 + 1) * (1.0 - fx) + at(x0 + 1, y0 + 1) * fx;
+            out[j * CROP + i] = top * (1.0 - fy) + bot * fy;
+        }
+    }
+    let n = (CROP * CROP) as f64;
+    let mean = out.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = out.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let inv = 1.0 / var.sqrt().max(1e-6);
+    for v in out.iter_mut() {
+        *v = ((*v as f64 - mean) * inv) as f32;
+    }
+}
+
+/// Nearest-neighbour sample of a label patch (for training targets) at the same geometry.
+pub fn sample_label_patch(labels: &[u8], nx: usize, ny: usize, g: &PatchGeometry, out: &mut [u8]) {
+    let half = CROP as f64 / 2.0;
+    for j in 0..CROP {
+        let sy = (g.centre[1] + (j as f64 + 0.5 - half) * g.step[1]).round();
+        for i in 0..CROP {
+            let sx = (g.centre[0] + (i as f64 + 0.5 - half) * g.step[0]).round();
+            out[j * CROP + i] = if sx < 0.0 || sy < 0.0 || sx >= nx as f64 || sy >= ny as f64 {
+                0
+            } else {
+                labels[sy as usize * nx + sx as usize]
+            };
+        }
+    }
+}
+
+/// The model inputs of an exam, as [`analyse`] makes them: the heart located by its motion, then
+/// one `CROP x CROP` z-scored patch per slice and phase (image index `t * nz + z`), sampled on
+/// every core. Errors: input [`check_input`] refuses, or no beating heart.
+pub fn exam_patches(
+    vol: &Volume,
+    input_name: &str,
+) -> Result<(HeartLocation, PatchGeometry, Vec<f32>), PipelineError> {
+    check_input(vol, input_name)?;
+    let [nx, ny, nz, nt] = vol.dims;
+    let plane = nx * ny;
+    let heart = locate_heart(vol);
+    if heart.motion_contrast < MIN_MOTION_CONTRAST {
+        return Err(PipelineError::input(
+            input_name,
+            format!(
+                "no beating heart found (motion contrast {:.2}, a cine heart gives > {MIN_MOTION_CONTRAST}); \
+                 is this a cine short-axis stack?",
+                heart.motion_contrast
+            ),
+        ));
+    }
+    let geo = PatchGeometry::new(vol, heart.centre_px);
+    let images = nz * nt;
+    let mut patches = vec![0f32; images * CROP * CROP];
+    let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
+    {
+        let chunks: Vec<(usize, &mut [f32])> =
+            patches.chunks_mut(CROP * CROP).enumerate().collect();
+        let per = chunks.len().div_ceil(threads).max(1);
+        let mut groups: Vec<Vec<(usize, &mut [f32])>> = Vec::new();
+        let mut it = chunks.into_iter().peekable();
+        while it.peek().is_some() {
+            groups.push(it.by_ref().take(per).collect());
+        }
+        std::thread::scope(|s| {
+            for g in groups {
+                s.spawn(move || {
+                    for (img, out) in g {
+                        // Patch order: image index = t * nz + z, the volume's own order.
+                        let off = img * plane;
+                        sample_patch(&vol.data[off..off + plane], nx, ny, &geo, out);
+                    }
+                });
+            }
+        });
+    }
+    Ok((heart, geo, patches))
+}
