@@ -557,6 +557,44 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
             let (meta_end, ts) =
                 meta_extent(body).map_err(|e| fmt_err(path, format!("file meta: {e}")))?;
             match Encoding::of(&ts) {
+                // A data set written in the other VR encoding than its transfer syntax says
+                // (seen from a highdicom version: JPEG Baseline declared, implicit VR written):
+                // read it as what it is, as pydicom does, keeping the declared syntax for the
+                // pixel data.
+                Some(enc)
+                    if !enc.big_endian
+                        && meta_end < body.len()
+                        && looks_explicit(&body[meta_end..]) != enc.explicit =>
+                {
+                    let actual = Encoding {
+                        explicit: !enc.explicit,
+                        big_endian: false,
+                    };
+                    let data = &body[meta_end..];
+                    // dicom-rs reads the whole slice given here: for a header-only read it is
+                    // cut where the checked part ends (at Pixel Data).
+                    let end = check_declared_lengths(data, 0, actual, header_only)
+                        .map_err(|e| fmt_err(path, e))?;
+                    let data = &data[..end.min(data.len())];
+                    let read_as = if actual.explicit {
+                        "1.2.840.10008.1.2.1"
+                    } else {
+                        "1.2.840.10008.1.2"
+                    };
+                    let ts_read =
+                        dicom_encoding::TransferSyntaxIndex::get(&TransferSyntaxRegistry, read_as)
+                            .ok_or_else(|| {
+                                fmt_err(path, "no implicit VR transfer syntax registered")
+                            })?;
+                    let ds =
+                        InMemDicomObject::read_dataset_with_ts(data, ts_read).map_err(|e| {
+                            fmt_err(
+                                path,
+                                format!("not a readable DICOM data set: {}", chain(&e)),
+                            )
+                        })?;
+                    return with_meta(path, ds, ts.trim_end_matches(['\0', ' ']));
+                }
                 Some(enc) => {
                     check_declared_lengths(body, meta_end, enc, header_only)
                         .map_err(|e| fmt_err(path, e))?;
@@ -602,7 +640,12 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
     // No preamble and no file meta: read the bare data set as pydicom's `force=True` does.
     let ts_uid = guess_raw_ts(bytes);
     if let Some(enc) = Encoding::of(ts_uid) {
-        check_declared_lengths(bytes, 0, enc, header_only).map_err(|e| fmt_err(path, e))?;
+        // dicom-rs reads the whole slice given here: for a header-only read it is cut where
+        // the checked part ends (at Pixel Data). Found by fuzzing series assembly: the elements
+        // after Pixel Data went unchecked and one declared 4 GB.
+        let end =
+            check_declared_lengths(bytes, 0, enc, header_only).map_err(|e| fmt_err(path, e))?;
+        bytes = &bytes[..end.min(bytes.len())];
     }
     let ts = dicom_encoding::TransferSyntaxIndex::get(&TransferSyntaxRegistry, ts_uid)
         .ok_or_else(|| fmt_err(path, format!("transfer syntax {ts_uid} is not registered")))?;
@@ -612,6 +655,22 @@ fn parse(path: &str, bytes: &[u8], header_only: bool) -> Result<DefaultDicomObje
             format!("not a readable DICOM data set: {}", chain(&e)),
         )
     })?;
+    with_meta(path, ds, ts_uid)
+}
+
+/// Whether a data set's first element has an explicit VR (two letters of a known VR after the
+/// tag), as pydicom decides it.
+fn looks_explicit(data: &[u8]) -> bool {
+    data.len() >= 6 && VR::from_binary([data[4], data[5]]).is_some()
+}
+
+/// A data set read without its file meta, given one with transfer syntax `ts_uid` (and the SOP
+/// class and instance from the data set).
+fn with_meta(
+    path: &str,
+    ds: InMemDicomObject,
+    ts_uid: &str,
+) -> Result<DefaultDicomObject, IoError> {
     let sop_class = ds
         .get(tags::SOP_CLASS_UID)
         .and_then(|e| e.to_str().ok())
@@ -1022,7 +1081,11 @@ fn check_size_against_file(p: &str, h: &DicomHeader, file_len: u64) -> Result<()
         return Ok(());
     }
     let samples = h.rows as u64 * h.columns as u64 * h.frames as u64 * h.samples_per_pixel as u64;
-    let native_bytes = (samples * h.bits_allocated.max(1) as u64).div_ceil(8);
+    let mut native_bytes = (samples * h.bits_allocated.max(1) as u64).div_ceil(8);
+    if h.photometric == "YBR_FULL_422" {
+        // Two stored samples per pixel (Y1 Y2 Cb Cr for each pair).
+        native_bytes = native_bytes / 3 * 2;
+    }
     let need = match h.transfer_syntax_uid.as_str() {
         "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" => native_bytes,
         "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.8.1" => native_bytes / 1032,
@@ -1235,12 +1298,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     let (channels, photometric, ybr) = match (h.samples_per_pixel, pi) {
         (1, "MONOCHROME1") => (1, Photometric::Monochrome1, false),
         (1, "MONOCHROME2") | (1, "") => (1, Photometric::Monochrome2, false),
-        (1, "PALETTE COLOR") => {
-            return Err(fmt_err(
-                p,
-                "PALETTE COLOR images are not supported (no medical model consumes them)",
-            ))
-        }
+        (1, "PALETTE COLOR") => (1, Photometric::Rgb, false),
         (3, "RGB") => (3, Photometric::Rgb, false),
         (3, "YBR_FULL") | (3, "YBR_FULL_422") => (3, Photometric::Rgb, true),
         (3, "YBR_ICT") | (3, "YBR_RCT") => (3, Photometric::Rgb, false),
@@ -1258,6 +1316,23 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         .get(tags::PIXEL_DATA)
         .ok_or_else(|| fmt_err(p, "no Pixel Data element"))?;
     let encapsulated = matches!(pd.value(), Value::PixelSequence(_));
+    // PALETTE COLOR: one stored index per pixel, three output channels through the LUTs.
+    let palette = if pi == "PALETTE COLOR" {
+        Some(crate::palette::read(&f.obj, h.signed).map_err(|e| fmt_err(p, e))?)
+    } else {
+        None
+    };
+    // Native YBR_FULL_422 stores two samples per pixel (Y1 Y2 Cb Cr for each pair).
+    let native_422 = !encapsulated && pi == "YBR_FULL_422";
+    if native_422 && (h.bits_allocated != 8 || !h.columns.is_multiple_of(2)) {
+        return Err(fmt_err(
+            p,
+            format!(
+                "uncompressed YBR_FULL_422 with {} bits allocated and {} columns (8 bits and an even width expected)",
+                h.bits_allocated, h.columns
+            ),
+        ));
+    }
     // Sizes come from the file: every product is checked (the header's sample cap makes them
     // fit, but a check here cannot wrap whatever changes upstream).
     let size_err = || fmt_err(p, "image size overflows");
@@ -1282,6 +1357,8 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         };
         let need = if h.bits_allocated == 1 {
             all_samples.div_ceil(8)
+        } else if native_422 {
+            all_samples / 3 * 2
         } else {
             all_samples.checked_mul(bytes_per).ok_or_else(size_err)?
         };
@@ -1324,7 +1401,50 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     }
     // Native 8 / 16-bit pixel data is used in place, as parsed (no copy); everything else goes
     // through dicom-pixeldata.
+    let expanded_422;
+    // Explicit VR big endian: multi-byte samples are big-endian in the file whatever the VR
+    // (OB holds them as bytes, OW as swapped words): rebuilt in file order, then swapped per
+    // sample, as pydicom reads them.
+    let big_endian = h.transfer_syntax_uid == "1.2.840.10008.1.2.2";
+    let big_endian_le = if big_endian && !encapsulated && h.bits_allocated > 8 {
+        let file_order: Vec<u8> = match pd.value() {
+            Value::Primitive(PrimitiveValue::U8(v)) => v.to_vec(),
+            Value::Primitive(PrimitiveValue::U16(v)) => {
+                v.iter().flat_map(|w| w.to_be_bytes()).collect()
+            }
+            Value::Primitive(PrimitiveValue::I16(v)) => {
+                v.iter().flat_map(|w| w.to_be_bytes()).collect()
+            }
+            Value::Primitive(PrimitiveValue::U32(v)) => {
+                v.iter().flat_map(|w| w.to_be_bytes()).collect()
+            }
+            Value::Primitive(PrimitiveValue::I32(v)) => {
+                v.iter().flat_map(|w| w.to_be_bytes()).collect()
+            }
+            Value::Primitive(other) => other.to_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        let k = bytes_per;
+        let n = all_samples.checked_mul(k).ok_or_else(size_err)?;
+        if file_order.len() < n {
+            return Err(fmt_err(
+                p,
+                format!("Pixel Data holds {} bytes, {n} needed", file_order.len()),
+            ));
+        }
+        file_order[..n]
+            .chunks_exact(k)
+            .flat_map(|c| c.iter().rev().copied())
+            .collect::<Vec<u8>>()
+    } else {
+        Vec::new()
+    };
     let in_place = match (encapsulated, h.bits_allocated, pd.value()) {
+        _ if !big_endian_le.is_empty() => Some(Raw::Bytes(&big_endian_le)),
+        (false, 8, Value::Primitive(PrimitiveValue::U8(v))) if native_422 => {
+            expanded_422 = expand_ybr422(&v[..all_samples / 3 * 2]);
+            Some(Raw::Bytes(&expanded_422))
+        }
         (false, 8, Value::Primitive(PrimitiveValue::U8(v))) => Some(Raw::Bytes(&v[..])),
         (false, 16, Value::Primitive(PrimitiveValue::U16(v))) => Some(Raw::U16(&v[..])),
         (false, 16, Value::Primitive(PrimitiveValue::I16(v))) => Some(Raw::I16(&v[..])),
@@ -1333,8 +1453,35 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     let decoded;
     let jpeg12;
     let jxl;
+    let rle_frames;
+    let jpeg_colour;
+    let rle = h.transfer_syntax_uid == "1.2.840.10008.1.2.5";
+    let jpeg8_colour = encapsulated
+        && channels == 3
+        && h.bits_allocated == 8
+        && matches!(
+            h.transfer_syntax_uid.as_str(),
+            "1.2.840.10008.1.2.4.50"
+                | "1.2.840.10008.1.2.4.51"
+                | "1.2.840.10008.1.2.4.57"
+                | "1.2.840.10008.1.2.4.70"
+        );
     let raw_all = match in_place {
         Some(r) => r,
+        None if jpeg8_colour => {
+            jpeg_colour = decode_jpeg_colour(pd.value(), h, nframes).map_err(|e| {
+                fmt_err(
+                    p,
+                    format!("cannot decode pixel data ({}): {e}", h.transfer_syntax),
+                )
+            })?;
+            Raw::Bytes(&jpeg_colour)
+        }
+        None if rle && encapsulated => {
+            rle_frames = decode_rle(pd.value(), h, nframes, channels, bytes_per)
+                .map_err(|e| fmt_err(p, format!("cannot decode pixel data (RLE Lossless): {e}")))?;
+            Raw::Bytes(&rle_frames)
+        }
         None if is_jpeg_xl(h, encapsulated) => {
             jxl = decode_jpeg_xl(pd.value(), h, nframes, frame_samples).map_err(|e| {
                 fmt_err(
@@ -1379,15 +1526,16 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
     }
     // Encapsulated codecs deliver interleaved samples (RLE's planes are interleaved by its
     // decoder), already converted to RGB by JPEG decoders; RLE keeps the declared colour space.
-    let rle = h.transfer_syntax_uid == "1.2.840.10008.1.2.5";
     let planar = h.planar_configuration == 1 && channels == 3 && !encapsulated;
-    let convert_ybr = ybr && (!encapsulated || rle);
-    let lut = if channels == 1 && h.modality_lut {
+    // Colour JPEG is decoded without the codec's own colour transform: the Photometric
+    // Interpretation says what the components are (PS3.5 8.2.1), as pydicom reads them.
+    let convert_ybr = ybr && (!encapsulated || rle || jpeg8_colour);
+    let lut = if channels == 1 && h.modality_lut && palette.is_none() {
         modality_lut(&f.obj, p, h.signed)?
     } else {
         None
     };
-    let voi = if channels == 1 {
+    let voi = if channels == 1 && palette.is_none() {
         voi_lut(&f.obj, p, h.signed)?.map(std::sync::Arc::new)
     } else {
         None
@@ -1408,7 +1556,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         let raw = raw_all.frame(fr, frame_samples, h.bits_allocated);
         // The rescale is applied while converting (in f64), so 32-bit stored values keep
         // their precision up to the one rounding to f32.
-        let rescale = if channels == 1 && lut.is_none() {
+        let rescale = if channels == 1 && lut.is_none() && palette.is_none() {
             f.per_frame_rescale.get(fr).copied().unwrap_or(h.rescale)
         } else {
             (1.0, 0.0)
@@ -1437,7 +1585,12 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             }
         }
         let value_range;
-        if let Some(lut) = &lut {
+        let mut out_channels = channels;
+        if let Some(pal) = &palette {
+            vals = vals.iter().flat_map(|&v| pal.rgb(v as i64)).collect();
+            out_channels = 3;
+            value_range = (0.0, pal.max);
+        } else if let Some(lut) = &lut {
             let last = lut.table.len() - 1;
             for v in vals.iter_mut() {
                 let i = (*v as f64 - lut.first).clamp(0.0, last as f64) as usize;
@@ -1454,7 +1607,7 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         images.push(Image2d {
             width: h.columns as usize,
             height: h.rows as usize,
-            channels,
+            channels: out_channels,
             data: vals,
             spacing: h.pixel_spacing.unwrap_or([1.0, 1.0]),
             photometric,
@@ -1465,6 +1618,111 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
         });
     }
     Ok(images)
+}
+
+/// The frames of encapsulated JPEG data: one fragment per frame, or fragments up to the one
+/// that ends with an EOI marker (trailing padding allowed), or all of them for one frame.
+fn jpeg_frames(fragments: &[Vec<u8>], nframes: usize) -> Result<Vec<Vec<u8>>, String> {
+    if fragments.len() == nframes {
+        return Ok(fragments.to_vec());
+    }
+    if nframes == 1 {
+        return Ok(vec![fragments.iter().flatten().copied().collect()]);
+    }
+    let mut frames = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for f in fragments {
+        cur.extend_from_slice(f);
+        let end = f.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        if end >= 2 && f[end - 2..end] == [0xFF, 0xD9] {
+            frames.push(std::mem::take(&mut cur));
+        }
+    }
+    if frames.len() != nframes {
+        return Err(format!(
+            "{} JPEG frames found in {} fragments, {nframes} declared",
+            frames.len(),
+            fragments.len()
+        ));
+    }
+    Ok(frames)
+}
+
+/// 8-bit colour JPEG (baseline, extended, lossless) decoded with no colour transform (the
+/// components as stored: RGB or YCbCr by the Photometric Interpretation), interleaved.
+fn decode_jpeg_colour(
+    value: &Value<InMemDicomObject>,
+    h: &DicomHeader,
+    nframes: usize,
+) -> Result<Vec<u8>, String> {
+    let fragments = value.fragments().ok_or("no pixel fragments")?;
+    let (w, hgt) = (h.columns as usize, h.rows as usize);
+    let mut out = Vec::with_capacity(w * hgt * 3 * nframes);
+    for (i, data) in jpeg_frames(fragments, nframes)?.iter().enumerate() {
+        let mut dec = jpeg_decoder::Decoder::new(std::io::Cursor::new(data));
+        dec.set_max_decoding_buffer_size(w * hgt * 3 + 1024);
+        // `RGB` interleaves the three components untouched (jpeg-decoder 0.3.2's `None` writes
+        // them plane by plane and overruns its line buffer).
+        dec.set_color_transform(jpeg_decoder::ColorTransform::RGB);
+        let px = dec.decode().map_err(|e| format!("frame {i}: {e}"))?;
+        let info = dec
+            .info()
+            .ok_or_else(|| format!("frame {i}: no frame header"))?;
+        if (info.width as usize, info.height as usize) != (w, hgt)
+            || info.pixel_format != jpeg_decoder::PixelFormat::RGB24
+        {
+            return Err(format!(
+                "frame {i} is {}x{} {:?}, the header declares {w}x{hgt} with 3 samples",
+                info.width, info.height, info.pixel_format
+            ));
+        }
+        out.extend_from_slice(&px);
+    }
+    Ok(out)
+}
+
+/// Uncompressed YBR_FULL_422 (two pixels in Y1 Y2 Cb Cr) expanded to full YBR (Y Cb Cr per
+/// pixel), as pydicom does before its colour conversion.
+fn expand_ybr422(packed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(packed.len() / 4 * 6);
+    for q in packed.chunks_exact(4) {
+        out.extend_from_slice(&[q[0], q[2], q[3], q[1], q[2], q[3]]);
+    }
+    out
+}
+
+/// Every frame of RLE Lossless pixel data through medinfer's own decoder ([`crate::rle`]):
+/// one fragment per frame (a single frame may span several fragments).
+fn decode_rle(
+    value: &Value<InMemDicomObject>,
+    h: &DicomHeader,
+    nframes: usize,
+    samples: usize,
+    bytes: usize,
+) -> Result<Vec<u8>, String> {
+    let fragments = value.fragments().ok_or("no pixel fragments")?;
+    if !h.bits_allocated.is_multiple_of(8) {
+        return Err(format!("{} bits allocated", h.bits_allocated));
+    }
+    let joined;
+    let frames: Vec<&[u8]> = if fragments.len() == nframes {
+        fragments.iter().map(|f| &f[..]).collect()
+    } else if nframes == 1 {
+        joined = fragments.iter().flatten().copied().collect::<Vec<u8>>();
+        vec![&joined[..]]
+    } else {
+        return Err(format!(
+            "{} fragments for {nframes} frames (RLE stores one fragment per frame)",
+            fragments.len()
+        ));
+    };
+    let mut out = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let fr = crate::rle::decode_frame(f, h.rows as usize, h.columns as usize, samples, bytes)
+            .map_err(|e| format!("frame {i}: {e}"))?;
+        out.extend_from_slice(&fr);
+    }
+    Ok(out)
 }
 
 /// Every RLE fragment's 64-byte header (PS3.5 G.3.1): at most 15 segments, offsets inside the

@@ -30,7 +30,9 @@ pub mod inspect;
 pub mod jpeg12;
 pub mod nifti;
 pub mod npy;
+mod palette;
 pub mod raster;
+mod rle;
 pub mod series;
 
 pub use medinfer_core::{Image2d, Volume};
@@ -104,14 +106,34 @@ pub fn detect(path: &Path) -> Result<Option<Format>, IoError> {
     }
     let b = &head[..n];
     let lower = path.to_string_lossy().to_ascii_lowercase();
+    // NIfTI needs its size field AND its magic: a DICOM preamble may begin with the bytes of 348
+    // (seen in nibabel's Siemens test files), so DICM is looked for first.
+    let size = |be: bool| {
+        (b.len() >= 4).then(|| {
+            let w = [b[0], b[1], b[2], b[3]];
+            if be {
+                i32::from_be_bytes(w)
+            } else {
+                i32::from_le_bytes(w)
+            }
+        })
+    };
+    let nifti1 = b.len() >= 348
+        && matches!(&b[344..348], b"n+1\0" | b"ni1\0")
+        && (size(false) == Some(348) || size(true) == Some(348));
+    let nifti2 = b.len() >= 12
+        && matches!(&b[4..8], b"n+2\0" | b"ni2\0")
+        && (size(false) == Some(540) || size(true) == Some(540));
     Ok(if b.starts_with(b"\x89PNG\r\n\x1a\n") {
         Some(Format::Png)
     } else if b.starts_with(&[0xff, 0xd8, 0xff]) {
         Some(Format::Jpeg)
     } else if b.starts_with(b"\x93NUMPY") {
         Some(Format::Npy)
-    } else if b.len() >= 4 && matches!(i32::from_le_bytes([b[0], b[1], b[2], b[3]]), 348 | 540)
-        || b.len() >= 4 && matches!(i32::from_be_bytes([b[0], b[1], b[2], b[3]]), 348 | 540)
+    } else if b.len() >= 132 && &b[128..132] == b"DICM" {
+        Some(Format::Dicom)
+    } else if nifti1
+        || nifti2
         || (b.starts_with(&[0x1f, 0x8b])
             && (lower.ends_with(".nii.gz") || lower.ends_with(".hdr.gz")))
     {
@@ -133,18 +155,82 @@ pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume, IoError> {
     let img = match detect(path)? {
         Some(Format::Nifti) => return nifti::read(path),
         Some(Format::Dicom) => {
-            let f = dicom::DicomFile::open(path)?;
-            if f.header.samples_per_pixel == 1 {
+            let f = dicom::DicomFile::open_header(path)?;
+            if f.header.samples_per_pixel == 1 && f.header.photometric != "PALETTE COLOR" {
                 return series::read_series(path);
             }
-            let mut v = f.images()?;
-            v.remove(0)
+            return Err(colour_is_not_a_volume(path));
         }
         Some(Format::Png) => raster::read_png(path)?,
         Some(Format::Jpeg) => raster::read_jpeg(path)?,
         Some(Format::Npy) | None => return Err(not_an_image(path)),
     };
+    if img.channels != 1 {
+        return Err(colour_is_not_a_volume(path));
+    }
     image_to_volume(img)
+}
+
+/// A volume holds one value per voxel: colour is refused rather than silently turned to gray.
+fn colour_is_not_a_volume(path: &Path) -> IoError {
+    fmt_err(
+        &path.display().to_string(),
+        "a colour image is not a volume; `medinfer convert` keeps its colour and every frame \
+         (.npy as (frames, rows, columns, 3), .png, or NIfTI RGB24), and a pipeline that takes \
+         gray images converts it explicitly",
+    )
+}
+
+/// Every frame of one image file as stored, in file order.
+#[derive(Clone, Debug)]
+pub struct Frames {
+    /// `[frames, rows, columns, channels]` (channels 1 or 3).
+    pub shape: [usize; 4],
+    /// Values in modality units (colour: RGB), frame after frame, row-major, channels last.
+    pub data: Vec<f32>,
+    /// Pixel spacing (row, column), mm.
+    pub spacing: [f64; 2],
+    /// The value range of the encoding (e.g. 0..255 for 8-bit colour).
+    pub value_range: (f32, f32),
+}
+
+/// Every frame of a DICOM, PNG or JPEG file as stored (frames in file order, colour kept), for
+/// `medinfer convert FILE`: nothing dropped, nothing converted.
+pub fn read_frames(path: impl AsRef<Path>) -> Result<Frames, IoError> {
+    let path = path.as_ref();
+    let p = path.display().to_string();
+    let images = match detect(path)? {
+        Some(Format::Dicom | Format::Png | Format::Jpeg) => read_images(path)?,
+        _ => return Err(fmt_err(&p, "not a DICOM, PNG or JPEG file")),
+    };
+    let first = images
+        .first()
+        .ok_or_else(|| fmt_err(&p, "no image in the file"))?;
+    let (w, h, c) = (first.width, first.height, first.channels);
+    let mut data = Vec::with_capacity(images.len() * w * h * c);
+    let mut range = first.value_range;
+    for (i, img) in images.iter().enumerate() {
+        if (img.width, img.height, img.channels) != (w, h, c) {
+            return Err(fmt_err(
+                &p,
+                format!(
+                    "frame {i} is {}x{}x{}, frame 0 {w}x{h}x{c}",
+                    img.width, img.height, img.channels
+                ),
+            ));
+        }
+        range = (
+            range.0.min(img.value_range.0),
+            range.1.max(img.value_range.1),
+        );
+        data.extend_from_slice(&img.data);
+    }
+    Ok(Frames {
+        shape: [images.len(), h, w, c],
+        data,
+        spacing: first.spacing,
+        value_range: range,
+    })
 }
 
 /// A 2D image as a one-slice volume (rows = y, columns = x).

@@ -590,20 +590,80 @@ fn affine_to_quatern(a: &[[f64; 4]; 4]) -> ([f64; 3], [f64; 3], f64) {
 /// Writes `vol` as NIfTI-1 (`.nii`, or gzipped when the name ends in `.gz`), keeping its affine
 /// in both sform and qform (code 1, scanner) and its spacing in pixdim.
 pub fn write(path: impl AsRef<Path>, vol: &Volume, dtype: NiftiDtype) -> Result<(), IoError> {
-    let path = path.as_ref();
-    let p = path.display().to_string();
-    let [nx, ny, nz, nt] = vol.dims;
-    if [nx, ny, nz, nt].iter().any(|&d| d > i16::MAX as usize) {
-        return Err(fmt_err(
-            &p,
-            format!("dims {:?} exceed NIfTI-1's 32767 limit", vol.dims),
-        ));
-    }
     let (code, bpv): (i16, i16) = match dtype {
         NiftiDtype::U8 => (2, 8),
         NiftiDtype::I16 => (4, 16),
         NiftiDtype::F32 => (16, 32),
     };
+    let mut body = Vec::with_capacity(vol.data.len() * (bpv as usize / 8));
+    match dtype {
+        NiftiDtype::U8 => body.extend(vol.data.iter().map(|&v| v.round().clamp(0.0, 255.0) as u8)),
+        NiftiDtype::I16 => vol.data.iter().for_each(|&v| {
+            body.extend_from_slice(&(v.round().clamp(-32768.0, 32767.0) as i16).to_le_bytes())
+        }),
+        NiftiDtype::F32 => vol
+            .data
+            .iter()
+            .for_each(|v| body.extend_from_slice(&v.to_le_bytes())),
+    }
+    write_raw(
+        path.as_ref(),
+        vol.dims,
+        &vol.affine,
+        vol.spacing[3],
+        (code, bpv),
+        &body,
+    )
+}
+
+/// Writes colour frames as NIfTI RGB24 (datatype 128: three bytes per voxel, nibabel reads it
+/// as a structured `(R, G, B)` array): `rgb` holds `dims[0] x dims[1] x dims[2]` interleaved
+/// triplets with values 0..255 (rounded and clamped).
+pub fn write_rgb24(
+    path: impl AsRef<Path>,
+    dims: [usize; 3],
+    affine: &[[f64; 4]; 4],
+    rgb: &[f32],
+) -> Result<(), IoError> {
+    let path = path.as_ref();
+    let n = dims.iter().product::<usize>() * 3;
+    if rgb.len() != n {
+        return Err(fmt_err(
+            &path.display().to_string(),
+            format!("{} RGB values for {dims:?} voxels", rgb.len()),
+        ));
+    }
+    let body: Vec<u8> = rgb
+        .iter()
+        .map(|&v| v.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    write_raw(
+        path,
+        [dims[0], dims[1], dims[2], 1],
+        affine,
+        0.0,
+        (128, 24),
+        &body,
+    )
+}
+
+/// A NIfTI-1 single file: the header for `dims`, `affine`, datatype `(code, bitpix)`, then `body`.
+fn write_raw(
+    path: &Path,
+    dims4: [usize; 4],
+    affine: &[[f64; 4]; 4],
+    dt: f64,
+    (code, bpv): (i16, i16),
+    body: &[u8],
+) -> Result<(), IoError> {
+    let p = path.display().to_string();
+    let [nx, ny, nz, nt] = dims4;
+    if dims4.iter().any(|&d| d > i16::MAX as usize) {
+        return Err(fmt_err(
+            &p,
+            format!("dims {dims4:?} exceed NIfTI-1's 32767 limit"),
+        ));
+    }
     let mut h = vec![0u8; 352];
     let put_i16 = |h: &mut [u8], o: usize, v: i16| h[o..o + 2].copy_from_slice(&v.to_le_bytes());
     let put_f32 =
@@ -616,17 +676,8 @@ pub fn write(path: impl AsRef<Path>, vol: &Volume, dtype: NiftiDtype) -> Result<
     }
     put_i16(&mut h, 70, code);
     put_i16(&mut h, 72, bpv);
-    let (quat, zooms, qfac) = affine_to_quatern(&vol.affine);
-    let pixdim = [
-        qfac,
-        zooms[0],
-        zooms[1],
-        zooms[2],
-        vol.spacing[3],
-        1.0,
-        1.0,
-        1.0,
-    ];
+    let (quat, zooms, qfac) = affine_to_quatern(affine);
+    let pixdim = [qfac, zooms[0], zooms[1], zooms[2], dt, 1.0, 1.0, 1.0];
     for (i, v) in pixdim.iter().enumerate() {
         put_f32(&mut h, 76 + 4 * i, *v);
     }
@@ -640,28 +691,17 @@ pub fn write(path: impl AsRef<Path>, vol: &Volume, dtype: NiftiDtype) -> Result<
     put_i16(&mut h, 254, 1);
     for (i, v) in quat
         .iter()
-        .chain(&[vol.affine[0][3], vol.affine[1][3], vol.affine[2][3]])
+        .chain(&[affine[0][3], affine[1][3], affine[2][3]])
         .enumerate()
     {
         put_f32(&mut h, 256 + 4 * i, *v);
     }
-    for k in 0..3 {
-        for j in 0..4 {
-            put_f32(&mut h, 280 + 16 * k + 4 * j, vol.affine[k][j]);
+    for (k, row) in affine.iter().take(3).enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            put_f32(&mut h, 280 + 16 * k + 4 * j, *v);
         }
     }
     h[344..348].copy_from_slice(b"n+1\0");
-    let mut body = Vec::with_capacity(vol.data.len() * (bpv as usize / 8));
-    match dtype {
-        NiftiDtype::U8 => body.extend(vol.data.iter().map(|&v| v.round().clamp(0.0, 255.0) as u8)),
-        NiftiDtype::I16 => vol.data.iter().for_each(|&v| {
-            body.extend_from_slice(&(v.round().clamp(-32768.0, 32767.0) as i16).to_le_bytes())
-        }),
-        NiftiDtype::F32 => vol
-            .data
-            .iter()
-            .for_each(|v| body.extend_from_slice(&v.to_le_bytes())),
-    }
     let os = os_err(path);
     let f = std::fs::File::create(path).map_err(os)?;
     let mut w: Box<dyn Write> = if p.to_ascii_lowercase().ends_with(".gz") {
@@ -673,7 +713,7 @@ pub fn write(path: impl AsRef<Path>, vol: &Volume, dtype: NiftiDtype) -> Result<
         Box::new(std::io::BufWriter::new(f))
     };
     w.write_all(&h).map_err(os)?;
-    w.write_all(&body).map_err(os)?;
+    w.write_all(body).map_err(os)?;
     w.flush().map_err(os)?;
     Ok(())
 }

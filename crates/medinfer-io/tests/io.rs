@@ -1010,6 +1010,22 @@ fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
     }
 }
 
+/// Regression (cargo-fuzz, series_assemble): a data set without file meta whose elements after
+/// Pixel Data declared 4 GB. The header-only read (series scan, inspect) checked lengths up to
+/// Pixel Data but then let dicom-rs parse the whole buffer, which allocated the 4 GB. Now the
+/// header read parses exactly the checked part, and the full read checks everything.
+#[test]
+fn header_reads_parse_only_what_was_checked() {
+    let p = fixtures().join("dicom/fuzz_series_header_oom.bin");
+    let h = dicom::DicomFile::open_header(&p).expect("the header before Pixel Data is sound");
+    assert_eq!(h.header.modality, "CT");
+    let e = dicom::DicomFile::open(&p).err().unwrap().to_string();
+    assert!(
+        e.contains("fuzz_series_header_oom.bin") && e.contains("declares"),
+        "{e}"
+    );
+}
+
 /// Regressions (cargo-fuzz, dicom_decode): an RLE file whose segment offsets run past its data
 /// made dicom-rs's RLE decoder index out of bounds (a panic, which medinfer's guard already
 /// turned into an error), and one declaring billions of segments made it allocate 5.6 GB. The

@@ -11,9 +11,11 @@ use std::path::PathBuf;
 pub struct ConvertArgs {
     /// A DICOM series folder or file, NIfTI, PNG or JPEG file.
     pub input: PathBuf,
-    /// Output file; the format follows the extension: .nii / .nii.gz (volume, source geometry
-    /// kept), .npy (float32, shape (t, z, y, x) for volumes), .png (8-bit windowed view of the
-    /// middle slice).
+    /// Output file; the format follows the extension. From one image file (DICOM, PNG, JPEG):
+    /// .npy holds every frame as stored, float32 (frames, rows, columns) or (frames, rows,
+    /// columns, 3) for colour; .png a view of the middle frame (colour kept); .nii / .nii.gz the
+    /// volume it assembles to (gray) or RGB24 frames (8-bit colour). From a folder (a DICOM
+    /// series) or NIfTI: the volume, source geometry kept (.npy (t, z, y, x)).
     #[arg(short, long)]
     pub output: PathBuf,
     /// NIfTI voxel type: f32, i16 (e.g. CT in HU) or u8 (masks).
@@ -52,6 +54,75 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         );
     };
     let window = a.window.as_deref().map(parse_window).transpose()?;
+    // A single image file converts to its frames as stored (every frame, colour kept); a
+    // folder (a DICOM series) and NIfTI to a volume.
+    let single = a.input.is_file()
+        && matches!(
+            medinfer_io::detect(&a.input)?,
+            Some(medinfer_io::Format::Dicom | medinfer_io::Format::Png | medinfer_io::Format::Jpeg)
+        );
+    if single {
+        let f = medinfer_io::read_frames(&a.input)?;
+        let [frames, rows, cols, ch] = f.shape;
+        let colour = ch == 3;
+        match to {
+            ConvertTo::Npy => {
+                let shape = if colour {
+                    vec![frames, rows, cols, 3]
+                } else {
+                    vec![frames, rows, cols]
+                };
+                npy::write(&a.output, &Tensor::from_f32(shape, f.data)?)?;
+            }
+            ConvertTo::Png => {
+                let k = frames / 2;
+                let per = rows * cols * ch;
+                let frame = &f.data[k * per..(k + 1) * per];
+                if colour {
+                    let hi = f.value_range.1.max(1.0);
+                    let rgb: Vec<u8> = frame
+                        .iter()
+                        .map(|&v| (v / hi * 255.0).round().clamp(0.0, 255.0) as u8)
+                        .collect();
+                    raster::write_png8(&a.output, cols, rows, 3, &rgb)?;
+                } else {
+                    let img = medinfer_core::Image2d::gray(cols, rows, frame.to_vec())?;
+                    let mut img = img;
+                    img.value_range = f.value_range;
+                    let view = raster::to_u8_view(&img, window)?;
+                    raster::write_png8(&a.output, cols, rows, 1, &view)?;
+                }
+                if frames > 1 {
+                    eprintln!("note: PNG shows frame {k} of {frames}");
+                }
+            }
+            ConvertTo::Nifti(_) if colour => {
+                if f.value_range.1 > 255.0 {
+                    bail!(
+                        "{}: colour with values up to {} does not fit NIfTI RGB24 (8 bits per channel); convert to .npy",
+                        a.input.display(),
+                        f.value_range.1
+                    );
+                }
+                let mut affine = [[0.0; 4]; 4];
+                affine[0][0] = f.spacing[1];
+                affine[1][1] = f.spacing[0];
+                affine[2][2] = 1.0;
+                affine[3][3] = 1.0;
+                // NIfTI order: x fastest (columns), then rows, then frames.
+                nifti::write_rgb24(&a.output, [cols, rows, frames], &affine, &f.data)?;
+            }
+            ConvertTo::Nifti(_) => {}
+        }
+        if !matches!(to, ConvertTo::Nifti(_)) || colour {
+            eprintln!(
+                "wrote {} ({frames} frame(s) of {cols} x {rows}{})",
+                a.output.display(),
+                if colour { " RGB" } else { "" }
+            );
+            return Ok(());
+        }
+    }
     let mut vol: Volume = medinfer_io::read_volume(&a.input)?;
     let [nx, ny, nz, nt] = vol.dims;
     let spacing = vol.spacing;
