@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """DICOM decode coverage: medinfer against pydicom (+ pylibjpeg, pyjpegls) on public test files.
 
+One correction to pydicom is made: it reads the plain Palette Color LUT Data of big-endian files
+as little-endian words (its colours for OBXXXX1A_expb.dcm differ from those of OBXXXX1A.dcm, the
+same image in little endian); the reference swaps those words back.
+
 Every file of the corpus that carries pixel data is decoded by pydicom (`pixel_array`, every
 frame; YBR converted to RGB as pydicom does by default; PALETTE COLOR through `apply_color_lut`;
 grayscale through `apply_modality_lut`) and by `medinfer convert FILE -o x.npy` (a single file
@@ -83,6 +87,16 @@ def reference(path):
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     spp = int(ds.get("SamplesPerPixel", 1))
     if pi == "PALETTE COLOR":
+        if ts == "1.2.840.10008.1.2.2":
+            # pydicom reads plain Palette Color LUT Data of a big-endian file as little-endian
+            # words (its output for OBXXXX1A_expb.dcm is byte-swapped against OBXXXX1A.dcm, the
+            # same image in little endian); the reference swaps them back.
+            for c in ("Red", "Green", "Blue"):
+                kw = f"{c}PaletteColorLookupTableData"
+                if kw in ds:
+                    b = bytearray(ds[kw].value)
+                    b[0::2], b[1::2] = b[1::2], b[0::2]
+                    setattr(ds, kw, bytes(b))
         arr = apply_color_lut(arr, ds)
         spp = 3
     elif spp == 1 and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds \

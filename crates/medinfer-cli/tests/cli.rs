@@ -504,8 +504,30 @@ fn convert_dicom_to_nifti_npy_png_and_back() {
     ])
     .status
     .success());
+    // One file converts to its frames: (frames, rows, cols).
     let t = medinfer_io::npy::read(&npy).unwrap();
-    assert_eq!(t.shape(), &[40, 34]);
+    assert_eq!(t.shape(), &[1, 40, 34]);
+    // Every frame and the colour survive: a 2-frame YBR_FULL_422 file against pydicom's array.
+    let colour = io_fixture("dicom/ybr422_uncompressed_2frame.dcm");
+    let cnpy = d.path().join("colour.npy");
+    let o = run(&[
+        "convert",
+        colour.to_str().unwrap(),
+        "-o",
+        cnpy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = medinfer_io::npy::read(&cnpy).unwrap();
+    let want =
+        medinfer_io::npy::read(&io_fixture("dicom/ybr422_uncompressed_2frame.dcm.npy")).unwrap();
+    assert_eq!(got.shape(), want.shape());
+    assert_eq!(got.shape()[0], 2);
+    assert_eq!(got.shape()[3], 3);
+    assert_eq!(
+        got.to_f64_vec(),
+        want.to_f64_vec(),
+        "colour frames differ from pydicom"
+    );
     let png = d.path().join("ct.png");
     assert!(run(&[
         "convert",

@@ -12,11 +12,11 @@
 //! |---|---|
 //! | implicit / explicit VR little endian, explicit VR big endian, deflated | yes |
 //! | encapsulated uncompressed | yes |
-//! | RLE lossless | yes |
+//! | RLE lossless | yes: medinfer's own decoder (8, 16 and 32 bits allocated) |
 //! | JPEG baseline (8-bit), extended 8-bit, lossless (process 14, any predictor) | yes |
 //! | JPEG extended 12-bit (grayscale) | yes: medinfer's own decoder ([`crate::jpeg12`]), since no crate decodes it |
 //! | JPEG 2000 (lossless and lossy, HTJ2K excluded) | yes (pure-Rust OpenJPEG port) |
-//! | JPEG-LS (lossless and near-lossless) | with the `jpegls` feature (CharLS; needs cmake and a C++ compiler, which is why it is opt-in; `cargo xtask test` turns it on); otherwise a clear error naming the syntax |
+//! | JPEG-LS (lossless and near-lossless, 1 or 3 components, every interleave mode) | yes: medinfer's own decoder ([`crate::jpegls`]), checked against CharLS |
 //! | JPEG XL (lossless, recompression, lossy) | yes: jxl-oxide, read back at the codestream's bit depth by medinfer (dicom-rs's adapter scales 12-bit samples wrongly) |
 //! | MPEG/HEVC video | no: a clear error naming the syntax |
 
@@ -1017,7 +1017,7 @@ fn read_header(
         transfer_syntax: ts
             .map(|t| t.name().to_string())
             .unwrap_or_else(|| "unknown".into()),
-        decodable: ts.is_some_and(|t| t.can_decode_all()),
+        decodable: ts.is_some_and(|t| t.can_decode_all()) || decoded_by_medinfer(&ts_uid),
         transfer_syntax_uid: ts_uid,
         sop_class_uid: get_text(ds, tags::SOP_CLASS_UID).unwrap_or_default(),
         modality: get_text(ds, tags::MODALITY).unwrap_or_default(),
@@ -1466,8 +1466,21 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
                 | "1.2.840.10008.1.2.4.57"
                 | "1.2.840.10008.1.2.4.70"
         );
+    let jls;
     let raw_all = match in_place {
         Some(r) => r,
+        None if is_jpegls(h, encapsulated) => {
+            jls = decode_jpegls(pd.value(), h, nframes, channels).map_err(|e| {
+                fmt_err(
+                    p,
+                    format!("cannot decode pixel data ({}): {e}", h.transfer_syntax),
+                )
+            })?;
+            match &jls {
+                Decoded::U8(v) => Raw::Bytes(v),
+                Decoded::U16(v) => Raw::U16(v),
+            }
+        }
         None if jpeg8_colour => {
             jpeg_colour = decode_jpeg_colour(pd.value(), h, nframes).map_err(|e| {
                 fmt_err(
@@ -1756,6 +1769,45 @@ fn check_rle_headers(value: &Value<InMemDicomObject>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Transfer syntaxes medinfer decodes with its own code (whatever dicom-rs was built with).
+fn decoded_by_medinfer(ts_uid: &str) -> bool {
+    matches!(
+        ts_uid,
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" | "1.2.840.10008.1.2.5"
+    )
+}
+
+/// JPEG-LS lossless and near-lossless (1.2.840.10008.1.2.4.80 / .81).
+fn is_jpegls(h: &DicomHeader, encapsulated: bool) -> bool {
+    encapsulated
+        && matches!(
+            h.transfer_syntax_uid.as_str(),
+            "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81"
+        )
+}
+
+/// Every frame of JPEG-LS pixel data through medinfer's own decoder ([`crate::jpegls`]).
+fn decode_jpegls(
+    value: &Value<InMemDicomObject>,
+    h: &DicomHeader,
+    nframes: usize,
+    channels: usize,
+) -> Result<Decoded, String> {
+    let fragments = value.fragments().ok_or("no pixel fragments")?;
+    let (w, hgt) = (h.columns as usize, h.rows as usize);
+    let mut out: Vec<u16> = Vec::with_capacity(w * hgt * channels * nframes);
+    for (i, data) in jpeg_frames(fragments, nframes)?.iter().enumerate() {
+        let img = crate::jpegls::decode(data, (w, hgt, channels))
+            .map_err(|e| format!("frame {i}: {e}"))?;
+        out.extend_from_slice(&img.samples);
+    }
+    Ok(if h.bits_allocated <= 8 {
+        Decoded::U8(out.iter().map(|&v| v as u8).collect())
+    } else {
+        Decoded::U16(out)
+    })
 }
 
 /// JPEG XL (1.2.840.10008.1.2.4.110 / .111 / .112).

@@ -28,6 +28,7 @@ pub mod dicom;
 pub mod dicom_write;
 pub mod inspect;
 pub mod jpeg12;
+pub mod jpegls;
 pub mod nifti;
 pub mod npy;
 mod palette;

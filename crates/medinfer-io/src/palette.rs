@@ -175,12 +175,18 @@ fn expand_segmented(
                 if len > 0 {
                     let step = (y1 - y0) / len as f64;
                     let a = y0 + step;
+                    // numpy.linspace(a, y1, len) computed as numpy does (i * step + a, the last
+                    // value exactly y1), then numpy.around (half to even).
+                    let step = if len > 1 {
+                        (y1 - a) / (len - 1) as f64
+                    } else {
+                        0.0
+                    };
                     for i in 0..len {
-                        // numpy.linspace(a, y1, len), then numpy.around (half to even).
-                        let v = if len == 1 {
-                            a
+                        let v = if len > 1 && i == len - 1 {
+                            y1
                         } else {
-                            a + (y1 - a) * i as f64 / (len - 1) as f64
+                            i as f64 * step + a
                         };
                         out.push(v.round_ties_even().clamp(0.0, 65535.0) as u16);
                     }
