@@ -106,6 +106,10 @@ def reference(path):
         arr = np.asarray(arr, dtype=np.float64).reshape(frames, int(ds.Rows), int(ds.Columns))
         for i, (slope, icpt) in enumerate(enhanced_rescale(ds, frames)):
             arr[i] = arr[i] * slope + icpt
+    elif spp == 1 and "RescaleSlope" not in ds and "DoseGridScaling" in ds:
+        # RT Dose: Gy = stored value x Dose Grid Scaling (PS3.3 C.8.8.3.3), which pydicom
+        # leaves to the caller.
+        arr = np.asarray(arr, dtype=np.float64) * float(ds.DoseGridScaling)
     elif spp == 1:
         arr = apply_modality_lut(arr, ds)
     arr = np.asarray(arr, dtype=np.float64).reshape(frames, int(ds.Rows), int(ds.Columns), spp)

@@ -1216,3 +1216,36 @@ fn bench_pipeline_runs_0_is_a_usage_error_not_a_panic() {
         assert!(e.contains("invalid value '0'"), "{args:?}: {e}");
     }
 }
+
+/// Codestreams whose own size disagrees with the header, found by the dicom_decode fuzzer:
+/// a JPEG larger than the header made dicom-rs's adapter slice past its buffer (a panic,
+/// caught, but printed with a backtrace), a JPEG 2000 SIZ of 268 million columns made openjp2
+/// allocate 40 GB. Both are now one error line naming the file and both sizes, before any
+/// decoder runs, and nothing is printed about panics, even with RUST_BACKTRACE=1.
+#[test]
+fn codestreams_larger_than_the_header_are_one_quiet_error_line() {
+    let d = tmp();
+    for (fixture, size) in [
+        ("fuzz_jpeg_sof_size.bin", "15650 x 40"),
+        ("fuzz_j2k_siz_oom.bin", "268435490 x 40"),
+    ] {
+        let src = d.path().join("hostile.dcm");
+        std::fs::copy(io_fixture(&format!("dicom/{fixture}")), &src).unwrap();
+        for out in ["o.npy", "o.nii.gz"] {
+            let out = d.path().join(out);
+            let args = [
+                "convert",
+                src.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ];
+            let o = medinfer()
+                .args(args)
+                .env("RUST_BACKTRACE", "1")
+                .output()
+                .unwrap();
+            assert_clean_failure(&o, &["hostile.dcm", size, "header declares 34 x 40 x 1"]);
+            assert!(!stderr(&o).contains("backtrace"), "{}", stderr(&o));
+        }
+    }
+}

@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 mod image;
+pub mod panic;
 pub mod preprocess;
 mod rng;
 mod tensor;

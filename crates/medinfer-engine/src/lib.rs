@@ -296,20 +296,12 @@ pub(crate) fn guard<T>(
     what: &str,
     f: impl FnOnce() -> Result<T, EngineError>,
 ) -> Result<T, EngineError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(EngineError::Run {
-                backend,
-                message: format!("{what}: the engine binding panicked: {msg}"),
-            })
-        }
-    }
+    medinfer_core::panic::catch(f).unwrap_or_else(|p| {
+        Err(EngineError::Run {
+            backend,
+            message: format!("{what}: the engine binding panicked: {p}"),
+        })
+    })
 }
 
 #[cfg(test)]

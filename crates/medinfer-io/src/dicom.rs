@@ -127,20 +127,12 @@ pub struct DicomFile {
 
 /// Runs `f`, turning a panic inside a dependency into an error that names the file.
 fn guard<T>(path: &str, what: &str, f: impl FnOnce() -> Result<T, IoError>) -> Result<T, IoError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(fmt_err(
-                path,
-                format!("{what} failed inside the DICOM library: {msg}"),
-            ))
-        }
-    }
+    medinfer_core::panic::catch(f).unwrap_or_else(|p| {
+        Err(fmt_err(
+            path,
+            format!("{what} failed inside the DICOM library: {p}"),
+        ))
+    })
 }
 
 /// Reads a file into memory with a size cap.
@@ -971,6 +963,31 @@ fn read_header(
     if frame_positions.len() != per_frame.len() {
         frame_positions.clear();
     }
+    // RT Dose (and other classic multi-frame grids): one Image Position for the first frame and
+    // the Grid Frame Offset Vector along the normal (C.8.8.3.2). The first offset is 0 when
+    // relative and the first frame's coordinate along the normal when absolute; either way
+    // frame i lies (offset[i] - offset[0]) from the first frame.
+    if frame_positions.is_empty() && frames > 1 {
+        let gfov = get_nums(ds, tags::GRID_FRAME_OFFSET_VECTOR);
+        let pos = arr::<3>(get_nums(ds, tags::IMAGE_POSITION_PATIENT));
+        let iop = arr::<6>(get_nums(ds, tags::IMAGE_ORIENTATION_PATIENT));
+        if let (Some(off), Some(p), Some(o)) = (gfov, pos, iop) {
+            if off.len() as u64 == frames && off.iter().all(|v| v.is_finite()) {
+                let n = [
+                    o[1] * o[5] - o[2] * o[4],
+                    o[2] * o[3] - o[0] * o[5],
+                    o[0] * o[4] - o[1] * o[3],
+                ];
+                frame_positions = off
+                    .iter()
+                    .map(|d| {
+                        let d = d - off[0];
+                        [p[0] + d * n[0], p[1] + d * n[1], p[2] + d * n[2]]
+                    })
+                    .collect();
+            }
+        }
+    }
     if frame_times.len() != per_frame.len() {
         frame_times.clear();
     }
@@ -978,8 +995,12 @@ fn read_header(
         per_frame_rescale.clear();
     }
     let first = per_frame.first().copied();
+    // RT Dose stores Gy as value x Dose Grid Scaling (C.8.8.3.3), with no rescale elements:
+    // that is its modality transform.
+    let dose_scaling = get_num(ds, tags::DOSE_GRID_SCALING).filter(|v| v.is_finite() && *v != 0.0);
     let rescale = (
         get_num(ds, tags::RESCALE_SLOPE)
+            .or(dose_scaling)
             .or_else(|| {
                 fg_nums(
                     ds,
@@ -1517,6 +1538,14 @@ fn decode(f: &DicomFile) -> Result<Vec<Image2d>, IoError> {
             Raw::U16(&jpeg12)
         }
         None => {
+            if encapsulated {
+                check_codestream_sizes(pd.value(), h, channels).map_err(|e| {
+                    fmt_err(
+                        p,
+                        format!("cannot decode pixel data ({}): {e}", h.transfer_syntax),
+                    )
+                })?;
+            }
             decoded = f.obj.decode_pixel_data().map_err(|e| {
                 fmt_err(
                     p,
@@ -1777,6 +1806,83 @@ fn decoded_by_medinfer(ts_uid: &str) -> bool {
         ts_uid,
         "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" | "1.2.840.10008.1.2.5"
     )
+}
+
+/// The image size a JPEG or JPEG 2000 codestream declares must be the header's before
+/// dicom-rs decodes it: its adapters size the output from the header and then copy what the
+/// codec returns (a larger JPEG image slices past the buffer and panics; a JPEG 2000 SIZ of
+/// 100,000 x 100,000 makes openjp2 allocate 40 GB first, both found by fuzzing). Every
+/// fragment that starts a codestream is checked; continuation fragments are skipped.
+fn check_codestream_sizes(
+    value: &Value<InMemDicomObject>,
+    h: &DicomHeader,
+    channels: usize,
+) -> Result<(), String> {
+    let Some(fragments) = value.fragments() else {
+        return Ok(());
+    };
+    let want = (h.columns as u64, h.rows as u64, channels as u64);
+    for (i, f) in fragments.iter().enumerate() {
+        let got = if f.starts_with(&[0xFF, 0xD8]) {
+            jpeg_sof_size(f)
+        } else {
+            j2k_siz_size(f)
+        };
+        if let Some((w, hgt, c)) = got {
+            // A JPEG height of 0 defers the rows to a DNL marker: checked after decoding.
+            if w != want.0 || (hgt != want.1 && hgt != 0) || c != want.2 {
+                return Err(format!(
+                    "fragment {i} holds a {w} x {hgt} image of {c} component(s), the header \
+                     declares {} x {} x {}",
+                    want.0, want.1, want.2
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// (columns, rows, components) from a JPEG stream's SOF segment, if it lies in `data`.
+fn jpeg_sof_size(data: &[u8]) -> Option<(u64, u64, u64)> {
+    let mut i = 2;
+    loop {
+        while data.get(i) == Some(&0xFF) && data.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        if *data.get(i)? != 0xFF {
+            return None;
+        }
+        let m = *data.get(i + 1)?;
+        let len = u16::from_be_bytes([*data.get(i + 2)?, *data.get(i + 3)?]) as usize;
+        if matches!(m, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF) {
+            let b = data.get(i + 4..i + 10)?;
+            let rows = u16::from_be_bytes([b[1], b[2]]) as u64;
+            let cols = u16::from_be_bytes([b[3], b[4]]) as u64;
+            return Some((cols, rows, b[5] as u64));
+        }
+        if m == 0xDA || len < 2 {
+            return None;
+        }
+        i += 2 + len;
+    }
+}
+
+/// (columns, rows, components) from a JPEG 2000 codestream's SIZ segment (a raw codestream,
+/// or the `jp2c` box of a JP2 file), if it lies in `data`.
+fn j2k_siz_size(data: &[u8]) -> Option<(u64, u64, u64)> {
+    const SOC_SIZ: [u8; 4] = [0xFF, 0x4F, 0xFF, 0x51];
+    let start = if data.starts_with(&SOC_SIZ) {
+        0
+    } else if data.get(4..8) == Some(b"jP  ") {
+        data.windows(4).position(|w| w == SOC_SIZ)?
+    } else {
+        return None;
+    };
+    let siz = data.get(start + 4..start + 42)?;
+    let u32_at = |k: usize| u32::from_be_bytes([siz[k], siz[k + 1], siz[k + 2], siz[k + 3]]) as u64;
+    let (x, y, xo, yo) = (u32_at(4), u32_at(8), u32_at(12), u32_at(16));
+    let c = u16::from_be_bytes([siz[36], siz[37]]) as u64;
+    Some((x.saturating_sub(xo), y.saturating_sub(yo), c))
 }
 
 /// JPEG-LS lossless and near-lossless (1.2.840.10008.1.2.4.80 / .81).

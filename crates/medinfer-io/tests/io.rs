@@ -237,6 +237,65 @@ fn every_frame_and_colour_survive_and_volumes_refuse_colour() {
     assert_eq!(f.shape[3], 3);
 }
 
+/// pydicom's RT Dose test file: 15 frames with one Image Position, placed by the Grid Frame
+/// Offset Vector, values in Gy through Dose Grid Scaling. Round 1 refused it as a volume ("no
+/// Image Position"); now every frame sits where the standard puts it and the values match
+/// pydicom x DoseGridScaling.
+#[test]
+fn rt_dose_frames_are_placed_by_the_grid_frame_offset_vector() {
+    let p = fixtures().join("dicom/rtdose_gfov.dcm");
+    check_dicom("rtdose_gfov.dcm", 1e-6);
+    let h = dicom::DicomFile::open_header(&p).unwrap().header;
+    let (_, want) = reference(&PathBuf::from(format!("{}.pos", p.display())));
+    let got: Vec<f64> = h.frame_positions.iter().flatten().copied().collect();
+    assert_eq!(got.len(), 45);
+    assert!(
+        got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-9),
+        "{got:?}"
+    );
+    let v = medinfer_io::read_volume(&p).unwrap();
+    assert_eq!(v.dims, [10, 10, 15, 1]);
+    assert_eq!(v.spacing[..3], [10.0, 10.0, 5.0]);
+    // Voxel (0, 0, k) is frame k's first pixel, in RAS (LPS with x and y negated).
+    for k in [0usize, 7, 14] {
+        let ras = [
+            v.affine[0][2] * k as f64 + v.affine[0][3],
+            v.affine[1][2] * k as f64 + v.affine[1][3],
+            v.affine[2][2] * k as f64 + v.affine[2][3],
+        ];
+        let lps = &want[3 * k..3 * k + 3];
+        assert!(
+            (ras[0] + lps[0]).abs() < 1e-3
+                && (ras[1] + lps[1]).abs() < 1e-3
+                && (ras[2] - lps[2]).abs() < 1e-3,
+            "{k}: {ras:?} vs {lps:?}"
+        );
+    }
+    let (_, gy) = reference(&p);
+    let got: Vec<f64> = v.data.iter().map(|&x| x as f64).collect();
+    assert!(got.iter().zip(&gy).all(|(a, b)| (a - b).abs() < 1e-6));
+}
+
+/// Fuzz finds (round 2): codestreams whose own size disagrees with the header. dicom-rs sizes
+/// its output from the header and copies what the codec returns (a panic), and openjp2
+/// allocates what SIZ declares (40 GB). Refused before decoding, naming both sizes.
+#[test]
+fn codestream_sizes_must_match_the_header() {
+    for (name, got) in [
+        ("fuzz_jpeg_sof_size.bin", "15650 x 40"),
+        ("fuzz_j2k_siz_oom.bin", "268435490 x 40"),
+    ] {
+        let p = fixtures().join("dicom").join(name);
+        let f = dicom::DicomFile::open(&p).unwrap();
+        let e = f.images().unwrap_err().to_string();
+        assert!(
+            e.contains(name) && e.contains(got) && e.contains("header declares 34 x 40 x 1"),
+            "{e}"
+        );
+        assert!(!e.contains("inside the DICOM library"), "{e}");
+    }
+}
+
 #[test]
 fn no_patient_identity_in_headers_or_tags() {
     for entry in std::fs::read_dir(fixtures().join("dicom")).unwrap() {

@@ -16,7 +16,6 @@ use crate::PipelineError;
 use medinfer_core::Tensor;
 use medinfer_engine::Session;
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -57,14 +56,6 @@ impl BatchModel for Session {
             ))),
         }
     }
-}
-
-/// The message of a caught panic.
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Runs `preprocess` on every item and the model on the results; calls `on_result(index,
@@ -120,8 +111,8 @@ pub fn run_ordered<T: Sync, M: BatchModel + ?Sized, S: AsRef<[f32]> + Send>(
                 if i >= items.len() || failed.load(Ordering::Relaxed) {
                     break;
                 }
-                let r = catch_unwind(AssertUnwindSafe(|| preprocess(&items[i])))
-                    .unwrap_or_else(|p| Err(format!("preprocessing panicked: {}", panic_text(&*p))))
+                let r = medinfer_core::panic::catch(|| preprocess(&items[i]))
+                    .unwrap_or_else(|p| Err(format!("preprocessing panicked: {p}")))
                     .and_then(|v| {
                         let n = v.as_ref().len();
                         if n == sample {
@@ -190,10 +181,9 @@ pub fn run_ordered<T: Sync, M: BatchModel + ?Sized, S: AsRef<[f32]> + Send>(
                         break;
                     }
                 };
-                if let Err(p) = catch_unwind(AssertUnwindSafe(worker)) {
+                if let Err(p) = medinfer_core::panic::catch(worker) {
                     fail(PipelineError::Batch(format!(
-                        "an inference worker panicked: {}",
-                        panic_text(&*p)
+                        "an inference worker panicked: {p}"
                     )));
                     // Keep draining so no decoder stays blocked on the full queue; the items
                     // are not reported (the batch has failed).
