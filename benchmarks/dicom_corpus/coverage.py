@@ -17,7 +17,10 @@ converts to its frames in file order: (frames, rows, columns[, 3])). Each file l
 - both refuse: pydicom cannot decode it either (medinfer's error must still be one clean line);
 - WRONG: different shape or values, or a panic, or more than one line on stderr.
 
-Usage: coverage.py MEDINFER [--extra DIR ...] [--json out.json]
+Usage: coverage.py MEDINFER [--extra DIR ...] [--json out.json] [--strict]
+
+Exit status 1 when any file is WRONG; with --strict (what `cargo xtask test` runs) also when
+medinfer refuses a file pydicom decodes.
 """
 import argparse
 import glob
@@ -147,6 +150,8 @@ def main():
     ap.add_argument("medinfer")
     ap.add_argument("--extra", action="append", default=[])
     ap.add_argument("--json")
+    ap.add_argument("--strict", action="store_true",
+                    help="also fail when medinfer refuses a file pydicom decodes")
     a = ap.parse_args()
     files = corpus(a.extra)
     rows = []
@@ -177,13 +182,15 @@ def main():
             arr, ts, pi = ref
             t_py += t1 - t0
             t_mi += t3 - t2
-            row.update(ts=ts, pi=pi, shape=list(arr.shape))
+            row.update(ts=ts, pi=pi, shape=list(arr.shape), pydicom_s=t1 - t0, medinfer_s=t3 - t2)
             if p.returncode != 0:
                 row["class"] = "medinfer error" if clean else "WRONG (unclean error)"
             elif "panicked" in err:
                 row["class"] = "WRONG (panic text)"
             else:
                 got = np.load(out).astype(np.float64)
+                if got.ndim == 2:  # round 1 wrote a single (rows, columns) frame
+                    got = got[None, ..., None]
                 if got.ndim == 3:
                     got = got[..., None]
                 if got.shape != arr.shape:
@@ -229,7 +236,12 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows, "pydicom_s": t_py, "medinfer_s": t_mi}, f, indent=1)
-    return 1 if tot["WRONG"] else 0
+    if tot["WRONG"] or (a.strict and tot["medinfer error"]):
+        return 1
+    if not rows:
+        print("no corpus files found: is pydicom installed in this Python?")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

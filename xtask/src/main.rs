@@ -4,7 +4,10 @@
 //!   (`medinfer runtimes install`, pip + PyPI wheels), check formatting and clippy, then run
 //!   every test with both native backends required, so a missing runtime fails instead of
 //!   silently shrinking the suite.
+//!   Then the DICOM corpus check (`benchmarks/dicom_corpus/coverage.py --strict`) against
+//!   pydicom in its own venv (`~/.cache/medinfer/venv-dicom`, pinned PyPI packages).
 //! - `lint`: formatting and clippy only.
+//! - `corpus`: the DICOM corpus check alone (on an existing `target/release/medinfer`).
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -67,7 +70,83 @@ fn test() -> Result<(), String> {
             .args(["test", "--release", "--workspace"])
             .env("MEDINFER_REQUIRE_BACKENDS", "ort,openvino")
             .env("RUST_BACKTRACE", "1"),
-    )
+    )?;
+    dicom_corpus()
+}
+
+/// The reference Python packages of the DICOM corpus check, pinned (the versions the committed
+/// figures in docs/benchmarks.md were measured with).
+const CORPUS_PACKAGES: &[&str] = &[
+    "numpy==2.4.6",
+    "pydicom==3.0.2",
+    "pydicom-data==1.0.0",
+    "pylibjpeg==2.1.0",
+    "pylibjpeg-libjpeg==2.5.0",
+    "pylibjpeg-openjpeg==2.6.0",
+    "pylibjpeg-rle==2.2.0",
+    "pyjpegls==1.5.1",
+    "nibabel==5.4.2",
+    "highdicom==0.28.2",
+];
+
+/// Every public DICOM test file shipped in pydicom, pydicom-data, nibabel and highdicom (plus
+/// dcmtk / GDCM re-encodings when those tools are installed) through `medinfer convert`,
+/// against pydicom + pylibjpeg + pyjpegls in their own venv: any wrong value, lost frame or
+/// colour, panic text, or refusal of a file pydicom decodes fails the suite.
+fn dicom_corpus() -> Result<(), String> {
+    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
+    let venv = std::path::Path::new(&home).join(".cache/medinfer/venv-dicom");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("medinfer-packages.txt");
+    let want = CORPUS_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+        step(
+            "DICOM corpus venv",
+            Command::new("python3").args(["-m", "venv", "--clear", &venv.display().to_string()]),
+        )?;
+        step(
+            "DICOM corpus packages (PyPI)",
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(CORPUS_PACKAGES),
+        )?;
+        std::fs::write(&stamp, &want).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    let mut cov = Command::new(&python);
+    cov.args([
+        "benchmarks/dicom_corpus/coverage.py",
+        "target/release/medinfer",
+        "--strict",
+    ]);
+    let has = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has("dcmconv") && has("gdcmconv") {
+        let out = "target/dicom-variants";
+        step(
+            "DICOM corpus: dcmtk / GDCM re-encodings",
+            Command::new("bash").args([
+                "benchmarks/dicom_corpus/make_variants.sh",
+                &python.display().to_string(),
+                out,
+            ]),
+        )?;
+        cov.args(["--extra", out]);
+    } else {
+        eprintln!(
+            "note: dcmtk / GDCM not installed: the corpus check runs without their re-encodings"
+        );
+    }
+    step("DICOM corpus vs pydicom", &mut cov)
 }
 
 fn main() -> ExitCode {
@@ -76,8 +155,9 @@ fn main() -> ExitCode {
     let r = match task.as_str() {
         "test" => test(),
         "lint" => lint(),
+        "corpus" => dicom_corpus(),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings");
+            eprintln!("usage: cargo xtask <test|lint|corpus>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)");
             return ExitCode::from(2);
         }
     };
