@@ -184,23 +184,33 @@ impl Image2d {
         self.data[(y * self.width + x) * self.channels + c]
     }
 
-    /// Converts RGB to one gray channel (ITU-R BT.601 luma: 0.299 R + 0.587 G + 0.114 B, the
-    /// weights Pillow's `convert("L")` uses); grayscale images are returned unchanged.
-    pub fn to_gray(self) -> Self {
+    /// The mean of the channels as one gray channel (NumPy's `img.mean(2)`, which
+    /// TorchXRayVision's loading recipe uses instead of luma weights); grayscale images are
+    /// returned unchanged.
+    pub fn mean_channels(self) -> Self {
+        // In f32, summed left to right, as NumPy reduces a short float32 axis.
+        let n = self.channels as f32;
+        self.gray_from_pixels(|p| p.iter().sum::<f32>() / n)
+    }
+
+    /// One gray channel computed from each pixel's channels (unchanged when already gray).
+    fn gray_from_pixels(self, f: impl Fn(&[f32]) -> f32) -> Self {
         if self.channels == 1 {
             return self;
         }
-        let data = self
-            .data
-            .chunks_exact(self.channels)
-            .map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])
-            .collect();
+        let data = self.data.chunks_exact(self.channels).map(f).collect();
         Self {
             channels: 1,
             data,
             photometric: Photometric::Monochrome2,
             ..self
         }
+    }
+
+    /// Converts RGB to one gray channel (ITU-R BT.601 luma: 0.299 R + 0.587 G + 0.114 B, the
+    /// weights Pillow's `convert("L")` uses); grayscale images are returned unchanged.
+    pub fn to_gray(self) -> Self {
+        self.gray_from_pixels(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])
     }
 
     /// Inverts a MONOCHROME1 image within its value range so that higher means brighter, as

@@ -147,6 +147,172 @@ pub fn resize(
     })
 }
 
+/// Gaussian kernel of scipy.ndimage (`truncate = 4`): radius `int(4 sigma + 0.5)`, weights
+/// `exp(-x^2 / (2 sigma^2))` normalised to sum 1.
+fn gaussian_kernel(sigma: f64) -> Vec<f64> {
+    let r = (4.0 * sigma + 0.5) as i64;
+    let w: Vec<f64> = (-r..=r)
+        .map(|x| (-0.5 / (sigma * sigma) * (x * x) as f64).exp())
+        .collect();
+    let sum: f64 = w.iter().sum();
+    w.into_iter().map(|v| v / sum).collect()
+}
+
+/// Linear interpolation taps of scipy.ndimage.zoom with `grid_mode=True`, mode
+/// `grid-constant` (cval 0): output `o` samples input coordinate `(o + 0.5) n_in / n_out - 0.5`;
+/// neighbours outside the input contribute zero. Per output: (index, weight) pairs in range.
+fn zoom_taps(n_in: usize, n_out: usize) -> Vec<Vec<(usize, f64)>> {
+    let scale = n_in as f64 / n_out as f64;
+    (0..n_out)
+        .map(|o| {
+            let c = (o as f64 + 0.5) * scale - 0.5;
+            let i0 = c.floor();
+            let t = c - i0;
+            [(i0, 1.0 - t), (i0 + 1.0, t)]
+                .into_iter()
+                .filter(|&(i, w)| i >= 0.0 && (i as usize) < n_in && w != 0.0)
+                .map(|(i, w)| (i as usize, w))
+                .collect()
+        })
+        .collect()
+}
+
+/// Resizes like scikit-image's `transform.resize(img, shape, mode="constant",
+/// preserve_range=True)` with its defaults (order 1, anti-aliasing when shrinking, clipping),
+/// which TorchXRayVision's `XRayResizer` calls: when any side shrinks, a Gaussian of
+/// `sigma = max(0, (n_in / n_out - 1) / 2)` per axis (scipy's kernel, zeros beyond the
+/// edges), each pass rounded to f32 as scipy does for f32 images; then bilinear sampling at
+/// pixel centres with zeros beyond the edges; then the result clipped to the input's range
+/// (widened to 0 when 0 lies outside it but inside the result, as skimage does). Checked
+/// against scikit-image to float32 rounding. The Gaussian is computed only at the rows and
+/// columns the sampling reads, so a 2000 x 2000 radiograph costs a few million operations.
+pub fn resize_skimage(img: &Image2d, width: usize, height: usize) -> Result<Image2d, CoreError> {
+    if width == 0 || height == 0 || img.width == 0 || img.height == 0 {
+        return Err(CoreError::Invalid(format!(
+            "cannot resize a {}x{} image to {width}x{height}",
+            img.width, img.height
+        )));
+    }
+    let (w_in, h_in, c) = (img.width, img.height, img.channels);
+    let shrink = height < h_in || width < w_in;
+    let sigma = |n_in: usize, n_out: usize| {
+        let s = ((n_in as f64 / n_out as f64) - 1.0) / 2.0;
+        (shrink && s > 1e-15).then(|| gaussian_kernel(s))
+    };
+    let (ky, kx) = (sigma(h_in, height), sigma(w_in, width));
+    let ty = zoom_taps(h_in, height);
+    let tx = zoom_taps(w_in, width);
+    // The rows and columns the sampling reads, and where each sits in the reduced arrays.
+    let mut rows: Vec<usize> = ty.iter().flatten().map(|&(i, _)| i).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let mut cols: Vec<usize> = tx.iter().flatten().map(|&(i, _)| i).collect();
+    cols.sort_unstable();
+    cols.dedup();
+    let mut row_at = vec![usize::MAX; h_in];
+    rows.iter().enumerate().for_each(|(k, &r)| row_at[r] = k);
+    let mut col_at = vec![usize::MAX; w_in];
+    cols.iter().enumerate().for_each(|(k, &x)| col_at[x] = k);
+    let (lo, hi) = img
+        .data
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let mut out = vec![0f32; width * height * c];
+    let mut acc = vec![0f64; w_in];
+    let mut plane = Vec::new();
+    for ch in 0..c {
+        // One channel, contiguous (the image itself when gray).
+        let src: &[f32] = if c == 1 {
+            &img.data
+        } else {
+            plane.clear();
+            plane.extend(img.data.iter().skip(ch).step_by(c));
+            &plane
+        };
+        let row = |y: usize| &src[y * w_in..][..w_in];
+        // Vertical Gaussian at the needed rows, every column, rounded to f32.
+        let mut vy = vec![0f32; rows.len() * w_in];
+        for (k, &r) in rows.iter().enumerate() {
+            let dst = &mut vy[k * w_in..][..w_in];
+            match &ky {
+                None => dst.copy_from_slice(row(r)),
+                Some(kern) => {
+                    let rad = kern.len() / 2;
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    for (j, &wk) in kern.iter().enumerate() {
+                        let Some(y) = (r + j).checked_sub(rad).filter(|&y| y < h_in) else {
+                            continue;
+                        };
+                        for (a, &v) in acc.iter_mut().zip(row(y)) {
+                            *a += wk * v as f64;
+                        }
+                    }
+                    dst.iter_mut().zip(&acc).for_each(|(d, &a)| *d = a as f32);
+                }
+            }
+        }
+        // Horizontal Gaussian at the needed columns of those rows, rounded to f32.
+        let mut v = vec![0f32; rows.len() * cols.len()];
+        for k in 0..rows.len() {
+            let src = &vy[k * w_in..][..w_in];
+            for (q, &x) in cols.iter().enumerate() {
+                v[k * cols.len() + q] = match &kx {
+                    None => src[x],
+                    Some(kern) => {
+                        let rad = kern.len() / 2;
+                        let lo = x.saturating_sub(rad);
+                        let hi = (x + rad + 1).min(w_in);
+                        let k0 = lo + rad - x;
+                        let mut a = 0f64;
+                        for (wk, &sv) in kern[k0..].iter().zip(&src[lo..hi]) {
+                            a += wk * sv as f64;
+                        }
+                        a as f32
+                    }
+                };
+            }
+        }
+        // Bilinear sampling.
+        for (oy, wy) in ty.iter().enumerate() {
+            for (ox, wx) in tx.iter().enumerate() {
+                let mut a = 0f64;
+                for &(y, wyk) in wy {
+                    let base = row_at[y] * cols.len();
+                    for &(x, wxk) in wx {
+                        a += wyk * wxk * v[base + col_at[x]] as f64;
+                    }
+                }
+                out[(oy * width + ox) * c + ch] = a as f32;
+            }
+        }
+    }
+    // skimage's clip: to the input's range, widened to the constant 0 when 0 lies outside the
+    // input's range but inside the output's.
+    let (olo, ohi) = out
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let (mut lo, mut hi) = (lo, hi);
+    if !(lo <= 0.0 && 0.0 <= hi) && olo <= 0.0 && 0.0 <= ohi {
+        lo = lo.min(0.0);
+        hi = hi.max(0.0);
+    }
+    out.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+    Ok(Image2d {
+        width,
+        height,
+        data: out,
+        spacing: [
+            img.spacing[0] * h_in as f64 / height as f64,
+            img.spacing[1] * w_in as f64 / width as f64,
+        ],
+        ..img.clone_meta()
+    })
+}
+
 impl Image2d {
     /// A copy of everything but the pixels (data empty); used by the operations below.
     fn clone_meta(&self) -> Image2d {
@@ -196,10 +362,23 @@ pub fn crop_or_pad(img: &Image2d, width: usize, height: usize, fill: f32) -> Ima
     }
 }
 
-/// The largest centred square (TorchXRayVision's `XRayCenterCrop`).
+/// The largest centred square, at TorchXRayVision's `XRayCenterCrop` offsets:
+/// `start = n // 2 - s // 2` on each axis (one pixel later than `(n - s) // 2` when `n` is even
+/// and `s` odd).
 pub fn center_crop_square(img: &Image2d) -> Image2d {
     let s = img.width.min(img.height);
-    crop_or_pad(img, s, s, 0.0)
+    let (x0, y0) = (img.width / 2 - s / 2, img.height / 2 - s / 2);
+    let c = img.channels;
+    let mut data = Vec::with_capacity(s * s * c);
+    for y in y0..y0 + s {
+        data.extend_from_slice(&img.data[(y * img.width + x0) * c..][..s * c]);
+    }
+    Image2d {
+        width: s,
+        height: s,
+        data,
+        ..img.clone_meta()
+    }
 }
 
 /// DICOM linear VOI window (PS3.3 C.11.2.1.2.1) mapped to `[out_lo, out_hi]`:
@@ -245,8 +424,9 @@ pub fn xrv_normalize(data: &mut [f32], maxval: f32) -> Result<(), CoreError> {
             "maxval must be > 0, got {maxval}"
         )));
     }
-    let k = 2048.0 / maxval;
-    data.iter_mut().for_each(|v| *v = *v * k - 1024.0);
+    // In f32 and in TorchXRayVision's order of operations, so values match it bit for bit.
+    data.iter_mut()
+        .for_each(|v| *v = (2.0 * (*v / maxval) - 1.0) * 1024.0);
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct BenchIoArgs {
     /// What to measure: `cxr` (PATH = a PNG / DICOM radiograph: decode, to gray, MONOCHROME2,
-    /// centre crop, area resize to 224 x 224, TorchXRayVision normalization, NCHW tensor) or
+    /// TorchXRayVision-exact preprocessing to the 1 x 224 x 224 model input) or
     /// `ct` (PATH = a series folder: scan headers, order, decode and assemble every slice on all
     /// usable cores, window to [0, 1]).
     pub task: String,
@@ -60,7 +60,7 @@ fn stats(v: &[f64]) -> StatsMs {
 }
 
 pub fn run(a: BenchIoArgs) -> Result<()> {
-    use medinfer_core::preprocess::{self, Filter};
+    use medinfer_core::preprocess;
     use std::time::Instant;
     let (wc, ww) = parse_window(&a.window)?;
     let mut stage_sum: Vec<(String, f64)> = Vec::new();
@@ -75,12 +75,7 @@ pub fn run(a: BenchIoArgs) -> Result<()> {
                 let img = medinfer_io::read_images(&a.path)?.remove(0);
                 stages.push(("decode", ms(t)));
                 let t = Instant::now();
-                let maxv = img.value_range.1;
-                let img = img.to_monochrome2().to_gray();
-                let img = preprocess::center_crop_square(&img);
-                let mut img = preprocess::resize(&img, 224, 224, Filter::Area)?;
-                preprocess::xrv_normalize(&mut img.data, maxv)?;
-                let tensor = img.to_tensor();
+                let tensor = medinfer_pipelines::cxr::preprocess_image(img)?;
                 stages.push(("preprocess", ms(t)));
                 std::hint::black_box(tensor);
             }

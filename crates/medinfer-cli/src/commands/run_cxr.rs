@@ -44,6 +44,12 @@ pub struct RunCxrArgs {
     /// SLURM_ARRAY_TASK_ID. The N shards together cover every file exactly once.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<String>,
+    /// Resize of the centred square to 224 x 224: xrv (TorchXRayVision's XRayResizer, i.e.
+    /// scikit-image's anti-aliased resize, exact) or area (area averaging: faster on large
+    /// radiographs; scores differ from TorchXRayVision's by up to ~0.01, see
+    /// docs/benchmarks.md).
+    #[arg(long, default_value = "xrv", value_parser = ["xrv", "area"])]
+    pub resize: String,
 }
 
 pub fn run(a: RunCxrArgs) -> Result<()> {
@@ -82,6 +88,7 @@ pub fn run(a: RunCxrArgs) -> Result<()> {
         note: note.to_string(),
         csv: a.csv.clone(),
         shard,
+        resize: cxr::Resize::parse(&a.resize).unwrap_or_default(),
     })?;
     if let (Some(path), true) = (&a.csv, batch.already_done > 0) {
         eprintln!(

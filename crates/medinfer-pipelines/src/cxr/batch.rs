@@ -1,7 +1,7 @@
 //! Chest X-ray classification over files and folders, in batch: results in input order,
 //! per-file errors, a resumable CSV, deterministic shards.
 
-use super::{preprocess_file, scores};
+use super::{preprocess_file_with, scores, Resize};
 use crate::resume::{self, Shard};
 use crate::PipelineError;
 use medinfer_engine::Session;
@@ -75,6 +75,8 @@ pub struct CxrBatchRequest {
     pub csv: Option<PathBuf>,
     /// Only this shard's files.
     pub shard: Option<Shard>,
+    /// How the radiograph is resized (TorchXRayVision-exact by default).
+    pub resize: Resize,
 }
 
 /// One file's result.
@@ -209,11 +211,12 @@ impl CxrBatch {
         let mut write_error: Option<std::io::Error> = None;
         let files = &self.files;
         let csv = &mut self.csv;
+        let resize = req.resize;
         crate::batch::run_ordered(
             files,
             session,
             req.decoders.max(1),
-            |f: &PathBuf| preprocess_file(f).map_err(|e| e.to_string()),
+            |f: &PathBuf| preprocess_file_with(f, resize).map_err(|e| e.to_string()),
             |i, r| {
                 let rec = CxrRecord {
                     file: files[i].display().to_string(),

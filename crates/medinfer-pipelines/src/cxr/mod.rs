@@ -1,11 +1,15 @@
 //! Chest X-ray multi-label classification with TorchXRayVision's conventions.
 //!
-//! Preprocessing (TorchXRayVision `xrv.datasets.normalize` + `XRayCenterCrop` +
-//! `XRayResizer(224)`): the first frame of a PNG (8 / 16-bit), JPEG or DICOM radiograph, colour
-//! to gray, MONOCHROME1 inverted, centre crop to a square, area resize to 224 x 224, then
-//! `(2 x / maxval - 1) x 1024` with `maxval` the largest value of the image's encoding (255,
-//! 65535, or 2^BitsStored - 1 after the modality LUT), so [0, maxval] maps to [-1024, 1024].
-//! One channel.
+//! Preprocessing, by default exactly TorchXRayVision's recipe (`skimage.io.imread` ->
+//! `xrv.datasets.normalize(img, maxval)` -> mean over colour channels -> `XRayCenterCrop` ->
+//! `XRayResizer(224)`): the first frame of a PNG (8 / 16-bit), JPEG or DICOM radiograph,
+//! MONOCHROME1 inverted, `(2 x / maxval - 1) x 1024` in f32 with `maxval` the largest value of
+//! the image's encoding (255, 65535, or 2^BitsStored - 1 after the modality LUT), colour
+//! averaged to one channel, the centred square at xrv's offsets, then scikit-image's resize to
+//! 224 x 224 (Gaussian anti-aliasing + bilinear, zeros beyond the edges, clipped:
+//! [`preprocess::resize_skimage`]). Checked against the real `torchxrayvision` package
+//! (tests/cxr.rs, fixtures from `tests/fixtures/xrv/make_xrv_fixtures.py`). [`Resize::Area`]
+//! is the faster option (area averaging); its score difference is in docs/benchmarks.md.
 //!
 //! Scores: a sigmoid per label; with operating thresholds (TorchXRayVision's `op_threshs`), each
 //! score is mapped piecewise-linearly so that its threshold lands on 0.5:
@@ -79,8 +83,35 @@ pub const PADCHEST_LABELS: [&str; 28] = [
     "Tuberculosis",
 ];
 
-/// Reads one radiograph and returns the `SIZE x SIZE` model input.
+/// How the centred square is brought to `SIZE x SIZE`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// TorchXRayVision's `XRayResizer` (scikit-image `resize`, anti-aliased), exact.
+    #[default]
+    Xrv,
+    /// Area averaging: faster on large radiographs, scores differ slightly from xrv's.
+    Area,
+}
+
+impl Resize {
+    /// `xrv` or `area`.
+    pub fn parse(s: &str) -> Option<Resize> {
+        match s.to_ascii_lowercase().as_str() {
+            "xrv" | "skimage" => Some(Resize::Xrv),
+            "area" => Some(Resize::Area),
+            _ => None,
+        }
+    }
+}
+
+/// Reads one radiograph and returns the `SIZE x SIZE` model input (TorchXRayVision-exact).
 pub fn preprocess_file(path: &Path) -> Result<Vec<f32>, PipelineError> {
+    preprocess_file_with(path, Resize::Xrv)
+}
+
+/// [`preprocess_file`] with a choice of resize.
+pub fn preprocess_file_with(path: &Path, resize: Resize) -> Result<Vec<f32>, PipelineError> {
     let mut frames = medinfer_io::read_images(path)?;
     if frames.is_empty() {
         return Err(PipelineError::input(
@@ -89,17 +120,30 @@ pub fn preprocess_file(path: &Path) -> Result<Vec<f32>, PipelineError> {
         ));
     }
     let img = frames.swap_remove(0);
-    preprocess_image(img)
+    preprocess_image_with(img, resize)
         .map_err(|e| PipelineError::input(path.display().to_string(), e.to_string()))
 }
 
 /// The preprocessing of [`preprocess_file`] on a decoded image.
 pub fn preprocess_image(img: medinfer_core::Image2d) -> Result<Vec<f32>, medinfer_core::CoreError> {
+    preprocess_image_with(img, Resize::Xrv)
+}
+
+/// [`preprocess_image`] with a choice of resize.
+pub fn preprocess_image_with(
+    img: medinfer_core::Image2d,
+    resize: Resize,
+) -> Result<Vec<f32>, medinfer_core::CoreError> {
     let maxval = img.value_range.1;
-    let img = img.to_monochrome2().to_gray();
-    let img = preprocess::center_crop_square(&img);
-    let mut img = preprocess::resize(&img, SIZE, SIZE, Filter::Area)?;
+    let mut img = img.to_monochrome2();
+    // Normalise first: skimage's resize pads with 0 and clips to the input's range, so the
+    // order matters (0 is mid-grey after normalisation).
     preprocess::xrv_normalize(&mut img.data, maxval)?;
+    let img = preprocess::center_crop_square(&img.mean_channels());
+    let img = match resize {
+        Resize::Xrv => preprocess::resize_skimage(&img, SIZE, SIZE)?,
+        Resize::Area => preprocess::resize(&img, SIZE, SIZE, Filter::Area)?,
+    };
     Ok(img.data)
 }
 
