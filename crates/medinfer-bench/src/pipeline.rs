@@ -135,6 +135,7 @@ pub fn cardiac(
                 input: input.clone(),
                 model: id.clone(),
                 output: Some(dir.join(format!("out{i}"))),
+                spec: cardiac::CardiacSpec::shipped(),
             };
             let res = cardiac::run(session, &request)?;
             if round > 0 {
@@ -297,7 +298,7 @@ pub fn batch(req: &BatchBenchRequest) -> Result<StageBench, PipelineError> {
                     d += ms(t);
                     let t = Instant::now();
                     xs.push(
-                        ct::preprocess_image(img, ct::DEFAULT_WINDOW)
+                        ct::preprocess_image(img, ct::CtPrep::default())
                             .map_err(|e| PipelineError::input(f.display().to_string(), e))?,
                     );
                     p += ms(t);
@@ -367,8 +368,8 @@ pub fn batch(req: &BatchBenchRequest) -> Result<StageBench, PipelineError> {
                 }
             }
             _ => {
-                let regions: Vec<String> = ct::REGIONS.iter().map(|s| s.to_string()).collect();
-                ct::run(input, &all, ct::DEFAULT_WINDOW, &regions, cores)?;
+                let regions: Vec<String> = ct::default_regions();
+                ct::run(input, &all, ct::CtPrep::default(), &regions, cores)?;
             }
         }
         let e = t.elapsed().as_secs_f64();

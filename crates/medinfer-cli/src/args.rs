@@ -4,6 +4,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use medinfer_engine::{BackendKind, Session};
+use medinfer_pipelines::config::{ModelConfig, ModelSpec};
 use medinfer_pipelines::models::{self, ChosenModel};
 use medinfer_pipelines::Pipeline;
 use serde::Serialize;
@@ -84,12 +85,57 @@ impl EngineArgs {
         streams: Option<usize>,
         threads: Option<usize>,
     ) -> Result<Session> {
+        self.session_shaped(model, default_batch, streams, threads, Default::default())
+    }
+
+    /// The model's config for `pipeline` (`--config`, `MODEL.json`, a MONAI bundle's
+    /// metadata, or the pipeline's built-in config), checked against the model file before
+    /// anything runs.
+    pub fn model_spec(
+        &self,
+        pipeline: Pipeline,
+        model: &Path,
+        config: Option<&Path>,
+        default_batch: usize,
+    ) -> Result<ModelSpec> {
+        let cfg = ModelConfig::for_model(pipeline, model, config)?;
+        Ok(cfg.resolve(model, self.batch.unwrap_or(default_batch).max(1))?)
+    }
+
+    /// [`Self::session`] for a model checked against its config: dynamic input dimensions
+    /// are fixed to the config's size.
+    pub fn session_for(
+        &self,
+        model: &Path,
+        spec: &ModelSpec,
+        default_batch: usize,
+        streams: Option<usize>,
+        threads: Option<usize>,
+    ) -> Result<Session> {
+        self.session_shaped(
+            model,
+            default_batch,
+            streams,
+            threads,
+            spec.input_shapes.clone(),
+        )
+    }
+
+    fn session_shaped(
+        &self,
+        model: &Path,
+        default_batch: usize,
+        streams: Option<usize>,
+        threads: Option<usize>,
+        input_shapes: std::collections::HashMap<String, Vec<usize>>,
+    ) -> Result<Session> {
         let kind = self.backend()?;
         let opts = medinfer_engine::SessionOptions {
             mode: medinfer_engine::Mode::Throughput,
             batch: Some(self.batch.unwrap_or(default_batch).max(1)),
             streams: self.streams.or(streams),
             threads,
+            input_shapes,
             ..Default::default()
         };
         medinfer_engine::load_on(kind, model, &opts)

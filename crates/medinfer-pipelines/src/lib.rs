@@ -22,6 +22,7 @@
 
 pub mod batch;
 pub mod cardiac;
+pub mod config;
 pub mod ct;
 pub mod cxr;
 pub mod models;
@@ -64,13 +65,12 @@ impl Pipeline {
             .find(|p| p.name().eq_ignore_ascii_case(s))
     }
 
-    /// The shape of one model input sample (without the batch axis).
+    /// The shape of one input sample (without the batch axis) of the pipeline's own model,
+    /// from its built-in config.
     pub fn sample_shape(self) -> [usize; 3] {
-        match self {
-            Pipeline::Cxr => [1, cxr::SIZE, cxr::SIZE],
-            Pipeline::Ct => [1, ct::SIZE, ct::SIZE],
-            Pipeline::Cardiac => [1, cardiac::CROP, cardiac::CROP],
-        }
+        let c = config::ModelConfig::builtin(self);
+        let [r, w] = c.input.size.expect("built-in configs give the size");
+        [c.input.channels.unwrap_or(1), r, w]
     }
 
     /// The zoo model a pipeline runs when given none (`None`: it ships a trained model).

@@ -105,7 +105,7 @@ pub fn samples(
                     .collect(),
                 None => items,
             };
-            let done = ct::slice_inputs(&plans, &chosen, ct::DEFAULT_WINDOW);
+            let done = ct::slice_inputs(&plans, &chosen, ct::CtPrep::default());
             for (&(p, z), r) in chosen.iter().zip(done) {
                 match r {
                     Ok(x) => out.inputs.push(x),
@@ -142,12 +142,11 @@ pub fn samples(
                         continue;
                     }
                 };
-                match cardiac::exam_patches(&vol, &label) {
-                    Ok((_, _, patches)) => out.inputs.extend(
-                        patches
-                            .chunks(cardiac::CROP * cardiac::CROP)
-                            .map(|c| c.to_vec()),
-                    ),
+                let spec = cardiac::CardiacSpec::shipped();
+                match cardiac::exam_patches(&vol, &label, &spec) {
+                    Ok((_, _, patches)) => out
+                        .inputs
+                        .extend(patches.chunks(spec.patch_len()).map(|c| c.to_vec())),
                     Err(e) => out.skipped.push((label, e.to_string())),
                 }
             }

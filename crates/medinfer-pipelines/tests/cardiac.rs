@@ -54,7 +54,7 @@ const SEEDS: [u64; 3] = [1, 2, 3];
 #[test]
 fn fp32_on_tract_meets_the_accuracy_targets_on_held_out_phantoms() {
     let (s, id) = session(BackendKind::Tract, "cardiac-unet.onnx");
-    let sum = cardiac::evaluate(&SEEDS, &s, &id, |_| {}).unwrap();
+    let sum = cardiac::evaluate(&SEEDS, &s, &id, &cardiac::CardiacSpec::shipped(), |_| {}).unwrap();
     check_accuracy(&sum, "tract fp32");
 }
 
@@ -66,7 +66,14 @@ fn int8_on_native_backends_keeps_the_accuracy_of_fp32() {
     }
     // The FP32 reference on the first native backend.
     let (s32, id32) = session(kinds[0], "cardiac-unet.onnx");
-    let fp32 = cardiac::evaluate(&SEEDS, &s32, &id32, |_| {}).unwrap();
+    let fp32 = cardiac::evaluate(
+        &SEEDS,
+        &s32,
+        &id32,
+        &cardiac::CardiacSpec::shipped(),
+        |_| {},
+    )
+    .unwrap();
     for k in kinds {
         let (s8, id8) = session(k, "cardiac-unet-int8.onnx");
         assert!(
@@ -74,7 +81,8 @@ fn int8_on_native_backends_keeps_the_accuracy_of_fp32() {
             "{k}: {}",
             s8.info().effective_precision
         );
-        let int8 = cardiac::evaluate(&SEEDS, &s8, &id8, |_| {}).unwrap();
+        let int8 =
+            cardiac::evaluate(&SEEDS, &s8, &id8, &cardiac::CardiacSpec::shipped(), |_| {}).unwrap();
         check_accuracy(&int8, &format!("{k} int8"));
         let mean = |d: [f64; 3]| d.iter().sum::<f64>() / 3.0;
         let drop = mean(fp32.mean_dice) - mean(int8.mean_dice);
@@ -119,6 +127,7 @@ fn a_dicom_cine_series_gives_the_same_result_as_the_nifti_file() {
             input: input.to_path_buf(),
             model: id.clone(),
             output,
+            spec: cardiac::CardiacSpec::shipped(),
         };
     let a = cardiac::run(&s, &req(&nii, Some(out.clone()))).unwrap();
     let b = cardiac::run(&s, &req(&dcm, None)).unwrap();
@@ -164,34 +173,67 @@ fn bad_inputs_are_clear_errors() {
     )
     .unwrap();
     v3.affine = ph.image.affine;
-    expect_input_error(cardiac::analyse(&v3, "3d.nii", &s, id.clone()), "4D");
+    expect_input_error(
+        cardiac::analyse(
+            &v3,
+            "3d.nii",
+            &s,
+            id.clone(),
+            &cardiac::CardiacSpec::shipped(),
+        ),
+        "4D",
+    );
     // No heart: every phase a copy of the first one (nothing moves).
     let still: Vec<f32> = (0..ph.image.dims[3])
         .flat_map(|_| ph.image.data[..nx * ny * nz].iter().copied())
         .collect();
     let v = Volume::new(ph.image.dims, still, ph.image.spacing).unwrap();
     expect_input_error(
-        cardiac::analyse(&v, "still.nii", &s, id.clone()),
+        cardiac::analyse(
+            &v,
+            "still.nii",
+            &s,
+            id.clone(),
+            &cardiac::CardiacSpec::shipped(),
+        ),
         "no beating heart",
     );
     // Absurd spacings.
     let mut v = ph.image.clone();
     v.spacing[0] = 40.0;
     expect_input_error(
-        cardiac::analyse(&v, "big.nii", &s, id.clone()),
+        cardiac::analyse(
+            &v,
+            "big.nii",
+            &s,
+            id.clone(),
+            &cardiac::CardiacSpec::shipped(),
+        ),
         "pixel spacing",
     );
     let mut v = ph.image.clone();
     v.spacing[2] = 0.0;
     expect_input_error(
-        cardiac::analyse(&v, "flat.nii", &s, id.clone()),
+        cardiac::analyse(
+            &v,
+            "flat.nii",
+            &s,
+            id.clone(),
+            &cardiac::CardiacSpec::shipped(),
+        ),
         "slice spacing",
     );
     // Non-finite voxels.
     let mut v = ph.image.clone();
     v.data[17] = f32::NAN;
     expect_input_error(
-        cardiac::analyse(&v, "nan.nii", &s, id.clone()),
+        cardiac::analyse(
+            &v,
+            "nan.nii",
+            &s,
+            id.clone(),
+            &cardiac::CardiacSpec::shipped(),
+        ),
         "non-finite",
     );
     // A DICOM series with a missing slice: the series reader names the gap.
@@ -215,6 +257,7 @@ fn bad_inputs_are_clear_errors() {
         input: dir.path().to_path_buf(),
         model: id.clone(),
         output: None,
+        spec: cardiac::CardiacSpec::shipped(),
     };
     match cardiac::run(&s, &req) {
         Err(e) => {
@@ -228,7 +271,13 @@ fn bad_inputs_are_clear_errors() {
     let other = tmp.path().join("resnet.onnx");
     medinfer_onnx::save_model(&medinfer_onnx::zoo::build("resnet18-ct").unwrap(), &other).unwrap();
     let s2 = load_on(BackendKind::Tract, &other, &SessionOptions::default()).unwrap();
-    match cardiac::analyse(&ph.image, "x", &s2, ModelId::of(&other).unwrap()) {
+    match cardiac::analyse(
+        &ph.image,
+        "x",
+        &s2,
+        ModelId::of(&other).unwrap(),
+        &cardiac::CardiacSpec::shipped(),
+    ) {
         Err(PipelineError::Model { reason, .. }) => assert!(reason.contains("96"), "{reason}"),
         Err(e) => panic!("unexpected {e}"),
         Ok(_) => panic!("a classifier was accepted as a segmentation model"),

@@ -80,7 +80,7 @@ fn a_ct_series_is_windowed_ordered_and_tagged_slice_by_slice() {
         ..Default::default()
     };
     let s = load_on(BackendKind::Tract, &model, &opts).unwrap();
-    let regions: Vec<String> = ct::REGIONS.iter().map(|r| r.to_string()).collect();
+    let regions: Vec<String> = ct::default_regions();
     let r = ct::run(d.path(), &s, (c, w), &regions, 2).unwrap();
     assert_eq!(r.slices.len(), 12);
     for (k, sl) in r.slices.iter().enumerate() {
@@ -137,7 +137,7 @@ fn a_multi_frame_series_is_tagged_like_its_assembled_volume() {
         ..Default::default()
     };
     let s = load_on(BackendKind::Tract, &model, &opts).unwrap();
-    let regions: Vec<String> = ct::REGIONS.iter().map(|r| r.to_string()).collect();
+    let regions: Vec<String> = ct::default_regions();
     let win = (500.0, 1000.0);
     let r = ct::run(&fixture, &s, win, &regions, 2).unwrap();
     let vol = medinfer_io::series::read_series(&fixture).unwrap();

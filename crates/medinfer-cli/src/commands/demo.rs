@@ -44,6 +44,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         input,
         model: id,
         output: Some(dir.join("results")),
+        spec: cardiac::CardiacSpec::shipped(),
     };
     let res = cardiac::run(&session, &request)?;
     if a.json {

@@ -5,7 +5,7 @@ use crate::args::{bar, print_json, EngineArgs, PipelinePrecision};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use medinfer_core::Tensor;
-use medinfer_pipelines::cardiac::{self, CROP};
+use medinfer_pipelines::cardiac;
 use medinfer_pipelines::models::ModelId;
 use medinfer_pipelines::{phantom, Pipeline};
 use std::path::PathBuf;
@@ -96,11 +96,13 @@ pub fn run(cmd: PhantomCommand) -> Result<()> {
                     PipelinePrecision::Auto,
                 )?
                 .path;
-            let session = a.engine.session(&model, 8, None, None)?;
+            let model_spec = a.engine.model_spec(Pipeline::Cardiac, &model, None, 8)?;
+            let spec = cardiac::CardiacSpec::from_model(&model_spec, &model.display().to_string())?;
+            let session = a.engine.session_for(&model, &model_spec, 8, None, None)?;
             let id = ModelId::of(&model)?;
             let seeds: Vec<u64> = (a.first_seed..a.first_seed + a.exams).collect();
             let bar = bar(seeds.len(), "exams", a.json);
-            let sum = cardiac::evaluate(&seeds, &session, &id, |e| {
+            let sum = cardiac::evaluate(&seeds, &session, &id, &spec, |e| {
                 bar.inc(1);
                 if !a.json {
                     bar.println(format!(
@@ -178,14 +180,15 @@ pub fn run(cmd: PhantomCommand) -> Result<()> {
                 bar.inc(chunk.len() as u64);
             }
             bar.finish_and_clear();
-            let n = ys.len() / (CROP * CROP);
+            let [rows, cols] = cardiac::CardiacSpec::shipped().size;
+            let n = ys.len() / (rows * cols);
             medinfer_io::npy::write(
                 &a.output.join("x.npy"),
-                &Tensor::from_f32(vec![n, 1, CROP, CROP], xs)?,
+                &Tensor::from_f32(vec![n, 1, rows, cols], xs)?,
             )?;
             medinfer_io::npy::write(
                 &a.output.join("y.npy"),
-                &Tensor::new(vec![n, CROP, CROP], medinfer_core::TensorData::U8(ys))?,
+                &Tensor::new(vec![n, rows, cols], medinfer_core::TensorData::U8(ys))?,
             )?;
             println!(
                 "{n} patches from {} exams in {}",

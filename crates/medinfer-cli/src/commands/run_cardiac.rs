@@ -12,11 +12,18 @@ use std::path::PathBuf;
 pub struct RunCardiacArgs {
     /// A 4D NIfTI file (x, y, slices, phases), or a folder / file of a DICOM cine series.
     pub input: PathBuf,
-    /// Segmentation model (ONNX taking (batch, 1, 96, 96) z-scored patches at 1.6 mm and giving
-    /// (batch, 4, 96, 96) class scores: background, LV cavity, LV myocardium, RV cavity).
-    /// Default: medinfer's trained model, FP32 or INT8 by --precision.
+    /// Segmentation model: ONNX taking (batch, 1, rows, columns) patches and giving (batch,
+    /// classes, rows, columns) scores. Its config (--config, else MODEL.json beside it, else a
+    /// MONAI bundle's configs/metadata.json) gives the patch size, pixel spacing,
+    /// normalisation and which output is LV, MYO and RV; without one, the shipped model's
+    /// (96 x 96 at 1.6 mm, z-score, background / LV / MYO / RV). Default: medinfer's trained
+    /// model, FP32 or INT8 by --precision.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// The model's config (a medinfer model config JSON or a MONAI bundle's metadata.json);
+    /// see docs/architecture.md, "Model configs".
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Output folder: report.json, masks.nii.gz, ed_es.png, volumes.svg.
@@ -33,13 +40,20 @@ pub fn run(a: RunCardiacArgs) -> Result<()> {
         a.model.as_deref(),
         PipelinePrecision::Auto,
     )?;
+    let model_spec =
+        a.engine
+            .model_spec(Pipeline::Cardiac, &chosen.path, a.config.as_deref(), 8)?;
+    let spec = cardiac::CardiacSpec::from_model(&model_spec, &chosen.path.display().to_string())?;
     let t0 = std::time::Instant::now();
-    let session = a.engine.session(&chosen.path, 8, None, None)?;
+    let session = a
+        .engine
+        .session_for(&chosen.path, &model_spec, 8, None, None)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let request = cardiac::CardiacRequest {
         input: a.input.clone(),
         model: ModelId::of(&chosen.path)?,
         output: a.output.clone(),
+        spec,
     };
     let res = cardiac::run(&session, &request)?;
     if a.json {

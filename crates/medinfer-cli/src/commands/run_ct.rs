@@ -3,6 +3,7 @@
 use crate::args::{bar, parse_window, EngineArgs, PipelinePrecision};
 use anyhow::{bail, Result};
 use clap::Args;
+use medinfer_pipelines::config::Normalization;
 use medinfer_pipelines::resume::Shard;
 use medinfer_pipelines::{ct, cxr, Pipeline};
 use std::io::Write;
@@ -14,17 +15,23 @@ pub struct RunCtArgs {
     /// order of its first file's path) or files. Non-DICOM files are ignored.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Slice classifier: ONNX taking (batch, 1, 128, 128) windowed slices in [0, 1] and giving
-    /// one logit per region. Default: the zoo resnet18-ct, whose weights are UNTRAINED.
+    /// Slice classifier: ONNX taking (batch, 1, rows, columns) slices and giving one logit per
+    /// region. Its config (--config, else MODEL.json beside it, else a MONAI bundle's
+    /// configs/metadata.json) gives size, normalisation and region names; without one, the
+    /// pipeline's (128 x 128, window 40,400 to [0, 1], head / neck / chest / abdomen / pelvis /
+    /// legs). Default: the zoo resnet18-ct, whose weights are UNTRAINED.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Region names in output order: a file with one per line (default: head, neck, chest,
-    /// abdomen, pelvis, legs).
+    /// The model's config (a medinfer model config JSON or a MONAI bundle's metadata.json).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Region names in output order: a file with one per line (default: the model config's).
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// HU window CENTRE,WIDTH applied to every slice.
-    #[arg(long, default_value = "40,400")]
-    pub window: String,
+    /// HU window CENTRE,WIDTH applied to every slice (default: the model config's, 40,400 for
+    /// the pipeline's own model).
+    #[arg(long)]
+    pub window: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Cores to use: inference streams (one thread each) and decode workers (default: all
@@ -48,14 +55,21 @@ pub struct RunCtArgs {
 }
 
 pub fn run(a: RunCtArgs) -> Result<()> {
-    let window = parse_window(&a.window)?;
-    let regions: Vec<String> = match &a.labels {
-        Some(p) => cxr::read_labels(&p.display().to_string())?,
-        None => ct::REGIONS.iter().map(|s| s.to_string()).collect(),
-    };
     let chosen = a
         .engine
         .model(Pipeline::Ct, a.model.as_deref(), PipelinePrecision::Fp32)?;
+    let spec = a
+        .engine
+        .model_spec(Pipeline::Ct, &chosen.path, a.config.as_deref(), 8)?;
+    let mut prep = ct::CtPrep::of(&spec);
+    if let Some(w) = &a.window {
+        let (center, width) = parse_window(w)?;
+        prep.normalization = Normalization::Window { center, width };
+    }
+    let regions: Vec<String> = match &a.labels {
+        Some(p) => cxr::read_labels(&p.display().to_string())?,
+        None => spec.labels.clone(),
+    };
     let untrained = chosen.untrained_zoo.is_some();
     let note = if untrained {
         "UNTRAINED zoo weights (resnet18-ct): the regions are meaningless; pass --model"
@@ -63,7 +77,9 @@ pub fn run(a: RunCtArgs) -> Result<()> {
         ""
     };
     let cores = a.cores.unwrap_or_else(medinfer_core::usable_cores).max(1);
-    let session = a.engine.session(&chosen.path, 8, Some(cores), Some(1))?;
+    let session = a
+        .engine
+        .session_for(&chosen.path, &spec, 8, Some(cores), Some(1))?;
     if let Some(n) = session
         .outputs()
         .first()
@@ -79,7 +95,7 @@ pub fn run(a: RunCtArgs) -> Result<()> {
     let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
     let batch = ct::CtBatch::open(ct::CtBatchRequest {
         inputs: a.inputs.clone(),
-        window,
+        prep,
         regions,
         decoders: cores,
         note: note.to_string(),

@@ -14,17 +14,22 @@ pub struct RunCxrArgs {
     /// files recognised by content; processed in sorted order).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Classifier: ONNX taking (batch, 1, 224, 224) TorchXRayVision-normalised images and giving
-    /// one logit per label. Default: the zoo densenet121-cxr, whose weights are UNTRAINED (every
-    /// output says so).
+    /// Classifier: ONNX taking (batch, 1, rows, columns) images and giving one logit per label.
+    /// Its config (--config, else MODEL.json beside it, else a MONAI bundle's
+    /// configs/metadata.json) gives size, normalisation, labels and thresholds; without one,
+    /// TorchXRayVision's (224 x 224, xrv normalisation, its 18 labels). Default: the zoo
+    /// densenet121-cxr, whose weights are UNTRAINED (every output says so).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// The model's config (a medinfer model config JSON or a MONAI bundle's metadata.json).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Label names in output order: xrv (TorchXRayVision's 18), padchest (its 28), or a file
-    /// with one label per line.
-    #[arg(long, default_value = "xrv")]
-    pub labels: String,
+    /// with one label per line (default: the model config's).
+    #[arg(long)]
+    pub labels: Option<String>,
     /// Operating thresholds, one per label in label order (TorchXRayVision's op_threshs: each
-    /// threshold is mapped to a score of 0.5; nan = none).
+    /// threshold is mapped to a score of 0.5; nan = none). Default: the model config's.
     #[arg(long)]
     pub thresholds: Option<PathBuf>,
     #[command(flatten)]
@@ -53,21 +58,35 @@ pub struct RunCxrArgs {
 }
 
 pub fn run(a: RunCxrArgs) -> Result<()> {
-    let labels = cxr::read_labels(&a.labels)?;
-    let thresholds = match &a.thresholds {
-        Some(p) => Some(cxr::read_thresholds(p, labels.len())?),
-        None => None,
-    };
     let chosen = a
         .engine
         .model(Pipeline::Cxr, a.model.as_deref(), PipelinePrecision::Fp32)?;
+    let spec = a
+        .engine
+        .model_spec(Pipeline::Cxr, &chosen.path, a.config.as_deref(), 4)?;
+    let labels = match &a.labels {
+        Some(l) => cxr::read_labels(l)?,
+        None => spec.labels.clone(),
+    };
+    let thresholds = match &a.thresholds {
+        Some(p) => Some(cxr::read_thresholds(p, labels.len())?),
+        None => spec.thresholds_f32(),
+    };
+    if let Some(t) = thresholds.as_ref().filter(|t| t.len() != labels.len()) {
+        bail!(
+            "{} thresholds (config {}) for {} labels",
+            t.len(),
+            spec.source,
+            labels.len()
+        );
+    }
     let untrained = chosen.untrained_zoo.is_some();
     let note = if untrained {
         "UNTRAINED zoo weights (densenet121-cxr): the scores are meaningless; pass --model"
     } else {
         ""
     };
-    let session = a.engine.session(&chosen.path, 4, None, None)?;
+    let session = a.engine.session_for(&chosen.path, &spec, 4, None, None)?;
     let out_len = session
         .outputs()
         .first()
@@ -88,7 +107,7 @@ pub fn run(a: RunCxrArgs) -> Result<()> {
         note: note.to_string(),
         csv: a.csv.clone(),
         shard,
-        resize: cxr::Resize::parse(&a.resize).unwrap_or_default(),
+        prep: cxr::CxrPrep::of(&spec, cxr::Resize::parse(&a.resize).unwrap_or_default()),
     })?;
     if let (Some(path), true) = (&a.csv, batch.already_done > 0) {
         eprintln!(

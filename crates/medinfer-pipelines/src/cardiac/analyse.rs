@@ -2,30 +2,46 @@
 //! largest components, volumes by summation of discs, ED / ES, EF, mass.
 
 use super::preprocess::{check_input, exam_patches, PatchGeometry};
-use super::{ms, CardiacReport, CardiacResult, Chamber, Curves, ModelId, Timings, CROP};
+use super::{ms, CardiacReport, CardiacResult, CardiacSpec, Chamber, Curves, ModelId, Timings};
 use crate::phantom::{ed_es, MYOCARDIAL_DENSITY};
 use crate::PipelineError;
 use medinfer_core::Volume;
 use medinfer_engine::Session;
 use std::time::Instant;
 
-/// Checks that `session` takes `(B, 1, CROP, CROP)` and gives `(B, 4, CROP, CROP)`.
-pub fn check_model(session: &Session, model: &str) -> Result<usize, PipelineError> {
+/// Checks that `session` takes `(B, 1, rows, columns)` and gives `(B, classes, rows,
+/// columns)` as the spec says; returns the batch.
+pub fn check_model(
+    session: &Session,
+    model: &str,
+    spec: &CardiacSpec,
+) -> Result<usize, PipelineError> {
     let bad = |reason: String| PipelineError::Model {
         model: model.to_string(),
         reason,
     };
+    let [r, c] = spec.size;
     let ins = session.inputs();
-    if ins.len() != 1 || ins[0].shape.len() != 4 || ins[0].shape[1..] != [1, CROP, CROP] {
+    if ins.len() != 1 || ins[0].shape.len() != 4 || ins[0].shape[1..] != [1, r, c] {
         return Err(bad(format!(
-            "the cardiac pipeline feeds one (batch, 1, {CROP}, {CROP}) input; the model takes {:?}",
+            "the cardiac pipeline feeds one (batch, 1, {r}, {c}) input (config: {}); the model takes {:?}",
+            spec.config,
             ins.iter().map(|i| &i.shape).collect::<Vec<_>>()
         )));
     }
     let outs = session.outputs();
-    if outs.is_empty() || outs[0].shape.len() != 4 || outs[0].shape[1] != 4 {
+    // An empty shape: the output's shape is only known to the engine (shape inference could
+    // not follow the graph); the first batch's size is checked instead.
+    let ok = outs.first().is_some_and(|o| {
+        (o.shape.is_empty()
+            || o.shape.len() == 4 && (o.shape[1] == spec.channels || o.shape[1] == 0))
+            && spec.classes.iter().all(|&k| k < spec.channels)
+    });
+    if !ok {
         return Err(bad(format!(
-            "the cardiac pipeline reads (batch, 4, {CROP}, {CROP}) class scores; the model gives {:?}",
+            "the cardiac pipeline reads (batch, {}, {r}, {c}) class scores (config: {}); the model gives {:?}",
+            spec.channels,
+            spec.config,
             outs.iter().map(|o| &o.shape).collect::<Vec<_>>()
         )));
     }
@@ -38,17 +54,20 @@ pub fn analyse(
     input_name: &str,
     session: &Session,
     model: ModelId,
+    spec: &CardiacSpec,
 ) -> Result<CardiacResult, PipelineError> {
     let t_all = Instant::now();
     check_input(vol, input_name)?;
-    check_model(session, &model.path)?;
+    check_model(session, &model.path, spec)?;
     let [nx, ny, nz, nt] = vol.dims;
     let plane = nx * ny;
     let mut flags = Vec::new();
 
     // Preprocess.
     let t0 = Instant::now();
-    let (heart, geo, patches) = exam_patches(vol, input_name)?;
+    let (heart, geo, patches) = exam_patches(vol, input_name, spec)?;
+    let plen = spec.patch_len();
+    let scores_len = spec.channels * plen;
     let images = nz * nt;
     let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
     let preprocess_ms = ms(t0);
@@ -62,14 +81,13 @@ pub fn analyse(
         &idx,
         session,
         1,
-        |&i| Ok(&patches[i * CROP * CROP..(i + 1) * CROP * CROP]),
+        |&i| Ok(&patches[i * plen..(i + 1) * plen]),
         |i, r| match r {
-            Ok(v) if v.len() == 4 * CROP * CROP => logits[i] = v,
+            Ok(v) if v.len() == scores_len => logits[i] = v,
             Ok(v) => {
                 failure.get_or_insert(format!(
-                    "output has {} values per image, expected {}",
+                    "output has {} values per image, expected {scores_len}",
                     v.len(),
-                    4 * CROP * CROP
                 ));
             }
             Err(e) => {
@@ -87,11 +105,17 @@ pub fn analyse(
 
     // Postprocess: class scores back onto the input grid inside the patch's footprint.
     let t0 = Instant::now();
-    let half = CROP as f64 / 2.0;
-    let fx0 = (geo.centre[0] - half * geo.step[0]).floor().max(0.0) as usize;
-    let fx1 = ((geo.centre[0] + half * geo.step[0]).ceil().max(0.0) as usize).min(nx);
-    let fy0 = (geo.centre[1] - half * geo.step[1]).floor().max(0.0) as usize;
-    let fy1 = ((geo.centre[1] + half * geo.step[1]).ceil().max(0.0) as usize).min(ny);
+    let (hx, hy) = (geo.size[0] as f64 / 2.0, geo.size[1] as f64 / 2.0);
+    let fx0 = (geo.centre[0] - hx * geo.step[0]).floor().max(0.0) as usize;
+    let fx1 = ((geo.centre[0] + hx * geo.step[0]).ceil().max(0.0) as usize).min(nx);
+    let fy0 = (geo.centre[1] - hy * geo.step[1]).floor().max(0.0) as usize;
+    let fy1 = ((geo.centre[1] + hy * geo.step[1]).ceil().max(0.0) as usize).min(ny);
+    // Output channel -> medinfer's label (1 LV, 2 MYO, 3 RV, 0 anything else).
+    let mut to_label = vec![0u8; spec.channels];
+    for (k, &ch) in spec.classes.iter().enumerate() {
+        to_label[ch] = k as u8 + 1;
+    }
+    let to_label = &to_label;
     let mut labels = vec![0u8; vol.data.len()];
     {
         let frames: Vec<(usize, &mut [u8])> = labels.chunks_mut(plane).enumerate().collect();
@@ -106,7 +130,7 @@ pub fn analyse(
             for g in groups {
                 s.spawn(move || {
                     for (img, out) in g {
-                        back_project(&logits[img], &geo, out, nx, [fx0, fx1, fy0, fy1]);
+                        back_project(&logits[img], &geo, to_label, out, nx, [fx0, fx1, fy0, fy1]);
                     }
                 });
             }
@@ -176,6 +200,7 @@ pub fn analyse(
             dims: vol.dims,
             spacing: vol.spacing,
             model,
+            model_config: spec.clone(),
             backend: info.backend.name().to_string(),
             precision: info.effective_precision.clone(),
             heart,
@@ -200,37 +225,46 @@ pub fn analyse(
     })
 }
 
-/// Arg-max of the bilinearly interpolated class scores at every input pixel of the footprint.
-fn back_project(l: &[f32], g: &PatchGeometry, out: &mut [u8], nx: usize, fp: [usize; 4]) {
-    let half = CROP as f64 / 2.0;
-    let plane = CROP * CROP;
+/// Arg-max of the bilinearly interpolated class scores at every input pixel of the footprint,
+/// written as medinfer's label of the winning channel (`to_label`).
+fn back_project(
+    l: &[f32],
+    g: &PatchGeometry,
+    to_label: &[u8],
+    out: &mut [u8],
+    nx: usize,
+    fp: [usize; 4],
+) {
+    let [pw, ph] = g.size;
+    let plane = pw * ph;
+    let (hx, hy) = (pw as f64 / 2.0, ph as f64 / 2.0);
     let [x0, x1, y0, y1] = fp;
     for y in y0..y1 {
         // Patch coordinate of this input pixel (patch pixel centres at integer + 0.5 - 0.5).
-        let py = (y as f64 - g.centre[1]) / g.step[1] + half - 0.5;
-        if py < 0.0 || py > (CROP - 1) as f64 {
+        let py = (y as f64 - g.centre[1]) / g.step[1] + hy - 0.5;
+        if py < 0.0 || py > (ph - 1) as f64 {
             continue;
         }
-        let j0 = (py.floor() as usize).min(CROP - 2);
+        let j0 = (py.floor() as usize).min(ph - 2);
         let fy = (py - j0 as f64) as f32;
         for x in x0..x1 {
-            let px = (x as f64 - g.centre[0]) / g.step[0] + half - 0.5;
-            if px < 0.0 || px > (CROP - 1) as f64 {
+            let px = (x as f64 - g.centre[0]) / g.step[0] + hx - 0.5;
+            if px < 0.0 || px > (pw - 1) as f64 {
                 continue;
             }
-            let i0 = (px.floor() as usize).min(CROP - 2);
+            let i0 = (px.floor() as usize).min(pw - 2);
             let fx = (px - i0 as f64) as f32;
-            let mut best = (f32::MIN, 0u8);
-            for c in 0..4 {
-                let b = c * plane + j0 * CROP + i0;
+            let mut best = (f32::MIN, 0usize);
+            for (c, _) in to_label.iter().enumerate() {
+                let b = c * plane + j0 * pw + i0;
                 let top = l[b] * (1.0 - fx) + l[b + 1] * fx;
-                let bot = l[b + CROP] * (1.0 - fx) + l[b + CROP + 1] * fx;
+                let bot = l[b + pw] * (1.0 - fx) + l[b + pw + 1] * fx;
                 let v = top * (1.0 - fy) + bot * fy;
                 if v > best.0 {
-                    best = (v, c as u8);
+                    best = (v, c);
                 }
             }
-            out[y * nx + x] = best.1;
+            out[y * nx + x] = to_label[best.1];
         }
     }
 }

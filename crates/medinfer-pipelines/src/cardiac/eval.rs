@@ -2,7 +2,7 @@
 //! held-out phantom exams (the model card's figures).
 
 use super::preprocess::{locate_heart, sample_label_patch, sample_patch, PatchGeometry};
-use super::{analyse, ModelId, CROP};
+use super::{analyse, CardiacSpec, ModelId};
 use crate::PipelineError;
 use medinfer_engine::Session;
 use serde::Serialize;
@@ -10,13 +10,16 @@ use serde::Serialize;
 /// Training patches from phantom exams `seeds`: for each exam, every slice at ED, ES and
 /// `extra_phases` random phases, centred on the located heart plus a random shift of up to
 /// `jitter_mm` (so the model tolerates an imperfect locator). Returns (images, labels, count)
-/// with images `count x CROP x CROP` z-scored like the pipeline's input.
+/// with images `count x rows x columns` at the shipped model's patch geometry, normalised like
+/// the pipeline's input.
 pub fn training_set(
     seeds: &[u64],
     extra_phases: usize,
     jitter_mm: f64,
 ) -> (Vec<f32>, Vec<u8>, usize) {
     let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
+    let spec = CardiacSpec::shipped();
+    let plen = spec.patch_len();
     let per_exam = crate::phantom::parallel(seeds, threads, |&seed| {
         let ph = crate::phantom::cardiac(seed);
         let vol = &ph.image;
@@ -32,11 +35,13 @@ pub fn training_set(
             for z in 0..nz {
                 let jx = rng.range(-jitter_mm, jitter_mm) / vol.spacing[0];
                 let jy = rng.range(-jitter_mm, jitter_mm) / vol.spacing[1];
-                let g = PatchGeometry::new(vol, [loc.centre_px[0] + jx, loc.centre_px[1] + jy]);
+                let centre = [loc.centre_px[0] + jx, loc.centre_px[1] + jy];
+                let g = PatchGeometry::new(vol, centre, &spec);
                 let off = (t * nz + z) * nx * ny;
-                let mut x = vec![0f32; CROP * CROP];
-                let mut y = vec![0u8; CROP * CROP];
-                sample_patch(&vol.data[off..off + nx * ny], nx, ny, &g, &mut x);
+                let mut x = vec![0f32; plen];
+                let mut y = vec![0u8; plen];
+                let norm = &spec.normalization;
+                sample_patch(&vol.data[off..off + nx * ny], nx, ny, &g, norm, &mut x);
                 sample_label_patch(&ph.labels[off..off + nx * ny], nx, ny, &g, &mut y);
                 xs.extend(x);
                 ys.extend(y);
@@ -49,7 +54,7 @@ pub fn training_set(
         xs.extend(x);
         ys.extend(y);
     }
-    let n = ys.len() / (CROP * CROP);
+    let n = ys.len() / plen;
     (xs, ys, n)
 }
 
@@ -112,6 +117,7 @@ pub fn evaluate(
     seeds: &[u64],
     session: &Session,
     model: &ModelId,
+    spec: &CardiacSpec,
     mut progress: impl FnMut(&ExamScore),
 ) -> Result<EvalSummary, PipelineError> {
     let mut exams = Vec::new();
@@ -122,6 +128,7 @@ pub fn evaluate(
             &format!("phantom {seed}"),
             session,
             model.clone(),
+            spec,
         )?;
         let r = &res.report;
         let t = &ph.truth;

@@ -5,8 +5,10 @@
 //! 1. **read**: a 4D NIfTI or a DICOM cine series into a [`Volume`] `[x, y, slices, phases]`.
 //! 2. **preprocess**: locate the heart from the temporal standard deviation of the middle
 //!    slices (the heart is what moves in a cine), then for every slice x phase sample a
-//!    [`CROP`] x [`CROP`] patch at [`MODEL_SPACING`] mm around it (bilinear: resampling and
-//!    cropping in one pass) and z-score it.
+//!    patch of the model's input size at the model's pixel spacing around it (bilinear:
+//!    resampling and cropping in one pass) and normalise it (z-score for the shipped model);
+//!    size, spacing, normalisation and which output channel is LV / MYO / RV come from the
+//!    model config ([`CardiacSpec`], [`crate::config`]).
 //! 3. **segment**: the model on every patch, in batches spread over the session's streams.
 //! 4. **postprocess**: class scores interpolated back onto the input grid, arg-max, the largest
 //!    3D connected component per structure and phase, areas x slice spacing (summation of
@@ -36,16 +38,129 @@ pub use preprocess::{
     PatchGeometry, MIN_MOTION_CONTRAST,
 };
 
+use crate::config::{ModelConfig, ModelSpec, Normalization};
 use crate::PipelineError;
 use medinfer_engine::Session;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Pixel spacing of the model's input, mm.
-pub const MODEL_SPACING: f64 = 1.6;
-/// Side of the model's input patch, pixels.
-pub const CROP: usize = 96;
+/// What the cardiac pipeline needs of its model, from the model's config: patch size and
+/// spacing, normalisation, and which output channel holds each structure. The masks medinfer
+/// writes always use 1 = LV cavity, 2 = LV myocardium, 3 = RV cavity, whatever the model's
+/// own order.
+#[derive(Clone, Debug, Serialize)]
+pub struct CardiacSpec {
+    /// Patch (rows, columns).
+    pub size: [usize; 2],
+    /// Patch pixel spacing, mm (rows, columns).
+    pub spacing_mm: [f64; 2],
+    /// Normalisation of each patch.
+    pub normalization: Normalization,
+    /// Output channels of the model.
+    pub channels: usize,
+    /// Output channel of the LV cavity, the LV myocardium and the RV cavity.
+    pub classes: [usize; 3],
+    /// Where the config came from.
+    pub config: String,
+}
+
+impl CardiacSpec {
+    /// The shipped model's spec (its config, models/cardiac/cardiac-unet.json).
+    pub fn shipped() -> CardiacSpec {
+        let c = ModelConfig::builtin(crate::Pipeline::Cardiac);
+        let lab = |n: &[&str]| {
+            c.labels
+                .iter()
+                .position(|l| n.iter().any(|x| l.eq_ignore_ascii_case(x)))
+                .expect("the shipped config names LV, MYO and RV")
+        };
+        CardiacSpec {
+            size: c.input.size.expect("the shipped config gives the size"),
+            spacing_mm: c
+                .input
+                .spacing_mm
+                .expect("the shipped config gives the spacing"),
+            normalization: c.normalization.unwrap_or(Normalization::Zscore),
+            channels: c.labels.len(),
+            classes: [lab(LV_NAMES), lab(MYO_NAMES), lab(RV_NAMES)],
+            config: c.source,
+        }
+    }
+
+    /// The spec of a model whose config was checked against it: the labels must name the LV
+    /// cavity, the myocardium and the RV cavity, the input must be one channel, the output
+    /// as large as the input, and a pixel spacing must be given.
+    pub fn from_model(spec: &ModelSpec, model: &str) -> Result<CardiacSpec, PipelineError> {
+        let bad = |reason: String| PipelineError::Model {
+            model: model.to_string(),
+            reason: format!("{reason} (config: {})", spec.source),
+        };
+        if spec.channels != 1 {
+            return Err(bad(format!(
+                "the cardiac pipeline feeds one channel; the model takes {}",
+                spec.channels
+            )));
+        }
+        let find = |names: &[&str], what: &str| {
+            spec.label_index(names).ok_or_else(|| {
+                bad(format!(
+                    "the labels {:?} do not name the {what} (one of {names:?})",
+                    spec.labels
+                ))
+            })
+        };
+        let classes = [
+            find(LV_NAMES, "LV cavity")?,
+            find(MYO_NAMES, "LV myocardium")?,
+            find(RV_NAMES, "RV cavity")?,
+        ];
+        if spec.output_rank != 4 {
+            return Err(bad(format!(
+                "the cardiac pipeline reads (batch, classes, rows, columns) scores; the model's output has rank {}",
+                spec.output_rank
+            )));
+        }
+        if let Some([r, c]) = spec.output_spatial {
+            if r.is_some_and(|r| r != spec.size[0]) || c.is_some_and(|c| c != spec.size[1]) {
+                return Err(bad(format!(
+                    "the output is {r:?} x {c:?}, the input {} x {}: the scores must be on the input grid",
+                    spec.size[0], spec.size[1]
+                )));
+            }
+        }
+        // The patch spacing decides every volume: never guessed for a model that brought a
+        // config of its own (a MONAI bundle's metadata has no field for it).
+        let spacing_mm = spec
+            .spacing_mm
+            .filter(|_| !spec.defaulted.contains(&"input.spacing_mm"))
+            .ok_or_else(|| {
+                bad(
+                    "the config gives no pixel spacing (input.spacing_mm, mm per row and column); \
+                     add it with --config FILE or MODEL.json"
+                        .into(),
+                )
+            })?;
+        Ok(CardiacSpec {
+            size: spec.size,
+            spacing_mm,
+            normalization: spec.normalization,
+            channels: spec.output_channels.unwrap_or(spec.labels.len()),
+            classes,
+            config: spec.source.clone(),
+        })
+    }
+
+    /// Values in one patch.
+    pub fn patch_len(&self) -> usize {
+        self.size[0] * self.size[1]
+    }
+}
+
+/// Names accepted for the LV cavity, the LV myocardium and the RV cavity (case-insensitive).
+const LV_NAMES: &[&str] = &["LV", "LV cavity", "left ventricle", "LV blood pool", "LVC"];
+const MYO_NAMES: &[&str] = &["MYO", "myocardium", "LV myocardium", "LVM", "myo"];
+const RV_NAMES: &[&str] = &["RV", "RV cavity", "right ventricle", "RV blood pool", "RVC"];
 
 /// Volumes of one chamber.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -103,6 +218,8 @@ pub struct CardiacReport {
     pub spacing: [f64; 4],
     /// Model file, its sha256 and what its metadata says of its weights.
     pub model: ModelId,
+    /// The model config used: patch size and spacing, normalisation, output channels.
+    pub model_config: CardiacSpec,
     /// Backend that ran the model.
     pub backend: String,
     /// Precision the engine ran with.
@@ -159,6 +276,8 @@ pub struct CardiacRequest {
     pub model: ModelId,
     /// Folder for `report.json`, `masks.nii.gz`, `ed_es.png`, `volumes.svg` (none: no files).
     pub output: Option<PathBuf>,
+    /// The model's patch geometry and label order (its config).
+    pub spec: CardiacSpec,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -179,7 +298,7 @@ pub fn run(session: &Session, request: &CardiacRequest) -> Result<CardiacResult,
     let vol = medinfer_io::read_volume(input)?;
     let read_ms = ms(t0);
     let name = input.display().to_string();
-    let mut res = analyse(&vol, &name, session, model)?;
+    let mut res = analyse(&vol, &name, session, model, &request.spec)?;
     res.report.timings.read_ms = read_ms;
     if let Some(dir) = out_dir {
         let t0 = Instant::now();

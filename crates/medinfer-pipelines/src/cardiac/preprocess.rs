@@ -1,6 +1,7 @@
 //! Preprocessing: input checks, locating the heart by its motion, and the model's patches.
 
-use super::{CROP, MODEL_SPACING};
+use super::CardiacSpec;
+use crate::config::Normalization;
 use crate::PipelineError;
 use medinfer_core::Volume;
 use serde::Serialize;
@@ -165,32 +166,47 @@ fn box_blur(v: &[f64], nx: usize, ny: usize, r: usize) -> Vec<f64> {
     out
 }
 
-/// Geometry of the patch in the input slice: input pixel = centre + (patch index + 0.5 - CROP/2) * step.
+/// Geometry of the patch in the input slice: input pixel = centre + (patch index + 0.5 -
+/// size / 2) * step, per axis.
 #[derive(Clone, Copy, Debug)]
 pub struct PatchGeometry {
     /// Centre in input pixel coordinates (x, y).
     pub centre: [f64; 2],
     /// Input pixels per patch pixel along x and y.
     pub step: [f64; 2],
+    /// Patch columns and rows.
+    pub size: [usize; 2],
 }
 
 impl PatchGeometry {
-    /// The patch of `vol` centred at `centre` (input pixels).
-    pub fn new(vol: &Volume, centre: [f64; 2]) -> Self {
+    /// The patch of `vol` centred at `centre` (input pixels), at the spec's size and spacing.
+    pub fn new(vol: &Volume, centre: [f64; 2], spec: &CardiacSpec) -> Self {
         PatchGeometry {
             centre,
             step: [
-                MODEL_SPACING / vol.spacing[0],
-                MODEL_SPACING / vol.spacing[1],
+                spec.spacing_mm[1] / vol.spacing[0],
+                spec.spacing_mm[0] / vol.spacing[1],
             ],
+            size: [spec.size[1], spec.size[0]],
         }
+    }
+
+    /// Input coordinate (x or y) of patch index `i` along `axis`.
+    fn at(&self, axis: usize, i: usize) -> f64 {
+        self.centre[axis] + (i as f64 + 0.5 - self.size[axis] as f64 / 2.0) * self.step[axis]
     }
 }
 
-/// Samples the patch of one slice (`nx * ny` values) bilinearly (0 outside) and z-scores it,
-/// writing `CROP * CROP` values into `out`.
-pub fn sample_patch(slice: &[f32], nx: usize, ny: usize, g: &PatchGeometry, out: &mut [f32]) {
-    let half = CROP as f64 / 2.0;
+/// Samples the patch of one slice (`nx * ny` values) bilinearly (0 outside) and normalises it,
+/// writing `columns x rows` values into `out`.
+pub fn sample_patch(
+    slice: &[f32],
+    nx: usize,
+    ny: usize,
+    g: &PatchGeometry,
+    norm: &Normalization,
+    out: &mut [f32],
+) {
     let at = |x: isize, y: isize| -> f32 {
         if x < 0 || y < 0 || x >= nx as isize || y >= ny as isize {
             0.0
@@ -198,37 +214,47 @@ pub fn sample_patch(slice: &[f32], nx: usize, ny: usize, g: &PatchGeometry, out:
             slice[y as usize * nx + x as usize]
         }
     };
-    for j in 0..CROP {
-        let sy = g.centre[1] + (j as f64 + 0.5 - half) * g.step[1];
+    let [pw, ph] = g.size;
+    for j in 0..ph {
+        let sy = g.at(1, j);
         let y0 = sy.floor();
         let fy = (sy - y0) as f32;
-        for i in 0..CROP {
-            let sx = g.centre[0] + (i as f64 + 0.5 - half) * g.step[0];
+        for i in 0..pw {
+            let sx = g.at(0, i);
             let x0 = sx.floor();
             let fx = (sx - x0) as f32;
             let (x0, y0) = (x0 as isize, y0 as isize);
             let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1, y0) * fx;
             let bot = at(x0, y0 + 1) * (1.0 - fx) + at(x0 + 1, y0 + 1) * fx;
-            out[j * CROP + i] = top * (1.0 - fy) + bot * fy;
+            out[j * pw + i] = top * (1.0 - fy) + bot * fy;
         }
     }
-    let n = (CROP * CROP) as f64;
-    let mean = out.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = out.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    let inv = 1.0 / var.sqrt().max(1e-6);
-    for v in out.iter_mut() {
-        *v = ((*v as f64 - mean) * inv) as f32;
+    match norm {
+        // The shipped model's z-score, in f64 as it was trained.
+        Normalization::Zscore => {
+            let n = (pw * ph) as f64;
+            let mean = out.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = out.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / var.sqrt().max(1e-6);
+            for v in out.iter_mut() {
+                *v = ((*v as f64 - mean) * inv) as f32;
+            }
+        }
+        other => {
+            // Validated when the config was resolved (window width >= 1, min < max).
+            let _ = other.apply(out);
+        }
     }
 }
 
 /// Nearest-neighbour sample of a label patch (for training targets) at the same geometry.
 pub fn sample_label_patch(labels: &[u8], nx: usize, ny: usize, g: &PatchGeometry, out: &mut [u8]) {
-    let half = CROP as f64 / 2.0;
-    for j in 0..CROP {
-        let sy = (g.centre[1] + (j as f64 + 0.5 - half) * g.step[1]).round();
-        for i in 0..CROP {
-            let sx = (g.centre[0] + (i as f64 + 0.5 - half) * g.step[0]).round();
-            out[j * CROP + i] = if sx < 0.0 || sy < 0.0 || sx >= nx as f64 || sy >= ny as f64 {
+    let [pw, ph] = g.size;
+    for j in 0..ph {
+        let sy = g.at(1, j).round();
+        for i in 0..pw {
+            let sx = g.at(0, i).round();
+            out[j * pw + i] = if sx < 0.0 || sy < 0.0 || sx >= nx as f64 || sy >= ny as f64 {
                 0
             } else {
                 labels[sy as usize * nx + sx as usize]
@@ -238,11 +264,12 @@ pub fn sample_label_patch(labels: &[u8], nx: usize, ny: usize, g: &PatchGeometry
 }
 
 /// The model inputs of an exam, as [`analyse`] makes them: the heart located by its motion, then
-/// one `CROP x CROP` z-scored patch per slice and phase (image index `t * nz + z`), sampled on
-/// every core. Errors: input [`check_input`] refuses, or no beating heart.
+/// one normalised patch per slice and phase (image index `t * nz + z`) at the spec's size and
+/// spacing, sampled on every core. Errors: input [`check_input`] refuses, or no beating heart.
 pub fn exam_patches(
     vol: &Volume,
     input_name: &str,
+    spec: &CardiacSpec,
 ) -> Result<(HeartLocation, PatchGeometry, Vec<f32>), PipelineError> {
     check_input(vol, input_name)?;
     let [nx, ny, nz, nt] = vol.dims;
@@ -258,13 +285,14 @@ pub fn exam_patches(
             ),
         ));
     }
-    let geo = PatchGeometry::new(vol, heart.centre_px);
+    let geo = PatchGeometry::new(vol, heart.centre_px, spec);
     let images = nz * nt;
-    let mut patches = vec![0f32; images * CROP * CROP];
+    let plen = spec.patch_len();
+    let norm = &spec.normalization;
+    let mut patches = vec![0f32; images * plen];
     let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
     {
-        let chunks: Vec<(usize, &mut [f32])> =
-            patches.chunks_mut(CROP * CROP).enumerate().collect();
+        let chunks: Vec<(usize, &mut [f32])> = patches.chunks_mut(plen).enumerate().collect();
         let per = chunks.len().div_ceil(threads).max(1);
         let mut groups: Vec<Vec<(usize, &mut [f32])>> = Vec::new();
         let mut it = chunks.into_iter().peekable();
@@ -277,7 +305,7 @@ pub fn exam_patches(
                     for (img, out) in g {
                         // Patch order: image index = t * nz + z, the volume's own order.
                         let off = img * plane;
-                        sample_patch(&vol.data[off..off + plane], nx, ny, &geo, out);
+                        sample_patch(&vol.data[off..off + plane], nx, ny, &geo, norm, out);
                     }
                 });
             }

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 pub struct CtBatchRequest {
     /// Folders (searched recursively) or files; non-DICOM files are ignored.
     pub inputs: Vec<PathBuf>,
-    /// HU window (centre, width).
-    pub window: (f64, f64),
+    /// Slice normalisation (HU window) and model input size.
+    pub prep: super::CtPrep,
     /// Region names in the model's output order.
     pub regions: Vec<String>,
     /// Decode / preprocess workers.
@@ -204,7 +204,7 @@ impl CtBatch {
         tag_series(
             plans,
             session,
-            req.window,
+            &req.prep,
             &req.regions,
             req.decoders.max(1),
             || {

@@ -13,6 +13,7 @@ mod batch;
 
 pub use batch::{CtBatch, CtBatchRequest, CtRecord, CtSummary};
 
+use crate::config::{ModelConfig, ModelSpec, Normalization};
 use crate::PipelineError;
 use medinfer_core::preprocess::{self, Filter};
 use medinfer_core::{Image2d, Volume};
@@ -22,14 +23,59 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// Side of the model input.
-pub const SIZE: usize = 128;
+/// How each slice becomes a model input: the normalisation (a HU window to [0, 1] for the
+/// pipeline's own model: centre 40, width 400) and the size, from the model's config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CtPrep {
+    /// Model input (rows, columns).
+    pub size: [usize; 2],
+    /// Intensity normalisation of the HU values.
+    pub normalization: Normalization,
+}
 
-/// The six body regions of the default classifier's outputs, in order.
-pub const REGIONS: [&str; 6] = ["head", "neck", "chest", "abdomen", "pelvis", "legs"];
+impl Default for CtPrep {
+    /// The pipeline's own model (its built-in config).
+    fn default() -> Self {
+        let c = ModelConfig::builtin(crate::Pipeline::Ct);
+        CtPrep {
+            size: c.input.size.expect("the built-in config gives the size"),
+            normalization: c.normalization.unwrap_or(Normalization::None),
+        }
+    }
+}
 
-/// Default window: centre 40 HU, width 400 HU (soft tissue).
-pub const DEFAULT_WINDOW: (f64, f64) = (40.0, 400.0);
+impl From<(f64, f64)> for CtPrep {
+    /// The default size with a HU window (centre, width).
+    fn from((center, width): (f64, f64)) -> Self {
+        CtPrep {
+            normalization: Normalization::Window { center, width },
+            ..CtPrep::default()
+        }
+    }
+}
+
+impl CtPrep {
+    /// From a model's checked config.
+    pub fn of(spec: &ModelSpec) -> CtPrep {
+        CtPrep {
+            size: spec.size,
+            normalization: spec.normalization,
+        }
+    }
+
+    /// The pipeline's default window (centre, width), from its built-in config.
+    pub fn default_window() -> (f64, f64) {
+        match CtPrep::default().normalization {
+            Normalization::Window { center, width } => (center, width),
+            _ => (40.0, 400.0),
+        }
+    }
+}
+
+/// The region names of the pipeline's own classifier, in output order (its built-in config).
+pub fn default_regions() -> Vec<String> {
+    ModelConfig::builtin(crate::Pipeline::Ct).labels
+}
 
 /// One slice's result.
 #[derive(Clone, Debug, Serialize)]
@@ -40,7 +86,7 @@ pub struct SliceResult {
     pub position_mm: f64,
     /// The region with the highest score.
     pub region: String,
-    /// Softmax probabilities, in [`REGIONS`] order (or the label file's).
+    /// Softmax probabilities, in the model's region order (its config or the label file).
     pub probabilities: Vec<f32>,
 }
 
@@ -77,8 +123,12 @@ pub struct CtReport {
     pub seconds: [f64; 2],
 }
 
-/// Slice `z` (phase 0) of a volume windowed to [0, 1] and resized to `SIZE x SIZE`.
-pub fn preprocess_slice(vol: &Volume, z: usize, window: (f64, f64)) -> Result<Vec<f32>, String> {
+/// Slice `z` (phase 0) of a volume normalised (windowed) and resized as `prep` says.
+pub fn preprocess_slice(
+    vol: &Volume,
+    z: usize,
+    prep: impl Into<CtPrep>,
+) -> Result<Vec<f32>, String> {
     let [nx, ny, nz, _] = vol.dims;
     if z >= nz {
         return Err(format!("slice {z} of {nz}"));
@@ -86,17 +136,39 @@ pub fn preprocess_slice(vol: &Volume, z: usize, window: (f64, f64)) -> Result<Ve
     let start = z * nx * ny;
     let img = Image2d::gray(nx, ny, vol.data[start..start + nx * ny].to_vec())
         .map_err(|e| e.to_string())?;
-    preprocess_image(img, window)
+    preprocess_image(img, prep)
 }
 
-/// One decoded slice (values in HU) windowed to [0, 1] and resized to `SIZE x SIZE`.
-pub fn preprocess_image(mut img: Image2d, window: (f64, f64)) -> Result<Vec<f32>, String> {
+/// One decoded slice (values in HU) normalised (windowed to [0, 1] by default) and
+/// area-resized to the model's size.
+pub fn preprocess_image(mut img: Image2d, prep: impl Into<CtPrep>) -> Result<Vec<f32>, String> {
+    let prep = prep.into();
     if img.channels != 1 {
         return Err(format!("{} channels; a CT slice has one", img.channels));
     }
-    preprocess::window(&mut img.data, window.0, window.1, 0.0, 1.0).map_err(|e| e.to_string())?;
-    let img = preprocess::resize(&img, SIZE, SIZE, Filter::Area).map_err(|e| e.to_string())?;
-    Ok(img.data)
+    match prep.normalization {
+        // Before resizing: the window clips, as the pipeline's model was trained.
+        Normalization::Window { .. } | Normalization::Range { .. } | Normalization::None => {
+            prep.normalization
+                .apply(&mut img.data)
+                .map_err(|e| e.to_string())?;
+            let [r, c] = prep.size;
+            let img = preprocess::resize(&img, c, r, Filter::Area).map_err(|e| e.to_string())?;
+            Ok(img.data)
+        }
+        Normalization::Zscore | Normalization::Xrv => {
+            let [r, c] = prep.size;
+            let mut img =
+                preprocess::resize(&img, c, r, Filter::Area).map_err(|e| e.to_string())?;
+            if prep.normalization == Normalization::Xrv {
+                return Err("the xrv normalisation is for radiographs, not CT slices".into());
+            }
+            prep.normalization
+                .apply(&mut img.data)
+                .map_err(|e| e.to_string())?;
+            Ok(img.data)
+        }
+    }
 }
 
 /// Softmax of one row of logits.
@@ -234,7 +306,7 @@ fn slice_input(
     wholes: &[Mutex<Whole>],
     p: usize,
     z: usize,
-    window: (f64, f64),
+    prep: &CtPrep,
 ) -> Result<Vec<f32>, String> {
     let plan = plans[p].as_ref().map_err(|e| e.clone())?;
     if z >= plan.dims[2] {
@@ -250,7 +322,7 @@ fn slice_input(
             })
             .clone()?
         };
-        return preprocess_slice(&vol, z, window);
+        return preprocess_slice(&vol, z, *prep);
     }
     let (f, frame) = plan.order[z];
     let path = &plan.series.files[f].path;
@@ -271,7 +343,7 @@ fn slice_input(
             plan.dims[1]
         ));
     }
-    preprocess_image(img, window)
+    preprocess_image(img, *prep)
 }
 
 /// The model inputs of the slices `items` (`(plan, slice)` pairs), decoded and preprocessed on
@@ -279,14 +351,15 @@ fn slice_input(
 pub fn slice_inputs(
     plans: &[Planned],
     items: &[(usize, usize)],
-    window: (f64, f64),
+    prep: impl Into<CtPrep>,
 ) -> Vec<Result<Vec<f32>, String>> {
+    let prep = prep.into();
     let wholes: Vec<Mutex<Whole>> = plans.iter().map(|_| Mutex::new(None)).collect();
     medinfer_io::series::parallel_map(items, |&(p, z)| {
         if p >= plans.len() {
             return Err(format!("no series {p}"));
         }
-        slice_input(plans, &wholes, p, z, window)
+        slice_input(plans, &wholes, p, z, &prep)
     })
 }
 
@@ -300,7 +373,7 @@ pub fn slice_inputs(
 pub fn tag_series(
     plans: &[Planned],
     session: &Session,
-    window: (f64, f64),
+    prep: &CtPrep,
     regions: &[String],
     decoders: usize,
     mut on_slice: impl FnMut(),
@@ -318,7 +391,7 @@ pub fn tag_series(
         .flat_map(|(p, nz)| (0..nz).map(move |z| (p, z)))
         .collect();
     let wholes: Vec<Mutex<Whole>> = plans.iter().map(|_| Mutex::new(None)).collect();
-    let decode = |&(p, z): &(usize, usize)| slice_input(plans, &wholes, p, z, window);
+    let decode = |&(p, z): &(usize, usize)| slice_input(plans, &wholes, p, z, prep);
     // Plans before `cursor` have been reported.
     let mut cursor = 0usize;
     let mut slices: Vec<SliceResult> = Vec::new();
@@ -391,10 +464,11 @@ pub fn tag_series(
 pub fn run(
     input: &std::path::Path,
     session: &Session,
-    window: (f64, f64),
+    prep: impl Into<CtPrep>,
     regions: &[String],
     decoders: usize,
 ) -> Result<CtReport, PipelineError> {
+    let prep = prep.into();
     let name = input.display().to_string();
     let files = medinfer_io::series::list_files(input)?;
     let (mut plans, rejected) = plan(&files);
@@ -425,7 +499,7 @@ pub fn run(
     tag_series(
         &plans,
         session,
-        window,
+        &prep,
         regions,
         decoders,
         || {},

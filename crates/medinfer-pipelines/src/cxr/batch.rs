@@ -1,7 +1,7 @@
 //! Chest X-ray classification over files and folders, in batch: results in input order,
 //! per-file errors, a resumable CSV, deterministic shards.
 
-use super::{preprocess_file_with, scores, Resize};
+use super::{preprocess_file_with, scores, CxrPrep};
 use crate::resume::{self, Shard};
 use crate::PipelineError;
 use medinfer_engine::Session;
@@ -75,8 +75,8 @@ pub struct CxrBatchRequest {
     pub csv: Option<PathBuf>,
     /// Only this shard's files.
     pub shard: Option<Shard>,
-    /// How the radiograph is resized (TorchXRayVision-exact by default).
-    pub resize: Resize,
+    /// Size, normalisation and resize of each radiograph (TorchXRayVision-exact by default).
+    pub prep: CxrPrep,
 }
 
 /// One file's result.
@@ -211,12 +211,12 @@ impl CxrBatch {
         let mut write_error: Option<std::io::Error> = None;
         let files = &self.files;
         let csv = &mut self.csv;
-        let resize = req.resize;
+        let prep = req.prep;
         crate::batch::run_ordered(
             files,
             session,
             req.decoders.max(1),
-            |f: &PathBuf| preprocess_file_with(f, resize).map_err(|e| e.to_string()),
+            |f: &PathBuf| preprocess_file_with(f, prep).map_err(|e| e.to_string()),
             |i, r| {
                 let rec = CxrRecord {
                     file: files[i].display().to_string(),

@@ -20,12 +20,10 @@ mod batch;
 
 pub use batch::{collect_inputs, csv_header, CxrBatch, CxrBatchRequest, CxrRecord, CxrSummary};
 
+use crate::config::{ModelConfig, ModelSpec, Normalization};
 use crate::PipelineError;
 use medinfer_core::preprocess::{self, Filter};
 use std::path::Path;
-
-/// Side of the model input.
-pub const SIZE: usize = 224;
 
 /// TorchXRayVision's 18 default pathologies (`xrv.datasets.default_pathologies`), in order:
 /// the output order of its "all" DenseNet and of medinfer's `densenet121-cxr`.
@@ -105,13 +103,60 @@ impl Resize {
     }
 }
 
-/// Reads one radiograph and returns the `SIZE x SIZE` model input (TorchXRayVision-exact).
-pub fn preprocess_file(path: &Path) -> Result<Vec<f32>, PipelineError> {
-    preprocess_file_with(path, Resize::Xrv)
+/// How a radiograph becomes a model input: size, normalisation (from the model's config) and
+/// the resize.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CxrPrep {
+    /// Model input (rows, columns).
+    pub size: [usize; 2],
+    /// Intensity normalisation (`xrv` for TorchXRayVision models).
+    pub normalization: Normalization,
+    /// How the centred square is resized.
+    pub resize: Resize,
 }
 
-/// [`preprocess_file`] with a choice of resize.
-pub fn preprocess_file_with(path: &Path, resize: Resize) -> Result<Vec<f32>, PipelineError> {
+impl Default for CxrPrep {
+    /// The pipeline's own model (its built-in config), TorchXRayVision-exact.
+    fn default() -> Self {
+        let c = ModelConfig::builtin(crate::Pipeline::Cxr);
+        CxrPrep {
+            size: c.input.size.expect("the built-in config gives the size"),
+            normalization: c.normalization.unwrap_or(Normalization::Xrv),
+            resize: Resize::Xrv,
+        }
+    }
+}
+
+impl From<Resize> for CxrPrep {
+    fn from(resize: Resize) -> Self {
+        CxrPrep {
+            resize,
+            ..CxrPrep::default()
+        }
+    }
+}
+
+impl CxrPrep {
+    /// From a model's checked config, with a choice of resize.
+    pub fn of(spec: &ModelSpec, resize: Resize) -> CxrPrep {
+        CxrPrep {
+            size: spec.size,
+            normalization: spec.normalization,
+            resize,
+        }
+    }
+}
+
+/// Reads one radiograph and returns the model input (TorchXRayVision-exact).
+pub fn preprocess_file(path: &Path) -> Result<Vec<f32>, PipelineError> {
+    preprocess_file_with(path, CxrPrep::default())
+}
+
+/// [`preprocess_file`] with another size, normalisation or resize.
+pub fn preprocess_file_with(
+    path: &Path,
+    prep: impl Into<CxrPrep>,
+) -> Result<Vec<f32>, PipelineError> {
     let mut frames = medinfer_io::read_images(path)?;
     if frames.is_empty() {
         return Err(PipelineError::input(
@@ -120,30 +165,38 @@ pub fn preprocess_file_with(path: &Path, resize: Resize) -> Result<Vec<f32>, Pip
         ));
     }
     let img = frames.swap_remove(0);
-    preprocess_image_with(img, resize)
+    preprocess_image_with(img, prep)
         .map_err(|e| PipelineError::input(path.display().to_string(), e.to_string()))
 }
 
 /// The preprocessing of [`preprocess_file`] on a decoded image.
 pub fn preprocess_image(img: medinfer_core::Image2d) -> Result<Vec<f32>, medinfer_core::CoreError> {
-    preprocess_image_with(img, Resize::Xrv)
+    preprocess_image_with(img, CxrPrep::default())
 }
 
-/// [`preprocess_image`] with a choice of resize.
+/// [`preprocess_image`] with another size, normalisation or resize.
 pub fn preprocess_image_with(
     img: medinfer_core::Image2d,
-    resize: Resize,
+    prep: impl Into<CxrPrep>,
 ) -> Result<Vec<f32>, medinfer_core::CoreError> {
+    let prep = prep.into();
     let maxval = img.value_range.1;
     let mut img = img.to_monochrome2();
-    // Normalise first: skimage's resize pads with 0 and clips to the input's range, so the
-    // order matters (0 is mid-grey after normalisation).
-    preprocess::xrv_normalize(&mut img.data, maxval)?;
+    // xrv normalises first: skimage's resize pads with 0 and clips to the input's range, so
+    // the order matters (0 is mid-grey after normalisation).
+    let xrv = prep.normalization == Normalization::Xrv;
+    if xrv {
+        preprocess::xrv_normalize(&mut img.data, maxval)?;
+    }
     let img = preprocess::center_crop_square(&img.mean_channels());
-    let img = match resize {
-        Resize::Xrv => preprocess::resize_skimage(&img, SIZE, SIZE)?,
-        Resize::Area => preprocess::resize(&img, SIZE, SIZE, Filter::Area)?,
+    let [rows, cols] = prep.size;
+    let mut img = match prep.resize {
+        Resize::Xrv => preprocess::resize_skimage(&img, cols, rows)?,
+        Resize::Area => preprocess::resize(&img, cols, rows, Filter::Area)?,
     };
+    if !xrv {
+        prep.normalization.apply(&mut img.data)?;
+    }
     Ok(img.data)
 }
 
