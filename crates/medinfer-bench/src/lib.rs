@@ -20,6 +20,7 @@ use medinfer_core::SeededRng;
 use medinfer_core::Tensor;
 use medinfer_engine::{load_on, BackendKind, EngineError, Mode, Precision, SessionOptions};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -40,6 +41,9 @@ pub struct BenchConfig {
     pub threads: Option<usize>,
     /// Batch size for a dynamic batch dimension, the model's default when `None`.
     pub batch: Option<usize>,
+    /// Full shapes of inputs by name, for models with dynamic dimensions other than the batch
+    /// (a detector's height and width); they override `batch` for those inputs.
+    pub input_shapes: HashMap<String, Vec<usize>>,
     /// Timed requests.
     pub runs: usize,
     /// Untimed warm-up requests (after the first inference).
@@ -84,6 +88,9 @@ pub struct BenchResult {
     pub mode: Mode,
     /// Batch size (items per request).
     pub batch: usize,
+    /// The shape of every input as run, by name.
+    #[serde(default)]
+    pub input_shapes: BTreeMap<String, Vec<usize>>,
     /// Streams.
     pub streams: usize,
     /// Threads per stream.
@@ -181,12 +188,17 @@ pub fn run(
         streams: cfg.streams,
         threads: cfg.threads,
         batch: cfg.batch,
-        ..Default::default()
+        input_shapes: cfg.input_shapes.clone(),
     };
     let t0 = Instant::now();
     let session = load_on(cfg.backend, model, &opts)?;
     let load_ms = ms(t0);
     let inputs = seeded_inputs(session.inputs(), 1);
+    let input_shapes: BTreeMap<String, Vec<usize>> = session
+        .inputs()
+        .iter()
+        .map(|i| (i.name.clone(), i.shape.clone()))
+        .collect();
     let t1 = Instant::now();
     session.run(&inputs)?;
     let first_inference_ms = ms(t1);
@@ -254,6 +266,7 @@ pub fn run(
         effective_precision: info.effective_precision,
         mode: info.mode,
         batch,
+        input_shapes,
         streams: info.streams,
         threads: info.threads,
         runs: cfg.runs,

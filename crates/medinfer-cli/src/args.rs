@@ -199,3 +199,72 @@ pub fn parse_window(s: &str) -> Result<(f64, f64)> {
     }
     Ok((c, w))
 }
+
+/// Parses `--input-shape`: `NAME=1x3x640x640` or `1x3x640x640`, returning the name (if given)
+/// and the dimensions.
+pub fn parse_input_shape(s: &str) -> Result<(Option<String>, Vec<usize>)> {
+    let (name, dims) = match s.rsplit_once('=') {
+        Some((n, d)) => (Some(n.to_string()), d),
+        None => (None, s),
+    };
+    let dims: Vec<usize> = dims
+        .split(['x', 'X', ','])
+        .map(|d| d.trim().parse::<usize>().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()
+        .with_context(|| {
+            format!("--input-shape {s}: expected [NAME=]D1xD2x... with positive whole numbers")
+        })?;
+    if dims.is_empty() {
+        bail!("--input-shape {s}: no dimensions");
+    }
+    Ok((name, dims))
+}
+
+/// Resolves `--input-shape` values (`NAME=DIMS`, or `DIMS` alone for a one-input model) against
+/// the model's inputs: every name must exist, every fixed dimension must match.
+pub fn input_shapes(
+    model: &medinfer_onnx::ModelInfo,
+    specs: &[String],
+) -> Result<std::collections::HashMap<String, Vec<usize>>> {
+    let mut out = std::collections::HashMap::new();
+    for spec in specs {
+        let (name, dims) = parse_input_shape(spec)?;
+        let input = match name {
+            Some(n) => model.inputs.iter().find(|i| i.name == n).ok_or_else(|| {
+                anyhow!(
+                    "--input-shape names '{n}'; the model's inputs are {}",
+                    model
+                        .inputs
+                        .iter()
+                        .map(|i| format!("'{}'", i.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
+            None if model.inputs.len() == 1 => &model.inputs[0],
+            None => bail!(
+                "--input-shape {spec}: the model has {} inputs; write NAME=DIMS",
+                model.inputs.len()
+            ),
+        };
+        let fits = dims.len() == input.shape.len()
+            && dims.iter().zip(&input.shape).all(|(d, m)| match m {
+                medinfer_onnx::Dim::Fixed(n) => n == d,
+                medinfer_onnx::Dim::Dynamic(_) => true,
+            });
+        if !fits {
+            bail!(
+                "--input-shape {spec} does not fit the model's input '{}' [{}]",
+                input.name,
+                input
+                    .shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        out.insert(input.name.clone(), dims);
+    }
+    Ok(out)
+}

@@ -34,27 +34,79 @@ impl Drop for TempModel {
     }
 }
 
-fn batch_of(samples: &[Tensor]) -> Result<usize, EngineError> {
+/// Checks that there are samples and that they agree in element type and rank (their sizes
+/// may differ: a model with dynamic dimensions takes each at its own size).
+fn check_samples(samples: &[Tensor]) -> Result<(), EngineError> {
     let first = samples
         .first()
         .ok_or_else(|| EngineError::BadInput("no calibration / validation samples".into()))?;
     if let Some(bad) = samples
         .iter()
-        .find(|s| s.shape() != first.shape() || s.dtype() != first.dtype())
+        .find(|s| s.shape().len() != first.shape().len() || s.dtype() != first.dtype())
     {
         return Err(EngineError::BadInput(format!(
-            "samples differ in shape: {:?} and {:?}",
+            "samples differ in rank or type: {:?} {} and {:?} {}",
             first.shape(),
-            bad.shape()
+            first.dtype(),
+            bad.shape(),
+            bad.dtype()
         )));
     }
-    Ok(first.shape().first().copied().unwrap_or(1))
+    Ok(())
 }
 
-fn session_options(batch: usize) -> SessionOptions {
-    SessionOptions {
-        batch: Some(batch),
-        ..Default::default()
+/// Sessions of one model file, one per input shape met: a model with dynamic dimensions
+/// (detectors, encoder-decoders run at any size) is loaded once per sample size, since the
+/// engines fix shapes at load time. The most recent few are kept.
+struct ShapedSessions<'a> {
+    path: &'a std::path::Path,
+    backend: BackendKind,
+    input: Option<String>,
+    loaded: Vec<(Vec<usize>, crate::Session)>,
+}
+
+impl<'a> ShapedSessions<'a> {
+    /// Sessions kept at once (each holds the model's compiled kernels).
+    const KEEP: usize = 4;
+
+    fn new(model: &ModelProto, path: &'a std::path::Path, backend: BackendKind) -> Self {
+        let input = model.graph.as_ref().and_then(|g| {
+            let inits: HashSet<&str> = g
+                .initializer
+                .iter()
+                .filter_map(|t| t.name.as_deref())
+                .collect();
+            g.input
+                .iter()
+                .filter_map(|v| v.name.as_deref())
+                .find(|n| !inits.contains(n))
+                .map(str::to_string)
+        });
+        ShapedSessions {
+            path,
+            backend,
+            input,
+            loaded: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, shape: &[usize]) -> Result<&crate::Session, EngineError> {
+        if let Some(i) = self.loaded.iter().position(|(s, _)| s == shape) {
+            return Ok(&self.loaded[i].1);
+        }
+        let mut opts = SessionOptions {
+            batch: Some(shape.first().copied().unwrap_or(1)),
+            ..Default::default()
+        };
+        if let Some(name) = &self.input {
+            opts.input_shapes.insert(name.clone(), shape.to_vec());
+        }
+        let session = load_on(self.backend, self.path, &opts)?;
+        if self.loaded.len() >= Self::KEEP {
+            self.loaded.remove(0);
+        }
+        self.loaded.push((shape.to_vec(), session));
+        Ok(&self.loaded.last().expect("just pushed").1)
     }
 }
 
@@ -68,14 +120,15 @@ pub fn calibrate(
     backend: BackendKind,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Calibration, EngineError> {
-    let batch = batch_of(samples)?;
+    check_samples(samples)?;
     let cmodel = quant::calibration_model(model, plan);
     let n_orig = model.graph.as_ref().map(|g| g.output.len()).unwrap_or(0);
     let tmp = TempModel::write(&cmodel, "calibration")?;
-    let session = load_on(backend, &tmp.0, &session_options(batch))?;
+    let mut sessions = ShapedSessions::new(&cmodel, &tmp.0, backend);
     let mut calib = Calibration::default();
-    for (i, s) in samples.iter().enumerate() {
-        let outs = session.run(std::slice::from_ref(s))?;
+    for (i, &k) in by_shape(samples).iter().enumerate() {
+        let s = &samples[k];
+        let outs = sessions.get(s.shape())?.run(std::slice::from_ref(s))?;
         let values: Vec<(Vec<usize>, &[f32])> = outs[n_orig.min(outs.len())..]
             .iter()
             .map(|t| {
@@ -109,26 +162,50 @@ pub fn evaluate(
     backend: BackendKind,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Tensor>, EngineError> {
-    let batch = batch_of(samples)?;
+    check_samples(samples)?;
     let tmp = TempModel::write(model, "evaluate")?;
-    let session = load_on(backend, &tmp.0, &session_options(batch))?;
-    let mut out = Vec::with_capacity(samples.len());
-    for (i, s) in samples.iter().enumerate() {
-        let mut o = session.run(std::slice::from_ref(s))?;
+    let mut sessions = ShapedSessions::new(model, &tmp.0, backend);
+    let mut out: Vec<Option<Tensor>> = vec![None; samples.len()];
+    for (i, &k) in by_shape(samples).iter().enumerate() {
+        let s = &samples[k];
+        let mut o = sessions.get(s.shape())?.run(std::slice::from_ref(s))?;
         if o.is_empty() {
             return Err(EngineError::Run {
                 backend,
                 message: "the model returned no output".into(),
             });
         }
-        out.push(o.swap_remove(0));
+        out[k] = Some(o.swap_remove(0));
         progress(i + 1);
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|t| t.expect("every sample ran"))
+        .collect())
+}
+
+/// Sample positions grouped by input shape (first appearance order, stable within a shape), so
+/// that each shape's session is loaded once per pass however the sizes are mixed.
+fn by_shape(samples: &[Tensor]) -> Vec<usize> {
+    let mut first: Vec<&[usize]> = Vec::new();
+    let mut key = Vec::with_capacity(samples.len());
+    for s in samples {
+        let g = match first.iter().position(|f| *f == s.shape()) {
+            Some(g) => g,
+            None => {
+                first.push(s.shape());
+                first.len() - 1
+            }
+        };
+        key.push(g);
+    }
+    let mut idx: Vec<usize> = (0..samples.len()).collect();
+    idx.sort_by_key(|&i| key[i]);
+    idx
 }
 
 /// How INT8 outputs are judged against FP32 ones.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// Share of rows (last axis = classes) whose arg-max agrees with FP32.
@@ -144,12 +221,26 @@ pub enum Metric {
     /// Mean ROC AUC over output columns against ground-truth labels (multi-label classifiers);
     /// the score is 1 - (AUC of FP32 - AUC of INT8).
     Auc,
+    /// Pooled intersection over union of the outputs thresholded at this value (dense
+    /// probability maps: detectors, segmenters with a sigmoid): every element above the
+    /// threshold in INT8 and FP32 counted over the whole validation set, then intersection /
+    /// union.
+    Iou(f32),
 }
 
 impl Metric {
-    /// Parses `top1`, `cosine`, `nmse`, `dice`, `auc`.
+    /// Parses `top1`, `cosine`, `nmse`, `dice`, `auc`, `iou` (threshold 0.5) or `iou:T`.
     pub fn parse(s: &str) -> Option<Metric> {
-        match s.to_ascii_lowercase().as_str() {
+        let s = s.to_ascii_lowercase();
+        if let Some(t) = s.strip_prefix("iou") {
+            let t = match t.strip_prefix(':') {
+                Some(v) => v.parse::<f32>().ok()?,
+                None if t.is_empty() => 0.5,
+                None => return None,
+            };
+            return t.is_finite().then_some(Metric::Iou(t));
+        }
+        match s.as_str() {
             "top1" | "top-1" | "accuracy" => Some(Metric::Top1),
             "cosine" | "cos" => Some(Metric::Cosine),
             "nmse" | "mse" => Some(Metric::Nmse),
@@ -172,6 +263,7 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
     }
     let mut total = 0.0;
     let mut n = 0.0;
+    let (mut inter, mut union) = (0u64, 0u64);
     for (r, t) in reference.iter().zip(test) {
         if r.shape() != t.shape() {
             return Err(EngineError::BadInput(format!(
@@ -182,6 +274,13 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
         }
         let (a, b) = (f(r)?, f(t)?);
         match metric {
+            Metric::Iou(th) => {
+                for (x, y) in a.iter().zip(b) {
+                    let (p, q) = (*x > th, *y > th);
+                    inter += (p && q) as u64;
+                    union += (p || q) as u64;
+                }
+            }
             Metric::Auc => return Err(EngineError::BadInput(
                 "metric auc compares with ground-truth labels, not with FP32 outputs: use mean_auc"
                     .into(),
@@ -248,6 +347,14 @@ pub fn score(metric: Metric, reference: &[Tensor], test: &[Tensor]) -> Result<f6
                 }
             }
         }
+    }
+    if let Metric::Iou(_) = metric {
+        // Nothing above the threshold in either: they agree.
+        return Ok(if union > 0 {
+            inter as f64 / union as f64
+        } else {
+            1.0
+        });
     }
     Ok(if n > 0.0 { total / n } else { 1.0 })
 }

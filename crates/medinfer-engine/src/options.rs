@@ -238,10 +238,11 @@ pub(crate) fn prepare(path: &Path, opts: &SessionOptions) -> Result<Prepared, En
                     Dim::Fixed(n) => Ok(*n),
                     Dim::Dynamic(_) if i == 0 => Ok(batch),
                     Dim::Dynamic(name) => Err(EngineError::BadInput(format!(
-                        "input '{}' of {} has a dynamic dimension '{}' at position {i}; give its full shape",
+                        "input '{}' of {} has a dynamic dimension '{}' at position {i}; give its full shape (--input-shape {}=1x...)",
                         v.name,
                         path.display(),
-                        name
+                        name,
+                        v.name
                     ))),
                 })
                 .collect::<Result<_, _>>()?

@@ -223,6 +223,25 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    /// Adds a node with several outputs (Split, say), named `name`.
+    pub fn node_outputs(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: &[(&str, Attr)],
+    ) {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            name: Some(name.to_string()),
+            op_type: Some(op.to_string()),
+            attribute: attrs.iter().map(|(n, v)| attribute(n, v)).collect(),
+            ..Default::default()
+        });
+    }
+
     /// A 2-D convolution with Kaiming-normal weights (no bias unless `bias`).
     #[allow(clippy::too_many_arguments)]
     pub fn conv(

@@ -76,6 +76,14 @@ pub struct ModelInfo {
     pub sha256: String,
 }
 
+/// The rank a value info declares, if it declares a tensor shape.
+pub(crate) fn declared_rank(v: &ValueInfoProto) -> Option<usize> {
+    match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.shape.as_ref().map(|s| s.dim.len()),
+        _ => None,
+    }
+}
+
 fn value_info(v: &ValueInfoProto) -> ValueInfo {
     let (dtype, shape) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => (

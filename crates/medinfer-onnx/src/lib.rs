@@ -15,8 +15,10 @@
 #![deny(unsafe_code)]
 
 pub mod builder;
+pub mod fixtures;
 mod info;
 mod model;
+pub mod opset;
 pub mod optimize;
 pub mod proto;
 pub mod qdq;

@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// Batch size for a dynamic batch dimension (default: the model's nominal batch, else 1).
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Full shape of an input with dynamic dimensions besides the batch, as NAME=1x3x640x640
+    /// (or 1x3x640x640 for a one-input model); repeat for several inputs. Inputs are seeded
+    /// random data of that shape.
+    #[arg(long, value_name = "[NAME=]DIMS")]
+    pub input_shape: Vec<String>,
     /// Timed requests per configuration.
     #[arg(long, default_value_t = 100)]
     pub runs: usize,
@@ -120,7 +125,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let path = models::resolve(&a.model)?;
     let sha = file_sha256(&path)?;
     // Validate the model before touching any engine: a clear error for non-ONNX files.
-    medinfer_onnx::load_model(&path)?;
+    let onnx = medinfer_onnx::load_model(&path)?;
+    let input_shapes =
+        crate::args::input_shapes(&medinfer_onnx::analyze(&onnx, None), &a.input_shape)?;
+    drop(onnx);
     let backends: Vec<BackendKind> = if a.backend.trim().eq_ignore_ascii_case("all") {
         let mut v = Vec::new();
         for av in availability_all() {
@@ -191,6 +199,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         streams: a.streams,
         threads: a.threads,
         batch: a.batch,
+        input_shapes: input_shapes.clone(),
         runs: a.runs,
         warmup: a.warmup,
     };

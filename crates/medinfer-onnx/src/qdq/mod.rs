@@ -64,6 +64,9 @@ use std::collections::HashSet;
 pub enum CalibMethod {
     /// The smallest and largest value seen.
     MinMax,
+    /// The mean over calibration runs of each run's smallest and largest value (NNCF's default
+    /// for activations): one unusual sample does not widen the range for all.
+    MeanMinMax,
     /// The given percentile of |values| on each side (e.g. 99.99), which ignores rare outliers.
     Percentile(f64),
     /// The clipping threshold that minimises the KL divergence between the FP32 histogram and
@@ -72,11 +75,12 @@ pub enum CalibMethod {
 }
 
 impl CalibMethod {
-    /// Parses `minmax`, `percentile`, `percentile:99.9` or `entropy`.
+    /// Parses `minmax`, `mean-minmax`, `percentile`, `percentile:99.9` or `entropy`.
     pub fn parse(s: &str) -> Option<CalibMethod> {
         let s = s.to_ascii_lowercase();
         match s.as_str() {
             "minmax" | "min-max" => Some(CalibMethod::MinMax),
+            "mean-minmax" | "mean_minmax" | "meanminmax" => Some(CalibMethod::MeanMinMax),
             "percentile" => Some(CalibMethod::Percentile(99.99)),
             "entropy" | "kl" => Some(CalibMethod::Entropy),
             _ => {
@@ -86,7 +90,7 @@ impl CalibMethod {
         }
     }
     fn needs_histogram(self) -> bool {
-        !matches!(self, CalibMethod::MinMax)
+        !matches!(self, CalibMethod::MinMax | CalibMethod::MeanMinMax)
     }
 }
 
@@ -109,6 +113,43 @@ pub struct QuantConfig {
     /// large errors (cosine 0.86 against FP32, 0.996 with UINT8 inputs; 7-bit weights, NNCF's
     /// overflow fix, did not help), while the same model was accurate on AVX-512 VNNI CPUs.
     pub signed_activations: Option<bool>,
+    /// Which layers get 7-bit weights so that engines without VNNI cannot saturate (see
+    /// [`OverflowFix`]).
+    pub overflow_fix: OverflowFix,
+}
+
+/// 7-bit weights against the 16-bit saturation of INT8 kernels on CPUs without VNNI (NNCF's
+/// `overflow_fix`). Without VNNI (AVX2, AVX-512 without VNNI), ONNX Runtime and OpenVINO
+/// multiply UINT8 activations by INT8 weights with `vpmaddubsw`, which adds two products into
+/// a saturating 16-bit lane: 2 x 255 x 127 = 64,770 does not fit, 2 x 255 x 63 = 32,130 does.
+/// Measured on an AVX2 Zen 3: a detector whose first convolution reads bright image pixels
+/// with a smooth (all-positive) kernel agreed with FP32 at IoU 0.31 on ONNX Runtime and 0.94 on
+/// OpenVINO with 8-bit weights, 0.999 on both with 7-bit ones. VNNI CPUs accumulate in 32 bits
+/// and never saturate; a quantized model is portable, so the fix is on by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowFix {
+    /// 8-bit weights everywhere (for VNNI-only deployments).
+    None,
+    /// 7-bit weights for the weighted layers that read the model's inputs directly (image
+    /// pixels: the activations most often near the top of their range everywhere at once);
+    /// NNCF's default.
+    #[default]
+    FirstLayer,
+    /// 7-bit weights for every layer (no saturation anywhere, at some accuracy cost).
+    All,
+}
+
+impl OverflowFix {
+    /// Parses `none`, `first-layer` or `all`.
+    pub fn parse(s: &str) -> Option<OverflowFix> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "off" => Some(OverflowFix::None),
+            "first-layer" | "first_layer" | "first" => Some(OverflowFix::FirstLayer),
+            "all" => Some(OverflowFix::All),
+            _ => None,
+        }
+    }
 }
 
 /// Whether this CPU has VNNI INT8 dot products (AVX-512 VNNI or AVX-VNNI).
@@ -156,11 +197,12 @@ impl Target {
 impl Default for QuantConfig {
     fn default() -> Self {
         QuantConfig {
-            method: CalibMethod::MinMax,
+            method: CalibMethod::Percentile(99.99),
             exclude: vec![],
             bias_correction: true,
             target: Target::Portable,
             signed_activations: None,
+            overflow_fix: OverflowFix::default(),
         }
     }
 }
@@ -294,6 +336,9 @@ pub struct LayerReport {
     /// A sensitivity score (higher = more error expected), used to rank layers for accuracy
     /// control.
     pub sensitivity: f32,
+    /// Whether its weights are 7-bit (the overflow fix, [`OverflowFix`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub seven_bit_weights: bool,
 }
 
 /// What [`quantize`] did.
@@ -306,6 +351,8 @@ pub struct QuantReport {
     /// Whether negative-valued activations were written as symmetric INT8 (the `openvino`
     /// layout on a CPU with VNNI) rather than UINT8 with a zero point.
     pub signed_activations: bool,
+    /// Which layers got 7-bit weights.
+    pub overflow_fix: OverflowFix,
     /// Calibration samples.
     pub samples: usize,
     /// Per layer, in graph order.
@@ -394,12 +441,12 @@ mod tests {
     fn weights_quantize_per_output_channel() {
         // 2 output channels with very different magnitudes: each keeps full resolution.
         let w = [1.0, -0.5, 0.25, 0.001, -0.002, 0.0005];
-        let (q, s) = quantize_weight(&[2, 3], &w, 0);
+        let (q, s) = quantize_weight(&[2, 3], &w, 0, 127.0);
         assert_eq!(q[0], 127);
         assert_eq!(q[4], -127);
         assert!((s[0] - 1.0 / 127.0).abs() < 1e-9 && (s[1] - 0.002 / 127.0).abs() < 1e-9);
         // Axis 1 (Gemm without transB): channels are columns.
-        let (_, s) = quantize_weight(&[3, 2], &w, 1);
+        let (_, s) = quantize_weight(&[3, 2], &w, 1, 127.0);
         assert!((s[0] - 1.0 / 127.0).abs() < 1e-9 && (s[1] - 0.5 / 127.0).abs() < 1e-9);
     }
 

@@ -367,3 +367,28 @@ pub fn calibration_model(model: &ModelProto, plan: &Plan) -> ModelProto {
     }
     m
 }
+
+/// The weighted layers (Conv / ConvTranspose / Gemm / MatMul) that read the model's inputs with
+/// no other weighted layer on the way: the "first layers" of NNCF's overflow fix. Graph order
+/// is topological (ONNX requires it), so one pass marks every tensor downstream of a weighted
+/// layer.
+pub(super) fn first_weighted_layers(ix: &Index, plan: &Plan) -> HashSet<usize> {
+    let weighted: HashSet<usize> = plan
+        .layers
+        .iter()
+        .filter(|l| l.weight.is_some())
+        .map(|l| l.index)
+        .collect();
+    let mut downstream: HashSet<&str> = HashSet::new();
+    let mut first = HashSet::new();
+    for (i, n) in ix.nodes.iter().enumerate() {
+        let after = n.input.iter().any(|x| downstream.contains(x.as_str()));
+        if weighted.contains(&i) && !after {
+            first.insert(i);
+        }
+        if after || weighted.contains(&i) {
+            downstream.extend(n.output.iter().map(|o| o.as_str()));
+        }
+    }
+    first
+}

@@ -158,8 +158,14 @@ fn const_dequantize(
     dq
 }
 
-/// Per-output-channel symmetric INT8 weights: (values, scales).
-pub(super) fn quantize_weight(dims: &[usize], w: &[f32], axis: usize) -> (Vec<i8>, Vec<f32>) {
+/// Per-output-channel symmetric INT8 weights in `[-levels, levels]` (127, or 63 for 7-bit
+/// weights): (values, scales).
+pub(super) fn quantize_weight(
+    dims: &[usize],
+    w: &[f32],
+    axis: usize,
+    levels: f32,
+) -> (Vec<i8>, Vec<f32>) {
     let c = dims[axis];
     let inner: usize = dims[axis + 1..].iter().product();
     let mut absmax = vec![0f32; c];
@@ -171,7 +177,7 @@ pub(super) fn quantize_weight(dims: &[usize], w: &[f32], axis: usize) -> (Vec<i8
         .iter()
         .map(|&m| {
             if m > 0.0 && m.is_finite() {
-                m / 127.0
+                m / levels
             } else {
                 1.0
             }
@@ -180,7 +186,7 @@ pub(super) fn quantize_weight(dims: &[usize], w: &[f32], axis: usize) -> (Vec<i8
     let q = w
         .iter()
         .enumerate()
-        .map(|(i, &x)| (x / scales[(i / inner) % c]).round().clamp(-127.0, 127.0) as i8)
+        .map(|(i, &x)| (x / scales[(i / inner) % c]).round().clamp(-levels, levels) as i8)
         .collect();
     (q, scales)
 }
@@ -195,6 +201,7 @@ pub fn quantize(
     keep_float: &HashSet<String>,
 ) -> Result<(ModelProto, QuantReport), OnnxError> {
     let ix = Index::new(model)?;
+    let first_layers = super::plan::first_weighted_layers(&ix, plan);
     let signed_activations =
         config.target == Target::OpenVino && config.signed_activations.unwrap_or_else(cpu_has_vnni);
     let layers: Vec<Layer> = plan
@@ -398,6 +405,7 @@ pub fn quantize(
                 activation_sqnr_db: f32::INFINITY,
                 bias_correction: None,
                 sensitivity: 0.0,
+                seven_bit_weights: false,
             });
             continue;
         };
@@ -422,6 +430,7 @@ pub fn quantize(
             activation_sqnr_db: worst_sqnr,
             bias_correction: None,
             sensitivity: 0.0,
+            seven_bit_weights: false,
         };
         if let Some(wname) = &layer.weight {
             let Some((wd, w)) = ix.float_weight(wname) else {
@@ -434,7 +443,13 @@ pub fn quantize(
                 });
             };
             let axis = layer.weight_axis;
-            let (qw, ws) = quantize_weight(&wd, &w, axis);
+            let seven = match config.overflow_fix {
+                OverflowFix::None => false,
+                OverflowFix::FirstLayer => first_layers.contains(&layer.index),
+                OverflowFix::All => true,
+            };
+            rep.seven_bit_weights = seven;
+            let (qw, ws) = quantize_weight(&wd, &w, axis, if seven { 63.0 } else { 127.0 });
             let c = wd[axis];
             let inner: usize = wd[axis + 1..].iter().product();
             let (mut num, mut den) = (0f64, 0f64);
@@ -566,6 +581,7 @@ pub fn quantize(
         method: config.method,
         target: config.target,
         signed_activations,
+        overflow_fix: config.overflow_fix,
         samples: calib.samples,
         layers: reports,
         activations_quantized: act.len(),

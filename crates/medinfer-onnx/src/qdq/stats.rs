@@ -22,6 +22,12 @@ pub struct TensorStats {
     pub channel_sum: Vec<f64>,
     /// Values per channel.
     pub channel_count: u64,
+    /// Sum over calibration runs of each run's smallest value (for [`CalibMethod::MeanMinMax`]).
+    pub sum_run_min: f64,
+    /// Sum over calibration runs of each run's largest value.
+    pub sum_run_max: f64,
+    /// Calibration runs seen.
+    pub runs: u64,
 }
 
 const BINS: usize = 4096;
@@ -52,6 +58,9 @@ impl TensorStats {
         }
         self.count += data.len() as u64;
         self.sum_sq += sq;
+        self.sum_run_min += lo as f64;
+        self.sum_run_max += hi as f64;
+        self.runs += 1;
         if histogram {
             let m = lo.abs().max(hi.abs()).max(1e-12);
             if self.hist.is_empty() {
@@ -119,8 +128,15 @@ impl TensorStats {
     /// The range chosen by `method`.
     pub fn range(&self, method: CalibMethod) -> (f32, f32) {
         match method {
-            _ if self.hist.is_empty() => (self.min, self.max),
+            CalibMethod::Percentile(_) | CalibMethod::Entropy if self.hist.is_empty() => {
+                (self.min, self.max)
+            }
             CalibMethod::MinMax => (self.min, self.max),
+            CalibMethod::MeanMinMax if self.runs > 0 => (
+                (self.sum_run_min / self.runs as f64) as f32,
+                (self.sum_run_max / self.runs as f64) as f32,
+            ),
+            CalibMethod::MeanMinMax => (self.min, self.max),
             CalibMethod::Percentile(p) => {
                 let hi = self.quantile(p / 100.0).min(self.max);
                 let lo = if self.min < 0.0 {

@@ -1,0 +1,83 @@
+//! Small models and inputs for tests of models with dynamic dimensions, shared by the engine
+//! and CLI test suites: a text-detector-shaped network at opset 12 with dynamic batch, height
+//! and width, and synthetic "pages" for it.
+
+use crate::builder::{f32_tensor, f32_value_info, Attr, DimSpec, GraphBuilder};
+use crate::proto::ModelProto;
+use medinfer_core::SeededRng;
+
+/// Input / output dims `[n, c, h, w]` with `n`, `h`, `w` dynamic.
+pub fn dyn_dims(c: usize) -> Vec<DimSpec> {
+    vec![
+        DimSpec::Named("n".into()),
+        DimSpec::Fixed(c),
+        DimSpec::Named("h".into()),
+        DimSpec::Named("w".into()),
+    ]
+}
+
+/// A small text-detector-shaped network at opset 12 (as PaddlePaddle exports are): every input
+/// dimension but the channels dynamic, a stride-2 encoder, a transposed-convolution decoder, a
+/// sigmoid probability map, and Squeeze / Unsqueeze with their opset-12 `axes` attributes.
+/// Its weights are seeded, not trained, so a hand-set brightness branch (a 3x3 box filter of
+/// the input, added to the decoder's logits) makes the map mark the bright bars as a trained
+/// detector marks text: foreground where the page is bright, with a seeded-network texture.
+pub fn detector() -> ModelProto {
+    let mut g = GraphBuilder::new(5);
+    let box_w = g.initializer(f32_tensor("box.weight", &[1, 3, 3, 3], &[4.0 / 27.0; 27]));
+    let bright = g.node(
+        "Conv",
+        "box",
+        &["x", &box_w],
+        &[("pads", Attr::Ints(vec![1, 1, 1, 1]))],
+    );
+    let c1 = g.conv("c1", "x", 3, 8, 3, 1, 1, true);
+    let r1 = g.relu("r1", &c1);
+    let c2 = g.conv("c2", &r1, 8, 16, 3, 2, 1, true);
+    let r2 = g.relu("r2", &c2);
+    let up = g.conv_transpose("up", &r2, 16, 8, 2);
+    let r3 = g.relu("r3", &up);
+    let c3 = g.conv("c3", &r3, 8, 1, 3, 1, 1, true);
+    let k = g.initializer(f32_tensor("texture", &[1], &[0.05]));
+    let tex = g.node("Mul", "tex", &[&c3, &k], &[]);
+    let logit = g.node("Add", "logit", &[&bright, &tex], &[]);
+    let p = g.node("Sigmoid", "prob", &[&logit], &[]);
+    let sq = g.node("Squeeze", "sq", &[&p], &[("axes", Attr::Ints(vec![1]))]);
+    g.node("Unsqueeze", "y", &[&sq], &[("axes", Attr::Ints(vec![1]))]);
+    let mut m = g.finish(
+        "detector",
+        vec![f32_value_info("x", &dyn_dims(3))],
+        vec![f32_value_info("y", &dyn_dims(1))],
+        &[],
+    );
+    m.opset_import[0].version = Some(12);
+    m
+}
+
+/// A "page" for [`detector`]: bright bars (text lines) on a darker noisy background, as
+/// 3 x `h` x `w` values in CHW order (`h` and `w` even, at least 8).
+pub fn page_pixels(h: usize, w: usize, seed: u64) -> Vec<f32> {
+    let mut r = SeededRng::new(seed);
+    let mut v = vec![0f32; 3 * h * w];
+    for x in v.iter_mut() {
+        *x = -0.6 + 0.1 * r.normal() as f32;
+    }
+    let mut y = 2 + (r.uniform() * 4.0) as usize;
+    while y + 3 < h {
+        let len = (w as f64 * (0.3 + 0.6 * r.uniform())) as usize;
+        let x0 = (r.uniform() * (w - len) as f64) as usize;
+        let thick = 2 + (r.uniform() * 3.0) as usize;
+        for c in 0..3 {
+            for yy in y..(y + thick).min(h) {
+                for xx in x0..x0 + len {
+                    v[(c * h + yy) * w + xx] = 0.8 + 0.1 * r.normal() as f32;
+                }
+            }
+        }
+        y += thick + 3 + (r.uniform() * 6.0) as usize;
+    }
+    v
+}
+
+/// Page sizes (height, width) the tests mix.
+pub const PAGE_SIZES: [(usize, usize); 4] = [(32, 48), (48, 64), (64, 64), (40, 56)];
