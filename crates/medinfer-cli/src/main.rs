@@ -92,6 +92,9 @@ enum Command {
     /// Benchmark a clinical pipeline end to end (read, preprocess, segment, quantify, write) on
     /// a phantom exam, per backend and precision, with the time of every stage.
     BenchPipeline(bench_pipeline::BenchPipelineArgs),
+    /// Serve the models of a repository over HTTP: the Open Inference Protocol (KServe v2,
+    /// JSON and binary tensors), dynamic batching, bounded queues (429 when full).
+    Serve(serve::ServeArgs),
 }
 
 /// The clinical pipelines (`medinfer run <pipeline>`); a new one is one variant here and one
@@ -179,5 +182,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         },
         Command::Demo(a) => demo::run(a),
         Command::BenchPipeline(a) => bench_pipeline::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

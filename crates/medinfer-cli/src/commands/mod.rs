@@ -16,4 +16,5 @@ pub mod run_cardiac;
 pub mod run_ct;
 pub mod run_cxr;
 pub mod runtimes;
+pub mod serve;
 pub mod zoo;

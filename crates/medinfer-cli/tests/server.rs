@@ -1,0 +1,570 @@
+//! `medinfer serve` over a real socket (loopback): the Open Inference Protocol's endpoints,
+//! JSON and binary tensors checked against the engine run directly, dynamic batching, a full
+//! queue answered with 429, and faults (malformed and truncated bodies, wrong shapes and types,
+//! a client that disconnects mid-body, a corrupt model in the repository) answered with clear
+//! 4xx while the server keeps serving.
+
+use medinfer_core::Tensor;
+use medinfer_engine::{load_on, BackendKind, SessionOptions};
+use medinfer_onnx::builder::{f32_value_info, DimSpec, GraphBuilder};
+use medinfer_server::repo::Repository;
+use medinfer_server::{AppState, ServerConfig};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+/// A small classifier: [N, 2, 8, 8] -> conv -> relu -> global pool -> linear -> [N, 3].
+fn classifier() -> medinfer_onnx::proto::ModelProto {
+    let mut g = GraphBuilder::new(3);
+    let c = g.conv("c", "x", 2, 4, 3, 1, 1, true);
+    let r = g.relu("r", &c);
+    let p = g.global_pool_flatten("p", &r);
+    g.linear("y", &p, 4, 3);
+    g.finish(
+        "classifier",
+        vec![f32_value_info(
+            "x",
+            &[
+                DimSpec::Named("n".into()),
+                DimSpec::Fixed(2),
+                DimSpec::Fixed(8),
+                DimSpec::Fixed(8),
+            ],
+        )],
+        vec![f32_value_info(
+            "y",
+            &[DimSpec::Named("n".into()), DimSpec::Fixed(3)],
+        )],
+        &[],
+    )
+}
+
+fn input(seed: u64, batch: usize) -> Vec<f32> {
+    let mut r = medinfer_core::SeededRng::new(seed);
+    (0..batch * 128).map(|_| r.normal() as f32).collect()
+}
+
+/// The reference: the same model run directly on tract.
+fn reference(model: &Path, x: &[f32], batch: usize) -> Vec<f32> {
+    let s = load_on(
+        BackendKind::Tract,
+        model,
+        &SessionOptions {
+            batch: Some(batch),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = Tensor::from_f32(vec![batch, 2, 8, 8], x.to_vec()).unwrap();
+    s.run(&[t]).unwrap()[0].as_f32().unwrap().to_vec()
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the server on 127.0.0.1:0 over `dir`, checking models with the medinfer binary.
+fn start(dir: &Path, config: ServerConfig) -> Server {
+    let mut repo = Repository::new(
+        dir.to_path_buf(),
+        Some(env!("CARGO_BIN_EXE_medinfer").into()),
+    );
+    repo.load_all();
+    let state = AppState::new(repo, config);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (atx, arx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            atx.send(l.local_addr().unwrap()).unwrap();
+            medinfer_server::serve(l, state, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    Server {
+        addr: arx.recv_timeout(Duration::from_secs(60)).unwrap(),
+        stop: Some(tx),
+        thread: Some(thread),
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection, bounded in time.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[(&str, String)],
+    body: &[u8],
+) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    http(addr, "GET", path, &[], b"")
+}
+
+fn post_json(addr: SocketAddr, path: &str, v: &Value) -> Reply {
+    http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json".into())],
+        v.to_string().as_bytes(),
+    )
+}
+
+fn infer_json(x: &[f32], batch: usize) -> Value {
+    json!({
+        "id": "r1",
+        "inputs": [{ "name": "x", "shape": [batch, 2, 8, 8], "datatype": "FP32", "data": x }]
+    })
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(p, q)| (p - q).abs() <= 1e-5 * (1.0 + q.abs()))
+}
+
+fn repo_with(dir: &Path, name: &str, config: Value) -> std::path::PathBuf {
+    let d = dir.join(name).join("1");
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("model.onnx");
+    medinfer_onnx::save_model(&classifier(), &p).unwrap();
+    std::fs::write(dir.join(name).join("config.json"), config.to_string()).unwrap();
+    p
+}
+
+#[test]
+fn v2_protocol_json_and_binary_tensors_match_the_engine() {
+    let d = tempfile::tempdir().unwrap();
+    let model = repo_with(
+        d.path(),
+        "cls",
+        json!({ "backend": "tract", "max_batch": 4 }),
+    );
+    let srv = start(d.path(), ServerConfig::default());
+    let a = srv.addr;
+
+    assert_eq!(get(a, "/v2/health/live").status, 200);
+    let r = get(a, "/v2/health/ready");
+    assert_eq!((r.status, r.json()["ready"].clone()), (200, json!(true)));
+    let r = get(a, "/v2");
+    assert_eq!(r.json()["name"], "medinfer");
+    assert!(r.json()["extensions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("binary_tensor_data")));
+    let meta = get(a, "/v2/models/cls").json();
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "x", "datatype": "FP32", "shape": [-1, 2, 8, 8]})
+    );
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 3]));
+    assert_eq!(get(a, "/v2/models/cls/versions/1").status, 200);
+    assert_eq!(get(a, "/v2/models/cls/ready").status, 200);
+    assert_eq!(get(a, "/v2/models/nope/ready").status, 404);
+    assert_eq!(get(a, "/v2/models/cls/versions/7").status, 404);
+
+    // JSON in, JSON out, batch 3.
+    let x = input(1, 3);
+    let want = reference(&model, &x, 3);
+    let r = post_json(a, "/v2/models/cls/infer", &infer_json(&x, 3));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["id"], "r1");
+    assert_eq!(v["model_name"], "cls");
+    assert_eq!(v["outputs"][0]["shape"], json!([3, 3]));
+    let got: Vec<f32> = v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert!(close(&got, &want), "{got:?} vs {want:?}");
+
+    // Nested JSON data is read row-major too.
+    let nested: Vec<Vec<f32>> = x.chunks(64).map(|c| c.to_vec()).collect();
+    let r = post_json(
+        a,
+        "/v2/models/cls/versions/1/infer",
+        &json!({"inputs": [{"name": "x", "shape": [3, 2, 8, 8], "datatype": "FP32", "data": nested}]}),
+    );
+    assert_eq!(r.status, 200);
+
+    // Binary in, binary out (the binary tensor extension, as tritonclient sends it).
+    let header = json!({
+        "inputs": [{ "name": "x", "shape": [3, 2, 8, 8], "datatype": "FP32",
+                     "parameters": { "binary_data_size": x.len() * 4 } }],
+        "outputs": [{ "name": "y", "parameters": { "binary_data": true } }]
+    })
+    .to_string();
+    let mut body = header.as_bytes().to_vec();
+    for f in &x {
+        body.extend_from_slice(&f.to_le_bytes());
+    }
+    let r = http(
+        a,
+        "POST",
+        "/v2/models/cls/infer",
+        &[("Inference-Header-Content-Length", header.len().to_string())],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let n: usize = r
+        .header("inference-header-content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let head: Value = serde_json::from_slice(&r.body[..n]).unwrap();
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 36);
+    let got: Vec<f32> = r.body[n..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(close(&got, &want));
+}
+
+#[test]
+fn dynamic_batching_merges_concurrent_requests_and_a_full_queue_gets_429() {
+    let d = tempfile::tempdir().unwrap();
+    let model = repo_with(
+        d.path(),
+        "cls",
+        json!({ "backend": "tract", "max_batch": 8, "max_queue_delay_us": 50000, "max_queue": 64 }),
+    );
+    let srv = start(d.path(), ServerConfig::default());
+    let a = srv.addr;
+    // 16 concurrent single-item requests, each checked against its own reference.
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let m = model.clone();
+            std::thread::spawn(move || {
+                let x = input(100 + i, 1);
+                let r = post_json(a, "/v2/models/cls/infer", &infer_json(&x, 1));
+                assert_eq!(r.status, 200);
+                let got: Vec<f32> = r.json()["outputs"][0]["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
+                assert!(close(&got, &reference(&m, &x, 1)), "request {i}");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let st = get(a, "/v2/models/cls/stats").json();
+    let s = &st["model_stats"][0];
+    eprintln!("stats: {s}");
+    assert_eq!(s["inference_count"], 16);
+    assert!(s["largest_batch"].as_u64().unwrap() > 1, "{s}");
+    assert!(s["execution_count"].as_u64().unwrap() < 16, "{s}");
+
+    // A model with a queue of 1 and no batching, flooded: some 429 (with Retry-After), the rest
+    // answered, never a 5xx.
+    drop(srv);
+    repo_with(
+        d.path(),
+        "tiny",
+        json!({ "backend": "tract", "max_batch": 1, "max_queue_delay_us": 0, "max_queue": 1 }),
+    );
+    let srv = start(d.path(), ServerConfig::default());
+    let a = srv.addr;
+    let big = input(5, 64);
+    let handles: Vec<_> = (0..24)
+        .map(|_| {
+            let body = infer_json(&big, 64);
+            std::thread::spawn(move || {
+                let r = post_json(a, "/v2/models/tiny/infer", &body);
+                (r.status, r.header("retry-after").map(str::to_string))
+            })
+        })
+        .collect();
+    let res: Vec<(u16, Option<String>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = res.iter().filter(|r| r.0 == 200).count();
+    let busy: Vec<_> = res.iter().filter(|r| r.0 == 429).collect();
+    eprintln!("flood: {ok} answered, {} refused with 429", busy.len());
+    assert!(res.iter().all(|r| r.0 == 200 || r.0 == 429), "{res:?}");
+    assert!(ok >= 1 && !busy.is_empty(), "{res:?}");
+    assert!(busy.iter().all(|r| r.1.as_deref() == Some("1")));
+    // The other model kept serving throughout.
+    assert_eq!(
+        post_json(a, "/v2/models/cls/infer", &infer_json(&input(9, 1), 1)).status,
+        200
+    );
+}
+
+/// A bad request: what it is, body, extra headers, expected status, text the answer names.
+type Case = (&'static str, Vec<u8>, Vec<(&'static str, String)>, u16, &'static str);
+
+#[test]
+fn bad_requests_get_clear_4xx_and_the_server_stays_up() {
+    let d = tempfile::tempdir().unwrap();
+    repo_with(d.path(), "cls", json!({ "backend": "tract" }));
+    // A corrupt model and a model with a config that is not valid: both reported, not fatal.
+    let bad = d.path().join("corrupt").join("1");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("model.onnx"),
+        b"\x08\x07this is not an onnx model at all",
+    )
+    .unwrap();
+    let odd = d.path().join("odd").join("1");
+    std::fs::create_dir_all(&odd).unwrap();
+    medinfer_onnx::save_model(&classifier(), &odd.join("model.onnx")).unwrap();
+    std::fs::write(
+        d.path().join("odd").join("config.json"),
+        r#"{"max_btach": 4}"#,
+    )
+    .unwrap();
+    let srv = start(
+        d.path(),
+        ServerConfig {
+            max_body_bytes: 1 << 20,
+            ..Default::default()
+        },
+    );
+    let a = srv.addr;
+    let idx = post_json(a, "/v2/repository/index", &json!({})).json();
+    eprintln!("index: {idx}");
+    let state = |n: &str| {
+        idx.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(state("cls")["state"], "READY");
+    assert_eq!(state("corrupt")["state"], "UNAVAILABLE");
+    assert!(state("corrupt")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("model.onnx"));
+    assert!(state("odd")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_btach"));
+    let r = post_json(a, "/v2/models/corrupt/infer", &infer_json(&input(1, 1), 1));
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("failed to load"));
+
+    let path = "/v2/models/cls/infer";
+    let x = input(2, 1);
+    let cases: Vec<Case> = vec![
+        ("malformed JSON", b"{\"inputs\": [".to_vec(), vec![], 400, "request JSON"),
+        (
+            "wrong shape",
+            json!({"inputs": [{"name": "x", "shape": [1, 2, 8, 9], "datatype": "FP32", "data": vec![0.0; 144]}]}).to_string().into_bytes(),
+            vec![], 400, "shape",
+        ),
+        (
+            "too few values",
+            json!({"inputs": [{"name": "x", "shape": [1, 2, 8, 8], "datatype": "FP32", "data": [1.0, 2.0]}]}).to_string().into_bytes(),
+            vec![], 400, "2 values",
+        ),
+        (
+            "wrong datatype",
+            json!({"inputs": [{"name": "x", "shape": [1, 2, 8, 8], "datatype": "INT64", "data": vec![0; 128]}]}).to_string().into_bytes(),
+            vec![], 400, "INT64",
+        ),
+        (
+            "unknown datatype",
+            json!({"inputs": [{"name": "x", "shape": [1, 2, 8, 8], "datatype": "BYTES", "data": vec![0; 128]}]}).to_string().into_bytes(),
+            vec![], 400, "BYTES",
+        ),
+        (
+            "wrong input name",
+            json!({"inputs": [{"name": "image", "shape": [1, 2, 8, 8], "datatype": "FP32", "data": x}]}).to_string().into_bytes(),
+            vec![], 400, "'x' is missing",
+        ),
+        (
+            "string where a number goes",
+            json!({"inputs": [{"name": "x", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": ["a", 1]}]}).to_string().into_bytes(),
+            vec![], 400, "not FP32",
+        ),
+        {
+            let h = json!({"inputs": [{"name": "x", "shape": [1, 2, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": 512}}]}).to_string();
+            let n = h.len();
+            let mut b = h.into_bytes();
+            b.extend_from_slice(&[0u8; 100]);
+            (
+                "truncated binary body",
+                b,
+                vec![("Inference-Header-Content-Length", n.to_string())],
+                400,
+                "ends after 100 of its 512",
+            )
+        },
+        (
+            "header length beyond the body",
+            b"{}".to_vec(),
+            vec![("Inference-Header-Content-Length", "999".into())],
+            400, "only 2 bytes",
+        ),
+        (
+            "huge claimed shape",
+            json!({"inputs": [{"name": "x", "shape": [100000, 2, 100000, 100000], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]}).to_string().into_bytes(),
+            vec![], 413, "elements",
+        ),
+        ("body over the limit", vec![b' '; 2 << 20], vec![], 413, ""),
+    ];
+    for (what, body, headers, status, needle) in cases {
+        let r = http(a, "POST", path, &headers, &body);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        eprintln!("{what}: {} {text}", r.status);
+        assert_eq!(r.status, status, "{what}: {text}");
+        assert!(
+            text.contains(needle),
+            "{what}: '{needle}' missing from {text}"
+        );
+    }
+
+    // A client that sends half its body and goes away.
+    {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.write_all(b"POST /v2/models/cls/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"inputs\": [")
+            .unwrap();
+    }
+    // A client that disconnects while its request is queued or running.
+    {
+        let mut s = TcpStream::connect(a).unwrap();
+        let b = infer_json(&input(4, 256), 256).to_string();
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    }
+    // Still serving, every model that loaded.
+    let r = post_json(a, path, &infer_json(&x, 1));
+    assert_eq!(r.status, 200);
+    assert_eq!(get(a, "/v2/health/ready").status, 200);
+    // Unload and reload through the repository API.
+    assert_eq!(
+        post_json(a, "/v2/repository/models/cls/unload", &json!({})).status,
+        200
+    );
+    assert_eq!(post_json(a, path, &infer_json(&x, 1)).status, 404);
+    assert_eq!(
+        post_json(a, "/v2/repository/models/cls/load", &json!({})).status,
+        200
+    );
+    assert_eq!(post_json(a, path, &infer_json(&x, 1)).status, 200);
+    assert_eq!(
+        post_json(a, "/v2/repository/models/corrupt/load", &json!({})).status,
+        400
+    );
+    assert_eq!(
+        post_json(a, "/v2/repository/models/..%2Fetc/load", &json!({})).status,
+        400
+    );
+}

@@ -1,0 +1,494 @@
+//! # medinfer-server
+//!
+//! `medinfer serve`: the Open Inference Protocol (KServe v2) REST API over a model repository,
+//! with dynamic batching, bounded queues, request limits and graceful shutdown.
+//!
+//! - [`app`] builds the axum `Router` (testable without a socket); [`serve`] runs it on a
+//!   listener until a shutdown signal, then drains in-flight requests.
+//! - [`repo`]: the model repository (`DIR/{name}/{version}/model.onnx` + `config.json`),
+//!   models checked in a child process before loading.
+//! - [`batcher`]: per-model dynamic batching on a worker thread.
+//! - [`v2`]: the protocol's JSON and binary tensor messages.
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod batcher;
+pub mod repo;
+pub mod v2;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use batcher::{Job, Rejected};
+use repo::Repository;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use v2::ProtocolError;
+
+/// Limits of the HTTP side.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest request body (bytes); larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Largest tensor (elements) a request may carry.
+    pub max_elements: usize,
+    /// Longest a request may wait for its result (queue + inference); then 503.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body_bytes: 64 << 20,
+            max_elements: 64 << 20,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The model repository.
+    pub repo: RwLock<Repository>,
+    /// Limits.
+    pub config: ServerConfig,
+    /// Set when shutdown begins: readiness turns false so balancers stop sending.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// State over a repository (load its models first with [`Repository::load_all`]).
+    pub fn new(repo: Repository, config: ServerConfig) -> Arc<AppState> {
+        Arc::new(AppState {
+            repo: RwLock::new(repo),
+            config,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    fn repo(&self) -> std::sync::RwLockReadGuard<'_, Repository> {
+        // A panic while holding the lock cannot leave the map half-written (inserts are
+        // single calls), so a poisoned lock is still usable.
+        self.repo.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn error(status: u16, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+impl IntoResponse for ProtocolError {
+    fn into_response(self) -> Response {
+        error(self.status, self.message)
+    }
+}
+
+/// The router of the whole API.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({ "live": true })) }),
+        )
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_v),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_v),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(repository_unload),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish, and unloads the models (their queues drain first).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let st = state.clone();
+    let signal = async move {
+        shutdown.await;
+        st.draining.store(true, Ordering::SeqCst);
+    };
+    axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(signal)
+        .await?;
+    let repo = std::mem::replace(
+        &mut *state.repo.write().unwrap_or_else(|p| p.into_inner()),
+        Repository::new(Default::default(), None),
+    );
+    tokio::task::spawn_blocking(move || drop(repo))
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let draining = s.draining.load(Ordering::SeqCst);
+    let repo = s.repo();
+    let any = !repo.loaded.is_empty();
+    if any && !draining {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({ "ready": false, "draining": draining, "models_loaded": repo.loaded.len() }),
+            ),
+        )
+            .into_response()
+    }
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "medinfer",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_repository", "statistics"],
+    }))
+}
+
+fn find(
+    s: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<repo::LoadedModel>, ProtocolError> {
+    let repo = s.repo();
+    repo.get(name, version).ok_or_else(|| {
+        let why = repo
+            .failures
+            .get(name)
+            .map(|r| format!(": it failed to load: {r}"))
+            .unwrap_or_default();
+        ProtocolError {
+            status: 404,
+            message: match version {
+                Some(v) => format!("model '{name}' version '{v}' is not loaded{why}"),
+                None => format!("model '{name}' is not loaded{why}"),
+            },
+        }
+    })
+}
+
+fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Response {
+    let m = match find(s, name, version) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let versions: Vec<String> = s
+        .repo()
+        .loaded
+        .get(name)
+        .map(|v| v.keys().cloned().collect())
+        .unwrap_or_default();
+    let tensors = |v: &[(String, medinfer_core::DType, Vec<i64>)]| {
+        v.iter()
+            .map(|(n, t, d)| json!({ "name": n, "datatype": v2::datatype_name(*t), "shape": d }))
+            .collect::<Vec<_>>()
+    };
+    Json(json!({
+        "name": m.name,
+        "versions": versions,
+        "platform": format!("medinfer_{}", m.backend.name()),
+        "inputs": tensors(&m.inputs),
+        "outputs": tensors(&m.outputs),
+        "parameters": {
+            "max_batch_size": m.config.max_batch,
+            "max_queue_delay_microseconds": m.config.max_queue_delay_us,
+            "max_queue_size": m.config.max_queue,
+        }
+    }))
+    .into_response()
+}
+
+async fn model_metadata(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    metadata(&s, &name, None)
+}
+
+async fn model_metadata_v(
+    State(s): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    metadata(&s, &name, Some(&version))
+}
+
+fn readiness(s: &AppState, name: &str, version: Option<&str>) -> Response {
+    match find(s, name, version) {
+        Ok(_) => Json(json!({ "name": name, "ready": true })).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn model_ready(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    readiness(&s, &name, None)
+}
+
+async fn model_ready_v(
+    State(s): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    readiness(&s, &name, Some(&version))
+}
+
+async fn model_stats(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    let m = match find(&s, &name, None) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let st = &m.batcher.stats;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    Json(json!({
+        "model_stats": [{
+            "name": m.name,
+            "version": m.version,
+            "inference_stats": {
+                "success": { "count": g(&st.success) },
+                "fail": { "count": g(&st.failed) },
+                "rejected": { "count": g(&st.rejected) },
+                "queue": { "ns": g(&st.queue_ns) },
+                "compute_infer": { "ns": g(&st.compute_ns) },
+            },
+            "execution_count": g(&st.batches),
+            "inference_count": g(&st.items),
+            "largest_batch": g(&st.largest_batch),
+            "queued_now": g(&st.queued_now),
+        }]
+    }))
+    .into_response()
+}
+
+async fn infer(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    run_infer(s, name, None, headers, body).await
+}
+
+async fn infer_v(
+    State(s): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    run_infer(s, name, Some(version), headers, body).await
+}
+
+async fn run_infer(
+    s: Arc<AppState>,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let m = match find(&s, &name, version.as_deref()) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let header_len = match headers.get(v2::HEADER_LENGTH).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return error(400, format!("{}: not text", v2::HEADER_LENGTH)),
+    };
+    let (req, tail) = match v2::split_body(&body, header_len) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let decoded = match v2::decode_inputs(&req, tail, s.config.max_elements) {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
+    let inputs = match order_inputs(&m, decoded) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = Job {
+        inputs,
+        reply: tx,
+        queued: Instant::now(),
+    };
+    match m.batcher.submit(job) {
+        Ok(()) => {}
+        Err(Rejected::QueueFull) => {
+            let mut r = error(
+                429,
+                format!(
+                    "model '{name}' has {} requests waiting (its max_queue); retry later",
+                    m.config.max_queue
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+        Err(Rejected::Stopped) => return error(503, format!("model '{name}' is being unloaded")),
+    }
+    let outs = match tokio::time::timeout(s.config.request_timeout, rx).await {
+        Err(_) => {
+            return error(
+                503,
+                format!(
+                    "no result within {:.0} s (queue and inference)",
+                    s.config.request_timeout.as_secs_f64()
+                ),
+            )
+        }
+        Ok(Err(_)) => return error(500, "the model's worker stopped"),
+        Ok(Ok(Err(medinfer_engine::EngineError::BadInput(msg)))) => return error(400, msg),
+        Ok(Ok(Err(e))) => return error(500, e.to_string()),
+        Ok(Ok(Ok(o))) => o,
+    };
+    let named: Vec<(String, medinfer_core::Tensor)> = m
+        .outputs
+        .iter()
+        .map(|(n, _, _)| n.clone())
+        .zip(outs)
+        .collect();
+    match v2::encode_response(&m.name, &m.version, &req, named) {
+        Ok((body, None)) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Ok((body, Some(n))) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(v2::HEADER_LENGTH, n.to_string())
+            .body(Body::from(body))
+            .unwrap_or_else(|e| error(500, e.to_string())),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Puts the request's inputs in the model's order and checks names, types and shapes.
+fn order_inputs(
+    m: &repo::LoadedModel,
+    mut given: Vec<(String, medinfer_core::Tensor)>,
+) -> Result<Vec<medinfer_core::Tensor>, ProtocolError> {
+    if given.len() != m.inputs.len() {
+        return Err(ProtocolError::bad(format!(
+            "model '{}' takes {} input(s) ({}), the request has {}",
+            m.name,
+            m.inputs.len(),
+            m.inputs
+                .iter()
+                .map(|(n, _, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            given.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(m.inputs.len());
+    let mut batch = None;
+    for (name, dtype, dims) in &m.inputs {
+        let k = given
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| ProtocolError::bad(format!("input '{name}' is missing")))?;
+        let (_, t) = given.swap_remove(k);
+        if t.dtype() != *dtype {
+            return Err(ProtocolError::bad(format!(
+                "input '{name}' is {}, the model takes {}",
+                v2::datatype_name(t.dtype()),
+                v2::datatype_name(*dtype)
+            )));
+        }
+        if !repo::spec_matches(dims, t.shape()) {
+            return Err(ProtocolError::bad(format!(
+                "input '{name}' has shape {:?}, the model takes {:?} (-1 = any)",
+                t.shape(),
+                dims
+            )));
+        }
+        let b = t.shape().first().copied();
+        if batch.is_some() && batch != b {
+            return Err(ProtocolError::bad(
+                "inputs disagree on the batch size (first dimension)",
+            ));
+        }
+        if b == Some(0) {
+            return Err(ProtocolError::bad(format!(
+                "input '{name}' has an empty batch"
+            )));
+        }
+        batch = b;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+async fn repository_index(State(s): State<Arc<AppState>>) -> Response {
+    let idx = s.repo().index();
+    Json(idx).into_response()
+}
+
+async fn repository_load(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    if !repo::valid_name(&name) {
+        return error(400, format!("'{name}' is not a model name"));
+    }
+    let (dir, checker) = s.repo().source();
+    let n = name.clone();
+    let prepared =
+        tokio::task::spawn_blocking(move || repo::prepare(&dir, checker.as_deref(), &n)).await;
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return error(500, e.to_string()),
+    };
+    let r = s
+        .repo
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .install(&name, prepared);
+    match r {
+        Ok(()) => Json(json!({ "name": name, "loaded": true })).into_response(),
+        Err(repo::RepoError::NotFound(n)) => {
+            error(404, format!("model '{n}' is not in the repository"))
+        }
+        Err(e) => error(400, e.to_string()),
+    }
+}
+
+async fn repository_unload(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    let removed = s
+        .repo
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .loaded
+        .remove(&name);
+    match removed {
+        Some(v) => {
+            // Dropping a batcher joins its worker after the queue drains: not on the runtime.
+            let _ = tokio::task::spawn_blocking(move || drop(v)).await;
+            Json(json!({ "name": name, "unloaded": true })).into_response()
+        }
+        None => error(404, format!("model '{name}' is not loaded")),
+    }
+}

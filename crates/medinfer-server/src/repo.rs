@@ -1,0 +1,437 @@
+//! The model repository: `DIR/{name}/{version}/model.onnx`, with an optional
+//! `DIR/{name}/config.json` (engine, precision, batching). Every model is checked in a child
+//! process before the server loads it, because a hostile or corrupt graph can crash a native
+//! engine (OpenVINO has segfaulted on a bad QDQ graph): the child dies, the server does not.
+
+use crate::batcher::{BatchSettings, Batcher, Loader};
+use medinfer_engine::{load_on, BackendKind, Mode, Precision, SessionOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `DIR/{name}/config.json`. Every field is optional.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelRepoConfig {
+    /// Engine: tract, ort, openvino or auto (the fastest available).
+    pub backend: String,
+    /// fp32 or bf16.
+    pub precision: String,
+    /// Threads per inference (default: every usable core).
+    pub threads: Option<usize>,
+    /// Most batch items run together by dynamic batching (1 = off).
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its batch, in microseconds.
+    pub max_queue_delay_us: u64,
+    /// Requests that may wait at once; more get 429.
+    pub max_queue: usize,
+    /// Full input shapes for dimensions other than the batch that the model leaves dynamic,
+    /// used by the load check (requests may still come at other sizes).
+    pub input_shapes: HashMap<String, Vec<usize>>,
+}
+
+impl Default for ModelRepoConfig {
+    fn default() -> Self {
+        ModelRepoConfig {
+            backend: "auto".into(),
+            precision: "fp32".into(),
+            threads: None,
+            max_batch: 8,
+            max_queue_delay_us: 2000,
+            max_queue: 64,
+            input_shapes: HashMap::new(),
+        }
+    }
+}
+
+/// State of one model version in the repository index.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ModelState {
+    /// Loaded and serving.
+    Ready,
+    /// Present on disk, not loaded.
+    Unavailable,
+}
+
+/// A loaded model version.
+pub struct LoadedModel {
+    /// Name.
+    pub name: String,
+    /// Version (a folder name).
+    pub version: String,
+    /// Engine.
+    pub backend: BackendKind,
+    /// Inputs as the model declares them (-1 = dynamic).
+    pub inputs: Vec<(String, medinfer_core::DType, Vec<i64>)>,
+    /// Outputs as the model declares them (-1 = dynamic or unknown).
+    pub outputs: Vec<(String, medinfer_core::DType, Vec<i64>)>,
+    /// The queue and worker.
+    pub batcher: Batcher,
+    /// The config it was loaded with.
+    pub config: ModelRepoConfig,
+}
+
+/// One row of the repository index.
+#[derive(Clone, Debug, Serialize)]
+pub struct IndexEntry {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// READY or UNAVAILABLE.
+    pub state: ModelState,
+    /// Why it is unavailable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Errors of repository operations.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// No such model in the repository folder.
+    #[error("model '{0}' is not in the repository")]
+    NotFound(String),
+    /// The model could not be loaded.
+    #[error("model '{name}' could not be loaded: {reason}")]
+    Load {
+        /// Model name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The repository folder and what is loaded from it.
+pub struct Repository {
+    dir: PathBuf,
+    /// An executable that checks a model in a child process (`medinfer`), or none (tests of
+    /// the library without the binary; models are then loaded unchecked).
+    checker: Option<PathBuf>,
+    /// Loaded models by name, then version.
+    pub loaded: BTreeMap<String, BTreeMap<String, Arc<LoadedModel>>>,
+    /// Why models failed to load, by name.
+    pub failures: BTreeMap<String, String>,
+}
+
+fn version_key(v: &str) -> (u64, String) {
+    (v.parse::<u64>().unwrap_or(0), v.to_string())
+}
+
+impl Repository {
+    /// Opens a repository folder (nothing loaded yet).
+    pub fn new(dir: PathBuf, checker: Option<PathBuf>) -> Repository {
+        Repository {
+            dir,
+            checker,
+            loaded: BTreeMap::new(),
+            failures: BTreeMap::new(),
+        }
+    }
+
+    /// Model names in the folder (sub-folders holding at least one `VERSION/model.onnx`).
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !self.versions(n).is_empty())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Versions of a model on disk, oldest first (numeric order where numeric).
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        if !valid_name(name) {
+            return vec![];
+        }
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join(name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("model.onnx").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_name(n))
+            .collect();
+        v.sort_by_key(|a| version_key(a));
+        v
+    }
+
+    /// The index: every model version on disk with its state.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let mut out = Vec::new();
+        for name in self.names() {
+            for version in self.versions(&name) {
+                let ready = self
+                    .loaded
+                    .get(&name)
+                    .is_some_and(|m| m.contains_key(&version));
+                out.push(IndexEntry {
+                    reason: if ready {
+                        String::new()
+                    } else {
+                        self.failures.get(&name).cloned().unwrap_or_default()
+                    },
+                    name: name.clone(),
+                    version,
+                    state: if ready {
+                        ModelState::Ready
+                    } else {
+                        ModelState::Unavailable
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    /// Loads every model in the folder; failures are recorded, not fatal.
+    pub fn load_all(&mut self) {
+        for name in self.names() {
+            let r = prepare(&self.dir, self.checker.as_deref(), &name);
+            if let Err(e) = self.install(&name, r) {
+                eprintln!("warning: {e}");
+            }
+        }
+    }
+
+    /// The folder and checker, for [`prepare`] outside a lock.
+    pub fn source(&self) -> (PathBuf, Option<PathBuf>) {
+        (self.dir.clone(), self.checker.clone())
+    }
+
+    /// Installs the result of [`prepare`]: the versions replace any loaded ones, or the
+    /// failure is recorded (a model that was serving keeps serving its old versions).
+    pub fn install(
+        &mut self,
+        name: &str,
+        prepared: Result<Versions, RepoError>,
+    ) -> Result<(), RepoError> {
+        match prepared {
+            Ok(v) => {
+                self.failures.remove(name);
+                self.loaded.insert(name.to_string(), v);
+                Ok(())
+            }
+            Err(e) => {
+                if let RepoError::Load { reason, .. } = &e {
+                    self.failures.insert(name.to_string(), reason.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Unloads a model (queued requests finish first).
+    pub fn unload(&mut self, name: &str) -> Result<(), RepoError> {
+        self.loaded
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| RepoError::NotFound(name.to_string()))
+    }
+
+    /// A loaded model: the version asked for, or the newest.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Option<Arc<LoadedModel>> {
+        let versions = self.loaded.get(name)?;
+        match version {
+            Some(v) => versions.get(v).cloned(),
+            None => versions
+                .iter()
+                .max_by_key(|(v, _)| version_key(v))
+                .map(|(_, m)| m.clone()),
+        }
+    }
+}
+
+/// Loaded versions of one model, by version.
+pub type Versions = BTreeMap<String, Arc<LoadedModel>>;
+
+/// Loads every version of one model (the slow part: engine compilation and the child check),
+/// without touching the repository, so the server keeps serving meanwhile.
+pub fn prepare(dir: &Path, checker: Option<&Path>, name: &str) -> Result<Versions, RepoError> {
+    let repo = Repository::new(dir.to_path_buf(), None);
+    let versions = repo.versions(name);
+    if versions.is_empty() {
+        return Err(RepoError::NotFound(name.to_string()));
+    }
+    let fail = |reason: String| RepoError::Load {
+        name: name.to_string(),
+        reason,
+    };
+    let config = read_config(&dir.join(name).join("config.json")).map_err(fail)?;
+    let mut loaded = BTreeMap::new();
+    for version in versions {
+        let path = dir.join(name).join(&version).join("model.onnx");
+        let m = load_version(name, &version, &path, &config, checker)
+            .map_err(|r| fail(format!("version {version}: {r}")))?;
+        loaded.insert(version, Arc::new(m));
+    }
+    Ok(loaded)
+}
+
+/// Names and versions are single path components of letters, digits, `-`, `_` and `.`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn read_config(path: &Path) -> Result<ModelRepoConfig, String> {
+    if !path.exists() {
+        return Ok(ModelRepoConfig::default());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let c: ModelRepoConfig =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if c.max_batch == 0 || c.max_queue == 0 {
+        return Err(format!(
+            "{}: max_batch and max_queue must be at least 1",
+            path.display()
+        ));
+    }
+    Ok(c)
+}
+
+fn dims_of(shape: &[medinfer_onnx::Dim]) -> Vec<i64> {
+    shape
+        .iter()
+        .map(|d| match d {
+            medinfer_onnx::Dim::Fixed(n) => *n as i64,
+            medinfer_onnx::Dim::Dynamic(_) => -1,
+        })
+        .collect()
+}
+
+/// Checks a model in a child process: `CHECKER bench MODEL --backend B --runs 1` loads it on
+/// the engine and runs one inference on seeded inputs. A crash or error there is reported here.
+fn check_in_child(
+    checker: &Path,
+    model: &Path,
+    backend: BackendKind,
+    config: &ModelRepoConfig,
+) -> Result<(), String> {
+    let mut cmd = std::process::Command::new(checker);
+    cmd.args(["bench"])
+        .arg(model)
+        .args([
+            "--backend",
+            backend.name(),
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::null());
+    for (name, dims) in &config.input_shapes {
+        let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+        cmd.arg("--input-shape")
+            .arg(format!("{name}={}", d.join("x")));
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not start the model check: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim_start_matches("error: ")
+        .to_string();
+    Err(match out.status.code() {
+        Some(_) => format!("the load check failed: {last}"),
+        None => {
+            "the engine crashed while loading it in the check process (a corrupt or hostile model)"
+                .into()
+        }
+    })
+}
+
+fn load_version(
+    name: &str,
+    version: &str,
+    path: &Path,
+    config: &ModelRepoConfig,
+    checker: Option<&Path>,
+) -> Result<LoadedModel, String> {
+    let backend = if config.backend.eq_ignore_ascii_case("auto") {
+        medinfer_engine::resolve_backend("auto").map_err(|e| e.to_string())?
+    } else {
+        BackendKind::parse(&config.backend)
+            .ok_or_else(|| format!("unknown backend '{}'", config.backend))?
+    };
+    let precision = Precision::parse(&config.precision)
+        .ok_or_else(|| format!("unknown precision '{}'", config.precision))?;
+    // Parse and validate the ONNX file here (pure Rust, cannot crash the process), then let
+    // the child try the native engine.
+    let model = medinfer_onnx::load_model(path).map_err(|e| e.to_string())?;
+    let info = medinfer_onnx::analyze(&model, None);
+    drop(model);
+    if let Some(c) = checker {
+        check_in_child(c, path, backend, config)?;
+    }
+    let conv = |v: &medinfer_onnx::ValueInfo| {
+        medinfer_core::DType::parse(&v.dtype)
+            .map(|t| (v.name.clone(), t, dims_of(&v.shape)))
+            .ok_or_else(|| format!("{} has element type {}, not served", v.name, v.dtype))
+    };
+    let inputs = info
+        .inputs
+        .iter()
+        .map(conv)
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = info
+        .outputs
+        .iter()
+        .map(conv)
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = inputs.iter().map(|(n, _, _)| n.clone()).collect();
+    let file = path.to_path_buf();
+    let threads = config.threads;
+    let loader: Loader = Box::new(move |shapes: &[Vec<usize>]| {
+        let opts = SessionOptions {
+            precision,
+            mode: Mode::Latency,
+            threads,
+            batch: shapes.first().and_then(|s| s.first().copied()),
+            input_shapes: names.iter().cloned().zip(shapes.iter().cloned()).collect(),
+            ..Default::default()
+        };
+        load_on(backend, &file, &opts)
+    });
+    let settings = BatchSettings {
+        max_batch: config.max_batch,
+        max_delay: Duration::from_micros(config.max_queue_delay_us),
+        max_queue: config.max_queue,
+    };
+    Ok(LoadedModel {
+        name: name.to_string(),
+        version: version.to_string(),
+        backend,
+        inputs,
+        outputs,
+        batcher: Batcher::start(name, loader, settings),
+        config: config.clone(),
+    })
+}
+
+/// The engine-facing spec of a loaded model's inputs for one request (unused dims resolved).
+pub fn spec_matches(declared: &[i64], given: &[usize]) -> bool {
+    declared.len() == given.len()
+        && declared
+            .iter()
+            .zip(given)
+            .all(|(d, g)| *d < 0 || *d as usize == *g)
+}
