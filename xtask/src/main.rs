@@ -6,6 +6,8 @@
 //!   silently shrinking the suite.
 //!   Then the DICOM corpus check (`benchmarks/dicom_corpus/coverage.py --strict`) against
 //!   pydicom in its own venv (`~/.cache/medinfer/venv-dicom`, pinned PyPI packages).
+//!   Then `medinfer serve` against Triton's own Python HTTP client (`tests/clients/`,
+//!   `~/.cache/medinfer/venv-clients`, pinned tritonclient + onnxruntime as the reference).
 //! - `lint`: formatting and clippy only.
 //! - `corpus`: the DICOM corpus check alone (on an existing `target/release/medinfer`).
 
@@ -71,7 +73,57 @@ fn test() -> Result<(), String> {
             .env("MEDINFER_REQUIRE_BACKENDS", "ort,openvino")
             .env("RUST_BACKTRACE", "1"),
     )?;
-    dicom_corpus()
+    dicom_corpus()?;
+    server_clients()
+}
+
+/// Python packages of the server client check, pinned.
+const CLIENT_PACKAGES: &[&str] = &[
+    "numpy==2.4.6",
+    "tritonclient[http]==2.73.0",
+    "onnxruntime==1.31.1",
+];
+
+/// A venv under ~/.cache/medinfer with `packages` installed (re-made when the list changes);
+/// returns its python.
+fn venv(name: &str, packages: &[&str]) -> Result<std::path::PathBuf, String> {
+    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
+    let venv = std::path::Path::new(&home).join(".cache/medinfer").join(name);
+    let python = venv.join("bin/python");
+    let stamp = venv.join("medinfer-packages.txt");
+    let want = packages.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+        step(
+            &format!("{name}: venv"),
+            Command::new("python3").args(["-m", "venv", "--clear", &venv.display().to_string()]),
+        )?;
+        step(
+            &format!("{name}: packages (PyPI)"),
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(packages),
+        )?;
+        std::fs::write(&stamp, &want).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    Ok(python)
+}
+
+/// `medinfer serve` driven by Triton's Python HTTP client, unchanged.
+fn server_clients() -> Result<(), String> {
+    let python = venv("venv-clients", CLIENT_PACKAGES)?;
+    step(
+        "server vs tritonclient.http",
+        Command::new(python).args([
+            "tests/clients/triton_http_check.py",
+            "target/release/medinfer",
+        ]),
+    )
 }
 
 /// The reference Python packages of the DICOM corpus check, pinned (the versions the committed
@@ -94,30 +146,7 @@ const CORPUS_PACKAGES: &[&str] = &[
 /// against pydicom + pylibjpeg + pyjpegls in their own venv: any wrong value, lost frame or
 /// colour, panic text, or refusal of a file pydicom decodes fails the suite.
 fn dicom_corpus() -> Result<(), String> {
-    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
-    let venv = std::path::Path::new(&home).join(".cache/medinfer/venv-dicom");
-    let python = venv.join("bin/python");
-    let stamp = venv.join("medinfer-packages.txt");
-    let want = CORPUS_PACKAGES.join("\n");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
-        step(
-            "DICOM corpus venv",
-            Command::new("python3").args(["-m", "venv", "--clear", &venv.display().to_string()]),
-        )?;
-        step(
-            "DICOM corpus packages (PyPI)",
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(CORPUS_PACKAGES),
-        )?;
-        std::fs::write(&stamp, &want).map_err(|e| format!("{}: {e}", stamp.display()))?;
-    }
+    let python = venv("venv-dicom", CORPUS_PACKAGES)?;
     let mut cov = Command::new(&python);
     cov.args([
         "benchmarks/dicom_corpus/coverage.py",
@@ -156,8 +185,9 @@ fn main() -> ExitCode {
         "test" => test(),
         "lint" => lint(),
         "corpus" => dicom_corpus(),
+        "clients" => server_clients(),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint|corpus>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)");
+            eprintln!("usage: cargo xtask <test|lint|corpus|clients>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)\n  clients  medinfer serve against tritonclient alone (needs target/release/medinfer)");
             return ExitCode::from(2);
         }
     };
