@@ -8,6 +8,7 @@
 //!   pydicom in its own venv (`~/.cache/medinfer/venv-dicom`, pinned PyPI packages).
 //!   Then `medinfer serve` against Triton's own Python HTTP client (`tests/clients/`,
 //!   `~/.cache/medinfer/venv-clients`, pinned tritonclient + onnxruntime as the reference).
+//!   Then the deployment manifests (`deploy/validate.py`: Kubernetes schemas, KServe fields).
 //! - `lint`: formatting and clippy only.
 //! - `corpus`: the DICOM corpus check alone (on an existing `target/release/medinfer`).
 
@@ -74,7 +75,20 @@ fn test() -> Result<(), String> {
             .env("RUST_BACKTRACE", "1"),
     )?;
     dicom_corpus()?;
-    server_clients()
+    server_clients()?;
+    deploy_manifests()
+}
+
+/// The Kubernetes / KServe manifests against the Kubernetes schemas (no cluster needed).
+fn deploy_manifests() -> Result<(), String> {
+    let python = venv(
+        "venv-deploy",
+        &["kubernetes-validate==1.37.0", "PyYAML==6.0.4"],
+    )?;
+    step(
+        "deploy manifests",
+        Command::new(python).arg("deploy/validate.py"),
+    )
 }
 
 /// Python packages of the server client check, pinned.
@@ -88,7 +102,9 @@ const CLIENT_PACKAGES: &[&str] = &[
 /// returns its python.
 fn venv(name: &str, packages: &[&str]) -> Result<std::path::PathBuf, String> {
     let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
-    let venv = std::path::Path::new(&home).join(".cache/medinfer").join(name);
+    let venv = std::path::Path::new(&home)
+        .join(".cache/medinfer")
+        .join(name);
     let python = venv.join("bin/python");
     let stamp = venv.join("medinfer-packages.txt");
     let want = packages.join("\n");
@@ -186,8 +202,9 @@ fn main() -> ExitCode {
         "lint" => lint(),
         "corpus" => dicom_corpus(),
         "clients" => server_clients(),
+        "deploy" => deploy_manifests(),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint|corpus|clients>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)\n  clients  medinfer serve against tritonclient alone (needs target/release/medinfer)");
+            eprintln!("usage: cargo xtask <test|lint|corpus|clients|deploy>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)\n  clients  medinfer serve against tritonclient alone (needs target/release/medinfer)\n  deploy  validate deploy/ manifests");
             return ExitCode::from(2);
         }
     };

@@ -397,7 +397,13 @@ fn dynamic_batching_merges_concurrent_requests_and_a_full_queue_gets_429() {
 }
 
 /// A bad request: what it is, body, extra headers, expected status, text the answer names.
-type Case = (&'static str, Vec<u8>, Vec<(&'static str, String)>, u16, &'static str);
+type Case = (
+    &'static str,
+    Vec<u8>,
+    Vec<(&'static str, String)>,
+    u16,
+    &'static str,
+);
 
 #[test]
 fn bad_requests_get_clear_4xx_and_the_server_stays_up() {
