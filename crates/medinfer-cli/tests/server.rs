@@ -574,3 +574,100 @@ fn bad_requests_get_clear_4xx_and_the_server_stays_up() {
         400
     );
 }
+
+#[test]
+fn cxr_pipeline_endpoint_gives_the_command_line_scores() {
+    let d = tempfile::tempdir().unwrap();
+    let mdir = d.path().join("chest").join("1");
+    std::fs::create_dir_all(&mdir).unwrap();
+    let model = mdir.join("model.onnx");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_medinfer"))
+        .args([
+            "zoo",
+            "build",
+            "densenet121-cxr",
+            "-o",
+            model.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::write(
+        d.path().join("chest").join("config.json"),
+        json!({"backend": "tract", "pipeline": "cxr"}).to_string(),
+    )
+    .unwrap();
+    repo_with(d.path(), "cls", json!({ "backend": "tract" }));
+    let srv = start(d.path(), ServerConfig::default());
+    let a = srv.addr;
+    let images = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../medinfer-pipelines/tests/fixtures/xrv/images");
+    for name in ["cr_u16_640x520.png", "chelsea_rgb_300x451.png"] {
+        let png = images.join(name);
+        let r = http(
+            a,
+            "POST",
+            "/v1/pipelines/cxr/chest",
+            &[("Content-Type", "image/png".into())],
+            &std::fs::read(&png).unwrap(),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let got = r.json();
+        // The same file through `medinfer run cxr --json` with the same model.
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_medinfer"))
+            .args([
+                "run",
+                "cxr",
+                "--model",
+                model.to_str().unwrap(),
+                "-b",
+                "tract",
+                "--json",
+            ])
+            .arg(&png)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap()
+            .to_string();
+        let want: Value = serde_json::from_str(&line).unwrap();
+        let (g, w) = (
+            got["scores"].as_object().unwrap(),
+            want["scores"].as_object().unwrap(),
+        );
+        assert_eq!(g.len(), 18);
+        assert_eq!(g.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>());
+        for (k, v) in w {
+            let (x, y) = (g[k].as_f64().unwrap(), v.as_f64().unwrap());
+            assert!(
+                (x - y).abs() < 1e-5,
+                "{name} {k}: served {x}, command line {y}"
+            );
+        }
+    }
+    // Not an image; a model without the pipeline; an empty body.
+    let r = http(
+        a,
+        "POST",
+        "/v1/pipelines/cxr/chest",
+        &[],
+        b"not an image at all",
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!String::from_utf8_lossy(&r.body).contains("medinfer-serve-"));
+    assert_eq!(
+        http(a, "POST", "/v1/pipelines/cxr/cls", &[], b"x").status,
+        400
+    );
+    assert_eq!(
+        http(a, "POST", "/v1/pipelines/cxr/chest", &[], b"").status,
+        400
+    );
+    assert_eq!(
+        http(a, "POST", "/v1/pipelines/cxr/none", &[], b"x").status,
+        404
+    );
+}

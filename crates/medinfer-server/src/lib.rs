@@ -112,6 +112,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .route("/v2/models/{name}/stats", get(model_stats))
+        .route("/v1/pipelines/cxr/{name}", post(pipeline_cxr))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{name}/load", post(repository_load))
         .route(
@@ -492,3 +493,96 @@ async fn repository_unload(State(s): State<Arc<AppState>>, Path(name): Path<Stri
         None => error(404, format!("model '{name}' is not loaded")),
     }
 }
+
+/// `POST /v1/pipelines/cxr/{model}`: a radiograph (PNG 8 / 16-bit, JPEG or DICOM) as the body;
+/// the answer is the same JSON record as `medinfer run cxr --json` gives for a file (scores by
+/// label, TorchXRayVision-exact preprocessing), computed through the model's batcher, so
+/// pipeline requests and tensor requests share its batches.
+async fn pipeline_cxr(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let m = match find(&s, &name, None) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let Some(cxr) = m.cxr.clone() else {
+        return error(
+            400,
+            format!("model '{name}' does not serve the cxr pipeline (config.json: \"pipeline\": \"cxr\")"),
+        );
+    };
+    if body.is_empty() {
+        return error(400, "the body must be the radiograph's file");
+    }
+    let prep = cxr.prep;
+    let pre = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
+        // The readers take a path (they recognise the format by content).
+        let dir = std::env::temp_dir().join(format!(
+            "medinfer-serve-{}-{}",
+            std::process::id(),
+            NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let file = dir.join("upload");
+        let r = std::fs::write(&file, &body)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                medinfer_pipelines::cxr::preprocess_file_with(&file, prep).map_err(|e| {
+                    e.to_string()
+                        .replace(&file.display().to_string(), "the uploaded file")
+                })
+            });
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    })
+    .await;
+    let x = match pre {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return error(400, e),
+        Err(e) => return error(500, e.to_string()),
+    };
+    let [rows, cols] = prep.size;
+    let t = match medinfer_core::Tensor::from_f32(vec![1, 1, rows, cols], x) {
+        Ok(t) => t,
+        Err(e) => return error(500, e.to_string()),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    match m.batcher.submit(Job {
+        inputs: vec![t],
+        reply: tx,
+        queued: Instant::now(),
+    }) {
+        Ok(()) => {}
+        Err(Rejected::QueueFull) => {
+            let mut r = error(429, format!("model '{name}' is busy; retry later"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+        Err(Rejected::Stopped) => return error(503, format!("model '{name}' is being unloaded")),
+    }
+    let logits = match tokio::time::timeout(s.config.request_timeout, rx).await {
+        Ok(Ok(Ok(o))) => o,
+        Ok(Ok(Err(e))) => return error(500, e.to_string()),
+        Ok(Err(_)) => return error(500, "the model's worker stopped"),
+        Err(_) => return error(503, "no result in time"),
+    };
+    let Some(Ok(z)) = logits.first().map(|t| t.as_f32()) else {
+        return error(500, "the model gave no float output");
+    };
+    let record = medinfer_pipelines::cxr::CxrRecord {
+        file: "upload".into(),
+        scores: Ok(medinfer_pipelines::cxr::scores(
+            z,
+            cxr.thresholds.as_deref(),
+        )),
+    };
+    let mut v = record.to_json(&cxr.labels, "");
+    v["model"] = json!(m.name);
+    v["model_version"] = json!(m.version);
+    Json(v).into_response()
+}
+
+static NEXT_UPLOAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -30,6 +30,21 @@ pub struct ModelRepoConfig {
     /// Full input shapes for dimensions other than the batch that the model leaves dynamic,
     /// used by the load check (requests may still come at other sizes).
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// A clinical pipeline this model also serves under `/v1/pipelines/{pipeline}/{name}`
+    /// (`cxr` so far). Its size, normalisation, labels and thresholds come from the model's own
+    /// config (`model.json` beside `model.onnx`), else the pipeline's built-in one.
+    pub pipeline: Option<String>,
+}
+
+/// What a model needs to serve the chest X-ray pipeline: the preprocessing and the labels.
+#[derive(Clone, Debug)]
+pub struct CxrServing {
+    /// Preprocessing (size, normalisation, TorchXRayVision-exact resize).
+    pub prep: medinfer_pipelines::cxr::CxrPrep,
+    /// Label names by output index.
+    pub labels: Vec<String>,
+    /// Operating thresholds, when the config gives them.
+    pub thresholds: Option<Vec<f32>>,
 }
 
 impl Default for ModelRepoConfig {
@@ -42,6 +57,7 @@ impl Default for ModelRepoConfig {
             max_queue_delay_us: 2000,
             max_queue: 64,
             input_shapes: HashMap::new(),
+            pipeline: None,
         }
     }
 }
@@ -72,6 +88,8 @@ pub struct LoadedModel {
     pub batcher: Batcher,
     /// The config it was loaded with.
     pub config: ModelRepoConfig,
+    /// Set when the model serves the chest X-ray pipeline.
+    pub cxr: Option<CxrServing>,
 }
 
 /// One row of the repository index.
@@ -397,6 +415,37 @@ fn load_version(
         .iter()
         .map(conv)
         .collect::<Result<Vec<_>, _>>()?;
+    let cxr = match config.pipeline.as_deref() {
+        None => None,
+        Some("cxr") => {
+            let spec = medinfer_pipelines::config::ModelConfig::for_model(
+                medinfer_pipelines::Pipeline::Cxr,
+                path,
+                None,
+            )
+            .and_then(|c| c.resolve(path, 1))
+            .map_err(|e| e.to_string())?;
+            if spec.channels != 1 {
+                return Err(format!(
+                    "the cxr pipeline feeds one channel; the model takes {}",
+                    spec.channels
+                ));
+            }
+            Some(CxrServing {
+                prep: medinfer_pipelines::cxr::CxrPrep::of(
+                    &spec,
+                    medinfer_pipelines::cxr::Resize::Xrv,
+                ),
+                thresholds: spec.thresholds_f32(),
+                labels: spec.labels,
+            })
+        }
+        Some(other) => {
+            return Err(format!(
+                "pipeline '{other}' is not served yet (the server serves cxr)"
+            ))
+        }
+    };
     let names: Vec<String> = inputs.iter().map(|(n, _, _)| n.clone()).collect();
     let file = path.to_path_buf();
     let threads = config.threads;
@@ -424,6 +473,7 @@ fn load_version(
         outputs,
         batcher: Batcher::start(name, loader, settings),
         config: config.clone(),
+        cxr,
     })
 }
 

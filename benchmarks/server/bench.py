@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""HTTP serving throughput: `medinfer serve` against `medinfer bench` (the engine alone) and
+against a FastAPI + onnxruntime server (python_server.py), same model, same machine, one run.
+
+Load from oha (crates.io), fixed duration and concurrency, the same request body for both
+servers (binary tensors, the v2 binary extension; and JSON tensors). Then an overload run:
+medinfer with a small queue at high concurrency for a fixed time, counting 200 / 429 / 5xx and
+the server's peak RSS, and checking that the queue drains afterwards.
+
+Usage: benchmarks/server/run.sh [--model resnet18-ct] [--seconds 20] [--concurrency 8]
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, proc, timeout=120):
+    t = time.time()
+    while time.time() - t < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode})")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:  # noqa: BLE001
+            time.sleep(0.3)
+    raise SystemExit("server not ready")
+
+
+def oha(oha_bin, url, body, headers, seconds, conc):
+    cmd = [oha_bin, "-z", f"{seconds}s", "-c", str(conc), "--no-tui", "--output-format", "json",
+           "-m", "POST", "-D", body, url]
+    for h in headers:
+        cmd += ["-H", h]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    j = json.loads(r.stdout)
+    codes = j.get("statusCodeDistribution", {})
+    lat = j.get("latencyPercentiles", {})
+    return {"rps": j["summary"]["requestsPerSec"], "p50_ms": lat.get("p50", 0) * 1e3,
+            "p99_ms": lat.get("p99", 0) * 1e3, "codes": codes,
+            "errors": j.get("errorDistribution", {})}
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--medinfer", default="target/release/medinfer")
+    ap.add_argument("--oha", default="oha")
+    ap.add_argument("--model", default="resnet18-ct")
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    import numpy as np
+
+    mi = os.path.abspath(a.medinfer)
+    work = tempfile.mkdtemp(prefix="medinfer-serve-bench-")
+    mdir = os.path.join(work, "repo", "m", "1")
+    os.makedirs(mdir)
+    model = os.path.join(mdir, "model.onnx")
+    subprocess.run([mi, "zoo", "build", a.model, "-o", model], check=True, capture_output=True)
+    info = json.loads(subprocess.run([mi, "info", model, "--json"], check=True, capture_output=True,
+                                     text=True).stdout)
+    inp = info["inputs"][0]
+    shape = [1] + [d if isinstance(d, int) else 1 for d in inp["shape"][1:]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    head = json.dumps({"inputs": [{"name": inp["name"], "shape": shape, "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    binbody = os.path.join(work, "bin.body")
+    with open(binbody, "wb") as f:
+        f.write(head + x.tobytes())
+    jsonbody = os.path.join(work, "json.body")
+    with open(jsonbody, "w") as f:
+        json.dump({"inputs": [{"name": inp["name"], "shape": shape, "datatype": "FP32",
+                               "data": x.ravel().tolist()}]}, f)
+    binh = [f"Inference-Header-Content-Length: {len(head)}", "Content-Type: application/octet-stream"]
+    jsonh = ["Content-Type: application/json"]
+    results = {"model": a.model, "cores": CORES, "seconds": a.seconds, "concurrency": a.concurrency}
+
+    # The engine alone, throughput mode on ONNX Runtime, batch 1 and the server's max batch.
+    for b in (1, a.max_batch):
+        r = subprocess.run([mi, "bench", model, "-b", "ort", "--mode", "throughput", "--batch", str(b),
+                            "--runs", "200", "--json"], check=True, capture_output=True, text=True)
+        results[f"bench_batch{b}_items_per_s"] = json.loads(r.stdout)[0]["throughput_per_s"]
+        print(f"medinfer bench ort throughput batch {b}: {results[f'bench_batch{b}_items_per_s']:.1f} items/s",
+              flush=True)
+
+    def run_server(cmd, port, label, extra):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(port, p)
+            url = f"http://127.0.0.1:{port}/v2/models/m/infer"
+            for kind, body, hdr in (("binary", binbody, binh), ("json", jsonbody, jsonh)):
+                oha(a.oha, url, body, hdr, 3, a.concurrency)  # warm-up
+                r = oha(a.oha, url, body, hdr, a.seconds, a.concurrency)
+                r["peak_rss_mb"] = rss_mb(p.pid)
+                results[f"{label}/{kind}"] = r
+                print(f"{label:9} {kind:6} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+                      f"p99 {r['p99_ms']:7.1f} ms  codes {r['codes']}  RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            extra(p, url)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+
+    cfg = {"backend": "ort", "max_batch": a.max_batch, "max_queue_delay_us": 2000, "max_queue": 64}
+    with open(os.path.join(work, "repo", "m", "config.json"), "w") as f:
+        json.dump(cfg, f)
+    port = free_port()
+    run_server([mi, "serve", "--models", os.path.join(work, "repo"), "--port", str(port)], port,
+               "medinfer", lambda p, u: None)
+
+    # Overload: a queue of 8 at 8x the concurrency for the same time.
+    def overload(p, url):
+        r = oha(a.oha, url, binbody, binh, a.seconds, a.concurrency * 8)
+        r["peak_rss_mb"] = rss_mb(p.pid)
+        time.sleep(1)
+        with urllib.request.urlopen(url.replace("/infer", "/stats")) as s:
+            st = json.load(s)["model_stats"][0]
+        r["queued_after"] = st["queued_now"]
+        results["medinfer/overload"] = r
+        print(f"overload  c={a.concurrency * 8}: {r['rps']:.1f} req/s answered, codes {r['codes']}, "
+              f"errors {r['errors']}, peak RSS {r['peak_rss_mb']:.0f} MB, queued afterwards {r['queued_after']}",
+              flush=True)
+
+    cfg["max_queue"] = 8
+    with open(os.path.join(work, "repo", "m", "config.json"), "w") as f:
+        json.dump(cfg, f)
+    port = free_port()
+    p = subprocess.Popen([mi, "serve", "--models", os.path.join(work, "repo"), "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(port, p)
+        overload(p, f"http://127.0.0.1:{port}/v2/models/m/infer")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+
+    port = free_port()
+    here = os.path.dirname(os.path.abspath(__file__))
+    run_server([sys.executable, os.path.join(here, "python_server.py"), model, "m", str(port)], port,
+               "fastapi", lambda p, u: None)
+
+    m, f = results["medinfer/binary"], results["fastapi/binary"]
+    print(f"\nmedinfer serve / medinfer bench (batch {a.max_batch}): "
+          f"{m['rps'] / results[f'bench_batch{a.max_batch}_items_per_s']:.2f}; "
+          f"/ bench batch 1: {m['rps'] / results['bench_batch1_items_per_s']:.2f}")
+    print(f"medinfer serve / FastAPI+onnxruntime: binary {m['rps'] / f['rps']:.2f}x "
+          f"(p99 {m['p99_ms']:.1f} vs {f['p99_ms']:.1f} ms), json "
+          f"{results['medinfer/json']['rps'] / results['fastapi/json']['rps']:.2f}x")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
