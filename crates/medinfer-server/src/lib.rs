@@ -84,8 +84,58 @@ fn error(status: u16, message: impl Into<String>) -> Response {
 }
 
 impl IntoResponse for ProtocolError {
+    /// `{"error": message}` with the status; a 429 also says when to retry.
     fn into_response(self) -> Response {
-        error(self.status, self.message)
+        let mut r = error(self.status, self.message);
+        if self.status == 429 {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// Queues `inputs` on the model's batcher and waits for its outputs (429 when the queue is
+/// full, 503 on timeout or unload, 400 for inputs the engine refuses, 500 otherwise).
+async fn submit_and_wait(
+    s: &AppState,
+    m: &repo::LoadedModel,
+    inputs: Vec<medinfer_core::Tensor>,
+) -> Result<Vec<medinfer_core::Tensor>, ProtocolError> {
+    let fail = |status: u16, message: String| ProtocolError { status, message };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = Job {
+        inputs,
+        reply: tx,
+        queued: Instant::now(),
+    };
+    match m.batcher.submit(job) {
+        Ok(()) => {}
+        Err(Rejected::QueueFull) => {
+            return Err(fail(
+                429,
+                format!(
+                    "model '{}' has {} requests waiting (its max_queue); retry later",
+                    m.name, m.config.max_queue
+                ),
+            ))
+        }
+        Err(Rejected::Stopped) => {
+            return Err(fail(503, format!("model '{}' is being unloaded", m.name)))
+        }
+    }
+    match tokio::time::timeout(s.config.request_timeout, rx).await {
+        Err(_) => Err(fail(
+            503,
+            format!(
+                "no result within {:.0} s (queue and inference)",
+                s.config.request_timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Err(_)) => Err(fail(500, "the model's worker stopped".into())),
+        Ok(Ok(Err(medinfer_engine::EngineError::BadInput(msg)))) => Err(fail(400, msg)),
+        Ok(Ok(Err(e))) => Err(fail(500, e.to_string())),
+        Ok(Ok(Ok(o))) => Ok(o),
     }
 }
 
@@ -328,42 +378,9 @@ async fn run_infer(
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job = Job {
-        inputs,
-        reply: tx,
-        queued: Instant::now(),
-    };
-    match m.batcher.submit(job) {
-        Ok(()) => {}
-        Err(Rejected::QueueFull) => {
-            let mut r = error(
-                429,
-                format!(
-                    "model '{name}' has {} requests waiting (its max_queue); retry later",
-                    m.config.max_queue
-                ),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
-        }
-        Err(Rejected::Stopped) => return error(503, format!("model '{name}' is being unloaded")),
-    }
-    let outs = match tokio::time::timeout(s.config.request_timeout, rx).await {
-        Err(_) => {
-            return error(
-                503,
-                format!(
-                    "no result within {:.0} s (queue and inference)",
-                    s.config.request_timeout.as_secs_f64()
-                ),
-            )
-        }
-        Ok(Err(_)) => return error(500, "the model's worker stopped"),
-        Ok(Ok(Err(medinfer_engine::EngineError::BadInput(msg)))) => return error(400, msg),
-        Ok(Ok(Err(e))) => return error(500, e.to_string()),
-        Ok(Ok(Ok(o))) => o,
+    let outs = match submit_and_wait(&s, &m, inputs).await {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
     };
     let named: Vec<(String, medinfer_core::Tensor)> = m
         .outputs
@@ -548,26 +565,9 @@ async fn pipeline_cxr(
         Ok(t) => t,
         Err(e) => return error(500, e.to_string()),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    match m.batcher.submit(Job {
-        inputs: vec![t],
-        reply: tx,
-        queued: Instant::now(),
-    }) {
-        Ok(()) => {}
-        Err(Rejected::QueueFull) => {
-            let mut r = error(429, format!("model '{name}' is busy; retry later"));
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
-        }
-        Err(Rejected::Stopped) => return error(503, format!("model '{name}' is being unloaded")),
-    }
-    let logits = match tokio::time::timeout(s.config.request_timeout, rx).await {
-        Ok(Ok(Ok(o))) => o,
-        Ok(Ok(Err(e))) => return error(500, e.to_string()),
-        Ok(Err(_)) => return error(500, "the model's worker stopped"),
-        Err(_) => return error(503, "no result in time"),
+    let logits = match submit_and_wait(&s, &m, vec![t]).await {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
     };
     let Some(Ok(z)) = logits.first().map(|t| t.as_f32()) else {
         return error(500, "the model gave no float output");
