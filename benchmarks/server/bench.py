@@ -72,7 +72,10 @@ def main():
     ap.add_argument("--model", default="resnet18-ct")
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=10, help="seconds of load before each measured run")
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--instances", type=int, default=1, help="medinfer engine instances per model")
+    ap.add_argument("--skip-python", action="store_true", help="medinfer only")
     ap.add_argument("--json")
     a = ap.parse_args()
     import numpy as np
@@ -116,7 +119,7 @@ def main():
             wait_ready(port, p)
             url = f"http://127.0.0.1:{port}/v2/models/m/infer"
             for kind, body, hdr in (("binary", binbody, binh), ("json", jsonbody, jsonh)):
-                oha(a.oha, url, body, hdr, 3, a.concurrency)  # warm-up
+                oha(a.oha, url, body, hdr, a.warmup, a.concurrency)  # warm-up (every batch size compiled once)
                 r = oha(a.oha, url, body, hdr, a.seconds, a.concurrency)
                 r["peak_rss_mb"] = rss_mb(p.pid)
                 results[f"{label}/{kind}"] = r
@@ -127,7 +130,9 @@ def main():
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=60)
 
-    cfg = {"backend": "ort", "max_batch": a.max_batch, "max_queue_delay_us": 2000, "max_queue": 64}
+    cfg = {"backend": "ort", "max_batch": a.max_batch, "max_queue_delay_us": 2000, "max_queue": 64,
+           "instances": a.instances}
+    results["medinfer_config"] = dict(cfg)
     with open(os.path.join(work, "repo", "m", "config.json"), "w") as f:
         json.dump(cfg, f)
     port = free_port()
@@ -160,6 +165,8 @@ def main():
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=60)
 
+    if a.skip_python:
+        return
     port = free_port()
     here = os.path.dirname(os.path.abspath(__file__))
     run_server([sys.executable, os.path.join(here, "python_server.py"), model, "m", str(port)], port,

@@ -12,7 +12,7 @@ use medinfer_engine::{EngineError, Session};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -25,6 +25,9 @@ pub struct BatchSettings {
     pub max_delay: Duration,
     /// Requests that may wait at once; more are refused.
     pub max_queue: usize,
+    /// Worker threads, each with its own sessions, taking batches from the one queue (Triton's
+    /// instance count; 1 = one batch in the engine at a time).
+    pub instances: usize,
 }
 
 /// One inference request: inputs in the model's input order, each with the batch axis first.
@@ -86,12 +89,12 @@ pub struct Stats {
 }
 
 /// Loads a session for the given full input shapes (batch included).
-pub type Loader = Box<dyn Fn(&[Vec<usize>]) -> Result<Session, EngineError> + Send>;
+pub type Loader = Arc<dyn Fn(&[Vec<usize>]) -> Result<Session, EngineError> + Send + Sync>;
 
 /// The handle on one model's queue and worker.
 pub struct Batcher {
     tx: Option<SyncSender<Job>>,
-    worker: Option<std::thread::JoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     /// Counters.
     pub stats: Arc<Stats>,
     /// Settings it runs with.
@@ -106,15 +109,20 @@ impl Batcher {
     /// are cached per shape set.
     pub fn start(name: &str, loader: Loader, settings: BatchSettings) -> Batcher {
         let (tx, rx) = sync_channel::<Job>(settings.max_queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(Stats::default());
-        let st = stats.clone();
-        let worker = std::thread::Builder::new()
-            .name(format!("batcher-{name}"))
-            .spawn(move || work(rx, loader, settings, st))
-            .expect("spawning a batcher thread");
+        let workers = (0..settings.instances.max(1))
+            .map(|i| {
+                let (rx, loader, st) = (rx.clone(), loader.clone(), stats.clone());
+                std::thread::Builder::new()
+                    .name(format!("batcher-{name}-{i}"))
+                    .spawn(move || work(rx, loader, settings, st))
+                    .expect("spawning a batcher thread")
+            })
+            .collect();
         Batcher {
             tx: Some(tx),
-            worker: Some(worker),
+            workers,
             stats,
             settings,
         }
@@ -144,18 +152,21 @@ impl Drop for Batcher {
     /// Closes the queue; the worker finishes what was queued, then exits.
     fn drop(&mut self) {
         self.tx.take();
-        if let Some(w) = self.worker.take() {
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
 }
 
-fn work(rx: Receiver<Job>, loader: Loader, s: BatchSettings, stats: Arc<Stats>) {
+/// One worker: gathers a batch while holding the queue (so instances never split one batch),
+/// then releases it and runs the batch on its own sessions.
+fn work(rx: Arc<Mutex<Receiver<Job>>>, loader: Loader, s: BatchSettings, stats: Arc<Stats>) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut sessions: HashMap<Vec<Vec<usize>>, Session> = HashMap::new();
     let mut order: VecDeque<Vec<Vec<usize>>> = VecDeque::new();
     let mut open = true;
     loop {
+        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
         let first = match pending.pop_front() {
             Some(j) => j,
             None if open => match rx.recv() {
@@ -196,6 +207,7 @@ fn work(rx: Receiver<Job>, loader: Loader, s: BatchSettings, stats: Arc<Stats>) 
                 Err(RecvTimeoutError::Disconnected) => open = false,
             }
         }
+        drop(rx);
         stats
             .queued_now
             .fetch_sub(group.len() as u64, Ordering::Relaxed);

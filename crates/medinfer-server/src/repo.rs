@@ -19,8 +19,12 @@ pub struct ModelRepoConfig {
     pub backend: String,
     /// fp32 or bf16.
     pub precision: String,
-    /// Threads per inference (default: every usable core).
+    /// Threads per inference (default: the usable cores divided among the instances).
     pub threads: Option<usize>,
+    /// Engine instances taking batches from the model's queue at once (Triton's instance
+    /// count): 2 on 2 cores runs two batches side by side at 1 thread each, as `medinfer bench
+    /// --mode throughput` does.
+    pub instances: usize,
     /// Most batch items run together by dynamic batching (1 = off).
     pub max_batch: usize,
     /// Longest a request waits for others to join its batch, in microseconds.
@@ -53,6 +57,7 @@ impl Default for ModelRepoConfig {
             backend: "auto".into(),
             precision: "fp32".into(),
             threads: None,
+            instances: 1,
             max_batch: 8,
             max_queue_delay_us: 2000,
             max_queue: 64,
@@ -309,9 +314,9 @@ fn read_config(path: &Path) -> Result<ModelRepoConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let c: ModelRepoConfig =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if c.max_batch == 0 || c.max_queue == 0 {
+    if c.max_batch == 0 || c.max_queue == 0 || c.instances == 0 {
         return Err(format!(
-            "{}: max_batch and max_queue must be at least 1",
+            "{}: max_batch, max_queue and instances must be at least 1",
             path.display()
         ));
     }
@@ -448,8 +453,10 @@ fn load_version(
     };
     let names: Vec<String> = inputs.iter().map(|(n, _, _)| n.clone()).collect();
     let file = path.to_path_buf();
-    let threads = config.threads;
-    let loader: Loader = Box::new(move |shapes: &[Vec<usize>]| {
+    let threads = config.threads.or_else(|| {
+        (config.instances > 1).then(|| (medinfer_core::usable_cores() / config.instances).max(1))
+    });
+    let loader: Loader = std::sync::Arc::new(move |shapes: &[Vec<usize>]| {
         let opts = SessionOptions {
             precision,
             mode: Mode::Latency,
@@ -464,6 +471,7 @@ fn load_version(
         max_batch: config.max_batch,
         max_delay: Duration::from_micros(config.max_queue_delay_us),
         max_queue: config.max_queue,
+        instances: config.instances,
     };
     Ok(LoadedModel {
         name: name.to_string(),
