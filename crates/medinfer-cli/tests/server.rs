@@ -240,7 +240,7 @@ fn v2_protocol_json_and_binary_tensors_match_the_engine() {
     let model = repo_with(
         d.path(),
         "cls",
-        json!({ "backend": "tract", "max_batch": 4 }),
+        json!({ "backend": "tract", "max_batch": 4, "instances": 2 }),
     );
     let srv = start(d.path(), ServerConfig::default());
     let a = srv.addr;
