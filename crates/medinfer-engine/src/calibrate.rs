@@ -70,18 +70,10 @@ impl<'a> ShapedSessions<'a> {
     const KEEP: usize = 4;
 
     fn new(model: &ModelProto, path: &'a std::path::Path, backend: BackendKind) -> Self {
-        let input = model.graph.as_ref().and_then(|g| {
-            let inits: HashSet<&str> = g
-                .initializer
-                .iter()
-                .filter_map(|t| t.name.as_deref())
-                .collect();
-            g.input
-                .iter()
-                .filter_map(|v| v.name.as_deref())
-                .find(|n| !inits.contains(n))
-                .map(str::to_string)
-        });
+        let input = model
+            .graph
+            .as_ref()
+            .and_then(|g| medinfer_onnx::data_inputs(g).find_map(|v| v.name.clone()));
         ShapedSessions {
             path,
             backend,

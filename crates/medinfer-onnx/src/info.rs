@@ -1,6 +1,7 @@
 use crate::model::{elem_type_name, encode_model, tensor_dims};
 use crate::proto::{
-    tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, ValueInfoProto,
+    tensor_shape_proto::dimension::Value as DimValue, type_proto, GraphProto, ModelProto,
+    ValueInfoProto,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -124,6 +125,20 @@ fn non_trainable_input(op: &str, idx: usize) -> bool {
     }
 }
 
+/// The graph inputs that are fed at run time: declared inputs that are not initializers (older
+/// exporters list every weight as an input too).
+pub fn data_inputs(graph: &GraphProto) -> impl Iterator<Item = &ValueInfoProto> {
+    let init_names: HashSet<&str> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    graph
+        .input
+        .iter()
+        .filter(move |v| !init_names.contains(v.name.as_deref().unwrap_or("")))
+}
+
 /// Analyses a model. `file_bytes` are the bytes it was loaded from (for size and sha256); when
 /// absent the model is encoded to compute them.
 pub fn analyze(model: &ModelProto, file_bytes: Option<&[u8]>) -> ModelInfo {
@@ -137,16 +152,11 @@ pub fn analyze(model: &ModelProto, file_bytes: Option<&[u8]>) -> ModelInfo {
     };
     let default_graph = Default::default();
     let graph = model.graph.as_ref().unwrap_or(&default_graph);
+    let inputs: Vec<ValueInfo> = data_inputs(graph).map(value_info).collect();
     let init_names: HashSet<&str> = graph
         .initializer
         .iter()
         .filter_map(|t| t.name.as_deref())
-        .collect();
-    let inputs: Vec<ValueInfo> = graph
-        .input
-        .iter()
-        .filter(|v| !init_names.contains(v.name.as_deref().unwrap_or("")))
-        .map(value_info)
         .collect();
     let outputs = graph.output.iter().map(value_info).collect();
 

@@ -499,8 +499,7 @@ async fn repository_unload(State(s): State<Arc<AppState>>, Path(name): Path<Stri
         .repo
         .write()
         .unwrap_or_else(|p| p.into_inner())
-        .loaded
-        .remove(&name);
+        .unload(&name);
     match removed {
         Some(v) => {
             // Dropping a batcher joins its worker after the queue drains: not on the runtime.

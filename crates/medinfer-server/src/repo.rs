@@ -170,19 +170,7 @@ impl Repository {
 
     /// Versions of a model on disk, oldest first (numeric order where numeric).
     pub fn versions(&self, name: &str) -> Vec<String> {
-        if !valid_name(name) {
-            return vec![];
-        }
-        let mut v: Vec<String> = std::fs::read_dir(self.dir.join(name))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().join("model.onnx").is_file())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| valid_name(n))
-            .collect();
-        v.sort_by_key(|a| version_key(a));
-        v
+        versions_in(&self.dir, name)
     }
 
     /// The index: every model version on disk with its state.
@@ -250,12 +238,11 @@ impl Repository {
         }
     }
 
-    /// Unloads a model (queued requests finish first).
-    pub fn unload(&mut self, name: &str) -> Result<(), RepoError> {
-        self.loaded
-            .remove(name)
-            .map(|_| ())
-            .ok_or_else(|| RepoError::NotFound(name.to_string()))
+    /// Takes a model out of service and hands its versions back: dropping them closes their
+    /// queues and joins their workers once queued requests have run, which can take a while,
+    /// so the caller drops them outside any lock and off the async runtime.
+    pub fn unload(&mut self, name: &str) -> Option<Versions> {
+        self.loaded.remove(name)
     }
 
     /// A loaded model: the version asked for, or the newest.
@@ -277,8 +264,7 @@ pub type Versions = BTreeMap<String, Arc<LoadedModel>>;
 /// Loads every version of one model (the slow part: engine compilation and the child check),
 /// without touching the repository, so the server keeps serving meanwhile.
 pub fn prepare(dir: &Path, checker: Option<&Path>, name: &str) -> Result<Versions, RepoError> {
-    let repo = Repository::new(dir.to_path_buf(), None);
-    let versions = repo.versions(name);
+    let versions = versions_in(dir, name);
     if versions.is_empty() {
         return Err(RepoError::NotFound(name.to_string()));
     }
@@ -295,6 +281,24 @@ pub fn prepare(dir: &Path, checker: Option<&Path>, name: &str) -> Result<Version
         loaded.insert(version, Arc::new(m));
     }
     Ok(loaded)
+}
+
+/// Versions of model `name` under `dir` (folders holding a `model.onnx`), oldest first
+/// (numeric order where numeric).
+fn versions_in(dir: &Path, name: &str) -> Vec<String> {
+    if !valid_name(name) {
+        return vec![];
+    }
+    let mut v: Vec<String> = std::fs::read_dir(dir.join(name))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("model.onnx").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| valid_name(n))
+        .collect();
+    v.sort_by_key(|a| version_key(a));
+    v
 }
 
 /// Names and versions are single path components of letters, digits, `-`, `_` and `.`.

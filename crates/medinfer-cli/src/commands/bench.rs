@@ -126,8 +126,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let sha = file_sha256(&path)?;
     // Validate the model before touching any engine: a clear error for non-ONNX files.
     let onnx = medinfer_onnx::load_model(&path)?;
-    let input_shapes =
-        crate::args::input_shapes(&medinfer_onnx::analyze(&onnx, None), &a.input_shape)?;
+    // analyze() re-encodes the model for its hash: only when there are shapes to check.
+    let input_shapes = if a.input_shape.is_empty() {
+        Default::default()
+    } else {
+        crate::args::input_shapes(&medinfer_onnx::analyze(&onnx, None), &a.input_shape)?
+    };
     drop(onnx);
     let backends: Vec<BackendKind> = if a.backend.trim().eq_ignore_ascii_case("all") {
         let mut v = Vec::new();
