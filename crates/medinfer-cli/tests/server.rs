@@ -671,3 +671,445 @@ fn cxr_pipeline_endpoint_gives_the_command_line_scores() {
         404
     );
 }
+
+fn zip_dir(dir: &Path, prefix: &str) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        let name = format!("{prefix}{}", f.file_name().unwrap().to_string_lossy());
+        z.start_file(name, opts).unwrap();
+        z.write_all(&std::fs::read(&f).unwrap()).unwrap();
+    }
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in entries {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
+/// A multipart/form-data body with one file part per entry.
+fn multipart(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "medinfer-test-boundary-7d1f";
+    let mut b = Vec::new();
+    for (name, data) in files {
+        b.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        b.extend_from_slice(data);
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), b)
+}
+
+/// Polls a job until it is done or failed (at most two minutes).
+fn wait_job(addr: SocketAddr, location: &str) -> Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = get(addr, location);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        if v["status"] == "done" || v["status"] == "failed" {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "job still {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cli_json(args: &[&str]) -> Value {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_medinfer"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    serde_json::from_str(text.trim())
+        .or_else(|_| serde_json::from_str(text.lines().find(|l| l.starts_with('{')).unwrap()))
+        .unwrap()
+}
+
+fn assert_same_numbers(got: &Value, want: &Value, what: &str) {
+    for key in ["edv_ml", "esv_ml", "ef_pct"] {
+        for chamber in ["lv", "rv"] {
+            let (g, w) = (
+                got[chamber][key].as_f64().unwrap(),
+                want[chamber][key].as_f64().unwrap(),
+            );
+            assert!(
+                (g - w).abs() < 1e-6,
+                "{what} {chamber}.{key}: served {g}, command line {w}"
+            );
+        }
+    }
+    assert_eq!(got["ed_phase"], want["ed_phase"], "{what}");
+    assert_eq!(got["es_phase"], want["es_phase"], "{what}");
+    assert_eq!(got["curves"], want["curves"], "{what}");
+}
+
+#[test]
+fn cardiac_jobs_from_a_dicom_zip_and_a_multipart_nifti_match_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let mdir = d.path().join("heart").join("1");
+    std::fs::create_dir_all(&mdir).unwrap();
+    let model = mdir.join("model.onnx");
+    std::fs::copy(
+        medinfer_pipelines::models::shipped_cardiac(false).unwrap(),
+        &model,
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("heart").join("config.json"),
+        json!({"backend": "tract", "pipeline": "cardiac", "max_queue": 2}).to_string(),
+    )
+    .unwrap();
+    repo_with(d.path(), "cls", json!({ "backend": "tract" }));
+    let upload = medinfer_server::upload::UploadLimits {
+        max_files: 1000,
+        max_bytes: 48 << 20,
+    };
+    let srv = start(
+        d.path(),
+        ServerConfig {
+            upload,
+            ..Default::default()
+        },
+    );
+    let a = srv.addr;
+    let exam = d.path().join("exam");
+    for format in ["dicom", "nifti"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_medinfer"))
+            .args([
+                "phantom", "cardiac", "--seed", "5", "--format", format, "-o",
+            ])
+            .arg(exam.join(format))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let m = model.to_str().unwrap();
+    let dicom = exam.join("dicom/dicom");
+    let nifti = exam.join("nifti/cine.nii.gz");
+
+    // A DICOM series as a zip (in a sub-folder of the archive, as exports come).
+    let r = http(
+        a,
+        "POST",
+        "/v1/pipelines/cardiac/heart",
+        &[("Content-Type", "application/zip".into())],
+        &zip_dir(&dicom, "study/series 1/"),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let location = r.header("location").unwrap().to_string();
+    let job = wait_job(a, &location);
+    assert_eq!(job["status"], "done", "{job}");
+    let want = cli_json(&[
+        "run",
+        "cardiac",
+        dicom.to_str().unwrap(),
+        "--model",
+        m,
+        "-b",
+        "tract",
+        "--json",
+    ]);
+    assert_same_numbers(&job["report"], &want, "dicom zip");
+    assert_eq!(job["report"]["input"], "upload");
+    // Its files: the overlay is a PNG, the viewer's labels match the masks' geometry.
+    let files = job["files"].as_object().unwrap();
+    for f in [
+        "report.json",
+        "masks.nii.gz",
+        "ed_es.png",
+        "volumes.svg",
+        "image.u8",
+        "labels.u8",
+    ] {
+        assert!(files.contains_key(f), "{f} missing: {job}");
+    }
+    let png = get(a, files["ed_es.png"].as_str().unwrap());
+    assert_eq!(png.header("content-type"), Some("image/png"));
+    assert!(png.body.starts_with(b"\x89PNG"));
+    let dims: Vec<usize> = job["viewer"]["dims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let labels = get(a, files["labels.u8"].as_str().unwrap()).body;
+    assert_eq!(labels.len(), dims.iter().product::<usize>());
+    assert!(labels.contains(&1) && labels.iter().all(|&l| l <= 3));
+
+    // A NIfTI as a multipart part.
+    let (ctype, body) = multipart(&[("cine.nii.gz", &std::fs::read(&nifti).unwrap())]);
+    let r = http(
+        a,
+        "POST",
+        "/v1/pipelines/cardiac/heart",
+        &[("Content-Type", ctype)],
+        &body,
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let job2 = wait_job(a, r.header("location").unwrap());
+    assert_eq!(job2["status"], "done", "{job2}");
+    let want = cli_json(&[
+        "run",
+        "cardiac",
+        nifti.to_str().unwrap(),
+        "--model",
+        m,
+        "-b",
+        "tract",
+        "--json",
+    ]);
+    assert_same_numbers(&job2["report"], &want, "multipart nifti");
+
+    // Hostile zips: a climbing entry name, a bomb (128 MiB of zeros in ~128 kB), a zip of junk.
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            zip_of(&[("ok/1.dcm", b"x"), ("../../etc/cron.d/evil", b"x")]),
+            "outside the archive",
+        ),
+        (zip_of(&[("/abs.dcm", b"x")]), "outside the archive"),
+        (zip_of(&[("bomb.dcm", &vec![0u8; 128 << 20])]), "zip bomb"),
+        (
+            b"PK\x03\x04 this is not really a zip".to_vec(),
+            "not a readable zip",
+        ),
+    ];
+    for (body, why) in &cases {
+        let r = http(
+            a,
+            "POST",
+            "/v1/pipelines/cardiac/heart",
+            &[("Content-Type", "application/zip".into())],
+            body,
+        );
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!((400..500).contains(&r.status), "{why}: {} {text}", r.status);
+        assert!(text.contains(why), "{why}: {text}");
+    }
+    assert!(!d.path().join("etc").exists());
+    // A study the pipeline refuses runs as a job that fails with the reason.
+    let r = http(
+        a,
+        "POST",
+        "/v1/pipelines/cardiac/heart",
+        &[],
+        b"neither DICOM nor NIfTI",
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let failed = wait_job(a, r.header("location").unwrap());
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("upload"),
+        "{failed}"
+    );
+    assert!(!failed
+        .to_string()
+        .contains(&std::env::temp_dir().display().to_string()));
+    // Wrong pipeline for the model, unknown pipeline, unknown job.
+    assert_eq!(
+        http(a, "POST", "/v1/pipelines/ct/heart", &[], b"x").status,
+        400
+    );
+    assert_eq!(
+        http(a, "POST", "/v1/pipelines/liver/heart", &[], b"x").status,
+        404
+    );
+    assert_eq!(get(a, "/v1/jobs/nope").status, 404);
+    assert_eq!(
+        get(a, &format!("{location}/files/../../etc/passwd")).status,
+        404
+    );
+    // A finished job can be deleted; its files go with it.
+    assert_eq!(http(a, "DELETE", &location, &[], b"").status, 200);
+    assert_eq!(get(a, &location).status, 404);
+    // The other model still serves, and the counters say what happened.
+    let x = input(3, 1);
+    let r = post_json(a, "/v2/models/cls/infer", &infer_json(&x, 1));
+    assert_eq!(r.status, 200);
+    let metrics = String::from_utf8_lossy(&get(a, "/metrics").body).to_string();
+    assert!(
+        metrics.contains("nv_inference_request_success{model=\"cls\",version=\"1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("medinfer_batch_size_bucket{model=\"cls\",version=\"1\",le=\"1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("medinfer_jobs{state=\"done\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("medinfer_http_responses{code=\"202\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn ct_job_tags_an_uploaded_series_like_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let mdir = d.path().join("ct").join("1");
+    std::fs::create_dir_all(&mdir).unwrap();
+    let model = mdir.join("model.onnx");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_medinfer"))
+        .args(["zoo", "build", "resnet18-ct", "-o", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::write(
+        d.path().join("ct").join("config.json"),
+        json!({"backend": "tract", "pipeline": "ct"}).to_string(),
+    )
+    .unwrap();
+    let series = d.path().join("series");
+    std::fs::create_dir_all(&series).unwrap();
+    let n = 48;
+    let data: Vec<f32> = (0..n * n * 5)
+        .map(|i| {
+            let (x, y, z) = (
+                (i % n) as f32 - 24.0,
+                ((i / n) % n) as f32 - 24.0,
+                (i / n / n) as f32,
+            );
+            if x * x + y * y < 300.0 + 40.0 * z {
+                40.0 + 10.0 * z
+            } else {
+                -1000.0
+            }
+        })
+        .collect();
+    let v = medinfer_core::Volume::new([n, n, 5, 1], data, [0.7, 0.7, 3.0, 0.0]).unwrap();
+    let info = medinfer_io::dicom_write::SeriesInfo {
+        modality: "CT".into(),
+        description: "synthetic".into(),
+        uid_seed: 9,
+        slice_thickness: 3.0,
+        rescale_intercept: -1024.0,
+    };
+    let files = medinfer_io::dicom_write::write_series(&series, &v, &info).unwrap();
+    let srv = start(d.path(), ServerConfig::default());
+    let a = srv.addr;
+    // The slices as multipart parts, in reverse order: the pipeline orders them by position.
+    let parts: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .rev()
+        .map(|f| {
+            (
+                f.file_name().unwrap().to_string_lossy().to_string(),
+                std::fs::read(f).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = parts
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let (ctype, body) = multipart(&refs);
+    let r = http(
+        a,
+        "POST",
+        "/v1/pipelines/ct/ct",
+        &[("Content-Type", ctype)],
+        &body,
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let job = wait_job(a, r.header("location").unwrap());
+    assert_eq!(job["status"], "done", "{job}");
+    let want = cli_json(&[
+        "run",
+        "ct",
+        series.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "-b",
+        "tract",
+        "--json",
+    ]);
+    let (g, w) = (
+        job["report"]["slices"].as_array().unwrap(),
+        want["report"]["slices"].as_array().unwrap(),
+    );
+    assert_eq!(g.len(), 5);
+    assert_eq!(g.len(), w.len());
+    for (s, t) in g.iter().zip(w) {
+        assert_eq!(s["region"], t["region"]);
+        let (p, q) = (
+            s["probabilities"].as_array().unwrap(),
+            t["probabilities"].as_array().unwrap(),
+        );
+        for (x, y) in p.iter().zip(q) {
+            assert!(
+                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5,
+                "{s} vs {t}"
+            );
+        }
+    }
+    assert_eq!(job["viewer"]["dims"], json!([n, n, 5, 1]));
+}
+
+#[test]
+fn a_bearer_token_guards_everything_but_the_probes_and_requests_carry_an_id() {
+    let d = tempfile::tempdir().unwrap();
+    repo_with(d.path(), "cls", json!({ "backend": "tract" }));
+    let srv = start(
+        d.path(),
+        ServerConfig {
+            token: Some("s3cret-token".into()),
+            ..Default::default()
+        },
+    );
+    let a = srv.addr;
+    assert_eq!(get(a, "/v2/health/ready").status, 200);
+    assert_eq!(get(a, "/v2/health/live").status, 200);
+    let r = get(a, "/v2/models/cls");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert!(r.header("x-request-id").is_some());
+    let wrong = http(
+        a,
+        "GET",
+        "/v2/models/cls",
+        &[("Authorization", "Bearer s3cret-tokeN".into())],
+        b"",
+    );
+    assert_eq!(wrong.status, 401);
+    let x = input(1, 1);
+    let r = http(
+        a,
+        "POST",
+        "/v2/models/cls/infer",
+        &[
+            ("Authorization", "Bearer s3cret-token".into()),
+            ("X-Request-Id", "trace-42".into()),
+            ("Content-Type", "application/json".into()),
+        ],
+        infer_json(&x, 1).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-request-id"), Some("trace-42"));
+    let m = String::from_utf8_lossy(&get(a, "/metrics").body).to_string();
+    assert!(m.contains("medinfer_http_responses{code=\"401\"} 2"), "{m}");
+}

@@ -86,7 +86,12 @@ pub struct Stats {
     pub compute_ns: AtomicU64,
     /// Requests waiting now.
     pub queued_now: AtomicU64,
+    /// Batches run, by size: at most 1, 2, 4, 8, 16, 32, 64 items, and more.
+    pub batch_sizes: [AtomicU64; 8],
 }
+
+/// Upper bounds of [`Stats::batch_sizes`]' buckets (the last one is unbounded).
+pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
 
 /// Loads a session for the given full input shapes (batch included).
 pub type Loader = Arc<dyn Fn(&[Vec<usize>]) -> Result<Session, EngineError> + Send + Sync>;
@@ -261,6 +266,11 @@ fn run_group(
     });
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.items.fetch_add(items as u64, Ordering::Relaxed);
+    let bucket = BATCH_BUCKETS
+        .iter()
+        .position(|&b| items as u64 <= b)
+        .unwrap_or(BATCH_BUCKETS.len());
+    stats.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
     stats
         .largest_batch
         .fetch_max(items as u64, Ordering::Relaxed);

@@ -13,7 +13,10 @@
 #![deny(unsafe_code)]
 
 pub mod batcher;
+pub mod jobs;
+pub mod observe;
 pub mod repo;
+pub mod upload;
 pub mod v2;
 
 use axum::body::{Body, Bytes};
@@ -39,6 +42,18 @@ pub struct ServerConfig {
     pub max_elements: usize,
     /// Longest a request may wait for its result (queue + inference); then 503.
     pub request_timeout: Duration,
+    /// What one study upload may unpack to (files, bytes after unzipping).
+    pub upload: upload::UploadLimits,
+    /// How long a finished pipeline job and its outputs are kept.
+    pub job_ttl: Duration,
+    /// Most jobs kept at once (queued, running and finished); when all are unfinished, 429.
+    pub max_jobs: usize,
+    /// Folder for uploads and job outputs (default: a fresh folder under the system temp
+    /// folder); removed when the server stops.
+    pub work_dir: Option<std::path::PathBuf>,
+    /// When set, every request but the probes, `/metrics` and the viewer's page must carry
+    /// `Authorization: Bearer <token>` (else 401).
+    pub token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +62,11 @@ impl Default for ServerConfig {
             max_body_bytes: 64 << 20,
             max_elements: 64 << 20,
             request_timeout: Duration::from_secs(30),
+            upload: Default::default(),
+            job_ttl: Duration::from_secs(3600),
+            max_jobs: 256,
+            work_dir: None,
+            token: None,
         }
     }
 }
@@ -59,15 +79,29 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Set when shutdown begins: readiness turns false so balancers stop sending.
     pub draining: AtomicBool,
+    /// Pipeline jobs.
+    pub jobs: Arc<jobs::JobStore>,
+    /// HTTP counters for `/metrics`.
+    pub http: observe::HttpStats,
 }
 
 impl AppState {
     /// State over a repository (load its models first with [`Repository::load_all`]).
     pub fn new(repo: Repository, config: ServerConfig) -> Arc<AppState> {
+        let root = config.work_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "medinfer-serve-{}-{}",
+                std::process::id(),
+                NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
+        let jobs = Arc::new(jobs::JobStore::new(root, config.job_ttl, config.max_jobs));
         Arc::new(AppState {
             repo: RwLock::new(repo),
             config,
             draining: AtomicBool::new(false),
+            jobs,
+            http: Default::default(),
         })
     }
 
@@ -78,7 +112,7 @@ impl AppState {
     }
 }
 
-fn error(status: u16, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
@@ -143,6 +177,8 @@ async fn submit_and_wait(
 pub fn app(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
+        .route("/", get(viewer))
+        .route("/metrics", get(observe::metrics))
         .route(
             "/v2/health/live",
             get(|| async { Json(json!({ "live": true })) }),
@@ -162,7 +198,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .route("/v2/models/{name}/stats", get(model_stats))
-        .route("/v1/pipelines/cxr/{name}", post(pipeline_cxr))
+        .route("/v1/pipelines/{pipeline}/{name}", post(pipeline))
+        .route("/v1/jobs/{id}", get(job_status).delete(job_delete))
+        .route("/v1/jobs/{id}/files/{file}", get(job_file))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{name}/load", post(repository_load))
         .route(
@@ -170,6 +208,10 @@ pub fn app(state: Arc<AppState>) -> Router {
             post(repository_unload),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::layer,
+        ))
         .with_state(state)
 }
 
@@ -514,20 +556,9 @@ async fn repository_unload(State(s): State<Arc<AppState>>, Path(name): Path<Stri
 /// the answer is the same JSON record as `medinfer run cxr --json` gives for a file (scores by
 /// label, TorchXRayVision-exact preprocessing), computed through the model's batcher, so
 /// pipeline requests and tensor requests share its batches.
-async fn pipeline_cxr(
-    State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
-    let m = match find(&s, &name, None) {
-        Ok(m) => m,
-        Err(r) => return r.into_response(),
-    };
+async fn pipeline_cxr(s: Arc<AppState>, m: Arc<repo::LoadedModel>, body: Bytes) -> Response {
     let Some(cxr) = m.cxr.clone() else {
-        return error(
-            400,
-            format!("model '{name}' does not serve the cxr pipeline (config.json: \"pipeline\": \"cxr\")"),
-        );
+        return not_served(&m.name, "cxr");
     };
     if body.is_empty() {
         return error(400, "the body must be the radiograph's file");
@@ -582,6 +613,150 @@ async fn pipeline_cxr(
     v["model"] = json!(m.name);
     v["model_version"] = json!(m.version);
     Json(v).into_response()
+}
+
+fn not_served(model: &str, pipeline: &str) -> Response {
+    error(
+        400,
+        format!(
+            "model '{model}' does not serve the {pipeline} pipeline (config.json: \"pipeline\": \"{pipeline}\")"
+        ),
+    )
+}
+
+/// `POST /v1/pipelines/{cxr|cardiac|ct}/{model}`. cxr answers at once (see `pipeline_cxr`);
+/// cardiac and ct take a study (a DICOM series as a zip or as multipart parts, a NIfTI file,
+/// or one DICOM file) and answer `202 Accepted` with the job's status and a `Location` to poll.
+async fn pipeline(
+    State(s): State<Arc<AppState>>,
+    Path((pipeline, name)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    let m = match find(&s, &name, None) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    if !matches!(pipeline.as_str(), "cxr" | "cardiac" | "ct") {
+        return error(
+            404,
+            format!("no pipeline '{pipeline}' (cxr, cardiac or ct)"),
+        );
+    }
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    // Parts as (file name, bytes); the body limit bounds them together.
+    let mut parts: Vec<(Option<String>, Bytes)> = Vec::new();
+    if multipart {
+        use axum::extract::FromRequest;
+        let mut mp = match axum::extract::Multipart::from_request(request, &()).await {
+            Ok(mp) => mp,
+            Err(e) => return error(400, format!("multipart body: {e}")),
+        };
+        loop {
+            match mp.next_field().await {
+                Ok(Some(f)) => {
+                    let fname = f.file_name().map(str::to_string);
+                    match f.bytes().await {
+                        Ok(b) => parts.push((fname, b)),
+                        Err(e) => {
+                            return error(e.status().as_u16(), format!("multipart body: {e}"))
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return error(e.status().as_u16(), format!("multipart body: {e}")),
+            }
+        }
+    } else {
+        match axum::body::to_bytes(request.into_body(), s.config.max_body_bytes).await {
+            Ok(b) => parts.push((None, b)),
+            Err(e) => {
+                return error(
+                    413,
+                    format!(
+                        "the body is over {} MiB or was cut short ({e})",
+                        s.config.max_body_bytes >> 20
+                    ),
+                )
+            }
+        }
+    }
+    if pipeline == "cxr" {
+        let body = parts.into_iter().next().map(|(_, b)| b).unwrap_or_default();
+        return pipeline_cxr(s, m, body).await;
+    }
+    let Some(runner) = m.jobs.as_ref().filter(|r| r.kind.name() == pipeline) else {
+        return not_served(&m.name, &pipeline);
+    };
+    let store = s.jobs.clone();
+    let (id, dir) = match store.create(runner.kind.name(), &m.name) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let limits = s.config.upload;
+    let d = dir.clone();
+    let staged = tokio::task::spawn_blocking(move || {
+        let mut st = upload::Staging::new(d.join("in"), limits)?;
+        for (n, b) in &parts {
+            st.add(b, n.as_deref())?;
+        }
+        st.finish()
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let queued = staged
+        .map_err(ProtocolError::bad)
+        .and_then(|input| runner.submit(&store, &id, &dir, input));
+    if let Err(e) = queued {
+        store.fail(&id, e.message.clone());
+        let _ = store.remove(&id);
+        return e.into_response();
+    }
+    let status = store.status(&id).unwrap_or_default();
+    let mut r = (StatusCode::ACCEPTED, Json(status)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+async fn job_status(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match s.jobs.status(&id) {
+        Some(v) => Json(v).into_response(),
+        None => error(404, format!("no job '{id}' (unknown, or expired)")),
+    }
+}
+
+async fn job_delete(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match s.jobs.remove(&id) {
+        Ok(()) => Json(json!({ "id": id, "deleted": true })).into_response(),
+        Err(why) => error(if why == "no such job" { 404 } else { 409 }, why),
+    }
+}
+
+async fn job_file(
+    State(s): State<Arc<AppState>>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    let Some((path, ctype)) = s.jobs.file(&id, &file) else {
+        return error(404, format!("job '{id}' has no file '{file}' (yet)"));
+    };
+    match tokio::fs::read(&path).await {
+        Ok(b) => ([(header::CONTENT_TYPE, ctype)], b).into_response(),
+        Err(_) => error(404, format!("job '{id}' has no file '{file}'")),
+    }
+}
+
+/// `GET /`: the viewer page (one file, no framework; it calls the API above).
+async fn viewer() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("viewer.html"),
+    )
+        .into_response()
 }
 
 static NEXT_UPLOAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

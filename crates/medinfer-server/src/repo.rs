@@ -34,9 +34,10 @@ pub struct ModelRepoConfig {
     /// Full input shapes for dimensions other than the batch that the model leaves dynamic,
     /// used by the load check (requests may still come at other sizes).
     pub input_shapes: HashMap<String, Vec<usize>>,
-    /// A clinical pipeline this model also serves under `/v1/pipelines/{pipeline}/{name}`
-    /// (`cxr` so far). Its size, normalisation, labels and thresholds come from the model's own
-    /// config (`model.json` beside `model.onnx`), else the pipeline's built-in one.
+    /// A clinical pipeline this model also serves under `/v1/pipelines/{pipeline}/{name}`:
+    /// `cxr` (answered at once), `cardiac` or `ct` (run as jobs). Its size, normalisation,
+    /// labels and thresholds come from the model's own config (`model.json` beside
+    /// `model.onnx`), else the pipeline's built-in one.
     pub pipeline: Option<String>,
 }
 
@@ -95,6 +96,8 @@ pub struct LoadedModel {
     pub config: ModelRepoConfig,
     /// Set when the model serves the chest X-ray pipeline.
     pub cxr: Option<CxrServing>,
+    /// Set when the model serves the cardiac or CT pipeline (as jobs).
+    pub jobs: Option<crate::jobs::JobRunner>,
 }
 
 /// One row of the repository index.
@@ -424,42 +427,72 @@ fn load_version(
         .iter()
         .map(conv)
         .collect::<Result<Vec<_>, _>>()?;
-    let cxr = match config.pipeline.as_deref() {
-        None => None,
-        Some("cxr") => {
-            let spec = medinfer_pipelines::config::ModelConfig::for_model(
-                medinfer_pipelines::Pipeline::Cxr,
-                path,
-                None,
-            )
-            .and_then(|c| c.resolve(path, 1))
-            .map_err(|e| e.to_string())?;
-            if spec.channels != 1 {
-                return Err(format!(
-                    "the cxr pipeline feeds one channel; the model takes {}",
-                    spec.channels
-                ));
-            }
-            Some(CxrServing {
-                prep: medinfer_pipelines::cxr::CxrPrep::of(
-                    &spec,
-                    medinfer_pipelines::cxr::Resize::Xrv,
-                ),
-                thresholds: spec.thresholds_f32(),
-                labels: spec.labels,
-            })
-        }
-        Some(other) => {
-            return Err(format!(
-                "pipeline '{other}' is not served yet (the server serves cxr)"
-            ))
-        }
-    };
-    let names: Vec<String> = inputs.iter().map(|(n, _, _)| n.clone()).collect();
-    let file = path.to_path_buf();
     let threads = config.threads.or_else(|| {
         (config.instances > 1).then(|| (medinfer_core::usable_cores() / config.instances).max(1))
     });
+    let (mut cxr, mut jobs) = (None, None);
+    if let Some(p) = config.pipeline.as_deref() {
+        let pipeline = match p {
+            "cxr" => medinfer_pipelines::Pipeline::Cxr,
+            "cardiac" => medinfer_pipelines::Pipeline::Cardiac,
+            "ct" => medinfer_pipelines::Pipeline::Ct,
+            other => return Err(format!("unknown pipeline '{other}' (cxr, cardiac or ct)")),
+        };
+        let spec = medinfer_pipelines::config::ModelConfig::for_model(pipeline, path, None)
+            .and_then(|c| c.resolve(path, 8))
+            .map_err(|e| e.to_string())?;
+        let kind = match pipeline {
+            medinfer_pipelines::Pipeline::Cxr => {
+                if spec.channels != 1 {
+                    return Err(format!(
+                        "the cxr pipeline feeds one channel; the model takes {}",
+                        spec.channels
+                    ));
+                }
+                cxr = Some(CxrServing {
+                    prep: medinfer_pipelines::cxr::CxrPrep::of(
+                        &spec,
+                        medinfer_pipelines::cxr::Resize::Xrv,
+                    ),
+                    thresholds: spec.thresholds_f32(),
+                    labels: spec.labels.clone(),
+                });
+                None
+            }
+            medinfer_pipelines::Pipeline::Cardiac => Some(crate::jobs::JobKind::Cardiac(Box::new(
+                medinfer_pipelines::cardiac::CardiacSpec::from_model(&spec, name)
+                    .map_err(|e| e.to_string())?,
+            ))),
+            medinfer_pipelines::Pipeline::Ct => Some(crate::jobs::JobKind::Ct {
+                prep: medinfer_pipelines::ct::CtPrep::of(&spec),
+                regions: spec.labels.clone(),
+            }),
+        };
+        if let Some(kind) = kind {
+            let id = medinfer_pipelines::models::ModelId::of(path).map_err(|e| e.to_string())?;
+            let (file, shapes) = (path.to_path_buf(), spec.input_shapes.clone());
+            let loader: crate::jobs::SessionLoader = Arc::new(move || {
+                let opts = SessionOptions {
+                    precision,
+                    mode: Mode::Throughput,
+                    threads,
+                    batch: Some(8),
+                    input_shapes: shapes.clone(),
+                    ..Default::default()
+                };
+                load_on(backend, &file, &opts)
+            });
+            jobs = Some(crate::jobs::JobRunner::start(
+                name,
+                kind,
+                id,
+                loader,
+                config.max_queue,
+            ));
+        }
+    }
+    let names: Vec<String> = inputs.iter().map(|(n, _, _)| n.clone()).collect();
+    let file = path.to_path_buf();
     let loader: Loader = std::sync::Arc::new(move |shapes: &[Vec<usize>]| {
         let opts = SessionOptions {
             precision,
@@ -486,6 +519,7 @@ fn load_version(
         batcher: Batcher::start(name, loader, settings),
         config: config.clone(),
         cxr,
+        jobs,
     })
 }
 

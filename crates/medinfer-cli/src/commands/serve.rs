@@ -11,7 +11,8 @@ use std::time::Duration;
 pub struct ServeArgs {
     /// Model repository: DIR/{name}/{version}/model.onnx, with an optional
     /// DIR/{name}/config.json ({"backend": "ort", "precision": "fp32", "threads": 2,
-    /// "max_batch": 8, "max_queue_delay_us": 2000, "max_queue": 64, "input_shapes": {...}}).
+    /// "instances": 1, "max_batch": 8, "max_queue_delay_us": 2000, "max_queue": 64,
+    /// "input_shapes": {...}, "pipeline": "cxr" | "cardiac" | "ct"}).
     /// Every model is checked in a child process first; one that fails is reported in
     /// /v2/repository/index and the others serve.
     #[arg(long)]
@@ -28,9 +29,58 @@ pub struct ServeArgs {
     /// Longest a request may wait for its result (queue and inference) before a 503, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout_s: f64,
+    /// Largest study upload after unzipping, MiB (zip bombs stop here), for the cardiac and
+    /// CT pipeline endpoints.
+    #[arg(long, default_value_t = 2048)]
+    pub max_upload_mb: u64,
+    /// Most files in one study upload.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_upload_files: usize,
+    /// How long a finished pipeline job's report and outputs are kept, seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    pub job_ttl_s: f64,
+    /// Most pipeline jobs kept at once (when all are still running, new ones get 429).
+    #[arg(long, default_value_t = 256)]
+    pub max_jobs: usize,
+    /// Folder for uploads and job outputs (default: a new folder in the system temp folder).
+    /// Removed when the server stops.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// File holding a bearer token: every request but the health probes, /metrics and the
+    /// viewer page must then send 'Authorization: Bearer TOKEN'. The MEDINFER_TOKEN
+    /// environment variable does the same (a file or a secret keeps it out of `ps`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Logs as JSON lines (one per request: id, method, path, status, ms) instead of text.
+    #[arg(long)]
+    pub log_json: bool,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false);
+    if a.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let token = match &a.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--token-file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("MEDINFER_TOKEN").ok(),
+    };
+    if token.as_deref().is_some_and(str::is_empty) {
+        anyhow::bail!("the bearer token is empty");
+    }
+    if !(a.job_ttl_s > 0.0 && a.job_ttl_s.is_finite()) {
+        anyhow::bail!("--job-ttl-s must be positive");
+    }
     if !a.models.is_dir() {
         anyhow::bail!("--models {}: not a folder", a.models.display());
     }
@@ -56,8 +106,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let config = ServerConfig {
         max_body_bytes: a.max_body_mb.max(1) << 20,
         request_timeout: Duration::from_secs_f64(a.timeout_s),
+        upload: medinfer_server::upload::UploadLimits {
+            max_files: a.max_upload_files.max(1),
+            max_bytes: a.max_upload_mb.max(1) << 20,
+        },
+        job_ttl: Duration::from_secs_f64(a.job_ttl_s),
+        max_jobs: a.max_jobs.max(1),
+        work_dir: a.work_dir.clone(),
+        token,
         ..Default::default()
     };
+    let config_has_token = config.token.is_some();
     let state = AppState::new(repo, config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -68,7 +127,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
-        eprintln!("serving on http://{addr} (Ctrl-C or SIGTERM to stop)");
+        eprintln!(
+            "serving on http://{addr} (viewer at /, metrics at /metrics{}; Ctrl-C or SIGTERM to stop)",
+            if config_has_token { ", bearer token required" } else { "" }
+        );
         medinfer_server::serve(listener, state, shutdown_signal())
             .await
             .context("serving")

@@ -40,6 +40,7 @@ pub use preprocess::{
 
 use crate::config::{ModelConfig, ModelSpec, Normalization};
 use crate::PipelineError;
+use medinfer_core::Volume;
 use medinfer_engine::Session;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -288,21 +289,32 @@ fn ms(t: Instant) -> f64 {
 /// with `out_dir`, writes `report.json`, `masks.nii.gz` (labels in the input geometry),
 /// `ed_es.png` (mid-ventricular slice at ED and ES, image | overlay) and `volumes.svg`.
 pub fn run(session: &Session, request: &CardiacRequest) -> Result<CardiacResult, PipelineError> {
+    let t0 = Instant::now();
+    let vol = medinfer_io::read_volume(&request.input)?;
+    run_volume(session, request, &vol, t0)
+}
+
+/// [`run`] on a volume the caller has already read from `request.input` (the server keeps it
+/// for its viewer); `started` is when the read began, so the timings include it.
+pub fn run_volume(
+    session: &Session,
+    request: &CardiacRequest,
+    vol: &Volume,
+    started: Instant,
+) -> Result<CardiacResult, PipelineError> {
     let (input, model, out_dir) = (
         request.input.as_path(),
         request.model.clone(),
         request.output.as_deref(),
     );
-    let t_all = Instant::now();
-    let t0 = Instant::now();
-    let vol = medinfer_io::read_volume(input)?;
-    let read_ms = ms(t0);
+    let t_all = started;
+    let read_ms = ms(started);
     let name = input.display().to_string();
-    let mut res = analyse(&vol, &name, session, model, &request.spec)?;
+    let mut res = analyse(vol, &name, session, model, &request.spec)?;
     res.report.timings.read_ms = read_ms;
     if let Some(dir) = out_dir {
         let t0 = Instant::now();
-        write_outputs(dir, &vol, &res)?;
+        write_outputs(dir, vol, &res)?;
         res.report.timings.write_ms = ms(t0);
         res.report.timings.total_ms = ms(t_all);
         // The report is written last so that it carries the write time too.
