@@ -6,8 +6,10 @@
 //!   silently shrinking the suite.
 //!   Then the DICOM corpus check (`benchmarks/dicom_corpus/coverage.py --strict`) against
 //!   pydicom in its own venv (`~/.cache/medinfer/venv-dicom`, pinned PyPI packages).
-//!   Then `medinfer serve` against Triton's own Python HTTP client (`tests/clients/`,
-//!   `~/.cache/medinfer/venv-clients`, pinned tritonclient + onnxruntime as the reference).
+//!   Then `medinfer serve` against Triton's and KServe's own Python clients (`tests/clients/`,
+//!   `~/.cache/medinfer/venv-clients`, pinned tritonclient, kserve + onnxruntime as the
+//!   reference), and the viewer page in headless chromium (Debian's, apt-installed when
+//!   missing) driven by selenium, with a screenshot in `target/artifacts/`.
 //!   Then the deployment manifests (`deploy/validate.py`: Kubernetes schemas, KServe fields).
 //! - `lint`: formatting and clippy only.
 //! - `corpus`: the DICOM corpus check alone (on an existing `target/release/medinfer`).
@@ -95,7 +97,9 @@ fn deploy_manifests() -> Result<(), String> {
 const CLIENT_PACKAGES: &[&str] = &[
     "numpy==2.4.6",
     "tritonclient[http]==2.73.0",
+    "kserve==0.21.0",
     "onnxruntime==1.31.1",
+    "selenium==4.51.0",
 ];
 
 /// A venv under ~/.cache/medinfer with `packages` installed (re-made when the list changes);
@@ -133,12 +137,44 @@ fn venv(name: &str, packages: &[&str]) -> Result<std::path::PathBuf, String> {
 /// `medinfer serve` driven by Triton's Python HTTP client, unchanged.
 fn server_clients() -> Result<(), String> {
     let python = venv("venv-clients", CLIENT_PACKAGES)?;
-    step(
-        "server vs tritonclient.http",
-        Command::new(python).args([
+    for (name, script) in [
+        (
+            "server vs tritonclient.http",
             "tests/clients/triton_http_check.py",
-            "target/release/medinfer",
-        ]),
+        ),
+        (
+            "server vs kserve.InferenceRESTClient",
+            "tests/clients/kserve_check.py",
+        ),
+    ] {
+        step(
+            name,
+            Command::new(&python).args([script, "target/release/medinfer"]),
+        )?;
+    }
+    browser()?;
+    step(
+        "viewer page in headless chromium",
+        Command::new(&python).args(["tests/clients/viewer_check.py", "target/release/medinfer"]),
+    )
+}
+
+/// Debian's chromium and chromedriver for the viewer check, installed with apt when missing
+/// (CI runs as root on a fresh machine).
+fn browser() -> Result<(), String> {
+    let have = |p: &str| std::path::Path::new(p).exists();
+    if have("/usr/bin/chromium") && have("/usr/bin/chromedriver") {
+        return Ok(());
+    }
+    step(
+        "browser: apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+    )?;
+    step(
+        "browser: chromium + chromedriver (Debian)",
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
 
@@ -204,7 +240,7 @@ fn main() -> ExitCode {
         "clients" => server_clients(),
         "deploy" => deploy_manifests(),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint|corpus|clients|deploy>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)\n  clients  medinfer serve against tritonclient alone (needs target/release/medinfer)\n  deploy  validate deploy/ manifests");
+            eprintln!("usage: cargo xtask <test|lint|corpus|clients|deploy>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)\n  clients  medinfer serve against tritonclient, kserve and a browser alone (needs target/release/medinfer)\n  deploy  validate deploy/ manifests");
             return ExitCode::from(2);
         }
     };

@@ -50,6 +50,8 @@ struct Entry {
     dir: PathBuf,
     /// `[nx, ny, nz, nt]` of the viewer's image, when it has one.
     viewer: Option<[usize; 4]>,
+    /// Known truth of a phantom study, shown beside the measured numbers.
+    truth: Option<Value>,
 }
 
 /// The jobs of the server, by id.
@@ -135,6 +137,7 @@ impl JobStore {
                     finished: None,
                     dir: self.root.join(&id),
                     viewer: None,
+                    truth: None,
                 },
             );
             id
@@ -160,6 +163,13 @@ impl JobStore {
             }
             e.state = state;
             e.viewer = viewer.or(e.viewer);
+        }
+    }
+
+    /// Attaches the known truth of a phantom study to its job.
+    pub fn attach_truth(&self, id: &str, truth: Value) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.truth = Some(truth);
         }
     }
 
@@ -199,6 +209,9 @@ impl JobStore {
         }
         if let Some(m) = error {
             v["error"] = json!(m);
+        }
+        if let Some(t) = &e.truth {
+            v["truth"] = t.clone();
         }
         Some(v)
     }

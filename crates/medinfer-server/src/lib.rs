@@ -198,6 +198,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .route("/v2/models/{name}/stats", get(model_stats))
+        .route("/v1/pipelines", get(pipelines))
         .route("/v1/pipelines/{pipeline}/{name}", post(pipeline))
         .route("/v1/jobs/{id}", get(job_status).delete(job_delete))
         .route("/v1/jobs/{id}/files/{file}", get(job_file))
@@ -630,6 +631,7 @@ fn not_served(model: &str, pipeline: &str) -> Response {
 async fn pipeline(
     State(s): State<Arc<AppState>>,
     Path((pipeline, name)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<PipelineQuery>,
     request: axum::extract::Request,
 ) -> Response {
     let m = match find(&s, &name, None) {
@@ -691,6 +693,9 @@ async fn pipeline(
     let Some(runner) = m.jobs.as_ref().filter(|r| r.kind.name() == pipeline) else {
         return not_served(&m.name, &pipeline);
     };
+    if query.phantom.is_some() && pipeline != "cardiac" {
+        return error(400, "phantom studies are cardiac cine exams");
+    }
     let store = s.jobs.clone();
     let (id, dir) = match store.create(runner.kind.name(), &m.name) {
         Ok(x) => x,
@@ -698,18 +703,27 @@ async fn pipeline(
     };
     let limits = s.config.upload;
     let d = dir.clone();
+    let phantom = query.phantom;
     let staged = tokio::task::spawn_blocking(move || {
+        if let Some(seed) = phantom {
+            return phantom_study(&d.join("in"), seed);
+        }
         let mut st = upload::Staging::new(d.join("in"), limits)?;
         for (n, b) in &parts {
             st.add(b, n.as_deref())?;
         }
-        st.finish()
+        st.finish().map(|input| (input, None))
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
     let queued = staged
         .map_err(ProtocolError::bad)
-        .and_then(|input| runner.submit(&store, &id, &dir, input));
+        .and_then(|(input, truth)| {
+            if let Some(t) = truth {
+                store.attach_truth(&id, t);
+            }
+            runner.submit(&store, &id, &dir, input)
+        });
     if let Err(e) = queued {
         store.fail(&id, e.message.clone());
         let _ = store.remove(&id);
@@ -721,6 +735,49 @@ async fn pipeline(
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+/// Query of the pipeline endpoint.
+#[derive(serde::Deserialize)]
+struct PipelineQuery {
+    /// Analyse cardiac phantom exam SEED (made by the server, with its truth) instead of an
+    /// upload: the viewer's "phantom exam" button.
+    phantom: Option<u64>,
+}
+
+/// Writes cardiac phantom `seed` as a NIfTI into `dir`: the input and its truth.
+fn phantom_study(
+    dir: &std::path::Path,
+    seed: u64,
+) -> Result<(std::path::PathBuf, Option<serde_json::Value>), String> {
+    if !(1..=1_000_000).contains(&seed) {
+        return Err("phantom seeds run from 1 to 1000000".into());
+    }
+    let ph = medinfer_pipelines::phantom::write_cardiac(
+        dir,
+        seed,
+        medinfer_pipelines::phantom::Format::Nifti,
+    )
+    .map_err(|e| e.to_string())?;
+    let truth = serde_json::to_value(&ph.truth).map_err(|e| e.to_string())?;
+    Ok((dir.join("cine.nii.gz"), Some(truth)))
+}
+
+/// `GET /v1/pipelines`: the loaded models that serve a pipeline (newest versions).
+async fn pipelines(State(s): State<Arc<AppState>>) -> Response {
+    let repo = s.repo();
+    let list: Vec<serde_json::Value> = repo
+        .loaded
+        .keys()
+        .filter_map(|name| repo.get(name, None))
+        .filter_map(|m| {
+            m.config
+                .pipeline
+                .as_ref()
+                .map(|p| json!({ "model": m.name, "version": m.version, "pipeline": p }))
+        })
+        .collect();
+    Json(list).into_response()
 }
 
 async fn job_status(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
