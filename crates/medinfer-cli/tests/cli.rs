@@ -1249,3 +1249,99 @@ fn codestreams_larger_than_the_header_are_one_quiet_error_line() {
         }
     }
 }
+
+#[test]
+fn shards_from_indexed_job_env_cover_every_file_once_and_resume_after_interruption() {
+    let d = tmp();
+    let imgs = d.path().join("archive");
+    for k in 0..11u32 {
+        let dir = imgs.join(format!("p{}", k % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        let px: Vec<u8> = (0..48 * 40)
+            .map(|i| ((i as u32 * (k + 5)) % 241) as u8)
+            .collect();
+        medinfer_io::raster::write_png8(dir.join(format!("img{k:02}.png")), 48, 40, 1, &px)
+            .unwrap();
+    }
+    let n = 3;
+    // One Kubernetes Indexed Job pod per shard: K comes from JOB_COMPLETION_INDEX.
+    let shard = |k: usize, csv: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_medinfer"))
+            .args([
+                "run",
+                "cxr",
+                imgs.to_str().unwrap(),
+                "-b",
+                "tract",
+                "--shard",
+            ])
+            .arg(format!("env/{n}"))
+            .arg("--csv")
+            .arg(csv)
+            .env("JOB_COMPLETION_INDEX", k.to_string())
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .output()
+            .unwrap()
+    };
+    let rows = |csv: &Path| -> Vec<String> {
+        std::fs::read_to_string(csv)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().to_string())
+            .collect()
+    };
+    let mut all = Vec::new();
+    let mut sizes = Vec::new();
+    for k in 0..n {
+        let csv = d.path().join(format!("shard{k}.csv"));
+        let o = shard(k, &csv);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let r = rows(&csv);
+        sizes.push(r.len());
+        all.extend(r);
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a file in two shards: {all:?}");
+    assert_eq!(all.len(), 11, "{all:?}");
+    assert!(sizes.iter().all(|&s| s >= 2), "unbalanced shards {sizes:?}");
+    // Same split on a second run (deterministic), and the interrupted shard 1 resumes: cut its
+    // CSV inside a row, run again, every file of the shard exactly once.
+    let csv = d.path().join("shard1.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let whole = rows(&csv);
+    let cut = text.lines().next().unwrap().len() + 1 + text.lines().nth(1).unwrap().len() + 10;
+    std::fs::write(&csv, &text.as_bytes()[..cut]).unwrap();
+    let o = shard(1, &csv);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut again = rows(&csv);
+    again.sort();
+    let mut want = whole.clone();
+    want.sort();
+    assert_eq!(again, want);
+    // Out-of-range or missing index: a clear refusal.
+    let o = shard(3, &d.path().join("x.csv"));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("3"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_medinfer"))
+        .args([
+            "run",
+            "cxr",
+            imgs.to_str().unwrap(),
+            "-b",
+            "tract",
+            "--shard",
+            "env/3",
+        ])
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("JOB_COMPLETION_INDEX"),
+        "{}",
+        stderr(&o)
+    );
+}
