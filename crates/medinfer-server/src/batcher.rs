@@ -11,7 +11,9 @@ use medinfer_core::{DType, Tensor};
 use medinfer_engine::{EngineError, Session};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -28,6 +30,20 @@ pub struct BatchSettings {
     /// Worker threads, each with its own sessions, taking batches from the one queue (Triton's
     /// instance count; 1 = one batch in the engine at a time).
     pub instances: usize,
+    /// Pad each batch with zero rows to the next power of two (or `max_batch`), so that at most
+    /// log2(max_batch) + 2 sessions are compiled per input shape, instead of one per batch size
+    /// met: less memory, and no compile stall in the middle of serving.
+    pub pad: bool,
+}
+
+impl BatchSettings {
+    /// The batch size `items` runs at: itself, or padded as [`BatchSettings::pad`] says.
+    pub fn padded(&self, items: usize) -> usize {
+        if !self.pad || items >= self.max_batch {
+            return items;
+        }
+        items.next_power_of_two().min(self.max_batch)
+    }
 }
 
 /// One inference request: inputs in the model's input order, each with the batch axis first.
@@ -197,12 +213,18 @@ fn work(rx: Arc<Mutex<Receiver<Job>>>, loader: Loader, s: BatchSettings, stats: 
         }
         // Then new arrivals until the batch is full or the oldest has waited long enough. The
         // side queue is bounded too: when it is full, the channel fills and clients get 429.
+        // Requests already queued join at once, whatever the oldest has waited: the delay only
+        // bounds waiting for requests not sent yet. (Under load the oldest is always past its
+        // deadline, and batches must still fill from the queue.)
         while open && items < s.max_batch && pending.len() < s.max_queue {
             let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match rx.recv_timeout(deadline - now) {
+            let got = match rx.try_recv() {
+                Ok(j) => Ok(j),
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) if now >= deadline => break,
+                Err(TryRecvError::Empty) => rx.recv_timeout(deadline - now),
+            };
+            match got {
                 Ok(j) if j.key() == key && items + j.items() <= s.max_batch => {
                     items += j.items();
                     group.push(j);
@@ -216,13 +238,22 @@ fn work(rx: Arc<Mutex<Receiver<Job>>>, loader: Loader, s: BatchSettings, stats: 
         stats
             .queued_now
             .fetch_sub(group.len() as u64, Ordering::Relaxed);
-        run_group(group, items, &loader, &mut sessions, &mut order, &stats);
+        run_group(
+            group,
+            items,
+            s.padded(items),
+            &loader,
+            &mut sessions,
+            &mut order,
+            &stats,
+        );
     }
 }
 
 fn run_group(
     group: Vec<Job>,
     items: usize,
+    rows: usize,
     loader: &Loader,
     sessions: &mut HashMap<Vec<Vec<usize>>, Session>,
     order: &mut VecDeque<Vec<Vec<usize>>>,
@@ -239,7 +270,7 @@ fn run_group(
     let (inputs, replies): (Vec<Vec<Tensor>>, Vec<_>) =
         group.into_iter().map(|j| (j.inputs, j.reply)).unzip();
     let result = medinfer_core::panic::catch(|| -> Result<Vec<Vec<Tensor>>, EngineError> {
-        let batch = concat(inputs)?;
+        let batch = pad(concat(inputs)?, rows)?;
         let shapes: Vec<Vec<usize>> = batch.iter().map(|t| t.shape().to_vec()).collect();
         if !sessions.contains_key(&shapes) {
             let s = loader(&shapes)?;
@@ -256,7 +287,7 @@ fn run_group(
         stats
             .compute_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        split(out, &counts)
+        split(out, &counts, rows)
     })
     .unwrap_or_else(|p| {
         Err(EngineError::Run {
@@ -336,22 +367,46 @@ fn concat(mut requests: Vec<Vec<Tensor>>) -> Result<Vec<Tensor>, EngineError> {
     Ok(out)
 }
 
-/// Splits every output along the batch axis into the requests' rows.
-fn split(outputs: Vec<Tensor>, counts: &[usize]) -> Result<Vec<Vec<Tensor>>, EngineError> {
-    if counts.len() == 1 {
+/// Appends zero rows to every input until the batch axis holds `rows`.
+fn pad(inputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>, EngineError> {
+    inputs
+        .into_iter()
+        .map(|t| {
+            let n = t.shape().first().copied().unwrap_or(rows);
+            if n >= rows {
+                return Ok(t);
+            }
+            let mut bytes = t.to_le_bytes();
+            bytes.resize(bytes.len() / n.max(1) * rows, 0);
+            let mut shape = t.shape().to_vec();
+            shape[0] = rows;
+            Tensor::from_le_bytes(t.dtype(), shape, &bytes)
+                .map_err(|e| EngineError::BadInput(e.to_string()))
+        })
+        .collect()
+}
+
+/// Splits every output along the batch axis (`rows`, padding included) into the requests'
+/// rows; padding rows are dropped.
+fn split(
+    outputs: Vec<Tensor>,
+    counts: &[usize],
+    rows: usize,
+) -> Result<Vec<Vec<Tensor>>, EngineError> {
+    let total: usize = counts.iter().sum();
+    if counts.len() == 1 && rows == total {
         return Ok(vec![outputs]);
     }
-    let total: usize = counts.iter().sum();
     let mut parts: Vec<Vec<Tensor>> = vec![Vec::with_capacity(outputs.len()); counts.len()];
     for o in outputs {
-        if o.shape().first() != Some(&total) {
+        if o.shape().first() != Some(&rows) {
             return Err(EngineError::BadInput(format!(
-                "output of shape {:?} has no batch axis of {total} to split between requests",
+                "output of shape {:?} has no batch axis of {rows} to split between requests",
                 o.shape()
             )));
         }
         let bytes = o.to_le_bytes();
-        let per_item = bytes.len() / total.max(1);
+        let per_item = bytes.len() / rows.max(1);
         let mut at = 0;
         for (k, &c) in counts.iter().enumerate() {
             let mut shape = o.shape().to_vec();
@@ -365,4 +420,91 @@ fn split(outputs: Vec<Tensor>, counts: &[usize]) -> Result<Vec<Vec<Tensor>>, Eng
         }
     }
     Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medinfer_onnx::builder::{f32_value_info, DimSpec, GraphBuilder};
+
+    fn relu_model(dir: &std::path::Path) -> std::path::PathBuf {
+        let mut g = GraphBuilder::new(1);
+        let y = g.relu("y", "x");
+        let dims = [DimSpec::Named("n".into()), DimSpec::Fixed(4)];
+        let m = g.finish(
+            "relu",
+            vec![f32_value_info("x", &dims)],
+            vec![f32_value_info(&y, &dims)],
+            &[],
+        );
+        let p = dir.join("relu.onnx");
+        medinfer_onnx::save_model(&m, &p).unwrap();
+        p
+    }
+
+    #[test]
+    fn queued_requests_fill_a_batch_even_past_the_delay_and_batches_are_padded() {
+        let d = tempfile::tempdir().unwrap();
+        let model = relu_model(d.path());
+        // The first engine load waits until the test has queued six more requests.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let go = Mutex::new(Some(go_rx));
+        let shapes_seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = shapes_seen.clone();
+        let loader: Loader = Arc::new(move |shapes: &[Vec<usize>]| {
+            seen.lock().unwrap().push(shapes[0][0]);
+            if let Some(rx) = go.lock().unwrap().take() {
+                let _ = rx.recv_timeout(Duration::from_secs(30));
+            }
+            medinfer_engine::load_on(
+                medinfer_engine::BackendKind::Tract,
+                &model,
+                &medinfer_engine::SessionOptions {
+                    batch: Some(shapes[0][0]),
+                    ..Default::default()
+                },
+            )
+        });
+        let settings = BatchSettings {
+            max_batch: 8,
+            max_delay: Duration::ZERO,
+            max_queue: 16,
+            instances: 1,
+            pad: true,
+        };
+        let b = Batcher::start("t", loader, settings);
+        let mut replies = Vec::new();
+        for k in 0..7 {
+            let (tx, rx) = oneshot::channel();
+            let x =
+                Tensor::from_f32(vec![1, 4], vec![k as f32 - 3.0, 1.0, -1.0, k as f32]).unwrap();
+            b.submit(Job {
+                inputs: vec![x],
+                reply: tx,
+                queued: Instant::now(),
+            })
+            .unwrap();
+            replies.push(rx);
+            if k == 0 {
+                // Let the worker take the first one alone and block in the loader.
+                while shapes_seen.lock().unwrap().is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        go_tx.send(()).unwrap();
+        for (k, rx) in replies.into_iter().enumerate() {
+            let out = rx.blocking_recv().unwrap().unwrap();
+            let want = [(k as f32 - 3.0).max(0.0), 1.0, 0.0, k as f32];
+            assert_eq!(out[0].shape(), &[1, 4]);
+            assert_eq!(out[0].as_f32().unwrap(), &want, "request {k}");
+        }
+        // One batch of 1, then the six that queued meanwhile as one batch padded to 8.
+        assert_eq!(*shapes_seen.lock().unwrap(), vec![1, 8]);
+        assert_eq!(b.stats.largest_batch.load(Ordering::Relaxed), 6);
+        assert_eq!(b.stats.batches.load(Ordering::Relaxed), 2);
+        assert_eq!(b.stats.items.load(Ordering::Relaxed), 7);
+        let padded: Vec<usize> = (1..=9).map(|n| settings.padded(n)).collect();
+        assert_eq!(padded, [1, 2, 4, 4, 8, 8, 8, 8, 9]);
+    }
 }

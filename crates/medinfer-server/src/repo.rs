@@ -31,6 +31,9 @@ pub struct ModelRepoConfig {
     pub max_queue_delay_us: u64,
     /// Requests that may wait at once; more get 429.
     pub max_queue: usize,
+    /// Pad batches with zero rows to powers of two (1, 2, 4, ... max_batch), so a few engine
+    /// sessions serve every batch size (default true; false compiles one per size met).
+    pub pad_batches: bool,
     /// Full input shapes for dimensions other than the batch that the model leaves dynamic,
     /// used by the load check (requests may still come at other sizes).
     pub input_shapes: HashMap<String, Vec<usize>>,
@@ -62,6 +65,7 @@ impl Default for ModelRepoConfig {
             max_batch: 8,
             max_queue_delay_us: 2000,
             max_queue: 64,
+            pad_batches: true,
             input_shapes: HashMap::new(),
             pipeline: None,
         }
@@ -509,6 +513,7 @@ fn load_version(
         max_delay: Duration::from_micros(config.max_queue_delay_us),
         max_queue: config.max_queue,
         instances: config.instances,
+        pad: config.pad_batches,
     };
     Ok(LoadedModel {
         name: name.to_string(),
