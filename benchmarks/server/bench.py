@@ -7,7 +7,7 @@ servers (binary tensors, the v2 binary extension; and JSON tensors). Then an ove
 medinfer with a small queue at high concurrency for a fixed time, counting 200 / 429 / 5xx and
 the server's peak RSS, and checking that the queue drains afterwards.
 
-Usage: benchmarks/server/run.sh [--model resnet18-ct] [--seconds 20] [--concurrency 8]
+Usage: benchmarks/server/run.sh [--model resnet18-ct] [--seconds 20] [--concurrency 8,16]
 """
 import argparse
 import json
@@ -71,14 +71,18 @@ def main():
     ap.add_argument("--oha", default="oha")
     ap.add_argument("--model", default="resnet18-ct")
     ap.add_argument("--seconds", type=int, default=20)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", default="8,16",
+                    help="client concurrencies, comma-separated (each measured on both servers)")
     ap.add_argument("--warmup", type=int, default=10, help="seconds of load before each measured run")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--instances", type=int, default=1, help="medinfer engine instances per model")
+    ap.add_argument("--overload-seconds", type=int, default=60,
+                    help="length of the overload run (concurrency 8x the largest, queue of 8)")
     ap.add_argument("--skip-python", action="store_true", help="medinfer only")
     ap.add_argument("--json")
     a = ap.parse_args()
     import numpy as np
+    concs = [int(c) for c in str(a.concurrency).split(",")]
 
     mi = os.path.abspath(a.medinfer)
     work = tempfile.mkdtemp(prefix="medinfer-serve-bench-")
@@ -103,7 +107,7 @@ def main():
                                "data": x.ravel().tolist()}]}, f)
     binh = [f"Inference-Header-Content-Length: {len(head)}", "Content-Type: application/octet-stream"]
     jsonh = ["Content-Type: application/json"]
-    results = {"model": a.model, "cores": CORES, "seconds": a.seconds, "concurrency": a.concurrency}
+    results = {"model": a.model, "cores": CORES, "seconds": a.seconds, "concurrency": concs}
 
     # The engine alone, throughput mode on ONNX Runtime, batch 1 and the server's max batch.
     for b in (1, a.max_batch):
@@ -119,12 +123,14 @@ def main():
             wait_ready(port, p)
             url = f"http://127.0.0.1:{port}/v2/models/m/infer"
             for kind, body, hdr in (("binary", binbody, binh), ("json", jsonbody, jsonh)):
-                oha(a.oha, url, body, hdr, a.warmup, a.concurrency)  # warm-up (every batch size compiled once)
-                r = oha(a.oha, url, body, hdr, a.seconds, a.concurrency)
-                r["peak_rss_mb"] = rss_mb(p.pid)
-                results[f"{label}/{kind}"] = r
-                print(f"{label:9} {kind:6} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
-                      f"p99 {r['p99_ms']:7.1f} ms  codes {r['codes']}  RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+                for c in concs:
+                    oha(a.oha, url, body, hdr, a.warmup, c)  # warm-up (every batch size compiled once)
+                    r = oha(a.oha, url, body, hdr, a.seconds, c)
+                    r["peak_rss_mb"] = rss_mb(p.pid)
+                    results[f"{label}/{kind}/c{c}"] = r
+                    print(f"{label:9} {kind:6} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+                          f"p99 {r['p99_ms']:7.1f} ms  codes {r['codes']}  RSS {r['peak_rss_mb']:.0f} MB",
+                          flush=True)
             extra(p, url)
         finally:
             p.send_signal(signal.SIGTERM)
@@ -141,14 +147,14 @@ def main():
 
     # Overload: a queue of 8 at 8x the concurrency for the same time.
     def overload(p, url):
-        r = oha(a.oha, url, binbody, binh, a.seconds, a.concurrency * 8)
+        r = oha(a.oha, url, binbody, binh, a.overload_seconds, max(concs) * 8)
         r["peak_rss_mb"] = rss_mb(p.pid)
         time.sleep(1)
         with urllib.request.urlopen(url.replace("/infer", "/stats")) as s:
             st = json.load(s)["model_stats"][0]
         r["queued_after"] = st["queued_now"]
         results["medinfer/overload"] = r
-        print(f"overload  c={a.concurrency * 8}: {r['rps']:.1f} req/s answered, codes {r['codes']}, "
+        print(f"overload  c={max(concs) * 8}: {r['rps']:.1f} req/s answered, codes {r['codes']}, "
               f"errors {r['errors']}, peak RSS {r['peak_rss_mb']:.0f} MB, queued afterwards {r['queued_after']}",
               flush=True)
 
@@ -172,13 +178,15 @@ def main():
     run_server([sys.executable, os.path.join(here, "python_server.py"), model, "m", str(port)], port,
                "fastapi", lambda p, u: None)
 
-    m, f = results["medinfer/binary"], results["fastapi/binary"]
-    print(f"\nmedinfer serve / medinfer bench (batch {a.max_batch}): "
-          f"{m['rps'] / results[f'bench_batch{a.max_batch}_items_per_s']:.2f}; "
-          f"/ bench batch 1: {m['rps'] / results['bench_batch1_items_per_s']:.2f}")
-    print(f"medinfer serve / FastAPI+onnxruntime: binary {m['rps'] / f['rps']:.2f}x "
-          f"(p99 {m['p99_ms']:.1f} vs {f['p99_ms']:.1f} ms), json "
-          f"{results['medinfer/json']['rps'] / results['fastapi/json']['rps']:.2f}x")
+    ref = results[f"bench_batch{a.max_batch}_items_per_s"]
+    print()
+    for c in concs:
+        m, f = results[f"medinfer/binary/c{c}"], results[f"fastapi/binary/c{c}"]
+        mj, fj = results[f"medinfer/json/c{c}"], results[f"fastapi/json/c{c}"]
+        print(f"c={c}: medinfer serve / medinfer bench (batch {a.max_batch}) {m['rps'] / ref:.2f}; "
+              f"/ FastAPI+onnxruntime: binary {m['rps'] / f['rps']:.2f}x "
+              f"(p99 {m['p99_ms']:.1f} vs {f['p99_ms']:.1f} ms), json {mj['rps'] / fj['rps']:.2f}x "
+              f"(p99 {mj['p99_ms']:.1f} vs {fj['p99_ms']:.1f} ms)")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTP serving throughput: medinfer serve vs medinfer bench vs FastAPI + onnxruntime, one run.
-# Usage: benchmarks/server/run.sh [--model resnet18-ct] [--seconds 20] [--concurrency 8] [--json out.json]
+# Usage: benchmarks/server/run.sh [--model resnet18-ct] [--seconds 20] [--concurrency 8,16] [--json out.json]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${MEDINFER_SERVER_VENV:-$HOME/.cache/medinfer/server-bench-venv}"

@@ -189,6 +189,7 @@ pub fn run(
         threads: cfg.threads,
         batch: cfg.batch,
         input_shapes: cfg.input_shapes.clone(),
+        ..Default::default()
     };
     let t0 = Instant::now();
     let session = load_on(cfg.backend, model, &opts)?;

@@ -136,6 +136,11 @@ pub struct SessionOptions {
     pub batch: Option<usize>,
     /// Full shapes for inputs whose other dimensions are dynamic, by input name.
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// Other work shares the CPU with the engine (a server parsing requests): engine threads
+    /// sleep instead of spin-waiting between operators (ONNX Runtime's intra-op spinning off;
+    /// OpenVINO and tract do not spin). Measured in `medinfer serve` on 2 cores: JSON requests
+    /// at concurrency 8, 64 -> 95 req/s (docs/benchmarks.md).
+    pub shared_cpu: bool,
 }
 
 /// Options resolved against the model and the machine.
@@ -149,6 +154,7 @@ pub(crate) struct Prepared {
     pub mode: Mode,
     pub streams: usize,
     pub threads: usize,
+    pub shared_cpu: bool,
 }
 
 /// Resolves streams x threads from the mode and the cores this process may use.
@@ -280,6 +286,7 @@ pub(crate) fn prepare(path: &Path, opts: &SessionOptions) -> Result<Prepared, En
         mode: opts.mode,
         streams,
         threads,
+        shared_cpu: opts.shared_cpu,
     })
 }
 

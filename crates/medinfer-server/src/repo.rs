@@ -482,6 +482,7 @@ fn load_version(
                     threads,
                     batch: Some(8),
                     input_shapes: shapes.clone(),
+                    shared_cpu: true,
                     ..Default::default()
                 };
                 load_on(backend, &file, &opts)
@@ -504,6 +505,7 @@ fn load_version(
             threads,
             batch: shapes.first().and_then(|s| s.first().copied()),
             input_shapes: names.iter().cloned().zip(shapes.iter().cloned()).collect(),
+            shared_cpu: true,
             ..Default::default()
         };
         load_on(backend, &file, &opts)

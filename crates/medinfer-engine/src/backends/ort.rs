@@ -85,8 +85,9 @@ impl Backend for Ort {
                     .and_then(|b| b.with_intra_threads(p.threads).map_err(s))
                     .and_then(|b| b.with_inter_threads(1).map_err(s))
                     .map_err(&load_err)?;
-                if p.streams > 1 {
-                    // Spinning intra-op threads of one stream steal cycles from the others.
+                if p.streams > 1 || p.shared_cpu {
+                    // Spinning intra-op threads of one stream steal cycles from the others,
+                    // and from whatever else shares the CPU (a server's request handling).
                     b = b
                         .with_intra_op_spinning(false)
                         .map_err(|e| load_err(s(e)))?;
