@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """HTTP serving throughput: `medinfer serve` against `medinfer bench` (the engine alone) and
-against a FastAPI + onnxruntime server (python_server.py), same model, same machine, one run.
+against Python servers with onnxruntime behind them: FastAPI (python_server.py) and KServe's own
+ModelServer (kserve_server.py), same model, same machine, one run.
 
 Load from oha (crates.io), fixed duration and concurrency, the same request body for both
 servers (binary tensors, the v2 binary extension; and JSON tensors). Then an overload run:
@@ -76,9 +77,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=10, help="seconds of load before each measured run")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--instances", type=int, default=1, help="medinfer engine instances per model")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="paired rounds of engine-alone vs through-HTTP (largest concurrency, binary)")
     ap.add_argument("--overload-seconds", type=int, default=60,
                     help="length of the overload run (concurrency 8x the largest, queue of 8)")
     ap.add_argument("--skip-python", action="store_true", help="medinfer only")
+    ap.add_argument("--kserve-python", help="python of a venv with kserve + onnxruntime: also "
+                    "measure KServe's ModelServer (kserve_server.py)")
     ap.add_argument("--json")
     a = ap.parse_args()
     import numpy as np
@@ -141,9 +146,27 @@ def main():
     results["medinfer_config"] = dict(cfg)
     with open(os.path.join(work, "repo", "m", "config.json"), "w") as f:
         json.dump(cfg, f)
+    # Paired rounds on this noisy host: the engine alone, then the same load through HTTP, in
+    # turn, with the server up (idle while the engine runs alone); the ratio per round.
+    def paired(p, url):
+        c = max(concs)
+        ratios = []
+        for k in range(a.rounds):
+            r = subprocess.run([mi, "bench", model, "-b", "ort", "--mode", "throughput", "--batch",
+                                str(a.max_batch), "--runs", "200", "--json"], check=True,
+                               capture_output=True, text=True)
+            alone = json.loads(r.stdout)[0]["throughput_per_s"]
+            h = oha(a.oha, url, binbody, binh, a.seconds, c)
+            ratios.append(h["rps"] / alone)
+            print(f"round {k + 1}: bench batch {a.max_batch} {alone:.1f} items/s, serve c={c} binary "
+                  f"{h['rps']:.1f} req/s (p99 {h['p99_ms']:.1f} ms): {ratios[-1]:.2f}", flush=True)
+        results["paired_ratios"] = ratios
+        print(f"serve / bench, paired: median {sorted(ratios)[len(ratios) // 2]:.2f} "
+              f"(range {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+
     port = free_port()
     run_server([mi, "serve", "--models", os.path.join(work, "repo"), "--port", str(port)], port,
-               "medinfer", lambda p, u: None)
+               "medinfer", paired)
 
     # Overload: a queue of 8 at 8x the concurrency for the same time.
     def overload(p, url):
@@ -178,6 +201,11 @@ def main():
     run_server([sys.executable, os.path.join(here, "python_server.py"), model, "m", str(port)], port,
                "fastapi", lambda p, u: None)
 
+    if a.kserve_python:
+        port = free_port()
+        run_server([a.kserve_python, os.path.join(here, "kserve_server.py"), model, "m", str(port)],
+                   port, "kserve", lambda p, u: None)
+
     ref = results[f"bench_batch{a.max_batch}_items_per_s"]
     print()
     for c in concs:
@@ -187,6 +215,11 @@ def main():
               f"/ FastAPI+onnxruntime: binary {m['rps'] / f['rps']:.2f}x "
               f"(p99 {m['p99_ms']:.1f} vs {f['p99_ms']:.1f} ms), json {mj['rps'] / fj['rps']:.2f}x "
               f"(p99 {mj['p99_ms']:.1f} vs {fj['p99_ms']:.1f} ms)")
+        if a.kserve_python:
+            k, kj = results[f"kserve/binary/c{c}"], results[f"kserve/json/c{c}"]
+            print(f"c={c}: medinfer serve / KServe ModelServer+onnxruntime: binary {m['rps'] / k['rps']:.2f}x "
+                  f"(p99 {m['p99_ms']:.1f} vs {k['p99_ms']:.1f} ms), json {mj['rps'] / kj['rps']:.2f}x "
+                  f"(p99 {mj['p99_ms']:.1f} vs {kj['p99_ms']:.1f} ms)")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=1)
