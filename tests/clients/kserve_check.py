@@ -16,7 +16,6 @@ Usage: python kserve_check.py MEDINFER   (run by `cargo xtask test` in its own v
 """
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,8 @@ import time
 import httpx
 import numpy as np
 import onnxruntime as ort
+from common import Checks, Server
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run(base, path, check):
@@ -102,29 +96,13 @@ def main():
                    capture_output=True)
     with open(os.path.join(work, "repo", "unet", "config.json"), "w") as f:
         f.write('{"backend": "ort", "max_batch": 4, "max_queue_delay_us": 5000}')
-    port = free_port()
-    log = open(os.path.join(work, "server.log"), "w")
-    server = subprocess.Popen([medinfer, "serve", "--models", os.path.join(work, "repo"),
-                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    failures = []
-
-    def check(cond, what):
-        print(("ok    " if cond else "FAIL  ") + what, flush=True)
-        if not cond:
-            failures.append(what)
-
+    server = Server(medinfer, os.path.join(work, "repo"), work)
+    check = Checks()
     try:
-        asyncio.run(run(f"http://127.0.0.1:{port}", path, check))
+        asyncio.run(run(f"http://127.0.0.1:{server.port}", path, check))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    if failures:
-        print("server log:\n" + open(log.name).read())
-        raise SystemExit(f"{len(failures)} check(s) failed")
-    print("kserve client: all checks passed")
+        server.stop()
+    check.finish(server, "kserve client: all checks passed")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ cardiac U-Net: input [batch, 1, 96, 96], output [batch, 4, 96, 96]), then with
 Usage: python triton_http_check.py MEDINFER   (run by `cargo xtask test` in its own venv)
 """
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,13 +23,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 import tritonclient.http as httpclient
+from common import Checks, Server
 from tritonclient.utils import InferenceServerException
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():
@@ -44,16 +37,9 @@ def main():
                    capture_output=True)
     with open(os.path.join(work, "repo", "unet", "config.json"), "w") as f:
         f.write('{"backend": "ort", "max_batch": 4, "max_queue_delay_us": 5000}')
-    port = free_port()
-    log = open(os.path.join(work, "server.log"), "w")
-    server = subprocess.Popen([medinfer, "serve", "--models", os.path.join(work, "repo"),
-                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    failures = []
-
-    def check(cond, what):
-        print(("ok    " if cond else "FAIL  ") + what, flush=True)
-        if not cond:
-            failures.append(what)
+    server = Server(medinfer, os.path.join(work, "repo"), work)
+    port = server.port
+    check = Checks()
 
     try:
         client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}", concurrency=4)
@@ -64,8 +50,8 @@ def main():
                     break
             except Exception:  # noqa: BLE001  (not listening yet)
                 pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit("medinfer serve did not become ready:\n" + open(log.name).read())
+            if time.time() > deadline or server.proc.poll() is not None:
+                raise SystemExit("medinfer serve did not become ready:\n" + open(server.log).read())
             time.sleep(0.2)
         check(client.is_server_live(), "server live")
         meta = client.get_server_metadata()
@@ -119,17 +105,9 @@ def main():
             check(e.status() == "400" and "shape" in e.message(), f"wrong shape refused: {e.status()} {e.message()}")
         client.close()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            rc = server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            rc = "killed after 60 s"
+        rc = server.stop()
         check(rc == 0, f"SIGTERM: drained and exited ({rc})")
-    if failures:
-        print(open(log.name).read())
-        raise SystemExit(f"{len(failures)} check(s) failed")
-    print("tritonclient.http works against medinfer serve unchanged")
+    check.finish(server, "tritonclient.http works against medinfer serve unchanged")
 
 
 if __name__ == "__main__":

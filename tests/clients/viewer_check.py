@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 
+from common import Checks, Server
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -33,12 +34,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = os.environ.get("MEDINFER_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("MEDINFER_CHROMEDRIVER", "/usr/bin/chromedriver")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():
@@ -61,16 +56,9 @@ def main():
     with open(os.path.join(repo, "heart", "config.json"), "w") as f:
         json.dump({"backend": "tract", "pipeline": "cardiac"}, f)
 
-    port = free_port()
-    log = open(os.path.join(work, "server.log"), "w")
-    server = subprocess.Popen([medinfer, "serve", "--models", repo, "--port", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    failures = []
-
-    def check(cond, what):
-        print(("ok    " if cond else "FAIL  ") + what, flush=True)
-        if not cond:
-            failures.append(what)
+    server = Server(medinfer, repo, work)
+    port = server.port
+    check = Checks()
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
@@ -87,8 +75,8 @@ def main():
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("medinfer serve did not start:\n" + open(log.name).read())
+                if time.time() > deadline or server.proc.poll() is not None:
+                    raise SystemExit("medinfer serve did not start:\n" + open(server.log).read())
                 time.sleep(0.2)
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
         driver.set_page_load_timeout(60)
@@ -154,15 +142,8 @@ def main():
     finally:
         if driver is not None:
             driver.quit()
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    if failures:
-        print("server log:\n" + open(log.name).read())
-        raise SystemExit(f"{len(failures)} check(s) failed")
-    print(f"viewer: all checks passed; screenshots in {artefacts}")
+        server.stop()
+    check.finish(server, f"viewer: all checks passed; screenshots in {artefacts}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ pub struct ServeArgs {
     /// Model repository: DIR/{name}/{version}/model.onnx, with an optional
     /// DIR/{name}/config.json ({"backend": "ort", "precision": "fp32", "threads": 2,
     /// "instances": 1, "max_batch": 8, "max_queue_delay_us": 2000, "max_queue": 64,
-    /// "input_shapes": {...}, "pipeline": "cxr" | "cardiac" | "ct"}).
+    /// "pad_batches": true, "input_shapes": {...}, "pipeline": "cxr" | "cardiac" | "ct"}).
     /// Every model is checked in a child process first; one that fails is reported in
     /// /v2/repository/index and the others serve.
     #[arg(long)]

@@ -1,0 +1,51 @@
+"""Shared by the client checks: `medinfer serve` on a free loopback port, and a list of checks.
+"""
+import os
+import signal
+import socket
+import subprocess
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`medinfer serve --models REPO` on a free port, its output in WORK/server.log."""
+
+    def __init__(self, medinfer, repo, work):
+        self.port = free_port()
+        self.log = os.path.join(work, "server.log")
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([medinfer, "serve", "--models", repo, "--port",
+                                          str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self):
+        """SIGTERM (drain, then exit); the exit status, or a note when it had to be killed."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return "killed after 60 s"
+
+
+class Checks:
+    """Prints each check; `finish` fails the script (with the server's log) if any failed."""
+
+    def __init__(self):
+        self.failures = []
+
+    def __call__(self, cond, what):
+        print(("ok    " if cond else "FAIL  ") + what, flush=True)
+        if not cond:
+            self.failures.append(what)
+
+    def finish(self, server, done):
+        if self.failures:
+            with open(server.log) as f:
+                print("server log:\n" + f.read())
+            raise SystemExit(f"{len(self.failures)} check(s) failed")
+        print(done)
