@@ -41,6 +41,7 @@ impl Tags {
         "source_format",
         "description",
         "number_of_frames",
+        "cine_timing",
     ];
 
     /// An empty map.

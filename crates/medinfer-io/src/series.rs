@@ -163,6 +163,35 @@ pub struct Layout {
     /// `(file index, frame)` for each `(phase, slice)`, phase-major.
     #[serde(skip)]
     pub order: Vec<(usize, usize)>,
+    /// Set when the slices' cine timings differ (each slice acquired in its own breath-hold):
+    /// phases are then matched by index within each slice's cycle.
+    pub timing: Option<CineTiming>,
+}
+
+/// Per-slice cine timing of a stack whose slices were acquired separately.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CineTiming {
+    /// Time of each slice's first phase, ms, in slice order.
+    pub first_ms: Vec<f64>,
+    /// Each slice's cycle covered (last phase minus first), ms.
+    pub span_ms: Vec<f64>,
+}
+
+impl CineTiming {
+    /// One line for reports: the spread of first-phase times and of cycle lengths.
+    pub fn summary(&self) -> String {
+        let range = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        };
+        let (a, b) = range(&self.first_ms);
+        let (c, d) = range(&self.span_ms);
+        format!(
+            "slices acquired separately (breath-holds): first phase at {a:.1}-{b:.1} ms, cycle span {c:.1}-{d:.1} ms across {} slices; phases matched by index",
+            self.first_ms.len()
+        )
+    }
 }
 
 /// Works out slice order, spacing and geometry from the headers alone.
@@ -256,6 +285,7 @@ pub fn layout(series: &Series) -> Result<Layout, IoError> {
             spacing: [ps[1], ps[0], dz, 0.0],
             affine,
             order: images.iter().map(|&(f, fr, _, _)| (f, fr)).collect(),
+            timing: None,
         });
     };
     for f in files {
@@ -331,16 +361,38 @@ pub fn layout(series: &Series) -> Result<Layout, IoError> {
             }
         }
     }
+    // Slices acquired in separate breath-holds have their own trigger times and RR: phases are
+    // matched by index within each slice's cycle, checked by relative time (each phase within
+    // half a step of the first slice's), and the spread is reported rather than refused.
+    let mut timing = None;
     if phases > 1 {
         let times: Vec<f64> = groups[0].iter().map(|k| k.1).collect();
+        let rel = |t: &[f64]| -> Vec<f64> {
+            let span = t[phases - 1] - t[0];
+            t.iter().map(|x| (x - t[0]) / span.max(1e-9)).collect()
+        };
+        let reference = rel(&times);
+        let mut differ = false;
         for g in &groups {
             let t: Vec<f64> = g.iter().map(|k| k.1).collect();
-            if t.iter()
+            differ |= t
+                .iter()
                 .zip(&times)
-                .any(|(a, b)| (a - b).abs() > 1e-3 && (a - b).abs() > 0.05 * b.abs())
-            {
-                return Err(err(uid, format!("cine phases do not line up: slice at {:.2} mm has times {t:?}, the first slice {times:?}", g[0].0)));
+                .any(|(a, b)| (a - b).abs() > 1e-3 && (a - b).abs() > 0.05 * b.abs());
+            let r = rel(&t);
+            let half_step = 0.5 / (phases - 1) as f64;
+            if let Some(p) = (0..phases).find(|&p| (r[p] - reference[p]).abs() > half_step) {
+                return Err(err(uid, format!(
+                    "cine phases do not line up: phase {p} of the slice at {:.2} mm is at {:.0}% of its cycle, {:.0}% in the first slice (times {t:?} vs {times:?})",
+                    g[0].0, 100.0 * r[p], 100.0 * reference[p]
+                )));
             }
+        }
+        if differ {
+            timing = Some(CineTiming {
+                first_ms: groups.iter().map(|g| g[0].1).collect(),
+                span_ms: groups.iter().map(|g| g[phases - 1].1 - g[0].1).collect(),
+            });
         }
     }
     let n = groups.len();
@@ -366,8 +418,9 @@ pub fn layout(series: &Series) -> Result<Layout, IoError> {
         h0.slice_thickness.filter(|t| *t > 0.0).unwrap_or(1.0)
     };
     let dt = if phases > 1 {
-        let t = &groups[0];
-        (t[phases - 1].1 - t[0].1) / (phases - 1) as f64
+        // The mean of the slices' own steps (they differ when the RR did).
+        let spans: f64 = groups.iter().map(|t| t[phases - 1].1 - t[0].1).sum();
+        spans / groups.len() as f64 / (phases - 1) as f64
     } else {
         0.0
     };
@@ -401,6 +454,7 @@ pub fn layout(series: &Series) -> Result<Layout, IoError> {
         ],
         affine,
         order,
+        timing,
     })
 }
 
@@ -466,6 +520,9 @@ pub fn assemble(series: &Series) -> Result<Volume, IoError> {
     vol.affine = lay.affine;
     vol.window = series.files[0].header.window;
     vol.tags = series.files[0].header.tags();
+    if let Some(t) = &lay.timing {
+        vol.tags.set("cine_timing", t.summary());
+    }
     Ok(vol)
 }
 

@@ -1198,3 +1198,90 @@ fn png_views_and_overlays() {
     assert_eq!(back.data[..3], [view[0] as f32; 3]);
     assert!(raster::write_png8(&p, 3, 3, 1, &[0; 8]).is_err());
 }
+
+/// Rewrites the cine timing of every file of a written series: no Temporal Position Identifier,
+/// Trigger Time = `time(slice, phase)`.
+fn retime(files: &[PathBuf], nt: usize, time: impl Fn(usize, usize) -> f64) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    for (k, f) in files.iter().enumerate() {
+        // write_series writes slice-major: IM_<slice>_<phase>.
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let parts: Vec<usize> = name
+            .trim_start_matches("IM_")
+            .trim_end_matches(".dcm")
+            .split('_')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(parts.len(), 2, "{name} ({k} of {nt})");
+        let mut obj = dicom_object::open_file(f).unwrap();
+        obj.remove_element(tags::TEMPORAL_POSITION_IDENTIFIER);
+        obj.put(DataElement::new(
+            tags::TRIGGER_TIME,
+            VR::DS,
+            PrimitiveValue::from(format!("{:.2}", time(parts[0], parts[1]))),
+        ));
+        obj.write_to_file(f).unwrap();
+    }
+}
+
+#[test]
+fn separate_breath_holds_are_matched_by_phase_index_and_reported() {
+    let (nx, ny, nz, nt) = (12, 10, 4, 6);
+    let data: Vec<f32> = (0..nx * ny * nz * nt).map(|i| (i % 997) as f32).collect();
+    let vol = medinfer_core::Volume::new([nx, ny, nz, nt], data, [1.5, 1.5, 8.0, 40.0]).unwrap();
+    let info = medinfer_io::dicom_write::SeriesInfo {
+        modality: "MR".into(),
+        description: "cine".into(),
+        uid_seed: 7,
+        slice_thickness: 8.0,
+        rescale_intercept: 0.0,
+    };
+    let d = tempfile::tempdir().unwrap();
+    let files = medinfer_io::dicom_write::write_series(d.path(), &vol, &info).unwrap();
+    // Each slice its own breath-hold: first phase at 23-29 ms, RR (step) 38-44 ms.
+    let first = |z: usize| 23.0 + 2.0 * z as f64;
+    let step = |z: usize| 38.0 + 2.0 * z as f64;
+    retime(&files, nt, |z, t| first(z) + step(z) * t as f64);
+    let got = medinfer_io::read_volume(d.path()).unwrap();
+    assert_eq!(got.dims, vol.dims);
+    assert_eq!(
+        got.data, vol.data,
+        "every image in its (slice, phase) place"
+    );
+    let mean_step = (0..nz).map(step).sum::<f64>() / nz as f64;
+    assert!(
+        (got.spacing[3] - mean_step).abs() < 0.01,
+        "{:?}",
+        got.spacing
+    );
+    let note = got
+        .tags
+        .get("cine_timing")
+        .expect("the timing spread is reported");
+    assert!(
+        note.contains("23.0-29.0 ms") && note.contains("breath-holds"),
+        "{note}"
+    );
+
+    // A slice whose phases are not where the others' are in the cycle is refused, by name.
+    retime(&files, nt, |z, t| {
+        let t = t as f64;
+        if z == 2 {
+            first(z) + step(z) * t * t / (nt - 1) as f64
+        } else {
+            first(z) + step(z) * t
+        }
+    });
+    let e = medinfer_io::read_volume(d.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("cine phases do not line up") && e.contains("phase"),
+        "{e}"
+    );
+
+    // Identical timings (one breath-hold for the stack): no note.
+    retime(&files, nt, |_, t| 25.0 + 40.0 * t as f64);
+    let got = medinfer_io::read_volume(d.path()).unwrap();
+    assert!(got.tags.get("cine_timing").is_none());
+    assert!((got.spacing[3] - 40.0).abs() < 0.01);
+}

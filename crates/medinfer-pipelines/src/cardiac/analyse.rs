@@ -191,6 +191,9 @@ pub fn analyse(
             ));
         }
     }
+    if let Some(t) = vol.tags.get("cine_timing") {
+        flags.push(format!("cine timing: {t}"));
+    }
     let lv_mass_g = curves.myo_ml[ed] * MYOCARDIAL_DENSITY;
     let postprocess_ms = ms(t0);
     let info = session.info();
