@@ -12,6 +12,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def unet_repository(medinfer, work):
+    """WORK/repo/unet/1/model.onnx: the zoo's cardiac U-Net on ONNX Runtime, with batching
+    (input [batch, 1, 96, 96], output [batch, 4, 96, 96]); returns (repo folder, model path)."""
+    model_dir = os.path.join(work, "repo", "unet", "1")
+    os.makedirs(model_dir)
+    path = os.path.join(model_dir, "model.onnx")
+    subprocess.run([medinfer, "zoo", "build", "cardiac-unet", "-o", path], check=True,
+                   capture_output=True)
+    with open(os.path.join(work, "repo", "unet", "config.json"), "w") as f:
+        f.write('{"backend": "ort", "max_batch": 4, "max_queue_delay_us": 5000}')
+    return os.path.join(work, "repo"), path
+
+
 class Server:
     """`medinfer serve --models REPO` on a free port, its output in WORK/server.log."""
 

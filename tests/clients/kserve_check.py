@@ -16,7 +16,6 @@ Usage: python kserve_check.py MEDINFER   (run by `cargo xtask test` in its own v
 """
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ import time
 import httpx
 import numpy as np
 import onnxruntime as ort
-from common import Checks, Server
+from common import Checks, Server, unet_repository
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
 
@@ -89,14 +88,8 @@ async def run(base, path, check):
 def main():
     medinfer = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="medinfer-kserve-")
-    model_dir = os.path.join(work, "repo", "unet", "1")
-    os.makedirs(model_dir)
-    path = os.path.join(model_dir, "model.onnx")
-    subprocess.run([medinfer, "zoo", "build", "cardiac-unet", "-o", path], check=True,
-                   capture_output=True)
-    with open(os.path.join(work, "repo", "unet", "config.json"), "w") as f:
-        f.write('{"backend": "ort", "max_batch": 4, "max_queue_delay_us": 5000}')
-    server = Server(medinfer, os.path.join(work, "repo"), work)
+    repo, path = unet_repository(medinfer, work)
+    server = Server(medinfer, repo, work)
     check = Checks()
     try:
         asyncio.run(run(f"http://127.0.0.1:{server.port}", path, check))

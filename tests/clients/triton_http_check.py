@@ -15,7 +15,6 @@ cardiac U-Net: input [batch, 1, 96, 96], output [batch, 4, 96, 96]), then with
 Usage: python triton_http_check.py MEDINFER   (run by `cargo xtask test` in its own venv)
 """
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,21 +22,15 @@ import time
 import numpy as np
 import onnxruntime as ort
 import tritonclient.http as httpclient
-from common import Checks, Server
+from common import Checks, Server, unet_repository
 from tritonclient.utils import InferenceServerException
 
 
 def main():
     medinfer = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="medinfer-triton-")
-    model_dir = os.path.join(work, "repo", "unet", "1")
-    os.makedirs(model_dir)
-    path = os.path.join(model_dir, "model.onnx")
-    subprocess.run([medinfer, "zoo", "build", "cardiac-unet", "-o", path], check=True,
-                   capture_output=True)
-    with open(os.path.join(work, "repo", "unet", "config.json"), "w") as f:
-        f.write('{"backend": "ort", "max_batch": 4, "max_queue_delay_us": 5000}')
-    server = Server(medinfer, os.path.join(work, "repo"), work)
+    repo, path = unet_repository(medinfer, work)
+    server = Server(medinfer, repo, work)
     port = server.port
     check = Checks()
 
