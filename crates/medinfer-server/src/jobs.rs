@@ -121,8 +121,8 @@ impl JobStore {
                     }
                 }
             }
+            // A counter (unique) through a hash with random keys (unguessable).
             let mut h = self.keys.build_hasher();
-            h.write_u128(now.elapsed().as_nanos() ^ jobs.len() as u128);
             h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
             let a = h.finish();
             h.write_u64(a);
