@@ -110,6 +110,9 @@ enum RunCommand {
     /// CT slice anatomy tagging: a body-region label per slice of a DICOM series and a
     /// per-series summary of the regions over slice ranges.
     Ct(run_ct::RunCtArgs),
+    /// Resting-state fMRI: group ICA (MIGP + FastICA) and dual regression over a cohort of 4D
+    /// NIfTI files: group z maps, every subject's t maps and time courses.
+    Fmri(run_fmri::RunFmriArgs),
 }
 
 /// Keeps freed image-sized blocks in the process instead of handing them back to the kernel.
@@ -179,6 +182,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             RunCommand::Cardiac(a) => run_cardiac::run(a),
             RunCommand::Cxr(a) => run_cxr::run(a),
             RunCommand::Ct(a) => run_ct::run(a),
+            RunCommand::Fmri(a) => run_fmri::run(a),
         },
         Command::Demo(a) => demo::run(a),
         Command::BenchPipeline(a) => bench_pipeline::run(a),

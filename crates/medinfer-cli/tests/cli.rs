@@ -1345,3 +1345,72 @@ fn shards_from_indexed_job_env_cover_every_file_once_and_resume_after_interrupti
         stderr(&o)
     );
 }
+
+/// `phantom fmri` -> `run fmri --json` -> `phantom fmri-eval --json` end to end: a small
+/// cohort, the report on stdout, the recovery figures computed from the written files.
+#[test]
+fn fmri_phantom_run_and_eval_from_the_command_line() {
+    let d = tmp();
+    let cohort = d.path().join("cohort");
+    let c = cohort.to_str().unwrap();
+    let o = run(&[
+        "phantom",
+        "fmri",
+        "-o",
+        c,
+        "--subjects",
+        "4",
+        "--seed",
+        "21",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let subjects: Vec<String> = (1..=4)
+        .map(|i| {
+            cohort
+                .join(format!("sub-{i:02}.nii.gz"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let out = d.path().join("out");
+    let mut args = vec![
+        "run",
+        "fmri",
+        "-o",
+        out.to_str().unwrap(),
+        "--components",
+        "13",
+        "--json",
+    ];
+    args.extend(subjects.iter().map(|s| s.as_str()));
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rep["components"], 13);
+    assert_eq!(rep["subjects"].as_array().unwrap().len(), 4);
+    assert!(rep["times_s"]["total"].as_f64().unwrap() > 0.0);
+    let o = run(&[
+        "phantom",
+        "fmri-eval",
+        "--cohort",
+        c,
+        "--maps",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Four subjects only: a looser bar than the library test's eight.
+    assert!(r["mean_network_group_r"].as_f64().unwrap() > 0.85, "{r}");
+    // A bad band is a one-line error.
+    let o = run(&[
+        "run",
+        "fmri",
+        "-o",
+        out.to_str().unwrap(),
+        "--band",
+        "0.2,0.1",
+        &subjects[0],
+    ]);
+    assert_clean_failure(&o, &["--band"]);
+}

@@ -8,6 +8,7 @@
 //! | [`cardiac`] | cardiac cine-MRI quantification (`medinfer run cardiac`) |
 //! | [`cxr`] | chest X-ray multi-label classification over files and folders (`medinfer run cxr`) |
 //! | [`ct`] | CT slice anatomy tagging per series (`medinfer run ct`) |
+//! | [`fmri`] | resting-state fMRI group ICA, dual regression (`medinfer run fmri`) |
 //! | [`batch`] | the bounded decode -> inference executor every pipeline runs on |
 //! | [`resume`] | resumable CSV / JSON-lines result files, deterministic sharding |
 //! | [`models`] | model resolution (file, zoo name, shipped model) and model identity |
@@ -25,6 +26,7 @@ pub mod cardiac;
 pub mod config;
 pub mod ct;
 pub mod cxr;
+pub mod fmri;
 pub mod models;
 pub mod phantom;
 pub mod resume;

@@ -15,6 +15,7 @@ pub mod quantize;
 pub mod run_cardiac;
 pub mod run_ct;
 pub mod run_cxr;
+pub mod run_fmri;
 pub mod runtimes;
 pub mod serve;
 pub mod zoo;

@@ -1,0 +1,671 @@
+//! Resting-state fMRI network labelling: a cohort of 4D NIfTI files in, group ICA networks,
+//! every subject's own maps and time courses out.
+//!
+//! Stages (each timed in the report):
+//! 1. **check**: every subject is read once; 4D, enough volumes, finite values, one grid and
+//!    one TR across the cohort. The brain mask is `--mask` or computed from the cohort's mean
+//!    image ([`prep::epi_mask`], nilearn's `compute_epi_mask` idea).
+//! 2. **migp**: each subject is preprocessed ([`prep::preprocess`]: optional smoothing inside
+//!    the mask, linear detrend, band-pass, variance normalisation) and pushed through MIGP
+//!    ([`ica::Migp`]), so memory holds at one subject plus a `dim x V` matrix.
+//! 3. **ica**: group PCA to the dimension (given, or Minka's Laplace estimate), symmetric
+//!    log-cosh FastICA, maps flipped to a positive tail and z-scored, ordered by the share of
+//!    the group data's variance they explain.
+//! 4. **dual regression** ([`dualreg`]): every subject's time courses and t maps.
+//! 5. **write**: `group_maps.nii.gz`, `mask.nii.gz`, per subject `<id>/maps.nii.gz` and
+//!    `<id>/timecourses.tsv`, and `report.json`.
+//!
+//! | file | what |
+//! |---|---|
+//! | `prep.rs` | input checks, mask, preprocessing |
+//! | `ica.rs` | MIGP, group PCA and dimension, FastICA |
+//! | `dualreg.rs` | FSL's dual regression, both stages |
+//! | `phantom.rs` | the resting-state cohort phantom with exact truth |
+//! | `eval.rs` | recovery of the phantom's networks (not the clinical pipeline) |
+
+pub mod dualreg;
+pub mod eval;
+pub mod ica;
+pub mod phantom;
+pub mod prep;
+
+use crate::PipelineError;
+use faer::Mat;
+use ica::{FastIcaOptions, IcaError, Migp};
+use medinfer_core::Volume;
+use medinfer_io::nifti::{self, NiftiDtype};
+use prep::{Grid, PrepOptions};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The classifier's labels: ten resting-state networks, three artefact kinds, and
+/// `noise_other` for components that match nothing (thermal noise, split fragments).
+pub const LABELS: [&str; 14] = [
+    "default_mode",
+    "visual_medial",
+    "visual_lateral",
+    "sensorimotor",
+    "auditory",
+    "executive_control",
+    "frontoparietal_left",
+    "frontoparietal_right",
+    "cerebellar",
+    "salience",
+    "noise_motion",
+    "noise_csf",
+    "noise_vascular",
+    "noise_other",
+];
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct FmriRequest {
+    /// One 4D NIfTI per subject, on a common grid.
+    pub subjects: Vec<PathBuf>,
+    /// A brain mask on the same grid (non-zero = brain); `None`: computed.
+    pub mask: Option<PathBuf>,
+    /// Number of group components; `None`: Minka's Laplace estimate, capped by
+    /// `max_components`.
+    pub components: Option<usize>,
+    /// Cap on the estimated dimension.
+    pub max_components: usize,
+    /// MIGP's internal dimension; `None`: the larger of one subject's volumes and
+    /// 4 x components (cap), at most the cohort's total volumes.
+    pub migp_dim: Option<usize>,
+    /// Preprocessing.
+    pub prep: PrepOptions,
+    /// FastICA settings.
+    pub ica: FastIcaOptions,
+    /// Output folder (created).
+    pub output: PathBuf,
+    /// Raw subject data kept in memory between passes up to this many bytes; subjects past it
+    /// are read again.
+    pub cache_bytes: usize,
+}
+
+impl FmriRequest {
+    /// A request with the defaults for these subjects and output folder.
+    pub fn new(subjects: Vec<PathBuf>, output: PathBuf) -> FmriRequest {
+        FmriRequest {
+            subjects,
+            mask: None,
+            components: None,
+            max_components: 40,
+            migp_dim: None,
+            prep: PrepOptions::default(),
+            ica: FastIcaOptions::default(),
+            output,
+            cache_bytes: 4 << 30,
+        }
+    }
+}
+
+/// The stages, for progress reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Reading and checking every subject.
+    Check,
+    /// Preprocessing and MIGP.
+    Migp,
+    /// Group PCA and FastICA.
+    Ica,
+    /// Dual regression.
+    DualRegression,
+    /// Writing the outputs.
+    Write,
+}
+
+impl Stage {
+    /// Its name in progress bars.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Check => "check",
+            Stage::Migp => "migp",
+            Stage::Ica => "ica",
+            Stage::DualRegression => "dual regression",
+            Stage::Write => "write",
+        }
+    }
+}
+
+/// One group component.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupComponent {
+    /// 0-based index (the volume in group_maps.nii.gz).
+    pub index: usize,
+    /// Share of the group data's variance it explains.
+    pub explained_variance: f64,
+    /// Peak of the z map, world mm (RAS+).
+    pub peak_mm: [f64; 3],
+    /// The z value at the peak.
+    pub peak_z: f64,
+}
+
+/// One component of one subject.
+#[derive(Clone, Debug, Serialize)]
+pub struct SubjectComponent {
+    /// Component index.
+    pub index: usize,
+    /// Peak of the subject's t map, world mm.
+    pub peak_mm: [f64; 3],
+    /// The t value at the peak.
+    pub peak_t: f64,
+    /// Spatial correlation of the subject's map with the group map over the mask.
+    pub group_correlation: f64,
+}
+
+/// One subject's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct SubjectReport {
+    /// Its id (the file name without .nii / .nii.gz; made unique).
+    pub id: String,
+    /// The input file.
+    pub input: String,
+    /// Volumes.
+    pub volumes: usize,
+    /// Its own dimension (Laplace estimate), which its variance normalisation used.
+    pub dimension: usize,
+    /// Per component.
+    pub components: Vec<SubjectComponent>,
+}
+
+/// Seconds per stage.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageTimes {
+    /// Reading and checking.
+    pub check: f64,
+    /// Preprocessing and MIGP.
+    pub migp: f64,
+    /// Group PCA, dimension and FastICA.
+    pub ica: f64,
+    /// Dual regression (preprocessing again where the cache did not hold the subject).
+    pub dual_regression: f64,
+    /// Writing maps and tables.
+    pub write: f64,
+    /// All of it.
+    pub total: f64,
+}
+
+/// The pipeline's report (report.json).
+#[derive(Clone, Debug, Serialize)]
+pub struct FmriReport {
+    /// "fmri".
+    pub pipeline: &'static str,
+    /// The cohort's grid.
+    pub grid: Grid,
+    /// Voxels in the mask.
+    pub mask_voxels: usize,
+    /// Where the mask came from.
+    pub mask_source: String,
+    /// Preprocessing applied.
+    pub preprocessing: PrepOptions,
+    /// MIGP's internal dimension.
+    pub migp_dim: usize,
+    /// Components estimated.
+    pub components: usize,
+    /// How the dimension was chosen.
+    pub dimension_source: String,
+    /// FastICA settings.
+    pub ica: FastIcaOptions,
+    /// FastICA iterations run.
+    pub ica_iterations: usize,
+    /// Whether FastICA converged within its cap.
+    pub ica_converged: bool,
+    /// The FastICA restart kept (largest total negentropy).
+    pub ica_restart: usize,
+    /// The group components.
+    pub group: Vec<GroupComponent>,
+    /// Every subject.
+    pub subjects: Vec<SubjectReport>,
+    /// Seconds per stage.
+    pub times_s: StageTimes,
+    /// Files written, relative to the output folder.
+    pub outputs: Vec<String>,
+}
+
+fn out_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Output {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn ica_err(stage: &str, e: IcaError) -> PipelineError {
+    PipelineError::Batch(format!("{stage}: {e}"))
+}
+
+/// Subject ids from file names: the name without `.nii` / `.nii.gz`, with `-2`, `-3` ...
+/// added to repeats.
+pub fn subject_ids(paths: &[PathBuf]) -> Vec<String> {
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    paths
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "subject".into());
+            let stem = name
+                .strip_suffix(".nii.gz")
+                .or_else(|| name.strip_suffix(".nii"))
+                .unwrap_or(&name);
+            let clean: String = stem
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let n = seen.entry(clean.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                clean
+            } else {
+                format!("{clean}-{n}")
+            }
+        })
+        .collect()
+}
+
+/// Subjects kept in memory between passes, within a byte budget: raw after the check pass,
+/// preprocessed after MIGP; the others are read (and preprocessed) again.
+struct Cache {
+    slots: Vec<Option<Cached>>,
+    left: usize,
+}
+
+enum Cached {
+    Raw(Box<Volume>),
+    Prep(Mat<f64>),
+}
+
+impl Cached {
+    fn bytes(&self) -> usize {
+        match self {
+            Cached::Raw(v) => v.data.len() * 4,
+            Cached::Prep(m) => m.nrows() * m.ncols() * 8,
+        }
+    }
+}
+
+impl Cache {
+    fn keep(&mut self, i: usize, c: Cached) {
+        let bytes = c.bytes();
+        if bytes <= self.left {
+            self.left -= bytes;
+            self.slots[i] = Some(c);
+        }
+    }
+
+    /// Subject `i` preprocessed: from the cache, or read and preprocessed now.
+    fn preprocessed(
+        &mut self,
+        i: usize,
+        path: &Path,
+        mask: &[bool],
+        mask_idx: &[usize],
+        opts: &PrepOptions,
+        cap: usize,
+    ) -> Result<(Mat<f64>, Option<usize>), PipelineError> {
+        let c = self.slots[i].take();
+        if let Some(c) = &c {
+            self.left += c.bytes();
+        }
+        Ok(match c {
+            Some(Cached::Prep(m)) => (m, None),
+            Some(Cached::Raw(v)) => {
+                let (m, d) = prep::preprocess(&v, mask, mask_idx, opts, cap);
+                (m, Some(d))
+            }
+            None => {
+                let v = prep::load(path, opts.min_volumes)?;
+                let (m, d) = prep::preprocess(&v, mask, mask_idx, opts, cap);
+                (m, Some(d))
+            }
+        })
+    }
+}
+
+fn voxel_world(grid: &Grid, v: usize) -> [f64; 3] {
+    let [nx, ny, _] = grid.dims;
+    let ijk = [
+        (v % nx) as f64,
+        ((v / nx) % ny) as f64,
+        (v / (nx * ny)) as f64,
+    ];
+    std::array::from_fn(|r| {
+        (0..3).map(|c| grid.affine[r][c] * ijk[c]).sum::<f64>() + grid.affine[r][3]
+    })
+}
+
+fn peak(row: &[f64]) -> (usize, f64) {
+    row.iter().copied().enumerate().fold(
+        (0, f64::NEG_INFINITY),
+        |b, (i, x)| if x > b.1 { (i, x) } else { b },
+    )
+}
+
+/// Pearson correlation of two equally long series.
+pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (dx, dy) = (x - ma, y - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    if saa <= 0.0 || sbb <= 0.0 {
+        0.0
+    } else {
+        sab / (saa * sbb).sqrt()
+    }
+}
+
+fn row(m: &Mat<f64>, r: usize) -> Vec<f64> {
+    (0..m.ncols()).map(|c| m[(r, c)]).collect()
+}
+
+/// Writes an n x V matrix (mask order) as a 4D float NIfTI on the grid, zero outside the mask.
+pub fn write_maps(
+    path: &Path,
+    m: &Mat<f64>,
+    grid: &Grid,
+    mask_idx: &[usize],
+) -> Result<(), PipelineError> {
+    let nv = grid.voxels();
+    let mut data = vec![0f32; nv * m.nrows()];
+    for k in 0..m.nrows() {
+        for (c, &v) in mask_idx.iter().enumerate() {
+            data[k * nv + v] = m[(k, c)] as f32;
+        }
+    }
+    let [nx, ny, nz] = grid.dims;
+    let mut vol = Volume::new(
+        [nx, ny, nz, m.nrows()],
+        data,
+        [
+            grid.spacing_mm[0],
+            grid.spacing_mm[1],
+            grid.spacing_mm[2],
+            0.0,
+        ],
+    )
+    .map_err(|e| out_err(path, e))?;
+    vol.affine = grid.affine;
+    nifti::write(path, &vol, NiftiDtype::F32)?;
+    Ok(())
+}
+
+fn write_tsv(path: &Path, tc: &Mat<f64>) -> Result<(), PipelineError> {
+    let mut s = String::new();
+    let head: Vec<String> = (0..tc.ncols()).map(|k| format!("ic{k:02}")).collect();
+    s.push_str(&head.join("\t"));
+    s.push('\n');
+    for r in 0..tc.nrows() {
+        let line: Vec<String> = (0..tc.ncols())
+            .map(|c| format!("{:.6}", tc[(r, c)]))
+            .collect();
+        s.push_str(&line.join("\t"));
+        s.push('\n');
+    }
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(s.as_bytes()))
+        .map_err(|e| out_err(path, e))
+}
+
+/// Reads a mask file (non-zero = brain) and checks it lies on the grid.
+fn read_mask(path: &Path, grid: &Grid) -> Result<Vec<bool>, PipelineError> {
+    let m = nifti::read(path)?;
+    let g = Grid {
+        tr_s: grid.tr_s,
+        ..Grid::of(&m)
+    };
+    g.check(path, grid)?;
+    let nv = grid.voxels();
+    Ok(m.data[..nv].iter().map(|&x| x != 0.0).collect())
+}
+
+/// Runs the pipeline, writing into `req.output`; `progress(stage, done, total)` is called as
+/// work advances.
+pub fn run(
+    req: &FmriRequest,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<FmriReport, PipelineError> {
+    let t_all = Instant::now();
+    let mut times = StageTimes::default();
+    let ns = req.subjects.len();
+    if ns == 0 {
+        return Err(PipelineError::input("fmri", "no subjects given"));
+    }
+    std::fs::create_dir_all(&req.output).map_err(|e| out_err(&req.output, e))?;
+    // 1. check
+    let t0 = Instant::now();
+    let mut cache = Cache {
+        slots: (0..ns).map(|_| None).collect(),
+        left: req.cache_bytes,
+    };
+    let mut grid: Option<Grid> = None;
+    let mut mean_sum: Vec<f64> = Vec::new();
+    let mut volumes = Vec::with_capacity(ns);
+    for (i, p) in req.subjects.iter().enumerate() {
+        progress(Stage::Check, i, ns);
+        let v = prep::load(p, req.prep.min_volumes)?;
+        let g = Grid::of(&v);
+        match &grid {
+            None => {
+                mean_sum = vec![0.0; g.voxels()];
+                grid = Some(g);
+            }
+            Some(first) => first.check(p, &g)?,
+        }
+        if req.mask.is_none() {
+            mean_sum
+                .iter_mut()
+                .zip(prep::mean_image(&v))
+                .for_each(|(a, b)| *a += b);
+        }
+        volumes.push(v.dims[3]);
+        cache.keep(i, Cached::Raw(Box::new(v)));
+    }
+    let grid = grid.expect("at least one subject");
+    let (mask, mask_source) = match &req.mask {
+        Some(m) => (read_mask(m, &grid)?, m.display().to_string()),
+        None => (
+            prep::epi_mask(&mean_sum, grid.dims),
+            "computed from the cohort's mean image".to_string(),
+        ),
+    };
+    let mask_idx: Vec<usize> = (0..mask.len()).filter(|&v| mask[v]).collect();
+    let min_t = *volumes.iter().min().expect("subjects");
+    if mask_idx.len() < 100 {
+        let what = req
+            .mask
+            .as_ref()
+            .map(|m| m.display().to_string())
+            .unwrap_or_else(|| "computed mask".into());
+        return Err(PipelineError::input(
+            what,
+            format!(
+                "the brain mask holds {} voxels: empty or nearly so (is this brain data?)",
+                mask_idx.len()
+            ),
+        ));
+    }
+    if let Some(band) = req.prep.band_hz {
+        let k = prep::band_basis(min_t, grid.tr_s, band).ncols();
+        if k < 4 {
+            return Err(PipelineError::Config {
+                what: "band-pass".into(),
+                reason: format!(
+                    "{:.3}-{:.3} Hz keeps {k} frequencies of a {min_t}-volume series at TR {:.2} s; widen the band or turn it off",
+                    band.0, band.1, grid.tr_s
+                ),
+            });
+        }
+    }
+    times.check = t0.elapsed().as_secs_f64();
+    progress(Stage::Check, ns, ns);
+
+    // 2. preprocess + MIGP
+    let t0 = Instant::now();
+    let cap = req.components.unwrap_or(req.max_components);
+    let total_t: usize = volumes.iter().sum();
+    let migp_dim = req
+        .migp_dim
+        .unwrap_or_else(|| volumes[0].max(4 * cap))
+        .min(total_t)
+        .max(cap + 1);
+    let mut migp = Migp::new(migp_dim);
+    let mut dims_est = Vec::new();
+    for (i, p) in req.subjects.iter().enumerate() {
+        progress(Stage::Migp, i, ns);
+        let (x, d) = cache.preprocessed(i, p, &mask, &mask_idx, &req.prep, cap)?;
+        dims_est.push(d.unwrap_or(0));
+        migp.push(x.as_ref()).map_err(|e| ica_err("MIGP", e))?;
+        cache.keep(i, Cached::Prep(x));
+    }
+    let w = migp.finish().expect("at least one subject");
+    times.migp = t0.elapsed().as_secs_f64();
+    progress(Stage::Migp, ns, ns);
+
+    // 3. group PCA + ICA
+    let t0 = Instant::now();
+    progress(Stage::Ica, 0, 1);
+    let (n, dimension_source) = match req.components {
+        Some(n) => (n, "given".to_string()),
+        None => {
+            let mut sorted = dims_est.clone();
+            sorted.sort_unstable();
+            let d = sorted[sorted.len() / 2];
+            (
+                d.max(2),
+                format!("median of the subjects' Laplace estimates (cap {cap})"),
+            )
+        }
+    };
+    let pca = ica::group_pca(&w, n).map_err(|e| ica_err("group PCA", e))?;
+    let fit = ica::fastica_restarts(&pca.whitened, &req.ica).map_err(|e| ica_err("FastICA", e))?;
+    let mut maps = fit.sources;
+    ica::orient_and_zscore(&mut maps);
+    let ev = ica::explained_variance(&w, &maps).map_err(|e| ica_err("explained variance", e))?;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| ev[b].total_cmp(&ev[a]));
+    let maps = Mat::from_fn(n, maps.ncols(), |r, c| maps[(order[r], c)]);
+    let group: Vec<GroupComponent> = (0..n)
+        .map(|k| {
+            let (pv, pz) = peak(&row(&maps, k));
+            GroupComponent {
+                index: k,
+                explained_variance: ev[order[k]],
+                peak_mm: voxel_world(&grid, mask_idx[pv]),
+                peak_z: pz,
+            }
+        })
+        .collect();
+    drop(w);
+    times.ica = t0.elapsed().as_secs_f64();
+    progress(Stage::Ica, 1, 1);
+
+    // 4. dual regression, written subject by subject
+    let t0 = Instant::now();
+    let ids = subject_ids(&req.subjects);
+    let mut subjects = Vec::with_capacity(ns);
+    let mut outputs = vec![
+        "report.json".to_string(),
+        "mask.nii.gz".to_string(),
+        "group_maps.nii.gz".to_string(),
+    ];
+    let mut write_s = 0.0;
+    for (i, p) in req.subjects.iter().enumerate() {
+        progress(Stage::DualRegression, i, ns);
+        let (x, _) = cache.preprocessed(i, p, &mask, &mask_idx, &req.prep, cap)?;
+        let dr = dualreg::dual_regression(x.as_ref(), maps.as_ref())
+            .map_err(|e| ica_err(&format!("dual regression of {}", p.display()), e))?;
+        let comps = (0..n)
+            .map(|k| {
+                let r = row(&dr.tstats, k);
+                let (pv, pt) = peak(&r);
+                SubjectComponent {
+                    index: k,
+                    peak_mm: voxel_world(&grid, mask_idx[pv]),
+                    peak_t: pt,
+                    group_correlation: correlation(&r, &row(&maps, k)),
+                }
+            })
+            .collect();
+        let tw = Instant::now();
+        let dir = req.output.join(&ids[i]);
+        std::fs::create_dir_all(&dir).map_err(|e| out_err(&dir, e))?;
+        write_maps(&dir.join("maps.nii.gz"), &dr.tstats, &grid, &mask_idx)?;
+        write_tsv(&dir.join("timecourses.tsv"), &dr.timecourses)?;
+        outputs.push(format!("{}/maps.nii.gz", ids[i]));
+        outputs.push(format!("{}/timecourses.tsv", ids[i]));
+        write_s += tw.elapsed().as_secs_f64();
+        subjects.push(SubjectReport {
+            id: ids[i].clone(),
+            input: p.display().to_string(),
+            volumes: volumes[i],
+            dimension: dims_est[i],
+            components: comps,
+        });
+    }
+    times.dual_regression = t0.elapsed().as_secs_f64() - write_s;
+    progress(Stage::DualRegression, ns, ns);
+
+    // 5. write
+    let t0 = Instant::now();
+    progress(Stage::Write, 0, 1);
+    write_maps(
+        &req.output.join("group_maps.nii.gz"),
+        &maps,
+        &grid,
+        &mask_idx,
+    )?;
+    let [nx, ny, nz] = grid.dims;
+    let mut mvol = Volume::new(
+        [nx, ny, nz, 1],
+        mask.iter().map(|&m| m as u8 as f32).collect(),
+        [
+            grid.spacing_mm[0],
+            grid.spacing_mm[1],
+            grid.spacing_mm[2],
+            0.0,
+        ],
+    )
+    .map_err(|e| out_err(&req.output, e))?;
+    mvol.affine = grid.affine;
+    nifti::write(req.output.join("mask.nii.gz"), &mvol, NiftiDtype::U8)?;
+    times.write = t0.elapsed().as_secs_f64() + write_s;
+    times.total = t_all.elapsed().as_secs_f64();
+    let report = FmriReport {
+        pipeline: "fmri",
+        grid,
+        mask_voxels: mask_idx.len(),
+        mask_source,
+        preprocessing: req.prep.clone(),
+        migp_dim,
+        components: n,
+        dimension_source,
+        ica: req.ica.clone(),
+        ica_iterations: fit.iterations,
+        ica_converged: fit.converged,
+        ica_restart: fit.restart,
+        group,
+        subjects,
+        times_s: times,
+        outputs,
+    };
+    let rp = req.output.join("report.json");
+    let js = serde_json::to_string_pretty(&report).map_err(|e| out_err(&rp, e))?;
+    std::fs::write(&rp, js).map_err(|e| out_err(&rp, e))?;
+    progress(Stage::Write, 1, 1);
+    Ok(report)
+}
