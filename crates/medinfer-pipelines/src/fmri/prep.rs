@@ -149,53 +149,11 @@ pub fn epi_mask(mean: &[f64], dims: [usize; 3]) -> Vec<bool> {
     largest_component(&above, dims)
 }
 
-/// The largest 6-connected component of a mask.
+/// The largest 6-connected component of a mask (the cardiac pipeline's component filter).
 pub fn largest_component(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
-    let [nx, ny, nz] = dims;
-    let mut label = vec![0u32; mask.len()];
-    let (mut best, mut best_size, mut next) = (0u32, 0usize, 0u32);
-    let mut stack = Vec::new();
-    for seed in 0..mask.len() {
-        if !mask[seed] || label[seed] != 0 {
-            continue;
-        }
-        next += 1;
-        label[seed] = next;
-        stack.push(seed);
-        let mut size = 0;
-        while let Some(v) = stack.pop() {
-            size += 1;
-            let (i, j, k) = (v % nx, (v / nx) % ny, v / (nx * ny));
-            let mut visit = |u: usize| {
-                if mask[u] && label[u] == 0 {
-                    label[u] = next;
-                    stack.push(u);
-                }
-            };
-            if i > 0 {
-                visit(v - 1);
-            }
-            if i + 1 < nx {
-                visit(v + 1);
-            }
-            if j > 0 {
-                visit(v - nx);
-            }
-            if j + 1 < ny {
-                visit(v + nx);
-            }
-            if k > 0 {
-                visit(v - nx * ny);
-            }
-            if k + 1 < nz {
-                visit(v + nx * ny);
-            }
-        }
-        if size > best_size {
-            (best, best_size) = (next, size);
-        }
-    }
-    label.iter().map(|&l| l != 0 && l == best).collect()
+    let mut frame: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
+    crate::cardiac::keep_largest_component(&mut frame, dims, 1);
+    frame.iter().map(|&v| v == 1).collect()
 }
 
 /// Separable Gaussian smoothing inside a mask (normalised convolution: values outside the
