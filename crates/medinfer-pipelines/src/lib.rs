@@ -141,4 +141,12 @@ impl PipelineError {
             reason: reason.into(),
         }
     }
+
+    /// An [`PipelineError::Output`] error: writing `path` failed because of `reason`.
+    pub fn output(path: &std::path::Path, reason: impl std::fmt::Display) -> PipelineError {
+        PipelineError::Output {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //!   centred and scaled to unit variance, are regressed against every voxel's (centred) time
 //!   series: one map of t statistics per component, with `T - n` degrees of freedom.
 
-use super::ica::{sym_inverse, IcaError};
+use super::ica::{centre_rows, sym_inverse, IcaError};
 use faer::{Mat, MatRef};
 
 /// One subject's dual regression.
@@ -18,16 +18,6 @@ pub struct DualRegression {
     pub betas: Mat<f64>,
     /// Stage 2 t statistics, n x V.
     pub tstats: Mat<f64>,
-}
-
-fn centre_rows(m: &mut Mat<f64>) {
-    let v = m.ncols() as f64;
-    for r in 0..m.nrows() {
-        let mean = (0..m.ncols()).map(|c| m[(r, c)]).sum::<f64>() / v;
-        for c in 0..m.ncols() {
-            m[(r, c)] -= mean;
-        }
-    }
 }
 
 /// Runs both stages: `x` is the subject's preprocessed T x V data, `maps` the n x V group maps.

@@ -20,13 +20,6 @@ use medinfer_io::nifti::{self, NiftiDtype};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-fn out_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Output {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
-
 fn grid_volume(frames: &[Vec<f32>]) -> Volume {
     let [nx, ny, nz] = phantom::DIMS;
     let data: Vec<f32> = frames.iter().flatten().copied().collect();
@@ -52,7 +45,7 @@ pub fn write_cohort(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<PathBuf>, PipelineError> {
     let truth = dir.join("truth");
-    std::fs::create_dir_all(&truth).map_err(|e| out_err(&truth, e))?;
+    std::fs::create_dir_all(&truth).map_err(|e| PipelineError::output(&truth, e))?;
     let mask = phantom::brain_mask();
     let template: Vec<Vec<f32>> = SOURCES
         .iter()
@@ -98,7 +91,7 @@ pub fn write_cohort(
             tsv.push('\n');
         }
         let tp = truth.join(format!("{name}_timecourses.tsv"));
-        std::fs::write(&tp, tsv).map_err(|e| out_err(&tp, e))?;
+        std::fs::write(&tp, tsv).map_err(|e| PipelineError::output(&tp, e))?;
         subjects.push(serde_json::json!({
             "subject": name, "shifts_mm": s.shifts_mm, "amplitudes": s.amplitudes,
         }));
@@ -115,7 +108,7 @@ pub fn write_cohort(
     });
     let jp = truth.join("sources.json");
     std::fs::write(&jp, serde_json::to_string_pretty(&js).expect("json"))
-        .map_err(|e| out_err(&jp, e))?;
+        .map_err(|e| PipelineError::output(&jp, e))?;
     Ok(files)
 }
 

@@ -98,26 +98,23 @@ fn reduce_rows(w: &Mat<f64>, k: usize) -> Result<Mat<f64>, IcaError> {
     Ok(uk.transpose() * w)
 }
 
-/// The group PCA of the MIGP matrix: the `n` leading spatial eigenmaps, whitened (each row
-/// zero-mean with unit variance over voxels, rows uncorrelated), and every eigenvalue of the
-/// spatial covariance (for dimension estimation and the explained variance).
-pub struct GroupPca {
-    /// n x V whitened spatial components.
-    pub whitened: Mat<f64>,
-    /// Eigenvalues of the row covariance of the (spatially centred) MIGP matrix, largest first.
-    pub eigenvalues: Vec<f64>,
-}
-
-/// Computes the group PCA keeping `n` components.
-pub fn group_pca(w: &Mat<f64>, n: usize) -> Result<GroupPca, IcaError> {
-    let v = w.ncols() as f64;
-    let mut wc = w.clone();
-    for r in 0..wc.nrows() {
-        let m = (0..wc.ncols()).map(|c| wc[(r, c)]).sum::<f64>() / v;
-        for c in 0..wc.ncols() {
-            wc[(r, c)] -= m;
+/// Subtracts every row's mean from it.
+pub fn centre_rows(m: &mut Mat<f64>) {
+    let v = m.ncols() as f64;
+    for r in 0..m.nrows() {
+        let mean = (0..m.ncols()).map(|c| m[(r, c)]).sum::<f64>() / v;
+        for c in 0..m.ncols() {
+            m[(r, c)] -= mean;
         }
     }
+}
+
+/// The group PCA of the MIGP matrix `w`: its `n` leading spatial eigenmaps, whitened (each
+/// row zero-mean with unit variance over voxels, rows uncorrelated), n x V.
+pub fn group_pca(w: &Mat<f64>, n: usize) -> Result<Mat<f64>, IcaError> {
+    let v = w.ncols() as f64;
+    let mut wc = w.clone();
+    centre_rows(&mut wc);
     let cov = (&wc * wc.transpose()) * faer::Scale(1.0 / v);
     let (vals, u) = eigh_desc(cov.as_ref())?;
     let rank = vals
@@ -135,10 +132,7 @@ pub fn group_pca(w: &Mat<f64>, n: usize) -> Result<GroupPca, IcaError> {
             z[(r, c)] *= k;
         }
     }
-    Ok(GroupPca {
-        whitened: z,
-        eigenvalues: vals,
-    })
+    Ok(z)
 }
 
 fn ln_gamma(x: f64) -> f64 {

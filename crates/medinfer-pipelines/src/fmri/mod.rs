@@ -226,13 +226,6 @@ pub struct FmriReport {
     pub outputs: Vec<String>,
 }
 
-fn out_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Output {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
-
 fn ica_err(stage: &str, e: IcaError) -> PipelineError {
     PipelineError::Batch(format!("{stage}: {e}"))
 }
@@ -387,20 +380,7 @@ pub fn write_maps(
             data[k * nv + v] = m[(k, c)] as f32;
         }
     }
-    let [nx, ny, nz] = grid.dims;
-    let mut vol = Volume::new(
-        [nx, ny, nz, m.nrows()],
-        data,
-        [
-            grid.spacing_mm[0],
-            grid.spacing_mm[1],
-            grid.spacing_mm[2],
-            0.0,
-        ],
-    )
-    .map_err(|e| out_err(path, e))?;
-    vol.affine = grid.affine;
-    nifti::write(path, &vol, NiftiDtype::F32)?;
+    nifti::write(path, &grid.volume(m.nrows(), data), NiftiDtype::F32)?;
     Ok(())
 }
 
@@ -418,7 +398,7 @@ fn write_tsv(path: &Path, tc: &Mat<f64>) -> Result<(), PipelineError> {
     }
     std::fs::File::create(path)
         .and_then(|mut f| f.write_all(s.as_bytes()))
-        .map_err(|e| out_err(path, e))
+        .map_err(|e| PipelineError::output(path, e))
 }
 
 /// Reads a mask file (non-zero = brain) and checks it lies on the grid.
@@ -445,7 +425,7 @@ pub fn run(
     if ns == 0 {
         return Err(PipelineError::input("fmri", "no subjects given"));
     }
-    std::fs::create_dir_all(&req.output).map_err(|e| out_err(&req.output, e))?;
+    std::fs::create_dir_all(&req.output).map_err(|e| PipelineError::output(&req.output, e))?;
     // 1. check
     let t0 = Instant::now();
     let mut cache = Cache {
@@ -552,7 +532,7 @@ pub fn run(
         }
     };
     let pca = ica::group_pca(&w, n).map_err(|e| ica_err("group PCA", e))?;
-    let fit = ica::fastica_restarts(&pca.whitened, &req.ica).map_err(|e| ica_err("FastICA", e))?;
+    let fit = ica::fastica_restarts(&pca, &req.ica).map_err(|e| ica_err("FastICA", e))?;
     let mut maps = fit.sources;
     ica::orient_and_zscore(&mut maps);
     let ev = ica::explained_variance(&w, &maps).map_err(|e| ica_err("explained variance", e))?;
@@ -603,7 +583,7 @@ pub fn run(
             .collect();
         let tw = Instant::now();
         let dir = req.output.join(&ids[i]);
-        std::fs::create_dir_all(&dir).map_err(|e| out_err(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| PipelineError::output(&dir, e))?;
         write_maps(&dir.join("maps.nii.gz"), &dr.tstats, &grid, &mask_idx)?;
         write_tsv(&dir.join("timecourses.tsv"), &dr.timecourses)?;
         outputs.push(format!("{}/maps.nii.gz", ids[i]));
@@ -629,19 +609,7 @@ pub fn run(
         &grid,
         &mask_idx,
     )?;
-    let [nx, ny, nz] = grid.dims;
-    let mut mvol = Volume::new(
-        [nx, ny, nz, 1],
-        mask.iter().map(|&m| m as u8 as f32).collect(),
-        [
-            grid.spacing_mm[0],
-            grid.spacing_mm[1],
-            grid.spacing_mm[2],
-            0.0,
-        ],
-    )
-    .map_err(|e| out_err(&req.output, e))?;
-    mvol.affine = grid.affine;
+    let mvol = grid.volume(1, mask.iter().map(|&m| m as u8 as f32).collect());
     nifti::write(req.output.join("mask.nii.gz"), &mvol, NiftiDtype::U8)?;
     times.write = t0.elapsed().as_secs_f64() + write_s;
     times.total = t_all.elapsed().as_secs_f64();
@@ -664,8 +632,8 @@ pub fn run(
         outputs,
     };
     let rp = req.output.join("report.json");
-    let js = serde_json::to_string_pretty(&report).map_err(|e| out_err(&rp, e))?;
-    std::fs::write(&rp, js).map_err(|e| out_err(&rp, e))?;
+    let js = serde_json::to_string_pretty(&report).map_err(|e| PipelineError::output(&rp, e))?;
+    std::fs::write(&rp, js).map_err(|e| PipelineError::output(&rp, e))?;
     progress(Stage::Write, 1, 1);
     Ok(report)
 }

@@ -57,6 +57,17 @@ impl Grid {
         }
     }
 
+    /// `frames` volumes of `data` (x fastest, `frames x voxels()` values) on this grid, with
+    /// its affine and spacing.
+    pub fn volume(&self, frames: usize, data: Vec<f32>) -> Volume {
+        let [nx, ny, nz] = self.dims;
+        let [sx, sy, sz] = self.spacing_mm;
+        let mut v = Volume::new([nx, ny, nz, frames], data, [sx, sy, sz, 0.0])
+            .expect("callers give frames x voxels() values");
+        v.affine = self.affine;
+        v
+    }
+
     /// Refuses `other` (read from `path`) unless it lies on this grid with this TR.
     pub fn check(&self, path: &Path, other: &Grid) -> Result<(), PipelineError> {
         let bad = |why: String| Err(PipelineError::input(path.display().to_string(), why));
