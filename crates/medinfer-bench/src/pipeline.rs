@@ -399,3 +399,203 @@ pub fn batch(req: &BatchBenchRequest) -> Result<StageBench, PipelineError> {
         runs: req.runs,
     })
 }
+
+/// An fMRI pipeline benchmark: a phantom cohort through every stage, then the classifier
+/// alone per configuration.
+#[derive(Clone, Debug)]
+pub struct FmriBenchRequest {
+    /// (backend, classifier model) configurations, in table order; the first also runs the
+    /// whole pipeline for the stage times.
+    pub configs: Vec<(BackendKind, ShippedPrecision)>,
+    /// Whole-pipeline runs for the stage medians, and classifier rounds per configuration.
+    pub runs: usize,
+    /// Subjects in the phantom cohort.
+    pub subjects: usize,
+    /// Phantom seed (held out from training: below 100000).
+    pub seed: u64,
+    /// Group components (`None`: estimated).
+    pub components: Option<usize>,
+}
+
+/// One classifier configuration's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct FmriClassifierBench {
+    /// Backend.
+    pub backend: String,
+    /// Precision the engine ran with.
+    pub precision: String,
+    /// Model load (compile) time, ms.
+    pub model_load_ms: f64,
+    /// Components classified per round (group and subject maps).
+    pub samples: usize,
+    /// Median time of a round, ms.
+    pub median_ms: f64,
+    /// Components per second (median round).
+    pub samples_per_s: f64,
+    /// Share of the labels equal to the truth (components whose group map matches a source).
+    pub accuracy: f64,
+    /// Share of the labels equal to the first FP32 configuration's.
+    pub agreement_with_fp32: Option<f64>,
+}
+
+/// The fMRI benchmark's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct FmriBench {
+    /// Always `fmri`.
+    pub pipeline: &'static str,
+    /// Cores this process may use.
+    pub cores: usize,
+    /// Subjects and volumes per subject of the phantom cohort.
+    pub subjects: usize,
+    /// Volumes per subject.
+    pub volumes: usize,
+    /// Group components.
+    pub components: usize,
+    /// Whole-pipeline runs behind the stage medians.
+    pub pipeline_runs: usize,
+    /// The configuration the whole pipeline ran with.
+    pub pipeline_config: String,
+    /// Median of each stage over the runs, s.
+    pub median_stage_s: medinfer_pipelines::fmri::StageTimes,
+    /// Peak resident memory of the process, MB.
+    pub peak_rss_mb: f64,
+    /// The classifier alone, one row per configuration (rounds interleaved).
+    pub classifier: Vec<FmriClassifierBench>,
+}
+
+/// Runs the fMRI benchmark; `progress` is called after every run or round.
+pub fn fmri(
+    req: &FmriBenchRequest,
+    mut progress: impl FnMut(),
+) -> Result<FmriBench, PipelineError> {
+    use medinfer_pipelines::fmri::{self, eval, slices, Classifier, FmriRequest, StageTimes};
+    let Some(&(first_kind, first_prec)) = req.configs.first() else {
+        return Err(PipelineError::Config {
+            what: "configurations".into(),
+            reason: "none to run".into(),
+        });
+    };
+    let dir = std::env::temp_dir().join(format!("medinfer-bench-fmri-{}", std::process::id()));
+    let out_err = |e: std::io::Error| PipelineError::output(&dir, e);
+    std::fs::create_dir_all(&dir).map_err(out_err)?;
+    let spec = fmri::phantom::CohortSpec {
+        subjects: req.subjects,
+        seed: req.seed,
+        ..Default::default()
+    };
+    let cohort = dir.join("cohort");
+    let out = dir.join("out");
+    let files = eval::write_cohort(&cohort, &spec, &mut |_, _| {})?;
+    let model_of = |p: ShippedPrecision| models::shipped_fmri(p == ShippedPrecision::Int8);
+    // The whole pipeline, `runs` times, with the first configuration.
+    crate::reset_peak_rss();
+    let path = model_of(first_prec)?;
+    let session = load(first_kind, &path, 8)?;
+    let classifier = Classifier {
+        session: &session,
+        model: models::ModelId::of(&path)?,
+    };
+    let mut times: Vec<StageTimes> = Vec::new();
+    let mut report = None;
+    for _ in 0..req.runs.max(1) {
+        let mut r = FmriRequest::new(files.clone(), out.clone());
+        r.components = req.components;
+        let rep = fmri::run(&r, Some(&classifier), &mut |_, _, _| {})?;
+        times.push(rep.times_s.clone());
+        report = Some(rep);
+        progress();
+    }
+    let peak_rss_mb = crate::peak_rss_mb();
+    let report = report.expect("at least one run");
+    let pipeline_config = format!(
+        "{} {}",
+        session.info().backend.name(),
+        session.info().effective_precision
+    );
+    drop(session);
+    let med = |f: fn(&StageTimes) -> f64| median(&mut times.iter().map(f).collect::<Vec<_>>());
+    let median_stage_s = StageTimes {
+        check: med(|t| t.check),
+        migp: med(|t| t.migp),
+        ica: med(|t| t.ica),
+        dual_regression: med(|t| t.dual_regression),
+        classify: med(|t| t.classify),
+        write: med(|t| t.write),
+        total: med(|t| t.total),
+    };
+    // The classifier alone on the last run's components, configurations interleaved.
+    let rec = eval::recovery(&cohort, &out.join("group_maps.nii.gz"), &[])?;
+    let samples = slices::from_outputs(&out, &report)?;
+    let truth: Vec<&str> = samples
+        .iter()
+        .map(|s| rec.component_labels[s.component].as_str())
+        .collect();
+    let xs: Vec<Vec<f32>> = samples.into_iter().map(|s| s.x).collect();
+    let mut loaded = Vec::new();
+    for &(kind, prec) in &req.configs {
+        let path = model_of(prec)?;
+        let t0 = Instant::now();
+        let s = load(kind, &path, 8)?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let id = models::ModelId::of(&path)?;
+        loaded.push((s, id, load_ms, Vec::<f64>::new(), Vec::new()));
+    }
+    for round in 0..=req.runs.max(1) {
+        for (s, id, _, ms, labels) in loaded.iter_mut() {
+            let c = Classifier {
+                session: s,
+                model: id.clone(),
+            };
+            let t0 = Instant::now();
+            let l = fmri::classify(&c, &xs, &mut |_, _| {})?;
+            if round > 0 {
+                ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            *labels = l.into_iter().map(|(l, _)| l).collect();
+        }
+        progress();
+    }
+    let scored: Vec<usize> = (0..truth.len())
+        .filter(|&i| truth[i] != fmri::UNMATCHED)
+        .collect();
+    let fp32_labels = req
+        .configs
+        .iter()
+        .position(|c| c.1 == ShippedPrecision::Fp32)
+        .map(|i| loaded[i].4.clone());
+    let classifier = loaded
+        .into_iter()
+        .map(|(s, _, model_load_ms, mut ms, labels)| {
+            let median_ms = median(&mut ms);
+            let share = |f: &dyn Fn(usize) -> bool, idx: &[usize]| {
+                idx.iter().filter(|&&i| f(i)).count() as f64 / idx.len().max(1) as f64
+            };
+            let all: Vec<usize> = (0..labels.len()).collect();
+            FmriClassifierBench {
+                backend: s.info().backend.name().to_string(),
+                precision: s.info().effective_precision.clone(),
+                model_load_ms,
+                samples: xs.len(),
+                median_ms,
+                samples_per_s: xs.len() as f64 / (median_ms / 1000.0),
+                accuracy: share(&|i| labels[i] == truth[i], &scored),
+                agreement_with_fp32: fp32_labels
+                    .as_ref()
+                    .map(|f| share(&|i| labels[i] == f[i], &all)),
+            }
+        })
+        .collect();
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(FmriBench {
+        pipeline: "fmri",
+        cores: medinfer_core::usable_cores(),
+        subjects: req.subjects,
+        volumes: spec.volumes,
+        components: report.components,
+        pipeline_runs: times.len(),
+        pipeline_config,
+        median_stage_s,
+        peak_rss_mb,
+        classifier,
+    })
+}

@@ -149,13 +149,6 @@ pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
-/// clap parser for a pipeline name: the names come from [`Pipeline::ALL`], the one list.
-pub fn pipeline_parser() -> impl clap::builder::TypedValueParser<Value = Pipeline> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(Pipeline::ALL.map(|p| p.name()))
-        .try_map(|s| Pipeline::parse(&s).ok_or("unknown pipeline"))
-}
-
 /// Prints `v` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

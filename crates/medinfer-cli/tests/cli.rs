@@ -1347,7 +1347,9 @@ fn shards_from_indexed_job_env_cover_every_file_once_and_resume_after_interrupti
 }
 
 /// `phantom fmri` -> `run fmri --json` -> `phantom fmri-eval --json` end to end: a small
-/// cohort, the report on stdout, the recovery figures computed from the written files.
+/// cohort, the report on stdout (labels from the shipped classifier, which says it was trained
+/// on phantoms), the recovery figures computed from the written files; `bench-pipeline fmri`
+/// gives stage times and the classifier's accuracy.
 #[test]
 fn fmri_phantom_run_and_eval_from_the_command_line() {
     let d = tmp();
@@ -1389,6 +1391,23 @@ fn fmri_phantom_run_and_eval_from_the_command_line() {
     assert_eq!(rep["components"], 13);
     assert_eq!(rep["subjects"].as_array().unwrap().len(), 4);
     assert!(rep["times_s"]["total"].as_f64().unwrap() > 0.0);
+    assert!(rep["times_s"]["classify"].as_f64().unwrap() > 0.0);
+    assert!(
+        rep["classifier"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("phantom"),
+        "{}",
+        rep["classifier"]
+    );
+    assert_eq!(rep["classifier"]["samples"], 13 * 5);
+    for g in rep["group"].as_array().unwrap() {
+        assert!(
+            g["label"].is_string() && g["probability"].as_f64().unwrap() > 0.0,
+            "{g}"
+        );
+    }
+    assert!(out.join("components.png").is_file());
     let o = run(&[
         "phantom",
         "fmri-eval",
@@ -1413,4 +1432,25 @@ fn fmri_phantom_run_and_eval_from_the_command_line() {
         &subjects[0],
     ]);
     assert_clean_failure(&o, &["--band"]);
+    // bench-pipeline fmri, kept small: one whole run, the FP32 classifier on tract.
+    let o = run(&[
+        "bench-pipeline",
+        "fmri",
+        "--subjects",
+        "4",
+        "--runs",
+        "1",
+        "-b",
+        "tract",
+        "--precision",
+        "fp32",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(b["median_stage_s"]["ica"].as_f64().unwrap() > 0.0, "{b}");
+    let c = &b["classifier"][0];
+    assert_eq!(c["samples"], 13 * 5);
+    assert!(c["accuracy"].as_f64().unwrap() >= 0.9, "{b}");
+    assert_eq!(c["agreement_with_fp32"], 1.0);
 }

@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod builder;
+pub mod f16store;
 pub mod fixtures;
 mod info;
 mod model;

@@ -46,17 +46,22 @@ pub struct OptimizeReport {
 
 /// Runs every pass to a fixed point. The model's inputs, outputs and their names are unchanged.
 pub fn optimize(model: &mut ModelProto) -> Result<OptimizeReport, OnnxError> {
+    // FP16-stored weights (FLOAT16 initializer + Cast) become FP32 initializers first, so that
+    // the passes below (and the quantizer after them) see ordinary weights.
+    let nodes_before = model.graph.as_ref().map_or(0, |g| g.node.len());
+    let expanded = crate::f16store::expand(model);
     let graph = model.graph.as_mut().ok_or_else(|| OnnxError::Invalid {
         path: "<model>".into(),
         reason: "no graph".into(),
     })?;
     let mut report = OptimizeReport {
-        nodes_before: graph.node.len(),
+        nodes_before,
         initializers_before: graph.initializer.len(),
         ops_before: op_histogram(graph),
         ..Default::default()
     };
     let mut counts: Vec<(String, usize)> = [
+        "fp16 weights",
         "constants",
         "identities",
         "folding",
@@ -69,6 +74,7 @@ pub fn optimize(model: &mut ModelProto) -> Result<OptimizeReport, OnnxError> {
     .iter()
     .map(|s| (s.to_string(), 0))
     .collect();
+    counts[0].1 = expanded;
     for _round in 0..20 {
         let mut changed = 0;
         let mut g = Graph::new(graph);
@@ -84,7 +90,7 @@ pub fn optimize(model: &mut ModelProto) -> Result<OptimizeReport, OnnxError> {
         ];
         g.store(graph);
         for (i, k) in n.iter().enumerate() {
-            counts[i].1 += k;
+            counts[i + 1].1 += k;
             changed += k;
         }
         if changed == 0 {

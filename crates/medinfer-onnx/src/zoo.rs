@@ -11,6 +11,7 @@
 //! | `resnet18-ct` | ResNet-18, 1 input channel | (batch,1,128,128), nominal 1 | 6 | 11,173,318 |
 //! | `unet-cardiac` | 2-D U-Net, 4 levels, 16 base channels, BN+ReLU, nearest up-sampling | (batch,1,128,128), nominal 1 | (batch,4,128,128) | 2,160,180 |
 //! | `unet-convt` | 2-D U-Net, 4 levels, 16 base channels, BN+ReLU, transposed-convolution up-sampling (the original U-Net's and nnU-Net's decoder) | (batch,1,128,128), nominal 1 | (batch,4,128,128) | 1,942,340 |
+//! | `fmri-resnet50` | ResNet-50 (v1.5), 13 outputs (the trained fMRI classifier's graph) | (batch,3,45,45), nominal 8 | 13 | 23,534,669 |
 //! | `cardiac-unet` | 2-D U-Net, 3 levels, 16 base channels (the trained cardiac model's graph) | (batch,1,96,96), nominal 1 | (batch,4,96,96) | 536,372 |
 //!
 //! [`build_trained`] assembles an architecture with trained parameters instead (that is how the
@@ -75,6 +76,14 @@ pub const ENTRIES: &[ZooEntry] = &[
         stands_for: "cardiac cine-MRI chamber segmentation, decoder as nnU-Net builds it",
         input_shape: [1, 1, 128, 128],
         seed: 4,
+    },
+    ZooEntry {
+        name: "fmri-resnet50",
+        description: "ResNet-50 v1.5, 3 channels, 13 outputs: ten resting-state networks and \
+             three noise kinds (the architecture of medinfer's trained fMRI classifier)",
+        stands_for: "resting-state fMRI network labelling (trained: models/fmri)",
+        input_shape: [8, 3, 45, 45],
+        seed: 51,
     },
     ZooEntry {
         name: "cardiac-unet",
@@ -147,6 +156,10 @@ fn build_with_check(
         "resnet50-fmri" => (
             resnet(&mut b, Block::Bottleneck, [3, 4, 6, 3], 3, 10),
             vec![10],
+        ),
+        "fmri-resnet50" => (
+            resnet(&mut b, Block::Bottleneck, [3, 4, 6, 3], 3, 13),
+            vec![13],
         ),
         "resnet18-ct" => (resnet(&mut b, Block::Basic, [2, 2, 2, 2], 1, 6), vec![6]),
         "unet-cardiac" => (unet(&mut b, 1, 4, 16, 4, Up::Resize), vec![4, 128, 128]),

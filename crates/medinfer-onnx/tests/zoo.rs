@@ -15,6 +15,8 @@ fn densenet121_cxr_has_torchvisions_parameter_count() {
 #[test]
 fn resnet50_fmri_has_torchvisions_parameter_count() {
     assert_eq!(count("resnet50-fmri"), 23_528_522);
+    // The trained classifier's graph: three more outputs, each 2048 weights and a bias.
+    assert_eq!(count("fmri-resnet50"), 23_528_522 + 3 * 2049);
 }
 
 #[test]

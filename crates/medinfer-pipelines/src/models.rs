@@ -25,6 +25,11 @@ const CARDIAC_FP32: &[u8] = include_bytes!("../../../models/cardiac/cardiac-unet
 /// Its INT8 version (medinfer quantize with accuracy control, see the model card).
 const CARDIAC_INT8: &[u8] = include_bytes!("../../../models/cardiac/cardiac-unet-int8.onnx");
 
+/// The trained fMRI network classifier (see models/fmri/README.md), weights stored as FP16.
+const FMRI_FP32_F16: &[u8] = include_bytes!("../../../models/fmri/fmri-resnet50.onnx");
+/// Its INT8 version.
+const FMRI_INT8: &[u8] = include_bytes!("../../../models/fmri/fmri-resnet50-int8.onnx");
+
 /// Where models are cached.
 pub fn cache_dir() -> PathBuf {
     medinfer_engine::runtimes::home().join("models")
@@ -117,25 +122,49 @@ pub fn shipped_cardiac(int8: bool) -> Result<PathBuf, PipelineError> {
     }
 }
 
+/// The shipped fMRI network classifier, FP32 or INT8, written to the cache once per content
+/// (the FP32 model's FP16-stored weights expanded to FP32 on the way).
+pub fn shipped_fmri(int8: bool) -> Result<PathBuf, PipelineError> {
+    if int8 {
+        return materialize(FMRI_INT8, "fmri-resnet50-int8");
+    }
+    materialize_with(FMRI_FP32_F16, "fmri-resnet50", |bytes| {
+        let onnx = |e: medinfer_onnx::OnnxError| {
+            PipelineError::from(medinfer_engine::EngineError::from(e))
+        };
+        let mut m = medinfer_onnx::decode_model(bytes, "shipped fmri-resnet50").map_err(onnx)?;
+        medinfer_onnx::f16store::expand(&mut m);
+        Ok(medinfer_onnx::encode_model(&m))
+    })
+}
+
 /// Writes an embedded model into the cache (once per content) and returns its path.
 fn materialize(bytes: &[u8], name: &str) -> Result<PathBuf, PipelineError> {
+    materialize_with(bytes, name, |b| Ok(b.to_vec()))
+}
+
+/// [`materialize`] with a transformation of the embedded bytes (named by the embedded
+/// bytes' hash; it is written to a temporary file and renamed, so a file that exists is whole).
+fn materialize_with(
+    bytes: &[u8],
+    name: &str,
+    transform: impl FnOnce(&[u8]) -> Result<Vec<u8>, PipelineError>,
+) -> Result<PathBuf, PipelineError> {
     use sha2::Digest;
     let sha = hex::encode(sha2::Sha256::digest(bytes));
     let dir = cache_dir();
     let path = dir.join(format!("{name}-{}.onnx", &sha[..12]));
-    if std::fs::metadata(&path)
-        .map(|m| m.len() == bytes.len() as u64)
-        .unwrap_or(false)
-    {
+    if path.is_file() {
         return Ok(path);
     }
     create_dir(&dir)?;
+    let bytes = transform(bytes)?;
     let tmp = dir.join(format!(".{name}-{}.{}.tmp", &sha[..12], std::process::id()));
     let write_err = |p: &Path, e: std::io::Error| PipelineError::Output {
         path: p.display().to_string(),
         reason: e.to_string(),
     };
-    std::fs::write(&tmp, bytes).map_err(|e| write_err(&tmp, e))?;
+    std::fs::write(&tmp, &bytes).map_err(|e| write_err(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))?;
     Ok(path)
 }

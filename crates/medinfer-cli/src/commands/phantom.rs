@@ -30,6 +30,55 @@ pub enum PhantomCommand {
     /// correlation of each source's best-matching map, for medinfer's outputs or any other
     /// tool's 4D maps on the phantom grid.
     FmriEval(FmriEvalArgs),
+    /// Training samples for the fMRI network classifier: phantom cohorts with consecutive
+    /// seeds, each run through `run fmri`; every subject and group component becomes three
+    /// orthogonal 45 x 45 slices through its peak (x.npy: N x 3 x 45 x 45), labelled with the
+    /// source it matches (y.npy: class index; labels.json: the class names and where each
+    /// sample came from).
+    FmriTraining(FmriTrainingArgs),
+    /// The network classifier's accuracy on held-out phantom cohorts: each cohort is written,
+    /// run through `run fmri` with the classifier, and every group and subject label compared
+    /// with the source its group map matches (the model card's figures).
+    FmriClassifyEval(FmriClassifyEvalArgs),
+}
+
+#[derive(Args)]
+pub struct FmriClassifyEvalArgs {
+    /// Seed of the first cohort (training used seeds from 100000 up; keep below that).
+    #[arg(long, default_value_t = 1)]
+    pub first_seed: u64,
+    /// Number of cohorts.
+    #[arg(long, default_value_t = 10)]
+    pub cohorts: u64,
+    /// Subjects per cohort.
+    #[arg(long, default_value_t = 8)]
+    pub subjects: usize,
+    /// Group components (default 13, the phantom's sources; 0: estimated as `run fmri` does).
+    #[arg(long, default_value_t = 13)]
+    pub components: usize,
+    /// Classifier (default: the shipped one, by --precision).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Print JSON (every cohort and the total).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FmriTrainingArgs {
+    /// Output folder for x.npy, y.npy and labels.json (created; cohorts are written and
+    /// removed under it while they run).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Number of cohorts (each 6-10 subjects).
+    #[arg(long, default_value_t = 40)]
+    pub cohorts: u64,
+    /// Seed of the first cohort (the others follow consecutively). Evaluation uses seeds
+    /// below 1000; keep training above.
+    #[arg(long, default_value_t = 100_000)]
+    pub first_seed: u64,
 }
 
 #[derive(Args)]
@@ -278,6 +327,42 @@ pub fn run(cmd: PhantomCommand) -> Result<()> {
             }
             Ok(())
         }
+        PhantomCommand::FmriClassifyEval(a) => fmri_classify_eval(a),
+        PhantomCommand::FmriTraining(a) => {
+            std::fs::create_dir_all(&a.output)
+                .with_context(|| format!("creating {}", a.output.display()))?;
+            let bar = bar(a.cohorts as usize, "cohorts", false);
+            let mut set = fmri::training::TrainingSet::default();
+            for seed in a.first_seed..a.first_seed + a.cohorts {
+                fmri::training::add_cohort(&mut set, seed, &a.output)?;
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let n = set.y.len();
+            let s = fmri::slices::SIZE;
+            medinfer_io::npy::write(
+                &a.output.join("x.npy"),
+                &Tensor::from_f32(vec![n, 3, s, s], set.x)?,
+            )?;
+            medinfer_io::npy::write(
+                &a.output.join("y.npy"),
+                &Tensor::new(vec![n], medinfer_core::TensorData::U8(set.y))?,
+            )?;
+            let meta = serde_json::json!({
+                "classes": fmri::CLASSES,
+                "fov_mm": fmri::slices::FOV_MM,
+                "samples": set.samples,
+            });
+            let lp = a.output.join("labels.json");
+            std::fs::write(&lp, serde_json::to_string(&meta)?)
+                .with_context(|| format!("writing {}", lp.display()))?;
+            println!(
+                "{n} samples from {} cohorts in {}",
+                a.cohorts,
+                a.output.display()
+            );
+            Ok(())
+        }
         PhantomCommand::CardiacTraining(a) => {
             std::fs::create_dir_all(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
@@ -310,4 +395,84 @@ pub fn run(cmd: PhantomCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn fmri_classify_eval(a: FmriClassifyEvalArgs) -> Result<()> {
+    use fmri::eval::{self as fe, LabelScore};
+    let path = super::run_fmri::classifier_model(&a.engine, a.model.as_deref())?;
+    let session = a.engine.session(&path, 8, None, None)?;
+    let classifier = fmri::Classifier {
+        session: &session,
+        model: ModelId::of(&path)?,
+    };
+    let work = tempfile::tempdir().context("creating a scratch folder")?;
+    let bar = bar(a.cohorts as usize, "cohorts", a.json);
+    let mut total = LabelScore::default();
+    let mut cohorts = Vec::new();
+    for seed in a.first_seed..a.first_seed + a.cohorts {
+        let spec = fmri::phantom::CohortSpec {
+            subjects: a.subjects,
+            seed,
+            ..Default::default()
+        };
+        let dir = work.path().join(format!("cohort-{seed}"));
+        let out = work.path().join(format!("run-{seed}"));
+        let files = fe::write_cohort(&dir, &spec, &mut |_, _| {})?;
+        let mut req = fmri::FmriRequest::new(files, out.clone());
+        req.components = (a.components > 0).then_some(a.components);
+        let report = fmri::run(&req, Some(&classifier), &mut |_, _, _| {})?;
+        let rec = fe::recovery(&dir, &out.join("group_maps.nii.gz"), &[])?;
+        let score = fe::label_score(&rec, &report);
+        total.add(&score);
+        cohorts.push(serde_json::json!({
+            "seed": seed, "components": report.components, "accuracy": score.accuracy(),
+            "score": score, "classify_s": report.times_s.classify,
+        }));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::remove_dir_all(&out).ok();
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let info = session.info();
+    if a.json {
+        return print_json(&serde_json::json!({
+            "model": classifier.model, "backend": info.backend.name(),
+            "precision": info.effective_precision, "accuracy": total.accuracy(),
+            "total": total, "cohorts": cohorts,
+        }));
+    }
+    println!(
+        "{} on {} ({}): {} cohorts of {} subjects, seeds {}-{}",
+        path.display(),
+        info.backend.name(),
+        info.effective_precision,
+        a.cohorts,
+        a.subjects,
+        a.first_seed,
+        a.first_seed + a.cohorts - 1
+    );
+    println!(
+        "{:<22} {:>6} {:>8} {:>9}",
+        "true label", "total", "correct", "accuracy"
+    );
+    for c in &total.per_class {
+        println!(
+            "{:<22} {:>6} {:>8} {:>8.1}%",
+            c.label,
+            c.total,
+            c.correct,
+            100.0 * c.correct as f64 / c.total.max(1) as f64
+        );
+    }
+    println!(
+        "all: {}/{} correct ({:.2}%); {} components matched no source and were not scored",
+        total.correct,
+        total.total,
+        100.0 * total.accuracy(),
+        total.unmatched
+    );
+    for (t, p, n) in &total.confusions {
+        println!("  {t} labelled {p}: {n}");
+    }
+    Ok(())
 }

@@ -1,11 +1,12 @@
 //! `medinfer run fmri`: resting-state group ICA and dual regression over a cohort of 4D NIfTI
 //! files.
 
-use crate::args::{bar, print_json};
+use crate::args::{bar, print_json, EngineArgs, PipelinePrecision};
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::ProgressBar;
-use medinfer_pipelines::fmri::{self, FmriRequest, Stage};
+use medinfer_pipelines::fmri::{self, Classifier, FmriRequest, Stage};
+use medinfer_pipelines::models::{self, ModelId};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -14,7 +15,8 @@ pub struct RunFmriArgs {
     #[arg(required = true)]
     pub subjects: Vec<PathBuf>,
     /// Output folder (created): report.json, mask.nii.gz, group_maps.nii.gz (z maps),
-    /// <subject>/maps.nii.gz (dual-regression t maps) and <subject>/timecourses.tsv.
+    /// components.png (the labelled mosaic), <subject>/maps.nii.gz (dual-regression t maps)
+    /// and <subject>/timecourses.tsv.
     #[arg(short, long)]
     pub output: PathBuf,
     /// Brain mask on the same grid (non-zero = brain). Default: computed from the cohort's mean
@@ -57,9 +59,36 @@ pub struct RunFmriArgs {
     /// Subject data kept in memory between the passes, MiB (the rest is read again).
     #[arg(long, default_value_t = 4096)]
     pub cache_mb: usize,
+    /// Network classifier: ONNX taking (batch, 3, 45, 45) slices (sagittal, coronal, axial
+    /// through the map's peak, 200 mm field of view, scaled to the peak) and giving 13 scores
+    /// in this order: default_mode, visual_medial, visual_lateral, sensorimotor, auditory,
+    /// executive_control, frontoparietal_left, frontoparietal_right, cerebellar, salience,
+    /// noise_motion, noise_csf, noise_vascular. Default: medinfer's ResNet-50 trained on
+    /// phantom cohorts (not on real fMRI), FP32 or INT8 by --precision.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Skip the classifier (no labels).
+    #[arg(long)]
+    pub no_classify: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The classifier model: the user's, else the shipped one by precision (INT8 by default on
+/// ONNX Runtime / OpenVINO, FP32 on tract).
+pub fn classifier_model(engine: &EngineArgs, user: Option<&std::path::Path>) -> Result<PathBuf> {
+    if let Some(p) = user {
+        return Ok(p.to_path_buf());
+    }
+    let int8 = match engine.precision.unwrap_or(PipelinePrecision::Auto) {
+        PipelinePrecision::Int8 => true,
+        PipelinePrecision::Fp32 => false,
+        PipelinePrecision::Auto => engine.backend()? != medinfer_engine::BackendKind::Tract,
+    };
+    Ok(models::shipped_fmri(int8)?)
 }
 
 fn parse_band(s: &str) -> Result<Option<(f64, f64)>> {
@@ -94,8 +123,19 @@ pub fn run(a: RunFmriArgs) -> Result<()> {
     req.ica.seed = a.seed;
     req.ica.restarts = a.restarts;
     req.cache_bytes = a.cache_mb << 20;
+    let session_model = if a.no_classify {
+        None
+    } else {
+        let path = classifier_model(&a.engine, a.model.as_deref())?;
+        let session = a.engine.session(&path, 8, None, None)?;
+        Some((session, ModelId::of(&path)?))
+    };
+    let classifier = session_model.as_ref().map(|(session, model)| Classifier {
+        session,
+        model: model.clone(),
+    });
     let mut current: Option<(Stage, ProgressBar)> = None;
-    let report = fmri::run(&req, &mut |stage, done, total| {
+    let report = fmri::run(&req, classifier.as_ref(), &mut |stage, done, total| {
         if current.as_ref().map(|c| c.0) != Some(stage) {
             if let Some((_, pb)) = current.take() {
                 pb.finish();
@@ -126,25 +166,43 @@ pub fn run(a: RunFmriArgs) -> Result<()> {
         }
     );
     println!(
-        "{:>4} {:>8} {:>22} {:>7}",
-        "ic", "var %", "peak (mm)", "peak z"
+        "{:>4} {:>8} {:>22} {:>7}  {:<22} {:>5}  subjects agreeing",
+        "ic", "var %", "peak (mm)", "peak z", "label", "p"
     );
     for g in &report.group {
+        let agree = report
+            .subjects
+            .iter()
+            .filter(|s| s.components[g.index].label == g.label && g.label.is_some())
+            .count();
         println!(
-            "{:>4} {:>8.2} {:>22} {:>7.2}",
+            "{:>4} {:>8.2} {:>22} {:>7.2}  {:<22} {:>5}  {}",
             g.index,
             g.explained_variance * 100.0,
             format!(
                 "({:.0}, {:.0}, {:.0})",
                 g.peak_mm[0], g.peak_mm[1], g.peak_mm[2]
             ),
-            g.peak_z
+            g.peak_z,
+            g.label.unwrap_or("-"),
+            g.probability.map_or("-".into(), |p| format!("{p:.2}")),
+            if g.label.is_some() {
+                format!("{agree}/{}", report.subjects.len())
+            } else {
+                "-".into()
+            }
+        );
+    }
+    if let Some(c) = &report.classifier {
+        println!(
+            "classifier: {} on {} ({}), {} components at {:.0} / s; {}",
+            c.model.path, c.backend, c.precision, c.samples, c.samples_per_s, c.note
         );
     }
     let t = &report.times_s;
     println!(
-        "time: check {:.2} s, MIGP {:.2} s, ICA {:.2} s, dual regression {:.2} s, write {:.2} s, total {:.2} s",
-        t.check, t.migp, t.ica, t.dual_regression, t.write, t.total
+        "time: check {:.2} s, MIGP {:.2} s, ICA {:.2} s, dual regression {:.2} s, classify {:.2} s, write {:.2} s, total {:.2} s",
+        t.check, t.migp, t.ica, t.dual_regression, t.classify, t.write, t.total
     );
     println!("written to {}", a.output.display());
     Ok(())

@@ -13,7 +13,7 @@
 //! | `truth/sources.json` | sources (label, anatomy, blobs), cohort settings, per-subject shifts and amplitudes |
 
 use super::phantom::{self, CohortSpec, PhantomSubject, SOURCES};
-use super::{correlation, LABELS};
+use super::{correlation, UNMATCHED};
 use crate::PipelineError;
 use medinfer_core::Volume;
 use medinfer_io::nifti::{self, NiftiDtype};
@@ -227,7 +227,7 @@ pub fn recovery(
             if a >= 0.5 {
                 SOURCES[s].label.to_string()
             } else {
-                LABELS[LABELS.len() - 1].to_string()
+                UNMATCHED.to_string()
             }
         })
         .collect();
@@ -240,4 +240,105 @@ pub fn recovery(
         sources,
         component_labels,
     })
+}
+
+/// How one class was labelled.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClassScore {
+    /// The true label.
+    pub label: String,
+    /// Components (group and subject) whose truth is this label.
+    pub total: usize,
+    /// Of those, labelled so by the classifier.
+    pub correct: usize,
+}
+
+/// The classifier's labels against the truth: every group and subject component whose group
+/// map matches a phantom source ([`Recovery::component_labels`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LabelScore {
+    /// Components scored.
+    pub total: usize,
+    /// Labelled correctly.
+    pub correct: usize,
+    /// Components left out because their group map matches no source (|r| < 0.5).
+    pub unmatched: usize,
+    /// Per true label.
+    pub per_class: Vec<ClassScore>,
+    /// (truth, label, count) of every confusion.
+    pub confusions: Vec<(String, String, usize)>,
+}
+
+impl LabelScore {
+    /// Share labelled correctly.
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+
+    /// Adds another cohort's score.
+    pub fn add(&mut self, o: &LabelScore) {
+        self.total += o.total;
+        self.correct += o.correct;
+        self.unmatched += o.unmatched;
+        for c in &o.per_class {
+            self.class(&c.label).total += c.total;
+            self.class(&c.label).correct += c.correct;
+        }
+        for (t, p, n) in &o.confusions {
+            self.confuse(t, p, *n);
+        }
+    }
+
+    fn class(&mut self, label: &str) -> &mut ClassScore {
+        if let Some(i) = self.per_class.iter().position(|c| c.label == label) {
+            return &mut self.per_class[i];
+        }
+        self.per_class.push(ClassScore {
+            label: label.to_string(),
+            ..Default::default()
+        });
+        self.per_class.last_mut().expect("just pushed")
+    }
+
+    fn confuse(&mut self, truth: &str, label: &str, n: usize) {
+        match self
+            .confusions
+            .iter_mut()
+            .find(|c| c.0 == truth && c.1 == label)
+        {
+            Some(c) => c.2 += n,
+            None => self
+                .confusions
+                .push((truth.to_string(), label.to_string(), n)),
+        }
+    }
+}
+
+/// Scores the labels of a run (`report`, made with a classifier) against the truth
+/// (`recovery` of the same run's group maps).
+pub fn label_score(recovery: &Recovery, report: &super::FmriReport) -> LabelScore {
+    let mut s = LabelScore::default();
+    let labels = report.group.iter().map(|g| (g.index, g.label)).chain(
+        report
+            .subjects
+            .iter()
+            .flat_map(|sub| sub.components.iter().map(|c| (c.index, c.label))),
+    );
+    for (k, label) in labels {
+        let truth = recovery.component_labels[k].as_str();
+        if truth == UNMATCHED {
+            s.unmatched += 1;
+            continue;
+        }
+        let label = label.unwrap_or("none");
+        s.total += 1;
+        s.class(truth).total += 1;
+        if label == truth {
+            s.correct += 1;
+            s.class(truth).correct += 1;
+        } else {
+            s.confuse(truth, label, 1);
+        }
+    }
+    s
 }

@@ -12,8 +12,11 @@
 //!    log-cosh FastICA, maps flipped to a positive tail and z-scored, ordered by the share of
 //!    the group data's variance they explain.
 //! 4. **dual regression** ([`dualreg`]): every subject's time courses and t maps.
-//! 5. **write**: `group_maps.nii.gz`, `mask.nii.gz`, per subject `<id>/maps.nii.gz` and
-//!    `<id>/timecourses.tsv`, and `report.json`.
+//! 5. **classify** (when a classifier is given): three orthogonal slices through the peak of
+//!    every group and subject map ([`slices`]), batched through the network classifier on
+//!    all its streams; a label from [`CLASSES`] and its probability per component.
+//! 6. **write**: `group_maps.nii.gz`, `mask.nii.gz`, per subject `<id>/maps.nii.gz` and
+//!    `<id>/timecourses.tsv`, `components.png` (the labelled mosaic) and `report.json`.
 //!
 //! | file | what |
 //! |---|---|
@@ -21,18 +24,26 @@
 //! | `ica.rs` | MIGP, group PCA and dimension, FastICA |
 //! | `dualreg.rs` | FSL's dual regression, both stages |
 //! | `phantom.rs` | the resting-state cohort phantom with exact truth |
+//! | `slices.rs` | the classifier's input: three slices through a map's peak |
+//! | `mosaic.rs` | the labelled mosaic PNG |
 //! | `eval.rs` | recovery of the phantom's networks (not the clinical pipeline) |
+//! | `training.rs` | labelled classifier samples from phantom cohorts |
 
 pub mod dualreg;
 pub mod eval;
 pub mod ica;
+mod mosaic;
 pub mod phantom;
 pub mod prep;
+pub mod slices;
+pub mod training;
 
+use crate::models::ModelId;
 use crate::PipelineError;
 use faer::Mat;
 use ica::{FastIcaOptions, IcaError, Migp};
 use medinfer_core::Volume;
+use medinfer_engine::Session;
 use medinfer_io::nifti::{self, NiftiDtype};
 use prep::{Grid, PrepOptions};
 use serde::Serialize;
@@ -40,9 +51,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The classifier's labels: ten resting-state networks, three artefact kinds, and
-/// `noise_other` for components that match nothing (thermal noise, split fragments).
-pub const LABELS: [&str; 14] = [
+/// The classifier's classes, in the order of its outputs: ten resting-state networks and
+/// three artefact kinds.
+pub const CLASSES: [&str; 13] = [
     "default_mode",
     "visual_medial",
     "visual_lateral",
@@ -56,8 +67,11 @@ pub const LABELS: [&str; 14] = [
     "noise_motion",
     "noise_csf",
     "noise_vascular",
-    "noise_other",
 ];
+
+/// The truth label of a component that matches no phantom source (thermal noise, a split
+/// fragment); never a classifier output.
+pub const UNMATCHED: &str = "noise_other";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -114,6 +128,8 @@ pub enum Stage {
     Ica,
     /// Dual regression.
     DualRegression,
+    /// The network classifier on every component.
+    Classify,
     /// Writing the outputs.
     Write,
 }
@@ -126,6 +142,7 @@ impl Stage {
             Stage::Migp => "migp",
             Stage::Ica => "ica",
             Stage::DualRegression => "dual regression",
+            Stage::Classify => "classify",
             Stage::Write => "write",
         }
     }
@@ -142,6 +159,10 @@ pub struct GroupComponent {
     pub peak_mm: [f64; 3],
     /// The z value at the peak.
     pub peak_z: f64,
+    /// The classifier's label (when a classifier ran).
+    pub label: Option<&'static str>,
+    /// Its probability.
+    pub probability: Option<f64>,
 }
 
 /// One component of one subject.
@@ -155,6 +176,10 @@ pub struct SubjectComponent {
     pub peak_t: f64,
     /// Spatial correlation of the subject's map with the group map over the mask.
     pub group_correlation: f64,
+    /// The classifier's label for the subject's map (when a classifier ran).
+    pub label: Option<&'static str>,
+    /// Its probability.
+    pub probability: Option<f64>,
 }
 
 /// One subject's results.
@@ -183,6 +208,8 @@ pub struct StageTimes {
     pub ica: f64,
     /// Dual regression (preprocessing again where the cache did not hold the subject).
     pub dual_regression: f64,
+    /// Slices and the classifier on every component.
+    pub classify: f64,
     /// Writing maps and tables.
     pub write: f64,
     /// All of it.
@@ -216,6 +243,8 @@ pub struct FmriReport {
     pub ica_converged: bool,
     /// The FastICA restart kept (largest total negentropy).
     pub ica_restart: usize,
+    /// The classifier that labelled the components (`None`: not run).
+    pub classifier: Option<ClassifierInfo>,
     /// The group components.
     pub group: Vec<GroupComponent>,
     /// Every subject.
@@ -225,6 +254,45 @@ pub struct FmriReport {
     /// Files written, relative to the output folder.
     pub outputs: Vec<String>,
 }
+
+/// The network classifier a run uses: an engine session on a model taking (batch, 3, 45, 45)
+/// slices ([`slices`]) and giving one score per class of [`CLASSES`].
+pub struct Classifier<'a> {
+    /// The session.
+    pub session: &'a Session,
+    /// The model's identity, for the report.
+    pub model: ModelId,
+}
+
+/// What the report says of the classifier.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassifierInfo {
+    /// Model file, sha256 and what its metadata says of its weights.
+    pub model: ModelId,
+    /// Backend that ran it.
+    pub backend: String,
+    /// Precision the engine ran with.
+    pub precision: String,
+    /// Samples per request.
+    pub batch: usize,
+    /// Requests in flight at once.
+    pub streams: usize,
+    /// Slice field of view, mm ([`slices::FOV_MM`]) and pixels ([`slices::SIZE`]).
+    pub fov_mm: f64,
+    /// Pixels per slice side.
+    pub size: usize,
+    /// Components classified (group and subject maps).
+    pub samples: usize,
+    /// Components per second of the classify stage.
+    pub samples_per_s: f64,
+    /// The classes, in the model's output order.
+    pub classes: Vec<&'static str>,
+    /// A caution for every reader.
+    pub note: String,
+}
+
+/// The caution every output of the shipped classifier carries.
+pub const PHANTOM_NOTE: &str = "the network labels come from a classifier trained on synthetic phantom cohorts (medinfer phantom fmri), not on real fMRI: check them by eye";
 
 fn ica_err(stage: &str, e: IcaError) -> PipelineError {
     PipelineError::Batch(format!("{stage}: {e}"))
@@ -413,10 +481,20 @@ fn read_mask(path: &Path, grid: &Grid) -> Result<Vec<bool>, PipelineError> {
     Ok(m.data[..nv].iter().map(|&x| x != 0.0).collect())
 }
 
-/// Runs the pipeline, writing into `req.output`; `progress(stage, done, total)` is called as
-/// work advances.
+/// Scatters row `k` of an n x V matrix (mask order) into a full volume on the grid.
+fn full_volume(m: &Mat<f64>, k: usize, nv: usize, mask_idx: &[usize]) -> Vec<f32> {
+    let mut v = vec![0f32; nv];
+    for (c, &i) in mask_idx.iter().enumerate() {
+        v[i] = m[(k, c)] as f32;
+    }
+    v
+}
+
+/// Runs the pipeline, writing into `req.output`; with a `classifier`, every group and subject
+/// component is labelled. `progress(stage, done, total)` is called as work advances.
 pub fn run(
     req: &FmriRequest,
+    classifier: Option<&Classifier>,
     progress: &mut dyn FnMut(Stage, usize, usize),
 ) -> Result<FmriReport, PipelineError> {
     let t_all = Instant::now();
@@ -539,7 +617,7 @@ pub fn run(
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| ev[b].total_cmp(&ev[a]));
     let maps = Mat::from_fn(n, maps.ncols(), |r, c| maps[(order[r], c)]);
-    let group: Vec<GroupComponent> = (0..n)
+    let mut group: Vec<GroupComponent> = (0..n)
         .map(|k| {
             let (pv, pz) = peak(&row(&maps, k));
             GroupComponent {
@@ -547,9 +625,23 @@ pub fn run(
                 explained_variance: ev[order[k]],
                 peak_mm: voxel_world(&grid, mask_idx[pv]),
                 peak_z: pz,
+                label: None,
+                probability: None,
             }
         })
         .collect();
+    // The classifier's samples: group maps first, then every subject's, component by component.
+    let nv = grid.voxels();
+    let centre = slices::mask_centre(&grid, &mask);
+    let mut samples: Vec<Vec<f32>> = Vec::new();
+    if classifier.is_some() {
+        for g in &group {
+            let vol = full_volume(&maps, g.index, nv, &mask_idx);
+            samples.push(slices::component_slices(
+                &vol, &grid, g.peak_mm, centre, g.peak_z,
+            ));
+        }
+    }
     drop(w);
     times.ica = t0.elapsed().as_secs_f64();
     progress(Stage::Ica, 1, 1);
@@ -569,7 +661,7 @@ pub fn run(
         let (x, _) = cache.preprocessed(i, p, &mask, &mask_idx, &req.prep, cap)?;
         let dr = dualreg::dual_regression(x.as_ref(), maps.as_ref())
             .map_err(|e| ica_err(&format!("dual regression of {}", p.display()), e))?;
-        let comps = (0..n)
+        let comps: Vec<SubjectComponent> = (0..n)
             .map(|k| {
                 let r = row(&dr.tstats, k);
                 let (pv, pt) = peak(&r);
@@ -578,9 +670,19 @@ pub fn run(
                     peak_mm: voxel_world(&grid, mask_idx[pv]),
                     peak_t: pt,
                     group_correlation: correlation(&r, &row(&maps, k)),
+                    label: None,
+                    probability: None,
                 }
             })
             .collect();
+        if classifier.is_some() {
+            for c in &comps {
+                let vol = full_volume(&dr.tstats, c.index, nv, &mask_idx);
+                samples.push(slices::component_slices(
+                    &vol, &grid, c.peak_mm, centre, c.peak_t,
+                ));
+            }
+        }
         let tw = Instant::now();
         let dir = req.output.join(&ids[i]);
         std::fs::create_dir_all(&dir).map_err(|e| PipelineError::output(&dir, e))?;
@@ -600,6 +702,49 @@ pub fn run(
     times.dual_regression = t0.elapsed().as_secs_f64() - write_s;
     progress(Stage::DualRegression, ns, ns);
 
+    // 5. classify
+    let t0 = Instant::now();
+    let classifier_info = match classifier {
+        None => None,
+        Some(c) => {
+            let labels = classify(c, &samples, &mut |d, t| progress(Stage::Classify, d, t))?;
+            let (mut g_it, mut rest) = (group.iter_mut(), labels.iter());
+            for (g, l) in g_it.by_ref().zip(rest.by_ref()) {
+                (g.label, g.probability) = (Some(l.0), Some(l.1));
+            }
+            for s in subjects.iter_mut() {
+                for (comp, l) in s.components.iter_mut().zip(rest.by_ref()) {
+                    (comp.label, comp.probability) = (Some(l.0), Some(l.1));
+                }
+            }
+            times.classify = t0.elapsed().as_secs_f64();
+            let info = c.session.info();
+            let phantom = c
+                .model
+                .weights
+                .as_deref()
+                .is_some_and(|w| w.contains("phantom"));
+            Some(ClassifierInfo {
+                model: c.model.clone(),
+                backend: info.backend.name().to_string(),
+                precision: info.effective_precision.clone(),
+                batch: c.session.inputs().first().map_or(1, |i| i.shape[0]),
+                streams: info.streams,
+                fov_mm: slices::FOV_MM,
+                size: slices::SIZE,
+                samples: samples.len(),
+                samples_per_s: samples.len() as f64 / times.classify.max(1e-9),
+                classes: CLASSES.to_vec(),
+                note: if phantom {
+                    PHANTOM_NOTE.to_string()
+                } else {
+                    "a classifier given by the user; medinfer did not validate its labels".into()
+                },
+            })
+        }
+    };
+    drop(samples);
+
     // 5. write
     let t0 = Instant::now();
     progress(Stage::Write, 0, 1);
@@ -611,6 +756,9 @@ pub fn run(
     )?;
     let mvol = grid.volume(1, mask.iter().map(|&m| m as u8 as f32).collect());
     nifti::write(req.output.join("mask.nii.gz"), &mvol, NiftiDtype::U8)?;
+    let mosaic_path = req.output.join("components.png");
+    mosaic::write(&mosaic_path, &maps, &group, &grid, &mask, &mask_idx)?;
+    outputs.push("components.png".into());
     times.write = t0.elapsed().as_secs_f64() + write_s;
     times.total = t_all.elapsed().as_secs_f64();
     let report = FmriReport {
@@ -626,6 +774,7 @@ pub fn run(
         ica_iterations: fit.iterations,
         ica_converged: fit.converged,
         ica_restart: fit.restart,
+        classifier: classifier_info,
         group,
         subjects,
         times_s: times,
@@ -636,4 +785,65 @@ pub fn run(
     std::fs::write(&rp, js).map_err(|e| PipelineError::output(&rp, e))?;
     progress(Stage::Write, 1, 1);
     Ok(report)
+}
+
+/// Runs the classifier on every sample ([`slices::SAMPLE_LEN`] values each; batched, on all
+/// the session's streams): the label and its softmax probability per sample, in order.
+pub fn classify(
+    c: &Classifier,
+    samples: &[Vec<f32>],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<(&'static str, f64)>, PipelineError> {
+    let model_err = |reason: String| PipelineError::Model {
+        model: c.model.path.clone(),
+        reason,
+    };
+    let want = [3, slices::SIZE, slices::SIZE];
+    let shape = c.session.inputs().first().map(|i| i.shape.clone());
+    if shape.as_deref().map(|s| s.get(1..)) != Some(Some(&want[..])) {
+        return Err(model_err(format!(
+            "takes input {shape:?}; the fMRI classifier takes (batch, 3, {0}, {0}) slices",
+            slices::SIZE
+        )));
+    }
+    let total = samples.len();
+    let mut out: Vec<(&'static str, f64)> = Vec::with_capacity(total);
+    let mut failure: Option<PipelineError> = None;
+    let idx: Vec<usize> = (0..total).collect();
+    crate::batch::run_ordered(
+        &idx,
+        c.session,
+        1,
+        |&i| Ok(samples[i].as_slice()),
+        |i, r| {
+            if failure.is_some() {
+                return;
+            }
+            match r {
+                Ok(logits) if logits.len() == CLASSES.len() => {
+                    let m = logits.iter().copied().fold(f32::MIN, f32::max) as f64;
+                    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - m).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    let (k, p) =
+                        e.iter()
+                            .enumerate()
+                            .fold((0, 0.0), |b, (k, &v)| if v > b.1 { (k, v) } else { b });
+                    out.push((CLASSES[k], p / sum));
+                }
+                Ok(logits) => {
+                    failure = Some(model_err(format!(
+                        "gives {} scores per sample; the fMRI classifier gives one per class ({})",
+                        logits.len(),
+                        CLASSES.len()
+                    )))
+                }
+                Err(e) => failure = Some(PipelineError::Batch(format!("component {i}: {e}"))),
+            }
+            progress(i + 1, total);
+        },
+    )?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(out)
 }

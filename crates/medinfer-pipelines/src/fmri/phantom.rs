@@ -39,7 +39,7 @@ pub const TR_S: f64 = 2.0;
 /// Baseline intensity in the brain.
 pub const BRAIN_BASELINE: f64 = 800.0;
 
-/// What a source is, for the classifier's label set ([`super::LABELS`]).
+/// What a source is, for the classifier's label set ([`super::CLASSES`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
@@ -59,7 +59,7 @@ pub type Blob = ([f64; 3], [f64; 3], f64);
 /// A source of the phantom.
 #[derive(Clone, Debug, Serialize)]
 pub struct Source {
-    /// Its name (also its label, [`super::LABELS`]).
+    /// Its name (also its label, [`super::CLASSES`]).
     pub label: &'static str,
     /// What it is.
     pub kind: SourceKind,
