@@ -137,6 +137,26 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Hands freed heap memory back to the system. The tuned allocator keeps freed blocks for
+/// reuse, and with work whose block sizes drift (the fMRI passes: one subject's volume and
+/// matrices after another) that retained memory grew with the cohort while the live heap
+/// stayed flat (heaptrack: 0.4 GB live at 16 subjects, RSS 0.6 -> 1.5 GB from 20 to 50
+/// subjects with `--cache-mb 0`; 0.29 GB at both with this call between subjects). It costs
+/// time (freed pages are faulted in again: 20 subjects cached 15 -> 20 s), so `run fmri` calls
+/// it between subjects only when the cache is capped below its default.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_freed_memory() {
+    // SAFETY: `malloc_trim` (malloc_trim(3)) only returns free heap pages to the kernel; it
+    // takes an integer, touches no live allocation and is thread-safe (glibc locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// See the glibc version: nothing to do elsewhere.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_freed_memory() {}
+
 fn main() -> ExitCode {
     // Output piped into `head` or `tail -0` must end the program quietly, as for any Unix tool,
     // instead of `println!` panicking on EPIPE: restore the default SIGPIPE action that the Rust

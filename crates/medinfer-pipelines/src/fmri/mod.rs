@@ -757,7 +757,14 @@ pub fn run(
     let mvol = grid.volume(1, mask.iter().map(|&m| m as u8 as f32).collect());
     nifti::write(req.output.join("mask.nii.gz"), &mvol, NiftiDtype::U8)?;
     let mosaic_path = req.output.join("components.png");
-    mosaic::write(&mosaic_path, &maps, &group, &grid, &mask, &mask_idx)?;
+    let header = classifier_info.as_ref().map(|c| {
+        if c.note == PHANTOM_NOTE {
+            "LABELS FROM A CLASSIFIER TRAINED ON PHANTOMS ONLY - CHECK BY EYE"
+        } else {
+            "LABELS FROM A USER CLASSIFIER"
+        }
+    });
+    mosaic::write(&mosaic_path, header, &maps, &group, &grid, &mask, &mask_idx)?;
     outputs.push("components.png".into());
     times.write = t0.elapsed().as_secs_f64() + write_s;
     times.total = t_all.elapsed().as_secs_f64();

@@ -15,6 +15,8 @@ use faer::Mat;
 const SCALE: usize = 3;
 /// Text pixels per font pixel.
 const TEXT: usize = 2;
+/// Height of the header band that carries the caution, when there is one.
+const HEADER_H: usize = 7 * TEXT + 12;
 
 const FONT: &[(char, [u8; 7])] = &[
     (
@@ -308,9 +310,11 @@ fn colour(v: f32, brain: f32) -> [u8; 3] {
     }
 }
 
-/// Writes the mosaic of the group maps (`maps`: n x V in mask order) to `path`.
+/// Writes the mosaic of the group maps (`maps`: n x V in mask order) to `path`, with `header`
+/// (the classifier's caution) in a band across the top when given.
 pub(super) fn write(
     path: &std::path::Path,
+    header: Option<&str>,
     maps: &Mat<f64>,
     group: &[GroupComponent],
     grid: &Grid,
@@ -321,11 +325,16 @@ pub(super) fn write(
     let tile = s * SCALE;
     let text_w = 40 * 6 * TEXT;
     let (w, row_h) = (3 * (tile + 4) + text_w, tile + 4);
+    let top = if header.is_some() { HEADER_H } else { 0 };
+    let h = top + row_h * group.len().max(1);
     let mut cv = Canvas {
         w,
-        h: row_h * group.len().max(1),
-        rgb: vec![0u8; w * row_h * group.len().max(1) * 3],
+        h,
+        rgb: vec![0u8; w * h * 3],
     };
+    if let Some(t) = header {
+        cv.text(6, 6, t, [255, 120, 120]);
+    }
     let nv = grid.voxels();
     let centre = slices::mask_centre(grid, mask);
     let mask_f: Vec<f32> = mask.iter().map(|&m| m as u8 as f32).collect();
@@ -345,7 +354,7 @@ pub(super) fn write(
                         for dx in 0..SCALE {
                             cv.put(
                                 ch * (tile + 4) + x * SCALE + dx,
-                                r * row_h + y * SCALE + dy,
+                                top + r * row_h + y * SCALE + dy,
                                 c,
                             );
                         }
@@ -353,7 +362,7 @@ pub(super) fn write(
                 }
             }
         }
-        let y0 = r * row_h + tile / 2 - 7 * TEXT;
+        let y0 = top + r * row_h + tile / 2 - 7 * TEXT;
         let x0 = 3 * (tile + 4) + 8;
         cv.text(x0, y0, &format!("IC{:02}", g.index), [255, 255, 255]);
         let label = match (g.label, g.probability) {
