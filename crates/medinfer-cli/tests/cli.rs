@@ -1375,20 +1375,13 @@ fn fmri_phantom_run_and_eval_from_the_command_line() {
         })
         .collect();
     let out = d.path().join("out");
-    let mut args = vec![
-        "run",
-        "fmri",
-        "-o",
-        out.to_str().unwrap(),
-        "--components",
-        "13",
-        "--json",
-    ];
+    let mut args = vec!["run", "fmri", "-o", out.to_str().unwrap(), "--json"];
     args.extend(subjects.iter().map(|s| s.as_str()));
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(rep["components"], 13);
+    // The dimension is estimated (profile likelihood of the group spectrum): the 13 sources.
+    assert_eq!(rep["components"], 13, "{}", rep["dimension_source"]);
     assert_eq!(rep["subjects"].as_array().unwrap().len(), 4);
     assert!(rep["times_s"]["total"].as_f64().unwrap() > 0.0);
     assert!(rep["times_s"]["classify"].as_f64().unwrap() > 0.0);

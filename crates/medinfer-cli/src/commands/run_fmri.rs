@@ -26,8 +26,9 @@ pub struct RunFmriArgs {
     /// image (the threshold at the largest intensity gap, then the largest connected component).
     #[arg(long)]
     pub mask: Option<PathBuf>,
-    /// Number of group components. Default: the median of the subjects' own dimensions
-    /// (Minka's Laplace estimate, smoothness-corrected), capped by --max-components.
+    /// Number of group components. Default: estimated from the group (MIGP) eigenspectrum,
+    /// the profile likelihood of its first --max-components log-eigenvalues (where the
+    /// signal ends).
     #[arg(long)]
     pub components: Option<usize>,
     /// Cap on the estimated number of components.

@@ -8,7 +8,8 @@
 //! 2. **migp**: each subject is preprocessed ([`prep::preprocess`]: optional smoothing inside
 //!    the mask, linear detrend, band-pass, variance normalisation) and pushed through MIGP
 //!    ([`ica::Migp`]), so memory holds at one subject plus a `dim x V` matrix.
-//! 3. **ica**: group PCA to the dimension (given, or Minka's Laplace estimate), symmetric
+//! 3. **ica**: group PCA to the dimension (given, or estimated: [`ica::profile_dimension`] of
+//!    the group eigenspectrum), symmetric
 //!    log-cosh FastICA, maps flipped to a positive tail and z-scored, ordered by the share of
 //!    the group data's variance they explain.
 //! 4. **dual regression** ([`dualreg`]): every subject's time courses and t maps.
@@ -80,7 +81,8 @@ pub struct FmriRequest {
     pub subjects: Vec<PathBuf>,
     /// A brain mask on the same grid (non-zero = brain); `None`: computed.
     pub mask: Option<PathBuf>,
-    /// Number of group components; `None`: Minka's Laplace estimate, capped by
+    /// Number of group components; `None`: the profile-likelihood estimate on the group
+    /// eigenspectrum's first `max_components` values, so at most
     /// `max_components`.
     pub components: Option<usize>,
     /// Cap on the estimated dimension.
@@ -602,10 +604,16 @@ pub fn run(
         None => {
             let mut sorted = dims_est.clone();
             sorted.sort_unstable();
-            let d = sorted[sorted.len() / 2];
+            let median = sorted[sorted.len() / 2];
+            let g = (&w * w.transpose()) * faer::Scale(1.0 / w.ncols() as f64);
+            let (vals, _) = ica::eigh_desc(g.as_ref()).map_err(|e| ica_err("group PCA", e))?;
+            let d = ica::profile_dimension(&vals, cap);
             (
                 d.max(2),
-                format!("median of the subjects' Laplace estimates (cap {cap})"),
+                format!(
+                    "profile likelihood of the group eigenspectrum's first {} log-eigenvalues (the subjects' Laplace estimates: median {median})",
+                    cap.min(vals.len())
+                ),
             )
         }
     };
