@@ -210,7 +210,8 @@ pub struct StageTimes {
     pub ica: f64,
     /// Dual regression (preprocessing again where the cache did not hold the subject).
     pub dual_regression: f64,
-    /// Slices and the classifier on every component.
+    /// The classifier on every component (the slices are cut during dual regression, while
+    /// each subject's maps are in memory, and timed there).
     pub classify: f64,
     /// Writing maps and tables.
     pub write: f64,
@@ -444,12 +445,9 @@ pub fn write_maps(
     mask_idx: &[usize],
 ) -> Result<(), PipelineError> {
     let nv = grid.voxels();
-    let mut data = vec![0f32; nv * m.nrows()];
-    for k in 0..m.nrows() {
-        for (c, &v) in mask_idx.iter().enumerate() {
-            data[k * nv + v] = m[(k, c)] as f32;
-        }
-    }
+    let data: Vec<f32> = (0..m.nrows())
+        .flat_map(|k| full_volume(m, k, nv, mask_idx))
+        .collect();
     nifti::write(path, &grid.volume(m.nrows(), data), NiftiDtype::F32)?;
     Ok(())
 }
@@ -484,7 +482,7 @@ fn read_mask(path: &Path, grid: &Grid) -> Result<Vec<bool>, PipelineError> {
 }
 
 /// Scatters row `k` of an n x V matrix (mask order) into a full volume on the grid.
-fn full_volume(m: &Mat<f64>, k: usize, nv: usize, mask_idx: &[usize]) -> Vec<f32> {
+pub(crate) fn full_volume(m: &Mat<f64>, k: usize, nv: usize, mask_idx: &[usize]) -> Vec<f32> {
     let mut v = vec![0f32; nv];
     for (c, &i) in mask_idx.iter().enumerate() {
         v[i] = m[(k, c)] as f32;

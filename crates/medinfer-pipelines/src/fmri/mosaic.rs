@@ -339,10 +339,7 @@ pub(super) fn write(
     let centre = slices::mask_centre(grid, mask);
     let mask_f: Vec<f32> = mask.iter().map(|&m| m as u8 as f32).collect();
     for (r, g) in group.iter().enumerate() {
-        let mut vol = vec![0f32; nv];
-        for (c, &i) in mask_idx.iter().enumerate() {
-            vol[i] = maps[(g.index, c)] as f32;
-        }
+        let vol = super::full_volume(maps, g.index, nv, mask_idx);
         let map = slices::component_slices(&vol, grid, g.peak_mm, centre, g.peak_z);
         let brain = slices::component_slices(&mask_f, grid, g.peak_mm, centre, 1.0);
         for ch in 0..3 {
