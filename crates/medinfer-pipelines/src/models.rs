@@ -213,6 +213,17 @@ pub enum Precision {
     Int8,
 }
 
+impl Precision {
+    /// Whether a pipeline's own INT8 model is the one to run on `backend`.
+    pub fn int8_on(self, backend: BackendKind) -> bool {
+        match self {
+            Precision::Int8 => true,
+            Precision::Fp32 => false,
+            Precision::Auto => backend != BackendKind::Tract,
+        }
+    }
+}
+
 /// The model a pipeline run uses.
 #[derive(Clone, Debug)]
 pub struct ChosenModel {
@@ -238,11 +249,7 @@ pub fn choose(
             untrained_zoo: None,
         });
     }
-    let int8 = match precision {
-        Precision::Int8 => true,
-        Precision::Fp32 => false,
-        Precision::Auto => backend != BackendKind::Tract,
-    };
+    let int8 = precision.int8_on(backend);
     match pipeline.default_zoo_model() {
         None => Ok(ChosenModel {
             path: shipped_cardiac(int8)?,

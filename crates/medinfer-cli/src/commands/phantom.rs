@@ -415,21 +415,16 @@ fn fmri_classify_eval(a: FmriClassifyEvalArgs) -> Result<()> {
             seed,
             ..Default::default()
         };
-        let dir = work.path().join(format!("cohort-{seed}"));
-        let out = work.path().join(format!("run-{seed}"));
-        let files = fe::write_cohort(&dir, &spec, &mut |_, _| {})?;
-        let mut req = fmri::FmriRequest::new(files, out.clone());
-        req.components = (a.components > 0).then_some(a.components);
-        let report = fmri::run(&req, Some(&classifier), &mut |_, _, _| {})?;
-        let rec = fe::recovery(&dir, &out.join("group_maps.nii.gz"), &[])?;
-        let score = fe::label_score(&rec, &report);
+        let components = (a.components > 0).then_some(a.components);
+        let run = fe::run_cohort(work.path(), &spec, components, Some(&classifier))?;
+        let (report, score) = (&run.report, fe::label_score(&run.recovery, &run.report));
         total.add(&score);
         cohorts.push(serde_json::json!({
             "seed": seed, "components": report.components, "accuracy": score.accuracy(),
             "score": score, "classify_s": report.times_s.classify,
         }));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::remove_dir_all(&out).ok();
+        // The scratch folder goes at the end anyway: a failed removal is not worth stopping for.
+        run.remove().ok();
         bar.inc(1);
     }
     bar.finish_and_clear();

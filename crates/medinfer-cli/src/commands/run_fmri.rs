@@ -90,12 +90,8 @@ pub fn classifier_model(engine: &EngineArgs, user: Option<&std::path::Path>) -> 
     if let Some(p) = user {
         return Ok(p.to_path_buf());
     }
-    let int8 = match engine.precision.unwrap_or(PipelinePrecision::Auto) {
-        PipelinePrecision::Int8 => true,
-        PipelinePrecision::Fp32 => false,
-        PipelinePrecision::Auto => engine.backend()? != medinfer_engine::BackendKind::Tract,
-    };
-    Ok(models::shipped_fmri(int8)?)
+    let precision: models::Precision = engine.precision.unwrap_or(PipelinePrecision::Auto).into();
+    Ok(models::shipped_fmri(precision.int8_on(engine.backend()?))?)
 }
 
 fn parse_band(s: &str) -> Result<Option<(f64, f64)>> {

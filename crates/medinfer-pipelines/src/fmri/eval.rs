@@ -342,3 +342,47 @@ pub fn label_score(recovery: &Recovery, report: &super::FmriReport) -> LabelScor
     }
     s
 }
+
+/// A phantom cohort written and run through the pipeline, with its group maps scored.
+pub struct CohortRun {
+    /// The run's report.
+    pub report: super::FmriReport,
+    /// How its group maps recover the cohort's sources (and each component's truth label).
+    pub recovery: Recovery,
+    /// The run's output folder.
+    pub out: PathBuf,
+    cohort: PathBuf,
+}
+
+impl CohortRun {
+    /// Removes the cohort and the run's outputs.
+    pub fn remove(self) -> Result<(), PipelineError> {
+        for d in [&self.cohort, &self.out] {
+            std::fs::remove_dir_all(d).map_err(|e| PipelineError::output(d, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the cohort `spec` under `work` (`cohort-SEED`), runs it (outputs in `run-SEED`) with
+/// `components` (`None`: estimated) and `classifier`, and scores its group maps.
+pub fn run_cohort(
+    work: &Path,
+    spec: &CohortSpec,
+    components: Option<usize>,
+    classifier: Option<&super::Classifier>,
+) -> Result<CohortRun, PipelineError> {
+    let cohort = work.join(format!("cohort-{}", spec.seed));
+    let out = work.join(format!("run-{}", spec.seed));
+    let files = write_cohort(&cohort, spec, &mut |_, _| {})?;
+    let mut req = super::FmriRequest::new(files, out.clone());
+    req.components = components;
+    let report = super::run(&req, classifier, &mut |_, _, _| {})?;
+    let recovery = recovery(&cohort, &out.join("group_maps.nii.gz"), &[])?;
+    Ok(CohortRun {
+        report,
+        recovery,
+        out,
+        cohort,
+    })
+}

@@ -636,18 +636,17 @@ pub fn run(
             }
         })
         .collect();
-    // The classifier's samples: group maps first, then every subject's, component by component.
+    // The classifier's samples: group maps first (always cut: the mosaic shows them), then,
+    // with a classifier, every subject's, component by component.
     let nv = grid.voxels();
     let centre = slices::mask_centre(&grid, &mask);
-    let mut samples: Vec<Vec<f32>> = Vec::new();
-    if classifier.is_some() {
-        for g in &group {
+    let mut samples: Vec<Vec<f32>> = group
+        .iter()
+        .map(|g| {
             let vol = full_volume(&maps, g.index, nv, &mask_idx);
-            samples.push(slices::component_slices(
-                &vol, &grid, g.peak_mm, centre, g.peak_z,
-            ));
-        }
-    }
+            slices::component_slices(&vol, &grid, g.peak_mm, centre, g.peak_z)
+        })
+        .collect();
     drop(w);
     times.ica = t0.elapsed().as_secs_f64();
     progress(Stage::Ica, 1, 1);
@@ -749,7 +748,8 @@ pub fn run(
             })
         }
     };
-    drop(samples);
+    // Only the group slices are needed from here on (the mosaic).
+    samples.truncate(n);
 
     // 5. write
     let t0 = Instant::now();
@@ -770,7 +770,7 @@ pub fn run(
             "LABELS FROM A USER CLASSIFIER"
         }
     });
-    mosaic::write(&mosaic_path, header, &maps, &group, &grid, &mask, &mask_idx)?;
+    mosaic::write(&mosaic_path, header, &samples, &group, &grid, &mask, centre)?;
     outputs.push("components.png".into());
     times.write = t0.elapsed().as_secs_f64() + write_s;
     times.total = t_all.elapsed().as_secs_f64();

@@ -9,7 +9,6 @@
 use super::prep::Grid;
 use super::{slices, GroupComponent};
 use crate::PipelineError;
-use faer::Mat;
 
 /// Pixels per slice pixel.
 const SCALE: usize = 3;
@@ -310,16 +309,18 @@ fn colour(v: f32, brain: f32) -> [u8; 3] {
     }
 }
 
-/// Writes the mosaic of the group maps (`maps`: n x V in mask order) to `path`, with `header`
-/// (the classifier's caution) in a band across the top when given.
+/// Writes the mosaic of the group maps to `path`: `group_slices[k]` are group component `k`'s
+/// slices ([`slices::component_slices`], the classifier's view) through its peak, with the
+/// field of view centred on `centre_mm`; `header` (the classifier's caution) goes in a band
+/// across the top when given.
 pub(super) fn write(
     path: &std::path::Path,
     header: Option<&str>,
-    maps: &Mat<f64>,
+    group_slices: &[Vec<f32>],
     group: &[GroupComponent],
     grid: &Grid,
     mask: &[bool],
-    mask_idx: &[usize],
+    centre_mm: [f64; 3],
 ) -> Result<(), PipelineError> {
     let s = slices::SIZE;
     let tile = s * SCALE;
@@ -335,13 +336,9 @@ pub(super) fn write(
     if let Some(t) = header {
         cv.text(6, 6, t, [255, 120, 120]);
     }
-    let nv = grid.voxels();
-    let centre = slices::mask_centre(grid, mask);
     let mask_f: Vec<f32> = mask.iter().map(|&m| m as u8 as f32).collect();
-    for (r, g) in group.iter().enumerate() {
-        let vol = super::full_volume(maps, g.index, nv, mask_idx);
-        let map = slices::component_slices(&vol, grid, g.peak_mm, centre, g.peak_z);
-        let brain = slices::component_slices(&mask_f, grid, g.peak_mm, centre, 1.0);
+    for ((r, g), map) in group.iter().enumerate().zip(group_slices) {
+        let brain = slices::component_slices(&mask_f, grid, g.peak_mm, centre_mm, 1.0);
         for ch in 0..3 {
             for y in 0..s {
                 for x in 0..s {

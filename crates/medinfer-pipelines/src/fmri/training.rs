@@ -9,7 +9,7 @@
 //! the phantom's own count; fewer merges sources, more splits them).
 
 use super::phantom::CohortSpec;
-use super::{eval, slices, FmriRequest, CLASSES};
+use super::{eval, slices, CLASSES};
 use crate::PipelineError;
 use medinfer_core::SeededRng;
 use serde::Serialize;
@@ -63,15 +63,10 @@ pub fn cohort_for(seed: u64) -> (CohortSpec, usize) {
 /// Adds the samples of the cohort with `seed` (written and run in `work`, removed after).
 pub fn add_cohort(set: &mut TrainingSet, seed: u64, work: &Path) -> Result<(), PipelineError> {
     let (spec, n) = cohort_for(seed);
-    let cohort = work.join(format!("cohort-{seed}"));
-    let out = work.join(format!("run-{seed}"));
-    let files = eval::write_cohort(&cohort, &spec, &mut |_, _| {})?;
-    let mut req = FmriRequest::new(files, out.clone());
-    req.components = Some(n);
-    let report = super::run(&req, None, &mut |_, _, _| {})?;
-    let rec = eval::recovery(&cohort, &out.join("group_maps.nii.gz"), &[])?;
-    for o in slices::from_outputs(&out, &report)? {
-        let label = &rec.component_labels[o.component];
+    let run = eval::run_cohort(work, &spec, Some(n), None)?;
+    let report = &run.report;
+    for o in slices::from_outputs(&run.out, report)? {
+        let label = &run.recovery.component_labels[o.component];
         if let Some(c) = CLASSES.iter().position(|l| l == label) {
             set.x.extend(o.x);
             set.y.push(c as u8);
@@ -86,8 +81,5 @@ pub fn add_cohort(set: &mut TrainingSet, seed: u64, work: &Path) -> Result<(), P
             });
         }
     }
-    for d in [&cohort, &out] {
-        std::fs::remove_dir_all(d).map_err(|e| PipelineError::output(d, e))?;
-    }
-    Ok(())
+    run.remove()
 }
