@@ -156,7 +156,8 @@ def main():
     files = corpus(a.extra)
     rows = []
     t_py = t_mi = 0.0
-    tmp = tempfile.mkdtemp()
+    tmp_dir = tempfile.TemporaryDirectory(prefix="medinfer-coverage-")
+    tmp = tmp_dir.name
     for path in files:
         t0 = time.perf_counter()
         try:

@@ -1,6 +1,7 @@
 """Shared by the client checks: `medinfer serve` on a free loopback port, and a list of checks.
 """
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ class Server:
     """`medinfer serve --models REPO` on a free port, its output in WORK/server.log."""
 
     def __init__(self, medinfer, repo, work):
+        self.work = work
         self.port = free_port()
         self.log = os.path.join(work, "server.log")
         with open(self.log, "w") as log:
@@ -57,8 +59,12 @@ class Checks:
             self.failures.append(what)
 
     def finish(self, server, done):
+        """Prints the server's log if a check failed, then removes the server's work folder
+        (models, uploads, browser profile: ~100 MB a run that would otherwise pile up in /tmp)."""
         if self.failures:
             with open(server.log) as f:
                 print("server log:\n" + f.read())
+        shutil.rmtree(server.work, ignore_errors=True)
+        if self.failures:
             raise SystemExit(f"{len(self.failures)} check(s) failed")
         print(done)

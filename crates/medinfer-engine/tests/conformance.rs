@@ -22,7 +22,10 @@ fn native_backends() -> Vec<BackendKind> {
 fn zoo_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("medinfer-conformance-{}", std::process::id()));
+        // Under the target directory, emptied at the start of each run: one copy of the zoo
+        // (~180 MB) however many times the suite runs, instead of one per process in /tmp.
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("conformance-zoo");
+        let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
     })
