@@ -101,9 +101,21 @@ def main():
     x = torch.from_numpy(np.load(os.path.join(a.data, "x.npy")))
     y = torch.from_numpy(np.load(os.path.join(a.data, "y.npy")).astype(np.int64))
     n = len(x)
-    perm = torch.randperm(n)
-    nval = int(n * a.val_fraction)
-    val, tr = perm[:nval], perm[nval:]
+    # Split by exam, never by patch: neighbouring slices of one exam look alike, and a
+    # per-patch split would put them on both sides (an optimistic validation Dice).
+    exam_path = os.path.join(a.data, "exam.npy")
+    if os.path.exists(exam_path):
+        exam = torch.from_numpy(np.load(exam_path))
+        ids = torch.unique(exam)
+        held = ids[torch.randperm(len(ids))[:max(1, int(len(ids) * a.val_fraction))]]
+        is_val = torch.isin(exam, held)
+        val, tr = torch.nonzero(is_val).flatten(), torch.nonzero(~is_val).flatten()
+        print(f"validation: {len(held)} of {len(ids)} exams ({len(val)} patches)", flush=True)
+    else:
+        perm = torch.randperm(n)
+        nval = int(n * a.val_fraction)
+        val, tr = perm[:nval], perm[nval:]
+    nval = len(val)
     model = UNet()
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
     steps = a.epochs * (len(tr) // a.batch)

@@ -767,6 +767,66 @@ fn cardiac_phantom_run_and_demo_from_the_command_line() {
     // The phantom's fake identity never reaches the report.
     assert!(!String::from_utf8_lossy(&o.stdout).contains("PHANTOM^"));
 
+    // The same exam as real exports come: a series per slice, a breath-hold per slice, the
+    // grid mirrored and turned, ED late in the cycle. Same numbers; the report says what it
+    // undid and how the stack was put together.
+    let real = d.path().join("real");
+    let o = run(&[
+        "phantom",
+        "cardiac",
+        "-o",
+        real.to_str().unwrap(),
+        "--seed",
+        "12",
+        "--format",
+        "dicom",
+        "--series-per-slice",
+        "--breath-holds",
+        "--rotate",
+        "-45",
+        "--mirror",
+        "--ed-phase",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(real.join("dicom").join("sax_1").is_dir());
+    let o = run(&[
+        "run",
+        "cardiac",
+        real.join("dicom").to_str().unwrap(),
+        "--backend",
+        "tract",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ef2 = v["lv"]["ef_pct"].as_f64().unwrap();
+    assert!((ef2 - ef).abs() < 1.0, "EF {ef2} vs {ef} canonical");
+    let real_truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(real.join("truth.json")).unwrap()).unwrap();
+    assert_eq!(real_truth["truth"]["ed_phase"], 4);
+    assert_eq!(v["ed_phase"], 4);
+    assert_eq!(v["view"]["mirrored"], true);
+    assert!(
+        (v["view"]["rotation_deg"].as_f64().unwrap() + 45.0).abs() < 0.01,
+        "{}",
+        v["view"]
+    );
+    let flags = v["flags"].to_string();
+    assert!(
+        flags.contains("single-slice series") && flags.contains("breath-holds"),
+        "{flags}"
+    );
+    // One slice's folder: refused, saying where to point instead.
+    let o = run(&[
+        "run",
+        "cardiac",
+        real.join("dicom").join("sax_1").to_str().unwrap(),
+        "--backend",
+        "tract",
+    ]);
+    assert_clean_failure(&o, &["sax_1", "1 slice", "point at the folder"]);
+
     // The demo: numbers next to the truth, on the requested backend.
     let o = run(&[
         "demo",
@@ -930,6 +990,7 @@ fn write_ct_series(dir: &Path, nz: usize, seed: u64) -> Vec<PathBuf> {
         uid_seed: seed,
         slice_thickness: 3.0,
         rescale_intercept: -1024.0,
+        ..Default::default()
     };
     medinfer_io::dicom_write::write_series(dir, &v, &info).unwrap()
 }

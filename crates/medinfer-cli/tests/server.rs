@@ -1008,6 +1008,7 @@ fn ct_job_tags_an_uploaded_series_like_the_command_line() {
         uid_seed: 9,
         slice_thickness: 3.0,
         rescale_intercept: -1024.0,
+        ..Default::default()
     };
     let files = medinfer_io::dicom_write::write_series(&series, &v, &info).unwrap();
     let srv = start(d.path(), ServerConfig::default());

@@ -42,6 +42,8 @@ impl Tags {
         "description",
         "number_of_frames",
         "cine_timing",
+        "geometry",
+        "stack",
     ];
 
     /// An empty map.

@@ -461,6 +461,10 @@ pub fn read(path: impl AsRef<Path>) -> Result<Volume, IoError> {
     vol.affine = h.affine();
     let mut tags = Tags::new();
     tags.set("source_format", format!("nifti{}", h.version));
+    if h.sform_code <= 0 && h.qform_code <= 0 {
+        // nibabel's base affine: voxel sizes only, no orientation in patient space.
+        tags.set("geometry", "unknown");
+    }
     if !h.descrip.is_empty() {
         tags.set("description", h.descrip.clone());
     }

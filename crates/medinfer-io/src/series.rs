@@ -196,6 +196,12 @@ impl CineTiming {
 
 /// Works out slice order, spacing and geometry from the headers alone.
 pub fn layout(series: &Series) -> Result<Layout, IoError> {
+    layout_within(series, 1e-3)
+}
+
+/// [`layout`] with image orientations allowed to differ by `orientation_tolerance` (per
+/// direction cosine) from the first file's, which gives the geometry.
+fn layout_within(series: &Series, orientation_tolerance: f64) -> Result<Layout, IoError> {
     let uid = series.uid.as_str();
     let files = &series.files;
     let first = files.first().ok_or_else(|| err(uid, "no files"))?;
@@ -290,7 +296,10 @@ pub fn layout(series: &Series) -> Result<Layout, IoError> {
     };
     for f in files {
         if let Some(o) = f.header.orientation {
-            if o.iter().zip(iop).any(|(a, b)| (a - b).abs() > 1e-3) {
+            if o.iter()
+                .zip(iop)
+                .any(|(a, b)| (a - b).abs() > orientation_tolerance)
+            {
                 return Err(err(
                     uid,
                     format!(
@@ -464,7 +473,11 @@ type FrameSlots<'a> = std::sync::Mutex<Vec<(usize, &'a mut [f32])>>;
 
 /// Decodes and assembles a series into a volume (slices decoded on all usable cores).
 pub fn assemble(series: &Series) -> Result<Volume, IoError> {
-    let lay = layout(series)?;
+    assemble_within(series, 1e-3)
+}
+
+fn assemble_within(series: &Series, orientation_tolerance: f64) -> Result<Volume, IoError> {
+    let lay = layout_within(series, orientation_tolerance)?;
     let [nx, ny, nz, nt] = lay.dims;
     let frame = nx * ny;
     // Each file is decoded once, on all cores, straight into its slices' places in the
@@ -520,14 +533,177 @@ pub fn assemble(series: &Series) -> Result<Volume, IoError> {
     vol.affine = lay.affine;
     vol.window = series.files[0].header.window;
     vol.tags = series.files[0].header.tags();
+    if series.files[0].header.orientation.is_none() {
+        vol.tags.set("geometry", "unknown");
+    }
     if let Some(t) = &lay.timing {
         vol.tags.set("cine_timing", t.summary());
     }
     Ok(vol)
 }
 
-/// Reads the one series found under `path` (a file or folder). With several series, the error
-/// lists them; pick one with [`scan`] and [`assemble`].
+/// Largest angle between two single-slice series' image planes (normals and row directions)
+/// for them to be slices of one stack, degrees. Planned short-axis stacks share one
+/// orientation; long-axis views and localisers differ by tens of degrees.
+pub const STACK_ANGLE_TOLERANCE_DEG: f64 = 5.0;
+
+/// A short name for a series in messages: the folder of its first file and its UID.
+fn series_name(s: &Series) -> String {
+    let folder = s
+        .files
+        .first()
+        .and_then(|f| f.path.parent())
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{folder} ({})", s.uid)
+}
+
+fn angle_deg(a: [f64; 3], b: [f64; 3]) -> f64 {
+    let c = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt().max(1e-12);
+    c.abs().min(1.0).acos().to_degrees()
+}
+
+/// Assembles one stack out of several single-slice cine series (each slice its own series, as
+/// public short-axis archives and many PACS exports store them). The stack is the largest set
+/// of single-slice cines sharing an image plane orientation (within
+/// [`STACK_ANGLE_TOLERANCE_DEG`]) and image size; other series (long-axis views, localisers,
+/// multi-slice series) are left out and named in the volume's `stack` tag. Within the stack
+/// every slice must have the same number of phases (the error names the one that does not),
+/// and where two series image the same position the later one (highest Series Number, a
+/// repeat) is kept and the other named. `None` when no two series form a stack.
+pub fn assemble_stack(series: &[Series]) -> Option<Result<Volume, IoError>> {
+    struct Cine<'a> {
+        s: &'a Series,
+        normal: [f64; 3],
+        row: [f64; 3],
+        size: (u32, u32),
+        phases: usize,
+        at: f64,
+    }
+    let mut cines = Vec::new();
+    let mut left_out: Vec<String> = Vec::new();
+    for s in series {
+        let h = &s.files[0].header;
+        let lay = match (h.orientation, layout(s)) {
+            (Some(o), Ok(l)) if l.dims[2] == 1 && l.dims[3] >= 2 => (o, l),
+            (_, Ok(l)) => {
+                left_out.push(format!(
+                    "{} ({} slice(s) x {} phase(s): not a single-slice cine)",
+                    series_name(s),
+                    l.dims[2],
+                    l.dims[3]
+                ));
+                continue;
+            }
+            (_, Err(e)) => {
+                left_out.push(format!("{} ({e})", series_name(s)));
+                continue;
+            }
+        };
+        let (o, l) = lay;
+        let row = [o[0], o[1], o[2]];
+        let normal = cross(row, [o[3], o[4], o[5]]);
+        let origin = [l.affine[0][3], l.affine[1][3], l.affine[2][3]];
+        cines.push(Cine {
+            s,
+            normal,
+            row,
+            size: (h.columns, h.rows),
+            phases: l.dims[3],
+            // RAS+ origin back to LPS+ to project like the headers' positions.
+            at: dot([-origin[0], -origin[1], origin[2]], normal),
+        });
+    }
+    // The largest group sharing a plane and an image size.
+    let fits = |a: &Cine, b: &Cine| {
+        a.size == b.size
+            && angle_deg(a.normal, b.normal) <= STACK_ANGLE_TOLERANCE_DEG
+            && angle_deg(a.row, b.row) <= STACK_ANGLE_TOLERANCE_DEG
+    };
+    let best =
+        (0..cines.len()).max_by_key(|&i| cines.iter().filter(|c| fits(&cines[i], c)).count())?;
+    let members: Vec<usize> = (0..cines.len())
+        .filter(|&j| fits(&cines[best], &cines[j]))
+        .collect();
+    if members.len() < 2 {
+        return None;
+    }
+    for (j, c) in cines.iter().enumerate() {
+        if !members.contains(&j) {
+            left_out.push(format!(
+                "{} (image plane {:.0} degrees from the stack's, or another image size)",
+                series_name(c.s),
+                angle_deg(c.normal, cines[best].normal)
+            ));
+        }
+    }
+    let name = format!(
+        "stack of {} single-slice series ({}, ...)",
+        members.len(),
+        series_name(cines[members[0]].s)
+    );
+    let phases = cines[members[0]].phases;
+    if let Some(&j) = members.iter().find(|&&j| cines[j].phases != phases) {
+        let other = cines[members[0]].s;
+        return Some(Err(fmt_err(
+            &name,
+            format!(
+                "{} has {} phases, {} has {phases}: the slices of a stack must have the same number of phases",
+                series_name(cines[j].s),
+                cines[j].phases,
+                series_name(other)
+            ),
+        )));
+    }
+    // Repeats at one position: keep the later series.
+    let mut kept: Vec<usize> = Vec::new();
+    let tol = 0.01;
+    let mut sorted = members.clone();
+    sorted.sort_by(|&a, &b| cines[a].at.total_cmp(&cines[b].at));
+    for j in sorted {
+        match kept.last() {
+            Some(&k) if (cines[k].at - cines[j].at).abs() < tol => {
+                let number = |i: usize| cines[i].s.files[0].header.series_number.unwrap_or(0);
+                let (keep, drop) = if number(j) >= number(k) {
+                    (j, k)
+                } else {
+                    (k, j)
+                };
+                left_out.push(format!(
+                    "{} (repeated at {:.2} mm; the later series {} was kept)",
+                    series_name(cines[drop].s),
+                    cines[drop].at,
+                    series_name(cines[keep].s)
+                ));
+                *kept.last_mut().expect("not empty") = keep;
+            }
+            _ => kept.push(j),
+        }
+    }
+    let merged = Series {
+        uid: name.clone(),
+        files: kept
+            .iter()
+            .flat_map(|&j| cines[j].s.files.iter().cloned())
+            .collect(),
+    };
+    // The members' orientations differ by at most the angle tolerance: their direction
+    // cosines by at most 2 sin(tolerance / 2).
+    let cos_tol = 2.0 * (STACK_ANGLE_TOLERANCE_DEG.to_radians() / 2.0).sin() + 1e-6;
+    Some(assemble_within(&merged, cos_tol).map(|mut vol| {
+        let mut note = format!("assembled from {} single-slice series", kept.len());
+        if !left_out.is_empty() {
+            note.push_str(&format!("; left out: {}", left_out.join("; ")));
+        }
+        vol.tags.set("stack", note);
+        vol
+    }))
+}
+
+/// Reads the one series found under `path` (a file or folder). Several single-slice cine
+/// series that form one stack are assembled into it ([`assemble_stack`]); otherwise, with
+/// several series, the error lists them: pick one with [`scan`] and [`assemble`].
 pub fn read_series(path: impl AsRef<Path>) -> Result<Volume, IoError> {
     let path = path.as_ref();
     let files = list_files(path)?;
@@ -545,16 +721,18 @@ pub fn read_series(path: impl AsRef<Path>) -> Result<Volume, IoError> {
             },
         )),
         1 => assemble(&s.series[0]),
-        n => Err(fmt_err(
-            &path.display().to_string(),
-            format!(
-                "{n} series found ({}); point at one series' folder",
-                s.series
-                    .iter()
-                    .map(|x| format!("{} with {} file(s)", x.uid, x.files.len()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
+        n => assemble_stack(&s.series).unwrap_or_else(|| {
+            Err(fmt_err(
+                &path.display().to_string(),
+                format!(
+                    "{n} series found ({}); point at one series' folder",
+                    s.series
+                        .iter()
+                        .map(|x| format!("{} with {} file(s)", x.uid, x.files.len()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }),
     }
 }

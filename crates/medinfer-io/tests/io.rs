@@ -1236,6 +1236,7 @@ fn separate_breath_holds_are_matched_by_phase_index_and_reported() {
         uid_seed: 7,
         slice_thickness: 8.0,
         rescale_intercept: 0.0,
+        ..Default::default()
     };
     let d = tempfile::tempdir().unwrap();
     let files = medinfer_io::dicom_write::write_series(d.path(), &vol, &info).unwrap();
@@ -1284,4 +1285,150 @@ fn separate_breath_holds_are_matched_by_phase_index_and_reported() {
     let got = medinfer_io::read_volume(d.path()).unwrap();
     assert!(got.tags.get("cine_timing").is_none());
     assert!((got.spacing[3] - 40.0).abs() < 0.01);
+}
+
+/// Sets the Series Instance UID and Series Number of every DICOM file under `dir`.
+fn reseries(dir: &std::path::Path, uid: &str, number: u32) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    for f in std::fs::read_dir(dir).unwrap().flatten() {
+        let mut obj = dicom_object::open_file(f.path()).unwrap();
+        obj.put(DataElement::new(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(uid),
+        ));
+        obj.put(DataElement::new(
+            tags::SERIES_NUMBER,
+            VR::IS,
+            PrimitiveValue::from(number.to_string()),
+        ));
+        obj.write_to_file(f.path()).unwrap();
+    }
+}
+
+#[test]
+fn single_slice_series_are_assembled_into_one_stack() {
+    let (nx, ny, nz, nt) = (12, 10, 5, 6);
+    let data: Vec<f32> = (0..nx * ny * nz * nt).map(|i| (i % 991) as f32).collect();
+    let mut vol =
+        medinfer_core::Volume::new([nx, ny, nz, nt], data, [1.5, 1.5, 8.0, 40.0]).unwrap();
+    // An oblique plane, as a short-axis stack is planned.
+    let (a, b) = (0.7f64, -0.4f64);
+    let r = [
+        [b.cos(), -b.sin() * a.cos(), b.sin() * a.sin()],
+        [b.sin(), b.cos() * a.cos(), -b.cos() * a.sin()],
+        [0.0, a.sin(), a.cos()],
+    ];
+    for i in 0..3 {
+        vol.affine[i] = [
+            r[i][0] * 1.5,
+            r[i][1] * 1.5,
+            r[i][2] * 8.0,
+            [10.0, -20.0, 30.0][i],
+        ];
+    }
+    let info = medinfer_io::dicom_write::SeriesInfo {
+        modality: "MR".into(),
+        description: "sax".into(),
+        uid_seed: 11,
+        slice_thickness: 8.0,
+        series_per_slice: true,
+        // Each slice its own breath-hold, as such exports are.
+        slice_timing: Some(
+            (0..nz)
+                .map(|z| [20.0 + 3.0 * z as f64, 38.0 + z as f64])
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let d = tempfile::tempdir().unwrap();
+    medinfer_io::dicom_write::write_series(d.path(), &vol, &info).unwrap();
+    assert!(d.path().join("sax_1").is_dir() && d.path().join("sax_5").is_dir());
+    let got = medinfer_io::read_volume(d.path()).unwrap();
+    assert_eq!(got.dims, vol.dims);
+    assert_eq!(
+        got.data, vol.data,
+        "every image in its (slice, phase) place"
+    );
+    for i in 0..3 {
+        for j in 0..4 {
+            assert!(
+                (got.affine[i][j] - vol.affine[i][j]).abs() < 1e-3,
+                "{:?}",
+                got.affine
+            );
+        }
+    }
+    assert_eq!(
+        got.tags.get("stack"),
+        Some("assembled from 5 single-slice series")
+    );
+    assert!(got
+        .tags
+        .get("cine_timing")
+        .unwrap()
+        .contains("breath-holds"));
+    // One slice's folder alone is one slice (the pipelines say to point at the parent).
+    let one = medinfer_io::read_volume(d.path().join("sax_3")).unwrap();
+    assert_eq!(one.dims, [nx, ny, 1, nt]);
+
+    // A long-axis view in the same study is left out, by name.
+    let mut la = vol.clone();
+    la.dims = [nx, ny, 1, nt];
+    la.data = (0..nx * ny * nt).map(|i| (i % 13) as f32).collect();
+    for i in 0..3 {
+        // The plane turned 60 degrees about its row axis.
+        let (c, s) = (60f64.to_radians().cos(), 60f64.to_radians().sin());
+        la.affine[i][1] = (r[i][1] * c + r[i][2] * s) * 1.5;
+        la.affine[i][2] = (-r[i][1] * s + r[i][2] * c) * 8.0;
+    }
+    let la_info = medinfer_io::dicom_write::SeriesInfo {
+        uid_seed: 12,
+        series_per_slice: true,
+        slice_timing: None,
+        ..info.clone()
+    };
+    medinfer_io::dicom_write::write_series(&d.path().join("la"), &la, &la_info).unwrap();
+    let got = medinfer_io::read_volume(d.path()).unwrap();
+    assert_eq!(got.dims, vol.dims);
+    let note = got.tags.get("stack").unwrap();
+    assert!(
+        note.contains("left out: sax_1") && note.contains("60 degrees"),
+        "{note}"
+    );
+
+    // A repeated slice: the later series (higher Series Number) is kept, the other named.
+    let rep = d.path().join("sax_2_repeat");
+    std::fs::create_dir(&rep).unwrap();
+    let mut bright = vol.clone();
+    bright.data.iter_mut().for_each(|v| *v += 1000.0);
+    let tmp = tempfile::tempdir().unwrap();
+    medinfer_io::dicom_write::write_series(tmp.path(), &bright, &info).unwrap();
+    for f in std::fs::read_dir(tmp.path().join("sax_2"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(f.path(), rep.join(f.file_name())).unwrap();
+    }
+    reseries(&rep, "2.25.77", 40);
+    let got = medinfer_io::read_volume(d.path()).unwrap();
+    let note = got.tags.get("stack").unwrap();
+    assert!(
+        note.contains("repeated") && note.contains("sax_2_repeat"),
+        "{note}"
+    );
+    let plane = nx * ny;
+    // Slice 1 (sax_2) at phase 0 now holds the repeat's brighter pixels.
+    assert_eq!(got.data[plane], vol.data[plane] + 1000.0);
+    std::fs::remove_dir_all(&rep).unwrap();
+
+    // A slice with another phase count is refused by name.
+    let gone = d.path().join("sax_4").join("IM_005.dcm");
+    std::fs::remove_file(gone).unwrap();
+    let e = medinfer_io::read_volume(d.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("sax_4") && e.contains("5 phases") && e.contains("same number of phases"),
+        "{e}"
+    );
 }

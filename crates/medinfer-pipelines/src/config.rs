@@ -96,6 +96,21 @@ impl Normalization {
     }
 }
 
+/// Which way up the model expects its input images (the cardiac pipeline reads it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Orientation {
+    /// The pixel grid as the file stores it (nothing is turned): the default for a model that
+    /// brings its own config, since medinfer cannot know how its training data was stored.
+    #[default]
+    Stored,
+    /// The anatomical view, made from the volume's affine: the patient's anterior up, the
+    /// patient's left on the image's right (the radiological display), in the slice plane.
+    /// Any in-plane rotation or mirroring of the stored grid is undone in the same bilinear
+    /// pass that samples the model's patch.
+    Anatomical,
+}
+
 /// What the model's output is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +136,10 @@ pub struct InputSpec {
     /// Pixel spacing the model was trained at, mm (rows, columns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spacing_mm: Option<[f64; 2]>,
+    /// Which way up the model expects the image (`stored` when a model's own config leaves it
+    /// out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation: Option<Orientation>,
 }
 
 /// Output interpretation.
@@ -336,7 +355,11 @@ impl ModelConfig {
                 if m.normalization.is_none() {
                     defaulted.push("normalization");
                 }
+                // Never the built-in model's orientation: a model of one's own sees the grid
+                // as stored unless its config says otherwise.
+                let orientation = m.input.orientation.unwrap_or_default();
                 let mut out = m.over(Self::builtin(pipeline));
+                out.input.orientation = Some(orientation);
                 out.defaulted = defaulted;
                 out
             }
@@ -352,6 +375,7 @@ impl ModelConfig {
                 size: self.input.size.or(base.input.size),
                 channels: self.input.channels.or(base.input.channels),
                 spacing_mm: self.input.spacing_mm.or(base.input.spacing_mm),
+                orientation: self.input.orientation.or(base.input.orientation),
             },
             normalization: self.normalization.or(base.normalization),
             labels: if self.labels.is_empty() {
@@ -452,6 +476,7 @@ impl ModelConfig {
             size: [rows, cols],
             channels,
             spacing_mm: self.input.spacing_mm,
+            orientation: self.input.orientation.unwrap_or_default(),
             normalization: self.normalization.unwrap_or(Normalization::None),
             labels: self.labels.clone(),
             activation: self.output.activation.unwrap_or(Activation::Logits),
@@ -479,6 +504,8 @@ pub struct ModelSpec {
     pub channels: usize,
     /// Pixel spacing of the input, mm (rows, columns), when the pipeline resamples.
     pub spacing_mm: Option<[f64; 2]>,
+    /// Which way up the model expects its images.
+    pub orientation: Orientation,
     /// Intensity normalisation.
     pub normalization: Normalization,
     /// Label names by output index.
@@ -575,6 +602,7 @@ fn from_monai(v: &Value) -> Result<ModelConfig, String> {
             size,
             channels: count(inp),
             spacing_mm: None,
+            orientation: None,
         },
         labels,
         output: OutputSpec {
@@ -596,6 +624,39 @@ mod tests {
             assert!(c.input.size.is_some(), "{p:?}");
             assert!(!c.labels.is_empty(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn orientation_is_anatomical_for_the_shipped_model_and_stored_for_a_users_own() {
+        assert_eq!(
+            ModelConfig::builtin(Pipeline::Cardiac).input.orientation,
+            Some(Orientation::Anatomical)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        // A config of the model's own that says nothing of orientation: the grid as stored,
+        // never the built-in model's view.
+        std::fs::write(
+            dir.path().join("m.json"),
+            r#"{"input": {"spacing_mm": [1.0, 1.0]}}"#,
+        )
+        .unwrap();
+        let c = ModelConfig::for_model(Pipeline::Cardiac, &model, None).unwrap();
+        assert_eq!(c.input.orientation, Some(Orientation::Stored));
+        std::fs::write(
+            dir.path().join("m.json"),
+            r#"{"input": {"orientation": "anatomical"}}"#,
+        )
+        .unwrap();
+        let c = ModelConfig::for_model(Pipeline::Cardiac, &model, None).unwrap();
+        assert_eq!(c.input.orientation, Some(Orientation::Anatomical));
+        let e = ModelConfig::parse(
+            r#"{"input": {"orientation": "sideways"}}"#,
+            Path::new("x.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("x.json") && e.contains("sideways"), "{e}");
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct Params {
     pub design_ef: f64,
     /// Cardiac cycle length, ms.
     pub rr_ms: f64,
+    /// How the exam was acquired and stored.
+    pub conditions: Conditions,
 }
 
 /// One phantom exam: the image, the exact masks and the exact numbers.
@@ -103,6 +105,58 @@ pub struct CardiacPhantom {
     pub truth: Truth,
     /// What was drawn.
     pub params: Params,
+}
+
+/// How an exam is acquired and stored, beyond the anatomy the seed draws: the ways real
+/// exports differ from the canonical phantom (issue 26). The default is the canonical exam:
+/// anterior up, the patient's left on the image's right, base first, ED at phase 0, the heart's
+/// long axis along the slice normal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Conditions {
+    /// In-plane rotation of the stored pixel grid from the canonical view, degrees.
+    pub rotation_deg: f64,
+    /// Stored columns in mirrored order (as some converters write them).
+    pub mirror: bool,
+    /// Slices stored apex first (the slice normal then points from apex to base).
+    pub apex_first: bool,
+    /// Phase index of end diastole: the recording starts this many phases before the R wave
+    /// (a cycle recorded from the R wave minus an offset).
+    pub ed_phase: usize,
+    /// Tilt of the heart's long axis against the slice normal: in-plane shift of the heart
+    /// centre per mm of depth (x, y in the canonical view), so the heart moves slice to slice.
+    pub tilt: [f64; 2],
+}
+
+impl Conditions {
+    /// Conditions drawn at random from `seed` (its own stream: the anatomy of the exam is the
+    /// seed's canonical one): any rotation, mirroring and slice order with probability 1/2,
+    /// ED at phase 0-19 (anywhere in the default phantom's 20-30 phase cycle; taken modulo the
+    /// phase count), a tilt of up to 0.12 mm per mm.
+    pub fn random(seed: u64) -> Conditions {
+        let mut r = SeededRng::new(seed ^ 0x0c0d_1710_5000_0000);
+        Conditions {
+            rotation_deg: r.range(-180.0, 180.0),
+            mirror: r.uniform() < 0.5,
+            apex_first: r.uniform() < 0.5,
+            ed_phase: (r.uniform() * 20.0) as usize % 20,
+            tilt: [r.range(-0.12, 0.12), r.range(-0.12, 0.12)],
+        }
+    }
+
+    /// The canonical view's coordinates of a stored pixel's in-plane offset (mm): the stored
+    /// grid mirrored, then rotated.
+    fn canonical_of(&self, u: f64, v: f64) -> (f64, f64) {
+        let u = if self.mirror { -u } else { u };
+        let (s, c) = self.rotation_deg.to_radians().sin_cos();
+        (c * u - s * v, s * u + c * v)
+    }
+
+    /// The inverse of [`Conditions::canonical_of`].
+    fn stored_of(&self, x: f64, y: f64) -> (f64, f64) {
+        let (s, c) = self.rotation_deg.to_radians().sin_cos();
+        let (u, v) = (c * x + s * y, -s * x + c * y);
+        (if self.mirror { -u } else { u }, v)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -309,6 +363,21 @@ pub fn cardiac(seed: u64) -> CardiacPhantom {
 // the recorded accuracy figures were made with this bound, and changing it changes every exam.
 #[allow(clippy::approx_constant)]
 pub fn cardiac_sized(seed: u64, slices: Option<usize>, phases: Option<usize>) -> CardiacPhantom {
+    cardiac_with(seed, slices, phases, &Conditions::default())
+}
+
+/// [`cardiac_sized`] acquired and stored under `conditions` (rotated, mirrored, apex first, ED
+/// later in the cycle, a tilted heart). The anatomy and the truth volumes are the seed's; the
+/// affine stays anatomically right, so a reader that follows it sees the canonical exam.
+/// `ed_phase` is taken modulo the number of phases.
+#[allow(clippy::approx_constant)]
+pub fn cardiac_with(
+    seed: u64,
+    slices: Option<usize>,
+    phases: Option<usize>,
+    conditions: &Conditions,
+) -> CardiacPhantom {
+    let cond = conditions;
     let mut rng = SeededRng::new(seed ^ 0xca7d_1ac0_0000_0000);
     let sp = rng.range(1.2, 2.0);
     let fov = rng.range(320.0, 380.0);
@@ -405,7 +474,16 @@ pub fn cardiac_sized(seed: u64, slices: Option<usize>, phases: Option<usize>) ->
     // Pixel centre coordinates in mm (x right, y down, origin at the image centre).
     let coord = |i: usize| (i as f64 + 0.5 - n as f64 / 2.0) * sp;
     let plane = n * n;
-    let depth_of = |k: usize| heart.base_offset + k as f64 * spacing;
+    // Stored slice s images the anatomical slice k (0 = the most basal).
+    let anat = |s: usize| if cond.apex_first { slices - 1 - s } else { s };
+    let depth_of = |s: usize| heart.base_offset + anat(s) as f64 * spacing;
+    // Canonical-view (mm) point of a stored in-plane position (mm).
+    let canon = |u: f64, v: f64| cond.canonical_of(u, v);
+    // The heart's centre moves with depth when its long axis is tilted.
+    let heart_shift = |s: usize| {
+        let d = depth_of(s);
+        (cond.tilt[0] * d, cond.tilt[1] * d)
+    };
 
     // Static anatomy per slice, 2x2 sub-samples.
     let statics: Vec<Vec<f32>> = (0..slices)
@@ -416,12 +494,8 @@ pub fn cardiac_sized(seed: u64, slices: Option<usize>, phases: Option<usize>) ->
                 for i in 0..n {
                     let mut acc = 0.0;
                     for (sx, sy) in [(-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25)] {
-                        acc += body.intensity(
-                            coord(i) + sx * sp,
-                            coord(j) + sy * sp,
-                            depth,
-                            &contrast,
-                        );
+                        let (x, y) = canon(coord(i) + sx * sp, coord(j) + sy * sp);
+                        acc += body.intensity(x, y, depth, &contrast);
                     }
                     s[j * n + i] = (acc / 4.0) as f32;
                 }
@@ -435,14 +509,17 @@ pub fn cardiac_sized(seed: u64, slices: Option<usize>, phases: Option<usize>) ->
     let reach = reach.max(r_ep * 1.2);
     let to_px = |mm: f64| ((mm / sp) + n as f64 / 2.0 - 0.5).floor();
     let clampi = |v: f64| v.clamp(0.0, (n - 1) as f64) as usize;
-    let (x0, x1) = (
-        clampi(to_px(heart.cx - reach)),
-        clampi(to_px(heart.cx + reach) + 1.0),
-    );
-    let (y0, y1) = (
-        clampi(to_px(heart.cy - reach)),
-        clampi(to_px(heart.cy + reach) + 1.0),
-    );
+    // In the stored grid, around where the (shifted) heart centre lands.
+    let heart_box = |s: usize| {
+        let (dx, dy) = heart_shift(s);
+        let (u, v) = cond.stored_of(heart.cx + dx, heart.cy + dy);
+        (
+            clampi(to_px(u - reach)),
+            clampi(to_px(u + reach) + 1.0),
+            clampi(to_px(v - reach)),
+            clampi(to_px(v + reach) + 1.0),
+        )
+    };
 
     let frames: Vec<(usize, usize)> = (0..phases)
         .flat_map(|t| (0..slices).map(move |k| (k, t)))
@@ -450,8 +527,12 @@ pub fn cardiac_sized(seed: u64, slices: Option<usize>, phases: Option<usize>) ->
     let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
     let ss = 4usize;
     let render = |&(k, t): &(usize, usize)| -> (Vec<f32>, Vec<u8>, [f64; 3]) {
-        let c = Heart::contraction(t as f64 / phases as f64, es_frac);
+        // Stored phase t is this far into the cycle that starts at ED (the R wave).
+        let cycle = (t + phases - cond.ed_phase % phases) % phases;
+        let c = Heart::contraction(cycle as f64 / phases as f64, es_frac);
         let f = heart.frame(depth_of(k), c);
+        let (x0, x1, y0, y1) = heart_box(k);
+        let (hx, hy) = heart_shift(k);
         let mut img = statics[k].clone();
         let mut lab = vec![0u8; plane];
         let mut area = [0f64; 3];
@@ -462,9 +543,11 @@ pub fn cardiac_sized(seed: u64, slices: Option<usize>, phases: Option<usize>) ->
                 let mut any = false;
                 for sy in 0..ss {
                     for sx in 0..ss {
-                        let x = coord(i) + ((sx as f64 + 0.5) / ss as f64 - 0.5) * sp;
-                        let y = coord(j) + ((sy as f64 + 0.5) / ss as f64 - 0.5) * sp;
-                        let tissue = heart.tissue(&f, x, y);
+                        let (x, y) = canon(
+                            coord(i) + ((sx as f64 + 0.5) / ss as f64 - 0.5) * sp,
+                            coord(j) + ((sy as f64 + 0.5) / ss as f64 - 0.5) * sp,
+                        );
+                        let tissue = heart.tissue(&f, x - hx, y - hy);
                         any |= tissue.is_some();
                         let (label, v) = match tissue {
                             Some(Tissue::LvBlood) => (1, contrast.blood),
@@ -554,7 +637,16 @@ pub fn cardiac_sized(seed: u64, slices: Option<usize>, phases: Option<usize>) ->
         [sp, sp, spacing, rr / phases as f64],
     )
     .expect("dims match the data by construction");
-    image.affine = oblique_affine(&mut rng, n, sp, spacing);
+    image.affine = anatomical_affine(
+        &mut rng,
+        n,
+        sp,
+        [
+            depth_of(0),
+            if cond.apex_first { -spacing } else { spacing },
+        ],
+        cond,
+    );
     let mut tags = Tags::new();
     tags.set("modality", "MR");
     tags.set(
@@ -582,6 +674,7 @@ pub fn cardiac_sized(seed: u64, slices: Option<usize>, phases: Option<usize>) ->
             lv_length_mm: length,
             design_ef,
             rr_ms: rr,
+            conditions: *cond,
         },
     }
 }
@@ -601,28 +694,61 @@ pub fn ed_es(lv: &[f64]) -> (usize, usize) {
     (ed, es)
 }
 
-/// A random oblique short-axis orientation (RAS+ affine) centred near the scanner isocentre.
-fn oblique_affine(rng: &mut SeededRng, n: usize, sp: f64, spacing: f64) -> [[f64; 4]; 4] {
-    // Rotations about two axes: the short axis is tilted from the axial plane as in real
-    // planning (typically 30-60 degrees).
-    let a = rng.range(0.5, 1.0);
-    let b = rng.range(-0.6, -0.2);
-    let (ca, sa) = (a.cos(), a.sin());
-    let (cb, sb) = (b.cos(), b.sin());
-    // R = Rz(b) * Rx(a)
-    let r = [
-        [cb, -sb * ca, sb * sa],
-        [sb, cb * ca, -cb * sa],
-        [0.0, sa, ca],
+/// The affine of the stored grid, anatomically right: the heart's long axis (base to apex,
+/// the canonical slice normal) points to the patient's left, anterior and inferior (RAS+
+/// roughly (-0.6, 0.55, -0.58), tilted at random by up to ~0.3 rad), the canonical image's
+/// downward axis is the posterior direction projected on the slice plane, its rightward axis
+/// the patient's left. The stored grid is the canonical one seen through `cond` (rotated,
+/// mirrored, slices in either order): `depth` is the first stored slice's depth below the base
+/// and the depth step per stored slice (negative apex first).
+fn anatomical_affine(
+    rng: &mut SeededRng,
+    n: usize,
+    sp: f64,
+    depth: [f64; 2],
+    cond: &Conditions,
+) -> [[f64; 4]; 4] {
+    let norm = |v: [f64; 3]| {
+        let l = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        [v[0] / l, v[1] / l, v[2] / l]
+    };
+    let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+    let axis = norm([
+        -0.6 + rng.range(-0.3, 0.3),
+        0.55 + rng.range(-0.3, 0.3),
+        -0.58,
+    ]);
+    let post = [0.0, -1.0, 0.0];
+    let down = {
+        let k = dot(post, axis);
+        norm([
+            post[0] - k * axis[0],
+            post[1] - k * axis[1],
+            post[2] - k * axis[2],
+        ])
+    };
+    let mut right = [
+        axis[1] * down[2] - axis[2] * down[1],
+        axis[2] * down[0] - axis[0] * down[2],
+        axis[0] * down[1] - axis[1] * down[0],
     ];
-    let half = n as f64 / 2.0 * sp;
+    if right[0] > 0.0 {
+        // The patient's left is -x in RAS+.
+        right = right.map(|v| -v);
+    }
+    // Stored pixel (i, j) sits at canonical (x, y) = canonical_of(u, v), u and v the pixel
+    // centre's offsets from the image centre: linear in (i, j).
+    let (m00, m10) = cond.canonical_of(1.0, 0.0);
+    let (m01, m11) = cond.canonical_of(0.0, 1.0);
+    let u0 = (0.5 - n as f64 / 2.0) * sp;
+    let (x0, y0) = cond.canonical_of(u0, u0);
+    let centre = [0.0, 0.0, 20.0];
     let mut m = [[0.0; 4]; 4];
-    for i in 0..3 {
-        m[i][0] = r[i][0] * sp;
-        m[i][1] = r[i][1] * sp;
-        m[i][2] = r[i][2] * spacing;
-        // Image centre at (0, 0, 20) mm.
-        m[i][3] = -(r[i][0] + r[i][1]) * half + [0.0, 0.0, 20.0][i];
+    for a in 0..3 {
+        m[a][0] = sp * (m00 * right[a] + m10 * down[a]);
+        m[a][1] = sp * (m01 * right[a] + m11 * down[a]);
+        m[a][2] = depth[1] * axis[a];
+        m[a][3] = centre[a] + depth[0] * axis[a] + x0 * right[a] + y0 * down[a];
     }
     m[3][3] = 1.0;
     m
@@ -690,6 +816,61 @@ mod tests {
         assert!((myo_mask / t.myo_volume_ml[t.ed_phase] - 1.0).abs() < 0.04);
     }
 
+    /// World (RAS+ mm) centroid of `label` at phase `t`.
+    fn world_centroid(ph: &CardiacPhantom, label: u8, t: usize) -> [f64; 3] {
+        let [nx, ny, nz, _] = ph.image.dims;
+        let (mut acc, mut n) = ([0.0; 3], 0.0);
+        for z in 0..nz {
+            for y in 0..ny {
+                for x in 0..nx {
+                    if ph.labels[((t * nz + z) * ny + y) * nx + x] == label {
+                        let a = &ph.image.affine;
+                        for (r, v) in acc.iter_mut().enumerate() {
+                            *v += a[r][0] * x as f64
+                                + a[r][1] * y as f64
+                                + a[r][2] * z as f64
+                                + a[r][3];
+                        }
+                        n += 1.0;
+                    }
+                }
+            }
+        }
+        acc.map(|v| v / n)
+    }
+
+    #[test]
+    fn conditions_change_the_storage_not_the_anatomy() {
+        let canon = cardiac_sized(9, Some(8), Some(20));
+        let cond = Conditions {
+            rotation_deg: 110.0,
+            mirror: true,
+            apex_first: true,
+            ed_phase: 5,
+            tilt: [0.0, 0.0],
+        };
+        let other = cardiac_with(9, Some(8), Some(20), &cond);
+        let (a, b) = (&canon.truth, &other.truth);
+        assert_eq!(b.ed_phase, 5);
+        assert!(
+            (a.lv_edv_ml / b.lv_edv_ml - 1.0).abs() < 0.005,
+            "{a:?} {b:?}"
+        );
+        assert!((a.lv_ef_pct - b.lv_ef_pct).abs() < 0.2);
+        assert!((a.lv_mass_g / b.lv_mass_g - 1.0).abs() < 0.01);
+        // The affine stays anatomically right: each structure lands at the same place in
+        // the patient (to a fraction of a pixel).
+        for label in 1..=3 {
+            let p = world_centroid(&canon, label, 0);
+            let q = world_centroid(&other, label, 5);
+            let d = ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt();
+            assert!(d < 0.5, "label {label}: {p:?} vs {q:?}");
+        }
+        // The canonical view's down axis is posterior, its right axis the patient's left.
+        let a = &canon.image.affine;
+        assert!(a[1][1] < 0.0 && a[0][0] < 0.0, "{a:?}");
+    }
+
     #[test]
     fn ejection_fractions_span_the_clinical_range() {
         let efs: Vec<f64> = (0..12).map(|s| cardiac(1000 + s).truth.lv_ef_pct).collect();
@@ -709,6 +890,29 @@ pub enum Format {
     Dicom,
 }
 
+/// How [`write_cardiac_with`] acquires and stores a phantom exam.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Export {
+    /// Rotation, mirroring, slice order, ED phase, tilt.
+    pub conditions: Conditions,
+    /// DICOM: each slice its own series (`dicom/sax_<slice + 1>/`).
+    pub series_per_slice: bool,
+    /// DICOM: each slice acquired in its own breath-hold: its first trigger time 15-35 ms and
+    /// its RR within +-6 % of the exam's (drawn from the seed), Trigger Time only.
+    pub breath_holds: bool,
+}
+
+/// Per-slice `(first trigger time, step)` in ms of an exam acquired in separate breath-holds.
+pub fn breath_hold_timing(seed: u64, slices: usize, phases: usize, rr_ms: f64) -> Vec<[f64; 2]> {
+    let mut r = SeededRng::new(seed ^ 0xb7ea_7400_0000_0000);
+    (0..slices)
+        .map(|_| {
+            let rr = rr_ms * r.range(0.94, 1.06);
+            [r.range(15.0, 35.0), rr / phases as f64]
+        })
+        .collect()
+}
+
 /// Generates cardiac phantom `seed` and writes it into `dir`: the images, the truth masks
 /// (`truth_labels.nii.gz`: 1 LV cavity, 2 LV myocardium, 3 RV cavity), `truth.json` (the
 /// numbers and the drawn parameters) and `preview.png`.
@@ -717,13 +921,24 @@ pub fn write_cardiac(
     seed: u64,
     format: Format,
 ) -> Result<CardiacPhantom, crate::PipelineError> {
+    write_cardiac_with(dir, seed, format, &Export::default())
+}
+
+/// [`write_cardiac`] acquired and stored as `export` says.
+pub fn write_cardiac_with(
+    dir: &std::path::Path,
+    seed: u64,
+    format: Format,
+    export: &Export,
+) -> Result<CardiacPhantom, crate::PipelineError> {
     use medinfer_io::nifti::{self, NiftiDtype};
     let out_err = |p: &std::path::Path, e: String| crate::PipelineError::Output {
         path: p.display().to_string(),
         reason: e,
     };
     std::fs::create_dir_all(dir).map_err(|e| out_err(dir, e.to_string()))?;
-    let ph = cardiac(seed);
+    let ph = cardiac_with(seed, None, None, &export.conditions);
+    let [_, _, nz, nt] = ph.image.dims;
     match format {
         Format::Nifti => nifti::write(dir.join("cine.nii.gz"), &ph.image, NiftiDtype::I16)?,
         Format::Dicom => {
@@ -733,6 +948,10 @@ pub fn write_cardiac(
                 uid_seed: seed + 1,
                 slice_thickness: ph.params.slice_thickness_mm,
                 rescale_intercept: 0.0,
+                slice_timing: export
+                    .breath_holds
+                    .then(|| breath_hold_timing(seed, nz, nt, ph.params.rr_ms)),
+                series_per_slice: export.series_per_slice,
             };
             medinfer_io::dicom_write::write_series(&dir.join("dicom"), &ph.image, &info)?;
         }

@@ -144,7 +144,7 @@ pub fn samples(
                 };
                 let spec = cardiac::CardiacSpec::shipped();
                 match cardiac::exam_patches(&vol, &label, &spec) {
-                    Ok((_, _, patches)) => out
+                    Ok((_, _, _, patches)) => out
                         .inputs
                         .extend(patches.chunks(spec.patch_len()).map(|c| c.to_vec())),
                     Err(e) => out.skipped.push((label, e.to_string())),

@@ -54,7 +54,15 @@ const SEEDS: [u64; 3] = [1, 2, 3];
 #[test]
 fn fp32_on_tract_meets_the_accuracy_targets_on_held_out_phantoms() {
     let (s, id) = session(BackendKind::Tract, "cardiac-unet.onnx");
-    let sum = cardiac::evaluate(&SEEDS, &s, &id, &cardiac::CardiacSpec::shipped(), |_| {}).unwrap();
+    let sum = cardiac::evaluate(
+        &SEEDS,
+        &s,
+        &id,
+        &cardiac::CardiacSpec::shipped(),
+        cardiac::ConditionSet::Canonical,
+        |_| {},
+    )
+    .unwrap();
     check_accuracy(&sum, "tract fp32");
 }
 
@@ -71,6 +79,7 @@ fn int8_on_native_backends_keeps_the_accuracy_of_fp32() {
         &s32,
         &id32,
         &cardiac::CardiacSpec::shipped(),
+        cardiac::ConditionSet::Canonical,
         |_| {},
     )
     .unwrap();
@@ -81,8 +90,15 @@ fn int8_on_native_backends_keeps_the_accuracy_of_fp32() {
             "{k}: {}",
             s8.info().effective_precision
         );
-        let int8 =
-            cardiac::evaluate(&SEEDS, &s8, &id8, &cardiac::CardiacSpec::shipped(), |_| {}).unwrap();
+        let int8 = cardiac::evaluate(
+            &SEEDS,
+            &s8,
+            &id8,
+            &cardiac::CardiacSpec::shipped(),
+            cardiac::ConditionSet::Canonical,
+            |_| {},
+        )
+        .unwrap();
         check_accuracy(&int8, &format!("{k} int8"));
         let mean = |d: [f64; 3]| d.iter().sum::<f64>() / 3.0;
         let drop = mean(fp32.mean_dice) - mean(int8.mean_dice);
@@ -102,6 +118,7 @@ fn a_dicom_cine_series_gives_the_same_result_as_the_nifti_file() {
         uid_seed: 99,
         slice_thickness: ph.params.slice_thickness_mm,
         rescale_intercept: 0.0,
+        ..Default::default()
     };
     let dcm = dir.path().join("dicom");
     medinfer_io::dicom_write::write_series(&dcm, &ph.image, &info).unwrap();
@@ -244,6 +261,7 @@ fn bad_inputs_are_clear_errors() {
         uid_seed: 7,
         slice_thickness: 8.0,
         rescale_intercept: 0.0,
+        ..Default::default()
     };
     let files = medinfer_io::dicom_write::write_series(dir.path(), &ph.image, &info).unwrap();
     for f in files.iter().filter(|f| {
@@ -309,4 +327,182 @@ fn the_locator_finds_the_heart_and_components_are_cleaned() {
     cardiac::keep_largest_component(&mut f, [10, 10, 2], 1);
     let kept: Vec<usize> = (0..f.len()).filter(|&i| f[i] == 1).collect();
     assert_eq!(kept, vec![11, 12, 13, 21, 22, 23, 111, 112]);
+}
+
+/// The fastest backend here for the end-to-end checks (ONNX Runtime or OpenVINO when
+/// installed, tract otherwise).
+fn fast_session() -> (Session, ModelId) {
+    let kind = native().first().copied().unwrap_or(BackendKind::Tract);
+    session(kind, "cardiac-unet.onnx")
+}
+
+/// Issue 26's must-show: one exam written the ways real exports come, each giving the clinical
+/// numbers of the canonical exam within 1 EF point (and ED / ES where the storage puts them).
+#[test]
+fn real_export_layouts_give_the_numbers_of_the_canonical_exam() {
+    let seed = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let (s, id) = fast_session();
+    let run = |name: &str, export: phantom::Export| {
+        let d = dir.path().join(name);
+        let ph = phantom::write_cardiac_with(&d, seed, phantom::Format::Dicom, &export).unwrap();
+        let req = cardiac::CardiacRequest {
+            input: d.join("dicom"),
+            model: id.clone(),
+            output: None,
+            spec: cardiac::CardiacSpec::shipped(),
+        };
+        let r = cardiac::run(&s, &req).unwrap().report;
+        eprintln!(
+            "{name}: LV EF {:.2} (truth {:.2}), RV EF {:.2}, mass {:.1}, ED {} ES {}, view: {}; flags {:?}",
+            r.lv.ef_pct, ph.truth.lv_ef_pct, r.rv.ef_pct, r.lv_mass_g, r.ed_phase, r.es_phase,
+            r.view.note, r.flags
+        );
+        (r, ph)
+    };
+    let (canon, ph) = run("canonical", phantom::Export::default());
+    assert!(canon.flags.is_empty(), "{:?}", canon.flags);
+    assert!(canon.view.rotation_deg.abs() < 1e-6 && !canon.view.mirrored);
+    let c = |conditions: phantom::Conditions| phantom::Export {
+        conditions,
+        ..Default::default()
+    };
+    let cases = [
+        (
+            "breath-holds",
+            phantom::Export {
+                breath_holds: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "series-per-slice",
+            phantom::Export {
+                series_per_slice: true,
+                breath_holds: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "rotated",
+            c(phantom::Conditions {
+                rotation_deg: 63.0,
+                ..Default::default()
+            }),
+        ),
+        (
+            "mirrored",
+            c(phantom::Conditions {
+                rotation_deg: -150.0,
+                mirror: true,
+                ..Default::default()
+            }),
+        ),
+        (
+            "apex-first",
+            c(phantom::Conditions {
+                apex_first: true,
+                ..Default::default()
+            }),
+        ),
+        (
+            "ed-late-and-tilted",
+            c(phantom::Conditions {
+                ed_phase: 9,
+                tilt: [0.1, -0.08],
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (name, export) in cases {
+        let (r, truth) = run(name, export);
+        assert!(
+            (r.lv.ef_pct - canon.lv.ef_pct).abs() < 1.0,
+            "{name}: LV EF {} vs canonical {}",
+            r.lv.ef_pct,
+            canon.lv.ef_pct
+        );
+        assert!((r.rv.ef_pct - canon.rv.ef_pct).abs() < 2.0, "{name}: RV EF");
+        assert!(
+            (r.lv_mass_g / canon.lv_mass_g - 1.0).abs() < 0.03,
+            "{name}: mass"
+        );
+        assert_eq!(r.ed_phase, truth.truth.ed_phase, "{name}: ED phase");
+        let shift = export.conditions.ed_phase;
+        assert_eq!(
+            r.ed_phase,
+            (canon.ed_phase + shift) % ph.params.phases,
+            "{name}"
+        );
+        let rotated = export.conditions.rotation_deg != 0.0 || export.conditions.mirror;
+        assert_eq!(r.view.mirrored, export.conditions.mirror, "{name}");
+        if rotated {
+            // The view undoes exactly the turn the export made.
+            let d = (r.view.rotation_deg - export.conditions.rotation_deg).rem_euclid(360.0);
+            assert!(d.min(360.0 - d) < 0.01, "{name}: {}", r.view.note);
+        }
+        if export.breath_holds {
+            assert!(
+                r.flags.iter().any(|f| f.contains("breath-holds")),
+                "{name}: {:?}",
+                r.flags
+            );
+        }
+        if export.series_per_slice {
+            assert!(
+                r.flags
+                    .iter()
+                    .any(|f| f.contains(&format!("{} single-slice series", ph.params.slices))),
+                "{name}: {:?}",
+                r.flags
+            );
+        }
+    }
+}
+
+/// The coverage flag looks at the apical end, wherever the slice order puts it.
+#[test]
+fn the_coverage_flag_finds_the_apex_in_either_slice_order() {
+    let (s, id) = fast_session();
+    for apex_first in [false, true] {
+        let cond = phantom::Conditions {
+            apex_first,
+            ..Default::default()
+        };
+        // Three slices from the base: the apex is cut off.
+        let ph = phantom::cardiac_with(8, Some(3), None, &cond);
+        let r = cardiac::analyse(
+            &ph.image,
+            "short",
+            &s,
+            id.clone(),
+            &cardiac::CardiacSpec::shipped(),
+        )
+        .unwrap()
+        .report;
+        let want = if apex_first { "slice 0" } else { "slice 2" };
+        assert!(
+            r.flags
+                .iter()
+                .any(|f| f.contains("LV is still large") && f.contains(want)),
+            "apex first {apex_first}: {:?}",
+            r.flags
+        );
+        // The whole heart: no coverage flag in either order.
+        let full = phantom::cardiac_with(8, None, None, &cond);
+        let r = cardiac::analyse(
+            &full.image,
+            "full",
+            &s,
+            id.clone(),
+            &cardiac::CardiacSpec::shipped(),
+        )
+        .unwrap()
+        .report;
+        assert!(
+            !r.flags.iter().any(|f| f.contains("still large")),
+            "apex first {apex_first}: {:?}",
+            r.flags
+        );
+    }
 }

@@ -40,6 +40,7 @@ fn a_ct_series_is_windowed_ordered_and_tagged_slice_by_slice() {
         uid_seed: 5,
         slice_thickness: 5.0,
         rescale_intercept: -1024.0,
+        ..Default::default()
     };
     let files = medinfer_io::dicom_write::write_series(d.path(), &vol, &info).unwrap();
     // File names no longer follow the slice order: the reader must order by position.

@@ -17,7 +17,8 @@ pub enum PhantomCommand {
     /// (EDV, ESV, EF, mass, per-phase volumes, the drawn parameters) and preview.png.
     Cardiac(PhantomCardiacArgs),
     /// Training patches for the cardiac segmentation model (x.npy: N x 1 x 96 x 96 z-scored
-    /// patches at 1.6 mm, y.npy: N x 96 x 96 labels), from phantom exams with consecutive seeds.
+    /// patches at 1.6 mm in the anatomical view, y.npy: N x 96 x 96 labels, exam.npy: the seed
+    /// of each patch), from phantom exams with consecutive seeds.
     CardiacTraining(TrainingArgs),
     /// Accuracy of the cardiac pipeline on held-out phantom exams: Dice per structure, LV / RV
     /// EF error, LV mass error (the model card's figures).
@@ -127,6 +128,11 @@ pub struct EvalArgs {
     pub model: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Acquisition conditions of the exams, one set or several (comma-separated), or `all`:
+    /// canonical, rotated, mirrored, apex-first, ed-shifted, tilted, random (each exam its own
+    /// draw of everything).
+    #[arg(long, default_value = "canonical", value_delimiter = ',')]
+    pub conditions: Vec<String>,
     /// Print JSON (every exam and the summary).
     #[arg(long)]
     pub json: bool,
@@ -154,6 +160,33 @@ pub struct PhantomCardiacArgs {
     /// Print the truth as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Store the pixel grid turned by this many degrees from the anatomical view (the affine
+    /// stays right, so a reader that follows it sees the canonical exam).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub rotate: f64,
+    /// Store the columns mirrored.
+    #[arg(long)]
+    pub mirror: bool,
+    /// Store the slices apex first.
+    #[arg(long)]
+    pub apex_first: bool,
+    /// Phase index of end diastole (the cycle recorded from the R wave minus an offset).
+    #[arg(long, default_value_t = 0)]
+    pub ed_phase: usize,
+    /// Tilt of the heart's long axis: in-plane shift of the heart per mm of depth (x, y).
+    #[arg(long, num_args = 2, value_names = ["X", "Y"], allow_hyphen_values = true)]
+    pub tilt: Option<Vec<f64>>,
+    /// Draw rotation, mirroring, slice order, ED phase and tilt at random from the seed
+    /// (overrides the flags above).
+    #[arg(long)]
+    pub random_conditions: bool,
+    /// DICOM: each slice its own series, in dicom/sax_N/ folders.
+    #[arg(long)]
+    pub series_per_slice: bool,
+    /// DICOM: each slice its own breath-hold (first trigger time and RR differ slice to
+    /// slice; Trigger Time only).
+    #[arg(long)]
+    pub breath_holds: bool,
 }
 
 #[derive(Args)]
@@ -173,6 +206,10 @@ pub struct TrainingArgs {
     /// Largest random shift of the patch centre from the located heart, mm.
     #[arg(long, default_value_t = 12.0)]
     pub jitter_mm: f64,
+    /// Acquisition conditions of the exams (as cardiac-eval's --conditions; `random`: each
+    /// exam its own draw of rotation, mirroring, slice order, ED phase and tilt).
+    #[arg(long, default_value = "random")]
+    pub conditions: String,
 }
 
 pub fn run(cmd: PhantomCommand) -> Result<()> {
@@ -248,66 +285,33 @@ pub fn run(cmd: PhantomCommand) -> Result<()> {
             );
             Ok(())
         }
-        PhantomCommand::CardiacEval(a) => {
-            let model = a
-                .engine
-                .model(
-                    Pipeline::Cardiac,
-                    a.model.as_deref(),
-                    PipelinePrecision::Auto,
-                )?
-                .path;
-            let model_spec = a.engine.model_spec(Pipeline::Cardiac, &model, None, 8)?;
-            let spec = cardiac::CardiacSpec::from_model(&model_spec, &model.display().to_string())?;
-            let session = a.engine.session_for(&model, &model_spec, 8, None, None)?;
-            let id = ModelId::of(&model)?;
-            let seeds: Vec<u64> = (a.first_seed..a.first_seed + a.exams).collect();
-            let bar = bar(seeds.len(), "exams", a.json);
-            let sum = cardiac::evaluate(&seeds, &session, &id, &spec, |e| {
-                bar.inc(1);
-                if !a.json {
-                    bar.println(format!(
-                        "seed {:>4}: Dice LV {:.3} myo {:.3} RV {:.3}; LV EF {:.1} vs {:.1}; mass {:.1} vs {:.1} g",
-                        e.seed, e.dice[0], e.dice[1], e.dice[2], e.lv_ef[0], e.lv_ef[1],
-                        e.lv_mass[0], e.lv_mass[1]
-                    ));
-                }
-            })?;
-            bar.finish_and_clear();
-            if a.json {
-                return print_json(&serde_json::json!({
-                    "model": id, "backend": session.info().backend.name(),
-                    "precision": session.info().effective_precision, "summary": sum,
-                }));
-            }
-            println!(
-                "{} exams on {} ({}), model {} ({}...)",
-                seeds.len(),
-                session.info().backend,
-                session.info().effective_precision,
-                id.path,
-                &id.sha256[..12]
-            );
-            println!(
-                "mean Dice: LV cavity {:.4}, LV myocardium {:.4}, RV cavity {:.4}",
-                sum.mean_dice[0], sum.mean_dice[1], sum.mean_dice[2]
-            );
-            println!(
-                "LV EF error: mean {:.2} points, max {:.2}; RV EF mean error {:.2} points",
-                sum.lv_ef_mae, sum.lv_ef_max_error, sum.rv_ef_mae
-            );
-            println!(
-                "LV mass error: mean {:.2} %, max {:.2} %; LV EDV error: mean {:.2} %",
-                sum.lv_mass_mape, sum.lv_mass_max_error_pct, sum.lv_edv_mape
-            );
-            Ok(())
-        }
+        PhantomCommand::CardiacEval(a) => cardiac_eval(a),
         PhantomCommand::Cardiac(a) => {
             let format = match a.format {
                 PhantomFormat::Nifti => phantom::Format::Nifti,
                 PhantomFormat::Dicom => phantom::Format::Dicom,
             };
-            let ph = phantom::write_cardiac(&a.output, a.seed, format)?;
+            let conditions = if a.random_conditions {
+                phantom::Conditions::random(a.seed)
+            } else {
+                let tilt = a.tilt.as_deref().unwrap_or(&[0.0, 0.0]);
+                phantom::Conditions {
+                    rotation_deg: a.rotate,
+                    mirror: a.mirror,
+                    apex_first: a.apex_first,
+                    ed_phase: a.ed_phase,
+                    tilt: [tilt[0], tilt[1]],
+                }
+            };
+            if (a.series_per_slice || a.breath_holds) && !matches!(a.format, PhantomFormat::Dicom) {
+                anyhow::bail!("--series-per-slice and --breath-holds need --format dicom");
+            }
+            let export = phantom::Export {
+                conditions,
+                series_per_slice: a.series_per_slice,
+                breath_holds: a.breath_holds,
+            };
+            let ph = phantom::write_cardiac_with(&a.output, a.seed, format, &export)?;
             if a.json {
                 print_json(&serde_json::json!({"truth": ph.truth, "params": ph.params}))?;
             } else {
@@ -368,12 +372,21 @@ pub fn run(cmd: PhantomCommand) -> Result<()> {
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let seeds: Vec<u64> = (a.first_seed..a.first_seed + a.exams).collect();
             let bar = bar(seeds.len(), "exams", false);
+            let set = cardiac::ConditionSet::from_name(&a.conditions).with_context(|| {
+                format!(
+                    "--conditions {}: one of {}",
+                    a.conditions,
+                    cardiac::ConditionSet::ALL.map(|s| s.name()).join(", ")
+                )
+            })?;
             let mut xs = Vec::new();
             let mut ys = Vec::new();
+            let mut exams = Vec::new();
             for chunk in seeds.chunks(8) {
-                let (x, y, _) = cardiac::training_set(chunk, a.extra_phases, a.jitter_mm);
+                let (x, y, e) = cardiac::training_set(chunk, a.extra_phases, a.jitter_mm, set);
                 xs.extend(x);
                 ys.extend(y);
+                exams.extend(e.into_iter().map(|s| s as i64));
                 bar.inc(chunk.len() as u64);
             }
             bar.finish_and_clear();
@@ -386,6 +399,11 @@ pub fn run(cmd: PhantomCommand) -> Result<()> {
             medinfer_io::npy::write(
                 &a.output.join("y.npy"),
                 &Tensor::new(vec![n, rows, cols], medinfer_core::TensorData::U8(ys))?,
+            )?;
+            // The exam (seed) of each patch: training splits by exam, never by patch.
+            medinfer_io::npy::write(
+                &a.output.join("exam.npy"),
+                &Tensor::new(vec![n], medinfer_core::TensorData::I64(exams))?,
             )?;
             println!(
                 "{n} patches from {} exams in {}",
@@ -468,6 +486,90 @@ fn fmri_classify_eval(a: FmriClassifyEvalArgs) -> Result<()> {
     );
     for (t, p, n) in &total.confusions {
         println!("  {t} labelled {p}: {n}");
+    }
+    Ok(())
+}
+
+fn cardiac_eval(a: EvalArgs) -> Result<()> {
+    let sets: Vec<cardiac::ConditionSet> = if a.conditions.iter().any(|c| c == "all") {
+        cardiac::ConditionSet::ALL.to_vec()
+    } else {
+        a.conditions
+            .iter()
+            .map(|c| {
+                cardiac::ConditionSet::from_name(c).with_context(|| {
+                    format!(
+                        "--conditions {c}: one of {} or all",
+                        cardiac::ConditionSet::ALL.map(|s| s.name()).join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let model = a
+        .engine
+        .model(
+            Pipeline::Cardiac,
+            a.model.as_deref(),
+            PipelinePrecision::Auto,
+        )?
+        .path;
+    let model_spec = a.engine.model_spec(Pipeline::Cardiac, &model, None, 8)?;
+    let spec = cardiac::CardiacSpec::from_model(&model_spec, &model.display().to_string())?;
+    let session = a.engine.session_for(&model, &model_spec, 8, None, None)?;
+    let id = ModelId::of(&model)?;
+    let seeds: Vec<u64> = (a.first_seed..a.first_seed + a.exams).collect();
+    let bar = bar(seeds.len() * sets.len(), "exams", a.json);
+    let mut results = Vec::new();
+    for &set in &sets {
+        let sum = cardiac::evaluate(&seeds, &session, &id, &spec, set, |e| {
+            bar.inc(1);
+            if !a.json {
+                bar.println(format!(
+                    "{:>10} seed {:>4}: Dice LV {:.3} myo {:.3} RV {:.3}; LV EF {:.1} vs {:.1}; mass {:.1} vs {:.1} g",
+                    set.name(), e.seed, e.dice[0], e.dice[1], e.dice[2], e.lv_ef[0], e.lv_ef[1],
+                    e.lv_mass[0], e.lv_mass[1]
+                ));
+            }
+        })?;
+        results.push((set, sum));
+    }
+    bar.finish_and_clear();
+    if a.json {
+        let sets: Vec<_> = results
+            .iter()
+            .map(|(set, sum)| serde_json::json!({"conditions": set.name(), "summary": sum}))
+            .collect();
+        return print_json(&serde_json::json!({
+            "model": id, "backend": session.info().backend.name(),
+            "precision": session.info().effective_precision, "sets": sets,
+        }));
+    }
+    println!(
+        "{} exams per set on {} ({}), model {} ({}...)",
+        seeds.len(),
+        session.info().backend,
+        session.info().effective_precision,
+        id.path,
+        &id.sha256[..12]
+    );
+    println!(
+        "| conditions | Dice LV | Dice myo | Dice RV | LV EF MAE | LV EF max | RV EF MAE | mass MAPE % | mass max % |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (set, sum) in &results {
+        println!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            set.name(),
+            sum.mean_dice[0],
+            sum.mean_dice[1],
+            sum.mean_dice[2],
+            sum.lv_ef_mae,
+            sum.lv_ef_max_error,
+            sum.rv_ef_mae,
+            sum.lv_mass_mape,
+            sum.lv_mass_max_error_pct
+        );
     }
     Ok(())
 }

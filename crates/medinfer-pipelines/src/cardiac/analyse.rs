@@ -65,7 +65,10 @@ pub fn analyse(
 
     // Preprocess.
     let t0 = Instant::now();
-    let (heart, geo, patches) = exam_patches(vol, input_name, spec)?;
+    let (heart, geo, view, patches) = exam_patches(vol, input_name, spec)?;
+    if let Some(f) = &view.fallback {
+        flags.push(f.clone());
+    }
     let plen = spec.patch_len();
     let scores_len = spec.channels * plen;
     let images = nz * nt;
@@ -105,11 +108,7 @@ pub fn analyse(
 
     // Postprocess: class scores back onto the input grid inside the patch's footprint.
     let t0 = Instant::now();
-    let (hx, hy) = (geo.size[0] as f64 / 2.0, geo.size[1] as f64 / 2.0);
-    let fx0 = (geo.centre[0] - hx * geo.step[0]).floor().max(0.0) as usize;
-    let fx1 = ((geo.centre[0] + hx * geo.step[0]).ceil().max(0.0) as usize).min(nx);
-    let fy0 = (geo.centre[1] - hy * geo.step[1]).floor().max(0.0) as usize;
-    let fy1 = ((geo.centre[1] + hy * geo.step[1]).ceil().max(0.0) as usize).min(ny);
+    let [fx0, fx1, fy0, fy1] = geo.footprint(nx, ny);
     // Output channel -> medinfer's label (1 LV, 2 MYO, 3 RV, 0 anything else).
     let mut to_label = vec![0u8; spec.channels];
     for (k, &ch) in spec.classes.iter().enumerate() {
@@ -173,26 +172,30 @@ pub fn analyse(
             lv.ef_pct
         ));
     }
-    for (name, vals) in [("LV", &curves.lv_ml), ("RV", &curves.rv_ml)] {
-        // A chamber touching the first or last slice at ED may extend beyond the stack.
-        let _ = vals;
-        let edge = [0, nz - 1].iter().any(|&z| {
-            let class = if name == "LV" { 1 } else { 3 };
-            let start = (ed * nz + z) * plane;
-            let n = labels[start..start + plane]
-                .iter()
-                .filter(|&&v| v == class)
-                .count();
-            n as f64 * vol.spacing[0] * vol.spacing[1] > 1500.0 && z == nz - 1
-        });
-        if edge {
+    // Coverage: a ventricle still large on the apical end slice at ED may extend beyond the
+    // stack. Which end is apical is read from the affine (the slice step against the heart's
+    // long axis, which points to the patient's left, anterior and inferior), else from the
+    // data (the end where the LV is smaller).
+    let apex = apical_end(vol, &labels, ed);
+    for (name, class) in [("LV", 1u8), ("RV", 3u8)] {
+        let z = apex.slice;
+        let start = (ed * nz + z) * plane;
+        let n = labels[start..start + plane]
+            .iter()
+            .filter(|&&v| v == class)
+            .count();
+        if n as f64 * vol.spacing[0] * vol.spacing[1] > 1500.0 {
             flags.push(format!(
-                "{name} is still large on the most apical slice at ED: the stack may not cover the whole ventricle"
+                "{name} is still large on the most apical slice at ED (slice {z}, {}): the stack may not cover the whole ventricle",
+                apex.how
             ));
         }
     }
     if let Some(t) = vol.tags.get("cine_timing") {
         flags.push(format!("cine timing: {t}"));
+    }
+    if let Some(t) = vol.tags.get("stack") {
+        flags.push(format!("stack: {t}"));
     }
     let lv_mass_g = curves.myo_ml[ed] * MYOCARDIAL_DENSITY;
     let postprocess_ms = ms(t0);
@@ -207,6 +210,7 @@ pub fn analyse(
             backend: info.backend.name().to_string(),
             precision: info.effective_precision.clone(),
             heart,
+            view,
             ed_phase: ed,
             es_phase: es,
             lv,
@@ -228,6 +232,52 @@ pub fn analyse(
     })
 }
 
+/// The apical end of the stack and how it was told.
+struct ApicalEnd {
+    slice: usize,
+    how: &'static str,
+}
+
+/// Base-to-apex direction of the heart's long axis in RAS+ (to the patient's left, anterior
+/// and inferior), unit length.
+const APEX_DIRECTION: [f64; 3] = [-0.6, 0.55, -0.58];
+
+fn apical_end(vol: &Volume, labels: &[u8], ed: usize) -> ApicalEnd {
+    let [nx, ny, nz, _] = vol.dims;
+    let plane = nx * ny;
+    if vol.tags.get("geometry") != Some("unknown") {
+        let step = [vol.affine[0][2], vol.affine[1][2], vol.affine[2][2]];
+        let len = step.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let al = APEX_DIRECTION.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let c = step
+            .iter()
+            .zip(APEX_DIRECTION)
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+            / (len * al).max(1e-12);
+        if c > 0.3 {
+            return ApicalEnd {
+                slice: nz - 1,
+                how: "slices run base to apex by the affine",
+            };
+        }
+        if c < -0.3 {
+            return ApicalEnd {
+                slice: 0,
+                how: "slices run apex to base by the affine",
+            };
+        }
+    }
+    let lv = |z: usize| {
+        let s = (ed * nz + z) * plane;
+        labels[s..s + plane].iter().filter(|&&v| v == 1).count()
+    };
+    ApicalEnd {
+        slice: if lv(0) < lv(nz - 1) { 0 } else { nz - 1 },
+        how: "the end with the smaller LV; the affine does not tell",
+    }
+}
+
 /// Arg-max of the bilinearly interpolated class scores at every input pixel of the footprint,
 /// written as medinfer's label of the winning channel (`to_label`).
 fn back_project(
@@ -240,21 +290,16 @@ fn back_project(
 ) {
     let [pw, ph] = g.size;
     let plane = pw * ph;
-    let (hx, hy) = (pw as f64 / 2.0, ph as f64 / 2.0);
     let [x0, x1, y0, y1] = fp;
     for y in y0..y1 {
-        // Patch coordinate of this input pixel (patch pixel centres at integer + 0.5 - 0.5).
-        let py = (y as f64 - g.centre[1]) / g.step[1] + hy - 0.5;
-        if py < 0.0 || py > (ph - 1) as f64 {
-            continue;
-        }
-        let j0 = (py.floor() as usize).min(ph - 2);
-        let fy = (py - j0 as f64) as f32;
         for x in x0..x1 {
-            let px = (x as f64 - g.centre[0]) / g.step[0] + hx - 0.5;
-            if px < 0.0 || px > (pw - 1) as f64 {
+            // Patch coordinates of this input pixel (patch pixel centres at integers).
+            let (px, py) = g.patch_at(x as f64, y as f64);
+            if px < 0.0 || px > (pw - 1) as f64 || py < 0.0 || py > (ph - 1) as f64 {
                 continue;
             }
+            let j0 = (py.floor() as usize).min(ph - 2);
+            let fy = (py - j0 as f64) as f32;
             let i0 = (px.floor() as usize).min(pw - 2);
             let fx = (px - i0 as f64) as f32;
             let mut best = (f32::MIN, 0usize);

@@ -1,30 +1,34 @@
 //! Not the clinical pipeline: training patches from phantoms, and the pipeline's accuracy on
 //! held-out phantom exams (the model card's figures).
 
-use super::preprocess::{locate_heart, sample_label_patch, sample_patch, PatchGeometry};
+use super::preprocess::{locate_heart, sample_label_patch, sample_patch, PatchGeometry, View};
 use super::{analyse, CardiacSpec, ModelId};
+use crate::phantom::Conditions;
 use crate::PipelineError;
 use medinfer_engine::Session;
 use serde::Serialize;
 
-/// Training patches from phantom exams `seeds`: for each exam, every slice at ED, ES and
-/// `extra_phases` random phases, centred on the located heart plus a random shift of up to
-/// `jitter_mm` (so the model tolerates an imperfect locator). Returns (images, labels, count)
-/// with images `count x rows x columns` at the shipped model's patch geometry, normalised like
-/// the pipeline's input.
+/// Training patches from phantom exams `seeds`, each stored under `set`'s conditions (the
+/// pipeline's view undoes rotation and mirroring, as it does for real exams): for each exam,
+/// every slice at ED, ES and `extra_phases` random phases, centred on the located heart plus a
+/// random shift of up to `jitter_mm` (so the model tolerates an imperfect locator). Returns
+/// (images, labels, exam index of each patch) with images `count x rows x columns` at the
+/// shipped model's patch geometry, normalised like the pipeline's input.
 pub fn training_set(
     seeds: &[u64],
     extra_phases: usize,
     jitter_mm: f64,
-) -> (Vec<f32>, Vec<u8>, usize) {
+    set: ConditionSet,
+) -> (Vec<f32>, Vec<u8>, Vec<u64>) {
     let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
     let spec = CardiacSpec::shipped();
     let plen = spec.patch_len();
     let per_exam = crate::phantom::parallel(seeds, threads, |&seed| {
-        let ph = crate::phantom::cardiac(seed);
+        let ph = crate::phantom::cardiac_with(seed, None, None, &set.conditions(seed));
         let vol = &ph.image;
         let [nx, ny, nz, nt] = vol.dims;
         let loc = locate_heart(vol);
+        let view = View::of(vol, spec.orientation);
         let mut rng = medinfer_core::SeededRng::new(seed ^ 0x7a1e);
         let mut phases = vec![ph.truth.ed_phase, ph.truth.es_phase];
         for _ in 0..extra_phases {
@@ -36,7 +40,7 @@ pub fn training_set(
                 let jx = rng.range(-jitter_mm, jitter_mm) / vol.spacing[0];
                 let jy = rng.range(-jitter_mm, jitter_mm) / vol.spacing[1];
                 let centre = [loc.centre_px[0] + jx, loc.centre_px[1] + jy];
-                let g = PatchGeometry::new(vol, centre, &spec);
+                let g = PatchGeometry::new(centre, &view, &spec);
                 let off = (t * nz + z) * nx * ny;
                 let mut x = vec![0f32; plen];
                 let mut y = vec![0u8; plen];
@@ -49,13 +53,13 @@ pub fn training_set(
         }
         (xs, ys)
     });
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for (x, y) in per_exam {
+    let (mut xs, mut ys, mut exam) = (Vec::new(), Vec::new(), Vec::new());
+    for ((x, y), &seed) in per_exam.into_iter().zip(seeds) {
+        exam.extend(std::iter::repeat_n(seed, y.len() / plen));
         xs.extend(x);
         ys.extend(y);
     }
-    let n = ys.len() / plen;
-    (xs, ys, n)
+    (xs, ys, exam)
 }
 
 /// Dice of `class` between two label volumes (1 when neither has it).
@@ -112,17 +116,99 @@ pub struct EvalSummary {
     pub lv_edv_mape: f64,
 }
 
-/// Runs the pipeline on phantom exams `seeds` and compares with their truth.
+/// Which acquisition conditions the held-out exams are stored under (each exam's own draw
+/// from [`Conditions::random`] for the varied one; the others keep the canonical exam but one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConditionSet {
+    /// Anterior up, left on the right, base first, ED at phase 0, no tilt.
+    Canonical,
+    /// The stored grid turned by a random angle.
+    Rotated,
+    /// The stored columns mirrored and the grid turned by a random angle.
+    Mirrored,
+    /// Slices stored apex first.
+    ApexFirst,
+    /// ED at a random phase of the cycle.
+    EdShifted,
+    /// The heart's long axis tilted against the slice normal (it moves slice to slice).
+    Tilted,
+    /// Everything above drawn at random per exam.
+    Random,
+}
+
+impl ConditionSet {
+    /// Every set, canonical first (the model card's table).
+    pub const ALL: [ConditionSet; 7] = [
+        ConditionSet::Canonical,
+        ConditionSet::Rotated,
+        ConditionSet::Mirrored,
+        ConditionSet::ApexFirst,
+        ConditionSet::EdShifted,
+        ConditionSet::Tilted,
+        ConditionSet::Random,
+    ];
+
+    /// The set's name (as `--conditions` takes it).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConditionSet::Canonical => "canonical",
+            ConditionSet::Rotated => "rotated",
+            ConditionSet::Mirrored => "mirrored",
+            ConditionSet::ApexFirst => "apex-first",
+            ConditionSet::EdShifted => "ed-shifted",
+            ConditionSet::Tilted => "tilted",
+            ConditionSet::Random => "random",
+        }
+    }
+
+    /// The set named `name`.
+    pub fn from_name(name: &str) -> Option<ConditionSet> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The conditions of exam `seed`.
+    pub fn conditions(self, seed: u64) -> Conditions {
+        let r = Conditions::random(seed);
+        let c = Conditions::default();
+        match self {
+            ConditionSet::Canonical => c,
+            ConditionSet::Rotated => Conditions {
+                rotation_deg: r.rotation_deg,
+                ..c
+            },
+            ConditionSet::Mirrored => Conditions {
+                rotation_deg: r.rotation_deg,
+                mirror: true,
+                ..c
+            },
+            ConditionSet::ApexFirst => Conditions {
+                apex_first: true,
+                ..c
+            },
+            ConditionSet::EdShifted => Conditions {
+                ed_phase: r.ed_phase.max(1),
+                ..c
+            },
+            ConditionSet::Tilted => Conditions { tilt: r.tilt, ..c },
+            ConditionSet::Random => r,
+        }
+    }
+}
+
+/// Runs the pipeline on phantom exams `seeds` stored under `set` and compares with their
+/// truth.
 pub fn evaluate(
     seeds: &[u64],
     session: &Session,
     model: &ModelId,
     spec: &CardiacSpec,
+    set: ConditionSet,
     mut progress: impl FnMut(&ExamScore),
 ) -> Result<EvalSummary, PipelineError> {
     let mut exams = Vec::new();
     for &seed in seeds {
-        let ph = crate::phantom::cardiac(seed);
+        let ph = crate::phantom::cardiac_with(seed, None, None, &set.conditions(seed));
         let res = analyse(
             &ph.image,
             &format!("phantom {seed}"),

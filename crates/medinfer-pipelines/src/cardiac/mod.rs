@@ -31,14 +31,14 @@ mod preprocess;
 
 pub use crate::models::ModelId;
 pub use analyse::{analyse, check_model, keep_largest_component};
-pub use eval::{dice, evaluate, training_set, EvalSummary, ExamScore};
+pub use eval::{dice, evaluate, training_set, ConditionSet, EvalSummary, ExamScore};
 pub use outputs::{mid_ventricular_slice, volume_curves_svg, write_outputs, write_overlay_pair};
 pub use preprocess::{
     check_input, exam_patches, locate_heart, sample_label_patch, sample_patch, HeartLocation,
-    PatchGeometry, MIN_MOTION_CONTRAST,
+    PatchGeometry, View, MIN_MOTION_CONTRAST,
 };
 
-use crate::config::{ModelConfig, ModelSpec, Normalization};
+use crate::config::{ModelConfig, ModelSpec, Normalization, Orientation};
 use crate::PipelineError;
 use medinfer_core::Volume;
 use medinfer_engine::Session;
@@ -58,6 +58,8 @@ pub struct CardiacSpec {
     pub spacing_mm: [f64; 2],
     /// Normalisation of each patch.
     pub normalization: Normalization,
+    /// Which way up the model expects the patch.
+    pub orientation: Orientation,
     /// Output channels of the model.
     pub channels: usize,
     /// Output channel of the LV cavity, the LV myocardium and the RV cavity.
@@ -83,6 +85,7 @@ impl CardiacSpec {
                 .spacing_mm
                 .expect("the shipped config gives the spacing"),
             normalization: c.normalization.unwrap_or(Normalization::Zscore),
+            orientation: c.input.orientation.unwrap_or_default(),
             channels: c.labels.len(),
             classes: [lab(LV_NAMES), lab(MYO_NAMES), lab(RV_NAMES)],
             config: c.source,
@@ -146,6 +149,7 @@ impl CardiacSpec {
             size: spec.size,
             spacing_mm,
             normalization: spec.normalization,
+            orientation: spec.orientation,
             channels: spec.output_channels.unwrap_or(spec.labels.len()),
             classes,
             config: spec.source.clone(),
@@ -227,6 +231,9 @@ pub struct CardiacReport {
     pub precision: String,
     /// Where the heart was found.
     pub heart: HeartLocation,
+    /// How the model's patches lie in the stored grid (the anatomical view when the model's
+    /// config asks for it).
+    pub view: View,
     /// End-diastolic phase (largest LV volume).
     pub ed_phase: usize,
     /// End-systolic phase (smallest LV volume).

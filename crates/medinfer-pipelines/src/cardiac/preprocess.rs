@@ -1,7 +1,7 @@
 //! Preprocessing: input checks, locating the heart by its motion, and the model's patches.
 
 use super::CardiacSpec;
-use crate::config::Normalization;
+use crate::config::{Normalization, Orientation};
 use crate::PipelineError;
 use medinfer_core::Volume;
 use serde::Serialize;
@@ -32,7 +32,8 @@ pub fn check_input(vol: &Volume, name: &str) -> Result<(), PipelineError> {
     }
     if nz < 2 {
         return bad(format!(
-            "{nz} slice: volumes need a stack of at least 2 slices"
+            "{nz} slice: volumes need a stack of at least 2 slices (when each slice is its own \
+             series, as in sax_N folders, point at the folder that holds them all)"
         ));
     }
     if nx < 32 || ny < 32 {
@@ -166,34 +167,195 @@ fn box_blur(v: &[f64], nx: usize, ny: usize, r: usize) -> Vec<f64> {
     out
 }
 
-/// Geometry of the patch in the input slice: input pixel = centre + (patch index + 0.5 -
-/// size / 2) * step, per axis.
+/// How the model's view lies in the stored pixel grid: input pixels per mm along the view's
+/// x (rightward) and y (downward) axes.
+#[derive(Clone, Debug, Serialize)]
+pub struct View {
+    /// `px_per_mm[a][b]`: input pixels moved along input axis `a` (0 = x, 1 = y) per mm along
+    /// the view's axis `b`.
+    pub px_per_mm: [[f64; 2]; 2],
+    /// The view is the stored grid (mirrored left-right first when [`View::mirrored`]) turned
+    /// by this many degrees (counter-clockwise on screen, rows running down); 0 for the stored
+    /// view.
+    pub rotation_deg: f64,
+    /// Whether the view mirrors the stored grid.
+    pub mirrored: bool,
+    /// What was done, for the report.
+    pub note: String,
+    /// Set when the model wants the anatomical view and it could not be made (then the
+    /// stored view is used): the reason, for the report's flags.
+    pub fallback: Option<String>,
+}
+
+impl View {
+    /// The grid as stored.
+    pub fn stored(vol: &Volume, note: &str) -> View {
+        View {
+            px_per_mm: [[1.0 / vol.spacing[0], 0.0], [0.0, 1.0 / vol.spacing[1]]],
+            rotation_deg: 0.0,
+            mirrored: false,
+            note: note.to_string(),
+            fallback: None,
+        }
+    }
+
+    /// The view `orientation` asks for, from the volume's affine. The anatomical view: the
+    /// slice plane's projection of the patient's posterior direction is the view's downward
+    /// axis, the in-plane direction at right angles to it toward the patient's left its
+    /// rightward axis (RAS+ affine: left is -x, posterior -y).
+    pub fn of(vol: &Volume, orientation: Orientation) -> View {
+        if orientation == Orientation::Stored {
+            return View::stored(
+                vol,
+                "stored (the model's config asks for the grid as stored)",
+            );
+        }
+        let fallback = |why: &str| View {
+            fallback: Some(format!(
+                "anatomical view not made: {why}; the stored grid was used"
+            )),
+            ..View::stored(vol, "stored")
+        };
+        if vol.tags.get("geometry") == Some("unknown") {
+            return fallback("the file gives no orientation in patient space");
+        }
+        let col = |k: usize| [vol.affine[0][k], vol.affine[1][k], vol.affine[2][k]];
+        let (a0, a1) = (col(0), col(1));
+        let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+        let cross = |a: [f64; 3], b: [f64; 3]| {
+            [
+                a[1] * b[2] - a[2] * b[1],
+                a[2] * b[0] - a[0] * b[2],
+                a[0] * b[1] - a[1] * b[0],
+            ]
+        };
+        let n = cross(a0, a1);
+        let nl = dot(n, n).sqrt();
+        if !(nl.is_finite() && nl > 1e-9) {
+            return fallback("the affine's in-plane axes are degenerate");
+        }
+        let n = n.map(|v| v / nl);
+        let post = [0.0, -1.0, 0.0];
+        let k = dot(post, n);
+        let down = [post[0] - k * n[0], post[1] - k * n[1], post[2] - k * n[2]];
+        let dl = dot(down, down).sqrt();
+        if dl < 0.3 {
+            return fallback("the slice plane is nearly coronal, so anterior is not in it");
+        }
+        let down = down.map(|v| v / dl);
+        let mut right = cross(n, down);
+        if right[0] > 0.0 {
+            right = right.map(|v| -v);
+        }
+        // Input pixel offsets (du, dv) of a world offset w: least squares on the two axes.
+        let g = [[dot(a0, a0), dot(a0, a1)], [dot(a0, a1), dot(a1, a1)]];
+        let det = g[0][0] * g[1][1] - g[0][1] * g[1][0];
+        let solve = |w: [f64; 3]| {
+            let (r0, r1) = (dot(a0, w), dot(a1, w));
+            (
+                (g[1][1] * r0 - g[0][1] * r1) / det,
+                (g[0][0] * r1 - g[1][0] * r0) / det,
+            )
+        };
+        let (xu, xv) = solve(right);
+        let (yu, yv) = solve(down);
+        let mirrored = xu * yv - xv * yu < 0.0;
+        // The view is the stored grid (mirrored left-right when `mirrored`) turned by the
+        // rotation: its x axis lies at -rotation in the (mirrored) stored grid.
+        let rotation_deg = if mirrored {
+            (-xv).atan2(-xu)
+        } else {
+            (-xv).atan2(xu)
+        }
+        .to_degrees()
+            + 0.0;
+        let note = if rotation_deg.abs() < 0.05 && !mirrored {
+            "anatomical (anterior up, patient's left on the right): the stored grid is already that view".to_string()
+        } else {
+            format!(
+                "anatomical (anterior up, patient's left on the right): the stored grid{} turned by {rotation_deg:.1} degrees",
+                if mirrored { " mirrored left-right and" } else { "" }
+            )
+        };
+        View {
+            px_per_mm: [[xu, yu], [xv, yv]],
+            rotation_deg,
+            mirrored,
+            note,
+            fallback: None,
+        }
+    }
+}
+
+/// Geometry of the patch in the input slice: input pixel `(x, y) = centre + m . (i + 0.5 -
+/// size[0] / 2, j + 0.5 - size[1] / 2)` for patch pixel `(i, j)`.
 #[derive(Clone, Copy, Debug)]
 pub struct PatchGeometry {
     /// Centre in input pixel coordinates (x, y).
     pub centre: [f64; 2],
-    /// Input pixels per patch pixel along x and y.
-    pub step: [f64; 2],
+    /// `m[a][b]`: input pixels moved along input axis `a` per patch pixel along patch axis `b`.
+    pub m: [[f64; 2]; 2],
     /// Patch columns and rows.
     pub size: [usize; 2],
 }
 
 impl PatchGeometry {
-    /// The patch of `vol` centred at `centre` (input pixels), at the spec's size and spacing.
-    pub fn new(vol: &Volume, centre: [f64; 2], spec: &CardiacSpec) -> Self {
+    /// The patch centred at `centre` (input pixels), at the spec's size and spacing, in `view`.
+    pub fn new(centre: [f64; 2], view: &View, spec: &CardiacSpec) -> Self {
+        let (sx, sy) = (spec.spacing_mm[1], spec.spacing_mm[0]);
+        let v = &view.px_per_mm;
         PatchGeometry {
             centre,
-            step: [
-                spec.spacing_mm[1] / vol.spacing[0],
-                spec.spacing_mm[0] / vol.spacing[1],
-            ],
+            m: [[v[0][0] * sx, v[0][1] * sy], [v[1][0] * sx, v[1][1] * sy]],
             size: [spec.size[1], spec.size[0]],
         }
     }
 
-    /// Input coordinate (x or y) of patch index `i` along `axis`.
-    fn at(&self, axis: usize, i: usize) -> f64 {
-        self.centre[axis] + (i as f64 + 0.5 - self.size[axis] as f64 / 2.0) * self.step[axis]
+    /// Input coordinates of patch pixel `(i, j)` (its centre).
+    fn input_at(&self, i: usize, j: usize) -> (f64, f64) {
+        let oi = i as f64 + 0.5 - self.size[0] as f64 / 2.0;
+        let oj = j as f64 + 0.5 - self.size[1] as f64 / 2.0;
+        (
+            self.centre[0] + self.m[0][0] * oi + self.m[0][1] * oj,
+            self.centre[1] + self.m[1][0] * oi + self.m[1][1] * oj,
+        )
+    }
+
+    /// Patch coordinates (pixel centres at integers) of input point `(x, y)`.
+    pub(crate) fn patch_at(&self, x: f64, y: f64) -> (f64, f64) {
+        let m = &self.m;
+        let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+        let (dx, dy) = (x - self.centre[0], y - self.centre[1]);
+        let oi = (m[1][1] * dx - m[0][1] * dy) / det;
+        let oj = (m[0][0] * dy - m[1][0] * dx) / det;
+        (
+            oi + self.size[0] as f64 / 2.0 - 0.5,
+            oj + self.size[1] as f64 / 2.0 - 0.5,
+        )
+    }
+
+    /// The input pixels the patch covers: `[x0, x1, y0, y1]` (ends exclusive), clipped to an
+    /// `nx x ny` slice.
+    pub(crate) fn footprint(&self, nx: usize, ny: usize) -> [usize; 4] {
+        let (hx, hy) = (self.size[0] as f64 / 2.0, self.size[1] as f64 / 2.0);
+        let (mut lo, mut hi) = ([f64::MAX; 2], [f64::MIN; 2]);
+        for (a, b) in [(-hx, -hy), (hx, -hy), (-hx, hy), (hx, hy)] {
+            let p = [
+                self.centre[0] + self.m[0][0] * a + self.m[0][1] * b,
+                self.centre[1] + self.m[1][0] * a + self.m[1][1] * b,
+            ];
+            for k in 0..2 {
+                lo[k] = lo[k].min(p[k]);
+                hi[k] = hi[k].max(p[k]);
+            }
+        }
+        let clip = |v: f64, n: usize| (v.max(0.0) as usize).min(n);
+        [
+            clip(lo[0].floor(), nx),
+            clip(hi[0].ceil(), nx),
+            clip(lo[1].floor(), ny),
+            clip(hi[1].ceil(), ny),
+        ]
     }
 }
 
@@ -216,11 +378,10 @@ pub fn sample_patch(
     };
     let [pw, ph] = g.size;
     for j in 0..ph {
-        let sy = g.at(1, j);
-        let y0 = sy.floor();
-        let fy = (sy - y0) as f32;
         for i in 0..pw {
-            let sx = g.at(0, i);
+            let (sx, sy) = g.input_at(i, j);
+            let y0 = sy.floor();
+            let fy = (sy - y0) as f32;
             let x0 = sx.floor();
             let fx = (sx - x0) as f32;
             let (x0, y0) = (x0 as isize, y0 as isize);
@@ -251,9 +412,9 @@ pub fn sample_patch(
 pub fn sample_label_patch(labels: &[u8], nx: usize, ny: usize, g: &PatchGeometry, out: &mut [u8]) {
     let [pw, ph] = g.size;
     for j in 0..ph {
-        let sy = g.at(1, j).round();
         for i in 0..pw {
-            let sx = g.at(0, i).round();
+            let (sx, sy) = g.input_at(i, j);
+            let (sx, sy) = (sx.round(), sy.round());
             out[j * pw + i] = if sx < 0.0 || sy < 0.0 || sx >= nx as f64 || sy >= ny as f64 {
                 0
             } else {
@@ -270,7 +431,7 @@ pub fn exam_patches(
     vol: &Volume,
     input_name: &str,
     spec: &CardiacSpec,
-) -> Result<(HeartLocation, PatchGeometry, Vec<f32>), PipelineError> {
+) -> Result<(HeartLocation, PatchGeometry, View, Vec<f32>), PipelineError> {
     check_input(vol, input_name)?;
     let [nx, ny, nz, nt] = vol.dims;
     let plane = nx * ny;
@@ -285,7 +446,8 @@ pub fn exam_patches(
             ),
         ));
     }
-    let geo = PatchGeometry::new(vol, heart.centre_px, spec);
+    let view = View::of(vol, spec.orientation);
+    let geo = PatchGeometry::new(heart.centre_px, &view, spec);
     let images = nz * nt;
     let plen = spec.patch_len();
     let norm = &spec.normalization;
@@ -311,5 +473,5 @@ pub fn exam_patches(
             }
         });
     }
-    Ok((heart, geo, patches))
+    Ok((heart, geo, view, patches))
 }
