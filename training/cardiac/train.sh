@@ -30,6 +30,7 @@ mi="$root/target/release/medinfer"
 mkdir -p "$work"
 "$mi" phantom cardiac-training -o "$work/data" --exams 240 --first-seed 100000
 "$venv/bin/python" training/cardiac/train.py --data "$work/data" --out "$work/weights" --epochs 4 --seed 7 --threads 2
+cp "$work/weights/training_log.json" models/cardiac/training_log.json
 "$mi" zoo build cardiac-unet --weights "$work/weights" \
   --weights-note "trained on cardiac phantoms (training/cardiac/train.sh, seed 7, 4 epochs)" -o "$work/raw.onnx"
 "$mi" optimize "$work/raw.onnx" -o models/cardiac/cardiac-unet.onnx

@@ -135,27 +135,42 @@ pub fn analyse(
             }
         });
     }
-    // Largest 3D connected component per structure and phase.
-    for t in 0..nt {
-        let frame = &mut labels[t * nz * plane..(t + 1) * nz * plane];
-        for class in 1..=3u8 {
-            keep_largest_component(frame, [nx, ny, nz], class);
-        }
-    }
+    // Largest 3D connected component per structure and phase, phases spread over the cores.
+    // Labels exist only inside the patch footprint, so the components are found in that box
+    // (a fifth of a typical cine frame) and the voxels counted there.
     let voxel_ml = vol.spacing[0] * vol.spacing[1] * vol.spacing[2] / 1000.0;
+    let mut counts = vec![[0usize; 4]; nt];
+    {
+        let fp = [fx0, fx1, fy0, fy1];
+        let frames: Vec<(&mut [u8], &mut [usize; 4])> = labels
+            .chunks_mut(nz * plane)
+            .zip(counts.iter_mut())
+            .collect();
+        let per = frames.len().div_ceil(threads).max(1);
+        let mut groups: Vec<Vec<(&mut [u8], &mut [usize; 4])>> = Vec::new();
+        let mut it = frames.into_iter().peekable();
+        while it.peek().is_some() {
+            groups.push(it.by_ref().take(per).collect());
+        }
+        std::thread::scope(|s| {
+            for g in groups {
+                s.spawn(move || {
+                    for (frame, count) in g {
+                        *count = clean_frame(frame, [nx, ny, nz], fp);
+                    }
+                });
+            }
+        });
+    }
     let mut curves = Curves {
         lv_ml: vec![0.0; nt],
         rv_ml: vec![0.0; nt],
         myo_ml: vec![0.0; nt],
     };
-    for t in 0..nt {
-        let mut counts = [0usize; 4];
-        for &v in &labels[t * nz * plane..(t + 1) * nz * plane] {
-            counts[v as usize & 3] += 1;
-        }
-        curves.lv_ml[t] = counts[1] as f64 * voxel_ml;
-        curves.myo_ml[t] = counts[2] as f64 * voxel_ml;
-        curves.rv_ml[t] = counts[3] as f64 * voxel_ml;
+    for (t, c) in counts.iter().enumerate() {
+        curves.lv_ml[t] = c[1] as f64 * voxel_ml;
+        curves.myo_ml[t] = c[2] as f64 * voxel_ml;
+        curves.rv_ml[t] = c[3] as f64 * voxel_ml;
     }
     let (ed, es) = ed_es(&curves.lv_ml);
     let lv = Chamber::new(curves.lv_ml[ed], curves.lv_ml[es]);
@@ -315,6 +330,41 @@ fn back_project(
             out[y * nx + x] = to_label[best.1];
         }
     }
+}
+
+/// Keeps the largest 6-connected component of each structure (1-3) of one phase's
+/// `[nx, ny, nz]` frame, working in the footprint box `[x0, x1, y0, y1]` (outside it the frame
+/// must be 0); returns the voxel count of each label.
+fn clean_frame(frame: &mut [u8], dims: [usize; 3], fp: [usize; 4]) -> [usize; 4] {
+    let [nx, ny, nz] = dims;
+    let [x0, x1, y0, y1] = fp;
+    let (bx, by) = (x1.saturating_sub(x0), y1.saturating_sub(y0));
+    let mut counts = [0usize; 4];
+    if bx == 0 || by == 0 {
+        counts[0] = frame.len();
+        return counts;
+    }
+    let mut boxed = vec![0u8; bx * by * nz];
+    for z in 0..nz {
+        for y in 0..by {
+            let src = (z * ny + y0 + y) * nx + x0;
+            boxed[(z * by + y) * bx..(z * by + y + 1) * bx].copy_from_slice(&frame[src..src + bx]);
+        }
+    }
+    for class in 1..=3u8 {
+        keep_largest_component(&mut boxed, [bx, by, nz], class);
+    }
+    for z in 0..nz {
+        for y in 0..by {
+            let dst = (z * ny + y0 + y) * nx + x0;
+            frame[dst..dst + bx].copy_from_slice(&boxed[(z * by + y) * bx..(z * by + y + 1) * bx]);
+        }
+    }
+    for &v in &boxed {
+        counts[v as usize & 3] += 1;
+    }
+    counts[0] += frame.len() - boxed.len();
+    counts
 }
 
 /// Keeps only the largest 6-connected component of `class` in a `[nx, ny, nz]` frame.
