@@ -116,52 +116,24 @@ pub fn analyse(
     }
     let to_label = &to_label;
     let mut labels = vec![0u8; vol.data.len()];
-    {
-        let frames: Vec<(usize, &mut [u8])> = labels.chunks_mut(plane).enumerate().collect();
-        let per = frames.len().div_ceil(threads).max(1);
-        let mut groups: Vec<Vec<(usize, &mut [u8])>> = Vec::new();
-        let mut it = frames.into_iter().peekable();
-        while it.peek().is_some() {
-            groups.push(it.by_ref().take(per).collect());
-        }
-        let logits = &logits;
-        std::thread::scope(|s| {
-            for g in groups {
-                s.spawn(move || {
-                    for (img, out) in g {
-                        back_project(&logits[img], &geo, to_label, out, nx, [fx0, fx1, fy0, fy1]);
-                    }
-                });
-            }
-        });
-    }
+    let logits = &logits;
+    let items: Vec<(usize, &mut [u8])> = labels.chunks_mut(plane).enumerate().collect();
+    super::for_each_split(items, threads, |(img, out)| {
+        back_project(&logits[img], &geo, to_label, out, nx, [fx0, fx1, fy0, fy1]);
+    });
     // Largest 3D connected component per structure and phase, phases spread over the cores.
     // Labels exist only inside the patch footprint, so the components are found in that box
     // (a fifth of a typical cine frame) and the voxels counted there.
     let voxel_ml = vol.spacing[0] * vol.spacing[1] * vol.spacing[2] / 1000.0;
     let mut counts = vec![[0usize; 4]; nt];
-    {
-        let fp = [fx0, fx1, fy0, fy1];
-        let frames: Vec<(&mut [u8], &mut [usize; 4])> = labels
-            .chunks_mut(nz * plane)
-            .zip(counts.iter_mut())
-            .collect();
-        let per = frames.len().div_ceil(threads).max(1);
-        let mut groups: Vec<Vec<(&mut [u8], &mut [usize; 4])>> = Vec::new();
-        let mut it = frames.into_iter().peekable();
-        while it.peek().is_some() {
-            groups.push(it.by_ref().take(per).collect());
-        }
-        std::thread::scope(|s| {
-            for g in groups {
-                s.spawn(move || {
-                    for (frame, count) in g {
-                        *count = clean_frame(frame, [nx, ny, nz], fp);
-                    }
-                });
-            }
-        });
-    }
+    let fp = [fx0, fx1, fy0, fy1];
+    let items: Vec<(&mut [u8], &mut [usize; 4])> = labels
+        .chunks_mut(nz * plane)
+        .zip(counts.iter_mut())
+        .collect();
+    super::for_each_split(items, threads, |(frame, count)| {
+        *count = clean_frame(frame, [nx, ny, nz], fp);
+    });
     let mut curves = Curves {
         lv_ml: vec![0.0; nt],
         rv_ml: vec![0.0; nt],

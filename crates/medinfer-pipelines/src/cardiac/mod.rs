@@ -288,6 +288,23 @@ pub struct CardiacRequest {
     pub spec: CardiacSpec,
 }
 
+/// Runs `f` on every item on `threads` scoped threads, the items split into one contiguous
+/// group per thread (the per-image stages: patch sampling, back-projection, per-phase cleanup).
+pub(crate) fn for_each_split<T: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) + Sync) {
+    let per = items.len().div_ceil(threads.max(1)).max(1);
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut it = items.into_iter().peekable();
+    while it.peek().is_some() {
+        groups.push(it.by_ref().take(per).collect());
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        for g in groups {
+            s.spawn(move || g.into_iter().for_each(f));
+        }
+    });
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }

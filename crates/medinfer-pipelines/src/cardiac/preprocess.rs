@@ -453,25 +453,11 @@ pub fn exam_patches(
     let norm = &spec.normalization;
     let mut patches = vec![0f32; images * plen];
     let threads = std::thread::available_parallelism().map_or(1, |v| v.get());
-    {
-        let chunks: Vec<(usize, &mut [f32])> = patches.chunks_mut(plen).enumerate().collect();
-        let per = chunks.len().div_ceil(threads).max(1);
-        let mut groups: Vec<Vec<(usize, &mut [f32])>> = Vec::new();
-        let mut it = chunks.into_iter().peekable();
-        while it.peek().is_some() {
-            groups.push(it.by_ref().take(per).collect());
-        }
-        std::thread::scope(|s| {
-            for g in groups {
-                s.spawn(move || {
-                    for (img, out) in g {
-                        // Patch order: image index = t * nz + z, the volume's own order.
-                        let off = img * plane;
-                        sample_patch(&vol.data[off..off + plane], nx, ny, &geo, norm, out);
-                    }
-                });
-            }
-        });
-    }
+    let items: Vec<(usize, &mut [f32])> = patches.chunks_mut(plen).enumerate().collect();
+    super::for_each_split(items, threads, |(img, out)| {
+        // Patch order: image index = t * nz + z, the volume's own order.
+        let off = img * plane;
+        sample_patch(&vol.data[off..off + plane], nx, ny, &geo, norm, out);
+    });
     Ok((heart, geo, view, patches))
 }
