@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod geom;
 mod image;
 pub mod panic;
 pub mod preprocess;

@@ -9,6 +9,7 @@
 
 use crate::dicom::{DicomFile, DicomHeader};
 use crate::{fmt_err, os_err, IoError};
+use medinfer_core::geom::{cross, dot};
 use medinfer_core::{usable_cores, Volume};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -132,16 +133,6 @@ fn err(uid: &str, reason: impl Into<String>) -> IoError {
     fmt_err(&format!("series {uid}"), reason)
 }
 
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
-}
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
 fn name(p: &Path) -> String {
     p.file_name()
         .map(|s| s.to_string_lossy().into_owned())

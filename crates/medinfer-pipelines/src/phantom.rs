@@ -708,34 +708,11 @@ fn anatomical_affine(
     depth: [f64; 2],
     cond: &Conditions,
 ) -> [[f64; 4]; 4] {
-    let norm = |v: [f64; 3]| {
-        let l = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
-        [v[0] / l, v[1] / l, v[2] / l]
-    };
-    let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
-    let axis = norm([
-        -0.6 + rng.range(-0.3, 0.3),
-        0.55 + rng.range(-0.3, 0.3),
-        -0.58,
-    ]);
-    let post = [0.0, -1.0, 0.0];
-    let down = {
-        let k = dot(post, axis);
-        norm([
-            post[0] - k * axis[0],
-            post[1] - k * axis[1],
-            post[2] - k * axis[2],
-        ])
-    };
-    let mut right = [
-        axis[1] * down[2] - axis[2] * down[1],
-        axis[2] * down[0] - axis[0] * down[2],
-        axis[0] * down[1] - axis[1] * down[0],
-    ];
-    if right[0] > 0.0 {
-        // The patient's left is -x in RAS+.
-        right = right.map(|v| -v);
-    }
+    let [ax, ay, az] = crate::cardiac::APEX_DIRECTION;
+    let axis =
+        medinfer_core::geom::unit([ax + rng.range(-0.3, 0.3), ay + rng.range(-0.3, 0.3), az]);
+    let (right, down) = crate::cardiac::anatomical_axes(axis)
+        .expect("the drawn long axis is never within 45 degrees of the anterior-posterior axis");
     // Stored pixel (i, j) sits at canonical (x, y) = canonical_of(u, v), u and v the pixel
     // centre's offsets from the image centre: linear in (i, j).
     let (m00, m10) = cond.canonical_of(1.0, 0.0);

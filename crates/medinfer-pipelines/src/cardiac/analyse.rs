@@ -2,9 +2,11 @@
 //! largest components, volumes by summation of discs, ED / ES, EF, mass.
 
 use super::preprocess::{check_input, exam_patches, PatchGeometry};
+use super::APEX_DIRECTION;
 use super::{ms, CardiacReport, CardiacResult, CardiacSpec, Chamber, Curves, ModelId, Timings};
 use crate::phantom::{ed_es, MYOCARDIAL_DENSITY};
 use crate::PipelineError;
+use medinfer_core::geom::{dot, length};
 use medinfer_core::Volume;
 use medinfer_engine::Session;
 use std::time::Instant;
@@ -225,23 +227,12 @@ struct ApicalEnd {
     how: &'static str,
 }
 
-/// Base-to-apex direction of the heart's long axis in RAS+ (to the patient's left, anterior
-/// and inferior), unit length.
-const APEX_DIRECTION: [f64; 3] = [-0.6, 0.55, -0.58];
-
 fn apical_end(vol: &Volume, labels: &[u8], ed: usize) -> ApicalEnd {
     let [nx, ny, nz, _] = vol.dims;
     let plane = nx * ny;
     if vol.tags.get("geometry") != Some("unknown") {
         let step = [vol.affine[0][2], vol.affine[1][2], vol.affine[2][2]];
-        let len = step.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let al = APEX_DIRECTION.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let c = step
-            .iter()
-            .zip(APEX_DIRECTION)
-            .map(|(a, b)| a * b)
-            .sum::<f64>()
-            / (len * al).max(1e-12);
+        let c = dot(step, APEX_DIRECTION) / (length(step) * length(APEX_DIRECTION)).max(1e-12);
         if c > 0.3 {
             return ApicalEnd {
                 slice: nz - 1,

@@ -33,6 +33,7 @@ pub use crate::models::ModelId;
 pub use analyse::{analyse, check_model, keep_largest_component};
 pub use eval::{dice, evaluate, training_set, ConditionSet, EvalSummary, ExamScore};
 pub use outputs::{mid_ventricular_slice, volume_curves_svg, write_outputs, write_overlay_pair};
+pub(crate) use preprocess::anatomical_axes;
 pub use preprocess::{
     check_input, exam_patches, locate_heart, sample_label_patch, sample_patch, HeartLocation,
     PatchGeometry, View, MIN_MOTION_CONTRAST,
@@ -161,6 +162,11 @@ impl CardiacSpec {
         self.size[0] * self.size[1]
     }
 }
+
+/// Base-to-apex direction of the heart's long axis in RAS+, roughly (to the patient's left,
+/// anterior and inferior): the coverage flag tells the apical end by it, and the phantom tilts
+/// its drawn axis around it.
+pub(crate) const APEX_DIRECTION: [f64; 3] = [-0.6, 0.55, -0.58];
 
 /// Names accepted for the LV cavity, the LV myocardium and the RV cavity (case-insensitive).
 const LV_NAMES: &[&str] = &["LV", "LV cavity", "left ventricle", "LV blood pool", "LVC"];

@@ -3,6 +3,7 @@
 use super::CardiacSpec;
 use crate::config::{Normalization, Orientation};
 use crate::PipelineError;
+use medinfer_core::geom::{cross, dot, length, unit};
 use medinfer_core::Volume;
 use serde::Serialize;
 
@@ -221,32 +222,14 @@ impl View {
         }
         let col = |k: usize| [vol.affine[0][k], vol.affine[1][k], vol.affine[2][k]];
         let (a0, a1) = (col(0), col(1));
-        let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
-        let cross = |a: [f64; 3], b: [f64; 3]| {
-            [
-                a[1] * b[2] - a[2] * b[1],
-                a[2] * b[0] - a[0] * b[2],
-                a[0] * b[1] - a[1] * b[0],
-            ]
-        };
         let n = cross(a0, a1);
-        let nl = dot(n, n).sqrt();
+        let nl = length(n);
         if !(nl.is_finite() && nl > 1e-9) {
             return fallback("the affine's in-plane axes are degenerate");
         }
-        let n = n.map(|v| v / nl);
-        let post = [0.0, -1.0, 0.0];
-        let k = dot(post, n);
-        let down = [post[0] - k * n[0], post[1] - k * n[1], post[2] - k * n[2]];
-        let dl = dot(down, down).sqrt();
-        if dl < 0.3 {
+        let Some((right, down)) = anatomical_axes(n.map(|v| v / nl)) else {
             return fallback("the slice plane is nearly coronal, so anterior is not in it");
-        }
-        let down = down.map(|v| v / dl);
-        let mut right = cross(n, down);
-        if right[0] > 0.0 {
-            right = right.map(|v| -v);
-        }
+        };
         // Input pixel offsets (du, dv) of a world offset w: least squares on the two axes.
         let g = [[dot(a0, a0), dot(a0, a1)], [dot(a0, a1), dot(a1, a1)]];
         let det = g[0][0] * g[1][1] - g[0][1] * g[1][0];
@@ -285,6 +268,26 @@ impl View {
             fallback: None,
         }
     }
+}
+
+/// The anatomical view's rightward and downward axes (RAS+) in the plane with unit normal
+/// `n`: down is the patient's posterior (-y) projected on the plane, right the in-plane
+/// direction at right angles to it toward the patient's left (-x). `None` when the plane is
+/// nearly coronal (posterior projects to less than 0.3). The phantom builds its affine with
+/// the same axes, so the pipeline's view of a phantom is the view it was drawn in.
+pub(crate) fn anatomical_axes(n: [f64; 3]) -> Option<([f64; 3], [f64; 3])> {
+    let post = [0.0, -1.0, 0.0];
+    let k = dot(post, n);
+    let down = [post[0] - k * n[0], post[1] - k * n[1], post[2] - k * n[2]];
+    if length(down) < 0.3 {
+        return None;
+    }
+    let down = unit(down);
+    let mut right = cross(n, down);
+    if right[0] > 0.0 {
+        right = right.map(|v| -v);
+    }
+    Some((right, down))
 }
 
 /// Geometry of the patch in the input slice: input pixel `(x, y) = centre + m . (i + 0.5 -
