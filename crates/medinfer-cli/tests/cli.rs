@@ -666,7 +666,7 @@ fn optimize_and_quantize_from_the_command_line() {
         "--backend",
         "tract",
     ]);
-    assert_clean_failure(&o, &["no .npy files"]);
+    assert_clean_failure(&o, &["empty", "no samples"]);
     std::fs::create_dir_all(d.path().join("wrong")).unwrap();
     medinfer_io::npy::write(
         &d.path().join("wrong/a.npy"),

@@ -186,6 +186,36 @@ impl Tensor {
         (self.shape, self.data)
     }
 
+    /// The tensor cut along its first axis into that many tensors of shape `[1, rest...]`
+    /// (a stack of samples into single samples). A rank-0 tensor gives itself.
+    pub fn unstack(&self) -> Vec<Tensor> {
+        let Some((&n, rest)) = self.shape.split_first() else {
+            return vec![self.clone()];
+        };
+        let len: usize = rest.iter().product();
+        let mut shape = vec![1];
+        shape.extend_from_slice(rest);
+        fn cut<T: Clone>(v: &[T], n: usize, len: usize) -> Vec<Vec<T>> {
+            (0..n).map(|k| v[k * len..(k + 1) * len].to_vec()).collect()
+        }
+        let parts: Vec<TensorData> = match &self.data {
+            TensorData::F32(v) => cut(v, n, len).into_iter().map(TensorData::F32).collect(),
+            TensorData::F64(v) => cut(v, n, len).into_iter().map(TensorData::F64).collect(),
+            TensorData::I64(v) => cut(v, n, len).into_iter().map(TensorData::I64).collect(),
+            TensorData::I32(v) => cut(v, n, len).into_iter().map(TensorData::I32).collect(),
+            TensorData::I8(v) => cut(v, n, len).into_iter().map(TensorData::I8).collect(),
+            TensorData::U8(v) => cut(v, n, len).into_iter().map(TensorData::U8).collect(),
+            TensorData::Bool(v) => cut(v, n, len).into_iter().map(TensorData::Bool).collect(),
+        };
+        parts
+            .into_iter()
+            .map(|data| Tensor {
+                shape: shape.clone(),
+                data,
+            })
+            .collect()
+    }
+
     /// The f32 elements, or an error naming the real type.
     pub fn as_f32(&self) -> Result<&[f32], CoreError> {
         match &self.data {
@@ -277,6 +307,17 @@ mod tests {
     fn shape_mismatch_is_an_error() {
         let e = Tensor::from_f32(vec![2, 2], vec![1.0; 3]).unwrap_err();
         assert!(e.to_string().contains("3 elements"), "{e}");
+    }
+
+    #[test]
+    fn unstack_cuts_along_the_first_axis() {
+        let t = Tensor::new(vec![3, 2], TensorData::I64(vec![1, 2, 3, 4, 5, 6])).unwrap();
+        let parts = t.unstack();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[2].shape(), &[1, 2]);
+        assert_eq!(parts[2].data(), &TensorData::I64(vec![5, 6]));
+        let empty = Tensor::zeros(DType::F32, vec![0, 4]).unwrap();
+        assert!(empty.unstack().is_empty());
     }
 
     #[test]

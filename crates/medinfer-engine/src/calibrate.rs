@@ -34,35 +34,82 @@ impl Drop for TempModel {
     }
 }
 
-/// Checks that there are samples and that they agree in element type and rank (their sizes
-/// may differ: a model with dynamic dimensions takes each at its own size).
-fn check_samples(samples: &[Tensor]) -> Result<(), EngineError> {
+/// What a calibration or validation sample is: one tensor per data input of the model, in the
+/// model's input order. A plain [`Tensor`] is the sample of a one-input model; a `Vec<Tensor>`
+/// serves models with several inputs (an image and a metadata vector, say).
+pub trait ModelInputs {
+    /// The sample's tensors, in the model's input order.
+    fn tensors(&self) -> &[Tensor];
+    /// The sample's tensors, moved out.
+    fn into_tensors(self) -> Vec<Tensor>;
+}
+
+impl ModelInputs for Tensor {
+    fn tensors(&self) -> &[Tensor] {
+        std::slice::from_ref(self)
+    }
+    fn into_tensors(self) -> Vec<Tensor> {
+        vec![self]
+    }
+}
+
+impl ModelInputs for Vec<Tensor> {
+    fn tensors(&self) -> &[Tensor] {
+        self
+    }
+    fn into_tensors(self) -> Vec<Tensor> {
+        self
+    }
+}
+
+/// Checks that there are samples and that they agree in input count, and per input in element
+/// type and rank (their sizes may differ: a model with dynamic dimensions takes each at its
+/// own size).
+fn check_samples<S: ModelInputs>(samples: &[S]) -> Result<(), EngineError> {
     let first = samples
         .first()
-        .ok_or_else(|| EngineError::BadInput("no calibration / validation samples".into()))?;
-    if let Some(bad) = samples
-        .iter()
-        .find(|s| s.shape().len() != first.shape().len() || s.dtype() != first.dtype())
-    {
-        return Err(EngineError::BadInput(format!(
-            "samples differ in rank or type: {:?} {} and {:?} {}",
-            first.shape(),
-            first.dtype(),
-            bad.shape(),
-            bad.dtype()
-        )));
+        .ok_or_else(|| EngineError::BadInput("no calibration / validation samples".into()))?
+        .tensors();
+    if first.is_empty() {
+        return Err(EngineError::BadInput(
+            "a sample holds no input tensor".into(),
+        ));
+    }
+    for (k, s) in samples.iter().enumerate() {
+        let s = s.tensors();
+        if s.len() != first.len() {
+            return Err(EngineError::BadInput(format!(
+                "sample {k} holds {} input tensor(s), sample 0 holds {}",
+                s.len(),
+                first.len()
+            )));
+        }
+        if let Some((i, (a, b))) = first
+            .iter()
+            .zip(s)
+            .enumerate()
+            .find(|(_, (a, b))| a.shape().len() != b.shape().len() || a.dtype() != b.dtype())
+        {
+            return Err(EngineError::BadInput(format!(
+                "samples differ in rank or type at input {i}: {:?} {} (sample 0) and {:?} {} (sample {k})",
+                a.shape(),
+                a.dtype(),
+                b.shape(),
+                b.dtype()
+            )));
+        }
     }
     Ok(())
 }
 
-/// Sessions of one model file, one per input shape met: a model with dynamic dimensions
-/// (detectors, encoder-decoders run at any size) is loaded once per sample size, since the
-/// engines fix shapes at load time. The most recent few are kept.
+/// Sessions of one model file, one per set of input shapes met: a model with dynamic
+/// dimensions (detectors, encoder-decoders run at any size) is loaded once per sample size,
+/// since the engines fix shapes at load time. The most recent few are kept.
 struct ShapedSessions<'a> {
     path: &'a std::path::Path,
     backend: BackendKind,
-    input: Option<String>,
-    loaded: Vec<(Vec<usize>, crate::Session)>,
+    inputs: Vec<String>,
+    loaded: Vec<(Vec<Vec<usize>>, crate::Session)>,
 }
 
 impl<'a> ShapedSessions<'a> {
@@ -70,45 +117,59 @@ impl<'a> ShapedSessions<'a> {
     const KEEP: usize = 4;
 
     fn new(model: &ModelProto, path: &'a std::path::Path, backend: BackendKind) -> Self {
-        let input = model
+        let inputs = model
             .graph
             .as_ref()
-            .and_then(|g| medinfer_onnx::data_inputs(g).find_map(|v| v.name.clone()));
+            .map(|g| {
+                medinfer_onnx::data_inputs(g)
+                    .filter_map(|v| v.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         ShapedSessions {
             path,
             backend,
-            input,
+            inputs,
             loaded: Vec::new(),
         }
     }
 
-    fn get(&mut self, shape: &[usize]) -> Result<&crate::Session, EngineError> {
-        if let Some(i) = self.loaded.iter().position(|(s, _)| s == shape) {
+    fn get(&mut self, sample: &[Tensor]) -> Result<&crate::Session, EngineError> {
+        let shapes: Vec<Vec<usize>> = sample.iter().map(|t| t.shape().to_vec()).collect();
+        if let Some(i) = self.loaded.iter().position(|(s, _)| *s == shapes) {
             return Ok(&self.loaded[i].1);
         }
+        if !self.inputs.is_empty() && self.inputs.len() != shapes.len() {
+            return Err(EngineError::BadInput(format!(
+                "the model takes {} input(s) ({}), a sample holds {}",
+                self.inputs.len(),
+                self.inputs.join(", "),
+                shapes.len()
+            )));
+        }
         let mut opts = SessionOptions {
-            batch: Some(shape.first().copied().unwrap_or(1)),
+            batch: Some(shapes[0].first().copied().unwrap_or(1)),
             ..Default::default()
         };
-        if let Some(name) = &self.input {
-            opts.input_shapes.insert(name.clone(), shape.to_vec());
+        for (name, shape) in self.inputs.iter().zip(&shapes) {
+            opts.input_shapes.insert(name.clone(), shape.clone());
         }
         let session = load_on(self.backend, self.path, &opts)?;
         if self.loaded.len() >= Self::KEEP {
             self.loaded.remove(0);
         }
-        self.loaded.push((shape.to_vec(), session));
+        self.loaded.push((shapes, session));
         Ok(&self.loaded.last().expect("just pushed").1)
     }
 }
 
 /// Runs the FP32 model on every sample with the plan's tensors exposed and gathers their
 /// statistics. `progress` is called after each sample with the number done.
-pub fn calibrate(
+pub fn calibrate<S: ModelInputs>(
     model: &ModelProto,
     plan: &Plan,
     method: CalibMethod,
-    samples: &[Tensor],
+    samples: &[S],
     backend: BackendKind,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Calibration, EngineError> {
@@ -119,8 +180,8 @@ pub fn calibrate(
     let mut sessions = ShapedSessions::new(&cmodel, &tmp.0, backend);
     let mut calib = Calibration::default();
     for (i, &k) in by_shape(samples).iter().enumerate() {
-        let s = &samples[k];
-        let outs = sessions.get(s.shape())?.run(std::slice::from_ref(s))?;
+        let s = samples[k].tensors();
+        let outs = sessions.get(s)?.run(s)?;
         let values: Vec<(Vec<usize>, &[f32])> = outs[n_orig.min(outs.len())..]
             .iter()
             .map(|t| {
@@ -148,9 +209,9 @@ pub fn calibrate(
 }
 
 /// Runs `model` on every sample; returns the first output of each run.
-pub fn evaluate(
+pub fn evaluate<S: ModelInputs>(
     model: &ModelProto,
-    samples: &[Tensor],
+    samples: &[S],
     backend: BackendKind,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Tensor>, EngineError> {
@@ -159,8 +220,8 @@ pub fn evaluate(
     let mut sessions = ShapedSessions::new(model, &tmp.0, backend);
     let mut out: Vec<Option<Tensor>> = vec![None; samples.len()];
     for (i, &k) in by_shape(samples).iter().enumerate() {
-        let s = &samples[k];
-        let mut o = sessions.get(s.shape())?.run(std::slice::from_ref(s))?;
+        let s = samples[k].tensors();
+        let mut o = sessions.get(s)?.run(s)?;
         if o.is_empty() {
             return Err(EngineError::Run {
                 backend,
@@ -176,16 +237,19 @@ pub fn evaluate(
         .collect())
 }
 
-/// Sample positions grouped by input shape (first appearance order, stable within a shape), so
-/// that each shape's session is loaded once per pass however the sizes are mixed.
-fn by_shape(samples: &[Tensor]) -> Vec<usize> {
-    let mut first: Vec<&[usize]> = Vec::new();
+/// Sample positions grouped by input shapes (first appearance order, stable within a group), so
+/// that each group's session is loaded once per pass however the sizes are mixed.
+fn by_shape<S: ModelInputs>(samples: &[S]) -> Vec<usize> {
+    let shapes =
+        |s: &S| -> Vec<Vec<usize>> { s.tensors().iter().map(|t| t.shape().to_vec()).collect() };
+    let mut first: Vec<Vec<Vec<usize>>> = Vec::new();
     let mut key = Vec::with_capacity(samples.len());
     for s in samples {
-        let g = match first.iter().position(|f| *f == s.shape()) {
+        let sh = shapes(s);
+        let g = match first.iter().position(|f| *f == sh) {
             Some(g) => g,
             None => {
-                first.push(s.shape());
+                first.push(sh);
                 first.len() - 1
             }
         };
@@ -385,8 +449,8 @@ impl Ranking {
 /// Accuracy control settings.
 #[derive(Clone, Debug)]
 pub struct AccuracyControl {
-    /// Validation inputs.
-    pub samples: Vec<Tensor>,
+    /// Validation samples: one tensor per model input each, in the model's input order.
+    pub samples: Vec<Vec<Tensor>>,
     /// The metric.
     pub metric: Metric,
     /// Largest allowed drop of the metric (FP32 scores 1 against itself).
@@ -403,9 +467,11 @@ pub struct AccuracyControl {
 
 impl AccuracyControl {
     /// Settings with the defaults: measured ranking on the first 64 samples.
-    pub fn new(samples: Vec<Tensor>, metric: Metric, max_drop: f64) -> AccuracyControl {
+    /// Samples are [`ModelInputs`]: plain tensors for a one-input model, `Vec<Tensor>` for
+    /// several inputs.
+    pub fn new<S: ModelInputs>(samples: Vec<S>, metric: Metric, max_drop: f64) -> AccuracyControl {
         AccuracyControl {
-            samples,
+            samples: samples.into_iter().map(ModelInputs::into_tensors).collect(),
             metric,
             max_drop,
             labels: None,

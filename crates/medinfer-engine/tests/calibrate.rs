@@ -354,7 +354,7 @@ fn bad_inputs_are_clear_errors() {
         &m,
         &plan,
         config.method,
-        &[],
+        &[] as &[Tensor],
         BackendKind::Tract,
         &mut |_| {},
     )
@@ -373,6 +373,34 @@ fn bad_inputs_are_clear_errors() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("64"), "{e}");
+    // Samples with another count of input tensors than the model has, or than each other.
+    let two = vec![vec![wrong[0].clone(), wrong[0].clone()]];
+    let e = q::calibrate(
+        &m,
+        &plan,
+        config.method,
+        &two,
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("takes 1 input(s)") && e.contains("holds 2"),
+        "{e}"
+    );
+    let mixed = vec![two[0].clone(), vec![wrong[0].clone()]];
+    let e = q::calibrate(
+        &m,
+        &plan,
+        config.method,
+        &mixed,
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sample 1 holds 1"), "{e}");
     // Statistics missing for a planned tensor.
     let empty = quant::Calibration::default();
     let e = quant::quantize(&m, &plan, &empty, &config, &HashSet::new())

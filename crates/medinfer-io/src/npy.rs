@@ -1,4 +1,5 @@
-//! NumPy `.npy` files (format versions 1.0, 2.0 and 3.0), little-endian, C order.
+//! NumPy `.npy` files (format versions 1.0, 2.0 and 3.0), little-endian, C order, and `.npz`
+//! archives of them (`np.savez` and `np.savez_compressed`: a zip of `KEY.npy` members).
 //!
 //! Written here rather than taken from a crate: the format is one small header, and owning the
 //! parser lets every malformed header produce an error that names the file and the problem,
@@ -72,6 +73,86 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
 pub fn write(path: &Path, t: &Tensor) -> Result<(), IoError> {
     let mut f = std::fs::File::create(path).map_err(os_err(path))?;
     f.write_all(&encode(t)).map_err(os_err(path))
+}
+
+/// Largest total of inflated member bytes an `.npz` archive may hold: counted while inflating
+/// (sizes declared in the zip are not trusted), so a zip bomb is refused, not allocated.
+pub const MAX_NPZ_BYTES: u64 = 8 << 30;
+
+/// A file-name-safe form of a tensor name (`infer` writes outputs as `SAFE.npy`, samples are
+/// looked up by it): characters other than ASCII letters, digits, `-`, `_` and `.` become `_`.
+pub fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Reads an `.npz` archive: its arrays keyed by member name without `.npy`, in archive order.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, IoError> {
+    let bytes = std::fs::read(path).map_err(os_err(path))?;
+    decode_npz(&bytes, &path.display().to_string())
+}
+
+/// Decodes `.npz` bytes (stored or deflated members); `origin` names the file in errors.
+pub fn decode_npz(bytes: &[u8], origin: &str) -> Result<Vec<(String, Tensor)>, IoError> {
+    use std::io::Read;
+    let bad = |reason: String| fmt_err(origin, reason);
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| bad(format!("not a NumPy .npz archive (zip: {e})")))?;
+    let mut out: Vec<(String, Tensor)> = Vec::with_capacity(z.len());
+    let mut budget = MAX_NPZ_BYTES;
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).map_err(|e| bad(format!("member {i}: {e}")))?;
+        if f.is_dir() {
+            continue;
+        }
+        let name = f.name().to_string();
+        let key = name
+            .strip_suffix(".npy")
+            .ok_or_else(|| bad(format!("member '{name}' is not an .npy array")))?
+            .to_string();
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(bad(format!("array '{key}' appears twice")));
+        }
+        let mut buf = Vec::new();
+        (&mut f)
+            .take(budget + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| bad(format!("member '{name}': {e}")))?;
+        if buf.len() as u64 > budget {
+            return Err(bad(format!(
+                "inflates to more than {} GiB (a zip bomb?)",
+                MAX_NPZ_BYTES >> 30
+            )));
+        }
+        budget -= buf.len() as u64;
+        let t = decode(&buf, &format!("{origin}: {name}"))?;
+        out.push((key, t));
+    }
+    Ok(out)
+}
+
+/// Encodes arrays as `.npz` bytes (deflated, as `np.savez_compressed`).
+pub fn encode_npz(arrays: &[(&str, &Tensor)]) -> Result<Vec<u8>, IoError> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut w = zip::ZipWriter::new(&mut buf);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(true);
+    let err = |e: String| fmt_err("npz", e);
+    for (k, t) in arrays {
+        w.start_file(format!("{k}.npy"), opts)
+            .map_err(|e| err(e.to_string()))?;
+        w.write_all(&encode(t)).map_err(|e| err(e.to_string()))?;
+    }
+    w.finish().map_err(|e| err(e.to_string()))?;
+    Ok(buf.into_inner())
 }
 
 /// Reads a `.npy` file.

@@ -1432,3 +1432,37 @@ fn single_slice_series_are_assembled_into_one_stack() {
         "{e}"
     );
 }
+
+#[test]
+fn npz_archives_written_by_numpy_read_back_exactly() {
+    let dir = fixtures().join("arrays");
+    // np.savez_compressed: deflated members, a colon in a key.
+    let a = medinfer_io::npy::read_npz(&dir.join("compressed.npz")).unwrap();
+    let keys: Vec<&str> = a.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["image", "clinical:0"]);
+    assert_eq!(a[0].1.shape(), &[2, 1, 3, 4]);
+    let want: Vec<f32> = (0..24).map(|i| i as f32 / 8.0).collect();
+    assert_eq!(a[0].1.as_f32().unwrap(), want.as_slice());
+    assert_eq!(a[1].1.shape(), &[2, 3]);
+    assert_eq!(a[1].1.as_f32().unwrap(), &[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]);
+    // np.savez: stored members, bool, int64 beyond 32 bits, a 0-d float64.
+    let b = medinfer_io::npy::read_npz(&dir.join("stored.npz")).unwrap();
+    let get = |k: &str| &b.iter().find(|(n, _)| n == k).unwrap().1;
+    assert_eq!(
+        get("mask").data(),
+        &medinfer_core::TensorData::Bool(vec![true, false, true, true, false])
+    );
+    assert_eq!(
+        get("ids").data(),
+        &medinfer_core::TensorData::I64(vec![1, -2, 3, 1 << 40])
+    );
+    assert_eq!(get("ids").shape(), &[2, 2]);
+    assert!(get("x").shape().is_empty());
+    assert_eq!(get("x").to_f64_vec(), vec![0.1]);
+    // Truncated: an error that names the file, never a panic.
+    let bytes = std::fs::read(dir.join("compressed.npz")).unwrap();
+    for cut in [10, 100, bytes.len() - 30] {
+        let e = medinfer_io::npy::decode_npz(&bytes[..cut], "cut.npz").unwrap_err();
+        assert!(e.to_string().contains("cut.npz"), "{e}");
+    }
+}

@@ -1,6 +1,7 @@
-//! Small models and inputs for tests of models with dynamic dimensions, shared by the engine
+//! Small models and inputs for tests of models the zoo does not cover, shared by the engine
 //! and CLI test suites: a text-detector-shaped network at opset 12 with dynamic batch, height
-//! and width, and synthetic "pages" for it.
+//! and width, and synthetic "pages" for it; a classifier with two inputs (an image and a
+//! clinical vector) and samples for it.
 
 use crate::builder::{f32_tensor, f32_value_info, Attr, DimSpec, GraphBuilder};
 use crate::proto::ModelProto;
@@ -81,3 +82,62 @@ pub fn page_pixels(h: usize, w: usize, seed: u64) -> Vec<f32> {
 
 /// Page sizes (height, width) the tests mix.
 pub const PAGE_SIZES: [(usize, usize); 4] = [(32, 48), (48, 64), (64, 64), (40, 56)];
+
+/// The names of [`two_input_classifier`]'s inputs: an image and a clinical vector (the colon
+/// is deliberate: exported models name inputs so, and files must still find them).
+pub const TWO_INPUTS: [&str; 2] = ["image", "clinical:0"];
+
+/// A classifier with two inputs, as multimodal medical models are: an image (n x 1 x 32 x 32)
+/// through two convolutions and global pooling, a clinical vector (n x 3: age in decades, sex,
+/// a lab value) through a linear layer, concatenated into a linear head of 4 logits. Seeded
+/// weights; batch dynamic.
+pub fn two_input_classifier() -> ModelProto {
+    let mut g = GraphBuilder::new(11);
+    let c1 = g.conv("c1", TWO_INPUTS[0], 1, 8, 3, 1, 1, true);
+    let r1 = g.relu("r1", &c1);
+    let c2 = g.conv("c2", &r1, 8, 16, 3, 2, 1, true);
+    let r2 = g.relu("r2", &c2);
+    let img = g.global_pool_flatten("gp", &r2);
+    let m1 = g.linear("clin", TWO_INPUTS[1], 3, 8);
+    let m2 = g.relu("clin_relu", &m1);
+    let cat = g.node("Concat", "cat", &[&img, &m2], &[("axis", Attr::Int(1))]);
+    g.linear("head", &cat, 24, 4);
+    let n = || DimSpec::Named("n".into());
+    g.finish(
+        "two_input_classifier",
+        vec![
+            f32_value_info(
+                TWO_INPUTS[0],
+                &[
+                    n(),
+                    DimSpec::Fixed(1),
+                    DimSpec::Fixed(32),
+                    DimSpec::Fixed(32),
+                ],
+            ),
+            f32_value_info(TWO_INPUTS[1], &[n(), DimSpec::Fixed(3)]),
+        ],
+        vec![f32_value_info("head", &[n(), DimSpec::Fixed(4)])],
+        &[],
+    )
+}
+
+/// One sample for [`two_input_classifier`]: a 32 x 32 image (a bright disc of random size and
+/// place on noise) and a clinical vector (age 2-9 decades, sex 0 / 1, a lab value ~ N(1, 0.3)).
+pub fn two_input_sample(seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut r = SeededRng::new(seed);
+    let (cy, cx) = (8.0 + 16.0 * r.uniform(), 8.0 + 16.0 * r.uniform());
+    let rad = 3.0 + 6.0 * r.uniform();
+    let mut img = vec![0f32; 32 * 32];
+    for (i, v) in img.iter_mut().enumerate() {
+        let (y, x) = ((i / 32) as f64, (i % 32) as f64);
+        let inside = (y - cy).hypot(x - cx) < rad;
+        *v = (if inside { 1.0 } else { 0.0 } + 0.1 * r.normal()) as f32;
+    }
+    let clinical = vec![
+        (2.0 + 7.0 * r.uniform()) as f32,
+        if r.uniform() < 0.5 { 0.0 } else { 1.0 },
+        (1.0 + 0.3 * r.normal()) as f32,
+    ];
+    (img, clinical)
+}

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod arrays;
 pub mod batch;
 pub mod cardiac;
 pub mod config;

@@ -35,18 +35,6 @@ pub struct InferArgs {
     pub json: bool,
 }
 
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 pub fn run(a: InferArgs) -> Result<()> {
     let path = models::resolve(&a.model)?;
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -112,7 +100,9 @@ pub fn run(a: InferArgs) -> Result<()> {
     }
     let mut written = Vec::new();
     for (spec, t) in session.outputs().iter().zip(&outputs) {
-        let file = a.output.join(format!("{}.npy", sanitize(&spec.name)));
+        let file = a
+            .output
+            .join(format!("{}.npy", medinfer_io::npy::safe_name(&spec.name)));
         medinfer_io::npy::write(&file, t)?;
         let v = t.to_f64_vec();
         let (min, max) = v

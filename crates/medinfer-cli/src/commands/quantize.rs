@@ -8,7 +8,8 @@ use medinfer_core::Tensor;
 use medinfer_engine::calibrate::{self as q, AccuracyControl, Metric, Ranking};
 use medinfer_engine::BackendKind;
 use medinfer_onnx::qdq::{self as quant, CalibMethod, QuantConfig};
-use medinfer_onnx::{Dim, OptimizeReport};
+use medinfer_onnx::OptimizeReport;
+use medinfer_pipelines::arrays::{self, InputSlot};
 use medinfer_pipelines::models;
 use medinfer_pipelines::samples::shuffled_indices;
 use serde::Serialize;
@@ -22,18 +23,21 @@ pub struct QuantizeArgs {
     /// Output ONNX file (QDQ INT8).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Calibration data: a folder of .npy files (float32), each one sample shaped like the
-    /// model input without the batch axis, or several stacked along a first axis. A model with
-    /// dynamic dimensions (height and width of a detector, say) takes samples of any size,
-    /// each run at its own. With --pipeline: a folder of that pipeline's input files
-    /// (radiographs, CT series, cine exams).
+    /// Calibration data. One-input models: a folder of .npy files (or one file), each one
+    /// sample shaped like the model input without the batch axis, or several stacked along a
+    /// first axis. Any model, several inputs included: .npz files keyed by input name
+    /// (np.savez), or folders holding INPUT_NAME.npy for every input; each array one sample
+    /// or a stack. Element types as the model's inputs. A model with dynamic dimensions
+    /// (height and width of a detector, say) takes samples of any size, each run at its own.
+    /// With --pipeline: a folder of that pipeline's input files (radiographs, CT series,
+    /// cine exams).
     #[arg(long)]
     pub calib: PathBuf,
-    /// Fix the input's shape, batch included, as NAME=1x3x640x640 (or just 1x3x640x640 for a
-    /// one-input model): calibration and validation samples must then have it. Without it,
-    /// dynamic dimensions take each sample's own size.
+    /// Fix an input's shape, batch included, as NAME=1x3x640x640 (or just 1x3x640x640 for a
+    /// one-input model); repeat for several inputs. Calibration and validation samples must
+    /// then have it. Without it, dynamic dimensions take each sample's own size.
     #[arg(long, value_name = "[NAME=]DIMS")]
-    pub input_shape: Option<String>,
+    pub input_shape: Vec<String>,
     /// Make the calibration and validation samples from images with this pipeline's own
     /// preprocessing: cxr (radiographs -> 1x224x224), ct (every slice of every DICOM series,
     /// window 40,400 -> 1x128x128) or cardiac (4D NIfTI / DICOM cine exams -> one 1x96x96 heart
@@ -134,14 +138,14 @@ fn calibration_backend() -> BackendKind {
 }
 
 /// Samples made by a pipeline's preprocessing from the files under `dir` (see
-/// `medinfer_pipelines::samples`), as tensors of shape `(1, per...)`; skipped files are warned
-/// about on stderr.
+/// `medinfer_pipelines::samples`), as one-input samples of shape `(1, per...)`; skipped files
+/// are warned about on stderr.
 fn pipeline_samples(
     pl: medinfer_pipelines::samples::Pipeline,
     dir: &Path,
     pick: Option<(usize, u64)>,
     quiet: bool,
-) -> Result<Vec<Tensor>> {
+) -> Result<Vec<Vec<Tensor>>> {
     let s = medinfer_pipelines::samples::samples(pl, dir, pick)?;
     if !s.skipped.is_empty() && !quiet {
         let (what, why) = &s.skipped[0];
@@ -160,79 +164,21 @@ fn pipeline_samples(
     shape.extend_from_slice(&pl.sample_shape());
     s.inputs
         .into_iter()
-        .map(|x| Tensor::from_f32(shape.clone(), x).map_err(anyhow::Error::from))
+        .map(|x| {
+            Tensor::from_f32(shape.clone(), x)
+                .map(|t| vec![t])
+                .map_err(anyhow::Error::from)
+        })
         .collect()
 }
 
-/// Loads NPY samples for a model input of per-sample shape `per` (batch axis excluded; `None`
-/// = a dynamic dimension, any size): a file holding one sample (rank of `per`) or several along
-/// a first axis (rank + 1). Sorted by file name.
-pub fn load_samples(dir: &Path, per: &[Option<usize>]) -> Result<Vec<Tensor>> {
-    let files: Vec<PathBuf> = if dir.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("npy")))
-            .collect();
-        v.sort();
-        v
-    } else if dir.exists() {
-        vec![dir.to_path_buf()]
-    } else {
-        bail!("{}: no such file or folder", dir.display())
-    };
-    if files.is_empty() {
-        bail!("{}: no .npy files", dir.display());
-    }
-    let fits = |s: &[usize]| {
-        s.len() == per.len() && s.iter().zip(per).all(|(a, b)| b.is_none_or(|b| b == *a))
-    };
-    let show = |p: &[Option<usize>]| {
-        p.iter()
-            .map(|d| d.map_or("?".to_string(), |n| n.to_string()))
-            .collect::<Vec<_>>()
-            .join(" x ")
-    };
-    let mut out = Vec::new();
-    for f in files {
-        let t = medinfer_io::npy::read(&f)?;
-        let v = t.as_f32().map_err(|_| {
-            anyhow::anyhow!(
-                "{}: samples must be float32, got {}",
-                f.display(),
-                t.dtype()
-            )
-        })?;
-        let s = t.shape();
-        let (count, one) = if fits(s) {
-            (1, s.to_vec())
-        } else if !s.is_empty() && fits(&s[1..]) {
-            (s[0], s[1..].to_vec())
-        } else {
-            bail!(
-                "{}: shape {:?} does not fit the model input ({} per sample, or n x that; ? = any size)",
-                f.display(),
-                s,
-                show(per)
-            );
-        };
-        let len: usize = one.iter().product();
-        for k in 0..count {
-            let mut shape = vec![1];
-            shape.extend_from_slice(&one);
-            out.push(Tensor::from_f32(shape, v[k * len..(k + 1) * len].to_vec())?);
-        }
-    }
-    Ok(out)
-}
-
 /// The elements of `v` at the (distinct) positions `idx`, in that order, moved out.
-fn pick(v: Vec<Tensor>, idx: &[usize]) -> Vec<Tensor> {
-    let mut slots: Vec<Option<Tensor>> = v.into_iter().map(Some).collect();
+fn pick<T>(v: Vec<T>, idx: &[usize]) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = v.into_iter().map(Some).collect();
     idx.iter().filter_map(|&i| slots[i].take()).collect()
 }
 
-fn shuffled_subset(v: Vec<Tensor>, n: usize, seed: u64) -> Vec<Tensor> {
+fn shuffled_subset<T>(v: Vec<T>, n: usize, seed: u64) -> Vec<T> {
     let idx = shuffled_indices(v.len(), n, seed);
     pick(v, &idx)
 }
@@ -284,27 +230,15 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         Some(medinfer_onnx::optimize(&mut model)?)
     };
     let info = medinfer_onnx::analyze(&model, None);
-    if info.inputs.len() != 1 {
-        bail!(
-            "{}: quantize calibrates models with one input; this one has {}",
-            path.display(),
-            info.inputs.len()
-        );
-    }
-    // Per-sample shape: fixed dimensions from the model, dynamic ones from --input-shape or
+    // Per-sample shapes: fixed dimensions from the model, dynamic ones from --input-shape or
     // from each sample.
-    let input = &info.inputs[0];
-    let mut per: Vec<Option<usize>> = input.shape[1..]
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => Some(*n),
-            Dim::Dynamic(_) => None,
-        })
-        .collect();
-    if let Some(spec) = &a.input_shape {
-        let shapes = crate::args::input_shapes(&info, std::slice::from_ref(spec))?;
-        if let Some(dims) = shapes.get(&input.name) {
-            per = dims[1..].iter().map(|&d| Some(d)).collect();
+    let mut slots = InputSlot::of_model(&info, &path.display().to_string())?;
+    if !a.input_shape.is_empty() {
+        let shapes = crate::args::input_shapes(&info, &a.input_shape)?;
+        for slot in &mut slots {
+            if let Some(dims) = shapes.get(&slot.name) {
+                slot.per_sample = dims[1..].iter().map(|&d| Some(d)).collect();
+            }
         }
     }
     let target = quant::Target::parse(&a.target)
@@ -327,23 +261,26 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let pipeline = match &a.pipeline {
+        Some(p) if slots.len() != 1 => bail!(
+            "--pipeline {p}: {} has {} inputs; pipelines make one-input samples (give .npz samples instead)",
+            path.display(),
+            slots.len()
+        ),
         Some(p) => {
+            let per = &slots[0].per_sample;
             let pl = medinfer_pipelines::samples::Pipeline::parse(p)
                 .with_context(|| format!("--pipeline {p}: choose cxr, ct or cardiac"))?;
             let made = pl.sample_shape();
             let fits = made.len() == per.len()
                 && made
                     .iter()
-                    .zip(&per)
+                    .zip(per)
                     .all(|(m, p)| p.is_none_or(|p| p == *m));
             if !fits {
                 bail!(
-                    "{}: the model takes [{}] per sample, the {} pipeline makes {:?}",
+                    "{}: the model takes {} per sample, the {} pipeline makes {:?}",
                     path.display(),
-                    per.iter()
-                        .map(|d| d.map_or("?".to_string(), |n| n.to_string()))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    slots[0].shown(),
                     pl.name(),
                     made
                 );
@@ -354,7 +291,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     };
     let calib_samples = match pipeline {
         Some(pl) => pipeline_samples(pl, &a.calib, Some((a.samples, a.seed)), a.json)?,
-        None => shuffled_subset(load_samples(&a.calib, &per)?, a.samples, a.seed),
+        None => shuffled_subset(arrays::load(&a.calib, &slots)?, a.samples, a.seed),
     };
     let pb = bar(calib_samples.len(), "calibrating", a.json);
     let t0 = std::time::Instant::now();
@@ -369,7 +306,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         Some(v) => {
             let all = match pipeline {
                 Some(pl) => pipeline_samples(pl, v, None, a.json)?,
-                None => load_samples(v, &per)?,
+                None => arrays::load(v, &slots)?,
             };
             let idx = shuffled_indices(all.len(), a.validate_samples, a.seed ^ 1);
             let labels = match &a.labels {
