@@ -141,3 +141,125 @@ pub fn two_input_sample(seed: u64) -> (Vec<f32>, Vec<f32>) {
     ];
     (img, clinical)
 }
+
+/// A small 3-D U-Net laid out channels-last as TensorFlow exports are: input and output
+/// `n x 16 x 16 x 16 x 1` (NDHWC), a Transpose to channels-first, two 3-D convolutions, 3-D max
+/// pooling, a 3-D transposed convolution (no activation after it, as in deepbrain's model),
+/// a skip Concat, a 1x1x1 head with a sigmoid and a Transpose back. Seeded weights.
+pub fn unet3d_channels_last() -> ModelProto {
+    let mut g = GraphBuilder::new(23);
+    let mut r = SeededRng::new(29);
+    let mut conv3d =
+        |g: &mut GraphBuilder, name: &str, x: &str, cin: usize, cout: usize, k: usize| {
+            let std = (2.0 / (cin * k * k * k) as f64).sqrt();
+            let w: Vec<f32> = (0..cout * cin * k * k * k)
+                .map(|_| (r.normal() * std) as f32)
+                .collect();
+            let b: Vec<f32> = (0..cout).map(|_| (0.05 * r.normal()) as f32).collect();
+            let wn = g.initializer(f32_tensor(
+                &format!("{name}.weight"),
+                &[cout, cin, k, k, k],
+                &w,
+            ));
+            let bn = g.initializer(f32_tensor(&format!("{name}.bias"), &[cout], &b));
+            let p = (k / 2) as i64;
+            g.node(
+                "Conv",
+                name,
+                &[x, &wn, &bn],
+                &[
+                    ("kernel_shape", Attr::Ints(vec![k as i64; 3])),
+                    ("pads", Attr::Ints(vec![p; 6])),
+                ],
+            )
+        };
+    let x = g.node(
+        "Transpose",
+        "to_ncdhw",
+        &["x"],
+        &[("perm", Attr::Ints(vec![0, 4, 1, 2, 3]))],
+    );
+    let c1 = conv3d(&mut g, "c1", &x, 1, 4, 3);
+    let r1 = g.relu("r1", &c1);
+    let p1 = g.node(
+        "MaxPool",
+        "p1",
+        &[&r1],
+        &[
+            ("kernel_shape", Attr::Ints(vec![2, 2, 2])),
+            ("strides", Attr::Ints(vec![2, 2, 2])),
+        ],
+    );
+    let c2 = conv3d(&mut g, "c2", &p1, 4, 8, 3);
+    let r2 = g.relu("r2", &c2);
+    let mut rt = SeededRng::new(31);
+    let wt: Vec<f32> = (0..8 * 4 * 8)
+        .map(|_| (0.25 * rt.normal()) as f32)
+        .collect();
+    let wtn = g.initializer(f32_tensor("up.weight", &[8, 4, 2, 2, 2], &wt));
+    let btn = g.initializer(f32_tensor("up.bias", &[4], &[0.0; 4]));
+    let up = g.node(
+        "ConvTranspose",
+        "up",
+        &[&r2, &wtn, &btn],
+        &[
+            ("kernel_shape", Attr::Ints(vec![2, 2, 2])),
+            ("strides", Attr::Ints(vec![2, 2, 2])),
+        ],
+    );
+    let cat = g.node("Concat", "cat", &[&up, &r1], &[("axis", Attr::Int(1))]);
+    let c3 = conv3d(&mut g, "c3", &cat, 8, 4, 3);
+    let r3 = g.relu("r3", &c3);
+    let head = conv3d(&mut g, "head", &r3, 4, 1, 1);
+    let prob = g.node("Sigmoid", "prob", &[&head], &[]);
+    g.node(
+        "Transpose",
+        "y",
+        &[&prob],
+        &[("perm", Attr::Ints(vec![0, 2, 3, 4, 1]))],
+    );
+    let dims = || {
+        vec![
+            DimSpec::Named("n".into()),
+            DimSpec::Fixed(16),
+            DimSpec::Fixed(16),
+            DimSpec::Fixed(16),
+            DimSpec::Fixed(1),
+        ]
+    };
+    g.finish(
+        "unet3d_channels_last",
+        vec![f32_value_info("x", &dims())],
+        vec![f32_value_info("y", &dims())],
+        &[],
+    )
+}
+
+/// A head-like volume for [`unet3d_channels_last`]: a bright ellipsoid ("brain") inside a
+/// thinner bright shell ("skull") on noise, 16^3 values (NDHWC with C = 1, batch excluded).
+pub fn head_volume(seed: u64) -> Vec<f32> {
+    let mut r = SeededRng::new(seed);
+    let c = [7.5 + r.normal(), 7.5 + r.normal(), 7.5 + r.normal()];
+    let rad = [
+        4.0 + r.uniform() * 2.0,
+        4.0 + r.uniform() * 2.0,
+        3.5 + r.uniform() * 2.0,
+    ];
+    let mut v = vec![0f32; 16 * 16 * 16];
+    for (i, x) in v.iter_mut().enumerate() {
+        let p = [(i / 256) as f64, (i / 16 % 16) as f64, (i % 16) as f64];
+        let d = (0..3)
+            .map(|k| ((p[k] - c[k]) / rad[k]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let base = if d < 1.0 {
+            0.6
+        } else if d < 1.35 {
+            1.0
+        } else {
+            0.0
+        };
+        *x = (base + 0.05 * r.normal()) as f32;
+    }
+    v
+}

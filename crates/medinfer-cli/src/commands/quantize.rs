@@ -58,10 +58,12 @@ pub struct QuantizeArgs {
     /// expression matched against node names. Repeat for several.
     #[arg(long)]
     pub exclude: Vec<String>,
-    /// Engines to lay the model out for: portable (fast on ONNX Runtime and OpenVINO) or
-    /// openvino (negative-valued activations as symmetric INT8, NNCF's scheme: faster on
-    /// OpenVINO for DenseNets and transposed-convolution U-Nets, but DenseNets run 2x slower on
-    /// ONNX Runtime). Both are standard QDQ models that every engine runs correctly.
+    /// Engines to lay the model out for: portable (never slower than FP32 on ONNX Runtime and
+    /// OpenVINO: 3-D convolutions stay float, since ONNX Runtime's integer 3-D convolution is
+    /// slower than its float one) or openvino (3-D convolutions in INT8, and negative-valued
+    /// activations as symmetric INT8, NNCF's scheme: faster on OpenVINO for DenseNets,
+    /// transposed-convolution and 3-D U-Nets, but slower on ONNX Runtime). Both are standard
+    /// QDQ models that every engine runs correctly.
     #[arg(long, default_value = "portable")]
     pub target: String,
     /// With --target openvino: write negative-valued activations as symmetric INT8 (on) or as
@@ -194,6 +196,8 @@ struct QuantizeOutput {
     calibration_samples: usize,
     calibration_seconds: f64,
     report: quant::QuantReport,
+    /// Layers left float because the target's engines have no fast integer kernel for them.
+    kept_float_for_target: Vec<String>,
     accuracy: Option<q::ControlReport>,
     written: bool,
 }
@@ -257,6 +261,21 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         })?,
     };
     let plan = quant::plan(&model, &config)?;
+    if plan.layers.is_empty() {
+        bail!(
+            "{}: nothing to quantize{}",
+            path.display(),
+            if plan.kept_float_for_target.is_empty() {
+                " (no Conv, ConvTranspose, Gemm or MatMul with constant weights left after --exclude)".to_string()
+            } else {
+                format!(
+                    " for --target {}: its {} 3-D convolution(s) stay float there, because ONNX Runtime runs them slower in INT8; --target openvino quantizes them for OpenVINO",
+                    a.target,
+                    plan.kept_float_for_target.len()
+                )
+            }
+        );
+    }
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
@@ -374,6 +393,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         calibration_samples: calib_samples.len(),
         calibration_seconds: calib_secs,
         report,
+        kept_float_for_target: plan.kept_float_for_target.clone(),
         accuracy,
         written: write,
     };
@@ -459,6 +479,12 @@ fn print_quantize(o: &QuantizeOutput) {
     );
     if !kept.is_empty() {
         println!("kept in floating point: {}", kept.join(", "));
+    }
+    if !o.kept_float_for_target.is_empty() {
+        println!(
+            "kept in floating point for the target's engines: {}",
+            o.kept_float_for_target.join(", ")
+        );
     }
     if let Some(c) = &o.accuracy {
         if let Some(a) = c.fp32_auc {

@@ -233,6 +233,11 @@ pub struct Plan {
     pub layers: Vec<Layer>,
     /// Layers left in floating point by `exclude`, by name.
     pub excluded: Vec<String>,
+    /// Layers left in floating point because the target's engines have no fast integer
+    /// kernel for them, by name: with [`Target::Portable`], 3-D `Conv` and `ConvTranspose`
+    /// (ONNX Runtime's QLinearConv runs 3-D convolutions slower than its float kernels, and it
+    /// has no integer ConvTranspose), so that INT8 is never slower than FP32 on either engine.
+    pub kept_float_for_target: Vec<String>,
     /// Every tensor whose range calibration must measure.
     pub tensors: Vec<String>,
     /// Tensors whose per-channel mean is needed (inputs of weighted layers, for bias

@@ -126,14 +126,29 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
         });
     }
     let matcher = Matcher::new(&config.exclude)?;
+    // Layers the target's engines have no fast integer kernel for stay float (see
+    // `Plan::kept_float_for_target`).
+    let slow_on_target = |n: &NodeProto| -> bool {
+        config.target == Target::Portable
+            && matches!(n.op_type.as_deref(), Some("Conv" | "ConvTranspose"))
+            && n.input
+                .get(1)
+                .and_then(|w| ix.inits.get(w.as_str()))
+                .is_some_and(|t| t.dims.len() == 5)
+    };
     let mut layers = Vec::new();
     let mut excluded = Vec::new();
+    let mut kept_float_for_target = Vec::new();
     for (i, n) in ix.nodes.iter().enumerate() {
         let op = n.op_type.as_deref().unwrap_or("");
         if !n.domain.as_deref().unwrap_or("").is_empty() {
             continue;
         }
         let name = node_name(n, i);
+        if slow_on_target(n) {
+            kept_float_for_target.push(name);
+            continue;
+        }
         let layer = match op {
             // ConvTranspose weights are (in, out / group, k...): per output channel is axis 1,
             // which one scale per channel can only describe with a single group.
@@ -181,7 +196,8 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
                     && ix.consumers.get(n.output[0].as_str()).is_some_and(|cs| {
                         cs.iter().all(|&c| {
                             let op = ix.nodes[c].op_type.as_deref().unwrap_or("");
-                            matches!(op, "Conv" | "ConvTranspose" | "Gemm" | "MatMul")
+                            (matches!(op, "Conv" | "ConvTranspose" | "Gemm" | "MatMul")
+                                && !slow_on_target(&ix.nodes[c]))
                                 || PASS_THROUGH.contains(&op)
                         })
                     }) =>
@@ -243,7 +259,7 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
             *unknown.entry(key).or_default() += 1;
         }
     }
-    let warnings = unknown
+    let mut warnings: Vec<String> = unknown
         .into_iter()
         .map(|(op, n)| {
             format!(
@@ -251,9 +267,16 @@ pub fn plan(model: &ModelProto, config: &QuantConfig) -> Result<Plan, OnnxError>
             )
         })
         .collect();
+    if !kept_float_for_target.is_empty() {
+        warnings.push(format!(
+            "{} 3-D convolution(s) stay in floating point for --target portable: ONNX Runtime has no fast integer 3-D convolution (its QLinearConv ran a 3-D U-Net 3x slower than float) nor integer ConvTranspose; for an OpenVINO deployment use --target openvino, which quantizes them",
+            kept_float_for_target.len()
+        ));
+    }
     Ok(Plan {
         layers,
         excluded,
+        kept_float_for_target,
         tensors,
         channel_mean_tensors,
         warnings,

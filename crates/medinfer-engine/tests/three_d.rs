@@ -1,0 +1,109 @@
+//! A channels-last 3-D U-Net (as TensorFlow exports are) through optimize and quantize:
+//! outputs unchanged by optimize on every engine, 3-D convolutions kept float for the portable
+//! target (ONNX Runtime has no fast integer 3-D convolution) and quantized for OpenVINO, with
+//! the INT8 mask agreeing with FP32 on every engine.
+
+use medinfer_core::Tensor;
+use medinfer_engine::calibrate as q;
+use medinfer_engine::BackendKind;
+use medinfer_onnx::fixtures::{head_volume, unet3d_channels_last};
+use medinfer_onnx::qdq::{self as quant, QuantConfig, Target};
+use std::collections::HashSet;
+
+fn volumes(first: u64, n: u64) -> Vec<Tensor> {
+    (first..first + n)
+        .map(|s| Tensor::from_f32(vec![1, 16, 16, 16, 1], head_volume(s)).unwrap())
+        .collect()
+}
+
+fn flat(v: &[Tensor]) -> Vec<f32> {
+    v.iter()
+        .flat_map(|t| t.as_f32().unwrap().to_vec())
+        .collect()
+}
+
+/// IoU of the two outputs thresholded at 0.5, pooled over every volume.
+fn iou(a: &[f32], b: &[f32]) -> f64 {
+    let (mut inter, mut union) = (0usize, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        let (p, q) = (*x > 0.5, *y > 0.5);
+        inter += usize::from(p && q);
+        union += usize::from(p || q);
+    }
+    inter as f64 / union.max(1) as f64
+}
+
+#[test]
+fn a_channels_last_3d_unet_is_optimized_and_quantized_per_target() {
+    let model = unet3d_channels_last();
+    let mut opt = model.clone();
+    medinfer_onnx::optimize(&mut opt).unwrap();
+    let val = volumes(500, 6);
+    let mut backends = vec![BackendKind::Tract];
+    backends.extend(medinfer_engine::native_backends_for_tests().unwrap());
+    let reference = flat(&q::evaluate(&model, &val, BackendKind::Tract, &mut |_| {}).unwrap());
+    let fg = reference.iter().filter(|&&p| p > 0.5).count();
+    assert!(
+        fg > reference.len() / 20 && fg < reference.len() * 19 / 20,
+        "the seeded net's mask should be neither empty nor full: {fg} of {}",
+        reference.len()
+    );
+    for &k in &backends {
+        let a = flat(&q::evaluate(&model, &val, k, &mut |_| {}).unwrap());
+        let b = flat(&q::evaluate(&opt, &val, k, &mut |_| {}).unwrap());
+        let d = a
+            .iter()
+            .zip(&b)
+            .chain(a.iter().zip(&reference))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d < 1e-4,
+            "{k}: optimize or engine changed the output by {d}"
+        );
+    }
+
+    // Portable: the 3-D convolutions stay float, named, and nothing else is left to quantize.
+    let portable = quant::plan(&opt, &QuantConfig::default()).unwrap();
+    assert!(portable.layers.is_empty(), "{:?}", portable.layers);
+    assert_eq!(
+        portable.kept_float_for_target,
+        ["c1", "c2", "up", "c3", "head"],
+        "{portable:?}"
+    );
+    assert!(portable
+        .warnings
+        .iter()
+        .any(|w| w.contains("--target openvino")));
+
+    // OpenVINO: every convolution in INT8, and the INT8 mask agrees with FP32 on every engine.
+    let config = QuantConfig {
+        target: Target::OpenVino,
+        ..QuantConfig::default()
+    };
+    let plan = quant::plan(&opt, &config).unwrap();
+    let names: Vec<&str> = plan.layers.iter().map(|l| l.name.as_str()).collect();
+    for want in ["c1", "c2", "up", "c3", "head"] {
+        assert!(names.contains(&want), "{want} not planned: {names:?}");
+    }
+    let calib = q::calibrate(
+        &opt,
+        &plan,
+        config.method,
+        &volumes(100, 16),
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (qm, report) = quant::quantize(&opt, &plan, &calib, &config, &HashSet::new()).unwrap();
+    assert!(report.layers.iter().all(|l| l.quantized), "{report:?}");
+    for &k in &backends {
+        let int8 = flat(&q::evaluate(&qm, &val, k, &mut |_| {}).unwrap());
+        let agree = iou(&reference, &int8);
+        eprintln!(
+            "{k}: INT8 mask IoU {agree:.4}, foreground {fg} of {}",
+            reference.len()
+        );
+        assert!(agree >= 0.9, "{k}: INT8 mask IoU against FP32 {agree}");
+    }
+}
