@@ -6,7 +6,7 @@
 use medinfer_core::Tensor;
 use medinfer_engine::calibrate as q;
 use medinfer_engine::BackendKind;
-use medinfer_onnx::fixtures::{head_volume, unet3d_channels_last};
+use medinfer_onnx::fixtures::{head_volume, unet3d_channels_last, unet3d_transpose_wrapped};
 use medinfer_onnx::qdq::{self as quant, QuantConfig, Target};
 use std::collections::HashSet;
 
@@ -106,4 +106,51 @@ fn a_channels_last_3d_unet_is_optimized_and_quantized_per_target() {
         );
         assert!(agree >= 0.9, "{k}: INT8 mask IoU against FP32 {agree}");
     }
+}
+
+#[test]
+fn transposes_around_every_3d_op_are_pushed_together_and_cancelled() {
+    let wrapped = unet3d_transpose_wrapped();
+    let count = |m: &medinfer_onnx::proto::ModelProto, op: &str| {
+        m.graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some(op))
+            .count()
+    };
+    assert_eq!(count(&wrapped, "Transpose"), 12);
+    let mut opt = wrapped.clone();
+    let report = medinfer_onnx::optimize(&mut opt).unwrap();
+    // One Transpose in (channels-first for the first Conv), one out (after the sigmoid).
+    assert_eq!(count(&opt, "Transpose"), 2, "{report:?}");
+    let val = volumes(700, 3);
+    let compact = q::evaluate(
+        &unet3d_channels_last(),
+        &val,
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut backends = vec![BackendKind::Tract];
+    backends.extend(medinfer_engine::native_backends_for_tests().unwrap());
+    for &k in &backends {
+        for m in [&wrapped, &opt] {
+            let out = q::evaluate(m, &val, k, &mut |_| {}).unwrap();
+            let d = flat(&out)
+                .iter()
+                .zip(flat(&compact))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-4, "{k}: differs from the compact layout by {d}");
+        }
+    }
+    // And the quantizer then sees the same layers as in the compact layout.
+    let config = QuantConfig {
+        target: Target::OpenVino,
+        ..QuantConfig::default()
+    };
+    let plan = quant::plan(&opt, &config).unwrap();
+    assert_eq!(plan.layers.len(), 6, "{:?}", plan.layers);
 }

@@ -33,7 +33,7 @@ pub enum Attr {
     Str(String),
 }
 
-fn attribute(name: &str, value: &Attr) -> AttributeProto {
+pub(crate) fn attribute(name: &str, value: &Attr) -> AttributeProto {
     let mut a = AttributeProto {
         name: Some(name.to_string()),
         ..Default::default()

@@ -147,8 +147,43 @@ pub fn two_input_sample(seed: u64) -> (Vec<f32>, Vec<f32>) {
 /// pooling, a 3-D transposed convolution (no activation after it, as in deepbrain's model),
 /// a skip Concat, a 1x1x1 head with a sigmoid and a Transpose back. Seeded weights.
 pub fn unet3d_channels_last() -> ModelProto {
+    unet3d(false)
+}
+
+/// [`unet3d_channels_last`] as a converter that keeps TensorFlow's layout op by op writes it:
+/// every convolution and pooling wrapped in its own pair of Transposes (to channels-first and
+/// back), the activations, the skip Concat (axis 4) and the sigmoid computed channels-last.
+/// Same weights, so the same outputs; `optimize` should remove all but the outer Transposes.
+pub fn unet3d_transpose_wrapped() -> ModelProto {
+    unet3d(true)
+}
+
+fn unet3d(wrapped: bool) -> ModelProto {
     let mut g = GraphBuilder::new(23);
     let mut r = SeededRng::new(29);
+    let mut count = 0;
+    // Runs `op` channels-first: when `wrapped`, its input comes channels-last and its output
+    // goes back to channels-last.
+    let mut cf =
+        |g: &mut GraphBuilder, x: &str, op: &mut dyn FnMut(&mut GraphBuilder, &str) -> String| {
+            if !wrapped {
+                return op(g, x);
+            }
+            count += 1;
+            let t = g.node(
+                "Transpose",
+                &format!("t_in{count}"),
+                &[x],
+                &[("perm", Attr::Ints(vec![0, 4, 1, 2, 3]))],
+            );
+            let y = op(g, &t);
+            g.node(
+                "Transpose",
+                &format!("t_out{count}"),
+                &[&y],
+                &[("perm", Attr::Ints(vec![0, 2, 3, 4, 1]))],
+            )
+        };
     let mut conv3d =
         |g: &mut GraphBuilder, name: &str, x: &str, cin: usize, cout: usize, k: usize| {
             let std = (2.0 / (cin * k * k * k) as f64).sqrt();
@@ -173,24 +208,30 @@ pub fn unet3d_channels_last() -> ModelProto {
                 ],
             )
         };
-    let x = g.node(
-        "Transpose",
-        "to_ncdhw",
-        &["x"],
-        &[("perm", Attr::Ints(vec![0, 4, 1, 2, 3]))],
-    );
-    let c1 = conv3d(&mut g, "c1", &x, 1, 4, 3);
+    let x = if wrapped {
+        "x".to_string()
+    } else {
+        g.node(
+            "Transpose",
+            "to_ncdhw",
+            &["x"],
+            &[("perm", Attr::Ints(vec![0, 4, 1, 2, 3]))],
+        )
+    };
+    let c1 = cf(&mut g, &x, &mut |g, x| conv3d(g, "c1", x, 1, 4, 3));
     let r1 = g.relu("r1", &c1);
-    let p1 = g.node(
-        "MaxPool",
-        "p1",
-        &[&r1],
-        &[
-            ("kernel_shape", Attr::Ints(vec![2, 2, 2])),
-            ("strides", Attr::Ints(vec![2, 2, 2])),
-        ],
-    );
-    let c2 = conv3d(&mut g, "c2", &p1, 4, 8, 3);
+    let p1 = cf(&mut g, &r1, &mut |g, x| {
+        g.node(
+            "MaxPool",
+            "p1",
+            &[x],
+            &[
+                ("kernel_shape", Attr::Ints(vec![2, 2, 2])),
+                ("strides", Attr::Ints(vec![2, 2, 2])),
+            ],
+        )
+    });
+    let c2 = cf(&mut g, &p1, &mut |g, x| conv3d(g, "c2", x, 4, 8, 3));
     let r2 = g.relu("r2", &c2);
     let mut rt = SeededRng::new(31);
     let wt: Vec<f32> = (0..8 * 4 * 8)
@@ -198,26 +239,33 @@ pub fn unet3d_channels_last() -> ModelProto {
         .collect();
     let wtn = g.initializer(f32_tensor("up.weight", &[8, 4, 2, 2, 2], &wt));
     let btn = g.initializer(f32_tensor("up.bias", &[4], &[0.0; 4]));
-    let up = g.node(
-        "ConvTranspose",
-        "up",
-        &[&r2, &wtn, &btn],
-        &[
-            ("kernel_shape", Attr::Ints(vec![2, 2, 2])),
-            ("strides", Attr::Ints(vec![2, 2, 2])),
-        ],
-    );
-    let cat = g.node("Concat", "cat", &[&up, &r1], &[("axis", Attr::Int(1))]);
-    let c3 = conv3d(&mut g, "c3", &cat, 8, 4, 3);
+    let up = cf(&mut g, &r2, &mut |g, x| {
+        g.node(
+            "ConvTranspose",
+            "up",
+            &[x, &wtn, &btn],
+            &[
+                ("kernel_shape", Attr::Ints(vec![2, 2, 2])),
+                ("strides", Attr::Ints(vec![2, 2, 2])),
+            ],
+        )
+    });
+    let axis = if wrapped { 4 } else { 1 };
+    let cat = g.node("Concat", "cat", &[&up, &r1], &[("axis", Attr::Int(axis))]);
+    let c3 = cf(&mut g, &cat, &mut |g, x| conv3d(g, "c3", x, 8, 4, 3));
     let r3 = g.relu("r3", &c3);
-    let head = conv3d(&mut g, "head", &r3, 4, 1, 1);
-    let prob = g.node("Sigmoid", "prob", &[&head], &[]);
-    g.node(
-        "Transpose",
-        "y",
-        &[&prob],
-        &[("perm", Attr::Ints(vec![0, 2, 3, 4, 1]))],
-    );
+    let head = cf(&mut g, &r3, &mut |g, x| conv3d(g, "head", x, 4, 1, 1));
+    if wrapped {
+        g.node("Sigmoid", "y", &[&head], &[]);
+    } else {
+        let prob = g.node("Sigmoid", "prob", &[&head], &[]);
+        g.node(
+            "Transpose",
+            "y",
+            &[&prob],
+            &[("perm", Attr::Ints(vec![0, 2, 3, 4, 1]))],
+        );
+    }
     let dims = || {
         vec![
             DimSpec::Named("n".into()),

@@ -8,7 +8,7 @@
 //! | folding | nodes whose inputs are all constant are evaluated once (shape arithmetic, `Transpose`, `Reshape`, element-wise maths, `Cast`, `Concat`, `Gather`, ...) |
 //! | batch-norm | `BatchNormalization` after a `Conv` or `Gemm` folded into its weights and bias |
 //! | affine | a per-channel constant `Mul` / `Add` after a `Conv` folded into its weights / bias |
-//! | transposes | two `Transpose`s in a row composed (removed when they cancel) |
+//! | transposes | two `Transpose`s in a row composed (removed when they cancel); a `Transpose` pushed below the element-wise op or `Concat` that reads it (all inputs of binary ops and `Concat` transposed alike), so that the pairs a channels-last export writes around every convolution meet and cancel |
 //! | reshapes | a `Reshape` of a `Reshape` becomes one `Reshape` |
 //! | dead code | nodes and initializers that reach no graph output removed |
 //!
@@ -84,7 +84,7 @@ pub fn optimize(model: &mut ModelProto) -> Result<OptimizeReport, OnnxError> {
             g.fold_constants(),
             g.fold_batch_norm(),
             g.fold_affine(),
-            g.compose_transposes(),
+            g.compose_transposes() + g.push_transposes(),
             g.merge_reshapes(),
             g.dead_code(),
         ];
@@ -1015,9 +1015,9 @@ impl Graph {
             if t1.op_type.as_deref() != Some("Transpose") {
                 continue;
             }
-            if self.pinned.contains(&mid) || cons.get(&mid).map(|v| v.len()) != Some(1) {
-                continue;
-            }
+            // A first Transpose that others read too stays for them; the second then reads its
+            // input directly.
+            let shared = self.pinned.contains(&mid) || cons.get(&mid).map(|v| v.len()) != Some(1);
             let (Some(p1), Some(p2)) = (attr_ints(t1, "perm"), attr_ints(t2, "perm")) else {
                 continue;
             };
@@ -1027,8 +1027,10 @@ impl Graph {
             let q: Vec<i64> = p2.iter().map(|&a| p1[a as usize]).collect();
             let src = t1.input[0].clone();
             let out = t2.output[0].clone();
-            if q.iter().enumerate().all(|(k, &a)| a == k as i64) {
+            if !shared {
                 self.nodes[p] = None;
+            }
+            if q.iter().enumerate().all(|(k, &a)| a == k as i64) {
                 if self.bypass(i, &src, &out) {
                     n += 1;
                 } else {
@@ -1040,13 +1042,123 @@ impl Graph {
                     n += 1;
                 }
             } else {
-                self.nodes[p] = None;
                 if let Some(t2) = self.nodes[i].as_mut() {
                     t2.input[0] = src;
                     set_ints(t2, "perm", q);
                 }
                 n += 1;
             }
+        }
+        n
+    }
+
+    /// Moves a `Transpose` below the op that reads it when the op does not care about layout:
+    /// a unary element-wise op (other inputs constant), a binary element-wise op or a `Concat`
+    /// whose data inputs are all `Transpose`s with one permutation (the `Concat` axis is mapped
+    /// through it). `op(T(x)) = T(op(x))` exactly, and the moved `Transpose` can then meet the
+    /// next one and cancel ([`Graph::compose_transposes`]).
+    fn push_transposes(&mut self) -> usize {
+        const UNARY: &[&str] = &[
+            "Relu",
+            "Sigmoid",
+            "Tanh",
+            "LeakyRelu",
+            "Elu",
+            "Selu",
+            "Abs",
+            "Neg",
+            "Exp",
+            "Log",
+            "Sqrt",
+            "Softplus",
+            "Erf",
+            "HardSigmoid",
+            "HardSwish",
+            "Clip",
+            "Cast",
+            "Not",
+        ];
+        const BINARY: &[&str] = &["Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"];
+        let mut n = 0;
+        for j in 0..self.nodes.len() {
+            let cons = self.consumers();
+            let prods = self.producers();
+            let Some(u) = &self.nodes[j] else { continue };
+            let op = u.op_type.as_deref().unwrap_or("");
+            if !u.domain.as_deref().unwrap_or("").is_empty() || u.output.len() != 1 {
+                continue;
+            }
+            // Data inputs that must all be transposed alike; the rest must be initializers.
+            let data: Vec<usize> = if UNARY.contains(&op) {
+                vec![0]
+            } else if BINARY.contains(&op) && u.input.len() == 2 || op == "Concat" {
+                (0..u.input.len()).collect()
+            } else {
+                continue;
+            };
+            if u.input.is_empty()
+                || u.input.iter().enumerate().any(|(k, x)| {
+                    !data.contains(&k) && !x.is_empty() && !self.inits.contains_key(x)
+                })
+            {
+                continue;
+            }
+            let mut perm: Option<Vec<i64>> = None;
+            let mut ts = Vec::new();
+            let ok = data.iter().all(|&k| {
+                let x = &u.input[k];
+                let Some(&p) = prods.get(x) else { return false };
+                let Some(t) = &self.nodes[p] else {
+                    return false;
+                };
+                let q = attr_ints(t, "perm");
+                let single = cons.get(x).map(|v| v.len()) == Some(1);
+                let fine = t.op_type.as_deref() == Some("Transpose")
+                    && !self.pinned.contains(x)
+                    && single
+                    && q.is_some()
+                    && perm.as_ref().is_none_or(|pp| Some(pp) == q.as_ref());
+                if fine {
+                    perm = q;
+                    ts.push(p);
+                }
+                fine
+            });
+            let Some(perm) = perm.filter(|_| ok) else {
+                continue;
+            };
+            let rank = perm.len() as i64;
+            let mut new_u = u.clone();
+            if op == "Concat" {
+                let a = attr_i(u, "axis").unwrap_or(0);
+                let a = if a < 0 { a + rank } else { a };
+                if !(0..rank).contains(&a) {
+                    continue;
+                }
+                set_int(&mut new_u, "axis", perm[a as usize]);
+            }
+            let sources: Vec<String> = ts
+                .iter()
+                .map(|&p| self.nodes[p].as_ref().expect("checked").input[0].clone())
+                .collect();
+            for (&k, src) in data.iter().zip(&sources) {
+                new_u.input[k] = src.clone();
+            }
+            let out = u.output[0].clone();
+            let mid = self.fresh(&out);
+            new_u.output[0] = mid.clone();
+            let mut t = self.nodes[ts[0]].clone().expect("checked");
+            t.input = vec![mid];
+            t.output = vec![out];
+            // The op takes the place of its last transposed input's Transpose (every source is
+            // ready there); the Transpose takes the op's place; the other Transposes go.
+            let at = *ts.iter().max().expect("one at least");
+            for &p in &ts {
+                self.nodes[p] = None;
+            }
+            self.nodes[at] = Some(new_u);
+            self.nodes[j] = Some(t);
+            n += 1;
         }
         n
     }
@@ -1108,6 +1220,20 @@ impl Graph {
         let before = self.inits.len();
         self.inits.retain(|name, _| live.contains(name));
         removed + (before - self.inits.len())
+    }
+}
+
+fn set_int(node: &mut NodeProto, name: &str, v: i64) {
+    match node
+        .attribute
+        .iter_mut()
+        .find(|a| a.name.as_deref() == Some(name))
+    {
+        Some(a) => a.i = Some(v),
+        None => node.attribute.push(crate::builder::attribute(
+            name,
+            &crate::builder::Attr::Int(v),
+        )),
     }
 }
 
