@@ -2,38 +2,11 @@
 //! the command line as a user runs it: `quantize` on NPY samples of several sizes with the
 //! IoU metric, `--input-shape`, and `bench` / `infer` at a chosen shape.
 
+mod common;
+use common::{assert_clean_failure, json, run, s, stderr};
 use medinfer_core::Tensor;
 use medinfer_onnx::fixtures::{detector, page_pixels, PAGE_SIZES};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_medinfer"))
-        .args(args)
-        .output()
-        .expect("medinfer runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
-}
-
-/// One clear error line containing every needle, exit code 1, no panic.
-fn assert_clean_failure(o: &Output, needles: &[&str]) {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "{e}");
-    assert!(!e.contains("panicked"), "{e}");
-    let lines: Vec<&str> = e.lines().filter(|l| !l.starts_with("note:")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {e}");
-    for n in needles {
-        assert!(e.contains(n), "'{n}' missing from: {e}");
-    }
-}
 
 /// `n` pages of mixed sizes as NPY files (3 x H x W each) in `dir`.
 fn write_pages(dir: &Path, n: usize, seed: u64) {
@@ -43,10 +16,6 @@ fn write_pages(dir: &Path, n: usize, seed: u64) {
         let t = Tensor::from_f32(vec![3, h, w], page_pixels(h, w, seed + i as u64)).unwrap();
         medinfer_io::npy::write(&dir.join(format!("page{i:03}.npy")), &t).unwrap();
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {

@@ -3,42 +3,11 @@
 //! the INT8 model against FP32 with `infer` on every engine; `bench` with synthetic data per
 //! input; and clear errors for samples that do not fit.
 
+mod common;
+use common::{assert_clean_failure, json, run, s, stderr};
 use medinfer_core::Tensor;
 use medinfer_onnx::fixtures::{two_input_classifier, two_input_sample, TWO_INPUTS};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_medinfer"))
-        .args(args)
-        .output()
-        .expect("medinfer runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
-}
-
-/// One clear error line containing every needle, exit code 1, no panic.
-fn assert_clean_failure(o: &Output, needles: &[&str]) {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "{e}");
-    assert!(!e.contains("panicked"), "{e}");
-    let lines: Vec<&str> = e.lines().filter(|l| !l.starts_with("note:")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {e}");
-    for n in needles {
-        assert!(e.contains(n), "'{n}' missing from: {e}");
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Samples `first..first + n` stacked: (n x 1 x 32 x 32, n x 3).
 fn stacked(first: u64, n: usize) -> (Tensor, Tensor) {
