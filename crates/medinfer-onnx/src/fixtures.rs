@@ -147,7 +147,13 @@ pub fn two_input_sample(seed: u64) -> (Vec<f32>, Vec<f32>) {
 /// pooling, a 3-D transposed convolution (no activation after it, as in deepbrain's model),
 /// a skip Concat, a 1x1x1 head with a sigmoid and a Transpose back. Seeded weights.
 pub fn unet3d_channels_last() -> ModelProto {
-    unet3d(false)
+    unet3d(Layout3d::ChannelsLast)
+}
+
+/// [`unet3d_channels_last`] without its outer Transposes, as PyTorch / MONAI models are: input
+/// and output `n x 1 x 16 x 16 x 16` (NCDHW). Same weights.
+pub fn unet3d_channels_first() -> ModelProto {
+    unet3d(Layout3d::ChannelsFirst)
 }
 
 /// [`unet3d_channels_last`] as a converter that keeps TensorFlow's layout op by op writes it:
@@ -155,10 +161,18 @@ pub fn unet3d_channels_last() -> ModelProto {
 /// back), the activations, the skip Concat (axis 4) and the sigmoid computed channels-last.
 /// Same weights, so the same outputs; `optimize` should remove all but the outer Transposes.
 pub fn unet3d_transpose_wrapped() -> ModelProto {
-    unet3d(true)
+    unet3d(Layout3d::Wrapped)
 }
 
-fn unet3d(wrapped: bool) -> ModelProto {
+#[derive(Clone, Copy, PartialEq)]
+enum Layout3d {
+    ChannelsFirst,
+    ChannelsLast,
+    Wrapped,
+}
+
+fn unet3d(layout: Layout3d) -> ModelProto {
+    let wrapped = layout == Layout3d::Wrapped;
     let mut g = GraphBuilder::new(23);
     let mut r = SeededRng::new(29);
     let mut count = 0;
@@ -208,15 +222,15 @@ fn unet3d(wrapped: bool) -> ModelProto {
                 ],
             )
         };
-    let x = if wrapped {
-        "x".to_string()
-    } else {
+    let x = if layout == Layout3d::ChannelsLast {
         g.node(
             "Transpose",
             "to_ncdhw",
             &["x"],
             &[("perm", Attr::Ints(vec![0, 4, 1, 2, 3]))],
         )
+    } else {
+        "x".to_string()
     };
     let c1 = cf(&mut g, &x, &mut |g, x| conv3d(g, "c1", x, 1, 4, 3));
     let r1 = g.relu("r1", &c1);
@@ -255,9 +269,7 @@ fn unet3d(wrapped: bool) -> ModelProto {
     let c3 = cf(&mut g, &cat, &mut |g, x| conv3d(g, "c3", x, 8, 4, 3));
     let r3 = g.relu("r3", &c3);
     let head = cf(&mut g, &r3, &mut |g, x| conv3d(g, "head", x, 4, 1, 1));
-    if wrapped {
-        g.node("Sigmoid", "y", &[&head], &[]);
-    } else {
+    if layout == Layout3d::ChannelsLast {
         let prob = g.node("Sigmoid", "prob", &[&head], &[]);
         g.node(
             "Transpose",
@@ -265,15 +277,19 @@ fn unet3d(wrapped: bool) -> ModelProto {
             &[&prob],
             &[("perm", Attr::Ints(vec![0, 2, 3, 4, 1]))],
         );
+    } else {
+        g.node("Sigmoid", "y", &[&head], &[]);
     }
     let dims = || {
-        vec![
-            DimSpec::Named("n".into()),
-            DimSpec::Fixed(16),
-            DimSpec::Fixed(16),
-            DimSpec::Fixed(16),
-            DimSpec::Fixed(1),
-        ]
+        let mut d = vec![DimSpec::Named("n".into())];
+        if layout == Layout3d::ChannelsFirst {
+            d.push(DimSpec::Fixed(1));
+        }
+        d.extend([DimSpec::Fixed(16), DimSpec::Fixed(16), DimSpec::Fixed(16)]);
+        if layout != Layout3d::ChannelsFirst {
+            d.push(DimSpec::Fixed(1));
+        }
+        d
     };
     g.finish(
         "unet3d_channels_last",

@@ -32,6 +32,7 @@ pub mod models;
 pub mod phantom;
 pub mod resume;
 pub mod samples;
+pub mod sliding;
 
 use serde::Serialize;
 

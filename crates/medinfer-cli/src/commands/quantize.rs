@@ -117,8 +117,11 @@ pub struct QuantizeArgs {
     /// Write the model even when accuracy control could not meet --max-drop.
     #[arg(long)]
     pub force: bool,
-    /// Engine that runs calibration and validation: tract, ort, openvino or auto (ONNX Runtime,
-    /// then OpenVINO, then tract: ONNX Runtime is the fastest with many exposed tensors).
+    /// Engine that runs calibration and validation: tract, ort, openvino or auto. Auto
+    /// calibrates on ONNX Runtime (then OpenVINO, then tract: ONNX Runtime is the fastest with
+    /// many exposed tensors) and validates on the target's engine: OpenVINO for --target
+    /// openvino (the accuracy of the engine deployed on, and its fast INT8 3-D kernels), else
+    /// the calibration engine.
     #[arg(short, long, default_value = "auto")]
     pub backend: String,
     /// Seed of the shuffle that picks the samples.
@@ -190,6 +193,8 @@ struct QuantizeOutput {
     model: String,
     output: String,
     backend: BackendKind,
+    /// The engine that ran validation (accuracy control), when there was some.
+    validation_backend: Option<BackendKind>,
     /// Set when the model's opset (11 or 12) was raised to 13 for per-channel INT8.
     opset_upgrade: Option<medinfer_onnx::opset::OpsetUpgrade>,
     optimize: Option<OptimizeReport>,
@@ -247,6 +252,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let target = quant::Target::parse(&a.target)
         .with_context(|| format!("--target {}: choose portable or openvino", a.target))?;
+    let openvino_here = medinfer_engine::backend(BackendKind::OpenVino)
+        .availability()
+        .available;
+    let validation_backend = if a.backend.eq_ignore_ascii_case("auto")
+        && target == quant::Target::OpenVino
+        && openvino_here
+    {
+        BackendKind::OpenVino
+    } else {
+        backend
+    };
     let config = QuantConfig {
         method,
         exclude: a.exclude.clone(),
@@ -364,7 +380,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                 &calib,
                 &config,
                 &control,
-                backend,
+                validation_backend,
                 &mut |s| {
                     if !quiet {
                         eprintln!("accuracy control: {s}");
@@ -388,6 +404,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         model: path.display().to_string(),
         output: a.output.display().to_string(),
         backend,
+        validation_backend: a.validate.as_ref().map(|_| validation_backend),
         opset_upgrade,
         optimize: opt,
         calibration_samples: calib_samples.len(),
@@ -501,7 +518,8 @@ fn print_quantize(o: &QuantizeOutput) {
             if c.within_budget { "within" } else { "MISSED" }
         );
         println!(
-            "accuracy control: {:?} ranking, {} layer(s) reverted, {} validation evaluation(s), {} ranking evaluation(s)",
+            "accuracy control on {}: {:?} ranking, {} layer(s) reverted, {} validation evaluation(s), {} ranking evaluation(s)",
+            o.validation_backend.unwrap_or(o.backend),
             c.ranking,
             c.reverted.len(),
             c.evaluations,
