@@ -104,7 +104,7 @@ def medinfer_quantize(mi, fp32, out, calib, extra):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--medinfer", default="target/release/medinfer")
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", help="the converted deepbrain ONNX (run.sh makes it)")
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--val", type=int, default=12)
     ap.add_argument("--max-drop", type=float, default=0.05)

@@ -59,6 +59,9 @@ pub struct SlidingWindow {
     pub padding: Padding,
     /// Windows per model call.
     pub sw_batch: usize,
+    /// Model calls in flight at once (the engine's streams); the result is the same for any
+    /// number.
+    pub streams: usize,
 }
 
 /// Where the windows of one image lie.
@@ -85,6 +88,7 @@ impl SlidingWindow {
             sigma_scale: vec![0.125],
             padding: Padding::Constant(0.0),
             sw_batch: 1,
+            streams: 1,
         }
     }
 
@@ -232,11 +236,12 @@ impl SlidingWindow {
 
     /// Runs `predict` over `input` (`N x C x spatial...`, float32) window by window and blends
     /// the outputs into `N x K x spatial...`. `predict` gets `sw_batch x C x roi...` and must
-    /// return `sw_batch x K x roi...`.
+    /// return `sw_batch x K x roi...`; up to `streams` calls run at once (an engine session in
+    /// throughput mode serves them in parallel).
     pub fn run(
         &self,
         input: &Tensor,
-        predict: &mut dyn FnMut(Tensor) -> Result<Tensor, PipelineError>,
+        predict: &(dyn Fn(Tensor) -> Result<Tensor, PipelineError> + Sync),
     ) -> Result<Tensor, PipelineError> {
         let shape = input.shape().to_vec();
         if shape.len() < 3 {
@@ -264,9 +269,9 @@ impl SlidingWindow {
         let mut out: Vec<f32> = Vec::new();
         let mut count = vec![0f32; vol];
         let mut k_out = 0;
-        let mut g = 0;
-        while g < total {
-            let group: Vec<usize> = (g..(g + self.sw_batch).min(total)).collect();
+        // The windows of one model call.
+        let window_batch = |first: usize| -> Result<(Vec<usize>, Tensor), PipelineError> {
+            let group: Vec<usize> = (first..(first + self.sw_batch).min(total)).collect();
             let mut data = vec![0f32; self.sw_batch * chans * win_len];
             for (slot, &idx) in group.iter().enumerate() {
                 let (b, s) = (idx / n_win, plan.starts[idx % n_win]);
@@ -279,40 +284,78 @@ impl SlidingWindow {
             let mut wshape = vec![self.sw_batch, chans];
             wshape.extend_from_slice(&plan.roi[3 - nd..]);
             let t = Tensor::from_f32(wshape, data).map_err(|e| config("window", e.to_string()))?;
-            let y = predict(t)?;
-            let ys = y.shape().to_vec();
-            let fits =
-                ys.len() == nd + 2 && ys[0] == self.sw_batch && ys[2..] == plan.roi[3 - nd..];
-            if !fits {
-                return Err(config(
-                    "model output",
-                    format!(
-                        "{ys:?} for windows of {:?}: expected {} x K x the window's size",
-                        &plan.roi[3 - nd..],
-                        self.sw_batch
-                    ),
-                ));
-            }
-            let yv = y
-                .as_f32()
-                .map_err(|e| config("model output", e.to_string()))?;
-            if out.is_empty() {
-                k_out = ys[1];
-                out = vec![0f32; batch * k_out * vol];
-                // MONAI fills the count map on the first window, over every window in order.
-                for s in &plan.starts {
-                    add_window(&mut count, plan.padded, *s, plan.roi, &weights, None);
+            Ok((group, t))
+        };
+        let call = |first: usize| -> Result<(Vec<usize>, Tensor), PipelineError> {
+            let (group, t) = window_batch(first)?;
+            Ok((group, predict(t)?))
+        };
+        let firsts: Vec<usize> = (0..total).step_by(self.sw_batch).collect();
+        let streams = self.streams.max(1);
+        for round in firsts.chunks(streams) {
+            // Up to `streams` calls at once; their outputs are added in window order, so the
+            // result does not depend on the number of streams.
+            let outputs: Vec<Result<(Vec<usize>, Tensor), PipelineError>> = if round.len() == 1 {
+                vec![call(round[0])]
+            } else {
+                std::thread::scope(|sc| {
+                    let handles: Vec<_> = round
+                        .iter()
+                        .map(|&f| {
+                            let call = &call;
+                            sc.spawn(move || call(f))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(config("sliding window", "a window batch panicked".into()))
+                            })
+                        })
+                        .collect()
+                })
+            };
+            for o in outputs {
+                let (group, y) = o?;
+                let ys = y.shape().to_vec();
+                let fits =
+                    ys.len() == nd + 2 && ys[0] == self.sw_batch && ys[2..] == plan.roi[3 - nd..];
+                if !fits {
+                    return Err(config(
+                        "model output",
+                        format!(
+                            "{ys:?} for windows of {:?}: expected {} x K x the window's size",
+                            &plan.roi[3 - nd..],
+                            self.sw_batch
+                        ),
+                    ));
+                }
+                let yv = y
+                    .as_f32()
+                    .map_err(|e| config("model output", e.to_string()))?;
+                if out.is_empty() {
+                    k_out = ys[1];
+                    out = vec![0f32; batch * k_out * vol];
+                    // MONAI fills the count map on the first window, over every window in order.
+                    for s in &plan.starts {
+                        add_window(&mut count, plan.padded, *s, plan.roi, &weights, None);
+                    }
+                } else if ys[1] != k_out {
+                    return Err(config(
+                        "model output",
+                        format!("{} channels, then {}", k_out, ys[1]),
+                    ));
+                }
+                for (slot, &idx) in group.iter().enumerate() {
+                    let (b, s) = (idx / n_win, plan.starts[idx % n_win]);
+                    for k in 0..k_out {
+                        let p = &yv[(slot * k_out + k) * win_len..][..win_len];
+                        let dst = &mut out[(b * k_out + k) * vol..][..vol];
+                        add_window(dst, plan.padded, s, plan.roi, &weights, Some(p));
+                    }
                 }
             }
-            for (slot, &idx) in group.iter().enumerate() {
-                let (b, s) = (idx / n_win, plan.starts[idx % n_win]);
-                for k in 0..k_out {
-                    let p = &yv[(slot * k_out + k) * win_len..][..win_len];
-                    let dst = &mut out[(b * k_out + k) * vol..][..vol];
-                    add_window(dst, plan.padded, s, plan.roi, &weights, Some(p));
-                }
-            }
-            g += self.sw_batch;
         }
         // Divide by the summed weights, then crop the padding away.
         let mut result = Vec::with_capacity(batch * k_out * orig.iter().product::<usize>());
@@ -490,10 +533,11 @@ mod tests {
                 overlap: vec![0.5],
                 blend,
                 sw_batch: 3,
+                streams: 2,
                 padding: Padding::Replicate,
                 ..SlidingWindow::new(vec![])
             };
-            let out = sw.run(&input, &mut |t| Ok(t)).unwrap();
+            let out = sw.run(&input, &Ok).unwrap();
             assert_eq!(out.shape(), input.shape());
             let d = out
                 .as_f32()
@@ -510,12 +554,14 @@ mod tests {
             padding: Padding::Reflect,
             ..SlidingWindow::new(vec![16, 16])
         };
-        let e = sw.run(&tiny, &mut |t| Ok(t)).unwrap_err().to_string();
+        let e = sw.run(&tiny, &Ok).unwrap_err().to_string();
         assert!(e.contains("reflect padding of 7 voxels"), "{e}");
         // A model whose output is not window-sized is named.
         let sw = SlidingWindow::new(vec![2, 4]);
         let e = sw
-            .run(&tiny, &mut |_| Ok(Tensor::from_f32(vec![1, 1, 1, 1], vec![0.0]).unwrap()))
+            .run(&tiny, &|_| {
+                Ok(Tensor::from_f32(vec![1, 1, 1, 1], vec![0.0]).unwrap())
+            })
             .unwrap_err()
             .to_string();
         assert!(e.contains("model output"), "{e}");

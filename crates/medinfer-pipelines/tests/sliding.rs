@@ -5,7 +5,7 @@
 //! images, volumes smaller than the ROI padded by replicate, reflect and constant), max abs
 //! difference <= 1e-4 on every engine.
 
-use medinfer_engine::{BackendKind, SessionOptions};
+use medinfer_engine::{BackendKind, Mode, SessionOptions};
 use medinfer_pipelines::sliding::{Blend, Padding, SlidingWindow};
 use std::path::{Path, PathBuf};
 
@@ -61,15 +61,25 @@ fn sliding_window_matches_monai() {
                 _ => Padding::Constant(c.get("cval").map_or(0.0, |v| v.as_f64().unwrap() as f32)),
             },
             sw_batch: c["sw_batch_size"].as_u64().unwrap() as usize,
+            streams: 1,
         };
-        for &k in &backends {
+        for (&k, streams) in backends.iter().zip([1, 2, 2]) {
+            // One call at a time on tract; two streams of one throughput session on the
+            // native engines (the same result whatever the streams).
+            let sw = SlidingWindow {
+                streams,
+                ..sw.clone()
+            };
             let opts = SessionOptions {
                 batch: Some(sw.sw_batch),
+                mode: Mode::Throughput,
+                streams: Some(streams),
+                threads: Some(1),
                 ..Default::default()
             };
             let session = medinfer_engine::load_on(k, &model, &opts).unwrap();
             let got = sw
-                .run(&input, &mut |t| Ok(session.run(&[t])?.swap_remove(0)))
+                .run(&input, &|t| Ok(session.run(&[t])?.swap_remove(0)))
                 .unwrap();
             assert_eq!(got.shape(), want.shape(), "{name} on {k}");
             let d = got
@@ -79,7 +89,7 @@ fn sliding_window_matches_monai() {
                 .zip(want.as_f32().unwrap())
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            eprintln!("{name:18} {k:9} max |medinfer - MONAI| = {d:.2e}");
+            eprintln!("{name:18} {k:9} {streams} stream(s) max |medinfer - MONAI| = {d:.2e}");
             assert!(d <= 1e-4, "{name} on {k}: max abs difference {d}");
             checked += 1;
         }
