@@ -154,3 +154,81 @@ fn transposes_around_every_3d_op_are_pushed_together_and_cancelled() {
     let plan = quant::plan(&opt, &config).unwrap();
     assert_eq!(plan.layers.len(), 6, "{:?}", plan.layers);
 }
+
+#[test]
+fn a_conv_reading_a_concat_of_unlike_ranges_is_split_exactly() {
+    let mut model = unet3d_channels_last();
+    medinfer_onnx::optimize(&mut model).unwrap();
+    let config = QuantConfig {
+        target: Target::OpenVino,
+        ..QuantConfig::default()
+    };
+    let plan = quant::plan(&model, &config).unwrap();
+    let calib_set = volumes(100, 8);
+    let calib = q::calibrate(
+        &model,
+        &plan,
+        config.method,
+        &calib_set,
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap();
+    let shapes = [("x".to_string(), vec![1, 16, 16, 16, 1])].into();
+    // A ratio no pair of ranges exceeds: nothing split.
+    let (same, none) =
+        quant::split_concat_convs(&model, &calib, config.method, &shapes, 1e9).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(same, model);
+    // Any difference at all: c3 (reading cat = [up, r1]) becomes two convolutions and an Add.
+    let (split, done) =
+        quant::split_concat_convs(&model, &calib, config.method, &shapes, 1.0).unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].conv, "c3");
+    assert_eq!(done[0].input_ranges.len(), 2);
+    let ops: Vec<&str> = split
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter_map(|n| n.name.as_deref())
+        .collect();
+    for want in ["c3.part0", "c3.part1", "c3.sum1"] {
+        assert!(ops.contains(&want), "{want}: {ops:?}");
+    }
+    assert!(!ops.contains(&"cat"), "{ops:?}");
+    // Exact in float, on every engine.
+    let val = volumes(900, 3);
+    let mut backends = vec![BackendKind::Tract];
+    backends.extend(medinfer_engine::native_backends_for_tests().unwrap());
+    let reference = flat(&q::evaluate(&model, &val, BackendKind::Tract, &mut |_| {}).unwrap());
+    for &k in &backends {
+        let out = flat(&q::evaluate(&split, &val, k, &mut |_| {}).unwrap());
+        let d = out
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-4, "{k}: the split model differs by {d}");
+    }
+    // And it quantizes: every layer, the parts and their sum included, in INT8.
+    let plan = quant::plan(&split, &config).unwrap();
+    let calib = q::calibrate(
+        &split,
+        &plan,
+        config.method,
+        &calib_set,
+        BackendKind::Tract,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (qm, report) = quant::quantize(&split, &plan, &calib, &config, &HashSet::new()).unwrap();
+    assert!(report.layers.iter().all(|l| l.quantized), "{report:?}");
+    for &k in &backends {
+        let int8 = flat(&q::evaluate(&qm, &val, k, &mut |_| {}).unwrap());
+        let agree = iou(&reference, &int8);
+        eprintln!("{k}: split INT8 mask IoU {agree:.4}");
+        assert!(agree >= 0.9, "{k}: split INT8 mask IoU {agree}");
+    }
+}

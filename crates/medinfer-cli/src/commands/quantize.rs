@@ -117,6 +117,13 @@ pub struct QuantizeArgs {
     /// Write the model even when accuracy control could not meet --max-drop.
     #[arg(long)]
     pub force: bool,
+    /// Split a convolution that reads a Concat into one convolution per concatenated input
+    /// (plus Adds; exact in float) when the inputs' calibrated ranges differ by more than this
+    /// factor, so each gets its own INT8 scale: a U-Net decoder's ReLU skip (range ~1) is
+    /// otherwise quantized at the step of the transposed convolution's output beside it
+    /// (range ~400). Measured on deepbrain's 3-D U-Net in docs/benchmarks.md. Off by default.
+    #[arg(long, value_name = "RATIO")]
+    pub split_concat: Option<f32>,
     /// Engine that runs calibration and validation: tract, ort, openvino or auto. Auto
     /// calibrates on ONNX Runtime (then OpenVINO, then tract: ONNX Runtime is the fastest with
     /// many exposed tensors) and validates on the target's engine: OpenVINO for --target
@@ -203,6 +210,8 @@ struct QuantizeOutput {
     report: quant::QuantReport,
     /// Layers left float because the target's engines have no fast integer kernel for them.
     kept_float_for_target: Vec<String>,
+    /// Convolutions split per concatenated input (`--split-concat`).
+    split_convs: Vec<quant::SplitConv>,
     accuracy: Option<q::ControlReport>,
     written: bool,
 }
@@ -330,11 +339,33 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     };
     let pb = bar(calib_samples.len(), "calibrating", a.json);
     let t0 = std::time::Instant::now();
-    let calib = q::calibrate(&model, &plan, method, &calib_samples, backend, &mut |i| {
+    let mut calib = q::calibrate(&model, &plan, method, &calib_samples, backend, &mut |i| {
         pb.set_position(i as u64)
     })
     .context("calibration")?;
     pb.finish_and_clear();
+    let mut plan = plan;
+    let mut split_convs = Vec::new();
+    if let Some(ratio) = a.split_concat {
+        // Input shapes of the first sample, for the channel counts of the Concat inputs.
+        let shapes = slots
+            .iter()
+            .zip(&calib_samples[0])
+            .map(|(s, t)| (s.name.clone(), t.shape().to_vec()))
+            .collect();
+        let (split, done) = quant::split_concat_convs(&model, &calib, method, &shapes, ratio)?;
+        if !done.is_empty() {
+            model = split;
+            plan = quant::plan(&model, &config)?;
+            let pb = bar(calib_samples.len(), "calibrating the split model", a.json);
+            calib = q::calibrate(&model, &plan, method, &calib_samples, backend, &mut |i| {
+                pb.set_position(i as u64)
+            })
+            .context("calibration of the split model")?;
+            pb.finish_and_clear();
+            split_convs = done;
+        }
+    }
     let calib_secs = t0.elapsed().as_secs_f64();
 
     let (qmodel, report, accuracy) = match &a.validate {
@@ -411,6 +442,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         calibration_seconds: calib_secs,
         report,
         kept_float_for_target: plan.kept_float_for_target.clone(),
+        split_convs,
         accuracy,
         written: write,
     };
@@ -448,6 +480,18 @@ fn print_quantize(o: &QuantizeOutput) {
     }
     if let Some(r) = &o.optimize {
         super::optimize::print_optimize("optimize", r);
+    }
+    for sc in &o.split_convs {
+        println!(
+            "split {} per input of {} (input ranges {})",
+            sc.conv,
+            sc.concat,
+            sc.input_ranges
+                .iter()
+                .map(|(lo, hi)| format!("{lo:.3}..{hi:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     println!(
         "calibration: {} samples on {} in {:.1} s, method {:?}",

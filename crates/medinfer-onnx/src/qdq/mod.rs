@@ -48,10 +48,12 @@
 
 mod plan;
 mod rewrite;
+mod split;
 mod stats;
 
 pub use plan::{calibration_model, plan};
 pub use rewrite::quantize;
+pub use split::{split_concat_convs, SplitConv};
 pub use stats::{Calibration, TensorStats};
 
 use crate::proto::NodeProto;
