@@ -44,4 +44,28 @@ fn a_3d_unet_is_refused_for_portable_and_quantized_for_openvino() {
     assert_eq!(v["report"]["layers"].as_array().unwrap().len(), 6, "{v}");
     let q = medinfer_onnx::load_model(&d.path().join("openvino.onnx")).unwrap();
     assert!(medinfer_onnx::analyze(&q, None).quantized);
+    assert_eq!(v["split_convs"], serde_json::json!([]));
+    // --split-concat: the decoder Conv reading the skip Concat is split, and says so.
+    let o = Command::new(env!("CARGO_BIN_EXE_medinfer"))
+        .args(["quantize", model.to_str().unwrap(), "-o"])
+        .arg(d.path().join("split.onnx"))
+        .arg("--calib")
+        .arg(&calib)
+        .args(["--backend", "tract", "--target", "openvino"])
+        .args(["--split-concat", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["split_convs"][0]["conv"], "c3", "{v}");
+    let q = medinfer_onnx::load_model(&d.path().join("split.onnx")).unwrap();
+    let names: Vec<&str> = q
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter_map(|n| n.name.as_deref())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("c3.part1")), "{names:?}");
 }
