@@ -12,7 +12,8 @@ TensorFlow graph converted to ONNX by convert_deepbrain.py: input 1 x 128^3 x 1 
   2. NNCF `nncf.quantize` with its defaults, ONNX backend (QDQ ONNX) and OpenVINO backend (IR);
   3. `medinfer quantize`: the default portable target (which keeps 3-D convolutions float for
      ONNX Runtime, so refuses: nothing else to quantize), `--target openvino` without accuracy
-     control, and with it (`--validate --metric iou:0.5 --max-drop 0.05`);
+     control, with it (`--validate --metric iou:0.5 --max-drop 0.05`), and with
+     `--split-concat 8` (no accuracy control);
   4. agreement with FP32 on the validation volumes: pooled IoU of the brain masks (probability
      > 0.5), FP32 and INT8 on the same engine;
   5. the compute kernels each engine really ran for each model (OpenVINO's exec types, ONNX
@@ -161,6 +162,11 @@ def main():
             mi, fp32, path, calib_dir, ["--target", "openvino", "--validate", val_dir, "--metric",
                                         f"iou:{THRESH}", "--max-drop", str(a.max_drop)])
         models["medinfer-ov-ac-int8"] = path
+        path = os.path.join(work, "medinfer-ov-split-int8.onnx")
+        qtime["medinfer openvino --split-concat 8"], reports["openvino-split"] = medinfer_quantize(
+            mi, fp32, path, calib_dir, ["--target", "openvino", "--split-concat", "8"])
+        models["medinfer-ov-split-int8"] = path
+        print("split:", [s["conv"] for s in reports["openvino-split"].get("split_convs", [])], flush=True)
         ac = reports["openvino-ac"].get("accuracy") or {}
         print(f"accuracy control: all layers {ac.get('int8_all_layers')}, after {ac.get('int8')}, "
               f"stayed float: {ac.get('reverted')}", flush=True)
