@@ -1080,9 +1080,11 @@ impl Graph {
         ];
         const BINARY: &[&str] = &["Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"];
         let mut n = 0;
+        // Recomputed only after a rewrite (rare), not per node: the pass stays linear on
+        // models with nothing to push.
+        let mut cons = self.consumers();
+        let mut prods = self.producers();
         for j in 0..self.nodes.len() {
-            let cons = self.consumers();
-            let prods = self.producers();
             let Some(u) = &self.nodes[j] else { continue };
             let op = u.op_type.as_deref().unwrap_or("");
             if !u.domain.as_deref().unwrap_or("").is_empty() || u.output.len() != 1 {
@@ -1159,6 +1161,8 @@ impl Graph {
             self.nodes[at] = Some(new_u);
             self.nodes[j] = Some(t);
             n += 1;
+            cons = self.consumers();
+            prods = self.producers();
         }
         n
     }
