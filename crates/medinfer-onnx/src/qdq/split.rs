@@ -7,8 +7,7 @@
 
 use super::*;
 use crate::model::attr_i;
-use crate::optimize::Const;
-use crate::proto::{data_type, ModelProto, NodeProto, TensorProto};
+use crate::proto::{ModelProto, NodeProto, TensorProto};
 use crate::OnnxError;
 use std::collections::HashMap;
 
@@ -40,22 +39,8 @@ pub fn split_concat_convs(
         reason: "no graph".into(),
     })?;
     let shapes = crate::shapes::infer(g, input_shapes).shapes;
-    let inits: HashMap<&str, &TensorProto> = g
-        .initializer
-        .iter()
-        .filter_map(|t| Some((t.name.as_deref()?, t)))
-        .collect();
-    let mut consumers: HashMap<&str, usize> = HashMap::new();
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for x in n.input.iter().filter(|x| !x.is_empty()) {
-            *consumers.entry(x.as_str()).or_default() += 1;
-        }
-        for o in &n.output {
-            producer.insert(o.as_str(), i);
-        }
-    }
-    let outputs: Vec<&str> = g.output.iter().filter_map(|o| o.name.as_deref()).collect();
+    // The quantizer's own graph index: initializers, producers, consumers, graph outputs.
+    let ix = super::plan::Index::new(model)?;
     let mut splits = Vec::new();
     // conv index -> (concat index, replacement nodes, new initializers)
     let mut plan: HashMap<usize, (usize, Vec<NodeProto>, Vec<TensorProto>)> = HashMap::new();
@@ -66,16 +51,10 @@ pub fn split_concat_convs(
         let (Some(x), Some(w)) = (n.input.first(), n.input.get(1)) else {
             continue;
         };
-        let Some(wt) = inits.get(w.as_str()) else {
+        let Some((wd, wv)) = ix.float_weight(w) else {
             continue;
         };
-        if wt.data_type != Some(data_type::FLOAT) {
-            continue;
-        }
-        let Some(Const::F32(wd, wv)) = Const::from_proto(wt) else {
-            continue;
-        };
-        let Some(&c) = producer.get(x.as_str()) else {
+        let Some(&c) = ix.producer.get(x.as_str()) else {
             continue;
         };
         let cat = &g.node[c];
@@ -83,8 +62,8 @@ pub fn split_concat_convs(
         let axis = attr_i(cat, "axis").unwrap_or(0);
         if cat.op_type.as_deref() != Some("Concat")
             || !(axis == 1 || axis == 1 - rank)
-            || consumers.get(x.as_str()) != Some(&1)
-            || outputs.contains(&x.as_str())
+            || ix.single_consumer(x).is_none()
+            || ix.outputs.contains(x.as_str())
             || cat.input.len() < 2
         {
             continue;
@@ -95,7 +74,7 @@ pub fn split_concat_convs(
             let (Some(s), Some(shape)) = (calib.stats.get(a), shapes.get(a)) else {
                 break;
             };
-            if shape.len() < 2 || inits.contains_key(a.as_str()) {
+            if shape.len() < 2 || ix.is_const(a) {
                 break;
             }
             ranges.push(s.range(method));
