@@ -254,29 +254,71 @@ impl SlidingWindow {
             .as_f32()
             .map_err(|e| config("sliding window input", e.to_string()))?;
         let (batch, chans, spatial) = (shape[0], shape[1], &shape[2..]);
+        let image_len = chans * spatial.iter().product::<usize>();
+        let mut result = Vec::new();
+        let mut k_out = 0;
+        for b in 0..batch {
+            let image = &x[b * image_len..(b + 1) * image_len];
+            let mut planes: Vec<f32> = Vec::new();
+            let mut plane_len = 0;
+            k_out = self.run_planes(image, chans, spatial, predict, &mut |_, k, plane| {
+                plane_len = plane.len() / k;
+                planes.extend_from_slice(plane);
+                Ok(())
+            })?;
+            // The planes are K x (the rest) each, along the first dimension: to K x spatial.
+            let n0 = planes.len() / (k_out * plane_len).max(1);
+            for k in 0..k_out {
+                for z in 0..n0 {
+                    let at = (z * k_out + k) * plane_len;
+                    result.extend_from_slice(&planes[at..at + plane_len]);
+                }
+            }
+        }
+        let mut oshape = vec![batch, k_out];
+        oshape.extend_from_slice(spatial);
+        Tensor::from_f32(oshape, result).map_err(|e| config("output", e.to_string()))
+    }
+
+    /// [`Self::run`] over one image (`chans x spatial`, row-major), handing the blended output
+    /// to `sink` plane by plane along the first spatial dimension as soon as no later window
+    /// touches it: `sink(index, K, plane)` with `plane` = `K x` the other spatial dimensions.
+    /// Memory is a window's depth of output planes, whatever the image's depth (only an image
+    /// smaller than the ROI is copied, to pad it). Returns K.
+    pub fn run_planes(
+        &self,
+        image: &[f32],
+        chans: usize,
+        spatial: &[usize],
+        predict: &(dyn Fn(Tensor) -> Result<Tensor, PipelineError> + Sync),
+        sink: &mut dyn FnMut(usize, usize, &[f32]) -> Result<(), PipelineError>,
+    ) -> Result<usize, PipelineError> {
         let nd = spatial.len();
         let plan = self.plan(spatial)?;
         let mut orig = [1usize; 3];
         orig[3 - nd..].copy_from_slice(spatial);
-        let padded = pad(x, batch * chans, orig, &plan, self.padding)?;
+        if image.len() != chans * orig.iter().product::<usize>() {
+            return Err(config(
+                "sliding window input",
+                format!("{} values for {chans} x {spatial:?}", image.len()),
+            ));
+        }
+        let padded = pad(image, chans, orig, &plan, self.padding)?;
         let [pd, ph, pw] = plan.padded;
         let [rd, rh, rw] = plan.roi;
         let win_len = rd * rh * rw;
         let vol = pd * ph * pw;
+        let plane = ph * pw;
         let weights = self.importance_map(plan.roi, nd);
-        let n_win = plan.starts.len();
-        let total = n_win * batch;
-        let mut out: Vec<f32> = Vec::new();
-        let mut count = vec![0f32; vol];
-        let mut k_out = 0;
+        let total = plan.starts.len();
         // The windows of one model call.
         let window_batch = |first: usize| -> Result<(Vec<usize>, Tensor), PipelineError> {
             let group: Vec<usize> = (first..(first + self.sw_batch).min(total)).collect();
             let mut data = vec![0f32; self.sw_batch * chans * win_len];
             for (slot, &idx) in group.iter().enumerate() {
-                let (b, s) = (idx / n_win, plan.starts[idx % n_win]);
+                let s = plan.starts[idx];
                 for c in 0..chans {
-                    let src = &padded[(b * chans + c) * vol..(b * chans + c + 1) * vol];
+                    let src = &padded[c * vol..(c + 1) * vol];
                     let dst = &mut data[(slot * chans + c) * win_len..][..win_len];
                     copy_window(src, dst, plan.padded, s, plan.roi);
                 }
@@ -290,8 +332,45 @@ impl SlidingWindow {
             let (group, t) = window_batch(first)?;
             Ok((group, predict(t)?))
         };
+        // Output and summed weights of planes base.. (padded indices), each K x plane.
+        let mut acc: std::collections::VecDeque<(Vec<f32>, Vec<f32>)> = Default::default();
+        let mut base = 0usize;
+        let mut k_out = 0;
+        let mut emitted = 0usize;
+        let mut emit = |acc: &mut std::collections::VecDeque<(Vec<f32>, Vec<f32>)>,
+                        base: &mut usize,
+                        upto: usize,
+                        k_out: usize|
+         -> Result<(), PipelineError> {
+            while *base < upto {
+                let (out, count) = acc
+                    .pop_front()
+                    .unwrap_or_else(|| (vec![0f32; k_out * plane], vec![0f32; plane]));
+                let z = *base;
+                *base += 1;
+                let before = plan.pad_before[0];
+                if z < before || z >= before + orig[0] {
+                    continue;
+                }
+                // Divide by the summed weights, then crop the padding away.
+                let mut cropped = Vec::with_capacity(k_out * orig[1] * orig[2]);
+                for k in 0..k_out {
+                    let o = &out[k * plane..(k + 1) * plane];
+                    for y in plan.pad_before[1]..plan.pad_before[1] + orig[1] {
+                        let row = y * pw + plan.pad_before[2];
+                        for x in row..row + orig[2] {
+                            cropped.push(o[x] / count[x]);
+                        }
+                    }
+                }
+                sink(z - before, k_out, &cropped)?;
+                emitted += 1;
+            }
+            Ok(())
+        };
         let firsts: Vec<usize> = (0..total).step_by(self.sw_batch).collect();
         let streams = self.streams.max(1);
+        let mut done = 0usize;
         for round in firsts.chunks(streams) {
             // Up to `streams` calls at once; their outputs are added in window order, so the
             // result does not depend on the number of streams.
@@ -334,13 +413,8 @@ impl SlidingWindow {
                 let yv = y
                     .as_f32()
                     .map_err(|e| config("model output", e.to_string()))?;
-                if out.is_empty() {
+                if k_out == 0 {
                     k_out = ys[1];
-                    out = vec![0f32; batch * k_out * vol];
-                    // MONAI fills the count map on the first window, over every window in order.
-                    for s in &plan.starts {
-                        add_window(&mut count, plan.padded, *s, plan.roi, &weights, None);
-                    }
                 } else if ys[1] != k_out {
                     return Err(config(
                         "model output",
@@ -348,26 +422,32 @@ impl SlidingWindow {
                     ));
                 }
                 for (slot, &idx) in group.iter().enumerate() {
-                    let (b, s) = (idx / n_win, plan.starts[idx % n_win]);
-                    for k in 0..k_out {
-                        let p = &yv[(slot * k_out + k) * win_len..][..win_len];
-                        let dst = &mut out[(b * k_out + k) * vol..][..vol];
-                        add_window(dst, plan.padded, s, plan.roi, &weights, Some(p));
+                    let s = plan.starts[idx];
+                    while base + acc.len() < s[0] + rd {
+                        acc.push_back((vec![0f32; k_out * plane], vec![0f32; plane]));
+                    }
+                    // Per voxel, weights and weighted outputs are added in window order, as
+                    // MONAI adds them (its count map first, then the outputs; the same sums).
+                    for dz in 0..rd {
+                        let (out, count) = &mut acc[s[0] + dz - base];
+                        let wz = &weights[dz * rh * rw..(dz + 1) * rh * rw];
+                        add_window(count, [1, ph, pw], [0, s[1], s[2]], [1, rh, rw], wz, None);
+                        for k in 0..k_out {
+                            let p = &yv[(slot * k_out + k) * win_len + dz * rh * rw..][..rh * rw];
+                            let dst = &mut out[k * plane..(k + 1) * plane];
+                            add_window(dst, [1, ph, pw], [0, s[1], s[2]], [1, rh, rw], wz, Some(p));
+                        }
                     }
                 }
+                done += group.len();
             }
+            // Planes below every later window's start are final.
+            let upto = plan.starts.get(done).map_or(pd, |s| s[0]);
+            emit(&mut acc, &mut base, upto, k_out)?;
         }
-        // Divide by the summed weights, then crop the padding away.
-        let mut result = Vec::with_capacity(batch * k_out * orig.iter().product::<usize>());
-        for plane in out.chunks(vol) {
-            let mut cropped = vec![0f32; orig.iter().product()];
-            let divided: Vec<f32> = plane.iter().zip(&count).map(|(v, c)| v / c).collect();
-            copy_window(&divided, &mut cropped, plan.padded, plan.pad_before, orig);
-            result.extend(cropped);
-        }
-        let mut oshape = vec![batch, k_out];
-        oshape.extend_from_slice(spatial);
-        Tensor::from_f32(oshape, result).map_err(|e| config("output", e.to_string()))
+        emit(&mut acc, &mut base, pd, k_out)?;
+        debug_assert_eq!(emitted, orig[0]);
+        Ok(k_out)
     }
 }
 
@@ -442,15 +522,15 @@ fn source_index(i: isize, n: usize, mode: Padding) -> Option<usize> {
 }
 
 /// The `planes` volumes of size `orig` padded to the plan's size.
-fn pad(
-    x: &[f32],
+fn pad<'a>(
+    x: &'a [f32],
     planes: usize,
     orig: [usize; 3],
     plan: &WindowPlan,
     mode: Padding,
-) -> Result<Vec<f32>, PipelineError> {
+) -> Result<std::borrow::Cow<'a, [f32]>, PipelineError> {
     if plan.padded == orig {
-        return Ok(x.to_vec());
+        return Ok(std::borrow::Cow::Borrowed(x));
     }
     if mode == Padding::Reflect {
         for ((&size, &padded), &before) in orig.iter().zip(&plan.padded).zip(&plan.pad_before) {
@@ -488,7 +568,7 @@ fn pad(
             }
         }
     }
-    Ok(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 #[cfg(test)]
