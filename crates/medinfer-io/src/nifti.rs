@@ -620,6 +620,31 @@ pub fn write(path: impl AsRef<Path>, vol: &Volume, dtype: NiftiDtype) -> Result<
     )
 }
 
+/// Writes a uint8 label volume of `dims` (first index fastest) with `affine`, without the
+/// float copy [`write`] makes.
+pub fn write_labels(
+    path: impl AsRef<Path>,
+    dims: [usize; 3],
+    affine: &[[f64; 4]; 4],
+    labels: &[u8],
+) -> Result<(), IoError> {
+    let path = path.as_ref();
+    if labels.len() != dims.iter().product::<usize>() {
+        return Err(fmt_err(
+            &path.display().to_string(),
+            format!("{} labels for a {dims:?} grid", labels.len()),
+        ));
+    }
+    write_raw(
+        path,
+        [dims[0], dims[1], dims[2], 1],
+        affine,
+        0.0,
+        (2, 8),
+        labels,
+    )
+}
+
 /// Writes colour frames as NIfTI RGB24 (datatype 128: three bytes per voxel, nibabel reads it
 /// as a structured `(R, G, B)` array): `rgb` holds `dims[0] x dims[1] x dims[2]` interleaved
 /// triplets with values 0..255 (rounded and clamped).

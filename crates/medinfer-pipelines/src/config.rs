@@ -192,7 +192,8 @@ fn labels_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
     labels_from_value(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
-fn labels_from_value(v: &Value) -> Result<Vec<String>, String> {
+/// Label names from a list, `{name: index}` or `{"index": name}`.
+pub(crate) fn labels_from_value(v: &Value) -> Result<Vec<String>, String> {
     match v {
         Value::Null => Ok(Vec::new()),
         Value::Array(a) => a

@@ -9,6 +9,8 @@
 //! | [`cxr`] | chest X-ray multi-label classification over files and folders (`medinfer run cxr`) |
 //! | [`ct`] | CT slice anatomy tagging per series (`medinfer run ct`) |
 //! | [`fmri`] | resting-state fMRI group ICA, dual regression (`medinfer run fmri`) |
+//! | [`segment`] | 3-D segmentation of a CT / MRI volume with a user's model, MONAI-style sliding window (`medinfer run segment`) |
+//! | [`sliding`] | MONAI's sliding-window inference |
 //! | [`batch`] | the bounded decode -> inference executor every pipeline runs on |
 //! | [`resume`] | resumable CSV / JSON-lines result files, deterministic sharding |
 //! | [`models`] | model resolution (file, zoo name, shipped model) and model identity |
@@ -32,6 +34,7 @@ pub mod models;
 pub mod phantom;
 pub mod resume;
 pub mod samples;
+pub mod segment;
 pub mod sliding;
 
 use serde::Serialize;
