@@ -121,7 +121,8 @@ impl EngineArgs {
         )
     }
 
-    fn session_shaped(
+    /// [`Self::session`] with the given input shapes for a model's dynamic dimensions.
+    pub fn session_shaped(
         &self,
         model: &Path,
         default_batch: usize,

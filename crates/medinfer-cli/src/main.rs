@@ -113,6 +113,10 @@ enum RunCommand {
     /// Resting-state fMRI: group ICA (MIGP + FastICA) and dual regression over a cohort of 4D
     /// NIfTI files: group z maps, every subject's t maps and time courses.
     Fmri(run_fmri::RunFmriArgs),
+    /// 3-D segmentation of a CT / MRI volume (NIfTI or DICOM series) with your model:
+    /// reorient, resample, normalise as its config says, MONAI-style sliding window, back to
+    /// the input grid; a NIfTI mask, label volumes in ml and an overlay PNG.
+    Segment(run_segment::RunSegmentArgs),
 }
 
 /// Keeps freed image-sized blocks in the process instead of handing them back to the kernel.
@@ -203,6 +207,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             RunCommand::Cxr(a) => run_cxr::run(a),
             RunCommand::Ct(a) => run_ct::run(a),
             RunCommand::Fmri(a) => run_fmri::run(a),
+            RunCommand::Segment(a) => run_segment::run(a),
         },
         Command::Demo(a) => demo::run(a),
         Command::BenchPipeline(a) => bench_pipeline::run(a),

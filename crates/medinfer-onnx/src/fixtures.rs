@@ -299,6 +299,44 @@ fn unet3d(layout: Layout3d) -> ModelProto {
     )
 }
 
+/// A 3-D segmenter with a known answer: one 3 x 3 x 3 convolution (zero padding) giving two
+/// logits, background `-20 (m - 0.5)` and foreground `20 (m - 0.5)` with `m` the local mean of
+/// the input; after softmax, foreground wherever that mean passes 0.5. Input `(n, 1, d0, d1,
+/// d2)` and output `(n, 2, d0, d1, d2)` with every dimension but the channels dynamic, as
+/// exported segmentation networks usually are (the sliding window fixes them).
+pub fn mean_threshold_segmenter_3d() -> ModelProto {
+    let mut g = GraphBuilder::new(17);
+    let k = 20.0f32 / 27.0;
+    let mut w = vec![-k; 27];
+    w.extend(vec![k; 27]);
+    let wn = g.initializer(f32_tensor("seg.weight", &[2, 1, 3, 3, 3], &w));
+    let bn = g.initializer(f32_tensor("seg.bias", &[2], &[10.0, -10.0]));
+    g.node(
+        "Conv",
+        "y",
+        &["x", &wn, &bn],
+        &[
+            ("kernel_shape", Attr::Ints(vec![3; 3])),
+            ("pads", Attr::Ints(vec![1; 6])),
+        ],
+    );
+    let dims = |c: usize| {
+        vec![
+            DimSpec::Named("n".into()),
+            DimSpec::Fixed(c),
+            DimSpec::Named("d0".into()),
+            DimSpec::Named("d1".into()),
+            DimSpec::Named("d2".into()),
+        ]
+    };
+    g.finish(
+        "mean_threshold_segmenter_3d",
+        vec![f32_value_info("x", &dims(1))],
+        vec![f32_value_info("y", &dims(2))],
+        &[],
+    )
+}
+
 /// A head-like volume for [`unet3d_channels_last`]: a bright ellipsoid ("brain") inside a
 /// thinner bright shell ("skull") on noise, 16^3 values (NDHWC with C = 1, batch excluded).
 pub fn head_volume(seed: u64) -> Vec<f32> {

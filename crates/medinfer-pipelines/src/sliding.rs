@@ -22,6 +22,10 @@
 use crate::PipelineError;
 use medinfer_core::Tensor;
 
+/// Receives the blended output plane by plane: `(index, K, plane)`, see
+/// [`SlidingWindow::run_planes`].
+pub type PlaneSink<'a> = dyn FnMut(usize, usize, &[f32]) -> Result<(), PipelineError> + 'a;
+
 /// How overlapping window outputs are weighted.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Blend {
@@ -291,7 +295,7 @@ impl SlidingWindow {
         chans: usize,
         spatial: &[usize],
         predict: &(dyn Fn(Tensor) -> Result<Tensor, PipelineError> + Sync),
-        sink: &mut dyn FnMut(usize, usize, &[f32]) -> Result<(), PipelineError>,
+        sink: &mut PlaneSink<'_>,
     ) -> Result<usize, PipelineError> {
         let nd = spatial.len();
         let plan = self.plan(spatial)?;

@@ -16,6 +16,7 @@ pub mod run_cardiac;
 pub mod run_ct;
 pub mod run_cxr;
 pub mod run_fmri;
+pub mod run_segment;
 pub mod runtimes;
 pub mod serve;
 pub mod zoo;

@@ -256,7 +256,10 @@ impl SegmentConfig {
 
     /// The config of `model`: `explicit`, then `MODEL.json`, then a MONAI bundle's
     /// `configs/metadata.json`, each filling what the ones before leave out.
-    pub fn for_model(model: &Path, explicit: Option<&Path>) -> Result<SegmentConfig, PipelineError> {
+    pub fn for_model(
+        model: &Path,
+        explicit: Option<&Path>,
+    ) -> Result<SegmentConfig, PipelineError> {
         let beside = model.with_extension("json");
         let bundle = model
             .parent()
@@ -329,23 +332,25 @@ impl SegmentConfig {
     /// given.
     pub fn window(&self, roi: [usize; 3]) -> Result<SlidingWindow, PipelineError> {
         let what = Path::new(&self.source);
-        let f64s = |v: &Option<Value>, name: &str, default: f64| -> Result<Vec<f64>, PipelineError> {
-            match v {
-                None => Ok(vec![default]),
-                Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(default)]),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|x| {
-                        x.as_f64()
-                            .ok_or_else(|| err(what, format!("sliding_window.{name}: {x} is not a number")))
-                    })
-                    .collect(),
-                Some(other) => Err(err(
-                    what,
-                    format!("sliding_window.{name}: {other} is neither a number nor a list"),
-                )),
-            }
-        };
+        let f64s =
+            |v: &Option<Value>, name: &str, default: f64| -> Result<Vec<f64>, PipelineError> {
+                match v {
+                    None => Ok(vec![default]),
+                    Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(default)]),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|x| {
+                            x.as_f64().ok_or_else(|| {
+                                err(what, format!("sliding_window.{name}: {x} is not a number"))
+                            })
+                        })
+                        .collect(),
+                    Some(other) => Err(err(
+                        what,
+                        format!("sliding_window.{name}: {other} is neither a number nor a list"),
+                    )),
+                }
+            };
         let w = &self.sliding_window;
         let blend = match w.mode.as_deref().unwrap_or("constant") {
             "constant" => Blend::Constant,
@@ -366,8 +371,8 @@ impl SegmentConfig {
                 return Err(err(
                     what,
                     format!(
-                        "sliding_window.padding_mode '{m}': constant, reflect, replicate or circular"
-                    ),
+                    "sliding_window.padding_mode '{m}': constant, reflect, replicate or circular"
+                ),
                 ))
             }
         };

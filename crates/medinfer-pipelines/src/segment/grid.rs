@@ -37,7 +37,11 @@ pub fn axis_codes(affine: &[[f64; 4]; 4]) -> [(usize, i8); 3] {
             if *used {
                 continue;
             }
-            let norm = (0..3).map(|w| affine[w][v].powi(2)).sum::<f64>().sqrt().max(1e-12);
+            let norm = (0..3)
+                .map(|w| affine[w][v].powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12);
             for (w, uw) in used_w.iter().enumerate() {
                 let c = (affine[w][v] / norm).abs();
                 if !uw && c > best.2 {
@@ -86,12 +90,12 @@ impl Reorientation {
     /// The stored index of oriented voxel `o`.
     fn stored_index(&self, o: [usize; 3]) -> usize {
         let mut s = [0usize; 3];
-        for t in 0..3 {
+        for (t, &ot) in o.iter().enumerate() {
             let v = self.perm[t];
             s[v] = if self.flip[t] {
-                self.stored[v] - 1 - o[t]
+                self.stored[v] - 1 - ot
             } else {
-                o[t]
+                ot
             };
         }
         s[0] + self.stored[0] * (s[1] + self.stored[1] * s[2])
@@ -100,18 +104,18 @@ impl Reorientation {
     /// The oriented grid's affine from the stored one.
     pub fn affine(&self, a: &[[f64; 4]; 4]) -> [[f64; 4]; 4] {
         let mut out = *a;
-        for row in 0..3 {
-            let mut origin = a[row][3];
-            for t in 0..3 {
+        for (row, o) in a.iter().zip(out.iter_mut()).take(3) {
+            let mut origin = row[3];
+            for (t, ot) in o.iter_mut().take(3).enumerate() {
                 let v = self.perm[t];
                 if self.flip[t] {
-                    origin += a[row][v] * (self.stored[v] - 1) as f64;
-                    out[row][t] = -a[row][v];
+                    origin += row[v] * (self.stored[v] - 1) as f64;
+                    *ot = -row[v];
                 } else {
-                    out[row][t] = a[row][v];
+                    *ot = row[v];
                 }
             }
-            out[row][3] = origin;
+            o[3] = origin;
         }
         out
     }

@@ -124,7 +124,10 @@ impl SegmentModel {
         };
         let mut roi = [0usize; 3];
         for d in 0..3 {
-            roi[d] = match (fixed(&inp.shape[2 + d]), cfg.sliding_window.roi.map(|r| r[d])) {
+            roi[d] = match (
+                fixed(&inp.shape[2 + d]),
+                cfg.sliding_window.roi.map(|r| r[d]),
+            ) {
                 (Some(m), Some(c)) if m != c => {
                     return Err(bad(format!(
                         "the config's roi {:?} differs from the model's fixed input {:?}",
@@ -134,12 +137,10 @@ impl SegmentModel {
                 }
                 (Some(m), _) => m,
                 (None, Some(c)) if c > 0 => c,
-                _ => {
-                    return Err(bad(
-                        "the model's spatial input is dynamic: give sliding_window.roi in the config"
-                            .into(),
-                    ))
-                }
+                _ => return Err(bad(
+                    "the model's spatial input is dynamic: give sliding_window.roi in the config"
+                        .into(),
+                )),
             };
         }
         let window = cfg.window(roi)?;
@@ -192,7 +193,9 @@ impl SegmentModel {
             (None, _) => Activation::Softmax,
         };
         if classes > 254 {
-            return Err(bad(format!("{classes} output channels: at most 254 labels")));
+            return Err(bad(format!(
+                "{classes} output channels: at most 254 labels"
+            )));
         }
         let thresholds: Vec<f32> = match &cfg.output.thresholds {
             Some(t) if t.len() != classes => {
@@ -252,10 +255,7 @@ impl SegmentModel {
             largest_component: cfg.postprocess.largest_component.unwrap_or(false),
             input_shapes,
             grid,
-            window: crate::sliding::SlidingWindow {
-                sw_batch,
-                ..window
-            },
+            window: crate::sliding::SlidingWindow { sw_batch, ..window },
             pad_smaller: cfg.sliding_window.pad_smaller.unwrap_or(false),
         })
     }
@@ -410,7 +410,7 @@ pub fn run(
             let (lo, hi) = sp
                 .iter()
                 .fold((f64::INFINITY, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
-            if !(lo > 0.0) || hi / lo > model.max_anisotropy {
+            if lo.is_nan() || lo <= 0.0 || hi / lo > model.max_anisotropy {
                 return Err(input_err(
                     &req.input,
                     format!(
@@ -421,8 +421,8 @@ pub fn run(
             }
             let mut d = [0usize; 3];
             for a in 0..3 {
-                d[a] = ((reo.oriented[a] as f64 * oriented_sp[a] / want[a]).round() as usize)
-                    .max(1);
+                d[a] =
+                    ((reo.oriented[a] as f64 * oriented_sp[a] / want[a]).round() as usize).max(1);
             }
             d
         }
@@ -454,7 +454,11 @@ pub fn run(
             .filter(|v| v.is_finite())
             .collect();
         s.sort_by(|a, b| a.total_cmp(b));
-        let q = |p: f64| s.get(((s.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0.0);
+        let q = |p: f64| {
+            s.get(((s.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
         (q(0.005), q(0.995))
     };
     let scale = 255.0 / (hi - lo).max(1e-6);
@@ -473,7 +477,11 @@ pub fn run(
         } else {
             data[c * vox..(c + 1) * vox].to_vec()
         };
-        let chan = if reo.is_identity() { chan } else { reo.apply(&chan) };
+        let chan = if reo.is_identity() {
+            chan
+        } else {
+            reo.apply(&chan)
+        };
         let mut chan = grid::resample(chan, reo.oriented, model_dims);
         if chan.iter().any(|v| !v.is_finite()) {
             return Err(input_err(&req.input, "holds NaN or infinite values"));
@@ -619,7 +627,8 @@ pub fn run(
         overlay: overlay_path.display().to_string(),
         timings,
     };
-    let json = serde_json::to_string_pretty(&report).map_err(|e| PipelineError::Batch(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&report).map_err(|e| PipelineError::Batch(e.to_string()))?;
     let report_path = req.output.join("report.json");
     std::fs::write(&report_path, json).map_err(|e| PipelineError::output(&report_path, e))?;
     Ok(report)
@@ -632,7 +641,9 @@ fn activate(p: &mut [f32], k: usize, n: usize, a: Activation) {
         Activation::Sigmoid => p.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
         Activation::Softmax => {
             for i in 0..n {
-                let m = (0..k).map(|c| p[c * n + i]).fold(f32::NEG_INFINITY, f32::max);
+                let m = (0..k)
+                    .map(|c| p[c * n + i])
+                    .fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;
                 for c in 0..k {
                     let e = (p[c * n + i] - m).exp();
@@ -648,7 +659,8 @@ fn activate(p: &mut [f32], k: usize, n: usize, a: Activation) {
 }
 
 fn det3(a: &[[f64; 4]; 4]) -> f64 {
-    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
         + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }
 
@@ -663,7 +675,11 @@ fn write_overlay(
     affine: &[[f64; 4]; 4],
 ) -> Result<(), PipelineError> {
     // On an LPS grid: x to the patient's left, y to posterior, z to superior.
-    let reo = Reorientation::new(stored, affine, GridOrientation::Codes([(0, -1), (1, -1), (2, 1)]));
+    let reo = Reorientation::new(
+        stored,
+        affine,
+        GridOrientation::Codes([(0, -1), (1, -1), (2, 1)]),
+    );
     let (g, l) = if reo.is_identity() {
         (display.to_vec(), labels.to_vec())
     } else {
@@ -672,7 +688,13 @@ fn write_overlay(
     let d = reo.oriented;
     let a2 = reo.affine(affine);
     let sp: Vec<f64> = (0..3)
-        .map(|c| (0..3).map(|r| a2[r][c].powi(2)).sum::<f64>().sqrt().max(1e-6))
+        .map(|c| {
+            (0..3)
+                .map(|r| a2[r][c].powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-6)
+        })
         .collect();
     let (mut sum, mut n) = ([0f64; 3], 0usize);
     for (i, &v) in l.iter().enumerate() {
@@ -694,7 +716,11 @@ fn write_overlay(
         .collect();
     let at = |x: usize, y: usize, z: usize| x + d[0] * (y + d[1] * z);
     // (columns axis, rows axis, rows flipped (superior up), fixed axis)
-    let views = [(0usize, 1usize, false, 2usize), (0, 2, true, 1), (1, 2, true, 0)];
+    let views = [
+        (0usize, 1usize, false, 2usize),
+        (0, 2, true, 1),
+        (1, 2, true, 0),
+    ];
     let mut panels: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     for (ca, ra, flip, fa) in views {
         let px = sp[ca].min(sp[ra]);
