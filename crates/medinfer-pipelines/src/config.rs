@@ -32,7 +32,7 @@
 //! ```
 //! `size` and `spacing_mm` are (rows, columns). `labels` is a list in output order, an object
 //! of name -> index, or an object of index -> name (MONAI's `channel_def`). Normalisations:
-//! `zscore` (per image), `range` (`min`, `max` -> [0, 1]), `window` (`center`, `width` -> [0, 1],
+//! `zscore` (per image), `range` (`min`, `max` -> [0, 1], `clip` optional), `window` (`center`, `width` -> [0, 1],
 //! DICOM's linear VOI function), `xrv` (TorchXRayVision's [-1024, 1024] from the encoding's
 //! maximum), `none`. Activations: `softmax`, `sigmoid`, `logits` (none).
 
@@ -56,12 +56,16 @@ const CT: &str = include_str!("../configs/ct.json");
 pub enum Normalization {
     /// Zero mean, unit variance over each input image.
     Zscore,
-    /// `(v - min) / (max - min)`.
+    /// `(v - min) / (max - min)`, clipped to [0, 1] with `clip` (MONAI's
+    /// `ScaleIntensityRanged(a_min, a_max, 0, 1, clip)`).
     Range {
         /// Maps to 0.
         min: f64,
         /// Maps to 1.
         max: f64,
+        /// Clip the result to [0, 1].
+        #[serde(default)]
+        clip: bool,
     },
     /// DICOM's linear VOI window to [0, 1].
     Window {
@@ -83,9 +87,12 @@ impl Normalization {
         use medinfer_core::preprocess;
         match *self {
             Normalization::Zscore => preprocess::zscore(data),
-            Normalization::Range { min, max } => {
+            Normalization::Range { min, max, clip } => {
                 let (lo, k) = (min as f32, 1.0 / ((max - min) as f32));
                 data.iter_mut().for_each(|v| *v = (*v - lo) * k);
+                if clip {
+                    data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+                }
             }
             Normalization::Window { center, width } => {
                 preprocess::window(data, center, width, 0.0, 1.0)?
@@ -457,7 +464,7 @@ impl ModelConfig {
                 return Err(bad(format!("window width {width} must be >= 1")));
             }
         }
-        if let Some(Normalization::Range { min, max }) = self.normalization {
+        if let Some(Normalization::Range { min, max, .. }) = self.normalization {
             if min.partial_cmp(&max) != Some(std::cmp::Ordering::Less) {
                 return Err(bad(format!("range [{min}, {max}] must have min < max")));
             }

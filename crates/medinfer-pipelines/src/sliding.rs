@@ -265,11 +265,12 @@ impl SlidingWindow {
             let image = &x[b * image_len..(b + 1) * image_len];
             let mut planes: Vec<f32> = Vec::new();
             let mut plane_len = 0;
-            k_out = self.run_planes(image, chans, spatial, predict, &mut |_, k, plane| {
-                plane_len = plane.len() / k;
-                planes.extend_from_slice(plane);
-                Ok(())
-            })?;
+            k_out =
+                self.run_planes(image, chans, spatial, false, predict, &mut |_, k, plane| {
+                    plane_len = plane.len() / k;
+                    planes.extend_from_slice(plane);
+                    Ok(())
+                })?;
             // The planes are K x (the rest) each, along the first dimension: to K x spatial.
             let n0 = planes.len() / (k_out * plane_len).max(1);
             for k in 0..k_out {
@@ -289,11 +290,16 @@ impl SlidingWindow {
     /// touches it: `sink(index, K, plane)` with `plane` = `K x` the other spatial dimensions.
     /// Memory is a window's depth of output planes, whatever the image's depth (only an image
     /// smaller than the ROI is copied, to pad it). Returns K.
+    ///
+    /// `first_fastest`: each channel of `image` is stored with the first spatial index
+    /// fastest (NIfTI's order) instead of the last (row-major): windows are gathered from it
+    /// as they are, so a volume in NIfTI order needs no transposed copy.
     pub fn run_planes(
         &self,
         image: &[f32],
         chans: usize,
         spatial: &[usize],
+        first_fastest: bool,
         predict: &(dyn Fn(Tensor) -> Result<Tensor, PipelineError> + Sync),
         sink: &mut PlaneSink<'_>,
     ) -> Result<usize, PipelineError> {
@@ -307,6 +313,30 @@ impl SlidingWindow {
                 format!("{} values for {chans} x {spatial:?}", image.len()),
             ));
         }
+        let mut first_fastest = first_fastest && nd > 1;
+        let row_major;
+        let image = if first_fastest && plan.padded != orig {
+            // Padding works on row-major planes: transpose this (small) image first.
+            let vol: usize = orig.iter().product();
+            let mut t = vec![0f32; image.len()];
+            for c in 0..chans {
+                let (src, dst) = (&image[c * vol..][..vol], &mut t[c * vol..][..vol]);
+                let mut k = 0;
+                for z in 0..orig[0] {
+                    for y in 0..orig[1] {
+                        for x in 0..orig[2] {
+                            dst[k] = src[z + orig[0] * (y + orig[1] * x)];
+                            k += 1;
+                        }
+                    }
+                }
+            }
+            first_fastest = false;
+            row_major = t;
+            &row_major[..]
+        } else {
+            image
+        };
         let padded = pad(image, chans, orig, &plan, self.padding)?;
         let [pd, ph, pw] = plan.padded;
         let [rd, rh, rw] = plan.roi;
@@ -324,7 +354,11 @@ impl SlidingWindow {
                 for c in 0..chans {
                     let src = &padded[c * vol..(c + 1) * vol];
                     let dst = &mut data[(slot * chans + c) * win_len..][..win_len];
-                    copy_window(src, dst, plan.padded, s, plan.roi);
+                    if first_fastest {
+                        copy_window_first_fastest(src, dst, plan.padded, s, plan.roi);
+                    } else {
+                        copy_window(src, dst, plan.padded, s, plan.roi);
+                    }
                 }
             }
             let mut wshape = vec![self.sw_batch, chans];
@@ -471,6 +505,26 @@ fn copy_window(src: &[f32], dst: &mut [f32], size: [usize; 3], start: [usize; 3]
             let row = (z * h + y) * w + start[2];
             dst[k..k + roi[2]].copy_from_slice(&src[row..row + roi[2]]);
             k += roi[2];
+        }
+    }
+}
+
+/// [`copy_window`] from a volume stored with the first index fastest; `dst` row-major.
+fn copy_window_first_fastest(
+    src: &[f32],
+    dst: &mut [f32],
+    size: [usize; 3],
+    start: [usize; 3],
+    roi: [usize; 3],
+) {
+    let [d, h, _] = size;
+    let mut k = 0;
+    for z in start[0]..start[0] + roi[0] {
+        for y in start[1]..start[1] + roi[1] {
+            for x in start[2]..start[2] + roi[2] {
+                dst[k] = src[z + d * (y + h * x)];
+                k += 1;
+            }
         }
     }
 }
@@ -631,6 +685,44 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(d < 1e-4, "{blend:?}: {d}");
+        }
+        // The same image stored first index fastest: the same output, padded or not.
+        let (d, h, w) = (11, 7, 13);
+        let x = input.as_f32().unwrap()[..d * h * w].to_vec();
+        let mut ff = vec![0f32; x.len()];
+        for z in 0..d {
+            for y in 0..h {
+                for xx in 0..w {
+                    ff[z + d * (y + h * xx)] = x[(z * h + y) * w + xx];
+                }
+            }
+        }
+        let sq = |v: &[f32]| v.iter().map(|a| a * a).collect::<Vec<f32>>();
+        for roi in [vec![4, 8, 5], vec![16, 4, 4]] {
+            let sw = SlidingWindow {
+                overlap: vec![0.5],
+                blend: Blend::Gaussian,
+                sw_batch: 2,
+                padding: Padding::Replicate,
+                ..SlidingWindow::new(roi)
+            };
+            let square = |t: Tensor| -> Result<Tensor, PipelineError> {
+                Ok(Tensor::from_f32(t.shape().to_vec(), sq(t.as_f32().unwrap())).unwrap())
+            };
+            let mut a = Vec::new();
+            sw.run_planes(&x, 1, &[d, h, w], false, &square, &mut |_, _, p| {
+                a.extend_from_slice(p);
+                Ok(())
+            })
+            .unwrap();
+            let mut b = Vec::new();
+            sw.run_planes(&ff, 1, &[d, h, w], true, &square, &mut |_, _, p| {
+                b.extend_from_slice(p);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(a, b);
+            assert_eq!(a.len(), d * h * w);
         }
         // Reflect padding deeper than the image is refused, as torch refuses it.
         let tiny = Tensor::from_f32(vec![1, 1, 3, 20], vec![0.5; 60]).unwrap();

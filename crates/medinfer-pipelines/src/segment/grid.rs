@@ -216,27 +216,8 @@ pub fn resample(src: Vec<f32>, dims: [usize; 3], to: [usize; 3]) -> Vec<f32> {
     cur
 }
 
-/// A `dims` array (first index fastest) in tensor order for `axis_order` `xyz` (the first
-/// index becomes the slowest); `zyx` is the same memory and is returned as is.
-pub fn to_tensor_order(src: Vec<f32>, dims: [usize; 3], xyz: bool) -> Vec<f32> {
-    if !xyz {
-        return src;
-    }
-    let [a, b, c] = dims;
-    let mut out = vec![0f32; src.len()];
-    let mut k = 0;
-    for x in 0..a {
-        for y in 0..b {
-            for z in 0..c {
-                out[k] = src[x + a * (y + b * z)];
-                k += 1;
-            }
-        }
-    }
-    out
-}
-
-/// The inverse of [`to_tensor_order`] for labels (`dims` the grid's, first index fastest).
+/// Labels in tensor order for `axis_order` `xyz` (the grid's first index slowest) on the grid
+/// (`dims`, first index fastest); `zyx` is the same memory and is returned as is.
 pub fn from_tensor_order(src: Vec<u8>, dims: [usize; 3], xyz: bool) -> Vec<u8> {
     if !xyz {
         return src;
@@ -443,10 +424,12 @@ mod tests {
         assert_eq!(r, vec![0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0]);
         let same = resample((0..24).map(|v| v as f32).collect(), [2, 3, 4], [2, 3, 4]);
         assert_eq!(same, (0..24).map(|v| v as f32).collect::<Vec<_>>());
-        let t = to_tensor_order((0..24).map(|v| v as f32).collect(), [2, 3, 4], true);
-        assert_eq!(t[1], 6.0); // (x 0, y 0, z 1): 0 + 2 x (0 + 3 x 1)
-        let back = from_tensor_order(t.iter().map(|&v| v as u8).collect(), [2, 3, 4], true);
-        assert_eq!(back, (0..24).collect::<Vec<u8>>());
+        // Tensor order (x slowest): element 1 is (x 0, y 0, z 1) = grid index 0 + 2 x (0 + 3 x 1).
+        let mut t = vec![0u8; 24];
+        t[1] = 9;
+        let grid = from_tensor_order(t, [2, 3, 4], true);
+        assert_eq!(grid[6], 9);
+        assert_eq!(grid.iter().map(|&v| v as usize).sum::<usize>(), 9);
     }
 
     #[test]

@@ -228,6 +228,17 @@ impl SegmentModel {
             return Err(bad(format!("max_anisotropy {max_anisotropy} must be >= 1")));
         }
         let normalization = cfg.normalization.unwrap_or(Normalization::None);
+        match normalization {
+            Normalization::Range { min, max, .. }
+                if min.partial_cmp(&max) != Some(std::cmp::Ordering::Less) =>
+            {
+                return Err(bad(format!("range [{min}, {max}] must have min < max")));
+            }
+            Normalization::Window { width, .. } if width.is_nan() || width < 1.0 => {
+                return Err(bad(format!("window width {width} must be >= 1")));
+            }
+            _ => {}
+        }
         if normalization == Normalization::Xrv {
             return Err(bad("the xrv normalisation is for chest X-rays".into()));
         }
@@ -477,12 +488,23 @@ pub fn run(
         } else {
             data[c * vox..(c + 1) * vox].to_vec()
         };
-        let chan = if reo.is_identity() {
+        // Resampled on the stored axes first (the flips commute with half-voxel-centre
+        // resampling), then reoriented: the copy that moves the axes is of the smaller grid.
+        let mut on_stored = [0usize; 3];
+        for t in 0..3 {
+            on_stored[reo.perm[t]] = model_dims[t];
+        }
+        let chan = grid::resample(chan, stored, on_stored);
+        let mut chan = if reo.is_identity() {
             chan
         } else {
-            reo.apply(&chan)
+            Reorientation {
+                stored: on_stored,
+                oriented: model_dims,
+                ..reo.clone()
+            }
+            .apply(&chan)
         };
-        let mut chan = grid::resample(chan, reo.oriented, model_dims);
         if chan.iter().any(|v| !v.is_finite()) {
             return Err(input_err(&req.input, "holds NaN or infinite values"));
         }
@@ -490,7 +512,8 @@ pub fn run(
             .normalization
             .apply(&mut chan)
             .map_err(|e| input_err(&req.input, e.to_string()))?;
-        let chan = grid::to_tensor_order(chan, model_dims, xyz);
+        // xyz: the tensor's first dimension is the grid's first (fastest) axis; the windows
+        // are gathered from this order as it is (no transposed copy).
         if model.channels == 1 {
             x = chan;
         } else {
@@ -555,7 +578,7 @@ pub fn run(
         back.push(z, p);
         Ok(())
     };
-    sw.run_planes(&x, model.channels, &spatial, &predict, &mut sink)?;
+    sw.run_planes(&x, model.channels, &spatial, xyz, &predict, &mut sink)?;
     drop(x);
     if !back.is_complete() {
         return Err(PipelineError::Batch(
