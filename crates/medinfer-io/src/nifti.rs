@@ -405,7 +405,17 @@ pub fn read(path: impl AsRef<Path>) -> Result<Volume, IoError> {
             format!("vox_offset {} lies inside the header", h.vox_offset),
         ));
     }
-    let bytes = if h.vox_offset >= consumed {
+    let truncated = |found: u64| {
+        fmt_err(
+            &data_src,
+            format!(
+                "truncated: {:?} voxels of {} bytes need {need} bytes of data, found {found}",
+                h.dims4(),
+                bpv
+            ),
+        )
+    };
+    let mut data = if h.vox_offset >= consumed {
         let skip = h.vox_offset - consumed;
         let skipped = std::io::copy(&mut (&mut rest).take(skip), &mut std::io::sink())
             .map_err(|e| fmt_err(&data_src, format!("cannot read: {e}")))?;
@@ -415,7 +425,34 @@ pub fn read(path: impl AsRef<Path>) -> Result<Volume, IoError> {
                 format!("file ends before vox_offset {}", h.vox_offset),
             ));
         }
-        read_upto(&mut *rest, need, &data_src)?
+        // Converted in 8 MiB chunks: the file's bytes are never held whole beside the floats
+        // (a 512 x 512 x 600 int16 CT would need 315 MB more at its peak).
+        // Capacity grows with the data read (a gzip header may claim far more than the file
+        // holds), doubling but never past the voxel count; large blocks grow by mremap.
+        let mut data: Vec<f32> = Vec::with_capacity(n.min(16 << 20));
+        let chunk = ((8usize << 20) / bpv as usize).max(1) * bpv as usize;
+        let mut buf = Vec::with_capacity(chunk);
+        let mut got = 0u64;
+        while got < need {
+            buf.clear();
+            let want = chunk.min((need - got) as usize) as u64;
+            (&mut rest)
+                .take(want)
+                .read_to_end(&mut buf)
+                .map_err(|e| fmt_err(&data_src, format!("cannot read: {e}")))?;
+            got += buf.len() as u64;
+            // read_to_end stops short of `want` only at the end of the file.
+            if (buf.len() as u64) < want {
+                return Err(truncated(got));
+            }
+            let add = buf.len() / bpv as usize;
+            if data.capacity() < data.len() + add {
+                let to = n.min((2 * data.capacity()).max(data.len() + add));
+                data.reserve_exact(to - data.len());
+            }
+            data.extend(to_f32(&buf, h.datatype, h.big_endian));
+        }
+        data
     } else {
         // Data begins inside the bytes already read (vox_offset < 540 in a NIfTI-1 file).
         let mut v = head[h.vox_offset as usize..].to_vec();
@@ -425,20 +462,11 @@ pub fn read(path: impl AsRef<Path>) -> Result<Volume, IoError> {
             &data_src,
         )?);
         v.truncate(need as usize);
-        v
+        if (v.len() as u64) < need {
+            return Err(truncated(v.len() as u64));
+        }
+        to_f32(&v, h.datatype, h.big_endian)
     };
-    if (bytes.len() as u64) < need {
-        return Err(fmt_err(
-            &data_src,
-            format!(
-                "truncated: {:?} voxels of {} bytes need {need} bytes of data, found {}",
-                h.dims4(),
-                bpv,
-                bytes.len()
-            ),
-        ));
-    }
-    let mut data = to_f32(&bytes, h.datatype, h.big_endian);
     if h.scl_slope != 0.0 && h.scl_slope.is_finite() && h.scl_inter.is_finite() {
         let (s, i) = (h.scl_slope, h.scl_inter);
         if s != 1.0 || i != 0.0 {
