@@ -430,7 +430,7 @@ pub fn read(path: impl AsRef<Path>) -> Result<Volume, IoError> {
         // Capacity grows with the data read (a gzip header may claim far more than the file
         // holds), doubling but never past the voxel count; large blocks grow by mremap.
         let mut data: Vec<f32> = Vec::with_capacity(n.min(16 << 20));
-        let chunk = ((8usize << 20) / bpv as usize).max(1) * bpv as usize;
+        let chunk = ((8usize << 20) / bpv).max(1) * bpv;
         let mut buf = Vec::with_capacity(chunk);
         let mut got = 0u64;
         while got < need {
@@ -445,7 +445,7 @@ pub fn read(path: impl AsRef<Path>) -> Result<Volume, IoError> {
             if (buf.len() as u64) < want {
                 return Err(truncated(got));
             }
-            let add = buf.len() / bpv as usize;
+            let add = buf.len() / bpv;
             if data.capacity() < data.len() + add {
                 let to = n.min((2 * data.capacity()).max(data.len() + add));
                 data.reserve_exact(to - data.len());
