@@ -314,3 +314,55 @@ fn bad_volumes_and_configs_are_named() {
     let o = run(&["run", "segment", s(&a), "--model", s(&two_d), "-o", s(&out)]);
     assert_clean_failure(&o, &["two_d.onnx", "(batch, channels, D0, D1, D2)"]);
 }
+
+#[test]
+fn a_channels_last_export_gives_the_mask_of_its_channels_first_twin() {
+    // The same seeded 3-D U-Net written channels-first and channels-last (as Keras exports
+    // are): one sigmoid probability channel, fixed 16^3 windows.
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.nii.gz");
+    medinfer_io::nifti::write(
+        &a,
+        &phantom([40, 36, 20, 1], grid_a()),
+        medinfer_io::nifti::NiftiDtype::F32,
+    )
+    .unwrap();
+    let mut counts = Vec::new();
+    let mut masks = Vec::new();
+    for (name, model, layout) in [
+        (
+            "first",
+            medinfer_onnx::fixtures::unet3d_channels_first(),
+            "channels_first",
+        ),
+        (
+            "last",
+            medinfer_onnx::fixtures::unet3d_channels_last(),
+            "channels_last",
+        ),
+    ] {
+        let m = dir.path().join(format!("{name}.onnx"));
+        medinfer_onnx::save_model(&model, &m).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}.json")),
+            format!(
+                r#"{{"input": {{"layout": "{layout}", "orientation": "RAS"}},
+                    "normalization": {{"kind": "minmax"}}, "labels": ["object"],
+                    "output": {{"activation": "logits", "thresholds": [0.45]}},
+                    "sliding_window": {{"overlap": 0.5, "mode": "gaussian"}}}}"#
+            ),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("out-{name}"));
+        let r = segment(&a, &m, &out, &["--backend", "tract"]);
+        assert_eq!(r["settings"]["layout"], layout);
+        counts.push(r["labels"][0]["voxels"].as_u64().unwrap());
+        masks.push(std::fs::read(out.join("mask.nii.gz")).unwrap());
+    }
+    assert_eq!(counts[0], counts[1]);
+    assert!(
+        counts[0] > 100 && counts[0] < 40 * 36 * 20 - 100,
+        "{counts:?}"
+    );
+    assert_eq!(masks[0], masks[1]);
+}

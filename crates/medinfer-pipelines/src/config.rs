@@ -32,7 +32,7 @@
 //! ```
 //! `size` and `spacing_mm` are (rows, columns). `labels` is a list in output order, an object
 //! of name -> index, or an object of index -> name (MONAI's `channel_def`). Normalisations:
-//! `zscore` (per image), `range` (`min`, `max` -> [0, 1], `clip` optional), `window` (`center`, `width` -> [0, 1],
+//! `zscore` (per image), `minmax` (per image, to [0, 1]), `range` (`min`, `max` -> [0, 1], `clip` optional), `window` (`center`, `width` -> [0, 1],
 //! DICOM's linear VOI function), `xrv` (TorchXRayVision's [-1024, 1024] from the encoding's
 //! maximum), `none`. Activations: `softmax`, `sigmoid`, `logits` (none).
 
@@ -67,6 +67,9 @@ pub enum Normalization {
         #[serde(default)]
         clip: bool,
     },
+    /// `(v - min) / (max - min)` with the image's own minimum and maximum (MONAI's
+    /// `ScaleIntensity`; divide-by-maximum for MRI whose minimum is 0).
+    Minmax,
     /// DICOM's linear VOI window to [0, 1].
     Window {
         /// Window centre.
@@ -97,6 +100,7 @@ impl Normalization {
             Normalization::Window { center, width } => {
                 preprocess::window(data, center, width, 0.0, 1.0)?
             }
+            Normalization::Minmax => preprocess::min_max_normalize(data),
             Normalization::Xrv | Normalization::None => {}
         }
         Ok(())

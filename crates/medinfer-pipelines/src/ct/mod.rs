@@ -156,7 +156,7 @@ pub fn preprocess_image(mut img: Image2d, prep: impl Into<CtPrep>) -> Result<Vec
             let img = preprocess::resize(&img, c, r, Filter::Area).map_err(|e| e.to_string())?;
             Ok(img.data)
         }
-        Normalization::Zscore | Normalization::Xrv => {
+        Normalization::Zscore | Normalization::Minmax | Normalization::Xrv => {
             let [r, c] = prep.size;
             let mut img =
                 preprocess::resize(&img, c, r, Filter::Area).map_err(|e| e.to_string())?;

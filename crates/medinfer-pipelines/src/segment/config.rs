@@ -23,6 +23,8 @@
 //! - `axis_order`: how the grid becomes the model's `N x C x D0 x D1 x D2` tensor: `xyz`
 //!   (MONAI, nibabel: D0 is the grid's first axis) or `zyx` (SimpleITK arrays, nnU-Net: D0 is
 //!   the third). `roi` is in the tensor's order.
+//! - `layout`: `channels_first` (default) or `channels_last` (Keras exports: N x D0 x D1 x D2
+//!   x C in and out; windows are transposed around the model, which for one channel is free).
 //! - `max_anisotropy`: the largest ratio of the input's longest to shortest voxel side that is
 //!   resampled (default 3): thicker slices than that would be invented by interpolation.
 //! - `sliding_window`: MONAI's `sliding_window_inference` arguments (`roi` defaults to the
@@ -126,6 +128,10 @@ pub struct SegInput {
     /// Largest longest / shortest voxel side ratio resampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_anisotropy: Option<f64>,
+    /// `channels_first` (N x C x D0 x D1 x D2, PyTorch / MONAI) or `channels_last`
+    /// (N x D0 x D1 x D2 x C, TensorFlow / Keras exports), for input and output alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
 }
 
 /// Output interpretation.
@@ -297,6 +303,7 @@ impl SegmentConfig {
                 orientation: self.input.orientation.or(base.input.orientation),
                 axis_order: self.input.axis_order.or(base.input.axis_order),
                 max_anisotropy: self.input.max_anisotropy.or(base.input.max_anisotropy),
+                layout: self.input.layout.or(base.input.layout),
             },
             normalization: self.normalization.or(base.normalization),
             labels: if self.labels.is_empty() {

@@ -58,6 +58,8 @@ pub struct SegmentModel {
     pub axis_order: String,
     /// Model voxel size, mm (grid axes), when the pipeline resamples.
     pub spacing_mm: Option<[f64; 3]>,
+    /// `channels_first` or `channels_last`.
+    pub layout: String,
     /// Largest input voxel anisotropy resampled.
     pub max_anisotropy: f64,
     /// Intensity normalisation.
@@ -100,6 +102,16 @@ impl SegmentModel {
             Dim::Fixed(n) => Some(*n),
             Dim::Dynamic(_) => None,
         };
+        let last = match cfg.input.layout.as_deref().unwrap_or("channels_first") {
+            "channels_first" => false,
+            "channels_last" => true,
+            other => {
+                return Err(bad(format!(
+                    "input.layout '{other}': channels_first or channels_last"
+                )))
+            }
+        };
+        let (c_axis, sp_axes) = if last { (4, [1, 2, 3]) } else { (1, [2, 3, 4]) };
         if info.inputs.len() != 1 || info.inputs[0].shape.len() != 5 {
             let shapes: Vec<Vec<String>> = info
                 .inputs
@@ -112,7 +124,7 @@ impl SegmentModel {
             )));
         }
         let inp = &info.inputs[0];
-        let channels = match (fixed(&inp.shape[1]), cfg.input.channels) {
+        let channels = match (fixed(&inp.shape[c_axis]), cfg.input.channels) {
             (Some(m), Some(c)) if m != c => {
                 return Err(bad(format!(
                     "the config says {c} channels, the model's input has {m}"
@@ -125,14 +137,14 @@ impl SegmentModel {
         let mut roi = [0usize; 3];
         for d in 0..3 {
             roi[d] = match (
-                fixed(&inp.shape[2 + d]),
+                fixed(&inp.shape[sp_axes[d]]),
                 cfg.sliding_window.roi.map(|r| r[d]),
             ) {
                 (Some(m), Some(c)) if m != c => {
                     return Err(bad(format!(
                         "the config's roi {:?} differs from the model's fixed input {:?}",
                         cfg.sliding_window.roi.unwrap_or_default(),
-                        &inp.shape[2..]
+                        sp_axes.map(|a| inp.shape[a].to_string())
                     )))
                 }
                 (Some(m), _) => m,
@@ -164,7 +176,7 @@ impl SegmentModel {
                 out.shape.len()
             )));
         }
-        let classes = match (fixed(&out.shape[1]), cfg.labels.len()) {
+        let classes = match (fixed(&out.shape[c_axis]), cfg.labels.len()) {
             (Some(n), l) if l > 0 && n != l => {
                 return Err(bad(format!(
                     "the model gives {n} output channels, the config names {l} labels"
@@ -244,10 +256,12 @@ impl SegmentModel {
         }
         let mut input_shapes = HashMap::new();
         if inp.shape.iter().any(|d| fixed(d).is_none()) {
-            input_shapes.insert(
-                inp.name.clone(),
-                vec![sw_batch, channels, roi[0], roi[1], roi[2]],
-            );
+            let shape = if last {
+                vec![sw_batch, roi[0], roi[1], roi[2], channels]
+            } else {
+                vec![sw_batch, channels, roi[0], roi[1], roi[2]]
+            };
+            input_shapes.insert(inp.name.clone(), shape);
         }
         Ok(SegmentModel {
             config_source: cfg.source.clone(),
@@ -258,6 +272,12 @@ impl SegmentModel {
             orientation: grid.name(),
             axis_order,
             spacing_mm: cfg.input.spacing_mm,
+            layout: if last {
+                "channels_last"
+            } else {
+                "channels_first"
+            }
+            .into(),
             max_anisotropy,
             normalization,
             activation,
@@ -532,10 +552,16 @@ pub fn run(
     let windows = sw.plan(&spatial)?.starts.len();
     let calls = windows.div_ceil(model.sw_batch);
     let done = std::sync::atomic::AtomicUsize::new(0);
+    let last = model.layout == "channels_last";
     let predict = |t: Tensor| -> Result<Tensor, PipelineError> {
+        let t = if last { move_channels(t, true)? } else { t };
         let mut out = session.run(&[t])?;
         if out.is_empty() {
             return Err(PipelineError::Batch("the model returned no output".into()));
+        }
+        if last {
+            let y = out.swap_remove(0);
+            out = vec![move_channels(y, false)?];
         }
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         progress(n, calls);
@@ -655,6 +681,46 @@ pub fn run(
     let report_path = req.output.join("report.json");
     std::fs::write(&report_path, json).map_err(|e| PipelineError::output(&report_path, e))?;
     Ok(report)
+}
+
+/// `B x C x spatial` to `B x spatial x C` (`to_last`), or back.
+fn move_channels(t: Tensor, to_last: bool) -> Result<Tensor, PipelineError> {
+    let shape = t.shape().to_vec();
+    let bad = |e: String| PipelineError::Batch(format!("channels-last window {shape:?}: {e}"));
+    if shape.len() < 3 {
+        return Err(bad("too few dimensions".into()));
+    }
+    let (b, c_axis) = (shape[0], if to_last { 1 } else { shape.len() - 1 });
+    let c = shape[c_axis];
+    let n: usize = shape[1..].iter().product::<usize>() / c.max(1);
+    let mut new_shape = vec![b];
+    if to_last {
+        new_shape.extend_from_slice(&shape[2..]);
+        new_shape.push(c);
+    } else {
+        new_shape.push(c);
+        new_shape.extend_from_slice(&shape[1..shape.len() - 1]);
+    }
+    let x = t.as_f32().map_err(|e| bad(e.to_string()))?;
+    let data = if c == 1 {
+        x.to_vec()
+    } else {
+        let mut out = vec![0f32; x.len()];
+        for bi in 0..b {
+            let (src, dst) = (&x[bi * c * n..][..c * n], &mut out[bi * c * n..][..c * n]);
+            for ci in 0..c {
+                for i in 0..n {
+                    if to_last {
+                        dst[i * c + ci] = src[ci * n + i];
+                    } else {
+                        dst[ci * n + i] = src[i * c + ci];
+                    }
+                }
+            }
+        }
+        out
+    };
+    Tensor::from_f32(new_shape, data).map_err(|e| bad(e.to_string()))
 }
 
 /// Scores of one plane (`k` channels of `n` voxels) to probabilities in place.
