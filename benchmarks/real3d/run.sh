@@ -7,17 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cache="${MEDINFER_HOME:-$HOME/.cache/medinfer}"
-model="$cache/models/deepbrain-extractor.onnx"
-if [ ! -f "$model" ]; then
-  tfv="$cache/tf-venv"
-  if [ ! -x "$tfv/bin/python" ] || ! "$tfv/bin/python" -c "import tensorflow, tf2onnx" 2>/dev/null; then
-    python3 -m venv "$tfv"
-    "$tfv/bin/pip" install -q --disable-pip-version-check tensorflow-cpu==2.21.0 tf2onnx==1.17.0
-  fi
-  mkdir -p "$cache/models"
-  "$tfv/bin/python" "$root/benchmarks/real3d/convert_deepbrain.py" "$model.part" 2>/dev/null
-  mv "$model.part" "$model"
-fi
+model="$("$root/benchmarks/real3d/model.sh")"
 venv="$cache/real3d-venv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openvino, onnxruntime, nncf, onnx, nibabel, nilearn, scipy" 2>/dev/null; then
   python3 -m venv "$venv"

@@ -5,9 +5,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${MEDINFER_SEGMENT_VENV:-$HOME/.cache/medinfer/seg-venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, monai, onnxruntime, nibabel, onnx" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, monai, onnxruntime, nibabel, nilearn, onnx" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check numpy scipy nibabel onnx monai==1.5.1 onnxruntime==1.31.1 torch==2.9.1
+  "$venv/bin/pip" install -q --disable-pip-version-check numpy scipy nibabel nilearn onnx monai==1.5.1 onnxruntime==1.31.1 torch==2.9.1
 fi
 cd "$root"
 cargo build --release -q -p medinfer-cli
