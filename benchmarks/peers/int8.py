@@ -69,10 +69,12 @@ def kernels_ov(path, x):
     import openvino as ov
     core = ov.Core()
     m = core.read_model(path)
-    m.reshape({m.inputs[0].get_any_name(): list(x.shape)})
+    # x: one array for the first input, or {input name: array} for every input.
+    feeds = x if isinstance(x, dict) else {m.inputs[0].get_any_name(): x}
+    m.reshape({k: list(v.shape) for k, v in feeds.items()})
     c = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES"})
     req = c.create_infer_request()
-    req.infer({0: x})
+    req.infer(feeds)
     out = {}
     for p in req.profiling_info:
         if p.status.name == "EXECUTED" and any(k in p.node_type for k in ("Convolution", "Deconvolution", "FullyConnected", "MatMul")):
@@ -90,7 +92,7 @@ def kernels_ort(path, x):
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "medinfer-kernels")
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    sess.run(None, {sess.get_inputs()[0].name: x})
+    sess.run(None, x if isinstance(x, dict) else {sess.get_inputs()[0].name: x})
     prof = sess.end_profiling()
     with open(prof) as f:
         events = json.load(f)

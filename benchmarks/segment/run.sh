@@ -4,12 +4,8 @@
 # Usage: benchmarks/segment/run.sh [--rounds 2] [--json out.json] [--skip-time] [--skip-memory]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-venv="${MEDINFER_SEGMENT_VENV:-$HOME/.cache/medinfer/seg-venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, monai, onnxruntime, nibabel, nilearn, onnx" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check numpy scipy nibabel nilearn onnx monai==1.5.1 onnxruntime==1.31.1 torch==2.9.1
-fi
+python="$("$root/benchmarks/segment/venv.sh")"
 cd "$root"
 cargo build --release -q -p medinfer-cli
 target/release/medinfer runtimes install >/dev/null
-exec "$venv/bin/python" benchmarks/segment/segment_bench.py --medinfer "$root/target/release/medinfer" "$@"
+exec "$python" benchmarks/segment/segment_bench.py --medinfer "$root/target/release/medinfer" "$@"

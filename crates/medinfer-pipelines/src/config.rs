@@ -260,6 +260,33 @@ pub(crate) fn labels_from_value(v: &Value) -> Result<Vec<String>, String> {
     }
 }
 
+/// The config files of `model`, first to last: `explicit`, `MODEL.json` beside it, a MONAI
+/// bundle's `configs/metadata.json` (the model under `BUNDLE/models/`), those that exist.
+pub(crate) fn config_files(model: &Path, explicit: Option<&Path>) -> Vec<PathBuf> {
+    let beside = model.with_extension("json");
+    let bundle = model
+        .parent()
+        .filter(|d| d.file_name().is_some_and(|n| n == "models"))
+        .and_then(Path::parent)
+        .map(|b| b.join("configs").join("metadata.json"));
+    let mut found: Vec<PathBuf> = explicit.map(Path::to_path_buf).into_iter().collect();
+    for p in [Some(beside), bundle].into_iter().flatten() {
+        if p.is_file() && !found.contains(&p) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// A config file's text (16 MiB at most: anything larger is not a model config).
+pub(crate) fn read_config_text(path: &Path) -> Result<String, PipelineError> {
+    let meta = std::fs::metadata(path).map_err(|e| config_err(path, e.to_string()))?;
+    if meta.len() > 16 << 20 {
+        return Err(config_err(path, "larger than 16 MiB: not a model config"));
+    }
+    std::fs::read_to_string(path).map_err(|e| config_err(path, e.to_string()))
+}
+
 fn config_err(what: &Path, reason: impl Into<String>) -> PipelineError {
     PipelineError::Config {
         what: what.display().to_string(),
@@ -297,12 +324,7 @@ impl ModelConfig {
 
     /// Reads a config file.
     pub fn read(path: &Path) -> Result<ModelConfig, PipelineError> {
-        let meta = std::fs::metadata(path).map_err(|e| config_err(path, e.to_string()))?;
-        if meta.len() > 16 << 20 {
-            return Err(config_err(path, "larger than 16 MiB: not a model config"));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| config_err(path, e.to_string()))?;
-        Self::parse(&text, path)
+        Self::parse(&read_config_text(path)?, path)
     }
 
     /// The config for `model` in `pipeline`: every config found, each filling what the ones
@@ -314,23 +336,8 @@ impl ModelConfig {
         model: &Path,
         explicit: Option<&Path>,
     ) -> Result<ModelConfig, PipelineError> {
-        let beside = model.with_extension("json");
-        let bundle = model
-            .parent()
-            .filter(|d| d.file_name().is_some_and(|n| n == "models"))
-            .and_then(Path::parent)
-            .map(|b| b.join("configs").join("metadata.json"));
-        let mut found: Vec<PathBuf> = Vec::new();
-        if let Some(p) = explicit {
-            found.push(p.to_path_buf());
-        }
-        for p in [Some(beside), bundle].into_iter().flatten() {
-            if p.is_file() && !found.contains(&p) {
-                found.push(p);
-            }
-        }
         let mut merged: Option<ModelConfig> = None;
-        for path in &found {
+        for path in &config_files(model, explicit) {
             let c = Self::read(path)?;
             if let Some(p) = &c.pipeline {
                 if !p.eq_ignore_ascii_case(pipeline.name()) {

@@ -332,54 +332,5 @@ fn clean_frame(frame: &mut [u8], dims: [usize; 3], fp: [usize; 4]) -> [usize; 4]
 
 /// Keeps only the largest 6-connected component of `class` in a `[nx, ny, nz]` frame.
 pub fn keep_largest_component(frame: &mut [u8], dims: [usize; 3], class: u8) {
-    let [nx, ny, nz] = dims;
-    let mut comp = vec![0u32; frame.len()];
-    let mut sizes = vec![0usize];
-    let mut stack = Vec::new();
-    for start in 0..frame.len() {
-        if frame[start] != class || comp[start] != 0 {
-            continue;
-        }
-        let id = sizes.len() as u32;
-        sizes.push(0);
-        comp[start] = id;
-        stack.push(start);
-        while let Some(i) = stack.pop() {
-            sizes[id as usize] += 1;
-            let (x, y, z) = (i % nx, (i / nx) % ny, i / (nx * ny));
-            let mut visit = |j: usize| {
-                if frame[j] == class && comp[j] == 0 {
-                    comp[j] = id;
-                    stack.push(j);
-                }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < nx {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - nx);
-            }
-            if y + 1 < ny {
-                visit(i + nx);
-            }
-            if z > 0 {
-                visit(i - nx * ny);
-            }
-            if z + 1 < nz {
-                visit(i + nx * ny);
-            }
-        }
-    }
-    if sizes.len() <= 2 {
-        return;
-    }
-    let keep = (1..sizes.len()).max_by_key(|&i| sizes[i]).unwrap_or(1) as u32;
-    for (v, &c) in frame.iter_mut().zip(&comp) {
-        if c != 0 && c != keep {
-            *v = 0;
-        }
-    }
+    crate::segment::grid::keep_largest(frame, dims, class);
 }

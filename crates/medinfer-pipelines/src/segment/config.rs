@@ -39,12 +39,12 @@
 //! spatial shape as ROI, `channel_def` as labels, `segmentation` as softmax); give the
 //! spacing and orientation in a medinfer config beside it.
 
-use crate::config::{labels_from_value, Activation, Normalization};
+use crate::config::{config_files, labels_from_value, read_config_text, Activation, Normalization};
 use crate::sliding::{Blend, Padding, SlidingWindow};
 use crate::PipelineError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Which way the model's grid runs, or the grid as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,12 +252,7 @@ impl SegmentConfig {
 
     /// Reads a config file (16 MiB at most).
     pub fn read(path: &Path) -> Result<SegmentConfig, PipelineError> {
-        let meta = std::fs::metadata(path).map_err(|e| err(path, e.to_string()))?;
-        if meta.len() > 16 << 20 {
-            return Err(err(path, "larger than 16 MiB: not a model config"));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
-        Self::parse(&text, path)
+        Self::parse(&read_config_text(path)?, path)
     }
 
     /// The config of `model`: `explicit`, then `MODEL.json`, then a MONAI bundle's
@@ -266,20 +261,8 @@ impl SegmentConfig {
         model: &Path,
         explicit: Option<&Path>,
     ) -> Result<SegmentConfig, PipelineError> {
-        let beside = model.with_extension("json");
-        let bundle = model
-            .parent()
-            .filter(|d| d.file_name().is_some_and(|n| n == "models"))
-            .and_then(Path::parent)
-            .map(|b| b.join("configs").join("metadata.json"));
-        let mut found: Vec<PathBuf> = explicit.map(Path::to_path_buf).into_iter().collect();
-        for p in [Some(beside), bundle].into_iter().flatten() {
-            if p.is_file() && !found.contains(&p) {
-                found.push(p);
-            }
-        }
         let mut merged: Option<SegmentConfig> = None;
-        for p in &found {
+        for p in &config_files(model, explicit) {
             let c = Self::read(p)?;
             merged = Some(match merged {
                 None => c,

@@ -365,7 +365,8 @@ pub fn keep_largest(mask: &mut [u8], dims: [usize; 3], class: u8) -> usize {
         if mask[i] == class {
             let n = fill(mask, &mut stack, i, class, MARK);
             total += n;
-            if n > best_size {
+            // The last of equal sizes, as the cardiac pipeline always chose.
+            if n >= best_size {
                 best = Some(i);
                 best_size = n;
             }
