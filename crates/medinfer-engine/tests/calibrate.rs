@@ -183,14 +183,14 @@ fn openvino_target_writes_signed_symmetric_activations_and_stays_accurate() {
     };
     let (qm_default, rep_default) =
         quant::quantize(&m, &plan, &calib, &default, &HashSet::new()).unwrap();
-    assert_eq!(rep_default.signed_activations, quant::cpu_has_vnni());
+    assert_eq!(rep_default.signed_activations, quant::cpu_has_amx_int8());
     let x = samples("unet-convt", 4, 99);
     let dir = tempfile::tempdir().unwrap();
     for (name, model, signed) in [("signed", &qm, true), ("default", &qm_default, false)] {
         let qpath = dir.path().join(format!("int8-ov-{name}.onnx"));
         save_model(model, &qpath).unwrap();
         for k in native_backends() {
-            if signed && k == BackendKind::OpenVino && !quant::cpu_has_vnni() {
+            if signed && k == BackendKind::OpenVino && !quant::cpu_has_amx_int8() {
                 continue;
             }
             let s = load_on(k, &qpath, &SessionOptions::default()).unwrap();

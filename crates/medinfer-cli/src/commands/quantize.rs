@@ -67,9 +67,9 @@ pub struct QuantizeArgs {
     #[arg(long, default_value = "portable")]
     pub target: String,
     /// With --target openvino: write negative-valued activations as symmetric INT8 (on) or as
-    /// UINT8 with a zero point (off). Default: on when this CPU has VNNI; without it OpenVINO
-    /// computes INT8-input convolutions inaccurately (measured on AVX2: cosine 0.86), so quantize
-    /// on the CPU you deploy on, or say on.
+    /// UINT8 with a zero point (off). Default: on when this CPU has AMX; without it OpenVINO
+    /// computes INT8-input convolutions inaccurately (measured on AVX2 Zen 3 and AVX-512 VNNI
+    /// Zen 4: cosine 0.85-0.86), so quantize on the CPU you deploy on, or say on.
     #[arg(long, value_parser = ["on", "off"])]
     pub signed_activations: Option<String>,
     /// 7-bit weights against the 16-bit saturation of INT8 kernels on CPUs without VNNI

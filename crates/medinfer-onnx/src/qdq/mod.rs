@@ -109,11 +109,13 @@ pub struct QuantConfig {
     /// The engines the QDQ model is laid out for (see [`Target`]).
     pub target: Target,
     /// Whether [`Target::OpenVino`] writes negative-valued activations as symmetric INT8:
-    /// `None` (the default) when the CPU running the quantizer has VNNI ([`cpu_has_vnni`]),
-    /// else UINT8 with a zero point as the portable layout does. Measured on a 2-core AVX2
-    /// Zen 3 (no VNNI): OpenVINO ran the ConvTranspose U-Net's INT8-input decoder Convs with
-    /// large errors (cosine 0.86 against FP32, 0.996 with UINT8 inputs; 7-bit weights, NNCF's
-    /// overflow fix, did not help), while the same model was accurate on AVX-512 VNNI CPUs.
+    /// `None` (the default) when the CPU running the quantizer has AMX INT8 tiles
+    /// ([`cpu_has_amx_int8`]), else UINT8 with a zero point as the portable layout does.
+    /// Measured with OpenVINO 2026.4.1: on a 2-core AVX2 Zen 3 (no VNNI) and on an AVX-512
+    /// VNNI Zen 4 (no AMX) it ran the ConvTranspose U-Net's INT8-input decoder Convs with
+    /// large errors (cosine 0.85-0.86 against FP32, 0.997 with UINT8 inputs; 7-bit weights,
+    /// NNCF's overflow fix, did not help; ONNX Runtime runs the same file at 0.997), while the
+    /// same model was accurate on the Xeon with AMX.
     pub signed_activations: Option<bool>,
     /// Which layers get 7-bit weights so that engines without VNNI cannot saturate (see
     /// [`OverflowFix`]).
@@ -163,6 +165,19 @@ pub fn cpu_has_vnni() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         true
+    }
+}
+
+/// Whether this CPU has AMX INT8 tile instructions (CPUID leaf 7, EDX bit 25): where
+/// OpenVINO runs convolutions on INT8 (signed) activations accurately.
+pub fn cpu_has_amx_int8() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (std::arch::x86_64::__cpuid_count(7, 0).edx >> 25) & 1 == 1
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

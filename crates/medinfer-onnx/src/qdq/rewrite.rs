@@ -202,8 +202,8 @@ pub fn quantize(
 ) -> Result<(ModelProto, QuantReport), OnnxError> {
     let ix = Index::new(model)?;
     let first_layers = super::plan::first_weighted_layers(&ix, plan);
-    let signed_activations =
-        config.target == Target::OpenVino && config.signed_activations.unwrap_or_else(cpu_has_vnni);
+    let signed_activations = config.target == Target::OpenVino
+        && config.signed_activations.unwrap_or_else(cpu_has_amx_int8);
     let layers: Vec<Layer> = plan
         .layers
         .iter()
