@@ -339,6 +339,24 @@ impl Volume {
     }
 }
 
+/// A 3-D array of `dims` (row-major: the last index fastest) with its axes reversed, i.e. the
+/// row-major array of `[dims[2], dims[1], dims[0]]`. Read the other way, it turns an array
+/// stored first index fastest (NIfTI's order) into row-major, and back.
+pub fn reverse_axes<T: Copy + Default>(src: &[T], dims: [usize; 3]) -> Vec<T> {
+    let [a, b, c] = dims;
+    let mut out = vec![T::default(); src.len()];
+    let mut k = 0;
+    for i in 0..a {
+        for j in 0..b {
+            for l in 0..c {
+                out[i + a * (j + b * l)] = src[k];
+                k += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Smallest and largest finite value (0, 0 for an empty or all-NaN slice).
 pub fn min_max(data: &[f32]) -> (f32, f32) {
     let mut lo = f32::INFINITY;

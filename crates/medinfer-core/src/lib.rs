@@ -19,7 +19,7 @@ pub mod preprocess;
 mod rng;
 mod tensor;
 
-pub use image::{min_max, Image2d, Photometric, Tags, VoiLut, Volume, Window};
+pub use image::{min_max, reverse_axes, Image2d, Photometric, Tags, VoiLut, Volume, Window};
 
 pub use rng::SeededRng;
 pub use tensor::{DType, Tensor, TensorData};

@@ -318,21 +318,11 @@ impl SlidingWindow {
         let image = if first_fastest && plan.padded != orig {
             // Padding works on row-major planes: transpose this (small) image first.
             let vol: usize = orig.iter().product();
-            let mut t = vec![0f32; image.len()];
-            for c in 0..chans {
-                let (src, dst) = (&image[c * vol..][..vol], &mut t[c * vol..][..vol]);
-                let mut k = 0;
-                for z in 0..orig[0] {
-                    for y in 0..orig[1] {
-                        for x in 0..orig[2] {
-                            dst[k] = src[z + orig[0] * (y + orig[1] * x)];
-                            k += 1;
-                        }
-                    }
-                }
-            }
             first_fastest = false;
-            row_major = t;
+            row_major = image
+                .chunks(vol)
+                .flat_map(|c| medinfer_core::reverse_axes(c, [orig[2], orig[1], orig[0]]))
+                .collect::<Vec<f32>>();
             &row_major[..]
         } else {
             image

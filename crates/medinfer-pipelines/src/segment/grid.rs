@@ -88,7 +88,7 @@ impl Reorientation {
     }
 
     /// The stored index of oriented voxel `o`.
-    fn stored_index(&self, o: [usize; 3]) -> usize {
+    pub fn stored_index(&self, o: [usize; 3]) -> usize {
         let mut s = [0usize; 3];
         for (t, &ot) in o.iter().enumerate() {
             let v = self.perm[t];
@@ -219,21 +219,11 @@ pub fn resample(src: Vec<f32>, dims: [usize; 3], to: [usize; 3]) -> Vec<f32> {
 /// Labels in tensor order for `axis_order` `xyz` (the grid's first index slowest) on the grid
 /// (`dims`, first index fastest); `zyx` is the same memory and is returned as is.
 pub fn from_tensor_order(src: Vec<u8>, dims: [usize; 3], xyz: bool) -> Vec<u8> {
-    if !xyz {
-        return src;
+    if xyz {
+        medinfer_core::reverse_axes(&src, dims)
+    } else {
+        src
     }
-    let [a, b, c] = dims;
-    let mut out = vec![0u8; src.len()];
-    let mut k = 0;
-    for x in 0..a {
-        for y in 0..b {
-            for z in 0..c {
-                out[x + a * (y + b * z)] = src[k];
-                k += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Brings K-channel probability planes on the model grid (tensor order, arriving in order

@@ -478,19 +478,14 @@ pub fn run(
     // Display copy (uint8, first channel) for the overlay: 0.5 - 99.5th percentile window.
     let vox = nx * ny * nz;
     let (lo, hi) = {
-        let mut s: Vec<f32> = vol.data[..vox]
+        let s: Vec<f32> = vol.data[..vox]
             .iter()
             .step_by((vox / 200_000).max(1))
             .copied()
             .filter(|v| v.is_finite())
             .collect();
-        s.sort_by(|a, b| a.total_cmp(b));
-        let q = |p: f64| {
-            s.get(((s.len() as f64 - 1.0) * p) as usize)
-                .copied()
-                .unwrap_or(0.0)
-        };
-        (q(0.005), q(0.995))
+        let q = |p: f64| medinfer_core::preprocess::percentile(&s, p).unwrap_or(0.0);
+        (q(0.5), q(99.5))
     };
     let scale = 255.0 / (hi - lo).max(1e-6);
     let display: Vec<u8> = vol.data[..vox]
@@ -498,7 +493,18 @@ pub fn run(
         .map(|v| ((v - lo) * scale).clamp(0.0, 255.0) as u8)
         .collect();
     let affine = vol.affine;
-    // Per channel: reorient, resample, normalise, tensor order.
+    // Per channel: resample, reorient, normalise. Resampled on the stored axes first (the
+    // flips commute with half-voxel-centre resampling), then reoriented: the copy that moves
+    // the axes is of the smaller grid.
+    let mut on_stored = [0usize; 3];
+    for t in 0..3 {
+        on_stored[reo.perm[t]] = model_dims[t];
+    }
+    let reo_resampled = Reorientation {
+        stored: on_stored,
+        oriented: model_dims,
+        ..reo.clone()
+    };
     let mut data = vol.data;
     let model_vox: usize = model_dims.iter().product();
     let mut x: Vec<f32> = Vec::with_capacity(model.channels * model_vox);
@@ -508,22 +514,11 @@ pub fn run(
         } else {
             data[c * vox..(c + 1) * vox].to_vec()
         };
-        // Resampled on the stored axes first (the flips commute with half-voxel-centre
-        // resampling), then reoriented: the copy that moves the axes is of the smaller grid.
-        let mut on_stored = [0usize; 3];
-        for t in 0..3 {
-            on_stored[reo.perm[t]] = model_dims[t];
-        }
         let chan = grid::resample(chan, stored, on_stored);
         let mut chan = if reo.is_identity() {
             chan
         } else {
-            Reorientation {
-                stored: on_stored,
-                oriented: model_dims,
-                ..reo.clone()
-            }
-            .apply(&chan)
+            reo_resampled.apply(&chan)
         };
         if chan.iter().any(|v| !v.is_finite()) {
             return Err(input_err(&req.input, "holds NaN or infinite values"));
@@ -622,22 +617,36 @@ pub fn run(
         reo.invert(&labels)
     };
     let voxel_ml = det3(&affine).abs() / 1000.0;
-    let mut volumes = Vec::new();
-    for (value, name) in model.label_values() {
-        let removed = if model.largest_component {
-            grid::keep_largest(&mut labels, stored, value)
-        } else {
-            0
-        };
-        let voxels = labels.iter().filter(|&&v| v == value).count();
-        volumes.push(LabelVolume {
-            name,
-            value,
-            voxels,
-            volume_ml: voxels as f64 * voxel_ml,
-            removed_voxels: removed,
-        });
+    let label_values = model.label_values();
+    let removed: Vec<usize> = label_values
+        .iter()
+        .map(|&(value, _)| {
+            if model.largest_component {
+                grid::keep_largest(&mut labels, stored, value)
+            } else {
+                0
+            }
+        })
+        .collect();
+    // Every label's voxels in one pass.
+    let mut histogram = [0usize; 256];
+    for &v in &labels {
+        histogram[v as usize] += 1;
     }
+    let volumes: Vec<LabelVolume> = label_values
+        .into_iter()
+        .zip(removed)
+        .map(|((value, name), removed_voxels)| {
+            let voxels = histogram[value as usize];
+            LabelVolume {
+                name,
+                value,
+                voxels,
+                volume_ml: voxels as f64 * voxel_ml,
+                removed_voxels,
+            }
+        })
+        .collect();
     timings.postprocess_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -648,22 +657,19 @@ pub fn run(
     write_overlay(&overlay_path, &display, &labels, stored, &affine)?;
     timings.write_s = t.elapsed().as_secs_f64();
     timings.total_s = t_all.elapsed().as_secs_f64();
-    let codes = grid::axis_codes(&affine);
+    let input_orientation = GridOrientation::Codes(grid::axis_codes(&affine));
     let report = SegmentReport {
         input: req.input.display().to_string(),
         input_grid: GridInfo {
             dims: stored,
             spacing_mm: sp,
-            orientation: codes
-                .iter()
-                .map(|&(w, s)| config::code_letter(w, s))
-                .collect(),
+            orientation: input_orientation.name(),
         },
         model_grid: GridInfo {
             dims: model_dims,
             spacing_mm: model.spacing_mm.unwrap_or(oriented_sp),
             orientation: match model.grid {
-                GridOrientation::Stored => GridOrientation::Codes(codes).name(),
+                GridOrientation::Stored => input_orientation.name(),
                 g => g.name(),
             },
         },
@@ -769,11 +775,7 @@ fn write_overlay(
         affine,
         GridOrientation::Codes([(0, -1), (1, -1), (2, 1)]),
     );
-    let (g, l) = if reo.is_identity() {
-        (display.to_vec(), labels.to_vec())
-    } else {
-        (reo.apply(display), reo.apply(labels))
-    };
+    // The three slices are sampled through the reorientation; the volumes are not copied.
     let d = reo.oriented;
     let a2 = reo.affine(affine);
     let sp: Vec<f64> = (0..3)
@@ -785,25 +787,31 @@ fn write_overlay(
                 .max(1e-6)
         })
         .collect();
+    // The labelled voxels' centroid, on the stored grid, then on the display grid.
     let (mut sum, mut n) = ([0f64; 3], 0usize);
-    for (i, &v) in l.iter().enumerate() {
+    for (i, &v) in labels.iter().enumerate() {
         if v != 0 {
-            sum[0] += (i % d[0]) as f64;
-            sum[1] += ((i / d[0]) % d[1]) as f64;
-            sum[2] += (i / (d[0] * d[1])) as f64;
+            sum[0] += (i % stored[0]) as f64;
+            sum[1] += ((i / stored[0]) % stored[1]) as f64;
+            sum[2] += (i / (stored[0] * stored[1])) as f64;
             n += 1;
         }
     }
     let c: Vec<usize> = (0..3)
-        .map(|a| {
+        .map(|t| {
             if n == 0 {
-                d[a] / 2
-            } else {
-                (sum[a] / n as f64).round() as usize
+                return d[t] / 2;
             }
+            let v = reo.perm[t];
+            let m = sum[v] / n as f64;
+            let m = if reo.flip[t] {
+                (stored[v] - 1) as f64 - m
+            } else {
+                m
+            };
+            m.round() as usize
         })
         .collect();
-    let at = |x: usize, y: usize, z: usize| x + d[0] * (y + d[1] * z);
     // (columns axis, rows axis, rows flipped (superior up), fixed axis)
     let views = [
         (0usize, 1usize, false, 2usize),
@@ -827,9 +835,9 @@ fn write_overlay(
                 idx[ca] = cc;
                 idx[ra] = r;
                 idx[fa] = c[fa];
-                let i = at(idx[0], idx[1], idx[2]);
-                gray[yy * w + xx] = g[i];
-                lab[yy * w + xx] = l[i];
+                let i = reo.stored_index(idx);
+                gray[yy * w + xx] = display[i];
+                lab[yy * w + xx] = labels[i];
             }
         }
         panels.push((w, h, medinfer_io::raster::overlay(&gray, &lab, 0.45)));
