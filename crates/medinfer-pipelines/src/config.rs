@@ -199,7 +199,7 @@ pub struct ModelConfig {
 }
 
 /// Labels as a list, `{name: index}` or `{"index": name}`.
-fn labels_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn labels_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     labels_from_value(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
@@ -571,6 +571,46 @@ impl ModelSpec {
 /// each): `num_channels`, `spatial_shape` (numbers; symbolic entries such as "16*n" leave the
 /// size to the model), output `channel_def` as labels, `format: segmentation` -> softmax.
 fn from_monai(v: &Value) -> Result<ModelConfig, String> {
+    let f = monai_format(v)?;
+    let size = match f.spatial.as_deref() {
+        Some([r, c]) => Some([*r, *c]),
+        Some(other) => {
+            return Err(format!(
+                "input spatial_shape {other:?}: the pipelines take 2-D images"
+            ))
+        }
+        None => None,
+    };
+    Ok(ModelConfig {
+        input: InputSpec {
+            size,
+            channels: f.channels,
+            spacing_mm: None,
+            orientation: None,
+        },
+        labels: f.labels,
+        output: OutputSpec {
+            activation: f.activation,
+            thresholds: None,
+        },
+        ..Default::default()
+    })
+}
+
+/// What a MONAI bundle's `network_data_format` says of its first input and output.
+pub(crate) struct MonaiFormat {
+    /// Input channels.
+    pub channels: Option<usize>,
+    /// Input spatial shape (numbers only; symbolic entries leave it to the model).
+    pub spatial: Option<Vec<usize>>,
+    /// Output names from `channel_def` (checked against the output's `num_channels`).
+    pub labels: Vec<String>,
+    /// `segmentation` -> softmax, `probabilities` -> as they are.
+    pub activation: Option<Activation>,
+}
+
+/// Reads a MONAI bundle's `network_data_format` (for the 2-D and the segmentation configs).
+pub(crate) fn monai_format(v: &Value) -> Result<MonaiFormat, String> {
     let ndf = &v["network_data_format"];
     let first = |k: &str| -> Result<&serde_json::Map<String, Value>, String> {
         ndf.get(k)
@@ -590,15 +630,6 @@ fn from_monai(v: &Value) -> Result<ModelConfig, String> {
         .get("spatial_shape")
         .and_then(Value::as_array)
         .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect());
-    let size = match spatial.as_deref() {
-        Some([r, c]) => Some([*r, *c]),
-        Some(other) => {
-            return Err(format!(
-                "input spatial_shape {other:?}: the pipelines take 2-D images"
-            ))
-        }
-        None => None,
-    };
     let labels = match out.get("channel_def") {
         Some(cd) => labels_from_value(cd)?,
         None => Vec::new(),
@@ -616,19 +647,11 @@ fn from_monai(v: &Value) -> Result<ModelConfig, String> {
         Some("probabilities") => Some(Activation::Logits),
         _ => None,
     };
-    Ok(ModelConfig {
-        input: InputSpec {
-            size,
-            channels: count(inp),
-            spacing_mm: None,
-            orientation: None,
-        },
+    Ok(MonaiFormat {
+        channels: count(inp),
+        spatial,
         labels,
-        output: OutputSpec {
-            activation,
-            thresholds: None,
-        },
-        ..Default::default()
+        activation,
     })
 }
 

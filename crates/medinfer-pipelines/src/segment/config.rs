@@ -39,7 +39,9 @@
 //! spatial shape as ROI, `channel_def` as labels, `segmentation` as softmax); give the
 //! spacing and orientation in a medinfer config beside it.
 
-use crate::config::{config_files, labels_from_value, read_config_text, Activation, Normalization};
+use crate::config::{
+    config_files, labels_de, monai_format, read_config_text, Activation, Normalization,
+};
 use crate::sliding::{Blend, Padding, SlidingWindow};
 use crate::PipelineError;
 use serde::{Deserialize, Serialize};
@@ -219,10 +221,6 @@ pub struct SegmentConfig {
     pub source: String,
 }
 
-fn labels_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    labels_from_value(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
-}
-
 fn err(what: &Path, reason: impl Into<String>) -> PipelineError {
     PipelineError::Config {
         what: what.display().to_string(),
@@ -380,20 +378,8 @@ impl SegmentConfig {
 
 /// A MONAI bundle's `network_data_format` (first input and output).
 fn from_monai(v: &Value) -> Result<SegmentConfig, String> {
-    let ndf = &v["network_data_format"];
-    let first = |k: &str| -> Result<&serde_json::Map<String, Value>, String> {
-        ndf.get(k)
-            .and_then(Value::as_object)
-            .and_then(|m| m.values().next())
-            .and_then(Value::as_object)
-            .ok_or_else(|| format!("network_data_format.{k} has no entry"))
-    };
-    let (inp, out) = (first("inputs")?, first("outputs")?);
-    let spatial: Option<Vec<usize>> = inp
-        .get("spatial_shape")
-        .and_then(Value::as_array)
-        .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect());
-    let roi = match spatial.as_deref() {
+    let f = monai_format(v)?;
+    let roi = match f.spatial.as_deref() {
         Some([a, b, c]) => Some([*a, *b, *c]),
         Some(other) => {
             return Err(format!(
@@ -402,26 +388,14 @@ fn from_monai(v: &Value) -> Result<SegmentConfig, String> {
         }
         None => None,
     };
-    let labels = match out.get("channel_def") {
-        Some(cd) => labels_from_value(cd)?,
-        None => Vec::new(),
-    };
-    let activation = match out.get("format").and_then(Value::as_str) {
-        Some("segmentation") => Some(Activation::Softmax),
-        Some("probabilities") => Some(Activation::Logits),
-        _ => None,
-    };
     Ok(SegmentConfig {
         input: SegInput {
-            channels: inp
-                .get("num_channels")
-                .and_then(Value::as_u64)
-                .map(|n| n as usize),
+            channels: f.channels,
             ..Default::default()
         },
-        labels,
+        labels: f.labels,
         output: SegOutput {
-            activation,
+            activation: f.activation,
             thresholds: None,
         },
         sliding_window: SegWindow {
