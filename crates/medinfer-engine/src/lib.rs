@@ -29,12 +29,14 @@
 
 mod backends;
 pub mod calibrate;
+pub mod dynamic;
 mod options;
 mod pool;
 pub mod runtimes;
 
 pub use backends::openvino::isa;
 pub use backends::{availability_all, backend, Availability};
+pub use dynamic::{load_dynamic, DynSession, DynSpec, Value};
 pub use isa::{cpu_isa_cap, set_cpu_isa, CpuIsa};
 pub use options::{BackendKind, Mode, Precision, SessionOptions};
 

@@ -138,3 +138,17 @@ pub fn availability_all() -> Vec<Availability> {
         .map(|k| backend(k).availability())
         .collect()
 }
+
+/// A dynamic-shape session on ONNX Runtime.
+pub(crate) fn ort_dyn(
+    p: &crate::dynamic::DynPrepared,
+) -> Result<crate::dynamic::DynLoaded, EngineError> {
+    ort::load_dyn(p)
+}
+
+/// A dynamic-shape session on OpenVINO.
+pub(crate) fn openvino_dyn(
+    p: &crate::dynamic::DynPrepared,
+) -> Result<crate::dynamic::DynLoaded, EngineError> {
+    openvino::load_dyn(p)
+}

@@ -1,10 +1,11 @@
 //! ONNX Runtime through the `ort` crate, its shared library loaded at run time.
 use super::{Availability, Backend, Loaded};
+use crate::dynamic::{DynBackend, DynLoaded, DynPrepared, NativeValue, Value, ValueInner};
 use crate::options::Prepared;
 use crate::pool::Pool;
 use crate::runtimes::{locate_ort, INSTALL_HINT};
 use crate::{guard, BackendKind, BackendSession, EngineError, Precision, SessionInfo};
-use medinfer_core::{Tensor, TensorData};
+use medinfer_core::{DType, Tensor, TensorData};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session as OrtSession, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
@@ -76,23 +77,10 @@ impl Backend for Ort {
         guard(KIND, "loading", || {
             let mut sessions = Vec::with_capacity(p.streams);
             for _ in 0..p.streams {
-                let mut b = OrtSession::builder(&rt.env)
-                    .map_err(s)
-                    .and_then(|b| {
-                        b.with_optimization_level(GraphOptimizationLevel::All)
-                            .map_err(s)
-                    })
-                    .and_then(|b| b.with_intra_threads(p.threads).map_err(s))
-                    .and_then(|b| b.with_inter_threads(1).map_err(s))
-                    .map_err(&load_err)?;
-                if p.streams > 1 || p.shared_cpu {
-                    // Spinning intra-op threads of one stream steal cycles from the others,
-                    // and from whatever else shares the CPU (a server's request handling).
-                    b = b
-                        .with_intra_op_spinning(false)
-                        .map_err(|e| load_err(s(e)))?;
-                }
-                sessions.push(b.commit_from_file(&p.path).map_err(|e| load_err(s(e)))?);
+                sessions.push(
+                    build(rt, &p.path, p.threads, p.streams > 1 || p.shared_cpu)
+                        .map_err(&load_err)?,
+                );
             }
             let info = SessionInfo {
                 backend: KIND,
@@ -116,6 +104,175 @@ impl Backend for Ort {
                 outputs,
             });
             Ok((sess, info, p.outputs.clone()))
+        })
+    }
+}
+
+/// One ONNX Runtime session of `path` with `threads` intra-op threads; `quiet` turns intra-op
+/// spinning off (several streams, or a CPU shared with other work).
+fn build(
+    rt: &Runtime,
+    path: &std::path::Path,
+    threads: usize,
+    quiet: bool,
+) -> Result<OrtSession, String> {
+    let mut b = OrtSession::builder(&rt.env)
+        .map_err(s)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(s)?
+        .with_intra_threads(threads)
+        .map_err(s)?
+        .with_inter_threads(1)
+        .map_err(s)?;
+    if quiet {
+        // Spinning intra-op threads of one stream steal cycles from the others, and from
+        // whatever else shares the CPU (a server's request handling).
+        b = b.with_intra_op_spinning(false).map_err(s)?;
+    }
+    b.commit_from_file(path).map_err(s)
+}
+
+/// Loads a session with its dynamic dimensions open (see [`crate::dynamic`]).
+pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
+    if p.precision == Precision::Bf16 {
+        return Err(EngineError::Unsupported {
+            backend: KIND,
+            what: "bf16 on CPU (use --backend openvino for bf16)".into(),
+        });
+    }
+    let rt = super::native_ready(KIND, runtime())?;
+    guard(KIND, "loading", || {
+        let mut sessions = Vec::with_capacity(p.streams);
+        for _ in 0..p.streams {
+            sessions.push(
+                build(rt, &p.path, p.threads, p.streams > 1 || p.shared_cpu).map_err(|m| {
+                    EngineError::Load {
+                        backend: KIND,
+                        path: p.path.clone(),
+                        message: m,
+                    }
+                })?,
+            );
+        }
+        let info = SessionInfo {
+            backend: KIND,
+            backend_version: rt.lib.version.clone(),
+            library: Some(rt.lib.path.clone()),
+            precision: p.precision,
+            effective_precision: "fp32".into(),
+            mode: p.mode,
+            streams: p.streams,
+            threads: p.threads,
+            notes: vec![format!(
+                "{} session(s) x {} intra-op thread(s), dynamic shapes, outputs kept in ONNX Runtime between calls",
+                p.streams, p.threads
+            )],
+        };
+        let run: Box<dyn DynBackend> = Box::new(OrtDyn {
+            sessions: Pool::new(sessions),
+            outputs: p.outputs.iter().map(|o| o.name.clone()).collect(),
+        });
+        Ok((run, info))
+    })
+}
+
+struct OrtDyn {
+    sessions: Pool<OrtSession>,
+    outputs: Vec<String>,
+}
+
+/// A value ONNX Runtime allocated, kept on its side.
+struct OrtValue(DynValue);
+
+impl NativeValue for OrtValue {
+    fn shape(&self) -> Vec<usize> {
+        match self.0.dtype() {
+            ValueType::Tensor { shape, .. } => shape.iter().map(|&d| d.max(0) as usize).collect(),
+            _ => Vec::new(),
+        }
+    }
+    fn dtype(&self) -> DType {
+        match self.0.dtype() {
+            ValueType::Tensor { ty, .. } => match ty {
+                TensorElementType::Float32 => DType::F32,
+                TensorElementType::Float64 => DType::F64,
+                TensorElementType::Int64 => DType::I64,
+                TensorElementType::Int32 => DType::I32,
+                TensorElementType::Int8 => DType::I8,
+                TensorElementType::Uint8 => DType::U8,
+                TensorElementType::Bool => DType::Bool,
+                // Unhandled element types fail in `to_tensor` with their name.
+                _ => DType::F32,
+            },
+            _ => DType::F32,
+        }
+    }
+    fn to_tensor(&self) -> Result<Tensor, String> {
+        output_tensor(&self.0)
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+    fn backend(&self) -> BackendKind {
+        KIND
+    }
+    fn f32_mut(&mut self) -> Result<&mut [f32], String> {
+        // CPU execution provider: the value's buffer is host memory ONNX Runtime allocated.
+        let (_, data) = self.0.try_extract_tensor_mut::<f32>().map_err(s)?;
+        Ok(data)
+    }
+}
+
+impl DynBackend for OrtDyn {
+    fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<Value>, EngineError> {
+        let run_err = |m: String| EngineError::Run {
+            backend: KIND,
+            message: m,
+        };
+        guard(KIND, "running", || {
+            let mut host: Vec<(String, Tensor)> = Vec::new();
+            let mut owned: Vec<(String, DynValue)> = Vec::new();
+            for (name, v) in inputs {
+                match v.0 {
+                    ValueInner::Host(t) => host.push((name, t)),
+                    ValueInner::Native(n) => {
+                        if n.backend() != KIND {
+                            return Err(run_err(format!(
+                                "input '{name}' is a value of {}, not of {KIND}",
+                                n.backend()
+                            )));
+                        }
+                        let v = n
+                            .into_any()
+                            .downcast::<OrtValue>()
+                            .map_err(|_| run_err(format!("input '{name}': foreign value")))?;
+                        owned.push((name, v.0));
+                    }
+                }
+            }
+            let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+                Vec::with_capacity(host.len() + owned.len());
+            for (name, t) in &host {
+                feed.push((
+                    Cow::Borrowed(name.as_str()),
+                    input_value(t).map_err(run_err)?,
+                ));
+            }
+            for (name, v) in owned {
+                feed.push((Cow::Owned(name), SessionInputValue::Owned(v)));
+            }
+            self.sessions.with(|sess| {
+                let mut outs = sess.run(feed).map_err(|e| run_err(s(e)))?;
+                self.outputs
+                    .iter()
+                    .map(|name| {
+                        let v = outs
+                            .remove(name)
+                            .ok_or_else(|| run_err(format!("no output '{name}'")))?;
+                        Ok(Value(ValueInner::Native(Box::new(OrtValue(v)))))
+                    })
+                    .collect()
+            })
         })
     }
 }

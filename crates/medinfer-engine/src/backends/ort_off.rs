@@ -21,3 +21,14 @@ impl Backend for Ort {
         })
     }
 }
+
+pub(crate) fn load_dyn(
+    _: &crate::dynamic::DynPrepared,
+) -> Result<crate::dynamic::DynLoaded, EngineError> {
+    let a = Ort.availability();
+    Err(EngineError::Unavailable {
+        backend: BackendKind::Ort,
+        reason: a.reason.unwrap_or_default(),
+        fix: a.fix,
+    })
+}

@@ -1,5 +1,6 @@
 //! OpenVINO through the `openvino` crate, its C library loaded at run time.
 use super::{Availability, Backend, Loaded};
+use crate::dynamic::{DynBackend, DynLoaded, DynPrepared, Value};
 use crate::options::Prepared;
 use crate::pool::Pool;
 use crate::runtimes::{locate_openvino, INSTALL_HINT};
@@ -155,43 +156,9 @@ impl Backend for OpenVino {
             .to_str()
             .ok_or_else(|| load_err("the model path is not valid UTF-8".into()))?;
         guard(KIND, "loading", || {
-            let mut core = {
-                let _only_us = LAST_ERROR.write().unwrap_or_else(PoisonError::into_inner);
-                Core::new().map_err(|e| {
-                    load_err(format!(
-                        "cannot start OpenVINO: {e} {}",
-                        last_error_message()
-                    ))
-                })?
-            };
+            let (mut core, capabilities) =
+                configured_core(p.mode, p.precision, p.streams, p.threads).map_err(load_err)?;
             let cpu = DeviceType::CPU;
-            let hint = match p.mode {
-                Mode::Latency => "LATENCY",
-                Mode::Throughput => "THROUGHPUT",
-            };
-            let precision = match p.precision {
-                Precision::Fp32 => "f32",
-                Precision::Bf16 => "bf16",
-            };
-            let streams = p.streams.to_string();
-            let threads = (p.streams * p.threads).to_string();
-            for (key, value) in [
-                (RwPropertyKey::HintPerformanceMode, hint),
-                (RwPropertyKey::HintInferencePrecision, precision),
-                (RwPropertyKey::NumStreams, streams.as_str()),
-                (RwPropertyKey::InferenceNumThreads, threads.as_str()),
-            ] {
-                ov_load(|| core.set_property(&cpu, &key, value))
-                    .map_err(|e| load_err(format!("setting {}={value}: {e}", key.as_ref())))?;
-            }
-            // What the CPU plugin's kernels may use here (oneDNN's dispatcher, after any
-            // --cpu-isa cap): reported so a cap is visible, e.g. FP16 goes below AVX-512 FP16.
-            let capabilities = core
-                .get_property(
-                    &cpu,
-                    &PropertyKey::Other("OPTIMIZATION_CAPABILITIES".into()),
-                )
-                .unwrap_or_else(|_| "?".into());
             let mut model =
                 ov_load(|| core.read_model_from_file(path_str, "")).map_err(load_err)?;
             let shapes: Vec<(String, PartialShape)> = p
@@ -272,6 +239,157 @@ impl Backend for OpenVino {
                 outputs,
             });
             Ok((sess, info, p.outputs.clone()))
+        })
+    }
+}
+
+/// A core with the CPU plugin configured for a session (performance hint, precision, streams,
+/// threads), and the plugin's OPTIMIZATION_CAPABILITIES.
+fn configured_core(
+    mode: Mode,
+    precision: Precision,
+    streams: usize,
+    threads: usize,
+) -> Result<(Core, String), String> {
+    let mut core = {
+        let _only_us = LAST_ERROR.write().unwrap_or_else(PoisonError::into_inner);
+        Core::new().map_err(|e| format!("cannot start OpenVINO: {e} {}", last_error_message()))?
+    };
+    let cpu = DeviceType::CPU;
+    let hint = match mode {
+        Mode::Latency => "LATENCY",
+        Mode::Throughput => "THROUGHPUT",
+    };
+    let precision = match precision {
+        Precision::Fp32 => "f32",
+        Precision::Bf16 => "bf16",
+    };
+    let n_streams = streams.to_string();
+    let n_threads = (streams * threads).to_string();
+    for (key, value) in [
+        (RwPropertyKey::HintPerformanceMode, hint),
+        (RwPropertyKey::HintInferencePrecision, precision),
+        (RwPropertyKey::NumStreams, n_streams.as_str()),
+        (RwPropertyKey::InferenceNumThreads, n_threads.as_str()),
+    ] {
+        ov_load(|| core.set_property(&cpu, &key, value))
+            .map_err(|e| format!("setting {}={value}: {e}", key.as_ref()))?;
+    }
+    // What the CPU plugin's kernels may use here (oneDNN's dispatcher, after any --cpu-isa
+    // cap): reported so a cap is visible, e.g. FP16 goes below AVX-512 FP16.
+    let capabilities = core
+        .get_property(
+            &cpu,
+            &PropertyKey::Other("OPTIMIZATION_CAPABILITIES".into()),
+        )
+        .unwrap_or_else(|_| "?".into());
+    Ok((core, capabilities))
+}
+
+/// Loads a session with its dynamic dimensions open (see [`crate::dynamic`]). Values come
+/// back as host tensors: the binding (0.11) cannot hand a request's output to another request
+/// without aliasing the plugin's buffers, so the cache makes one copy per call here.
+pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
+    let rt = super::native_ready(KIND, runtime())?;
+    let load_err = |m: String| EngineError::Load {
+        backend: KIND,
+        path: p.path.clone(),
+        message: m,
+    };
+    let path_str = p
+        .path
+        .to_str()
+        .ok_or_else(|| load_err("the model path is not valid UTF-8".into()))?;
+    guard(KIND, "loading", || {
+        let (mut core, _) =
+            configured_core(p.mode, p.precision, p.streams, p.threads).map_err(load_err)?;
+        let model = ov_load(|| core.read_model_from_file(path_str, "")).map_err(load_err)?;
+        let mut compiled =
+            ov_load(|| core.compile_model(&model, DeviceType::CPU)).map_err(load_err)?;
+        let real_precision = compiled
+            .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let mut requests = Vec::with_capacity(p.streams);
+        for _ in 0..p.streams {
+            requests.push(ov_load(|| compiled.create_infer_request()).map_err(load_err)?);
+        }
+        let info = SessionInfo {
+            backend: KIND,
+            backend_version: rt.version.clone(),
+            library: Some(rt.path.clone()),
+            precision: p.precision,
+            effective_precision: match real_precision.to_ascii_lowercase().as_str() {
+                "f32" => "fp32".to_string(),
+                other => other.to_string(),
+            },
+            mode: p.mode,
+            streams: p.streams,
+            threads: p.threads,
+            notes: vec![format!(
+                "dynamic shapes; INFERENCE_PRECISION_HINT={real_precision}; values copied to the host between calls"
+            )],
+        };
+        let run: Box<dyn DynBackend> = Box::new(OvDyn {
+            _compiled: Mutex::new(compiled),
+            requests: Pool::new(requests),
+            inputs: p.inputs.clone(),
+            outputs: p.outputs.iter().map(|o| o.name.clone()).collect(),
+        });
+        Ok((run, info))
+    })
+}
+
+struct OvDyn {
+    _compiled: Mutex<openvino::CompiledModel>,
+    requests: Pool<InferRequest>,
+    inputs: Vec<crate::dynamic::DynSpec>,
+    outputs: Vec<String>,
+}
+
+impl DynBackend for OvDyn {
+    fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<Value>, EngineError> {
+        let run_err = |m: String| EngineError::Run {
+            backend: KIND,
+            message: m,
+        };
+        guard(KIND, "running", || {
+            let mut tensors = Vec::with_capacity(inputs.len());
+            for (name, v) in inputs {
+                let t = v.into_tensor()?;
+                let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+                let shape = ov_run(|| Shape::new(&dims)).map_err(run_err)?;
+                let mut buf = ov_run(|| openvino::Tensor::new(element_type(t.dtype()), &shape))
+                    .map_err(run_err)?;
+                write_input(&t, &mut buf).map_err(run_err)?;
+                tensors.push((name, buf));
+            }
+            debug_assert_eq!(tensors.len(), self.inputs.len());
+            self.requests.with(|req| {
+                for (name, t) in &tensors {
+                    ov_run(|| req.set_tensor(name, t))
+                        .map_err(|e| run_err(format!("input '{name}': {e}")))?;
+                }
+                ov_run(|| req.infer()).map_err(run_err)?;
+                self.outputs
+                    .iter()
+                    .map(|name| {
+                        let t = ov_run(|| req.get_tensor(name))
+                            .map_err(|e| run_err(format!("output '{name}': {e}")))?;
+                        let et = ov_run(|| t.get_element_type()).map_err(run_err)?;
+                        let dt = dtype(et).ok_or_else(|| {
+                            run_err(format!("output '{name}' has unsupported type {et:?}"))
+                        })?;
+                        let shape = ov_run(|| t.get_shape()).map_err(run_err)?;
+                        let dims: Vec<usize> = shape
+                            .get_dimensions()
+                            .iter()
+                            .map(|&d| d.max(0) as usize)
+                            .collect();
+                        Ok(Value::from(read_typed(&t, dt, dims).map_err(run_err)?))
+                    })
+                    .collect()
+            })
         })
     }
 }

@@ -29,3 +29,14 @@ impl Backend for OpenVino {
         })
     }
 }
+
+pub(crate) fn load_dyn(
+    _: &crate::dynamic::DynPrepared,
+) -> Result<crate::dynamic::DynLoaded, EngineError> {
+    let a = OpenVino.availability();
+    Err(EngineError::Unavailable {
+        backend: BackendKind::OpenVino,
+        reason: a.reason.unwrap_or_default(),
+        fix: a.fix,
+    })
+}

@@ -1,0 +1,261 @@
+//! Token-exact parity with `transformers`' `model.generate` on a random VisionEncoderDecoder
+//! (ViT + GPT-2) exported by optimum, on every native engine and both decoder layouts, and the
+//! clear errors for broken exports. The fixture and its reference tokens are made by
+//! training/report/tiny_fixture.py with torch and transformers (versions in reference.json).
+use medinfer_engine::{native_backends_for_tests, BackendKind, SessionOptions};
+use medinfer_generate::decode::EarlyStopping;
+use medinfer_generate::model::DecoderChoice;
+use medinfer_generate::{GenerateError, Generator, LoadOptions, Overrides};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-ved")
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+        .unwrap()
+}
+
+fn opts(backend: BackendKind, decoder: DecoderChoice) -> LoadOptions {
+    LoadOptions {
+        backend,
+        session: SessionOptions {
+            threads: Some(1),
+            ..Default::default()
+        },
+        decoder,
+    }
+}
+
+fn overrides(kw: &Value) -> Overrides {
+    Overrides {
+        max_new_tokens: kw["max_new_tokens"].as_u64().map(|v| v as usize),
+        num_beams: kw["num_beams"].as_u64().map(|v| v as usize),
+        length_penalty: kw["length_penalty"].as_f64().map(|v| v as f32),
+        repetition_penalty: kw["repetition_penalty"].as_f64().map(|v| v as f32),
+        no_repeat_ngram_size: kw["no_repeat_ngram_size"].as_u64().map(|v| v as usize),
+        early_stopping: Some(EarlyStopping::False),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn greedy_and_beam_tokens_match_transformers_generate() {
+    let r = reference();
+    let cases = r["cases"].as_array().unwrap();
+    assert!(cases.len() >= 30, "reference has {} cases", cases.len());
+    let mut compared = 0;
+    for backend in native_backends_for_tests().unwrap() {
+        for choice in [DecoderChoice::Merged, DecoderChoice::Split] {
+            let g = Generator::load(&fixture(), &opts(backend, choice)).unwrap();
+            for c in cases {
+                let input = c["input"].as_str().unwrap();
+                let npy = if input == "image.png" {
+                    "image_pixels.npy"
+                } else {
+                    input
+                };
+                let px = medinfer_io::npy::read(&fixture().join(npy)).unwrap();
+                let got = g
+                    .generate_pixels(&px, &overrides(&c["generate_kwargs"]))
+                    .unwrap();
+                let want: Vec<u32> = c["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect();
+                assert_eq!(
+                    got.tokens, want,
+                    "{backend} {choice:?} {input} {}",
+                    c["setting"]
+                );
+                assert_eq!(got.text, c["text"].as_str().unwrap(), "{backend} {input}");
+                assert_eq!(
+                    got.stopped_by == "eos",
+                    c["ends_with_eos"].as_bool().unwrap(),
+                    "{backend} {input} {}",
+                    c["setting"]
+                );
+                compared += 1;
+            }
+        }
+    }
+    eprintln!("{compared} generations compared token for token");
+}
+
+#[test]
+fn the_tokenizer_encodes_as_transformers_does() {
+    let g = match native_backends_for_tests().unwrap().first() {
+        Some(&b) => Generator::load(&fixture(), &opts(b, DecoderChoice::Auto)).unwrap(),
+        None => return,
+    };
+    for c in reference()["tokenizer_checks"].as_array().unwrap() {
+        let enc = g
+            .tokenizer()
+            .encode(c["text"].as_str().unwrap(), false)
+            .unwrap();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(enc.get_ids(), want.as_slice());
+        assert_eq!(
+            g.tokenizer().decode(&want, true).unwrap(),
+            c["text"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn the_image_processor_matches_vit_image_processor() {
+    let Some(&b) = native_backends_for_tests().unwrap().first() else {
+        return;
+    };
+    let g = Generator::load(&fixture(), &opts(b, DecoderChoice::Auto)).unwrap();
+    let img = &medinfer_io::read_images(fixture().join("image.png")).unwrap()[0];
+    let ours = g.processor().pixels(img).unwrap();
+    let theirs = medinfer_io::npy::read(&fixture().join("image_pixels.npy")).unwrap();
+    assert_eq!(ours.shape(), theirs.shape());
+    let max = ours
+        .as_f32()
+        .unwrap()
+        .iter()
+        .zip(theirs.as_f32().unwrap())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // Pillow rounds its resized 8-bit image to integers (half a level = 0.004 after 1/255 and
+    // std 0.5); medinfer resizes in float.
+    assert!(max <= 2.0 * 1.0 / 255.0 / 0.5 + 1e-6, "max diff {max}");
+    eprintln!("pixel values: max |medinfer - ViTImageProcessor| = {max}");
+}
+
+/// A copy of the fixture in a temp folder, `edit` applied.
+fn broken(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    edit(dir.path());
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    let b = native_backends_for_tests()
+        .unwrap()
+        .first()
+        .copied()
+        .unwrap_or(BackendKind::Ort);
+    match Generator::load(dir, &opts(b, DecoderChoice::Auto)) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn broken_exports_are_refused_by_name() {
+    if native_backends_for_tests().unwrap().is_empty() {
+        return;
+    }
+    // No tokenizer.
+    let d = broken(|p| std::fs::remove_file(p.join("tokenizer.json")).unwrap());
+    let e = load_err(d.path());
+    assert!(e.contains("has no tokenizer.json"), "{e}");
+    // An encoder from another model.
+    let d = broken(|p| {
+        std::fs::copy(
+            p.join("other_encoder_hidden48.onnx"),
+            p.join("encoder_model.onnx"),
+        )
+        .unwrap();
+    });
+    let e = load_err(d.path());
+    assert!(
+        e.contains("hidden states of size 48") && e.contains("size 32"),
+        "{e}"
+    );
+    // A cache layout medinfer does not know: past inputs renamed.
+    let d = broken(|p| {
+        for f in ["decoder_model_merged.onnx", "decoder_with_past_model.onnx"] {
+            let mut m = medinfer_onnx::load_model(&p.join(f)).unwrap();
+            let g = m.graph.as_mut().unwrap();
+            let rename = |s: &mut String| {
+                if let Some(rest) = s.strip_prefix("past_key_values.") {
+                    *s = format!("kv_cache_in.{rest}");
+                }
+            };
+            for i in g.input.iter_mut() {
+                if let Some(n) = i.name.as_mut() {
+                    rename(n);
+                }
+            }
+            for n in g.node.iter_mut() {
+                n.input.iter_mut().for_each(rename);
+            }
+            for sub in g.node.iter_mut().flat_map(|n| n.attribute.iter_mut()) {
+                if let Some(sg) = sub.g.as_mut() {
+                    for n in sg.node.iter_mut() {
+                        n.input.iter_mut().for_each(rename);
+                    }
+                }
+            }
+            medinfer_onnx::save_model(&m, &p.join(f)).unwrap();
+        }
+    });
+    let e = load_err(d.path());
+    assert!(
+        e.contains("kv_cache_in.0.key") && e.contains("not one medinfer knows"),
+        "{e}"
+    );
+    // A folder that is not an export.
+    let e = load_err(Path::new("/nonexistent-report-model"));
+    assert!(e.contains("is not a folder"), "{e}");
+}
+
+#[test]
+fn a_length_beyond_the_decoder_positions_is_refused() {
+    let Some(&b) = native_backends_for_tests().unwrap().first() else {
+        return;
+    };
+    let g = Generator::load(&fixture(), &opts(b, DecoderChoice::Auto)).unwrap();
+    let px = medinfer_io::npy::read(&fixture().join("pixels0.npy")).unwrap();
+    let too_long = Overrides {
+        max_new_tokens: Some(40),
+        ..Default::default()
+    };
+    let e = g.generate_pixels(&px, &too_long).unwrap_err();
+    assert!(matches!(e, GenerateError::TooLong(_)), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("max_new_tokens 40") && e.contains("has 40") && e.contains("at most 39"),
+        "{e}"
+    );
+    // 39 is the most it holds, and it runs to the end with the end token ignored.
+    let fits = Overrides {
+        max_new_tokens: Some(39),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let g39 = g.generate_pixels(&px, &fits).unwrap();
+    assert_eq!(g39.new_tokens, 39);
+    assert_eq!(g39.stopped_by, "max_new_tokens");
+}
+
+#[test]
+fn wrong_pixel_shapes_are_refused() {
+    let Some(&b) = native_backends_for_tests().unwrap().first() else {
+        return;
+    };
+    let g = Generator::load(&fixture(), &opts(b, DecoderChoice::Auto)).unwrap();
+    let px = medinfer_core::Tensor::zeros(medinfer_core::DType::F32, vec![1, 3, 30, 32]).unwrap();
+    let e = g
+        .generate_pixels(&px, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pixel values must be"), "{e}");
+}
