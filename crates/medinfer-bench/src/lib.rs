@@ -394,3 +394,29 @@ mod tests {
         assert_eq!((one.p50, one.p99, one.std), (3.0, 3.0, 0.0));
     }
 }
+
+/// The CPU this process runs on, as `/proc/cpuinfo` names it (model name, family / model
+/// numbers, the SIMD extensions that matter to the engines), for every figure's caption.
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|n| n.trim() == k))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let ext: Vec<&str> = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    format!(
+        "{} (family {} model {}; {}; {} usable cores)",
+        field("model name"),
+        field("cpu family"),
+        field("model"),
+        ext.join(" "),
+        medinfer_core::usable_cores()
+    )
+}

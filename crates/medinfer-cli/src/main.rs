@@ -92,6 +92,12 @@ enum Command {
     /// Benchmark a clinical pipeline end to end (read, preprocess, segment, quantify, write) on
     /// a phantom exam, per backend and precision, with the time of every stage.
     BenchPipeline(bench_pipeline::BenchPipelineArgs),
+    /// Generate findings text from images with an encoder-decoder model (a Hugging Face
+    /// VisionEncoderDecoder ONNX export): greedy or beam search, KV cache kept in the engine.
+    Generate(generate::GenerateArgs),
+    /// Time whole generations per engine (mean +- std over --runs, time to first token,
+    /// ms per later token, tokens/s, peak RSS), as the published report-generation benchmark.
+    BenchGenerate(generate::BenchGenerateArgs),
     /// Serve the models of a repository over HTTP: the Open Inference Protocol (KServe v2,
     /// JSON and binary tensors), dynamic batching, bounded queues (429 when full).
     Serve(serve::ServeArgs),
@@ -117,6 +123,9 @@ enum RunCommand {
     /// reorient, resample, normalise as its config says, MONAI-style sliding window, back to
     /// the input grid; a NIfTI mask, label volumes in ml and an overlay PNG.
     Segment(run_segment::RunSegmentArgs),
+    /// Chest X-ray report generation: findings text from a radiograph with an encoder-decoder
+    /// model (same as `medinfer generate`).
+    Report(generate::GenerateArgs),
 }
 
 /// Keeps freed image-sized blocks in the process instead of handing them back to the kernel.
@@ -208,9 +217,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             RunCommand::Ct(a) => run_ct::run(a),
             RunCommand::Fmri(a) => run_fmri::run(a),
             RunCommand::Segment(a) => run_segment::run(a),
+            RunCommand::Report(a) => generate::run(a),
         },
         Command::Demo(a) => demo::run(a),
         Command::BenchPipeline(a) => bench_pipeline::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::BenchGenerate(a) => generate::bench(a),
     }
 }

@@ -6,6 +6,7 @@ pub mod bench_io;
 pub mod bench_pipeline;
 pub mod convert;
 pub mod demo;
+pub mod generate;
 pub mod infer;
 pub mod info;
 pub mod inspect;

@@ -1,0 +1,352 @@
+//! `medinfer generate` / `medinfer run report`: findings text from images with an
+//! encoder-decoder model; `medinfer bench-generate`: the whole generation timed per engine.
+
+use crate::args::{bar, print_json};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use medinfer_bench::{latency_stats, peak_rss_mb, reset_peak_rss};
+use medinfer_engine::{BackendKind, Precision, SessionOptions};
+use medinfer_generate::decode::EarlyStopping;
+use medinfer_generate::model::DecoderChoice;
+use medinfer_generate::{Generator, LoadOptions, Overrides};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Which decoder files to use.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DecoderArg {
+    /// decoder_model_merged.onnx if present, else the split pair.
+    Auto,
+    /// decoder_model_merged.onnx (one file, use_cache_branch input).
+    Merged,
+    /// decoder_model.onnx for the first token, decoder_with_past_model.onnx after it.
+    Split,
+}
+
+/// Beam search's stopping rule.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum EarlyStoppingArg {
+    /// Stop when num_beams hypotheses are finished.
+    True,
+    /// Stop when no running beam can beat the finished ones at the current length (HF default).
+    False,
+    /// Judge at the longest length when the length penalty favours long outputs.
+    Never,
+}
+
+/// Engine and decoding settings shared by `generate` and `bench-generate`.
+#[derive(Args, Clone)]
+pub struct GenerationArgs {
+    /// Engine: ort, openvino or auto (OpenVINO, else ONNX Runtime). tract cannot run decoders
+    /// whose shapes change every step.
+    #[arg(short, long, default_value = "auto")]
+    pub backend: String,
+    /// Compute precision: fp32, or bf16 (OpenVINO on CPUs with AVX-512 BF16 / AMX).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Threads for the engine (default: every usable core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Merged or split decoder files.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub decoder: DecoderArg,
+    /// Tokens to generate at most (default: generation_config.json's, else 19 as in HF).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Beams: 1 = greedy (default: generation_config.json's, else 1).
+    #[arg(long)]
+    pub num_beams: Option<usize>,
+    /// Beam scores are divided by length ^ this (default: the config's, else 1.0).
+    #[arg(long)]
+    pub length_penalty: Option<f32>,
+    /// > 1 discourages repeating tokens (default: the config's, else 1.0 = off).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// No n-gram of this size appears twice (default: the config's, else 0 = off).
+    #[arg(long)]
+    pub no_repeat_ngram_size: Option<usize>,
+    /// Beam search's stopping rule (default: the config's, else false).
+    #[arg(long, value_enum)]
+    pub early_stopping: Option<EarlyStoppingArg>,
+    /// Stop once the text contains this string (repeatable).
+    #[arg(long = "stop")]
+    pub stop_strings: Vec<String>,
+    /// Never stop at the end token: always generate max_new_tokens (benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl GenerationArgs {
+    fn load(&self, dir: &std::path::Path, backend: BackendKind) -> Result<Generator> {
+        let precision = Precision::parse(&self.precision)
+            .with_context(|| format!("--precision {}: fp32 or bf16", self.precision))?;
+        let opts = LoadOptions {
+            backend,
+            session: SessionOptions {
+                precision,
+                threads: self.threads,
+                ..Default::default()
+            },
+            decoder: match self.decoder {
+                DecoderArg::Auto => DecoderChoice::Auto,
+                DecoderArg::Merged => DecoderChoice::Merged,
+                DecoderArg::Split => DecoderChoice::Split,
+            },
+        };
+        Ok(Generator::load(dir, &opts)?)
+    }
+
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            max_new_tokens: self.max_new_tokens,
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            stop_strings: self.stop_strings.clone(),
+            early_stopping: self.early_stopping.map(|e| match e {
+                EarlyStoppingArg::True => EarlyStopping::True,
+                EarlyStoppingArg::False => EarlyStopping::False,
+                EarlyStoppingArg::Never => EarlyStopping::Never,
+            }),
+            ignore_eos: self.ignore_eos,
+        }
+    }
+}
+
+/// The engine a generation runs on: `auto` = OpenVINO, else ONNX Runtime.
+fn backend(name: &str) -> Result<BackendKind> {
+    let k = medinfer_engine::resolve_backend(name)?;
+    Ok(match k {
+        BackendKind::Tract if name.trim().eq_ignore_ascii_case("auto") => BackendKind::Ort,
+        BackendKind::Tract => bail!(
+            "--backend tract: tract cannot run a decoder whose shapes change every step; use ort or openvino (`medinfer runtimes install` fetches them)"
+        ),
+        k => k,
+    })
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The model folder: a Hugging Face VisionEncoderDecoder ONNX export (encoder_model.onnx,
+    /// decoder_model_merged.onnx or decoder_model.onnx + decoder_with_past_model.onnx,
+    /// tokenizer.json, config.json, generation_config.json, preprocessor_config.json).
+    pub model: PathBuf,
+    /// Images (PNG, JPEG, DICOM), or `.npy` pixel values already preprocessed ([1, 3, H, W]).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub gen: GenerationArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Item {
+    image: PathBuf,
+    #[serde(flatten)]
+    generation: medinfer_generate::Generation,
+}
+
+#[derive(Serialize)]
+struct GenerateOut<'a> {
+    model: &'a std::path::Path,
+    backend: String,
+    precision: String,
+    reports: Vec<Item>,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let kind = backend(&a.gen.backend)?;
+    let g = a.gen.load(&a.model, kind)?;
+    let o = a.gen.overrides();
+    let pb = bar(a.images.len(), "images", a.json || a.images.len() < 2);
+    let mut reports = Vec::new();
+    for img in &a.images {
+        let gen = if img.extension().is_some_and(|e| e == "npy") {
+            let px = medinfer_io::npy::read(img)?;
+            g.generate_pixels(&px, &o)
+        } else {
+            g.generate_file(img, &o)
+        }
+        .with_context(|| format!("{}", img.display()))?;
+        pb.inc(1);
+        reports.push(Item {
+            image: img.clone(),
+            generation: gen,
+        });
+    }
+    pb.finish_and_clear();
+    let info = g.sessions()[0];
+    if a.json {
+        return print_json(&GenerateOut {
+            model: &a.model,
+            backend: info.backend.to_string(),
+            precision: info.effective_precision.clone(),
+            reports,
+        });
+    }
+    for r in &reports {
+        let t = &r.generation.timings;
+        println!("{}", r.image.display());
+        for f in &r.generation.findings {
+            println!("  - {f}");
+        }
+        println!(
+            "  {} tokens ({}), {:.0} ms: first token {:.0} ms, then {:.1} ms/token [{} {}]",
+            r.generation.new_tokens,
+            r.generation.stopped_by,
+            t.total_ms,
+            t.first_token_ms,
+            t.per_token_ms,
+            info.backend,
+            info.effective_precision
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchGenerateArgs {
+    /// The model folder (as for `medinfer generate`).
+    pub model: PathBuf,
+    /// The image (PNG, JPEG, DICOM) or `.npy` pixel values; default: a seeded random image.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Engines to compare, comma-separated (ort, openvino).
+    #[arg(
+        short = 'B',
+        long,
+        default_value = "ort,openvino",
+        value_delimiter = ','
+    )]
+    pub backends: Vec<String>,
+    /// Timed generations per engine (the published metric is the mean +- std of 100).
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Untimed generations first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[command(flatten)]
+    pub gen: GenerationArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct BenchRow {
+    backend: String,
+    precision: String,
+    decoder: String,
+    runs: usize,
+    new_tokens: usize,
+    load_ms: f64,
+    total_ms: medinfer_bench::LatencyStats,
+    first_token_ms: f64,
+    per_token_ms: f64,
+    encoder_ms: f64,
+    tokens_per_s: f64,
+    peak_rss_mb: f64,
+    notes: Vec<String>,
+}
+
+pub fn bench(a: BenchGenerateArgs) -> Result<()> {
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut rows = Vec::new();
+    for name in &a.backends {
+        let kind = backend(name)?;
+        reset_peak_rss();
+        let t0 = std::time::Instant::now();
+        let g = a.gen.load(&a.model, kind)?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let o = a.gen.overrides();
+        let (c, (h, w)) = (g.config().num_channels.unwrap_or(3), g.processor().size);
+        let px = match &a.image {
+            Some(p) if p.extension().is_some_and(|e| e == "npy") => medinfer_io::npy::read(p)?,
+            Some(p) => {
+                let img = medinfer_io::read_images(p)?;
+                g.processor().pixels(&img[0])?
+            }
+            None => {
+                let mut rng = medinfer_core::SeededRng::new(7);
+                let v: Vec<f32> = (0..c * h * w).map(|_| rng.normal() as f32).collect();
+                medinfer_core::Tensor::from_f32(vec![1, c, h, w], v)?
+            }
+        };
+        for _ in 0..a.warmup {
+            g.generate_pixels(&px, &o)?;
+        }
+        let pb = bar(a.runs, &format!("{kind} generations"), a.json);
+        let mut totals = Vec::with_capacity(a.runs);
+        let (mut ttft, mut per_tok, mut enc, mut tokens) = (0.0, 0.0, 0.0, 0);
+        for _ in 0..a.runs {
+            let r = g.generate_pixels(&px, &o)?;
+            totals.push(r.timings.total_ms);
+            ttft += r.timings.first_token_ms;
+            per_tok += r.timings.per_token_ms;
+            enc += r.timings.encoder_ms;
+            tokens = r.new_tokens;
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let n = a.runs as f64;
+        let stats = latency_stats(&totals);
+        let infos = g.sessions();
+        rows.push(BenchRow {
+            backend: kind.to_string(),
+            precision: infos[1].effective_precision.clone(),
+            decoder: match g.files().decoder {
+                medinfer_generate::model::DecoderFiles::Merged(_) => "merged".into(),
+                medinfer_generate::model::DecoderFiles::Split { .. } => "split".into(),
+            },
+            runs: a.runs,
+            new_tokens: tokens,
+            load_ms,
+            tokens_per_s: tokens as f64 / (stats.mean / 1e3),
+            total_ms: stats,
+            first_token_ms: ttft / n,
+            per_token_ms: per_tok / n,
+            encoder_ms: enc / n,
+            peak_rss_mb: peak_rss_mb(),
+            notes: infos.iter().flat_map(|i| i.notes.clone()).collect(),
+        });
+    }
+    if a.json {
+        return print_json(&serde_json::json!({
+            "model": a.model,
+            "cpu": medinfer_bench::cpu_model(),
+            "rows": rows,
+        }));
+    }
+    println!(
+        "{:<9} {:<9} {:<7} {:>6} {:>18} {:>10} {:>10} {:>9} {:>9}",
+        "engine",
+        "precision",
+        "decoder",
+        "tokens",
+        "whole (ms)",
+        "1st tok",
+        "ms/token",
+        "tok/s",
+        "RSS MB"
+    );
+    for r in &rows {
+        println!(
+            "{:<9} {:<9} {:<7} {:>6} {:>18} {:>10.1} {:>10.2} {:>9.1} {:>9.0}",
+            r.backend,
+            r.precision,
+            r.decoder,
+            r.new_tokens,
+            format!("{:.1} +- {:.1}", r.total_ms.mean, r.total_ms.std),
+            r.first_token_ms,
+            r.per_token_ms,
+            r.tokens_per_s,
+            r.peak_rss_mb
+        );
+    }
+    Ok(())
+}
