@@ -375,26 +375,6 @@ pub fn render_table(results: &[BenchResult]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let s: Vec<f64> = (1..=100).map(|i| i as f64).collect();
-        let st = latency_stats(&s);
-        assert_eq!(
-            (st.min, st.p50, st.p90, st.p99, st.max),
-            (1.0, 50.0, 90.0, 99.0, 100.0)
-        );
-        assert!((st.mean - 50.5).abs() < 1e-12);
-        // Population std of 1..=100 is sqrt((100^2 - 1) / 12).
-        assert!((st.std - (9999.0f64 / 12.0).sqrt()).abs() < 1e-9);
-        let one = latency_stats(&[3.0]);
-        assert_eq!((one.p50, one.p99, one.std), (3.0, 3.0, 0.0));
-    }
-}
-
 /// The CPU this process runs on, as `/proc/cpuinfo` names it (model name, family / model
 /// numbers, the SIMD extensions that matter to the engines), for every figure's caption.
 pub fn cpu_model() -> String {
@@ -419,4 +399,24 @@ pub fn cpu_model() -> String {
         ext.join(" "),
         medinfer_core::usable_cores()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let s: Vec<f64> = (1..=100).map(|i| i as f64).collect();
+        let st = latency_stats(&s);
+        assert_eq!(
+            (st.min, st.p50, st.p90, st.p99, st.max),
+            (1.0, 50.0, 90.0, 99.0, 100.0)
+        );
+        assert!((st.mean - 50.5).abs() < 1e-12);
+        // Population std of 1..=100 is sqrt((100^2 - 1) / 12).
+        assert!((st.std - (9999.0f64 / 12.0).sqrt()).abs() < 1e-9);
+        let one = latency_stats(&[3.0]);
+        assert_eq!((one.p50, one.p99, one.std), (3.0, 3.0, 0.0));
+    }
 }
