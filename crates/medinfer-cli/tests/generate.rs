@@ -1,0 +1,124 @@
+//! `medinfer generate` / `run report` / `bench-generate` from the command line, on the
+//! token-parity fixture of crates/medinfer-generate (tokens made by `transformers`).
+mod common;
+use common::{assert_clean_failure, json, run};
+use std::path::PathBuf;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../medinfer-generate/tests/fixtures/tiny-ved")
+}
+
+fn reference_tokens(input: &str, setting: &str) -> Vec<u64> {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+            .unwrap();
+    let c = r["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["input"] == input && c["setting"] == setting)
+        .unwrap();
+    c["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn generate_and_run_report_give_transformers_tokens() {
+    let backends = medinfer_engine::native_backends_for_tests().unwrap();
+    let Some(b) = backends.first() else {
+        return;
+    };
+    let dir = fixture();
+    let d = dir.to_str().unwrap();
+    let px = dir.join("pixels2.npy");
+    let o = run(&[
+        "generate",
+        d,
+        px.to_str().unwrap(),
+        "--num-beams",
+        "4",
+        "--max-new-tokens",
+        "24",
+        "-b",
+        &b.to_string(),
+        "--json",
+    ]);
+    let j = json(&o);
+    let got: Vec<u64> = j["reports"][0]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, reference_tokens("pixels2.npy", "beam4"));
+    assert_eq!(j["backend"], b.to_string());
+    // `run report` is the same command; greedy from generation_config.json's defaults.
+    let o = run(&["run", "report", d, px.to_str().unwrap(), "--json"]);
+    let j = json(&o);
+    let got: Vec<u64> = j["reports"][0]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, reference_tokens("pixels2.npy", "greedy"));
+    let t = &j["reports"][0]["timings"];
+    assert!(t["first_token_ms"].as_f64().unwrap() > 0.0);
+    assert!(t["total_ms"].as_f64().unwrap() >= t["first_token_ms"].as_f64().unwrap());
+}
+
+#[test]
+fn bench_generate_reports_every_engine() {
+    let backends = medinfer_engine::native_backends_for_tests().unwrap();
+    if backends.is_empty() {
+        return;
+    }
+    let names: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+    let list = names.join(",");
+    let o = run(&[
+        "bench-generate",
+        fixture().to_str().unwrap(),
+        "-B",
+        &list,
+        "--runs",
+        "3",
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--json",
+    ]);
+    let j = json(&o);
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), backends.len());
+    for r in rows {
+        assert_eq!(r["new_tokens"], 16);
+        assert_eq!(r["runs"], 3);
+        assert!(r["total_ms"]["mean"].as_f64().unwrap() > 0.0);
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn generate_refuses_bad_requests_cleanly() {
+    let dir = fixture();
+    let d = dir.to_str().unwrap();
+    let img = dir.join("image.png");
+    let o = run(&["generate", d, img.to_str().unwrap(), "-b", "tract"]);
+    assert_clean_failure(&o, &["tract cannot run a decoder"]);
+    if medinfer_engine::native_backends_for_tests()
+        .unwrap()
+        .is_empty()
+    {
+        return;
+    }
+    let o = run(&["generate", d, img.to_str().unwrap(), "--max-new-tokens", "80"]);
+    assert_clean_failure(&o, &["max_new_tokens 80", "at most 39"]);
+    let o = run(&["generate", d, "/nonexistent.png"]);
+    assert_clean_failure(&o, &["/nonexistent.png"]);
+    let o = run(&["generate", "/nonexistent-model", img.to_str().unwrap()]);
+    assert_clean_failure(&o, &["/nonexistent-model", "is not a folder"]);
+}
