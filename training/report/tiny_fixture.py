@@ -71,7 +71,8 @@ def tokenizer(rng):
     return tok
 
 
-def main(out):
+def build():
+    """The tiny model, its fast tokenizer and image processor (deterministic: seeded)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     tok = tokenizer(rng)
@@ -114,14 +115,18 @@ def main(out):
     model.generation_config.bos_token_id = bos
     model.generation_config.max_new_tokens = 24
     model.eval()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    proc = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return model, fast, proc, (enc, dec, pad, bos, eos)
 
+
+def main(out):
+    model, fast, proc, (enc, dec, pad, bos, eos) = build()
     work = tempfile.mkdtemp()
     try:
         hf = os.path.join(work, "hf")
         model.save_pretrained(hf)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
         fast.save_pretrained(hf)
-        proc = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
         proc.save_pretrained(hf)
 
         from optimum.exporters.onnx import main_export
