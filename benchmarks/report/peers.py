@@ -4,8 +4,9 @@ generating a fixed number of tokens (end token masked by min_new_tokens) from on
 
     python peers.py torch|ort MODEL_EXPORT_DIR --tokens 24 --runs 100 [--threads 2]
 
-For `torch` the weights come from training/report/tiny_fixture.py's seeded build (the same
-weights as the committed export: checked by comparing the greedy tokens with reference.json).
+For `torch` the weights come from EXPORT/hf (benchmarks/report/foundation.py) or else from
+training/report/tiny_fixture.py's seeded build (the same weights as the committed export);
+either way the greedy tokens are first checked against reference.json.
 Prints one JSON line: mean / std of the whole generation in ms, peak RSS.
 """
 import argparse
@@ -31,12 +32,17 @@ a = ap.parse_args()
 torch.set_num_threads(a.threads)
 px = np.load(os.path.join(a.export, "pixels0.npy"))
 ref = json.load(open(os.path.join(a.export, "reference.json")))
-want = next(c["tokens"] for c in ref["cases"] if c["input"] == "pixels0.npy" and c["setting"] == "greedy")
+want = next(c["tokens"] for c in ref["cases"] if c["input"] == "pixels0.npy" and c["setting"].startswith("greedy"))
 
 if a.peer == "torch":
-    from tiny_fixture import build
+    if os.path.isdir(os.path.join(a.export, "hf")):  # benchmarks/report/foundation.py's checkpoint
+        from transformers import VisionEncoderDecoderModel
 
-    model, _, _, _ = build()
+        model = VisionEncoderDecoderModel.from_pretrained(os.path.join(a.export, "hf")).eval()
+    else:  # the tiny parity model, rebuilt from its seed
+        from tiny_fixture import build
+
+        model, _, _, _ = build()
     gen = lambda **kw: model.generate(pixel_values=torch.from_numpy(px), do_sample=False, **kw)
 else:
     import onnxruntime as ort
@@ -48,7 +54,8 @@ else:
     gen = lambda **kw: model.generate(pixel_values=torch.from_numpy(px), do_sample=False, **kw)
 
 with torch.no_grad():
-    got = gen(max_new_tokens=24)[0].tolist()
+    n = len(want) - 1
+    got = gen(max_new_tokens=n, min_new_tokens=n if want[-1] != ref.get("eos", -1) else 0)[0].tolist()
     assert got == want, f"{a.peer}: {got} != reference {want}"
     gen(max_new_tokens=a.tokens, min_new_tokens=a.tokens)
     times = []

@@ -115,7 +115,13 @@ fn generate_refuses_bad_requests_cleanly() {
     {
         return;
     }
-    let o = run(&["generate", d, img.to_str().unwrap(), "--max-new-tokens", "80"]);
+    let o = run(&[
+        "generate",
+        d,
+        img.to_str().unwrap(),
+        "--max-new-tokens",
+        "80",
+    ]);
     assert_clean_failure(&o, &["max_new_tokens 80", "at most 39"]);
     let o = run(&["generate", d, "/nonexistent.png"]);
     assert_clean_failure(&o, &["/nonexistent.png"]);

@@ -48,6 +48,7 @@ pub(crate) trait NativeValue: Send + Sync {
     fn dtype(&self) -> DType;
     fn to_tensor(&self) -> Result<Tensor, String>;
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    fn as_any(&self) -> &dyn Any;
     fn backend(&self) -> BackendKind;
     /// The elements, writable in place, when the value holds f32 in host-visible memory.
     fn f32_mut(&mut self) -> Result<&mut [f32], String>;
@@ -166,8 +167,13 @@ impl Value {
 
 /// Backend half of a [`DynSession`].
 pub(crate) trait DynBackend: Send + Sync {
-    /// Runs with named, already checked inputs; returns every output, in declared order.
-    fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<Value>, EngineError>;
+    /// Runs with named, already checked inputs (`shared` ones lent, not consumed); returns
+    /// every output, in declared order.
+    fn run(
+        &self,
+        inputs: Vec<(String, Value)>,
+        shared: &[(&str, &Value)],
+    ) -> Result<Vec<Value>, EngineError>;
 }
 
 /// A model loaded with its dynamic dimensions left open. `Send + Sync`; calls from several
@@ -219,9 +225,30 @@ impl DynSession {
     /// element type and a shape that fits the declared dimensions; the outputs come back in
     /// the declared order, engine-owned where the engine allows.
     pub fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<Value>, EngineError> {
+        self.run_shared(inputs, &[])
+    }
+
+    /// As [`DynSession::run`], with some inputs lent instead of given: values computed once
+    /// and fed to every call (a decoder's precomputed cross-attention keys and values). On
+    /// ONNX Runtime an engine-owned value is lent without a copy.
+    pub fn run_shared(
+        &self,
+        inputs: Vec<(String, Value)>,
+        shared: &[(&str, &Value)],
+    ) -> Result<Vec<Value>, EngineError> {
         let file = self.path.display();
         for spec in &self.inputs {
-            let Some((_, v)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
+            let given = inputs
+                .iter()
+                .find(|(n, _)| *n == spec.name)
+                .map(|(_, v)| v)
+                .or_else(|| {
+                    shared
+                        .iter()
+                        .find(|(n, _)| *n == spec.name)
+                        .map(|(_, v)| *v)
+                });
+            let Some(v) = given else {
                 return Err(EngineError::BadInput(format!(
                     "{file}: input '{}' was not given",
                     spec.name
@@ -238,9 +265,14 @@ impl DynSession {
                 )));
             }
         }
-        if let Some((n, _)) = inputs
+        let names: Vec<&str> = inputs
             .iter()
-            .find(|(n, _)| !self.inputs.iter().any(|s| s.name == *n))
+            .map(|(n, _)| n.as_str())
+            .chain(shared.iter().map(|(n, _)| *n))
+            .collect();
+        if let Some(n) = names
+            .iter()
+            .find(|n| !self.inputs.iter().any(|s| s.name == **n))
         {
             return Err(EngineError::BadInput(format!(
                 "{file} has no input '{n}' (it takes {})",
@@ -251,12 +283,12 @@ impl DynSession {
                     .join(", ")
             )));
         }
-        if inputs.len() != self.inputs.len() {
+        if names.len() != self.inputs.len() {
             return Err(EngineError::BadInput(format!(
                 "{file}: an input was given twice"
             )));
         }
-        self.inner.run(inputs)
+        self.inner.run(inputs, shared)
     }
 }
 

@@ -20,6 +20,21 @@ pub struct LoadOptions {
     pub session: SessionOptions,
     /// Merged or split decoder when the export has both.
     pub decoder: DecoderChoice,
+    /// Hoist the work that depends on the encoder's states alone (cross-attention keys and
+    /// values) out of the per-token decoder: computed once per report instead of per token
+    /// (split layout; see [`medinfer_onnx::hoist`]).
+    pub hoist: bool,
+}
+
+/// The per-token decoder's encoder-only part, run once per generation.
+struct Hoist {
+    precompute: DynSession,
+    /// Precompute inputs: encoder states or encoder mask.
+    inputs: Vec<Role>,
+    /// Nodes moved out of the per-token decoder.
+    nodes: usize,
+    /// Holds the rewritten models for the sessions' lifetime.
+    _work: tempfile::TempDir,
 }
 
 /// One decoder session and the roles of its inputs.
@@ -31,7 +46,11 @@ struct Dec {
 
 impl Dec {
     fn new(session: DynSession) -> Result<Dec, GenerateError> {
-        let roles = roles(session.inputs(), session.path())?;
+        Dec::with_hoisted(session, &[])
+    }
+
+    fn with_hoisted(session: DynSession, hoisted: &[String]) -> Result<Dec, GenerateError> {
+        let roles = roles(session.inputs(), session.path(), hoisted)?;
         let logits = session
             .output_index("logits")
             .ok_or_else(|| GenerateError::Layout {
@@ -64,6 +83,8 @@ pub struct Generator {
     first: Dec,
     /// Decoder with the cache (split layout); None for a merged decoder.
     with_past: Option<Dec>,
+    /// Its hoisted encoder-only part.
+    hoist: Option<Hoist>,
     vocab: usize,
     hidden: usize,
 }
@@ -185,20 +206,14 @@ impl Generator {
             }
         })?;
         let encoder = load_dynamic(opts.backend, &files.encoder, &opts.session)?;
-        let (first, with_past) = match &files.decoder {
-            DecoderFiles::Merged(p) => (
-                Dec::new(load_dynamic(opts.backend, p, &opts.session)?)?,
-                None,
-            ),
-            DecoderFiles::Split { first, with_past } => (
-                Dec::new(load_dynamic(opts.backend, first, &opts.session)?)?,
-                Some(Dec::new(load_dynamic(
-                    opts.backend,
-                    with_past,
-                    &opts.session,
-                )?)?),
-            ),
-        };
+        let first = Dec::new(load_dynamic(
+            opts.backend,
+            match &files.decoder {
+                DecoderFiles::Merged(p) => p,
+                DecoderFiles::Split { first, .. } => first,
+            },
+            &opts.session,
+        )?)?;
         // The encoder takes pixel values and gives [batch, seq, hidden].
         let px = encoder
             .inputs()
@@ -272,6 +287,34 @@ impl Generator {
             }
         }
         let hidden = enc_hidden.or(dec_hidden).unwrap_or(0);
+        let (with_past, hoist) = match &files.decoder {
+            DecoderFiles::Merged(_) => (None, None),
+            DecoderFiles::Split { with_past, .. } => {
+                let states = probe
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| GenerateError::Run("the encoder gave no output".into()))?
+                    .into_tensor()?;
+                let hoisted = if opts.hoist {
+                    hoist(with_past, opts, &states)?
+                } else {
+                    None
+                };
+                match hoisted {
+                    Some((step, h, frontier)) => {
+                        (Some(Dec::with_hoisted(step, &frontier)?), Some(h))
+                    }
+                    None => (
+                        Some(Dec::new(load_dynamic(
+                            opts.backend,
+                            with_past,
+                            &opts.session,
+                        )?)?),
+                        None,
+                    ),
+                }
+            }
+        };
         let logits_spec = &first.session.outputs()[first.logits];
         let vocab = dim(logits_spec, 2).or(config.vocab_size).ok_or_else(|| GenerateError::Layout {
             path: first.session.path().to_path_buf(),
@@ -350,9 +393,16 @@ impl Generator {
             encoder,
             first,
             with_past,
+            hoist,
             vocab,
             hidden,
         })
+    }
+
+    /// Nodes of the per-token decoder moved to the once-per-report precompute model (0 when
+    /// nothing was hoisted).
+    pub fn hoisted_nodes(&self) -> usize {
+        self.hoist.as_ref().map_or(0, |h| h.nodes)
     }
 
     /// The model's folder and files.
@@ -502,9 +552,28 @@ impl Generator {
             )));
         }
         let rows = s.num_beams;
+        let states = repeat_rows(&states, rows)?;
+        let shared = match &self.hoist {
+            Some(h) => {
+                let enc_len = states.shape()[1];
+                let mut feed = Vec::new();
+                for (spec, role) in h.precompute.inputs().iter().zip(&h.inputs) {
+                    let v = match role {
+                        Role::EncoderMask => {
+                            ints(spec.dtype, vec![rows, enc_len], vec![1; rows * enc_len])?
+                        }
+                        _ => Value::from(states.clone()),
+                    };
+                    feed.push((spec.name.clone(), v));
+                }
+                h.precompute.run(feed)?
+            }
+            None => Vec::new(),
+        };
         let mut stepper = EngineStepper {
             g: self,
-            states: repeat_rows(&states, rows)?,
+            shared,
+            states,
             cache: None,
             past_len: 0,
             rows,
@@ -567,6 +636,8 @@ fn ints(dtype: DType, shape: Vec<usize>, v: Vec<i64>) -> Result<Value, GenerateE
 /// The decoder as a [`StepModel`]: the cache stays in the engine and follows the beams.
 struct EngineStepper<'a> {
     g: &'a Generator,
+    /// The hoisted precompute model's outputs, lent to every per-token call.
+    shared: Vec<Value>,
     /// Encoder states, one row per beam.
     states: Tensor,
     /// Past keys / values in the decoder's past-input order.
@@ -603,8 +674,16 @@ impl StepModel for EngineStepper<'_> {
         let enc_len = self.states.shape()[1];
         let past = self.past_len;
         let mut inputs = Vec::with_capacity(dec.roles.len());
+        let mut lent: Vec<(&str, &Value)> = Vec::new();
         for (spec, role) in dec.session.inputs().iter().zip(&dec.roles) {
             let v = match role {
+                Role::Hoisted(i) => {
+                    let v = self.shared.get(*i).ok_or_else(|| {
+                        GenerateError::Run(format!("no precomputed value for '{}'", spec.name))
+                    })?;
+                    lent.push((spec.name.as_str(), v));
+                    continue;
+                }
                 Role::InputIds => ints(
                     spec.dtype,
                     vec![rows, 1],
@@ -649,7 +728,7 @@ impl StepModel for EngineStepper<'_> {
             };
             inputs.push((spec.name.clone(), v));
         }
-        let mut outputs = dec.session.run(inputs)?;
+        let mut outputs = dec.session.run_shared(inputs, &lent)?;
         // Renew the cache from the present outputs, in the with-past decoder's input order.
         let next_dec = self.g.with_past.as_ref().unwrap_or(&self.g.first);
         let mut new_cache = Vec::with_capacity(next_dec.past_count());
@@ -691,4 +770,77 @@ impl StepModel for EngineStepper<'_> {
         self.step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         Ok(out)
     }
+}
+
+/// Splits the per-token decoder `path` into a precompute model (everything that depends on the
+/// encoder's states alone) and a step model, saved in a temp folder and loaded; None when
+/// nothing can be hoisted.
+fn hoist(
+    path: &Path,
+    opts: &LoadOptions,
+    states: &Tensor,
+) -> Result<Option<(DynSession, Hoist, Vec<String>)>, GenerateError> {
+    let model = medinfer_onnx::load_model(path).map_err(|e| GenerateError::Model {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let invariant = ["encoder_hidden_states", "encoder_attention_mask"];
+    let Some(h) = medinfer_onnx::hoist::split(&model, &invariant) else {
+        return Ok(None);
+    };
+    drop(model);
+    let work = tempfile::Builder::new()
+        .prefix("medinfer-hoist-")
+        .tempdir()
+        .map_err(|e| GenerateError::Run(format!("creating a temp folder: {e}")))?;
+    let save = |m: &medinfer_onnx::proto::ModelProto, name: &str| {
+        let p = work.path().join(name);
+        medinfer_onnx::save_model(m, &p).map_err(|e| GenerateError::Run(e.to_string()))?;
+        Ok::<_, GenerateError>(p)
+    };
+    let pre_path = save(&h.precompute, "precompute.onnx")?;
+    let precompute = load_dynamic(opts.backend, &pre_path, &opts.session)?;
+    let inputs: Vec<Role> = precompute
+        .inputs()
+        .iter()
+        .map(|s| {
+            if s.name == "encoder_attention_mask" {
+                Role::EncoderMask
+            } else {
+                Role::EncoderStates
+            }
+        })
+        .collect();
+    // Ranks of the frontier tensors: one run on the encoder's output for a blank image.
+    let enc_len = states.shape().get(1).copied().unwrap_or(0);
+    let mut feed = Vec::new();
+    for (s, role) in precompute.inputs().iter().zip(&inputs) {
+        let v = match role {
+            Role::EncoderMask => ints(s.dtype, vec![1, enc_len], vec![1; enc_len])?,
+            _ => Value::from(states.clone()),
+        };
+        feed.push((s.name.clone(), v));
+    }
+    let outs = precompute.run(feed)?;
+    let ranks: Vec<(String, usize)> = h
+        .frontier
+        .iter()
+        .zip(&outs)
+        .map(|(n, v)| (n.clone(), v.shape().len()))
+        .collect();
+    let mut step_model = h.step;
+    medinfer_onnx::hoist::declare_ranks(&mut step_model, &ranks);
+    let step_path = save(&step_model, "decoder_with_past_step.onnx")?;
+    drop(step_model);
+    let step = load_dynamic(opts.backend, &step_path, &opts.session)?;
+    Ok(Some((
+        step,
+        Hoist {
+            precompute,
+            inputs,
+            nodes: h.hoisted_nodes,
+            _work: work,
+        },
+        h.frontier,
+    )))
 }

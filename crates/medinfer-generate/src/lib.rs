@@ -18,6 +18,7 @@
 //! ```no_run
 //! use medinfer_generate::{Generator, LoadOptions, Overrides, model::DecoderChoice};
 //! let opts = LoadOptions {
+//!     hoist: true,
 //!     backend: medinfer_engine::BackendKind::Ort,
 //!     session: Default::default(),
 //!     decoder: DecoderChoice::Auto,

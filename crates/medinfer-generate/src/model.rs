@@ -42,7 +42,8 @@ pub enum DecoderFiles {
 /// Which decoder layout to use when an export has both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecoderChoice {
-    /// The merged file if present, else the split pair.
+    /// The split pair if present (its per-token decoder can have the encoder-only work
+    /// hoisted out), else the merged file.
     Auto,
     /// `decoder_model_merged.onnx`.
     Merged,
@@ -79,10 +80,10 @@ impl ModelFiles {
         let first = opt("decoder_model.onnx");
         let with_past = opt("decoder_with_past_model.onnx");
         let decoder = match (choice, merged, first, with_past) {
-            (DecoderChoice::Auto | DecoderChoice::Merged, Some(m), _, _) => DecoderFiles::Merged(m),
             (DecoderChoice::Auto | DecoderChoice::Split, _, Some(first), Some(with_past)) => {
                 DecoderFiles::Split { first, with_past }
             }
+            (DecoderChoice::Auto | DecoderChoice::Merged, Some(m), _, _) => DecoderFiles::Merged(m),
             (DecoderChoice::Merged, None, _, _) => {
                 return Err(GenerateError::Model {
                     path: dir.to_path_buf(),
@@ -238,6 +239,9 @@ pub enum Role {
     CachePosition,
     /// `use_cache_branch` of a merged decoder.
     UseCache,
+    /// A tensor computed once per generation by the hoisted precompute model (index into its
+    /// outputs).
+    Hoisted(usize),
     /// A past key or value; the output that renews it is named here.
     Past {
         /// The `present...` output.
@@ -248,11 +252,18 @@ pub enum Role {
 }
 
 /// The roles of a decoder's inputs; an input medinfer does not know is refused by name.
-pub fn roles(specs: &[DynSpec], file: &Path) -> Result<Vec<Role>, GenerateError> {
+pub fn roles(
+    specs: &[DynSpec],
+    file: &Path,
+    hoisted: &[String],
+) -> Result<Vec<Role>, GenerateError> {
     specs
         .iter()
         .map(|s| {
             let n = s.name.as_str();
+            if let Some(i) = hoisted.iter().position(|h| h == n) {
+                return Ok(Role::Hoisted(i));
+            }
             Ok(match n {
                 "input_ids" | "decoder_input_ids" => Role::InputIds,
                 "encoder_hidden_states" => Role::EncoderStates,

@@ -17,6 +17,7 @@
 pub mod builder;
 pub mod f16store;
 pub mod fixtures;
+pub mod hoist;
 mod info;
 mod model;
 pub mod opset;

@@ -74,6 +74,10 @@ pub struct GenerationArgs {
     /// Never stop at the end token: always generate max_new_tokens (benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Keep the encoder-only work (cross-attention keys and values) in the per-token decoder
+    /// instead of computing it once per report (for comparison; same tokens either way).
+    #[arg(long)]
+    pub no_hoist: bool,
 }
 
 impl GenerationArgs {
@@ -92,6 +96,7 @@ impl GenerationArgs {
                 DecoderArg::Merged => DecoderChoice::Merged,
                 DecoderArg::Split => DecoderChoice::Split,
             },
+            hoist: !self.no_hoist,
         };
         Ok(Generator::load(dir, &opts)?)
     }
@@ -249,6 +254,7 @@ struct BenchRow {
     encoder_ms: f64,
     tokens_per_s: f64,
     peak_rss_mb: f64,
+    hoisted_nodes: usize,
     notes: Vec<String>,
 }
 
@@ -312,6 +318,7 @@ pub fn bench(a: BenchGenerateArgs) -> Result<()> {
             per_token_ms: per_tok / n,
             encoder_ms: enc / n,
             peak_rss_mb: peak_rss_mb(),
+            hoisted_nodes: g.hoisted_nodes(),
             notes: infos.iter().flat_map(|i| i.notes.clone()).collect(),
         });
     }

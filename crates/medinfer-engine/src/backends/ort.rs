@@ -213,6 +213,9 @@ impl NativeValue for OrtValue {
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
         self
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn backend(&self) -> BackendKind {
         KIND
     }
@@ -224,12 +227,29 @@ impl NativeValue for OrtValue {
 }
 
 impl DynBackend for OrtDyn {
-    fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<Value>, EngineError> {
+    fn run(
+        &self,
+        inputs: Vec<(String, Value)>,
+        shared: &[(&str, &Value)],
+    ) -> Result<Vec<Value>, EngineError> {
         let run_err = |m: String| EngineError::Run {
             backend: KIND,
             message: m,
         };
         guard(KIND, "running", || {
+            let mut lent: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::new();
+            for (name, v) in shared {
+                let value = match &v.0 {
+                    ValueInner::Host(t) => input_value(t).map_err(run_err)?,
+                    ValueInner::Native(n) => {
+                        let v = n.as_any().downcast_ref::<OrtValue>().ok_or_else(|| {
+                            run_err(format!("input '{name}' is a value of {}", n.backend()))
+                        })?;
+                        SessionInputValue::from(&v.0)
+                    }
+                };
+                lent.push((Cow::Borrowed(*name), value));
+            }
             let mut host: Vec<(String, Tensor)> = Vec::new();
             let mut owned: Vec<(String, DynValue)> = Vec::new();
             for (name, v) in inputs {
@@ -261,6 +281,7 @@ impl DynBackend for OrtDyn {
             for (name, v) in owned {
                 feed.push((Cow::Owned(name), SessionInputValue::Owned(v)));
             }
+            feed.extend(lent);
             self.sessions.with(|sess| {
                 let mut outs = sess.run(feed).map_err(|e| run_err(s(e)))?;
                 self.outputs

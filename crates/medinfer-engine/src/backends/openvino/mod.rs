@@ -348,15 +348,25 @@ struct OvDyn {
 }
 
 impl DynBackend for OvDyn {
-    fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<Value>, EngineError> {
+    fn run(
+        &self,
+        inputs: Vec<(String, Value)>,
+        shared: &[(&str, &Value)],
+    ) -> Result<Vec<Value>, EngineError> {
         let run_err = |m: String| EngineError::Run {
             backend: KIND,
             message: m,
         };
         guard(KIND, "running", || {
-            let mut tensors = Vec::with_capacity(inputs.len());
-            for (name, v) in inputs {
-                let t = v.into_tensor()?;
+            let mut tensors = Vec::with_capacity(inputs.len() + shared.len());
+            let lent = shared
+                .iter()
+                .map(|(n, v)| Ok::<_, EngineError>((n.to_string(), v.to_tensor()?)));
+            let given = inputs
+                .into_iter()
+                .map(|(n, v)| Ok::<_, EngineError>((n, v.into_tensor()?)));
+            for item in given.chain(lent) {
+                let (name, t): (String, Tensor) = item?;
                 let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
                 let shape = ov_run(|| Shape::new(&dims)).map_err(run_err)?;
                 let mut buf = ov_run(|| openvino::Tensor::new(element_type(t.dtype()), &shape))
