@@ -167,6 +167,10 @@ impl Value {
 
 /// Backend half of a [`DynSession`].
 pub(crate) trait DynBackend: Send + Sync {
+    /// The value in the engine's own memory, for values fed to many calls (default: as is).
+    fn keep(&self, v: Value) -> Result<Value, EngineError> {
+        Ok(v)
+    }
     /// Runs with named, already checked inputs (`shared` ones lent, not consumed); returns
     /// every output, in declared order.
     fn run(
@@ -214,6 +218,14 @@ impl DynSession {
     /// The model file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `v` moved into the engine's own memory once, for a value that many calls will be lent
+    /// (see [`DynSession::run_shared`]): OpenVINO then binds it to each call without copying
+    /// it again. Engine-owned values and ONNX Runtime (which reads host memory in place) keep
+    /// it as it is.
+    pub fn keep(&self, v: Value) -> Result<Value, EngineError> {
+        self.inner.keep(v)
     }
 
     /// The position of the output called `name`.

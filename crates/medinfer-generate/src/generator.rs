@@ -566,7 +566,15 @@ impl Generator {
                     };
                     feed.push((spec.name.clone(), v));
                 }
-                h.precompute.run(feed)?
+                let step = self.with_past.as_ref().map(|d| &d.session);
+                let mut kept = Vec::new();
+                for v in h.precompute.run(feed)? {
+                    kept.push(match step {
+                        Some(s) => s.keep(v)?,
+                        None => v,
+                    });
+                }
+                kept
             }
             None => Vec::new(),
         };

@@ -1,6 +1,6 @@
 //! OpenVINO through the `openvino` crate, its C library loaded at run time.
 use super::{Availability, Backend, Loaded};
-use crate::dynamic::{DynBackend, DynLoaded, DynPrepared, Value};
+use crate::dynamic::{DynBackend, DynLoaded, DynPrepared, NativeValue, Value, ValueInner};
 use crate::options::Prepared;
 use crate::pool::Pool;
 use crate::runtimes::{locate_openvino, INSTALL_HINT};
@@ -347,7 +347,64 @@ struct OvDyn {
     outputs: Vec<String>,
 }
 
+/// A tensor in OpenVINO's memory, bound to requests as it is.
+struct OvValue {
+    tensor: Mutex<openvino::Tensor>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl NativeValue for OvValue {
+    fn shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn to_tensor(&self) -> Result<Tensor, String> {
+        let t = self.tensor.lock().unwrap_or_else(PoisonError::into_inner);
+        read_typed(&t, self.dtype, self.shape.clone())
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn backend(&self) -> BackendKind {
+        KIND
+    }
+    fn f32_mut(&mut self) -> Result<&mut [f32], String> {
+        Err("OpenVINO values are not reordered in place".into())
+    }
+}
+
+fn ov_tensor(t: &Tensor) -> Result<openvino::Tensor, String> {
+    let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    let shape = ov_run(|| Shape::new(&dims))?;
+    let mut buf = ov_run(|| openvino::Tensor::new(element_type(t.dtype()), &shape))?;
+    write_input(t, &mut buf)?;
+    Ok(buf)
+}
+
 impl DynBackend for OvDyn {
+    fn keep(&self, v: Value) -> Result<Value, EngineError> {
+        let ValueInner::Host(t) = &v.0 else {
+            return Ok(v);
+        };
+        let tensor = guard(KIND, "keeping a value", || {
+            ov_tensor(t).map_err(|m| EngineError::Run {
+                backend: KIND,
+                message: m,
+            })
+        })?;
+        Ok(Value(ValueInner::Native(Box::new(OvValue {
+            tensor: Mutex::new(tensor),
+            shape: t.shape().to_vec(),
+            dtype: t.dtype(),
+        }))))
+    }
+
     fn run(
         &self,
         inputs: Vec<(String, Value)>,
@@ -358,10 +415,23 @@ impl DynBackend for OvDyn {
             message: m,
         };
         guard(KIND, "running", || {
+            // Lent OpenVINO values are bound as they are; the rest is copied in.
+            let mut kept: Vec<(&str, std::sync::MutexGuard<'_, openvino::Tensor>)> = Vec::new();
+            let mut host_lent = Vec::new();
+            for (n, v) in shared {
+                match &v.0 {
+                    ValueInner::Native(nv) => match nv.as_any().downcast_ref::<OvValue>() {
+                        Some(ov) => kept.push((
+                            n,
+                            ov.tensor.lock().unwrap_or_else(PoisonError::into_inner),
+                        )),
+                        None => host_lent.push((n.to_string(), v.to_tensor()?)),
+                    },
+                    ValueInner::Host(t) => host_lent.push((n.to_string(), t.clone())),
+                }
+            }
             let mut tensors = Vec::with_capacity(inputs.len() + shared.len());
-            let lent = shared
-                .iter()
-                .map(|(n, v)| Ok::<_, EngineError>((n.to_string(), v.to_tensor()?)));
+            let lent = host_lent.into_iter().map(Ok::<_, EngineError>);
             let given = inputs
                 .into_iter()
                 .map(|(n, v)| Ok::<_, EngineError>((n, v.into_tensor()?)));
@@ -377,6 +447,10 @@ impl DynBackend for OvDyn {
             debug_assert_eq!(tensors.len(), self.inputs.len());
             self.requests.with(|req| {
                 for (name, t) in &tensors {
+                    ov_run(|| req.set_tensor(name, t))
+                        .map_err(|e| run_err(format!("input '{name}': {e}")))?;
+                }
+                for (name, t) in &kept {
                     ov_run(|| req.set_tensor(name, t))
                         .map_err(|e| run_err(format!("input '{name}': {e}")))?;
                 }
