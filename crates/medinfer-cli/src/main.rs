@@ -98,6 +98,9 @@ enum Command {
     /// Time whole generations per engine (mean +- std over --runs, time to first token,
     /// ms per later token, tokens/s, peak RSS), as the published report-generation benchmark.
     BenchGenerate(generate::BenchGenerateArgs),
+    /// Write a copy of a report-generation export with its decoders' matrix products in 8-bit
+    /// weight-only form (MatMulNBits): a quarter of the bytes read per token.
+    QuantizeWeights(generate::QuantizeWeightsArgs),
     /// Serve the models of a repository over HTTP: the Open Inference Protocol (KServe v2,
     /// JSON and binary tensors), dynamic batching, bounded queues (429 when full).
     Serve(serve::ServeArgs),
@@ -224,5 +227,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),
         Command::BenchGenerate(a) => generate::bench(a),
+        Command::QuantizeWeights(a) => generate::quantize_weights(a),
     }
 }

@@ -24,6 +24,10 @@ pub struct LoadOptions {
     /// values) out of the per-token decoder: computed once per report instead of per token
     /// (split layout; see [`medinfer_onnx::hoist`]).
     pub hoist: bool,
+    /// Run the encoder on another engine or precision than the decoder (e.g. OpenVINO BF16
+    /// for the compute-bound encoder, ONNX Runtime's int8 weight-only kernels for the
+    /// bandwidth-bound decoder); None = the decoder's.
+    pub encoder: Option<(BackendKind, SessionOptions)>,
 }
 
 /// The per-token decoder's encoder-only part, run once per generation.
@@ -205,7 +209,10 @@ impl Generator {
                 message: format!("is not a tokenizer the `tokenizers` library can read: {e}"),
             }
         })?;
-        let encoder = load_dynamic(opts.backend, &files.encoder, &opts.session)?;
+        let encoder = match &opts.encoder {
+            Some((kind, session)) => load_dynamic(*kind, &files.encoder, session)?,
+            None => load_dynamic(opts.backend, &files.encoder, &opts.session)?,
+        };
         let first = Dec::new(load_dynamic(
             opts.backend,
             match &files.decoder {
@@ -385,6 +392,13 @@ impl Generator {
                 )));
             }
         }
+        // With the encoder-only work hoisted, the step decoder serves the first token too
+        // (from an empty cache, as a merged decoder's first step): the first-step decoder,
+        // which would recompute that work once more, is dropped with its memory.
+        let (first, with_past) = match (hoist.is_some(), with_past) {
+            (true, Some(step)) => (step, None),
+            (_, with_past) => (first, with_past),
+        };
         Ok(Generator {
             files,
             config,
@@ -566,13 +580,10 @@ impl Generator {
                     };
                     feed.push((spec.name.clone(), v));
                 }
-                let step = self.with_past.as_ref().map(|d| &d.session);
+                let step = &self.with_past.as_ref().unwrap_or(&self.first).session;
                 let mut kept = Vec::new();
                 for v in h.precompute.run(feed)? {
-                    kept.push(match step {
-                        Some(s) => s.keep(v)?,
-                        None => v,
-                    });
+                    kept.push(step.keep(v)?);
                 }
                 kept
             }

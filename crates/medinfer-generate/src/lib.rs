@@ -19,6 +19,7 @@
 //! use medinfer_generate::{Generator, LoadOptions, Overrides, model::DecoderChoice};
 //! let opts = LoadOptions {
 //!     hoist: true,
+//!     encoder: None,
 //!     backend: medinfer_engine::BackendKind::Ort,
 //!     session: Default::default(),
 //!     decoder: DecoderChoice::Auto,
@@ -35,6 +36,80 @@ pub mod image;
 pub mod model;
 
 pub use generator::{split_findings, Generation, Generator, LoadOptions, Overrides, Timings};
+
+/// What [`quantize_export`] wrote.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct QuantizedExport {
+    /// The new folder.
+    pub output: PathBuf,
+    /// Per rewritten decoder file: what changed.
+    pub files: Vec<(String, medinfer_onnx::weightonly::WeightOnlyReport)>,
+}
+
+/// Writes a copy of the export in `dir` to `out` with the decoders' matrix products in 8-bit
+/// weight-only form (`MatMulNBits`, blocks of `block` along K). The split decoder pair is
+/// rewritten (a merged decoder keeps its products inside If branches, so it is left out of the
+/// copy), and the encoder too when `encoder` is set; tokenizer and configs are copied as they
+/// are.
+pub fn quantize_export(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    block: usize,
+    accuracy_level: i64,
+    encoder: bool,
+) -> Result<QuantizedExport, GenerateError> {
+    let files = model::ModelFiles::find(dir, model::DecoderChoice::Split)?;
+    if !block.is_power_of_two() || block < 16 {
+        return Err(GenerateError::Input(format!(
+            "--block {block}: a power of two, at least 16"
+        )));
+    }
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(GenerateError::Input(format!(
+            "{} exists and is not empty: choose a new folder",
+            out.display()
+        )));
+    }
+    let io = |p: &std::path::Path, e: std::io::Error| GenerateError::Model {
+        path: p.to_path_buf(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let model::DecoderFiles::Split { first, with_past } = &files.decoder else {
+        return Err(GenerateError::Model {
+            path: dir.to_path_buf(),
+            message: "weight-only quantization needs decoder_model.onnx and decoder_with_past_model.onnx (a merged decoder keeps its products inside If branches)".into(),
+        });
+    };
+    let mut reports = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let p = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !p.is_file() || name == "decoder_model_merged.onnx" || name.ends_with(".onnx_data") {
+            continue;
+        }
+        let target = out.join(&name);
+        if p == *first || p == *with_past || (encoder && p == files.encoder) {
+            let mut m = medinfer_onnx::load_model(&p).map_err(|e| GenerateError::Model {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
+            let r = medinfer_onnx::weightonly::quantize_weights(&mut m, block, 4096, accuracy_level);
+            medinfer_onnx::save_model(&m, &target).map_err(|e| GenerateError::Model {
+                path: target.clone(),
+                message: e.to_string(),
+            })?;
+            reports.push((name, r));
+        } else {
+            std::fs::copy(&p, &target).map_err(|e| io(&p, e))?;
+        }
+    }
+    Ok(QuantizedExport {
+        output: out.to_path_buf(),
+        files: reports,
+    })
+}
 
 use std::path::PathBuf;
 

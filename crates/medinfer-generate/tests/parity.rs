@@ -27,6 +27,7 @@ fn opts(backend: BackendKind, decoder: DecoderChoice) -> LoadOptions {
         },
         decoder,
         hoist: true,
+        encoder: None,
     }
 }
 
@@ -273,4 +274,110 @@ fn wrong_pixel_shapes_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("pixel values must be"), "{e}");
+}
+
+/// Engines mixed: the encoder on one, the decoder on the other, same tokens.
+#[test]
+fn encoder_and_decoder_on_different_engines_give_the_same_tokens() {
+    let backends = native_backends_for_tests().unwrap();
+    if backends.len() < 2 {
+        return;
+    }
+    let r = reference();
+    let c = r["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["input"] == "pixels3.npy" && c["setting"] == "beam4")
+        .unwrap();
+    let px = medinfer_io::npy::read(&fixture().join("pixels3.npy")).unwrap();
+    for (enc, dec) in [(backends[0], backends[1]), (backends[1], backends[0])] {
+        let g = Generator::load(
+            &fixture(),
+            &LoadOptions {
+                encoder: Some((enc, SessionOptions::default())),
+                ..opts(dec, DecoderChoice::Auto)
+            },
+        )
+        .unwrap();
+        let got = g
+            .generate_pixels(&px, &overrides(&c["generate_kwargs"]))
+            .unwrap();
+        let want: Vec<u32> = c["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(got.tokens, want, "encoder {enc}, decoder {dec}");
+    }
+}
+
+/// The 8-bit weight-only export computes what the float one does, up to the weights'
+/// rounding: the first-step logits of both decoders on the same encoder states, every engine.
+#[test]
+fn weight_only_int8_decoders_stay_close_to_float() {
+    let out = tempfile::tempdir().unwrap();
+    let q8 = out.path().join("q8");
+    let r = medinfer_generate::quantize_export(&fixture(), &q8, 16, 4, false).unwrap();
+    assert_eq!(r.files.len(), 2);
+    for (name, f) in &r.files {
+        assert!(f.replaced >= 5, "{name}: {f:?}");
+        assert!(f.quantized_bytes * 3 < f.float_bytes, "{name}: {f:?}");
+        assert!(f.max_block_error <= 0.5 / 127.0 + 1e-6, "{name}: {f:?}");
+    }
+    assert!(!q8.join("decoder_model_merged.onnx").exists());
+    // Refusals: an existing, non-empty output folder; a bad block size.
+    let e = medinfer_generate::quantize_export(&fixture(), &q8, 16, 4, false).unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
+    let e = medinfer_generate::quantize_export(&fixture(), &out.path().join("b"), 24, 4, false)
+        .unwrap_err();
+    assert!(e.to_string().contains("power of two"), "{e}");
+    let states = medinfer_core::Tensor::from_f32(
+        vec![1, 17, 32],
+        (0..17 * 32).map(|i| ((i * 7919 % 211) as f32 / 105.0) - 1.0).collect(),
+    )
+    .unwrap();
+    let ids = medinfer_core::Tensor::new(
+        vec![1, 3],
+        medinfer_core::TensorData::I64(vec![1, 47, 81]),
+    )
+    .unwrap();
+    for backend in native_backends_for_tests().unwrap() {
+        let logits = |dir: &Path| {
+            let s = medinfer_engine::load_dynamic(
+                backend,
+                &dir.join("decoder_model.onnx"),
+                &SessionOptions::default(),
+            )
+            .unwrap();
+            let out = s
+                .run(vec![
+                    ("input_ids".into(), ids.clone().into()),
+                    ("encoder_hidden_states".into(), states.clone().into()),
+                ])
+                .unwrap();
+            out.into_iter()
+                .next()
+                .unwrap()
+                .into_tensor()
+                .unwrap()
+                .as_f32()
+                .unwrap()
+                .to_vec()
+        };
+        let (f, q) = (logits(&fixture()), logits(&q8));
+        assert_eq!(f.len(), q.len());
+        let range = f.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = f
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // Weights rounded to 1/254 of their block's range and (level 4) activations to 8
+        // bits: a few per cent of the logits' range at most; a wrong zero point or layout
+        // gives errors of the order of the range itself.
+        assert!(diff < 0.05 * range, "{backend}: max diff {diff}, logits up to {range}");
+        eprintln!("{backend}: int8 weight-only logits max diff {diff} (range {range})");
+    }
 }

@@ -18,6 +18,7 @@ pub mod builder;
 pub mod f16store;
 pub mod fixtures;
 pub mod hoist;
+pub mod weightonly;
 mod info;
 mod model;
 pub mod opset;

@@ -44,6 +44,13 @@ pub struct GenerationArgs {
     /// Compute precision: fp32, or bf16 (OpenVINO on CPUs with AVX-512 BF16 / AMX).
     #[arg(long, default_value = "fp32")]
     pub precision: String,
+    /// Engine for the image encoder when it should differ from the decoder's (ort, openvino):
+    /// the encoder is compute-bound, the decoder reads weights; each may run best elsewhere.
+    #[arg(long)]
+    pub encoder_backend: Option<String>,
+    /// Precision of the encoder (fp32, bf16); default --precision.
+    #[arg(long)]
+    pub encoder_precision: Option<String>,
     /// Threads for the engine (default: every usable core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -97,6 +104,26 @@ impl GenerationArgs {
                 DecoderArg::Split => DecoderChoice::Split,
             },
             hoist: !self.no_hoist,
+            encoder: match (&self.encoder_backend, &self.encoder_precision) {
+                (None, None) => None,
+                (b, p) => {
+                    let kind = match b {
+                        Some(b) => self::backend(b)?,
+                        None => backend,
+                    };
+                    let p = p.as_deref().unwrap_or(&self.precision);
+                    let precision = Precision::parse(p)
+                        .with_context(|| format!("--encoder-precision {p}: fp32 or bf16"))?;
+                    Some((
+                        kind,
+                        SessionOptions {
+                            precision,
+                            threads: self.threads,
+                            ..Default::default()
+                        },
+                    ))
+                }
+            },
         };
         Ok(Generator::load(dir, &opts)?)
     }
@@ -183,7 +210,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         });
     }
     pb.finish_and_clear();
-    let info = g.sessions()[0];
+    let info = g.sessions()[1];
     if a.json {
         return print_json(&GenerateOut {
             model: &a.model,
@@ -304,7 +331,10 @@ pub fn bench(a: BenchGenerateArgs) -> Result<()> {
         let infos = g.sessions();
         rows.push(BenchRow {
             backend: kind.to_string(),
-            precision: infos[1].effective_precision.clone(),
+            precision: format!(
+                "{} (encoder {} {})",
+                infos[1].effective_precision, infos[0].backend, infos[0].effective_precision
+            ),
             decoder: match g.files().decoder {
                 medinfer_generate::model::DecoderFiles::Merged(_) => "merged".into(),
                 medinfer_generate::model::DecoderFiles::Split { .. } => "split".into(),
@@ -355,5 +385,60 @@ pub fn bench(a: BenchGenerateArgs) -> Result<()> {
             r.peak_rss_mb
         );
     }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct QuantizeWeightsArgs {
+    /// The model folder (a VisionEncoderDecoder export with decoder_model.onnx and
+    /// decoder_with_past_model.onnx).
+    pub model: PathBuf,
+    /// The new folder (must not exist or be empty): the export with its decoders' MatMul /
+    /// Gemm weights in 8 bits (ONNX Runtime's MatMulNBits), everything else copied.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Weights per scale along K (a power of two, at least 16).
+    #[arg(long, default_value_t = 32)]
+    pub block: usize,
+    /// MatMulNBits compute type: 0 unset (engine default), 1 fp32, 4 int8 activations
+    /// (quantized per block at run time; ONNX Runtime's fast VNNI / AVX2 kernels: measured 11
+    /// against 221 ms per token with 0 on a GPT-2-base decoder, docs/benchmarks.md).
+    #[arg(long, default_value_t = 4)]
+    pub accuracy_level: i64,
+    /// Quantize the encoder's matrix products too (its weights and time are then int8 as
+    /// well; check the accuracy on your data).
+    #[arg(long)]
+    pub encoder: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn quantize_weights(a: QuantizeWeightsArgs) -> Result<()> {
+    let r = medinfer_generate::quantize_export(
+        &a.model,
+        &a.output,
+        a.block,
+        a.accuracy_level,
+        a.encoder,
+    )?;
+    if a.json {
+        return print_json(&r);
+    }
+    for (name, f) in &r.files {
+        println!(
+            "{name}: {} products to 8 bits, weights {:.1} -> {:.1} MB, worst block error {:.2} % of the block's largest weight{}",
+            f.replaced,
+            f.float_bytes as f64 / 1e6,
+            f.quantized_bytes as f64 / 1e6,
+            f.max_block_error * 100.0,
+            if f.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" (left float: {})", f.skipped.join("; "))
+            }
+        );
+    }
+    println!("written to {}", r.output.display());
     Ok(())
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The foundation-sized report model (benchmarks/report/foundation.py: ViT-B/16 at 448 px +
+# GPT-2-base decoder with cross attention, seeded) generating 128 tokens, side by side in one
+# run: stock PyTorch `generate` and medinfer's configurations (engines, BF16, 8-bit weight-only
+# decoder, encoder and decoder on different engines). Every configuration's greedy tokens are
+# checked against PyTorch's first (reference.json).
+#   benchmarks/report/foundation.sh [--runs 5] [--tokens 128] [--with-optimum]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+runs=5; tokens=128; optimum=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    --tokens) tokens="$2"; shift 2 ;;
+    --with-optimum) optimum=1; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+python="$("$root/training/report/venv.sh")"
+cache="${MEDINFER_CACHE:-$HOME/.cache/medinfer}"
+fp32="$cache/report-foundation"
+q8="$cache/report-foundation-q8"
+cargo build --release -q -p medinfer-cli --manifest-path "$root/Cargo.toml"
+mi="$root/target/release/medinfer"
+"$mi" runtimes install >/dev/null 2>&1
+[ -f "$fp32/reference.json" ] || "$python" "$root/benchmarks/report/foundation.py" "$fp32" >&2
+if [ ! -f "$q8/decoder_with_past_model.onnx" ]; then
+  rm -rf "$q8"
+  "$mi" quantize-weights "$fp32" -o "$q8" >&2
+  rm -rf "$q8/hf"
+fi
+out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT
+want="$(python3 -c "import json,sys; print(json.load(open('$fp32/reference.json'))['cases'][0]['tokens'])")"
+n=0
+config() {  # label, model dir, engine, more arguments...
+  local label="$1" dir="$2" engine="$3"; shift 3
+  got="$("$mi" generate "$dir" "$fp32/pixels0.npy" -b "$engine" --max-new-tokens 16 --ignore-eos "$@" --json \
+    | python3 -c "import json,sys; print(json.load(sys.stdin)['reports'][0]['tokens'])")"
+  [ "$got" = "$want" ] && same=yes || same=no
+  "$mi" bench-generate "$dir" -B "$engine" --image "$fp32/pixels0.npy" --runs "$runs" --max-new-tokens "$tokens" \
+    --ignore-eos "$@" --json | python3 -c "import json,sys; j=json.load(sys.stdin); j['label']='$label'; j['same_tokens']='$same'; print(json.dumps(j))" > "$out/m$n.json"
+  n=$((n+1))
+}
+config "ORT fp32" "$fp32" ort
+config "OpenVINO fp32" "$fp32" openvino
+config "OpenVINO bf16" "$fp32" openvino --precision bf16
+config "ORT int8-weight decoder" "$q8" ort
+config "OpenVINO bf16 int8-weight decoder" "$q8" openvino --precision bf16
+config "OV bf16 encoder + ORT int8-weight decoder" "$q8" ort --encoder-backend openvino --encoder-precision bf16
+"$python" "$root/benchmarks/report/peers.py" torch "$fp32" --tokens "$tokens" --runs "$runs" --threads "$(nproc)" 2>/dev/null | tail -1 > "$out/torch.json"
+if [ "$optimum" = 1 ]; then
+  "$python" "$root/benchmarks/report/peers.py" ort "$fp32" --tokens "$tokens" --runs "$runs" --threads "$(nproc)" 2>/dev/null | tail -1 > "$out/ort.json"
+fi
+python3 - "$out" <<'PY'
+import json, sys, os, glob
+d = sys.argv[1]
+t = json.load(open(os.path.join(d, "torch.json")))
+rows = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(d, "m*.json")), key=lambda p: int(p.split('/m')[-1][:-5]))]
+print(f"CPU: {rows[0]['cpu']}")
+print(f"{'who':<44} {'whole generation (ms)':>22} {'vs PyTorch':>10} {'1st token':>10} {'ms/token':>9} {'RSS MB':>7} same tokens")
+print(f"{'PyTorch ' + t['torch'] + ' generate (eager fp32)':<44} {t['mean_ms']:>12.0f} +- {t['std_ms']:<6.0f} {1.0:>9.2f}x {'':>10} {'':>9} {t['peak_rss_mb']:>7.0f} (reference)")
+if os.path.exists(os.path.join(d, "ort.json")):
+    o = json.load(open(os.path.join(d, "ort.json")))
+    print(f"{'optimum ORTModelForVision2Seq (fp32)':<44} {o['mean_ms']:>12.0f} +- {o['std_ms']:<6.0f} {t['mean_ms']/o['mean_ms']:>9.2f}x {'':>10} {'':>9} {o['peak_rss_mb']:>7.0f} (checked)")
+for j in rows:
+    r = j["rows"][0]; s = r["total_ms"]
+    print(f"{'medinfer ' + j['label']:<44} {s['mean']:>12.0f} +- {s['std']:<6.0f} {t['mean_ms']/s['mean']:>9.2f}x {r['first_token_ms']:>10.0f} {r['per_token_ms']:>9.1f} {r['peak_rss_mb']:>7.0f} {j['same_tokens']}")
+print(f"{t['runs']} runs each, {t['tokens']} tokens, EOS ignored; 'same tokens': the first 16 greedy tokens equal PyTorch's")
+PY
