@@ -128,3 +128,49 @@ fn generate_refuses_bad_requests_cleanly() {
     let o = run(&["generate", "/nonexistent-model", img.to_str().unwrap()]);
     assert_clean_failure(&o, &["/nonexistent-model", "is not a folder"]);
 }
+
+#[test]
+fn quantize_weights_writes_an_export_that_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q8");
+    let o = run(&[
+        "quantize-weights",
+        fixture().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--block",
+        "16",
+        "--json",
+    ]);
+    let j = json(&o);
+    let files = j["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    for f in files {
+        assert!(f[1]["replaced"].as_u64().unwrap() >= 5, "{f}");
+    }
+    let o = run(&[
+        "quantize-weights",
+        fixture().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &["not empty"]);
+    let backends = medinfer_engine::native_backends_for_tests().unwrap();
+    let Some(b) = backends.first() else {
+        return;
+    };
+    let px = fixture().join("pixels1.npy");
+    let o = run(&[
+        "generate",
+        out.to_str().unwrap(),
+        px.to_str().unwrap(),
+        "-b",
+        &b.to_string(),
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+        "--json",
+    ]);
+    let j = json(&o);
+    assert_eq!(j["reports"][0]["new_tokens"], 8);
+}

@@ -64,7 +64,11 @@ pub fn quantize_export(
             "--block {block}: a power of two, at least 16"
         )));
     }
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(GenerateError::Input(format!(
             "{} exists and is not empty: choose a new folder",
             out.display()
@@ -95,7 +99,8 @@ pub fn quantize_export(
                 path: p.clone(),
                 message: e.to_string(),
             })?;
-            let r = medinfer_onnx::weightonly::quantize_weights(&mut m, block, 4096, accuracy_level);
+            let r =
+                medinfer_onnx::weightonly::quantize_weights(&mut m, block, 4096, accuracy_level);
             medinfer_onnx::save_model(&m, &target).map_err(|e| GenerateError::Model {
                 path: target.clone(),
                 message: e.to_string(),

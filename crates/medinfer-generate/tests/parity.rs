@@ -335,14 +335,14 @@ fn weight_only_int8_decoders_stay_close_to_float() {
     assert!(e.to_string().contains("power of two"), "{e}");
     let states = medinfer_core::Tensor::from_f32(
         vec![1, 17, 32],
-        (0..17 * 32).map(|i| ((i * 7919 % 211) as f32 / 105.0) - 1.0).collect(),
+        (0..17 * 32)
+            .map(|i| ((i * 7919 % 211) as f32 / 105.0) - 1.0)
+            .collect(),
     )
     .unwrap();
-    let ids = medinfer_core::Tensor::new(
-        vec![1, 3],
-        medinfer_core::TensorData::I64(vec![1, 47, 81]),
-    )
-    .unwrap();
+    let ids =
+        medinfer_core::Tensor::new(vec![1, 3], medinfer_core::TensorData::I64(vec![1, 47, 81]))
+            .unwrap();
     for backend in native_backends_for_tests().unwrap() {
         let logits = |dir: &Path| {
             let s = medinfer_engine::load_dynamic(
@@ -377,7 +377,10 @@ fn weight_only_int8_decoders_stay_close_to_float() {
         // Weights rounded to 1/254 of their block's range and (level 4) activations to 8
         // bits: a few per cent of the logits' range at most; a wrong zero point or layout
         // gives errors of the order of the range itself.
-        assert!(diff < 0.05 * range, "{backend}: max diff {diff}, logits up to {range}");
+        assert!(
+            diff < 0.05 * range,
+            "{backend}: max diff {diff}, logits up to {range}"
+        );
         eprintln!("{backend}: int8 weight-only logits max diff {diff} (range {range})");
     }
 }

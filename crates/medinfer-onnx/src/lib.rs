@@ -18,7 +18,6 @@ pub mod builder;
 pub mod f16store;
 pub mod fixtures;
 pub mod hoist;
-pub mod weightonly;
 mod info;
 mod model;
 pub mod opset;
@@ -26,6 +25,7 @@ pub mod optimize;
 pub mod proto;
 pub mod qdq;
 pub mod shapes;
+pub mod weightonly;
 pub mod zoo;
 
 pub use info::{analyze, data_inputs, Dim, ModelInfo, ValueInfo};

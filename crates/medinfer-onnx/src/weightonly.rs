@@ -119,7 +119,9 @@ pub fn quantize_weights(
                 || attr_f(&n, "alpha").unwrap_or(1.0) != 1.0
                 || attr_f(&n, "beta").unwrap_or(1.0) != 1.0)
         {
-            report.skipped.push(format!("{name}: Gemm with transA / alpha / beta"));
+            report
+                .skipped
+                .push(format!("{name}: Gemm with transA / alpha / beta"));
             nodes.push(n);
             continue;
         }
@@ -225,7 +227,9 @@ mod tests {
     #[test]
     fn blocks_round_trip_within_half_a_step() {
         let (k, n, block) = (40, 3, 16);
-        let w: Vec<f32> = (0..k * n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
         let (q, scales, worst) = quantize_blocks(&w, k, n, block);
         let blocks = k.div_ceil(block);
         assert_eq!(q.len(), n * blocks * block);

@@ -421,10 +421,9 @@ impl DynBackend for OvDyn {
             for (n, v) in shared {
                 match &v.0 {
                     ValueInner::Native(nv) => match nv.as_any().downcast_ref::<OvValue>() {
-                        Some(ov) => kept.push((
-                            n,
-                            ov.tensor.lock().unwrap_or_else(PoisonError::into_inner),
-                        )),
+                        Some(ov) => {
+                            kept.push((n, ov.tensor.lock().unwrap_or_else(PoisonError::into_inner)))
+                        }
                         None => host_lent.push((n.to_string(), v.to_tensor()?)),
                     },
                     ValueInner::Host(t) => host_lent.push((n.to_string(), t.clone())),
