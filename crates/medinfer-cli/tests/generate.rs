@@ -8,6 +8,14 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../medinfer-generate/tests/fixtures/tiny-ved")
 }
 
+fn u64s(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
 fn reference_tokens(input: &str, setting: &str) -> Vec<u64> {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
@@ -18,12 +26,7 @@ fn reference_tokens(input: &str, setting: &str) -> Vec<u64> {
         .iter()
         .find(|c| c["input"] == input && c["setting"] == setting)
         .unwrap();
-    c["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect()
+    u64s(&c["tokens"])
 }
 
 #[test]
@@ -48,23 +51,13 @@ fn generate_and_run_report_give_transformers_tokens() {
         "--json",
     ]);
     let j = json(&o);
-    let got: Vec<u64> = j["reports"][0]["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let got: Vec<u64> = u64s(&j["reports"][0]["tokens"]);
     assert_eq!(got, reference_tokens("pixels2.npy", "beam4"));
     assert_eq!(j["backend"], b.to_string());
     // `run report` is the same command; greedy from generation_config.json's defaults.
     let o = run(&["run", "report", d, px.to_str().unwrap(), "--json"]);
     let j = json(&o);
-    let got: Vec<u64> = j["reports"][0]["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let got: Vec<u64> = u64s(&j["reports"][0]["tokens"]);
     assert_eq!(got, reference_tokens("pixels2.npy", "greedy"));
     let t = &j["reports"][0]["timings"];
     assert!(t["first_token_ms"].as_f64().unwrap() > 0.0);

@@ -18,6 +18,15 @@ fn reference() -> Value {
         .unwrap()
 }
 
+/// Token ids from a JSON array.
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn opts(backend: BackendKind, decoder: DecoderChoice) -> LoadOptions {
     LoadOptions {
         backend,
@@ -77,12 +86,7 @@ fn greedy_and_beam_tokens_match_transformers_generate() {
                 let got = g
                     .generate_pixels(&px, &overrides(&c["generate_kwargs"]))
                     .unwrap();
-                let want: Vec<u32> = c["tokens"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as u32)
-                    .collect();
+                let want: Vec<u32> = ids(&c["tokens"]);
                 assert_eq!(
                     got.tokens, want,
                     "{backend} {choice:?} hoist {hoist} {input} {}",
@@ -113,12 +117,7 @@ fn the_tokenizer_encodes_as_transformers_does() {
             .tokenizer()
             .encode(c["text"].as_str().unwrap(), false)
             .unwrap();
-        let want: Vec<u32> = c["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = ids(&c["ids"]);
         assert_eq!(enc.get_ids(), want.as_slice());
         assert_eq!(
             g.tokenizer().decode(&want, true).unwrap(),
@@ -303,12 +302,7 @@ fn encoder_and_decoder_on_different_engines_give_the_same_tokens() {
         let got = g
             .generate_pixels(&px, &overrides(&c["generate_kwargs"]))
             .unwrap();
-        let want: Vec<u32> = c["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = ids(&c["tokens"]);
         assert_eq!(got.tokens, want, "encoder {enc}, decoder {dec}");
     }
 }

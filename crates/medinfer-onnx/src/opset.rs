@@ -132,7 +132,8 @@ fn declared_ranks(g: &GraphProto) -> HashMap<String, usize> {
     r
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
+/// An INT attribute.
+pub(crate) fn int_attr(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(attribute_type::INT),

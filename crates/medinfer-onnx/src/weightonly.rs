@@ -9,10 +9,8 @@
 //! blocked kernels in MLAS; OpenVINO's ONNX reader converts it to its compressed-weight
 //! MatMul.
 use crate::model::{attr_f, attr_i, tensor_to_f32};
-use crate::proto::{
-    attribute_type, data_type, AttributeProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto,
-};
+use crate::opset::int_attr;
+use crate::proto::{data_type, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 use std::collections::HashMap;
 
 /// What [`quantize_weights`] changed.
@@ -28,15 +26,6 @@ pub struct WeightOnlyReport {
     pub max_block_error: f32,
     /// Products left float, with why.
     pub skipped: Vec<String>,
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::INT),
-        i: Some(v),
-        ..Default::default()
-    }
 }
 
 /// Blockwise 8-bit quantization of `w` ([K, N], row-major) along K, in MatMulNBits layout:

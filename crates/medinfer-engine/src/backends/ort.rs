@@ -75,13 +75,8 @@ impl Backend for Ort {
             message: m,
         };
         guard(KIND, "loading", || {
-            let mut sessions = Vec::with_capacity(p.streams);
-            for _ in 0..p.streams {
-                sessions.push(
-                    build(rt, &p.path, p.threads, p.streams > 1 || p.shared_cpu)
-                        .map_err(&load_err)?,
-                );
-            }
+            let sessions =
+                streams(rt, &p.path, p.streams, p.threads, p.shared_cpu).map_err(&load_err)?;
             let info = SessionInfo {
                 backend: KIND,
                 backend_version: rt.lib.version.clone(),
@@ -132,6 +127,19 @@ fn build(
     b.commit_from_file(path).map_err(s)
 }
 
+/// One session per stream; spinning is off when streams share the cores or the CPU is shared.
+fn streams(
+    rt: &Runtime,
+    path: &std::path::Path,
+    streams: usize,
+    threads: usize,
+    shared_cpu: bool,
+) -> Result<Vec<OrtSession>, String> {
+    (0..streams)
+        .map(|_| build(rt, path, threads, streams > 1 || shared_cpu))
+        .collect()
+}
+
 /// Loads a session with its dynamic dimensions open (see [`crate::dynamic`]).
 pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
     if p.precision == Precision::Bf16 {
@@ -142,18 +150,13 @@ pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
     }
     let rt = super::native_ready(KIND, runtime())?;
     guard(KIND, "loading", || {
-        let mut sessions = Vec::with_capacity(p.streams);
-        for _ in 0..p.streams {
-            sessions.push(
-                build(rt, &p.path, p.threads, p.streams > 1 || p.shared_cpu).map_err(|m| {
-                    EngineError::Load {
-                        backend: KIND,
-                        path: p.path.clone(),
-                        message: m,
-                    }
-                })?,
-            );
-        }
+        let sessions = streams(rt, &p.path, p.streams, p.threads, p.shared_cpu).map_err(|m| {
+            EngineError::Load {
+                backend: KIND,
+                path: p.path.clone(),
+                message: m,
+            }
+        })?;
         let info = SessionInfo {
             backend: KIND,
             backend_version: rt.lib.version.clone(),

@@ -456,21 +456,7 @@ impl DynBackend for OvDyn {
                 ov_run(|| req.infer()).map_err(run_err)?;
                 self.outputs
                     .iter()
-                    .map(|name| {
-                        let t = ov_run(|| req.get_tensor(name))
-                            .map_err(|e| run_err(format!("output '{name}': {e}")))?;
-                        let et = ov_run(|| t.get_element_type()).map_err(run_err)?;
-                        let dt = dtype(et).ok_or_else(|| {
-                            run_err(format!("output '{name}' has unsupported type {et:?}"))
-                        })?;
-                        let shape = ov_run(|| t.get_shape()).map_err(run_err)?;
-                        let dims: Vec<usize> = shape
-                            .get_dimensions()
-                            .iter()
-                            .map(|&d| d.max(0) as usize)
-                            .collect();
-                        Ok(Value::from(read_typed(&t, dt, dims).map_err(run_err)?))
-                    })
+                    .map(|name| Ok(Value::from(read_output(req, name).map_err(run_err)?)))
                     .collect()
             })
         })
@@ -507,21 +493,7 @@ impl BackendSession for OvRun {
                 ov_run(|| r.req.infer()).map_err(run_err)?;
                 self.outputs
                     .iter()
-                    .map(|name| {
-                        let t = ov_run(|| r.req.get_tensor(name))
-                            .map_err(|e| run_err(format!("output '{name}': {e}")))?;
-                        let et = ov_run(|| t.get_element_type()).map_err(run_err)?;
-                        let dt = dtype(et).ok_or_else(|| {
-                            run_err(format!("output '{name}' has unsupported type {et:?}"))
-                        })?;
-                        let shape = ov_run(|| t.get_shape()).map_err(run_err)?;
-                        let dims: Vec<usize> = shape
-                            .get_dimensions()
-                            .iter()
-                            .map(|&d| d.max(0) as usize)
-                            .collect();
-                        read_typed(&t, dt, dims).map_err(run_err)
-                    })
+                    .map(|name| read_output(&r.req, name).map_err(run_err))
                     .collect()
             })
         })
@@ -554,6 +526,20 @@ fn write_input(t: &Tensor, dst: &mut openvino::Tensor) -> Result<(), String> {
             put(&bytes, dst)
         }
     }
+}
+
+/// The request's output `name` as a host tensor.
+fn read_output(req: &InferRequest, name: &str) -> Result<Tensor, String> {
+    let t = ov_run(|| req.get_tensor(name)).map_err(|e| format!("output '{name}': {e}"))?;
+    let et = ov_run(|| t.get_element_type())?;
+    let dt = dtype(et).ok_or_else(|| format!("output '{name}' has unsupported type {et:?}"))?;
+    let shape = ov_run(|| t.get_shape())?;
+    let dims: Vec<usize> = shape
+        .get_dimensions()
+        .iter()
+        .map(|&d| d.max(0) as usize)
+        .collect();
+    read_typed(&t, dt, dims)
 }
 
 /// An engine output read as typed elements (one copy, straight into the result's storage).
