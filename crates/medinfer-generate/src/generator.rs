@@ -569,17 +569,7 @@ impl Generator {
         let states = repeat_rows(&states, rows)?;
         let shared = match &self.hoist {
             Some(h) => {
-                let enc_len = states.shape()[1];
-                let mut feed = Vec::new();
-                for (spec, role) in h.precompute.inputs().iter().zip(&h.inputs) {
-                    let v = match role {
-                        Role::EncoderMask => {
-                            ints(spec.dtype, vec![rows, enc_len], vec![1; rows * enc_len])?
-                        }
-                        _ => Value::from(states.clone()),
-                    };
-                    feed.push((spec.name.clone(), v));
-                }
+                let feed = precompute_feed(&h.precompute, &h.inputs, &states)?;
                 let step = &self.with_past.as_ref().unwrap_or(&self.first).session;
                 let mut kept = Vec::new();
                 for v in h.precompute.run(feed)? {
@@ -791,6 +781,29 @@ impl StepModel for EngineStepper<'_> {
     }
 }
 
+/// The precompute model's inputs for encoder states `states` ([rows, seq, hidden]).
+fn precompute_feed(
+    precompute: &DynSession,
+    roles: &[Role],
+    states: &Tensor,
+) -> Result<Vec<(String, Value)>, GenerateError> {
+    let (rows, enc_len) = (states.shape()[0], states.shape()[1]);
+    precompute
+        .inputs()
+        .iter()
+        .zip(roles)
+        .map(|(spec, role)| {
+            let v = match role {
+                Role::EncoderMask => {
+                    ints(spec.dtype, vec![rows, enc_len], vec![1; rows * enc_len])?
+                }
+                _ => Value::from(states.clone()),
+            };
+            Ok((spec.name.clone(), v))
+        })
+        .collect()
+}
+
 /// Splits the per-token decoder `path` into a precompute model (everything that depends on the
 /// encoder's states alone) and a step model, saved in a temp folder and loaded; None when
 /// nothing can be hoisted.
@@ -831,16 +844,7 @@ fn hoist(
         })
         .collect();
     // Ranks of the frontier tensors: one run on the encoder's output for a blank image.
-    let enc_len = states.shape().get(1).copied().unwrap_or(0);
-    let mut feed = Vec::new();
-    for (s, role) in precompute.inputs().iter().zip(&inputs) {
-        let v = match role {
-            Role::EncoderMask => ints(s.dtype, vec![1, enc_len], vec![1; enc_len])?,
-            _ => Value::from(states.clone()),
-        };
-        feed.push((s.name.clone(), v));
-    }
-    let outs = precompute.run(feed)?;
+    let outs = precompute.run(precompute_feed(&precompute, &inputs, states)?)?;
     let ranks: Vec<(String, usize)> = h
         .frontier
         .iter()
