@@ -167,3 +167,40 @@ fn quantize_weights_writes_an_export_that_generates() {
     let j = json(&o);
     assert_eq!(j["reports"][0]["new_tokens"], 8);
 }
+
+#[test]
+fn phantom_cxr_writes_radiographs_truth_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("cxr");
+    let o = run(&[
+        "phantom",
+        "cxr",
+        "-o",
+        d.to_str().unwrap(),
+        "--count",
+        "3",
+        "--first-seed",
+        "5",
+        "--json",
+    ]);
+    let j = json(&o);
+    let truths = j.as_array().unwrap();
+    assert_eq!(truths.len(), 3);
+    let lines = std::fs::read_to_string(d.join("reports.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+    for (t, line) in truths.iter().zip(lines.lines()) {
+        let seed = t["seed"].as_u64().unwrap();
+        let img = &medinfer_io::read_images(d.join(format!("cxr-{seed}.png"))).unwrap()[0];
+        assert_eq!((img.width, img.height, img.channels), (512, 512, 1));
+        assert_eq!(img.value_range.1, 65535.0);
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["text"], t["text"]);
+        assert_eq!(r["labels"], t["labels"]);
+        let f: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(format!("cxr-{seed}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(f["text"], t["text"]);
+    }
+    let o = run(&["phantom", "cxr", "-o", d.to_str().unwrap(), "--count", "0"]);
+    assert_clean_failure(&o, &["--count"]);
+}

@@ -207,6 +207,32 @@ pub fn write_png8(
     w.finish().map_err(|e| fmt_err(&p, e.to_string()))
 }
 
+/// Writes a 16-bit grayscale PNG (big-endian samples, as PNG stores them).
+pub fn write_png16(
+    path: impl AsRef<Path>,
+    width: usize,
+    height: usize,
+    data: &[u16],
+) -> Result<(), IoError> {
+    let path = path.as_ref();
+    let p = path.display().to_string();
+    if data.len() != width * height {
+        return Err(fmt_err(
+            &p,
+            format!("{} samples for a {width}x{height} PNG", data.len()),
+        ));
+    }
+    let f = std::fs::File::create(path).map_err(os_err(path))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(f), width as u32, height as u32);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Sixteen);
+    let mut w = enc.write_header().map_err(|e| fmt_err(&p, e.to_string()))?;
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_be_bytes()).collect();
+    w.write_image_data(&bytes)
+        .map_err(|e| fmt_err(&p, e.to_string()))?;
+    w.finish().map_err(|e| fmt_err(&p, e.to_string()))
+}
+
 /// An 8-bit view of a grayscale image. The VOI transform, in DICOM's order of precedence as
 /// pydicom's `apply_voi_lut` applies it: the `window` (centre, width) asked for; else the file's
 /// VOI LUT (its output scaled from the LUT's bit depth to 0..=255); else the file's window

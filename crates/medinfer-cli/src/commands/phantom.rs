@@ -27,6 +27,12 @@ pub enum PhantomCommand {
     /// ten networks and three noise sources, subject shifts and amplitudes, thermal noise) and
     /// truth/ (the source maps, each subject's shifted maps and time courses, sources.json).
     Fmri(PhantomFmriArgs),
+    /// Frontal chest radiographs with known findings and their findings text, for report
+    /// generation: cxr-SEED.png (16-bit), cxr-SEED.json (findings with side / severity / size,
+    /// cardiothoracic ratio, labels, text) and reports.jsonl. Findings: cardiomegaly, pleural
+    /// effusion, pneumothorax, nodule / mass, lobar consolidation, endotracheal tube; about a
+    /// quarter of the studies normal.
+    Cxr(PhantomCxrArgs),
     /// How well group maps (and subject maps) recover a phantom cohort's sources: the spatial
     /// correlation of each source's best-matching map, for medinfer's outputs or any other
     /// tool's 4D maps on the phantom grid.
@@ -80,6 +86,22 @@ pub struct FmriTrainingArgs {
     /// below 1000; keep training above.
     #[arg(long, default_value_t = 100_000)]
     pub first_seed: u64,
+}
+
+#[derive(Args)]
+pub struct PhantomCxrArgs {
+    /// Output folder (created).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Radiographs to write.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Seed of the first (the others follow consecutively).
+    #[arg(long, default_value_t = 1)]
+    pub first_seed: u64,
+    /// Print the truths as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -214,6 +236,30 @@ pub struct TrainingArgs {
 
 pub fn run(cmd: PhantomCommand) -> Result<()> {
     match cmd {
+        PhantomCommand::Cxr(a) => {
+            if a.count == 0 {
+                anyhow::bail!("--count must be at least 1");
+            }
+            let pb = bar(a.count, "radiographs", a.json || a.count < 4);
+            let truths = medinfer_pipelines::cxr::phantom::write_cxr(
+                &a.output,
+                a.first_seed,
+                a.count,
+                || pb.inc(1),
+            )?;
+            pb.finish_and_clear();
+            if a.json {
+                return print_json(&truths);
+            }
+            for t in &truths {
+                println!(
+                    "cxr-{}.png  CTR {:.2}  {}",
+                    t.seed, t.cardiothoracic_ratio, t.text
+                );
+            }
+            println!("written to {}", a.output.display());
+            Ok(())
+        }
         PhantomCommand::Fmri(a) => {
             if a.subjects == 0 || a.volumes < 10 || a.tsnr.is_nan() || a.tsnr <= 0.0 {
                 anyhow::bail!("need --subjects >= 1, --volumes >= 10 and --tsnr > 0");

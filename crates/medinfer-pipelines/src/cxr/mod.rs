@@ -17,6 +17,7 @@
 //! (TorchXRayVision would return NaN for that label).
 
 mod batch;
+pub mod phantom;
 
 pub use batch::{collect_inputs, csv_header, CxrBatch, CxrBatchRequest, CxrRecord, CxrSummary};
 
