@@ -204,3 +204,37 @@ fn phantom_cxr_writes_radiographs_truth_and_reports() {
     let o = run(&["phantom", "cxr", "-o", d.to_str().unwrap(), "--count", "0"]);
     assert_clean_failure(&o, &["--count"]);
 }
+
+/// The shipped phantom report model on held-out phantoms: its texts state the drawn findings
+/// well above chance on the labels it has learnt (models/report/README.md has the 200-study
+/// figures).
+#[test]
+fn the_shipped_report_model_names_held_out_findings() {
+    let backends = medinfer_engine::native_backends_for_tests().unwrap();
+    let Some(b) = backends.first() else {
+        return;
+    };
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/report");
+    let o = run(&[
+        "phantom",
+        "cxr-eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--count",
+        "60",
+        "-b",
+        &b.to_string(),
+        "--json",
+    ]);
+    let j = json(&o);
+    let f1 = &j["f1"];
+    assert!(j["macro_f1"].as_f64().unwrap() > 0.5, "{j}");
+    for l in [
+        "cardiomegaly",
+        "consolidation",
+        "pleural_effusion",
+        "support_device",
+    ] {
+        assert!(f1[l].as_f64().unwrap() > 0.7, "{l}: {j}");
+    }
+}

@@ -33,6 +33,10 @@ pub enum PhantomCommand {
     /// effusion, pneumothorax, nodule / mass, lobar consolidation, endotracheal tube; about a
     /// quarter of the studies normal.
     Cxr(PhantomCxrArgs),
+    /// Report-level accuracy of a report model on held-out phantom radiographs: each is
+    /// rendered, run through the model, and the labels its text states compared with the
+    /// drawn findings (F1 per label and macro F1; FP32 vs INT8 / BF16 by the engine options).
+    CxrEval(super::generate::CxrEvalArgs),
     /// How well group maps (and subject maps) recover a phantom cohort's sources: the spatial
     /// correlation of each source's best-matching map, for medinfer's outputs or any other
     /// tool's 4D maps on the phantom grid.
@@ -236,6 +240,7 @@ pub struct TrainingArgs {
 
 pub fn run(cmd: PhantomCommand) -> Result<()> {
     match cmd {
+        PhantomCommand::CxrEval(a) => super::generate::cxr_eval(a),
         PhantomCommand::Cxr(a) => {
             if a.count == 0 {
                 anyhow::bail!("--count must be at least 1");

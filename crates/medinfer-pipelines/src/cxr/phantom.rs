@@ -699,6 +699,86 @@ pub fn cxr(seed: u64) -> CxrPhantom {
     }
 }
 
+/// The report-level labels a findings text states (the grammar's vocabulary and its common
+/// synonyms; a sentence that starts with "no" states an absence). `normal` when none is stated.
+pub fn labels_from_text(text: &str) -> std::collections::BTreeMap<String, bool> {
+    let mut on: Vec<&str> = Vec::new();
+    for sentence in text.to_lowercase().split(['.', ';', '\n']) {
+        let s = sentence.trim();
+        if s.is_empty() || s.starts_with("no ") || s.starts_with("without ") {
+            continue;
+        }
+        let mut hit = |l: &'static str, words: &[&str]| {
+            if words.iter().any(|w| s.contains(w)) && !on.contains(&l) {
+                on.push(l);
+            }
+        };
+        hit(
+            "cardiomegaly",
+            &["cardiomegaly", "enlargement of the cardiac", "ly enlarged"],
+        );
+        hit("pleural_effusion", &["effusion"]);
+        hit("pneumothorax", &["pneumothorax"]);
+        hit("nodule", &["nodule"]);
+        hit("mass", &["mass"]);
+        hit("consolidation", &["consolidation", "airspace opacity"]);
+        hit("support_device", &["endotracheal tube", "tube tip"]);
+    }
+    LABELS
+        .iter()
+        .map(|&l| {
+            let v = if l == "normal" {
+                on.is_empty()
+            } else {
+                on.contains(&l)
+            };
+            (l.to_string(), v)
+        })
+        .collect()
+}
+
+/// F1 per label and their mean (macro F1) of predicted against true label sets; a label with
+/// no true and no predicted case is left out of the mean.
+pub fn f1_scores(
+    truth: &[std::collections::BTreeMap<String, bool>],
+    predicted: &[std::collections::BTreeMap<String, bool>],
+) -> (std::collections::BTreeMap<String, f64>, f64) {
+    let mut per = std::collections::BTreeMap::new();
+    for l in LABELS {
+        let (mut tp, mut fp, mut fneg) = (0.0, 0.0, 0.0);
+        for (t, p) in truth.iter().zip(predicted) {
+            match (
+                t.get(l).copied().unwrap_or(false),
+                p.get(l).copied().unwrap_or(false),
+            ) {
+                (true, true) => tp += 1.0,
+                (false, true) => fp += 1.0,
+                (true, false) => fneg += 1.0,
+                _ => {}
+            }
+        }
+        if tp + fp + fneg > 0.0 {
+            per.insert(l.to_string(), 2.0 * tp / (2.0 * tp + fp + fneg));
+        }
+    }
+    let macro_f1 = if per.is_empty() {
+        0.0
+    } else {
+        per.values().sum::<f64>() / per.len() as f64
+    };
+    (per, macro_f1)
+}
+
+/// The phantom as an image the pipelines read (16-bit values, as from its PNG).
+pub fn to_image(p: &CxrPhantom) -> medinfer_core::Image2d {
+    let mut img =
+        medinfer_core::Image2d::gray(SIZE, SIZE, p.pixels.iter().map(|&v| v as f32).collect())
+            .expect("SIZE x SIZE values");
+    img.value_range = (0.0, 65535.0);
+    img.spacing = [PIXEL_MM, PIXEL_MM];
+    img
+}
+
 /// Writes phantoms `first_seed .. first_seed + count` into `dir`: `cxr-SEED.png` (16-bit),
 /// `cxr-SEED.json` (the truth) and `reports.jsonl` (one line per image: file, text, labels).
 pub fn write_cxr(
@@ -793,6 +873,27 @@ mod tests {
             let cardio = p.truth.labels["cardiomegaly"];
             assert_eq!(cardio, drawn > 0.5, "seed {seed}");
         }
+    }
+
+    /// The text parser recovers the truth's labels from the grammar's own texts.
+    #[test]
+    fn labels_read_back_from_the_grammar_are_the_truth() {
+        let truths: Vec<_> = (0..200).map(|s| cxr(s).truth).collect();
+        let read: Vec<_> = truths.iter().map(|t| labels_from_text(&t.text)).collect();
+        for (t, r) in truths.iter().zip(&read) {
+            assert_eq!(&t.labels, r, "{}", t.text);
+        }
+        let want: Vec<_> = truths.iter().map(|t| t.labels.clone()).collect();
+        let (per, macro_f1) = f1_scores(&want, &read);
+        assert_eq!(macro_f1, 1.0);
+        assert_eq!(per.len(), LABELS.len());
+        // One wrong label out of 200 studies costs that label's F1, not the others'.
+        let mut wrong = read.clone();
+        let flip = wrong[0].get_mut("pneumothorax").unwrap();
+        *flip = !*flip;
+        let (per, macro_f1) = f1_scores(&want, &wrong);
+        assert!(per["pneumothorax"] < 1.0 && per["cardiomegaly"] == 1.0);
+        assert!(macro_f1 < 1.0 && macro_f1 > 0.9);
     }
 
     #[test]
