@@ -227,6 +227,17 @@ impl Tensor {
         }
     }
 
+    /// The elements as f32, writable in place (errors for other element types).
+    pub fn as_f32_mut(&mut self) -> Result<&mut [f32], CoreError> {
+        match &mut self.data {
+            TensorData::F32(v) => Ok(v),
+            other => Err(CoreError::WrongDType {
+                expected: DType::F32,
+                found: other.dtype(),
+            }),
+        }
+    }
+
     /// All elements converted to f64 (for statistics and comparisons across backends).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.data {

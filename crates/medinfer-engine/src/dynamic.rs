@@ -134,18 +134,9 @@ impl Value {
             return Ok(());
         }
         let data: &mut [f32] = match &mut self.0 {
-            ValueInner::Host(t) => {
-                let bad = |e: medinfer_core::CoreError| EngineError::BadInput(e.to_string());
-                let (shape, data) =
-                    std::mem::replace(t, Tensor::zeros(DType::F32, vec![0]).map_err(bad)?)
-                        .into_parts();
-                let medinfer_core::TensorData::F32(mut v) = data else {
-                    unreachable!("checked above: the value is f32");
-                };
-                reorder(&mut v, rows);
-                *t = Tensor::from_f32(shape, v).map_err(bad)?;
-                return Ok(());
-            }
+            ValueInner::Host(t) => t
+                .as_f32_mut()
+                .map_err(|e| EngineError::BadInput(e.to_string()))?,
             ValueInner::Native(v) => {
                 let backend = v.backend();
                 v.f32_mut()

@@ -247,13 +247,12 @@ impl Generator {
                 ),
             });
         }
-        let enc_out = encoder
-            .outputs()
-            .first()
-            .ok_or_else(|| GenerateError::Layout {
+        if encoder.outputs().is_empty() {
+            return Err(GenerateError::Layout {
                 path: files.encoder.clone(),
                 message: "has no output".into(),
-            })?;
+            });
+        }
         let dec_states = first
             .session
             .inputs()
@@ -265,7 +264,6 @@ impl Generator {
                 path: first.session.path().to_path_buf(),
                 message: "has no encoder_hidden_states input: not the decoder of an encoder-decoder model".into(),
             })?;
-        let _ = enc_out;
         // The encoder's real output size: one run on a blank image (exports leave it dynamic;
         // the run also warms the engine up before the first timed report).
         let (h, w) = match (dim(px, 2), dim(px, 3), config.image_size) {
@@ -513,19 +511,24 @@ impl Generator {
     /// [`Generator::generate_pixels`].
     pub fn generate_file(&self, path: &Path, o: &Overrides) -> Result<Generation, GenerateError> {
         let t0 = Instant::now();
-        let images = medinfer_io::read_images(path)?;
-        let img = images
-            .first()
-            .ok_or_else(|| GenerateError::Input(format!("{} holds no image", path.display())))?;
-        let px = self.processor.pixels(img).map_err(|e| match e {
-            GenerateError::Input(m) => GenerateError::Input(format!("{}: {m}", path.display())),
-            e => e,
-        })?;
+        let px = self.pixels_file(path)?;
         let pre = t0.elapsed().as_secs_f64() * 1e3;
         let mut g = self.generate_pixels(&px, o)?;
         g.timings.preprocess_ms = pre;
         g.timings.total_ms += pre;
         Ok(g)
+    }
+
+    /// The encoder's pixel values for an image file (PNG, JPEG, DICOM; its first frame).
+    pub fn pixels_file(&self, path: &Path) -> Result<Tensor, GenerateError> {
+        let images = medinfer_io::read_images(path)?;
+        let img = images
+            .first()
+            .ok_or_else(|| GenerateError::Input(format!("{} holds no image", path.display())))?;
+        self.processor.pixels(img).map_err(|e| match e {
+            GenerateError::Input(m) => GenerateError::Input(format!("{}: {m}", path.display())),
+            e => e,
+        })
     }
 
     /// Generates from pixel values `[1, 3, H, W]` (already preprocessed).

@@ -288,16 +288,15 @@ fn past_role(name: &str) -> Option<Role> {
     let mut parts = rest.split('.');
     let layer = parts.next()?;
     layer.parse::<usize>().ok()?;
-    let (cross, kind) = match (parts.next()?, parts.next()) {
-        (k @ ("key" | "value"), None) => (false, k),
-        ("decoder", Some(k @ ("key" | "value"))) => (false, k),
-        ("encoder", Some(k @ ("key" | "value"))) => (true, k),
+    let cross = match (parts.next()?, parts.next()) {
+        ("key" | "value", None) => false,
+        ("decoder", Some("key" | "value")) => false,
+        ("encoder", Some("key" | "value")) => true,
         _ => return None,
     };
     if parts.next().is_some() {
         return None;
     }
-    let _ = kind;
     Some(Role::Past {
         present: format!("present.{rest}"),
         cross,

@@ -300,10 +300,7 @@ pub fn bench(a: BenchGenerateArgs) -> Result<()> {
         let (c, (h, w)) = (g.config().num_channels.unwrap_or(3), g.processor().size);
         let px = match &a.image {
             Some(p) if p.extension().is_some_and(|e| e == "npy") => medinfer_io::npy::read(p)?,
-            Some(p) => {
-                let img = medinfer_io::read_images(p)?;
-                g.processor().pixels(&img[0])?
-            }
+            Some(p) => g.pixels_file(p)?,
             None => {
                 let mut rng = medinfer_core::SeededRng::new(7);
                 let v: Vec<f32> = (0..c * h * w).map(|_| rng.normal() as f32).collect();
