@@ -12,6 +12,7 @@
 mod chart;
 pub mod pipeline;
 mod rss;
+pub mod tune;
 
 pub use chart::render_svg;
 pub use rss::{peak_rss_mb, reset_peak_rss};

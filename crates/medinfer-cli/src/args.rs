@@ -49,9 +49,48 @@ pub struct EngineArgs {
     /// streams share the cores between them).
     #[arg(long, value_parser = at_least_one())]
     pub streams: Option<usize>,
+    /// A deployment written by `medinfer tune` (its folder): the model (unless --model is
+    /// given), engine, precision, kernel ISA, streams, threads and batch it chose; --batch and
+    /// --streams still override. Refused, with what is missing, on a CPU that lacks what it was
+    /// tuned for (AMX, BF16, VNNI) or without its engine.
+    #[arg(long, value_name = "DIR")]
+    pub deploy: Option<std::path::PathBuf>,
+    /// What --deploy chose (set by [`EngineArgs::apply_deploy`]).
+    #[arg(skip)]
+    pub deployed: Option<Deployed>,
+}
+
+/// The parts of a deployment a pipeline's session takes.
+#[derive(Clone, Debug)]
+pub struct Deployed {
+    /// The chosen model file.
+    pub model: std::path::PathBuf,
+    /// Engine precision.
+    pub precision: medinfer_engine::Precision,
+    /// Threads per stream.
+    pub threads: Option<usize>,
 }
 
 impl EngineArgs {
+    /// Reads `--deploy` (when given) into these arguments: its engine, and its batch and
+    /// streams where the command line gave none.
+    pub fn apply_deploy(&mut self) -> Result<()> {
+        let Some(dir) = &self.deploy else {
+            return Ok(());
+        };
+        let d = medinfer_bench::tune::deploy::Deployment::load(dir)
+            .with_context(|| format!("--deploy {}", dir.display()))?;
+        self.backend = d.backend.name().to_string();
+        self.batch.get_or_insert(d.batch());
+        self.streams.get_or_insert(d.streams());
+        self.deployed = Some(Deployed {
+            model: d.model.clone(),
+            precision: d.precision,
+            threads: d.config.threads,
+        });
+        Ok(())
+    }
+
     /// The backend these arguments name.
     pub fn backend(&self) -> Result<BackendKind> {
         Ok(medinfer_engine::resolve_backend(&self.backend)?)
@@ -65,6 +104,12 @@ impl EngineArgs {
         model: Option<&Path>,
         default: PipelinePrecision,
     ) -> Result<ChosenModel> {
+        if let (None, Some(d)) = (model, &self.deployed) {
+            return Ok(ChosenModel {
+                path: d.model.clone(),
+                untrained_zoo: None,
+            });
+        }
         let precision = self.precision.unwrap_or(default);
         Ok(models::choose(
             pipeline,
@@ -135,7 +180,12 @@ impl EngineArgs {
             mode: medinfer_engine::Mode::Throughput,
             batch: Some(self.batch.unwrap_or(default_batch).max(1)),
             streams: self.streams.or(streams),
-            threads,
+            threads: self.deployed.as_ref().and_then(|d| d.threads).or(threads),
+            precision: self
+                .deployed
+                .as_ref()
+                .map(|d| d.precision)
+                .unwrap_or_default(),
             input_shapes,
             ..Default::default()
         };

@@ -104,6 +104,34 @@ enum Command {
     /// Serve the models of a repository over HTTP: the Open Inference Protocol (KServe v2,
     /// JSON and binary tensors), dynamic batching, bounded queues (429 when full).
     Serve(serve::ServeArgs),
+    /// Choose engine x precision (FP32 / BF16 / INT8 layouts) x kernel ISA x streams x batch
+    /// for a model under an accuracy budget, by measurement on this machine (paired rounds,
+    /// successive halving), and write the deployment that `run`, `bench` and `serve` take with
+    /// --deploy.
+    Tune(tune::TuneArgs),
+    /// One tune candidate in its own process (internal; `medinfer tune` starts it).
+    #[command(hide = true)]
+    TuneWorker {
+        /// The candidate as JSON.
+        spec: String,
+    },
+}
+
+/// The `--deploy` folder of a command that takes one.
+fn deploy_dir(c: &Command) -> Option<&std::path::Path> {
+    match c {
+        Command::Bench(a) => a.deploy.as_deref(),
+        Command::Serve(a) => a.deploy.as_deref(),
+        Command::Run { command } => match command {
+            RunCommand::Cardiac(a) => a.engine.deploy.as_deref(),
+            RunCommand::Cxr(a) => a.engine.deploy.as_deref(),
+            RunCommand::Ct(a) => a.engine.deploy.as_deref(),
+            RunCommand::Fmri(a) => a.engine.deploy.as_deref(),
+            RunCommand::Segment(a) => a.engine.deploy.as_deref(),
+            RunCommand::Report(_) => None,
+        },
+        _ => None,
+    }
 }
 
 /// The clinical pipelines (`medinfer run <pipeline>`); a new one is one variant here and one
@@ -191,6 +219,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(dir) = deploy_dir(&cli.command) {
+        // The deployment's kernel cap, like --cpu-isa (which wins when given), before any
+        // engine loads; a CPU that lacks what it was tuned for is refused here.
+        match medinfer_bench::tune::deploy::Deployment::load(dir) {
+            Ok(d) if cli.cpu_isa.is_none() => {
+                if let Err(e) = medinfer_engine::set_cpu_isa(d.isa) {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: --deploy {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -215,11 +260,26 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::run(a),
         Command::Phantom { command } => phantom::run(command),
         Command::Run { command } => match command {
-            RunCommand::Cardiac(a) => run_cardiac::run(a),
-            RunCommand::Cxr(a) => run_cxr::run(a),
-            RunCommand::Ct(a) => run_ct::run(a),
-            RunCommand::Fmri(a) => run_fmri::run(a),
-            RunCommand::Segment(a) => run_segment::run(a),
+            RunCommand::Cardiac(mut a) => {
+                a.engine.apply_deploy()?;
+                run_cardiac::run(a)
+            }
+            RunCommand::Cxr(mut a) => {
+                a.engine.apply_deploy()?;
+                run_cxr::run(a)
+            }
+            RunCommand::Ct(mut a) => {
+                a.engine.apply_deploy()?;
+                run_ct::run(a)
+            }
+            RunCommand::Fmri(mut a) => {
+                a.engine.apply_deploy()?;
+                run_fmri::run(a)
+            }
+            RunCommand::Segment(mut a) => {
+                a.engine.apply_deploy()?;
+                run_segment::run(a)
+            }
             RunCommand::Report(a) => generate::run(a),
         },
         Command::Demo(a) => demo::run(a),
@@ -228,5 +288,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::BenchGenerate(a) => generate::bench(a),
         Command::QuantizeWeights(a) => generate::quantize_weights(a),
+        Command::Tune(a) => tune::run(a),
+        Command::TuneWorker { spec } => tune::worker(&spec),
     }
 }

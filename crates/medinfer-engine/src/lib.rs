@@ -37,7 +37,7 @@ pub mod runtimes;
 pub use backends::openvino::isa;
 pub use backends::{availability_all, backend, Availability};
 pub use dynamic::{load_dynamic, DynSession, DynSpec, Value};
-pub use isa::{cpu_isa_cap, set_cpu_isa, CpuIsa};
+pub use isa::{cpu_flags, cpu_isa_cap, set_cpu_isa, CpuIsa};
 pub use options::{BackendKind, Mode, Precision, SessionOptions};
 
 use medinfer_core::{DType, Tensor};

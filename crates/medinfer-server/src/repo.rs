@@ -42,6 +42,12 @@ pub struct ModelRepoConfig {
     /// labels and thresholds come from the model's own config (`model.json` beside
     /// `model.onnx`), else the pipeline's built-in one.
     pub pipeline: Option<String>,
+    /// OpenVINO kernel instruction-set cap the model was tuned for (`medinfer tune`): the
+    /// model is refused on a CPU that lacks it. The cap is per process: `medinfer serve
+    /// --deploy` (or `--cpu-isa`) sets it.
+    pub cpu_isa: Option<String>,
+    /// What `medinfer tune` measured (kept as written, for the people reading the config).
+    pub tuned: Option<serde_json::Value>,
 }
 
 /// What a model needs to serve the chest X-ray pipeline: the preprocessing and the labels.
@@ -68,6 +74,8 @@ impl Default for ModelRepoConfig {
             pad_batches: true,
             input_shapes: HashMap::new(),
             pipeline: None,
+            cpu_isa: None,
+            tuned: None,
         }
     }
 }
@@ -408,6 +416,27 @@ fn load_version(
     };
     let precision = Precision::parse(&config.precision)
         .ok_or_else(|| format!("unknown precision '{}'", config.precision))?;
+    if let Some(isa) = &config.cpu_isa {
+        let isa = medinfer_engine::CpuIsa::parse(isa)
+            .ok_or_else(|| format!("unknown cpu_isa '{isa}'"))?;
+        let missing = isa.missing_here();
+        if !missing.is_empty() {
+            return Err(format!(
+                "it was tuned for {isa} kernels and this CPU lacks {}",
+                missing.join(", ")
+            ));
+        }
+        if backend == BackendKind::OpenVino
+            && medinfer_engine::cpu_isa_cap().as_deref() != isa.onednn_name()
+        {
+            tracing::warn!(
+                model = name,
+                "tuned for the {isa} kernel cap; this server runs under {} (start it with \
+                 --cpu-isa {isa} or --deploy)",
+                medinfer_engine::cpu_isa_cap().unwrap_or_else(|| "auto".into())
+            );
+        }
+    }
     // Parse and validate the ONNX file here (pure Rust, cannot crash the process), then let
     // the child try the native engine.
     let model = medinfer_onnx::load_model(path).map_err(|e| e.to_string())?;

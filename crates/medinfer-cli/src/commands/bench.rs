@@ -15,7 +15,14 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct BenchArgs {
     /// ONNX file, or the name of a zoo model (built on the fly, e.g. densenet121-cxr).
+    /// Not needed with --deploy.
+    #[arg(required_unless_present = "deploy", default_value = "")]
     pub model: String,
+    /// A deployment written by `medinfer tune` (its folder): benchmark exactly what it chose
+    /// (model, engine, precision, kernel ISA, streams x threads, batch) and print it next to
+    /// the figures the tune measured. Refused on a CPU that lacks what it was tuned for.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["isa", "int8"])]
+    pub deploy: Option<PathBuf>,
     /// Backends, comma-separated (tract, ort, openvino), or `all` for every available one.
     #[arg(short, long, default_value = "all")]
     pub backend: String,
@@ -117,7 +124,52 @@ fn bench_per_isa(list: &str) -> Result<Vec<BenchResult>> {
     Ok(results)
 }
 
+/// `bench --deploy`: the deployment's one configuration.
+fn bench_deploy(a: &BenchArgs, dir: &Path) -> Result<()> {
+    let d = medinfer_bench::tune::deploy::Deployment::load(dir)
+        .with_context(|| format!("--deploy {}", dir.display()))?;
+    let sha = file_sha256(&d.model)?;
+    let streams = a.streams.unwrap_or(d.streams());
+    let cfg = BenchConfig {
+        backend: d.backend,
+        precision: d.precision,
+        mode: if streams > 1 {
+            Mode::Throughput
+        } else {
+            Mode::Latency
+        },
+        streams: Some(streams),
+        threads: a.threads.or(d.config.threads),
+        batch: Some(a.batch.unwrap_or(d.batch())),
+        input_shapes: d.config.input_shapes.clone(),
+        runs: a.runs,
+        warmup: a.warmup,
+    };
+    let bar = ProgressBar::new((1 + a.warmup + a.runs) as u64);
+    let r = medinfer_bench::run(&d.model, &sha, &cfg, &|| bar.inc(1))
+        .with_context(|| format!("benchmarking the deployment {}", dir.display()))?;
+    bar.finish_and_clear();
+    if let (false, Some(t)) = (a.json, &d.config.tuned) {
+        println!(
+            "deployment {}: {} (tuned on {}: {}{})",
+            dir.display(),
+            t.candidate,
+            t.cpu,
+            t.latency_ms
+                .map(|m| format!("{m:.2} ms median"))
+                .unwrap_or_default(),
+            t.throughput_per_s
+                .map(|v| format!(", {v:.1} items/s"))
+                .unwrap_or_default(),
+        );
+    }
+    report_bench(a, &[r], Some((&d.model, &sha)))
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(dir) = &a.deploy {
+        return bench_deploy(&a, dir);
+    }
     if let Some(list) = &a.isa {
         let results = bench_per_isa(list)?;
         return report_bench(&a, &results, None);

@@ -20,4 +20,5 @@ pub mod run_fmri;
 pub mod run_segment;
 pub mod runtimes;
 pub mod serve;
+pub mod tune;
 pub mod zoo;

@@ -15,8 +15,16 @@ pub struct ServeArgs {
     /// "pad_batches": true, "input_shapes": {...}, "pipeline": "cxr" | "cardiac" | "ct"}).
     /// Every model is checked in a child process first; one that fails is reported in
     /// /v2/repository/index and the others serve.
-    #[arg(long)]
-    pub models: PathBuf,
+    #[arg(long, required_unless_present = "deploy")]
+    pub models: Option<PathBuf>,
+    /// Serve one deployment written by `medinfer tune` (its folder is a model-repository
+    /// entry) instead of a repository, under --deploy-name; its kernel ISA is applied to the
+    /// server process.
+    #[arg(long, value_name = "DIR", conflicts_with = "models")]
+    pub deploy: Option<PathBuf>,
+    /// The model name a --deploy folder is served under.
+    #[arg(long, default_value = "model")]
+    pub deploy_name: String,
     /// Address to listen on (0.0.0.0 for every interface, e.g. in a container).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -81,11 +89,36 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if !(a.job_ttl_s > 0.0 && a.job_ttl_s.is_finite()) {
         anyhow::bail!("--job-ttl-s must be positive");
     }
-    if !a.models.is_dir() {
-        anyhow::bail!("--models {}: not a folder", a.models.display());
+    // --deploy: a one-entry repository in a scratch folder, linking to the deployment.
+    let mut _scratch = None;
+    let models = match (&a.models, &a.deploy) {
+        (Some(m), _) => m.clone(),
+        (None, Some(d)) => {
+            if !medinfer_server::repo::valid_name(&a.deploy_name) {
+                anyhow::bail!(
+                    "--deploy-name {}: use letters, digits, '-', '_' and '.'",
+                    a.deploy_name
+                );
+            }
+            let target =
+                std::fs::canonicalize(d).with_context(|| format!("--deploy {}", d.display()))?;
+            let t = tempfile::Builder::new()
+                .prefix("medinfer-serve-")
+                .tempdir()
+                .context("creating a scratch folder")?;
+            std::os::unix::fs::symlink(&target, t.path().join(&a.deploy_name))
+                .context("linking the deployment")?;
+            let dir = t.path().to_path_buf();
+            _scratch = Some(t);
+            dir
+        }
+        (None, None) => anyhow::bail!("give --models DIR or --deploy DIR"),
+    };
+    if !models.is_dir() {
+        anyhow::bail!("--models {}: not a folder", models.display());
     }
     let exe = std::env::current_exe().context("finding the medinfer executable")?;
-    let mut repo = Repository::new(a.models.clone(), Some(exe));
+    let mut repo = Repository::new(models, Some(exe));
     repo.load_all();
     for e in repo.index() {
         eprintln!(

@@ -79,6 +79,66 @@ impl CpuIsa {
     }
 }
 
+impl CpuIsa {
+    /// The `/proc/cpuinfo` flags a CPU needs for this cap to mean what it says (none for
+    /// [`CpuIsa::Auto`]).
+    pub fn required_flags(self) -> &'static [&'static str] {
+        match self {
+            CpuIsa::Auto => &[],
+            CpuIsa::Avx2 => &["avx2", "fma"],
+            CpuIsa::Avx2Vnni => &["avx2", "fma", "avx_vnni"],
+            CpuIsa::Avx512 => &["avx512f", "avx512bw", "avx512vl", "avx512dq"],
+            CpuIsa::Avx512Vnni => &["avx512f", "avx512bw", "avx512vl", "avx512_vnni"],
+            CpuIsa::Avx512Bf16 => &["avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"],
+            CpuIsa::Amx => &["amx_tile", "amx_int8", "amx_bf16"],
+        }
+    }
+
+    /// The flags this CPU lacks for the cap (empty: the cap is usable here).
+    pub fn missing_here(self) -> Vec<&'static str> {
+        let have = cpu_flags();
+        self.required_flags()
+            .iter()
+            .copied()
+            .filter(|f| !have.contains(*f))
+            .collect()
+    }
+
+    /// The caps worth comparing on this CPU for INT8 (`bf16 == false`) or BF16 kernels:
+    /// [`CpuIsa::Auto`] (everything the CPU has) and the next lower tier that still runs them
+    /// natively but with other kernels. INT8: AMX tiles -> AVX-512 VNNI (the BF16 tier's INT8
+    /// kernels are VNNI's), AVX-VNNI -> AVX2. BF16: AMX -> AVX-512 BF16 (below it BF16 is
+    /// emulated).
+    pub fn tiers_here(bf16: bool) -> Vec<CpuIsa> {
+        let mut out = vec![CpuIsa::Auto];
+        let usable = |i: CpuIsa| i.missing_here().is_empty();
+        if usable(CpuIsa::Amx) {
+            out.push(if bf16 {
+                CpuIsa::Avx512Bf16
+            } else {
+                CpuIsa::Avx512Vnni
+            });
+        } else if !bf16 && usable(CpuIsa::Avx2Vnni) && !usable(CpuIsa::Avx512) {
+            out.push(CpuIsa::Avx2);
+        }
+        out
+    }
+}
+
+/// The CPU feature flags of this machine, as `/proc/cpuinfo` names them (empty where it cannot
+/// be read).
+pub fn cpu_flags() -> std::collections::HashSet<String> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("flags"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
+        })
+        .unwrap_or_default()
+}
+
 impl std::fmt::Display for CpuIsa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

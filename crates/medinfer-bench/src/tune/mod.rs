@@ -1,0 +1,1003 @@
+//! `medinfer tune`: picks engine x precision x INT8 layout x kernel ISA x streams x batch for a
+//! model under an accuracy budget, by measurement on this machine.
+//!
+//! The steps, each bounded so that a whole tune fits its time budget:
+//! 1. **Variants.** The FP32 model and its INT8 versions (portable and openvino layouts),
+//!    quantized by `medinfer quantize` in child processes with accuracy control against the
+//!    same budget ([`quantize_variant`]).
+//! 2. **Accuracy.** Every (variant, engine, precision, ISA) runs the validation set in its own
+//!    process ([`worker`]); its outputs are scored against the FP32 model's with the metric.
+//!    Over the budget: out, with the measured drop as the reason. A crash: out, as a crash.
+//! 3. **Screening.** Every remaining candidate (x streams x batch) is timed briefly, alone.
+//! 4. **Paired rounds with successive halving.** The best few stay loaded side by side; each
+//!    round times every one of them once, in a shuffled order, so a change in the host's load
+//!    hits all of them alike. After each stage the slower half (by median over the rounds) is
+//!    dropped and the next stage has twice the rounds, down to two. The winner's per-round
+//!    ratios over the runner-up are the confidence.
+//!
+//! [`deploy`] writes the choice as a model-repository entry that `run`, `bench` and `serve`
+//! take with `--deploy`.
+
+pub mod deploy;
+mod report;
+pub mod worker;
+
+pub use report::{pareto_front, render_markdown, render_svg};
+
+use medinfer_core::Tensor;
+use medinfer_engine::calibrate::Metric;
+use medinfer_engine::{BackendKind, CpuIsa, EngineError, Precision};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use worker::{Failure, Worker, WorkerSpec};
+
+/// What can stop a tune.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// An engine error in this process.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// An ONNX file that cannot be read.
+    #[error(transparent)]
+    Onnx(#[from] medinfer_onnx::OnnxError),
+    /// Sample files that cannot be read.
+    #[error(transparent)]
+    Pipeline(#[from] medinfer_pipelines::PipelineError),
+    /// An array file that cannot be read or written.
+    #[error(transparent)]
+    Io(#[from] medinfer_io::IoError),
+    /// A file or folder that cannot be read or written.
+    #[error("{path}: {error}")]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+    /// The worker's own stdin / stdout.
+    #[error("worker pipe: {0}")]
+    Pipe(#[from] std::io::Error),
+    /// A candidate that cannot run.
+    #[error("{0}")]
+    Candidate(String),
+    /// A request that cannot be tuned (empty validation set, no reference).
+    #[error("{0}")]
+    Bad(String),
+    /// Every candidate is over the accuracy budget.
+    #[error("no candidate meets the accuracy budget: {0} (widen --max-drop, or --force to deploy the most accurate anyway)")]
+    NothingMeetsBudget(String),
+    /// A deployment that cannot be used here.
+    #[error("{0}")]
+    Deploy(String),
+}
+
+impl TuneError {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> TuneError {
+        TuneError::File {
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+}
+
+/// What the tune optimises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Median time of one request of one item, all cores on it.
+    Latency,
+    /// Items per second with several requests in flight.
+    Throughput,
+}
+
+impl Objective {
+    /// Parses `latency` / `throughput`.
+    pub fn parse(s: &str) -> Option<Objective> {
+        match s.to_ascii_lowercase().as_str() {
+            "latency" => Some(Objective::Latency),
+            "throughput" => Some(Objective::Throughput),
+            _ => None,
+        }
+    }
+}
+
+/// One model file a candidate can run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Variant {
+    /// `fp32`, `int8-portable` or `int8-openvino`.
+    pub label: String,
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// Everything a tune needs.
+#[derive(Clone, Debug)]
+pub struct TunePlan {
+    /// The `medinfer` executable that runs the candidate processes.
+    pub exe: PathBuf,
+    /// A scratch folder (validation outputs, worker logs).
+    pub work: PathBuf,
+    /// The FP32 model first (the reference), then the INT8 variants.
+    pub variants: Vec<Variant>,
+    /// Variants that could not be made, with the reason (reported, not tuned).
+    pub missing_variants: Vec<(String, String)>,
+    /// Validation data (the `arrays` formats).
+    pub validate: PathBuf,
+    /// Validation samples used (the first ones, in file-name order).
+    pub validate_samples: usize,
+    /// Accuracy metric against the FP32 reference.
+    pub metric: Metric,
+    /// Ground-truth labels for [`Metric::Auc`] (one row per validation sample).
+    pub labels: Option<Vec<Vec<f32>>>,
+    /// Largest allowed drop of the metric.
+    pub max_drop: f64,
+    /// What to optimise.
+    pub objective: Objective,
+    /// Wall-clock budget of the whole tune (quantization included; `started` is its start).
+    pub budget: Duration,
+    /// When the tune started.
+    pub started: Instant,
+    /// Engines to try.
+    pub backends: Vec<BackendKind>,
+    /// Whether the FP32 model runs at FP32 as a candidate (INT8 variants always run as they
+    /// are).
+    pub fp32: bool,
+    /// Whether BF16 candidates are tried (OpenVINO on a CPU with BF16 instructions).
+    pub bf16: bool,
+    /// OpenVINO instruction-set caps to try for INT8 candidates.
+    pub isas_int8: Vec<CpuIsa>,
+    /// OpenVINO instruction-set caps to try for BF16 candidates.
+    pub isas_bf16: Vec<CpuIsa>,
+    /// Cores this process may use.
+    pub cores: usize,
+    /// Batch sizes tried in throughput mode (when the model's batch is dynamic).
+    pub batches: Vec<usize>,
+    /// Shapes of inputs with dynamic dimensions other than the batch.
+    pub input_shapes: HashMap<String, Vec<usize>>,
+    /// Time every candidate that meets the budget in paired rounds, without pruning (the
+    /// exhaustive search the tune is checked against).
+    pub exhaustive: bool,
+    /// Rounds of the exhaustive search.
+    pub exhaustive_rounds: usize,
+    /// Deploy the most accurate candidates when none meets the budget.
+    pub force: bool,
+    /// Candidates kept after screening for the paired rounds.
+    pub keep: usize,
+    /// Seed of the round orders.
+    pub seed: u64,
+}
+
+/// Where a candidate ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The choice.
+    Chosen,
+    /// Second after the final rounds.
+    RunnerUp,
+    /// Dropped by successive halving after paired rounds.
+    Halved,
+    /// Dropped after screening (too slow to enter the paired rounds).
+    Screened,
+    /// Over the accuracy budget.
+    OverBudget,
+    /// Its engine crashed in the candidate's process.
+    Crashed,
+    /// It failed with an error.
+    Failed,
+    /// Not tried (the reason says why).
+    Skipped,
+    /// Timed in the exhaustive search (not the choice).
+    Measured,
+}
+
+/// One candidate and what was measured of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    /// Short label, e.g. `openvino int8-openvino bf16 [avx512-vnni] 2x1 b4`.
+    pub label: String,
+    /// Which model file.
+    pub variant: String,
+    /// Engine.
+    pub backend: BackendKind,
+    /// Precision asked of the engine.
+    pub precision: Precision,
+    /// Precision the engine reported.
+    pub effective_precision: String,
+    /// OpenVINO instruction-set cap (`auto` elsewhere).
+    pub isa: String,
+    /// Streams.
+    pub streams: usize,
+    /// Threads per stream.
+    pub threads: usize,
+    /// Items per request.
+    pub batch: usize,
+    /// Where it ended.
+    pub status: Status,
+    /// Why it is out, where it is.
+    pub reason: Option<String>,
+    /// The metric against the FP32 reference.
+    pub metric: Option<f64>,
+    /// The drop of the metric (the budget applies to it).
+    pub drop: Option<f64>,
+    /// Load and compile time.
+    pub load_ms: Option<f64>,
+    /// Speed in screening (requests / s for latency, items / s for throughput).
+    pub screen_speed: Option<f64>,
+    /// Speed in each paired round it took part in.
+    pub rounds: Vec<f64>,
+    /// Median request latency (screening, or the paired rounds where it had them).
+    pub latency_ms: Option<f64>,
+    /// Items per second (same).
+    pub throughput_per_s: Option<f64>,
+    #[serde(skip)]
+    isa_cap: CpuIsa,
+    #[serde(skip)]
+    path: PathBuf,
+    #[serde(skip)]
+    key: usize,
+}
+
+impl Candidate {
+    /// Median speed over the paired rounds, else the screening speed.
+    pub fn speed(&self) -> Option<f64> {
+        median(&self.rounds).or(self.screen_speed)
+    }
+
+    /// The model file it runs.
+    pub fn model_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The instruction-set cap it runs under.
+    pub fn isa_cap(&self) -> CpuIsa {
+        self.isa_cap
+    }
+
+    fn spec(&self, input_shapes: &HashMap<String, Vec<usize>>) -> WorkerSpec {
+        WorkerSpec {
+            model: self.path.clone(),
+            backend: self.backend,
+            precision: self.precision,
+            streams: self.streams,
+            threads: self.threads,
+            batch: self.batch,
+            input_shapes: input_shapes.clone(),
+        }
+    }
+
+    fn out(&mut self, status: Status, reason: String) {
+        self.status = status;
+        self.reason = Some(reason);
+    }
+}
+
+/// The result of a tune.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneOutcome {
+    /// Every candidate, the chosen one included.
+    pub candidates: Vec<Candidate>,
+    /// Index of the choice in `candidates`.
+    pub chosen: usize,
+    /// Index of the runner-up, where there was one.
+    pub runner_up: Option<usize>,
+    /// Lowest and highest per-round speed ratio of the choice over the runner-up.
+    pub confidence: Option<[f64; 2]>,
+    /// Median of those per-round ratios.
+    pub ratio_median: Option<f64>,
+    /// Paired rounds the choice took part in.
+    pub rounds: usize,
+    /// Engine that computed the FP32 reference outputs.
+    pub reference_backend: BackendKind,
+    /// Validation samples scored.
+    pub validation_samples: usize,
+    /// The metric's name.
+    pub metric: String,
+    /// The budget.
+    pub max_drop: f64,
+    /// The objective.
+    pub objective: Objective,
+    /// True when nothing met the budget and `--force` deployed the most accurate.
+    pub over_budget: bool,
+    /// CPU model.
+    pub cpu: String,
+    /// Cores used.
+    pub cores: usize,
+    /// Wall time of the tune.
+    pub elapsed_s: f64,
+    /// Things the user should know (engines missing, budget overrun).
+    pub notes: Vec<String>,
+}
+
+impl TuneOutcome {
+    /// The chosen candidate.
+    pub fn choice(&self) -> &Candidate {
+        &self.candidates[self.chosen]
+    }
+}
+
+/// Progress: `(stage, done, total)`.
+pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
+
+/// Quantizes `model` with `medinfer quantize` in a child process (`target` = portable or
+/// openvino) with accuracy control against the tune's budget; `extra` are further arguments
+/// (`--labels`, `--input-shape`). Returns the reason when no file was written.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_variant(
+    exe: &Path,
+    model: &Path,
+    target: &str,
+    calib: &Path,
+    calib_samples: usize,
+    validate: &Path,
+    validate_samples: usize,
+    metric: &str,
+    max_drop: f64,
+    extra: &[String],
+    out: &Path,
+) -> Result<Variant, String> {
+    let o = std::process::Command::new(exe)
+        .arg("quantize")
+        .arg(model)
+        .arg("-o")
+        .arg(out)
+        .arg("--calib")
+        .arg(calib)
+        .args(["--samples", &calib_samples.to_string(), "--target", target])
+        .arg("--validate")
+        .arg(validate)
+        .args([
+            "--validate-samples",
+            &validate_samples.to_string(),
+            "--metric",
+            metric,
+            "--max-drop",
+            &max_drop.to_string(),
+            "--ranking",
+            "heuristic",
+            "--json",
+        ])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("could not start {}: {e}", exe.display()))?;
+    if o.status.success() && out.is_file() {
+        return Ok(Variant {
+            label: format!("int8-{target}"),
+            path: out.to_path_buf(),
+        });
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+        .trim_start_matches("error: ")
+        .to_string();
+    Err(match o.status.code() {
+        Some(_) => format!("quantization failed: {last}"),
+        None => format!("quantization crashed: {last}"),
+    })
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+/// Splits `cores` into (streams, threads) pairs that use them all.
+fn layouts(cores: usize) -> Vec<(usize, usize)> {
+    (1..=cores)
+        .filter(|s| cores.is_multiple_of(*s))
+        .map(|s| (s, cores / s))
+        .collect()
+}
+
+/// Every candidate of the plan (skipped ones included, with their reason).
+fn enumerate(plan: &TunePlan, batch_dynamic: bool) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let mut key = 0;
+    let configs: Vec<(usize, usize, usize)> = match plan.objective {
+        Objective::Latency => vec![(1, plan.cores, 1)],
+        Objective::Throughput => {
+            let batches = if batch_dynamic {
+                plan.batches.clone()
+            } else {
+                vec![1]
+            };
+            layouts(plan.cores)
+                .into_iter()
+                .flat_map(|(s, t)| batches.iter().map(move |&b| (s, t, b)))
+                .collect()
+        }
+    };
+    for v in &plan.variants {
+        for &b in &plan.backends {
+            let mut precisions = vec![];
+            if plan.fp32 || v.label != "fp32" {
+                precisions.push(Precision::Fp32);
+            }
+            if b == BackendKind::OpenVino && plan.bf16 {
+                precisions.push(Precision::Bf16);
+            }
+            for p in precisions {
+                let isas: Vec<CpuIsa> = match (b, p) {
+                    (BackendKind::OpenVino, Precision::Bf16) => plan.isas_bf16.clone(),
+                    (BackendKind::OpenVino, _) if v.label != "fp32" => plan.isas_int8.clone(),
+                    _ => vec![CpuIsa::Auto],
+                };
+                for isa in isas {
+                    key += 1;
+                    for &(streams, threads, batch) in &configs {
+                        let mut c = Candidate {
+                            label: String::new(),
+                            variant: v.label.clone(),
+                            backend: b,
+                            precision: p,
+                            effective_precision: String::new(),
+                            isa: isa.name().to_string(),
+                            streams,
+                            threads,
+                            batch,
+                            status: Status::Measured,
+                            reason: None,
+                            metric: None,
+                            drop: None,
+                            load_ms: None,
+                            screen_speed: None,
+                            rounds: vec![],
+                            latency_ms: None,
+                            throughput_per_s: None,
+                            isa_cap: isa,
+                            path: v.path.clone(),
+                            key,
+                        };
+                        c.label = label(&c);
+                        if b == BackendKind::Tract && v.label != "fp32" {
+                            c.out(
+                                Status::Skipped,
+                                "tract runs QDQ INT8 graphs slower than its own FP32 \
+                                 (../shared/docs/runtimes.md)"
+                                    .into(),
+                            );
+                        }
+                        out.push(c);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn label(c: &Candidate) -> String {
+    let isa = if c.isa == "auto" {
+        String::new()
+    } else {
+        format!(" [{}]", c.isa)
+    };
+    let prec = if c.precision == Precision::Bf16 {
+        " bf16"
+    } else {
+        ""
+    };
+    format!(
+        "{} {}{prec}{isa} {}x{} b{}",
+        c.backend, c.variant, c.streams, c.threads, c.batch
+    )
+}
+
+/// A small deterministic generator for round orders (SplitMix64).
+struct Order(u64);
+
+impl Order {
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            v.swap(i, (z % (i as u64 + 1)) as usize);
+        }
+    }
+}
+
+/// Reads `dir/NNNNN.npy` in order.
+fn read_outputs(dir: &Path, n: usize) -> Result<Vec<Tensor>, TuneError> {
+    (0..n)
+        .map(|i| Ok(medinfer_io::npy::read(&dir.join(format!("{i:05}.npy")))?))
+        .collect()
+}
+
+/// The metric of `outputs` (1 = identical to the reference for the comparison metrics; the
+/// mean AUC against labels for `auc`).
+fn metric_of(
+    metric: Metric,
+    reference: &[Tensor],
+    outputs: &[Tensor],
+    labels: Option<&[Vec<f32>]>,
+) -> Result<f64, TuneError> {
+    if metric == Metric::Auc {
+        let labels = labels.ok_or_else(|| TuneError::Bad("--metric auc needs --labels".into()))?;
+        return medinfer_engine::calibrate::mean_auc(outputs, labels)?
+            .ok_or_else(|| TuneError::Bad("auc: no label column has both classes".into()));
+    }
+    Ok(medinfer_engine::calibrate::score(
+        metric, reference, outputs,
+    )?)
+}
+
+/// The speed of a slice: requests per second for latency (from the median request, robust to
+/// a stray slow one), items per second for throughput.
+fn speed_of(objective: Objective, s: &worker::Slice) -> f64 {
+    match objective {
+        Objective::Latency => 1e3 / s.p50_ms.max(1e-6),
+        Objective::Throughput => s.items as f64 / s.wall_s.max(1e-9),
+    }
+}
+
+fn record(c: &mut Candidate, objective: Objective, s: &worker::Slice) {
+    c.latency_ms = Some(s.p50_ms);
+    c.throughput_per_s = Some(s.items as f64 / s.wall_s.max(1e-9));
+    let _ = objective;
+}
+
+/// Runs the tune: accuracy, screening, paired rounds. Nothing is written.
+pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError> {
+    std::fs::create_dir_all(&plan.work).map_err(|e| TuneError::io(&plan.work, e))?;
+    let fp32 = plan
+        .variants
+        .first()
+        .ok_or_else(|| TuneError::Bad("no model to tune".into()))?;
+    let info = medinfer_onnx::analyze(&medinfer_onnx::load_model(&fp32.path)?, Some(&[]));
+    let batch_dynamic = info
+        .inputs
+        .first()
+        .and_then(|i| i.shape.first())
+        .map(|d| matches!(d, medinfer_onnx::Dim::Dynamic(_)))
+        .unwrap_or(false);
+    let mut notes = Vec::new();
+    for (v, why) in &plan.missing_variants {
+        notes.push(format!("{v}: {why}"));
+    }
+    let mut cands = enumerate(plan, batch_dynamic);
+
+    // 1. The FP32 reference: ONNX Runtime where present (exact FP32, fast), else OpenVINO in
+    //    FP32, else tract.
+    let reference_backend = [BackendKind::Ort, BackendKind::OpenVino, BackendKind::Tract]
+        .into_iter()
+        .find(|b| plan.backends.contains(b))
+        .ok_or_else(|| TuneError::Bad("no engine to tune on".into()))?;
+    let ref_spec = WorkerSpec {
+        model: fp32.path.clone(),
+        backend: reference_backend,
+        precision: Precision::Fp32,
+        streams: 1,
+        threads: plan.cores,
+        batch: 1,
+        input_shapes: plan.input_shapes.clone(),
+    };
+    let ref_dir = plan.work.join("reference");
+    let n_valid = Worker::spawn(
+        &plan.exe,
+        CpuIsa::Auto,
+        &ref_spec,
+        &plan.work.join("reference.log"),
+    )
+    .and_then(|mut w| w.validate(&plan.validate, plan.validate_samples, &ref_dir))
+    .map_err(|f| {
+        TuneError::Bad(format!(
+            "the FP32 reference on {reference_backend} failed: {f}"
+        ))
+    })?;
+    if n_valid == 0 {
+        return Err(TuneError::Bad(format!(
+            "{}: the validation set is empty",
+            plan.validate.display()
+        )));
+    }
+    let reference = read_outputs(&ref_dir, n_valid)?;
+    let labels = plan.labels.as_deref().map(|l| &l[..l.len().min(n_valid)]);
+    let ref_metric = metric_of(plan.metric, &reference, &reference, labels)?;
+
+    // 2. Accuracy, once per (variant, engine, precision, ISA), in the candidate's process.
+    let mut keys: Vec<usize> = cands
+        .iter()
+        .filter(|c| c.status != Status::Skipped)
+        .map(|c| c.key)
+        .collect();
+    keys.dedup();
+    for (done, &key) in keys.iter().enumerate() {
+        progress("accuracy", done, keys.len());
+        let first = cands.iter().position(|c| c.key == key).expect("key exists");
+        let mut spec = cands[first].spec(&plan.input_shapes);
+        (spec.streams, spec.threads, spec.batch) = (1, plan.cores, 1);
+        let out_dir = plan.work.join(format!("valid-{key}"));
+        let log = plan.work.join(format!("valid-{key}.log"));
+        let result =
+            Worker::spawn(&plan.exe, cands[first].isa_cap, &spec, &log).and_then(|mut w| {
+                let n = w.validate(&plan.validate, n_valid, &out_dir)?;
+                Ok((w.ready.clone(), n))
+            });
+        let verdict: Result<(worker::Ready, f64), (Status, String)> = match result {
+            Ok((ready, n)) if n == n_valid => read_outputs(&out_dir, n)
+                .and_then(|o| metric_of(plan.metric, &reference, &o, labels))
+                .map(|m| (ready, m))
+                .map_err(|e| (Status::Failed, e.to_string())),
+            Ok((_, n)) => Err((
+                Status::Failed,
+                format!("ran {n} of {n_valid} validation samples"),
+            )),
+            Err(Failure::Crashed(m)) => Err((Status::Crashed, m)),
+            Err(Failure::Error(m)) => Err((Status::Failed, m)),
+        };
+        for c in cands.iter_mut().filter(|c| c.key == key) {
+            match &verdict {
+                Ok((ready, m)) => {
+                    c.metric = Some(*m);
+                    c.drop = Some(ref_metric - m);
+                    c.effective_precision = ready.effective_precision.clone();
+                }
+                Err((s, why)) => c.out(s.clone(), why.clone()),
+            }
+        }
+    }
+    progress("accuracy", keys.len(), keys.len());
+
+    // The budget, or with --force the most accurate when nothing meets it.
+    let measured: Vec<f64> = cands.iter().filter_map(|c| c.drop).collect();
+    let within = |d: f64, limit: f64| d <= limit + 1e-12;
+    let mut limit = plan.max_drop;
+    let mut over_budget = false;
+    if !measured.iter().any(|&d| within(d, limit)) {
+        let best = measured.iter().copied().fold(f64::INFINITY, f64::min);
+        let summary = if measured.is_empty() {
+            "no candidate ran (see the reasons per candidate)".to_string()
+        } else {
+            format!(
+                "the smallest {} drop measured is {best:.4}, the budget {:.4}",
+                metric_name(plan.metric),
+                plan.max_drop
+            )
+        };
+        if !plan.force || measured.is_empty() {
+            let reasons: Vec<String> = cands
+                .iter()
+                .filter(|c| c.reason.is_some() && c.status != Status::Skipped)
+                .map(|c| format!("{}: {}", c.label, c.reason.clone().unwrap_or_default()))
+                .take(4)
+                .collect();
+            let tail = if measured.is_empty() && !reasons.is_empty() {
+                format!(" ({})", reasons.join("; "))
+            } else {
+                String::new()
+            };
+            return Err(TuneError::NothingMeetsBudget(format!("{summary}{tail}")));
+        }
+        notes.push(format!(
+            "{summary}; --force: deploying among the most accurate candidates"
+        ));
+        limit = best;
+        over_budget = true;
+    }
+    for c in cands.iter_mut() {
+        if let Some(d) = c.drop {
+            if !within(d, limit) {
+                c.out(
+                    Status::OverBudget,
+                    format!(
+                        "{} drop {d:.4} > budget {:.4}",
+                        metric_name(plan.metric),
+                        plan.max_drop
+                    ),
+                );
+            }
+        }
+    }
+
+    // 3. Screening: each candidate alone, briefly.
+    let live: Vec<usize> = (0..cands.len())
+        .filter(|&i| cands[i].status == Status::Measured)
+        .collect();
+    let screen_s = 0.5;
+    for (done, &i) in live.iter().enumerate() {
+        progress("screening", done, live.len());
+        let log = plan.work.join(format!("screen-{i}.log"));
+        let spec = cands[i].spec(&plan.input_shapes);
+        let r = Worker::spawn(&plan.exe, cands[i].isa_cap, &spec, &log).and_then(|mut w| {
+            let probe = w.time(1)?;
+            let per = probe.wall_s.max(1e-4);
+            let n = ((screen_s / per).ceil() as usize).clamp(2, 500);
+            Ok((w.ready.clone(), w.time(n)?))
+        });
+        match r {
+            Ok((ready, s)) => {
+                let c = &mut cands[i];
+                c.load_ms = Some(ready.load_ms);
+                c.effective_precision = ready.effective_precision;
+                c.screen_speed = Some(speed_of(plan.objective, &s));
+                record(c, plan.objective, &s);
+            }
+            Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
+            Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
+        }
+    }
+    progress("screening", live.len(), live.len());
+    let mut alive: Vec<usize> = live
+        .into_iter()
+        .filter(|&i| cands[i].status == Status::Measured)
+        .collect();
+    if alive.is_empty() {
+        return Err(TuneError::Bad(
+            "every candidate within the budget failed to run (see tune.json for each reason)"
+                .into(),
+        ));
+    }
+    alive.sort_by(|&a, &b| {
+        cands[b]
+            .screen_speed
+            .unwrap_or(0.0)
+            .total_cmp(&cands[a].screen_speed.unwrap_or(0.0))
+    });
+    if !plan.exhaustive && alive.len() > plan.keep {
+        for &i in &alive[plan.keep..] {
+            let best = cands[alive[0]].screen_speed.unwrap_or(0.0);
+            let mine = cands[i].screen_speed.unwrap_or(0.0);
+            cands[i].out(
+                Status::Screened,
+                format!(
+                    "screening: {:.0}% of the fastest's speed, not in the top {}",
+                    100.0 * mine / best.max(1e-12),
+                    plan.keep
+                ),
+            );
+        }
+        alive.truncate(plan.keep);
+    }
+
+    // 4. Paired rounds among the survivors, loaded side by side.
+    let mut workers: HashMap<usize, Worker> = HashMap::new();
+    for (done, &i) in alive.iter().enumerate() {
+        progress("loading", done, alive.len());
+        let log = plan.work.join(format!("rounds-{i}.log"));
+        match Worker::spawn(
+            &plan.exe,
+            cands[i].isa_cap,
+            &cands[i].spec(&plan.input_shapes),
+            &log,
+        ) {
+            Ok(w) => {
+                workers.insert(i, w);
+            }
+            Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
+            Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
+        }
+    }
+    alive.retain(|i| workers.contains_key(i));
+    // Slices sized so the planned rounds fit what is left of the budget.
+    let stages = schedule(alive.len(), plan.exhaustive, plan.exhaustive_rounds);
+    let total_slices: usize = stages.iter().map(|(n, r)| n * r).sum();
+    let left = plan
+        .budget
+        .saturating_sub(plan.started.elapsed())
+        .as_secs_f64();
+    let slice_s = (0.8 * left / total_slices.max(1) as f64).clamp(0.1, 1.5);
+    if plan.started.elapsed() > plan.budget {
+        notes.push(format!(
+            "the budget was spent before the paired rounds ({:.0} s of {:.0} s); they ran with the \
+             shortest slices",
+            plan.started.elapsed().as_secs_f64(),
+            plan.budget.as_secs_f64()
+        ));
+    }
+    let mut order = Order(plan.seed ^ 0x5EED);
+    let total_rounds: usize = stages.iter().map(|(_, r)| r).sum();
+    let mut round_no = 0;
+    for (stage, &(_, rounds)) in stages.iter().enumerate() {
+        for _ in 0..rounds {
+            progress("rounds", round_no, total_rounds);
+            round_no += 1;
+            let mut seq = alive.clone();
+            order.shuffle(&mut seq);
+            for i in seq {
+                let per_request = match plan.objective {
+                    Objective::Latency => 1.0 / cands[i].screen_speed.unwrap_or(1.0),
+                    Objective::Throughput => {
+                        cands[i].batch as f64 / cands[i].screen_speed.unwrap_or(1.0)
+                    }
+                };
+                let n = ((slice_s / per_request.max(1e-6)).round() as usize).clamp(3, 2000);
+                let w = workers.get_mut(&i).expect("alive candidates have workers");
+                match w.time(n) {
+                    Ok(s) => {
+                        cands[i].rounds.push(speed_of(plan.objective, &s));
+                        record(&mut cands[i], plan.objective, &s);
+                    }
+                    Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
+                    Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
+                }
+            }
+            alive.retain(|&i| matches!(cands[i].status, Status::Measured));
+            workers.retain(|i, _| alive.contains(i));
+        }
+        // Halve, except after the last stage.
+        if stage + 1 < stages.len() {
+            let keep = stages[stage + 1].0.min(alive.len());
+            alive.sort_by(|&a, &b| {
+                cands[b]
+                    .speed()
+                    .unwrap_or(0.0)
+                    .total_cmp(&cands[a].speed().unwrap_or(0.0))
+            });
+            for &i in &alive[keep..] {
+                let r = cands[i].rounds.len();
+                cands[i].out(
+                    Status::Halved,
+                    format!("slower half after {r} paired rounds"),
+                );
+            }
+            alive.truncate(keep);
+            workers.retain(|i, _| alive.contains(i));
+        }
+    }
+    progress("rounds", total_rounds, total_rounds);
+    drop(workers);
+    if alive.is_empty() {
+        return Err(TuneError::Bad(
+            "every candidate failed during the timing rounds (see tune.json)".into(),
+        ));
+    }
+    alive.sort_by(|&a, &b| {
+        cands[b]
+            .speed()
+            .unwrap_or(0.0)
+            .total_cmp(&cands[a].speed().unwrap_or(0.0))
+    });
+    let chosen = alive[0];
+    let runner_up = alive.get(1).copied();
+    // Both took part in the same rounds (the last ones), so their speeds pair up from the end.
+    let ratios: Vec<f64> = runner_up
+        .map(|r| {
+            cands[chosen]
+                .rounds
+                .iter()
+                .rev()
+                .zip(cands[r].rounds.iter().rev())
+                .map(|(a, b)| a / b.max(1e-12))
+                .collect()
+        })
+        .unwrap_or_default();
+    let confidence = (!ratios.is_empty()).then(|| {
+        [
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+        ]
+    });
+    let ratio_median = median(&ratios);
+    cands[chosen].status = Status::Chosen;
+    if let Some(r) = runner_up {
+        cands[r].status = Status::RunnerUp;
+    }
+    let rounds = cands[chosen].rounds.len();
+    if !plan.backends.contains(&BackendKind::Ort) || !plan.backends.contains(&BackendKind::OpenVino)
+    {
+        let missing: Vec<&str> = [BackendKind::Ort, BackendKind::OpenVino]
+            .into_iter()
+            .filter(|b| !plan.backends.contains(b))
+            .map(|b| b.name())
+            .collect();
+        notes.push(format!(
+            "not tuned on {} (not available here or not asked for; `medinfer runtimes install` \
+             fetches the native engines)",
+            missing.join(", ")
+        ));
+    }
+    if plan.started.elapsed() > plan.budget {
+        notes.push(format!(
+            "the tune took {:.0} s, over its budget of {:.0} s",
+            plan.started.elapsed().as_secs_f64(),
+            plan.budget.as_secs_f64()
+        ));
+    }
+    Ok(TuneOutcome {
+        candidates: cands,
+        chosen,
+        runner_up,
+        confidence,
+        ratio_median,
+        rounds,
+        reference_backend,
+        validation_samples: n_valid,
+        metric: metric_name(plan.metric),
+        max_drop: plan.max_drop,
+        objective: plan.objective,
+        over_budget,
+        cpu: crate::cpu_model(),
+        cores: plan.cores,
+        elapsed_s: plan.started.elapsed().as_secs_f64(),
+        notes,
+    })
+}
+
+/// Stages of the paired rounds: (candidates, rounds) each. Halving: 3 rounds with all, then
+/// twice the rounds with half as many, down to two that get at least 6.
+fn schedule(n: usize, exhaustive: bool, exhaustive_rounds: usize) -> Vec<(usize, usize)> {
+    if n == 0 {
+        return vec![];
+    }
+    if exhaustive {
+        return vec![(n, exhaustive_rounds.max(1))];
+    }
+    if n == 1 {
+        return vec![(1, 3)];
+    }
+    let mut out = vec![];
+    let (mut k, mut r) = (n, 3);
+    while k > 2 {
+        out.push((k, r));
+        k = k.div_ceil(2);
+        r *= 2;
+    }
+    out.push((k, r.max(6)));
+    out
+}
+
+/// The metric's name as the command line writes it.
+pub fn metric_name(m: Metric) -> String {
+    match m {
+        Metric::Top1 => "top1".into(),
+        Metric::Cosine => "cosine".into(),
+        Metric::Nmse => "nmse".into(),
+        Metric::Dice => "dice".into(),
+        Metric::Auc => "auc".into(),
+        Metric::Iou(t) => format!("iou:{t}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halving_schedule_ends_with_two_and_more_rounds() {
+        assert_eq!(schedule(8, false, 10), vec![(8, 3), (4, 6), (2, 12)]);
+        assert_eq!(schedule(5, false, 10), vec![(5, 3), (3, 6), (2, 12)]);
+        assert_eq!(schedule(2, false, 10), vec![(2, 6)]);
+        assert_eq!(schedule(1, false, 10), vec![(1, 3)]);
+        assert_eq!(schedule(7, true, 10), vec![(7, 10)]);
+        assert!(schedule(0, false, 10).is_empty());
+    }
+
+    #[test]
+    fn layouts_use_every_core() {
+        assert_eq!(layouts(2), vec![(1, 2), (2, 1)]);
+        assert_eq!(layouts(4), vec![(1, 4), (2, 2), (4, 1)]);
+        assert_eq!(layouts(1), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn median_and_shuffle() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        let mut v: Vec<usize> = (0..20).collect();
+        Order(7).shuffle(&mut v);
+        let mut s = v.clone();
+        s.sort();
+        assert_eq!(s, (0..20).collect::<Vec<_>>());
+        assert_ne!(v, s, "a seeded shuffle of 20 items moves some");
+    }
+}

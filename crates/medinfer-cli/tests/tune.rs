@@ -1,0 +1,376 @@
+//! `medinfer tune` end to end on a zoo model: the choice meets the accuracy budget (checked
+//! here independently of the tune), candidates over it are out with their measured drop, an
+//! engine crash takes one candidate out and not the tune, tract alone without native runtimes,
+//! bad requests refused; and the deployment it writes is taken (or refused) by `bench` and
+//! `run`.
+
+mod common;
+use common::*;
+use medinfer_core::Tensor;
+use medinfer_engine::{load_on, BackendKind, Precision, SessionOptions};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// The model (resnet18-ct, seeded weights) and calibration / validation samples of it.
+fn setup(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let model = d.join("model.onnx");
+    let o = run(&["zoo", "build", "resnet18-ct", "-o", s(&model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let calib = d.join("calib");
+    let valid = d.join("valid");
+    for (dir, n, seed) in [(&calib, "16", "1"), (&valid, "10", "2")] {
+        let o = run(&[
+            "zoo",
+            "samples",
+            "resnet18-ct",
+            "-o",
+            s(dir),
+            "-n",
+            n,
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    (model, calib, valid)
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn outputs(model: &Path, backend: BackendKind, precision: Precision, valid: &Path) -> Vec<Tensor> {
+    let session = load_on(
+        backend,
+        model,
+        &SessionOptions {
+            precision,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(valid)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let t = medinfer_io::npy::read(f).unwrap();
+            let mut shape = vec![1];
+            shape.extend_from_slice(t.shape());
+            let t = Tensor::from_f32(shape, t.as_f32().unwrap().to_vec()).unwrap();
+            session.run(&[t]).unwrap().remove(0)
+        })
+        .collect()
+}
+
+#[test]
+fn tune_chooses_within_the_budget_and_writes_a_deployment_bench_takes() {
+    let d = tmp();
+    let (model, calib, valid) = setup(d.path());
+    let deploy = d.path().join("deploy");
+    let max_drop = 0.01;
+    let o = run(&[
+        "tune",
+        s(&model),
+        "--calib",
+        s(&calib),
+        "--validate",
+        s(&valid),
+        "--calib-samples",
+        "16",
+        "--max-drop",
+        &max_drop.to_string(),
+        "--budget",
+        "30s",
+        "-o",
+        s(&deploy),
+        "--json",
+    ]);
+    let out = json(&o);
+    let cands = out["candidates"].as_array().unwrap();
+    let chosen = &cands[out["chosen"].as_u64().unwrap() as usize];
+    assert_eq!(chosen["status"], "chosen");
+    assert!(chosen["drop"].as_f64().unwrap() <= max_drop);
+    assert!(!chosen["rounds"].as_array().unwrap().is_empty());
+    let native = medinfer_engine::native_backends_for_tests().unwrap();
+    if !native.is_empty() {
+        // INT8 variants were made and measured, and some candidate lost in paired rounds.
+        assert!(cands.iter().any(|c| c["variant"] == "int8-portable"));
+        assert!(cands.iter().any(|c| c["status"] == "runner_up"));
+        let [lo, hi] = [
+            out["confidence"][0].as_f64().unwrap(),
+            out["confidence"][1].as_f64().unwrap(),
+        ];
+        assert!(lo > 0.0 && lo <= hi, "{lo} {hi}");
+    }
+    // Every candidate is accounted for: measured, or out with a reason.
+    for c in cands {
+        let st = c["status"].as_str().unwrap();
+        assert!(
+            ["chosen", "runner_up", "measured"].contains(&st) || c["reason"].is_string(),
+            "{c}"
+        );
+    }
+    // The deployment: a model-repository entry with the choice and its figures.
+    let cfg = read_json(&deploy.join("config.json"));
+    assert_eq!(cfg["backend"], chosen["backend"]);
+    assert_eq!(cfg["instances"], chosen["streams"]);
+    assert_eq!(cfg["tuned"]["candidate"], chosen["label"]);
+    assert!(deploy.join("1/model.onnx").is_file());
+    let svg = std::fs::read_to_string(deploy.join("tune.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Pareto front"));
+    let md = std::fs::read_to_string(deploy.join("tune.md")).unwrap();
+    assert!(md.contains("**chosen**"));
+
+    // The budget holds, checked here without the tune: the deployed file on its engine
+    // against the FP32 model on tract (another engine than the tune's reference).
+    let backend = BackendKind::parse(cfg["backend"].as_str().unwrap()).unwrap();
+    let precision = Precision::parse(cfg["precision"].as_str().unwrap()).unwrap();
+    let reference = outputs(&model, BackendKind::Tract, Precision::Fp32, &valid);
+    let deployed = outputs(&deploy.join("1/model.onnx"), backend, precision, &valid);
+    let cos = medinfer_engine::calibrate::score(
+        medinfer_engine::calibrate::Metric::Cosine,
+        &reference,
+        &deployed,
+    )
+    .unwrap();
+    assert!(1.0 - cos <= max_drop + 1e-4, "cosine {cos}");
+
+    // bench --deploy runs exactly the chosen configuration.
+    let o = run(&[
+        "bench",
+        "--deploy",
+        s(&deploy),
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    let rows = json(&o);
+    assert_eq!(rows[0]["backend"], cfg["backend"]);
+    assert_eq!(rows[0]["streams"], cfg["instances"]);
+    assert_eq!(rows[0]["model"], "model.onnx");
+}
+
+#[test]
+fn candidates_over_the_budget_are_out_and_a_budget_nothing_meets_writes_nothing() {
+    let native = medinfer_engine::native_backends_for_tests().unwrap();
+    if !native.contains(&BackendKind::OpenVino)
+        || !medinfer_engine::cpu_flags().contains("avx512_bf16")
+    {
+        eprintln!("note: needs OpenVINO on a CPU with BF16; skipped");
+        return;
+    }
+    let d = tmp();
+    let (model, _calib, valid) = setup(d.path());
+    let deploy = d.path().join("deploy");
+    // BF16 moves outputs by ~1e-3 relative: over a budget of 1e-6, FP32 within it.
+    let base = [
+        "tune",
+        s(&model),
+        "--validate",
+        s(&valid),
+        "--backends",
+        "openvino",
+        "--max-drop",
+        "0.000001",
+        "--budget",
+        "30s",
+        "-o",
+        s(&deploy),
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--precisions", "fp32,bf16", "--json"]);
+    let out = json(&run(&args));
+    let cands = out["candidates"].as_array().unwrap();
+    let bf16: Vec<&Value> = cands.iter().filter(|c| c["precision"] == "bf16").collect();
+    assert!(!bf16.is_empty());
+    for c in &bf16 {
+        assert_eq!(c["status"], "over_budget", "{c}");
+        let drop = c["drop"].as_f64().unwrap();
+        assert!(drop > 1e-6, "{c}");
+        assert!(c["reason"].as_str().unwrap().contains("drop"), "{c}");
+    }
+    let chosen = &cands[out["chosen"].as_u64().unwrap() as usize];
+    assert_eq!(chosen["precision"], "fp32");
+    std::fs::remove_dir_all(&deploy).unwrap();
+
+    // BF16 alone: nothing meets the budget; a clear error and nothing written.
+    let mut args = base.to_vec();
+    args.extend(["--precisions", "bf16"]);
+    let o = run(&args);
+    assert_clean_failure(&o, &["no candidate meets the accuracy budget", "--force"]);
+    assert!(!deploy.exists());
+    // --force deploys the most accurate, marked over budget.
+    args.push("--force");
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = read_json(&deploy.join("config.json"));
+    assert_eq!(cfg["tuned"]["over_budget"], true);
+    assert_eq!(cfg["precision"], "bf16");
+}
+
+#[test]
+fn an_engine_crash_takes_out_its_candidates_not_the_tune() {
+    let native = medinfer_engine::native_backends_for_tests().unwrap();
+    if !native.contains(&BackendKind::Ort) {
+        eprintln!("note: needs ONNX Runtime for the reference; skipped");
+        return;
+    }
+    let victim = if native.contains(&BackendKind::OpenVino) {
+        "openvino"
+    } else {
+        "tract"
+    };
+    let d = tmp();
+    let (model, _calib, valid) = setup(d.path());
+    let o = medinfer()
+        .env("MEDINFER_TUNE_FAULT", format!("abort:{victim}"))
+        .args([
+            "tune",
+            s(&model),
+            "--validate",
+            s(&valid),
+            "--backends",
+            &format!("ort,{victim}"),
+            "--precisions",
+            "fp32",
+            "--budget",
+            "30s",
+            "-o",
+            s(&d.path().join("deploy")),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let out = json(&o);
+    let cands = out["candidates"].as_array().unwrap();
+    let crashed: Vec<&Value> = cands.iter().filter(|c| c["backend"] == victim).collect();
+    assert!(!crashed.is_empty());
+    for c in crashed {
+        assert_eq!(c["status"], "crashed", "{c}");
+        assert!(c["reason"].as_str().unwrap().contains("signal"), "{c}");
+    }
+    assert_eq!(
+        cands[out["chosen"].as_u64().unwrap() as usize]["backend"],
+        "ort"
+    );
+}
+
+#[test]
+fn without_native_runtimes_tract_alone_is_tuned_and_said_so() {
+    let d = tmp();
+    let (model, calib, valid) = setup(d.path());
+    let home = d.path().join("home");
+    let o = medinfer()
+        .env("MEDINFER_HOME", &home)
+        .env("MEDINFER_PYTHON", "/nonexistent/python")
+        .env_remove("MEDINFER_ORT_LIB")
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("MEDINFER_OPENVINO_LIB")
+        .args([
+            "tune",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--validate",
+            s(&valid),
+            "--budget",
+            "30s",
+            "-o",
+            s(&d.path().join("deploy")),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("only tract is tuned"), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("Chosen: tract fp32"), "{text}");
+    let cfg = read_json(&d.path().join("deploy/config.json"));
+    assert_eq!(cfg["backend"], "tract");
+}
+
+#[test]
+fn bad_tune_requests_are_refused_before_any_work() {
+    let d = tmp();
+    let (model, _calib, _valid) = setup(d.path());
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = d.path().join("deploy");
+    let o = run(&["tune", s(&model), "--validate", s(&empty), "-o", s(&out)]);
+    assert_clean_failure(&o, &["--validate", "empty"]);
+    let o = run(&[
+        "tune",
+        s(&model),
+        "--validate",
+        s(&empty),
+        "--budget",
+        "soon",
+        "-o",
+        s(&out),
+    ]);
+    assert_clean_failure(&o, &["--budget soon"]);
+    assert!(!out.exists());
+}
+
+/// A deployment folder by hand: tract, with extra CPU flags required.
+fn hand_deploy(d: &Path, model: &Path, flags: &[&str]) -> PathBuf {
+    let dir = d.join(format!("deploy-{}", flags.len()));
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::copy(model, dir.join("1/model.onnx")).unwrap();
+    let cfg = serde_json::json!({
+        "backend": "tract", "precision": "fp32", "threads": 1, "instances": 2, "max_batch": 2,
+        "tuned": {
+            "objective": "throughput", "candidate": "tract fp32 2x1 b2", "variant": "fp32",
+            "metric": "cosine", "max_drop": 0.005, "accuracy_drop": 0.0, "over_budget": false,
+            "latency_ms": 5.0, "throughput_per_s": 300.0, "runner_up": null, "confidence": null,
+            "cpu": "a CPU from the future", "cores": 2, "cpu_flags_required": flags,
+            "medinfer_version": "0.1.0"
+        }
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_deployment_is_refused_on_a_cpu_that_lacks_what_it_was_tuned_for() {
+    let d = tmp();
+    let model = d.path().join("model.onnx");
+    let o = run(&["zoo", "build", "resnet18-ct", "-o", s(&model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bad = hand_deploy(d.path(), &model, &["amx_future_tile"]);
+    let o = run(&["bench", "--deploy", s(&bad), "--runs", "1"]);
+    assert_clean_failure(
+        &o,
+        &["amx_future_tile", "a CPU from the future", "medinfer tune"],
+    );
+    let png = d.path().join("x.png");
+    std::fs::write(&png, b"not used").unwrap();
+    let o = run(&["run", "cxr", s(&png), "--deploy", s(&bad)]);
+    assert_clean_failure(&o, &["amx_future_tile"]);
+    // The same deployment without the impossible flag runs as configured: 2 streams x 1
+    // thread, batch 2.
+    let good = hand_deploy(d.path(), &model, &[]);
+    let rows = json(&run(&[
+        "bench",
+        "--deploy",
+        s(&good),
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+    ]));
+    assert_eq!(rows[0]["backend"], "tract");
+    assert_eq!(rows[0]["streams"], 2);
+    assert_eq!(rows[0]["threads"], 1);
+    assert_eq!(rows[0]["batch"], 2);
+}
