@@ -165,6 +165,8 @@ pub struct TunePlan {
     pub force: bool,
     /// Candidates kept after screening for the paired rounds.
     pub keep: usize,
+    /// With `exhaustive`: most candidates loaded at once (a wave), the anchor included.
+    pub wave: usize,
     /// Seed of the round orders.
     pub seed: u64,
 }
@@ -232,6 +234,15 @@ pub struct Candidate {
     pub latency_ms: Option<f64>,
     /// Items per second (same).
     pub throughput_per_s: Option<f64>,
+    /// With `--exhaustive`: median over rounds of its speed divided by the anchor's in the same
+    /// round.
+    pub vs_anchor: Option<f64>,
+    #[serde(skip)]
+    anchor_ratios: Vec<f64>,
+    #[serde(skip)]
+    p50s: Vec<f64>,
+    #[serde(skip)]
+    tputs: Vec<f64>,
     #[serde(skip)]
     isa_cap: CpuIsa,
     #[serde(skip)]
@@ -285,8 +296,13 @@ pub struct TuneOutcome {
     pub runner_up: Option<usize>,
     /// Lowest and highest per-round speed ratio of the choice over the runner-up.
     pub confidence: Option<[f64; 2]>,
-    /// Median of those per-round ratios.
+    /// Median of those per-round ratios (with `--exhaustive`: the ratio of their medians
+    /// against the anchor).
     pub ratio_median: Option<f64>,
+    /// With `--exhaustive`: the candidate timed in every round as the common reference
+    /// (OpenVINO's INT8 defaults where present), so that candidates loaded in different waves
+    /// compare through it.
+    pub anchor: Option<usize>,
     /// Paired rounds the choice took part in.
     pub rounds: usize,
     /// Engine that computed the FP32 reference outputs.
@@ -460,6 +476,10 @@ fn enumerate(plan: &TunePlan, batch_dynamic: bool) -> Vec<Candidate> {
                             rounds: vec![],
                             latency_ms: None,
                             throughput_per_s: None,
+                            vs_anchor: None,
+                            anchor_ratios: vec![],
+                            p50s: vec![],
+                            tputs: vec![],
                             isa_cap: isa,
                             path: v.path.clone(),
                             key,
@@ -549,10 +569,295 @@ fn speed_of(objective: Objective, s: &worker::Slice) -> f64 {
     }
 }
 
-fn record(c: &mut Candidate, objective: Objective, s: &worker::Slice) {
+/// Screening figures (replaced by the medians of the paired rounds where it has some).
+fn record(c: &mut Candidate, s: &worker::Slice) {
     c.latency_ms = Some(s.p50_ms);
     c.throughput_per_s = Some(s.items as f64 / s.wall_s.max(1e-9));
-    let _ = objective;
+}
+
+/// What the paired rounds picked.
+struct Picked {
+    chosen: usize,
+    runner_up: Option<usize>,
+    /// Per-round speed ratios of the choice over the runner-up.
+    ratios: Vec<f64>,
+    anchor: Option<usize>,
+}
+
+/// Loads `members` side by side; a failure takes that candidate out.
+fn load_workers(
+    plan: &TunePlan,
+    cands: &mut [Candidate],
+    members: &[usize],
+    progress: Progress,
+) -> HashMap<usize, Worker> {
+    let mut workers = HashMap::new();
+    for (done, &i) in members.iter().enumerate() {
+        progress("loading", done, members.len());
+        let log = plan.work.join(format!("rounds-{i}.log"));
+        match Worker::spawn(
+            &plan.exe,
+            cands[i].isa_cap,
+            &cands[i].spec(&plan.input_shapes),
+            &log,
+        ) {
+            Ok(w) => {
+                workers.insert(i, w);
+            }
+            Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
+            Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
+        }
+    }
+    workers
+}
+
+/// Seconds per timed slice so that `total_slices` fit 80% of what is left of the budget
+/// (0.1 to 1.5 s).
+fn slice_seconds(plan: &TunePlan, total_slices: usize, notes: &mut Vec<String>) -> f64 {
+    let left = plan
+        .budget
+        .saturating_sub(plan.started.elapsed())
+        .as_secs_f64();
+    if left <= 0.0 {
+        notes.push(format!(
+            "the budget was spent before the paired rounds ({:.0} s of {:.0} s); they ran with \
+             the shortest slices",
+            plan.started.elapsed().as_secs_f64(),
+            plan.budget.as_secs_f64()
+        ));
+    }
+    (0.8 * left / total_slices.max(1) as f64).clamp(0.1, 1.5)
+}
+
+/// One paired round: every member timed once, in a shuffled order; their speeds.
+fn one_round(
+    plan: &TunePlan,
+    cands: &mut [Candidate],
+    workers: &mut HashMap<usize, Worker>,
+    members: &[usize],
+    slice_s: f64,
+    order: &mut Order,
+) -> HashMap<usize, f64> {
+    let mut seq = members.to_vec();
+    order.shuffle(&mut seq);
+    let mut speeds = HashMap::new();
+    for i in seq {
+        let Some(w) = workers.get_mut(&i) else {
+            continue;
+        };
+        let per_request = match plan.objective {
+            Objective::Latency => 1.0 / cands[i].screen_speed.unwrap_or(1.0),
+            Objective::Throughput => cands[i].batch as f64 / cands[i].screen_speed.unwrap_or(1.0),
+        };
+        let n = ((slice_s / per_request.max(1e-6)).round() as usize).clamp(3, 2000);
+        match w.time(n) {
+            Ok(s) => {
+                let v = speed_of(plan.objective, &s);
+                let c = &mut cands[i];
+                c.rounds.push(v);
+                c.p50s.push(s.p50_ms);
+                c.tputs.push(s.items as f64 / s.wall_s.max(1e-9));
+                speeds.insert(i, v);
+            }
+            Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
+            Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
+        }
+    }
+    workers.retain(|i, _| speeds.contains_key(i));
+    speeds
+}
+
+fn by_speed(cands: &[Candidate], v: &mut [usize]) {
+    v.sort_by(|&a, &b| {
+        cands[b]
+            .speed()
+            .unwrap_or(0.0)
+            .total_cmp(&cands[a].speed().unwrap_or(0.0))
+    });
+}
+
+/// Successive halving over the survivors of screening, all loaded side by side; the last two
+/// are ordered by the median of their per-round ratios.
+fn halving_rounds(
+    plan: &TunePlan,
+    cands: &mut [Candidate],
+    alive: Vec<usize>,
+    order: &mut Order,
+    notes: &mut Vec<String>,
+    progress: Progress,
+) -> Result<Picked, TuneError> {
+    let mut workers = load_workers(plan, cands, &alive, progress);
+    let mut alive: Vec<usize> = alive
+        .into_iter()
+        .filter(|i| workers.contains_key(i))
+        .collect();
+    let stages = schedule(alive.len(), false, 0);
+    let total_slices: usize = stages.iter().map(|(n, r)| n * r).sum();
+    let slice_s = slice_seconds(plan, total_slices, notes);
+    let total_rounds: usize = stages.iter().map(|(_, r)| r).sum();
+    let mut round_no = 0;
+    for (stage, &(_, rounds)) in stages.iter().enumerate() {
+        for _ in 0..rounds {
+            progress("rounds", round_no, total_rounds);
+            round_no += 1;
+            one_round(plan, cands, &mut workers, &alive, slice_s, order);
+            alive.retain(|i| workers.contains_key(i));
+        }
+        if stage + 1 < stages.len() {
+            let keep = stages[stage + 1].0.min(alive.len());
+            by_speed(cands, &mut alive);
+            for &i in &alive[keep..] {
+                let r = cands[i].rounds.len();
+                cands[i].out(
+                    Status::Halved,
+                    format!("slower half after {r} paired rounds"),
+                );
+            }
+            alive.truncate(keep);
+            workers.retain(|i, _| alive.contains(i));
+        }
+    }
+    progress("rounds", total_rounds, total_rounds);
+    drop(workers);
+    if alive.is_empty() {
+        return Err(TuneError::Bad(
+            "every candidate failed during the timing rounds (see tune.json)".into(),
+        ));
+    }
+    by_speed(cands, &mut alive);
+    let pair = |a: usize, b: usize| -> Vec<f64> {
+        // Both took part in the same (last) rounds, so their speeds pair up from the end.
+        cands[a]
+            .rounds
+            .iter()
+            .rev()
+            .zip(cands[b].rounds.iter().rev())
+            .map(|(x, y)| x / y.max(1e-12))
+            .collect()
+    };
+    let (mut chosen, mut runner_up) = (alive[0], alive.get(1).copied());
+    let mut ratios = runner_up.map(|r| pair(chosen, r)).unwrap_or_default();
+    if let Some(r) = runner_up {
+        if median(&ratios).unwrap_or(1.0) < 1.0 {
+            // The runner-up wins more paired rounds than it loses: it is the choice.
+            (chosen, runner_up) = (r, Some(chosen));
+            ratios = pair(chosen, r);
+        }
+    }
+    Ok(Picked {
+        chosen,
+        runner_up,
+        ratios,
+        anchor: None,
+    })
+}
+
+/// Every candidate in paired rounds, in waves of at most `plan.wave` loaded side by side; the
+/// anchor (OpenVINO's INT8 defaults where present) runs in every round of every wave, and each
+/// candidate is ranked by the median of its per-round speed over the anchor's.
+fn exhaustive_rounds(
+    plan: &TunePlan,
+    cands: &mut [Candidate],
+    alive: &[usize],
+    order: &mut Order,
+    notes: &mut Vec<String>,
+    progress: Progress,
+) -> Result<Picked, TuneError> {
+    let default_layout = match plan.objective {
+        Objective::Latency => (1, plan.cores, 1),
+        Objective::Throughput => (plan.cores, 1, 1),
+    };
+    let anchor = alive
+        .iter()
+        .copied()
+        .find(|&i| {
+            let c = &cands[i];
+            c.backend == BackendKind::OpenVino
+                && c.variant == "int8-openvino"
+                && c.precision == Precision::Fp32
+                && c.isa == "auto"
+                && (c.streams, c.threads, c.batch) == default_layout
+        })
+        .unwrap_or(alive[0]);
+    let others: Vec<usize> = alive.iter().copied().filter(|&i| i != anchor).collect();
+    let waves: Vec<&[usize]> = others.chunks(plan.wave.max(2) - 1).collect();
+    let rounds = plan.exhaustive_rounds.max(1);
+    let total_slices = (others.len() + waves.len().max(1)) * rounds;
+    let slice_s = slice_seconds(plan, total_slices, notes);
+    let mut anchor_worker = load_workers(plan, cands, &[anchor], progress);
+    if anchor_worker.is_empty() {
+        return Err(TuneError::Bad(format!(
+            "the anchor candidate {} failed to load: {}",
+            cands[anchor].label,
+            cands[anchor].reason.clone().unwrap_or_default()
+        )));
+    }
+    let total_rounds = rounds * waves.len().max(1);
+    let mut round_no = 0;
+    let empty: [usize; 0] = [];
+    let wave_list: Vec<&[usize]> = if waves.is_empty() {
+        vec![&empty]
+    } else {
+        waves
+    };
+    for wave in wave_list {
+        let mut workers = load_workers(plan, cands, wave, progress);
+        if let Some(w) = anchor_worker.remove(&anchor) {
+            workers.insert(anchor, w);
+        }
+        let mut members: Vec<usize> = wave
+            .iter()
+            .copied()
+            .filter(|i| workers.contains_key(i))
+            .collect();
+        members.push(anchor);
+        for _ in 0..rounds {
+            progress("rounds", round_no, total_rounds);
+            round_no += 1;
+            let speeds = one_round(plan, cands, &mut workers, &members, slice_s, order);
+            let Some(&a) = speeds.get(&anchor) else {
+                return Err(TuneError::Bad(format!(
+                    "the anchor candidate {} failed: {}",
+                    cands[anchor].label,
+                    cands[anchor].reason.clone().unwrap_or_default()
+                )));
+            };
+            for (&i, &v) in &speeds {
+                cands[i].anchor_ratios.push(v / a.max(1e-12));
+            }
+            members.retain(|i| workers.contains_key(i));
+        }
+        if let Some(w) = workers.remove(&anchor) {
+            anchor_worker.insert(anchor, w);
+        }
+    }
+    progress("rounds", total_rounds, total_rounds);
+    let mut ranked: Vec<usize> = alive
+        .iter()
+        .copied()
+        .filter(|&i| !cands[i].anchor_ratios.is_empty())
+        .collect();
+    ranked.sort_by(|&a, &b| {
+        median(&cands[b].anchor_ratios)
+            .unwrap_or(0.0)
+            .total_cmp(&median(&cands[a].anchor_ratios).unwrap_or(0.0))
+    });
+    let chosen = ranked[0];
+    let runner_up = ranked.get(1).copied();
+    let ratios = runner_up
+        .map(|r| {
+            vec![
+                median(&cands[chosen].anchor_ratios).unwrap_or(1.0)
+                    / median(&cands[r].anchor_ratios).unwrap_or(1.0),
+            ]
+        })
+        .unwrap_or_default();
+    Ok(Picked {
+        chosen,
+        runner_up,
+        ratios,
+        anchor: Some(anchor),
+    })
 }
 
 /// Runs the tune: accuracy, screening, paired rounds. Nothing is written.
@@ -729,7 +1034,7 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
                 c.load_ms = Some(ready.load_ms);
                 c.effective_precision = ready.effective_precision;
                 c.screen_speed = Some(speed_of(plan.objective, &s));
-                record(c, plan.objective, &s);
+                record(c, &s);
             }
             Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
             Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
@@ -768,119 +1073,29 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
         alive.truncate(plan.keep);
     }
 
-    // 4. Paired rounds among the survivors, loaded side by side.
-    let mut workers: HashMap<usize, Worker> = HashMap::new();
-    for (done, &i) in alive.iter().enumerate() {
-        progress("loading", done, alive.len());
-        let log = plan.work.join(format!("rounds-{i}.log"));
-        match Worker::spawn(
-            &plan.exe,
-            cands[i].isa_cap,
-            &cands[i].spec(&plan.input_shapes),
-            &log,
-        ) {
-            Ok(w) => {
-                workers.insert(i, w);
-            }
-            Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
-            Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
-        }
-    }
-    alive.retain(|i| workers.contains_key(i));
-    // Slices sized so the planned rounds fit what is left of the budget.
-    let stages = schedule(alive.len(), plan.exhaustive, plan.exhaustive_rounds);
-    let total_slices: usize = stages.iter().map(|(n, r)| n * r).sum();
-    let left = plan
-        .budget
-        .saturating_sub(plan.started.elapsed())
-        .as_secs_f64();
-    let slice_s = (0.8 * left / total_slices.max(1) as f64).clamp(0.1, 1.5);
-    if plan.started.elapsed() > plan.budget {
-        notes.push(format!(
-            "the budget was spent before the paired rounds ({:.0} s of {:.0} s); they ran with the \
-             shortest slices",
-            plan.started.elapsed().as_secs_f64(),
-            plan.budget.as_secs_f64()
-        ));
-    }
+    // 4. Paired rounds: successive halving, or with --exhaustive every candidate.
     let mut order = Order(plan.seed ^ 0x5EED);
-    let total_rounds: usize = stages.iter().map(|(_, r)| r).sum();
-    let mut round_no = 0;
-    for (stage, &(_, rounds)) in stages.iter().enumerate() {
-        for _ in 0..rounds {
-            progress("rounds", round_no, total_rounds);
-            round_no += 1;
-            let mut seq = alive.clone();
-            order.shuffle(&mut seq);
-            for i in seq {
-                let per_request = match plan.objective {
-                    Objective::Latency => 1.0 / cands[i].screen_speed.unwrap_or(1.0),
-                    Objective::Throughput => {
-                        cands[i].batch as f64 / cands[i].screen_speed.unwrap_or(1.0)
-                    }
-                };
-                let n = ((slice_s / per_request.max(1e-6)).round() as usize).clamp(3, 2000);
-                let w = workers.get_mut(&i).expect("alive candidates have workers");
-                match w.time(n) {
-                    Ok(s) => {
-                        cands[i].rounds.push(speed_of(plan.objective, &s));
-                        record(&mut cands[i], plan.objective, &s);
-                    }
-                    Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
-                    Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
-                }
-            }
-            alive.retain(|&i| matches!(cands[i].status, Status::Measured));
-            workers.retain(|i, _| alive.contains(i));
+    let picked = if plan.exhaustive {
+        exhaustive_rounds(plan, &mut cands, &alive, &mut order, &mut notes, progress)?
+    } else {
+        halving_rounds(plan, &mut cands, alive, &mut order, &mut notes, progress)?
+    };
+    let Picked {
+        chosen,
+        runner_up,
+        ratios,
+        anchor,
+    } = picked;
+    for c in cands.iter_mut() {
+        if !c.p50s.is_empty() {
+            c.latency_ms = median(&c.p50s);
+            c.throughput_per_s = median(&c.tputs);
         }
-        // Halve, except after the last stage.
-        if stage + 1 < stages.len() {
-            let keep = stages[stage + 1].0.min(alive.len());
-            alive.sort_by(|&a, &b| {
-                cands[b]
-                    .speed()
-                    .unwrap_or(0.0)
-                    .total_cmp(&cands[a].speed().unwrap_or(0.0))
-            });
-            for &i in &alive[keep..] {
-                let r = cands[i].rounds.len();
-                cands[i].out(
-                    Status::Halved,
-                    format!("slower half after {r} paired rounds"),
-                );
-            }
-            alive.truncate(keep);
-            workers.retain(|i, _| alive.contains(i));
-        }
+        c.vs_anchor = median(&c.anchor_ratios);
     }
-    progress("rounds", total_rounds, total_rounds);
-    drop(workers);
-    if alive.is_empty() {
-        return Err(TuneError::Bad(
-            "every candidate failed during the timing rounds (see tune.json)".into(),
-        ));
-    }
-    alive.sort_by(|&a, &b| {
-        cands[b]
-            .speed()
-            .unwrap_or(0.0)
-            .total_cmp(&cands[a].speed().unwrap_or(0.0))
-    });
-    let chosen = alive[0];
-    let runner_up = alive.get(1).copied();
-    // Both took part in the same rounds (the last ones), so their speeds pair up from the end.
-    let ratios: Vec<f64> = runner_up
-        .map(|r| {
-            cands[chosen]
-                .rounds
-                .iter()
-                .rev()
-                .zip(cands[r].rounds.iter().rev())
-                .map(|(a, b)| a / b.max(1e-12))
-                .collect()
-        })
-        .unwrap_or_default();
-    let confidence = (!ratios.is_empty()).then(|| {
+    // Per-round ratios exist only for the halving's final pair (an exhaustive search compares
+    // through the anchor: one ratio of medians).
+    let confidence = (anchor.is_none() && !ratios.is_empty()).then(|| {
         [
             ratios.iter().copied().fold(f64::INFINITY, f64::min),
             ratios.iter().copied().fold(0.0, f64::max),
@@ -918,6 +1133,7 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
         runner_up,
         confidence,
         ratio_median,
+        anchor,
         rounds,
         reference_backend,
         validation_samples: n_valid,

@@ -74,6 +74,12 @@ pub fn render_markdown(o: &TuneOutcome) -> String {
         o.metric,
         c.drop.unwrap_or(0.0),
     );
+    if let (Some(r), Some(_), Some(ratio)) = (o.runner_up, o.anchor, o.ratio_median) {
+        s.push_str(&format!(
+            "\nOver the runner-up ({}): {ratio:.3}x (their median speeds over the anchor's).\n",
+            o.candidates[r].label
+        ));
+    }
     if let (Some(r), Some([lo, hi])) = (o.runner_up, o.confidence) {
         s.push_str(&format!(
             "\nOver the runner-up ({}), per paired round: {lo:.3}x to {hi:.3}x, median {:.3}x ({} rounds).\n",
@@ -85,9 +91,20 @@ pub fn render_markdown(o: &TuneOutcome) -> String {
     for n in &o.notes {
         s.push_str(&format!("\nNote: {n}\n"));
     }
+    let anchored = o.anchor.is_some();
+    if let Some(a) = o.anchor {
+        s.push_str(&format!(
+            "\nExhaustive search: every candidate in paired rounds, in waves, each round with the \
+             anchor {}; ranked by the median per-round speed over the anchor's (`vs anchor`).\n",
+            o.candidates[a].label
+        ));
+    }
     s.push_str(&format!(
-        "\nTune time: {:.0} s.\n\n| candidate | effective precision | {} drop | speed | paired rounds | Pareto | status | reason |\n|---|---|---|---|---|---|---|---|\n",
-        o.elapsed_s, o.metric
+        "\nTune time: {:.0} s.\n\n| candidate | effective precision | {} drop | speed |{} paired rounds | Pareto | status | reason |\n|---|---|---|---|{}---|---|---|---|\n",
+        o.elapsed_s,
+        o.metric,
+        if anchored { " vs anchor |" } else { "" },
+        if anchored { "---|" } else { "" },
     ));
     let mut idx: Vec<usize> = (0..o.candidates.len()).collect();
     idx.sort_by(|&a, &b| {
@@ -98,8 +115,18 @@ pub fn render_markdown(o: &TuneOutcome) -> String {
     });
     for i in idx {
         let c = &o.candidates[i];
+        let vs = if anchored {
+            format!(
+                " {} |",
+                c.vs_anchor
+                    .map(|v| format!("{v:.3}x"))
+                    .unwrap_or_else(|| "-".into())
+            )
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} |{vs} {} | {} | {} | {} |\n",
             c.label,
             if c.effective_precision.is_empty() {
                 "-"

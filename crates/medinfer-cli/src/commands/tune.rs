@@ -87,6 +87,11 @@ pub struct TuneArgs {
     /// Paired rounds of --exhaustive.
     #[arg(long, default_value_t = 10)]
     pub rounds: usize,
+    /// With --exhaustive: candidates loaded side by side at once (memory: a few hundred MB
+    /// each for a DenseNet-121 on OpenVINO); the anchor, OpenVINO's INT8 defaults, runs in
+    /// every round of every wave so that waves compare through it.
+    #[arg(long, default_value_t = 12)]
+    pub wave: usize,
     /// When no candidate meets the budget, deploy among the most accurate anyway (marked
     /// over_budget in config.json). Without it nothing is written.
     #[arg(long)]
@@ -355,6 +360,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
         exhaustive_rounds: a.rounds.max(1),
         force: a.force,
         keep: a.keep.max(2),
+        wave: a.wave.max(2),
         seed: a.seed,
     };
     let bar = if a.json {

@@ -1,0 +1,41 @@
+"""The tuned choice against the exhaustive search (benchmarks/tune/run.sh): one JSON line.
+
+Both speeds come from the exhaustive run, where every candidate was timed in paired rounds with
+the anchor (OpenVINO's INT8 defaults): `vs_anchor` is the median of a candidate's per-round speed
+over the anchor's. within_3pct: tuned / best >= 0.97. never_slower_than_ov_int8_defaults:
+tuned / anchor >= 1 (within the rounds' noise, reported as is).
+"""
+import json
+import sys
+
+d, model, objective = sys.argv[1], sys.argv[2], sys.argv[3]
+tuned = json.load(open(f"{d}/tuned/tune.json"))
+exh = json.load(open(f"{d}/exhaustive/tune.json"))
+choice = tuned["candidates"][tuned["chosen"]]["label"]
+by_label = {c["label"]: c for c in exh["candidates"]}
+ranked = sorted(
+    (c for c in exh["candidates"] if c.get("vs_anchor")),
+    key=lambda c: -c["vs_anchor"],
+)
+best = ranked[0]
+anchor = exh["candidates"][exh["anchor"]]["label"]
+mine = by_label.get(choice, {}).get("vs_anchor")
+row = {
+    "model": model,
+    "objective": objective,
+    "cpu": tuned["cpu"],
+    "tuned_choice": choice,
+    "tune_seconds": float(open(f"{d}/tuned.time").read().split()[-1]),
+    "candidates": len(tuned["candidates"]),
+    "exhaustive_best": best["label"],
+    "anchor": anchor,
+    "tuned_over_best": None if mine is None else mine / best["vs_anchor"],
+    "tuned_over_ov_int8_defaults": mine,
+    "best_latency_ms": best.get("latency_ms"),
+    "best_throughput_per_s": best.get("throughput_per_s"),
+}
+row["within_3pct"] = row["tuned_over_best"] is not None and row["tuned_over_best"] >= 0.97
+row["never_slower_than_ov_int8_defaults"] = mine is not None and mine >= 1.0
+print(json.dumps(row))
+with open(f"{d}/compare.json", "w") as f:
+    json.dump(row, f, indent=2)
