@@ -374,3 +374,59 @@ fn a_deployment_is_refused_on_a_cpu_that_lacks_what_it_was_tuned_for() {
     assert_eq!(rows[0]["threads"], 1);
     assert_eq!(rows[0]["batch"], 2);
 }
+
+/// `GET path` over a plain socket; the status and the body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+#[test]
+fn serve_takes_a_deployment_as_a_one_model_repository() {
+    let d = tmp();
+    let model = d.path().join("model.onnx");
+    let o = run(&["zoo", "build", "resnet18-ct", "-o", s(&model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deploy = hand_deploy(d.path(), &model, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = medinfer()
+        .args(["serve", "--deploy", s(&deploy), "--deploy-name", "ct"])
+        .args(["--port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = None;
+    for _ in 0..240 {
+        if let Some(r) = http_get(port, "/v2/models/ct/ready") {
+            ready = Some(r);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let meta = http_get(port, "/v2/models/ct");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ready.map(|r| r.0), Some(200));
+    let (status, body) = meta.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["name"], "ct");
+    assert_eq!(v["platform"], "medinfer_tract");
+}

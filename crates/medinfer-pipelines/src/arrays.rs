@@ -292,6 +292,24 @@ fn from_npy(file: &Path, inputs: &[InputSlot]) -> Result<Vec<Vec<Tensor>>, Pipel
         .collect())
 }
 
+/// Ground-truth labels for `--metric auc`: an NPY of shape (samples, labels), any numeric
+/// element type, one row per sample in file-name order; `samples` rows are required.
+pub fn read_labels(path: &Path, samples: usize) -> Result<Vec<Vec<f32>>, PipelineError> {
+    let t = medinfer_io::npy::read(path)?;
+    let s = t.shape().to_vec();
+    if s.len() != 2 || s[0] != samples {
+        return Err(PipelineError::Input {
+            input: path.display().to_string(),
+            reason: format!(
+                "labels must be (samples, labels) with one row per validation sample \
+                 ({samples}), got {s:?}"
+            ),
+        });
+    }
+    let v: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32).collect();
+    Ok(v.chunks(s[1].max(1)).map(|c| c.to_vec()).collect())
+}
+
 /// Every sample under `path` for a model with `inputs`; see the module documentation.
 pub fn load(path: &Path, inputs: &[InputSlot]) -> Result<Vec<Vec<Tensor>>, PipelineError> {
     let err = |reason: String| PipelineError::Input {

@@ -86,7 +86,7 @@ impl TuneError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
-    /// Median time of one request of one item, all cores on it.
+    /// Median time of one request at the model's nominal batch, all cores on it.
     Latency,
     /// Items per second with several requests in flight.
     Throughput,
@@ -422,16 +422,32 @@ fn layouts(cores: usize) -> Vec<(usize, usize)> {
 }
 
 /// Every candidate of the plan (skipped ones included, with their reason).
-fn enumerate(plan: &TunePlan, batch_dynamic: bool) -> Vec<Candidate> {
+/// The model's batch dimension.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Batch {
+    /// Fixed at this size.
+    Fixed(usize),
+    /// Dynamic, with this nominal size.
+    Dynamic(usize),
+}
+
+impl Batch {
+    fn nominal(self) -> usize {
+        match self {
+            Batch::Fixed(n) | Batch::Dynamic(n) => n,
+        }
+    }
+}
+
+fn enumerate(plan: &TunePlan, batch: Batch) -> Vec<Candidate> {
     let mut out = Vec::new();
     let mut key = 0;
     let configs: Vec<(usize, usize, usize)> = match plan.objective {
-        Objective::Latency => vec![(1, plan.cores, 1)],
+        Objective::Latency => vec![(1, plan.cores, batch.nominal())],
         Objective::Throughput => {
-            let batches = if batch_dynamic {
-                plan.batches.clone()
-            } else {
-                vec![1]
+            let batches = match batch {
+                Batch::Dynamic(_) => plan.batches.clone(),
+                Batch::Fixed(n) => vec![n],
             };
             layouts(plan.cores)
                 .into_iter()
@@ -676,55 +692,83 @@ fn by_speed(cands: &[Candidate], v: &mut [usize]) {
     });
 }
 
-/// Successive halving over the survivors of screening, all loaded side by side; the last two
-/// are ordered by the median of their per-round ratios.
+/// OpenVINO's INT8 defaults among `pool`: the openvino INT8 layout, FP32 hint, no kernel cap,
+/// the engine's default streams (latency: one stream on every core; throughput: one stream per
+/// core) at the smallest batch there.
+fn default_candidate(plan: &TunePlan, cands: &[Candidate], pool: &[usize]) -> Option<usize> {
+    let smallest = pool.iter().map(|&i| cands[i].batch).min().unwrap_or(1);
+    let layout = match plan.objective {
+        Objective::Latency => (1, plan.cores, smallest),
+        Objective::Throughput => (plan.cores, 1, smallest),
+    };
+    pool.iter().copied().find(|&i| {
+        let c = &cands[i];
+        c.backend == BackendKind::OpenVino
+            && c.variant == "int8-openvino"
+            && c.precision == Precision::Fp32
+            && c.isa == "auto"
+            && (c.streams, c.threads, c.batch) == layout
+    })
+}
+
+/// Successive halving over the survivors of screening, all loaded side by side. OpenVINO's
+/// INT8 defaults (when among them) ride along in every round and are never halved: the best
+/// of the others becomes the choice only if it beats them in the median of their per-round
+/// ratios, so a tune never deploys something slower than the default a user would pick.
+/// Without that default, the last two are ordered the same way.
 fn halving_rounds(
     plan: &TunePlan,
     cands: &mut [Candidate],
     alive: Vec<usize>,
+    default: Option<usize>,
     order: &mut Order,
     notes: &mut Vec<String>,
     progress: Progress,
 ) -> Result<Picked, TuneError> {
     let mut workers = load_workers(plan, cands, &alive, progress);
-    let mut alive: Vec<usize> = alive
+    let default = default.filter(|d| workers.contains_key(d));
+    let mut others: Vec<usize> = alive
         .into_iter()
-        .filter(|i| workers.contains_key(i))
+        .filter(|i| workers.contains_key(i) && Some(*i) != default)
         .collect();
-    let stages = schedule(alive.len(), false, 0);
-    let total_slices: usize = stages.iter().map(|(n, r)| n * r).sum();
+    let extra = usize::from(default.is_some());
+    let stages = schedule(others.len(), if default.is_some() { 1 } else { 2 });
+    let total_slices: usize = stages.iter().map(|(n, r)| (n + extra) * r).sum();
     let slice_s = slice_seconds(plan, total_slices, notes);
-    let total_rounds: usize = stages.iter().map(|(_, r)| r).sum();
+    let total_rounds: usize = stages.iter().map(|(_, r)| r).sum::<usize>().max(6);
     let mut round_no = 0;
-    for (stage, &(_, rounds)) in stages.iter().enumerate() {
+    let members =
+        |others: &[usize]| -> Vec<usize> { others.iter().copied().chain(default).collect() };
+    let stage_list = if stages.is_empty() {
+        vec![(0, 6)]
+    } else {
+        stages.clone()
+    };
+    for (stage, &(_, rounds)) in stage_list.iter().enumerate() {
         for _ in 0..rounds {
             progress("rounds", round_no, total_rounds);
             round_no += 1;
-            one_round(plan, cands, &mut workers, &alive, slice_s, order);
-            alive.retain(|i| workers.contains_key(i));
+            one_round(plan, cands, &mut workers, &members(&others), slice_s, order);
+            others.retain(|i| workers.contains_key(i));
         }
-        if stage + 1 < stages.len() {
-            let keep = stages[stage + 1].0.min(alive.len());
-            by_speed(cands, &mut alive);
-            for &i in &alive[keep..] {
+        if stage + 1 < stage_list.len() {
+            let keep = stage_list[stage + 1].0.min(others.len());
+            by_speed(cands, &mut others);
+            for &i in &others[keep..] {
                 let r = cands[i].rounds.len();
                 cands[i].out(
                     Status::Halved,
                     format!("slower half after {r} paired rounds"),
                 );
             }
-            alive.truncate(keep);
-            workers.retain(|i, _| alive.contains(i));
+            others.truncate(keep);
+            workers.retain(|i, _| others.contains(i) || Some(*i) == default);
         }
     }
     progress("rounds", total_rounds, total_rounds);
+    let default = default.filter(|d| workers.contains_key(d));
     drop(workers);
-    if alive.is_empty() {
-        return Err(TuneError::Bad(
-            "every candidate failed during the timing rounds (see tune.json)".into(),
-        ));
-    }
-    by_speed(cands, &mut alive);
+    by_speed(cands, &mut others);
     let pair = |a: usize, b: usize| -> Vec<f64> {
         // Both took part in the same (last) rounds, so their speeds pair up from the end.
         cands[a]
@@ -735,13 +779,24 @@ fn halving_rounds(
             .map(|(x, y)| x / y.max(1e-12))
             .collect()
     };
-    let (mut chosen, mut runner_up) = (alive[0], alive.get(1).copied());
+    let (first, second) = match (default, others.first().copied(), others.get(1).copied()) {
+        (Some(d), Some(best), _) => (best, Some(d)),
+        (Some(d), None, _) => (d, None),
+        (None, Some(a), b) => (a, b),
+        (None, None, _) => {
+            return Err(TuneError::Bad(
+                "every candidate failed during the timing rounds (see tune.json)".into(),
+            ))
+        }
+    };
+    let (mut chosen, mut runner_up) = (first, second);
     let mut ratios = runner_up.map(|r| pair(chosen, r)).unwrap_or_default();
     if let Some(r) = runner_up {
-        if median(&ratios).unwrap_or(1.0) < 1.0 {
-            // The runner-up wins more paired rounds than it loses: it is the choice.
+        // The challenger must win more paired rounds than it loses (a tie keeps the default).
+        let med = median(&ratios).unwrap_or(1.0);
+        if med < 1.0 || (med <= 1.0 && Some(r) == default) {
             (chosen, runner_up) = (r, Some(chosen));
-            ratios = pair(chosen, r);
+            ratios = pair(chosen, first);
         }
     }
     Ok(Picked {
@@ -763,22 +818,7 @@ fn exhaustive_rounds(
     notes: &mut Vec<String>,
     progress: Progress,
 ) -> Result<Picked, TuneError> {
-    let default_layout = match plan.objective {
-        Objective::Latency => (1, plan.cores, 1),
-        Objective::Throughput => (plan.cores, 1, 1),
-    };
-    let anchor = alive
-        .iter()
-        .copied()
-        .find(|&i| {
-            let c = &cands[i];
-            c.backend == BackendKind::OpenVino
-                && c.variant == "int8-openvino"
-                && c.precision == Precision::Fp32
-                && c.isa == "auto"
-                && (c.streams, c.threads, c.batch) == default_layout
-        })
-        .unwrap_or(alive[0]);
+    let anchor = default_candidate(plan, cands, alive).unwrap_or(alive[0]);
     let others: Vec<usize> = alive.iter().copied().filter(|&i| i != anchor).collect();
     let waves: Vec<&[usize]> = others.chunks(plan.wave.max(2) - 1).collect();
     let rounds = plan.exhaustive_rounds.max(1);
@@ -868,17 +908,24 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
         .first()
         .ok_or_else(|| TuneError::Bad("no model to tune".into()))?;
     let info = medinfer_onnx::analyze(&medinfer_onnx::load_model(&fp32.path)?, Some(&[]));
-    let batch_dynamic = info
-        .inputs
-        .first()
-        .and_then(|i| i.shape.first())
-        .map(|d| matches!(d, medinfer_onnx::Dim::Dynamic(_)))
-        .unwrap_or(false);
+    // A dynamic batch: latency requests at the model's nominal batch (`medinfer.default_batch`,
+    // the size its pipeline sends, e.g. 8 component slices for the fMRI classifier), else 1;
+    // throughput tries --batches. A fixed batch is what every request has.
+    let batch = match info.inputs.first().and_then(|i| i.shape.first()) {
+        Some(medinfer_onnx::Dim::Fixed(n)) => Batch::Fixed(*n),
+        _ => Batch::Dynamic(
+            info.metadata
+                .get("medinfer.default_batch")
+                .and_then(|s| s.parse::<usize>().ok())
+                .filter(|&n| n >= 1)
+                .unwrap_or(1),
+        ),
+    };
     let mut notes = Vec::new();
     for (v, why) in &plan.missing_variants {
         notes.push(format!("{v}: {why}"));
     }
-    let mut cands = enumerate(plan, batch_dynamic);
+    let mut cands = enumerate(plan, batch);
 
     // 1. The FP32 reference: ONNX Runtime where present (exact FP32, fast), else OpenVINO in
     //    FP32, else tract.
@@ -1057,9 +1104,15 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
             .unwrap_or(0.0)
             .total_cmp(&cands[a].screen_speed.unwrap_or(0.0))
     });
+    // OpenVINO's INT8 defaults always reach the paired rounds (the bar a choice must clear).
+    let default = default_candidate(plan, &cands, &alive);
+    let best = cands[alive[0]].screen_speed.unwrap_or(0.0);
+    if let Some(d) = default {
+        alive.retain(|&i| i != d);
+        alive.insert(0, d);
+    }
     if !plan.exhaustive && alive.len() > plan.keep {
         for &i in &alive[plan.keep..] {
-            let best = cands[alive[0]].screen_speed.unwrap_or(0.0);
             let mine = cands[i].screen_speed.unwrap_or(0.0);
             cands[i].out(
                 Status::Screened,
@@ -1078,7 +1131,9 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
     let picked = if plan.exhaustive {
         exhaustive_rounds(plan, &mut cands, &alive, &mut order, &mut notes, progress)?
     } else {
-        halving_rounds(plan, &mut cands, alive, &mut order, &mut notes, progress)?
+        halving_rounds(
+            plan, &mut cands, alive, default, &mut order, &mut notes, progress,
+        )?
     };
     let Picked {
         chosen,
@@ -1148,21 +1203,20 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
     })
 }
 
-/// Stages of the paired rounds: (candidates, rounds) each. Halving: 3 rounds with all, then
-/// twice the rounds with half as many, down to two that get at least 6.
-fn schedule(n: usize, exhaustive: bool, exhaustive_rounds: usize) -> Vec<(usize, usize)> {
+/// Stages of successive halving: (candidates, rounds) each. 3 rounds with all, then twice the
+/// rounds with half as many, down to `floor` (2, or 1 when the default rides along), which get
+/// at least 6.
+fn schedule(n: usize, floor: usize) -> Vec<(usize, usize)> {
     if n == 0 {
         return vec![];
     }
-    if exhaustive {
-        return vec![(n, exhaustive_rounds.max(1))];
-    }
-    if n == 1 {
-        return vec![(1, 3)];
+    let floor = floor.max(1);
+    if n <= floor {
+        return vec![(n, 6)];
     }
     let mut out = vec![];
     let (mut k, mut r) = (n, 3);
-    while k > 2 {
+    while k > floor {
         out.push((k, r));
         k = k.div_ceil(2);
         r *= 2;
@@ -1189,12 +1243,12 @@ mod tests {
 
     #[test]
     fn halving_schedule_ends_with_two_and_more_rounds() {
-        assert_eq!(schedule(8, false, 10), vec![(8, 3), (4, 6), (2, 12)]);
-        assert_eq!(schedule(5, false, 10), vec![(5, 3), (3, 6), (2, 12)]);
-        assert_eq!(schedule(2, false, 10), vec![(2, 6)]);
-        assert_eq!(schedule(1, false, 10), vec![(1, 3)]);
-        assert_eq!(schedule(7, true, 10), vec![(7, 10)]);
-        assert!(schedule(0, false, 10).is_empty());
+        assert_eq!(schedule(8, 2), vec![(8, 3), (4, 6), (2, 12)]);
+        assert_eq!(schedule(5, 2), vec![(5, 3), (3, 6), (2, 12)]);
+        assert_eq!(schedule(2, 2), vec![(2, 6)]);
+        assert_eq!(schedule(1, 2), vec![(1, 6)]);
+        assert_eq!(schedule(3, 1), vec![(3, 3), (2, 6), (1, 12)]);
+        assert!(schedule(0, 2).is_empty());
     }
 
     #[test]

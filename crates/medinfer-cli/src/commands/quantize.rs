@@ -377,18 +377,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             let idx = shuffled_indices(all.len(), a.validate_samples, a.seed ^ 1);
             let labels = match &a.labels {
                 Some(f) => {
-                    let t = medinfer_io::npy::read(f)?;
-                    let s = t.shape().to_vec();
-                    if s.len() != 2 || s[0] != all.len() {
-                        bail!(
-                            "{}: labels must be (samples, labels) with one row per validation sample ({}), got {:?}",
-                            f.display(),
-                            all.len(),
-                            s
-                        );
-                    }
-                    let v: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32).collect();
-                    let rows: Vec<Vec<f32>> = v.chunks(s[1].max(1)).map(|c| c.to_vec()).collect();
+                    let rows = arrays::read_labels(f, all.len())?;
                     Some(idx.iter().map(|&i| rows[i].clone()).collect())
                 }
                 None if metric == Metric::Auc => bail!("--metric auc needs --labels FILE.npy"),

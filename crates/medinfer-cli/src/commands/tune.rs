@@ -44,8 +44,9 @@ pub struct TuneArgs {
     /// minus the candidate's). Candidates over it are out, with their measured drop.
     #[arg(long, default_value_t = 0.005)]
     pub max_drop: f64,
-    /// What to optimise: latency (median time of one single-item request on every usable
-    /// core) or throughput (items per second, streams x threads x batch).
+    /// What to optimise: latency (median time of one request on every usable core, at the
+    /// model's nominal batch: its `medinfer.default_batch` metadata, else 1) or throughput
+    /// (items per second, streams x threads x batch).
     #[arg(long, default_value = "latency")]
     pub objective: String,
     /// Time budget of the whole tune, e.g. 90s, 10m, 1h (quantization included). The paired
@@ -122,21 +123,6 @@ fn parse_budget(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v * mult))
 }
 
-fn read_labels(path: &std::path::Path) -> Result<Vec<Vec<f32>>> {
-    let t = medinfer_io::npy::read(path)?;
-    let shape = t.shape().to_vec();
-    if shape.len() != 2 {
-        bail!(
-            "{}: labels must be a 2-D array (samples x labels)",
-            path.display()
-        );
-    }
-    let v = t
-        .as_f32()
-        .with_context(|| format!("{}: labels must be float32", path.display()))?;
-    Ok(v.chunks(shape[1].max(1)).map(|r| r.to_vec()).collect())
-}
-
 pub fn run(a: TuneArgs) -> Result<()> {
     let started = Instant::now();
     let path = models::resolve(&a.model)?;
@@ -160,11 +146,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.max_drop) {
         bail!("--max-drop {} must be in [0, 1)", a.max_drop);
     }
-    let labels = match (&a.labels, metric) {
-        (Some(p), _) => Some(read_labels(p)?),
-        (None, Metric::Auc) => bail!("--metric auc needs --labels"),
-        _ => None,
-    };
+
     let objective = Objective::parse(&a.objective)
         .with_context(|| format!("--objective {}: latency or throughput", a.objective))?;
     let budget = parse_budget(&a.budget)?;
@@ -181,15 +163,11 @@ pub fn run(a: TuneArgs) -> Result<()> {
             a.validate.display()
         );
     }
-    if let Some(l) = &labels {
-        if l.len() < n_valid.min(a.validate_samples) {
-            bail!(
-                "--labels has {} rows for {} validation samples",
-                l.len(),
-                n_valid.min(a.validate_samples)
-            );
-        }
-    }
+    let labels = match (&a.labels, metric) {
+        (Some(p), _) => Some(medinfer_pipelines::arrays::read_labels(p, n_valid)?),
+        (None, Metric::Auc) => bail!("--metric auc needs --labels FILE.npy"),
+        _ => None,
+    };
 
     // Engines: those asked for, each available, else every available one.
     let mut notes = Vec::new();
