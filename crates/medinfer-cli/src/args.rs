@@ -194,6 +194,23 @@ impl EngineArgs {
     }
 }
 
+/// The backends a comma-separated list names, each checked to be available here (an
+/// unavailable one is an error saying how to fix it).
+pub fn available_backends(list: &str) -> Result<Vec<BackendKind>> {
+    let v = parse_list(list, "backend", BackendKind::parse)?;
+    for k in &v {
+        let av = medinfer_engine::backend(*k).availability();
+        if !av.available {
+            bail!(
+                "backend {k} is unavailable: {} (fix: {})",
+                av.reason.unwrap_or_default(),
+                av.fix.unwrap_or_default()
+            );
+        }
+    }
+    Ok(v)
+}
+
 /// clap parser for counts that must be at least 1 (runs, batch sizes): 0 is refused with a
 /// usage error before any work starts.
 pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {

@@ -430,3 +430,39 @@ fn serve_takes_a_deployment_as_a_one_model_repository() {
     assert_eq!(v["name"], "ct");
     assert_eq!(v["platform"], "medinfer_tract");
 }
+
+#[test]
+fn run_cardiac_takes_its_model_engine_and_batch_from_a_deployment() {
+    let d = tmp();
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cardiac/cardiac-unet.onnx");
+    let deploy = hand_deploy(d.path(), &shipped, &["fpu"]);
+    let exam = d.path().join("exam");
+    let o = run(&["phantom", "cardiac", "-o", s(&exam), "--seed", "12"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let input = exam.join("cine.nii.gz");
+    let deployed = json(&run(&[
+        "run",
+        "cardiac",
+        s(&input),
+        "--deploy",
+        s(&deploy),
+        "--json",
+    ]));
+    let plain = json(&run(&[
+        "run",
+        "cardiac",
+        s(&input),
+        "--model",
+        s(&shipped),
+        "--backend",
+        "tract",
+        "--json",
+    ]));
+    assert_eq!(deployed["backend"], "tract");
+    let ef = |v: &Value| v["lv"]["ef_pct"].as_f64().unwrap();
+    assert!(
+        (ef(&deployed) - ef(&plain)).abs() < 0.01,
+        "{deployed} {plain}"
+    );
+}

@@ -63,6 +63,19 @@ pub enum CoreError {
     },
 }
 
+/// The last non-empty line of a child `medinfer` process's stderr, without its `error: `
+/// prefix: what it said when it failed (empty when it said nothing).
+pub fn last_error_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 /// The number of logical CPUs this process may really use.
 ///
 /// Rust's `available_parallelism` honours the process's CPU affinity mask and cgroup v1/v2 CPU

@@ -384,14 +384,7 @@ fn check_in_child(
     if out.status.success() {
         return Ok(());
     }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let last = err
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim_start_matches("error: ")
-        .to_string();
+    let last = medinfer_core::last_error_line(&String::from_utf8_lossy(&out.stderr));
     Err(match out.status.code() {
         Some(_) => format!("the load check failed: {last}"),
         None => {

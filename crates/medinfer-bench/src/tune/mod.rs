@@ -385,14 +385,10 @@ pub fn quantize_variant(
             path: out.to_path_buf(),
         });
     }
-    let err = String::from_utf8_lossy(&o.stderr);
-    let last = err
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no message")
-        .trim_start_matches("error: ")
-        .to_string();
+    let mut last = medinfer_core::last_error_line(&String::from_utf8_lossy(&o.stderr));
+    if last.is_empty() {
+        last = "no message".into();
+    }
     Err(match o.status.code() {
         Some(_) => format!("quantization failed: {last}"),
         None => format!("quantization crashed: {last}"),

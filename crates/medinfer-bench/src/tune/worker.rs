@@ -354,13 +354,8 @@ impl Worker {
     fn death(&mut self) -> Failure {
         self.stdin = None;
         let status = self.child.wait();
-        let last = std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim_start_matches("error: ").to_string())
-            .unwrap_or_default();
+        let last =
+            medinfer_core::last_error_line(&std::fs::read_to_string(&self.log).unwrap_or_default());
         match status {
             Ok(s) if s.code().is_some() => Failure::Error(if last.is_empty() {
                 format!("the candidate process exited with {s}")

@@ -202,18 +202,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         v.reverse(); // tract (the embedded default) first: the speed-up baseline
         v
     } else {
-        let v = parse_list(&a.backend, "backend", BackendKind::parse)?;
-        for k in &v {
-            let av = medinfer_engine::backend(*k).availability();
-            if !av.available {
-                bail!(
-                    "backend {k} is unavailable: {} (fix: {})",
-                    av.reason.unwrap_or_default(),
-                    av.fix.unwrap_or_default()
-                );
-            }
-        }
-        v
+        crate::args::available_backends(&a.backend)?
     };
     let (int8_items, float_list): (Vec<&str>, Vec<&str>) = a
         .precision

@@ -172,20 +172,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
     // Engines: those asked for, each available, else every available one.
     let mut notes = Vec::new();
     let backends: Vec<BackendKind> = match &a.backends {
-        Some(list) => {
-            let v = parse_list(list, "backend", BackendKind::parse)?;
-            for k in &v {
-                let av = medinfer_engine::backend(*k).availability();
-                if !av.available {
-                    bail!(
-                        "backend {k} is unavailable: {} (fix: {})",
-                        av.reason.unwrap_or_default(),
-                        av.fix.unwrap_or_default()
-                    );
-                }
-            }
-            v
-        }
+        Some(list) => crate::args::available_backends(list)?,
         None => {
             let mut v = Vec::new();
             for av in medinfer_engine::availability_all() {
