@@ -816,10 +816,56 @@ fn exhaustive_rounds(
 ) -> Result<Picked, TuneError> {
     let anchor = default_candidate(plan, cands, alive).unwrap_or(alive[0]);
     let others: Vec<usize> = alive.iter().copied().filter(|&i| i != anchor).collect();
-    let waves: Vec<&[usize]> = others.chunks(plan.wave.max(2) - 1).collect();
+    let waves = others.chunks(plan.wave.max(2) - 1).count();
     let rounds = plan.exhaustive_rounds.max(1);
-    let total_slices = (others.len() + waves.len().max(1)) * rounds;
+    let total_slices = (others.len() + waves.max(1)) * rounds;
     let slice_s = slice_seconds(plan, total_slices, notes);
+    anchored_rounds(
+        plan, cands, anchor, &others, rounds, slice_s, order, progress,
+    )?;
+    let mut ranked: Vec<usize> = alive
+        .iter()
+        .copied()
+        .filter(|&i| !cands[i].anchor_ratios.is_empty())
+        .collect();
+    ranked.sort_by(|&a, &b| {
+        median(&cands[b].anchor_ratios)
+            .unwrap_or(0.0)
+            .total_cmp(&median(&cands[a].anchor_ratios).unwrap_or(0.0))
+    });
+    let chosen = ranked[0];
+    let runner_up = ranked.get(1).copied();
+    let ratios = runner_up
+        .map(|r| {
+            vec![
+                median(&cands[chosen].anchor_ratios).unwrap_or(1.0)
+                    / median(&cands[r].anchor_ratios).unwrap_or(1.0),
+            ]
+        })
+        .unwrap_or_default();
+    Ok(Picked {
+        chosen,
+        runner_up,
+        ratios,
+        anchor: Some(anchor),
+    })
+}
+
+/// Paired rounds of `others` against `anchor`, in waves of at most `plan.wave` loaded side by
+/// side (the anchor stays loaded and runs in every round); each member's per-round speed over
+/// the anchor's goes to its `anchor_ratios`.
+#[allow(clippy::too_many_arguments)]
+fn anchored_rounds(
+    plan: &TunePlan,
+    cands: &mut [Candidate],
+    anchor: usize,
+    others: &[usize],
+    rounds: usize,
+    slice_s: f64,
+    order: &mut Order,
+    progress: Progress,
+) -> Result<(), TuneError> {
+    let waves: Vec<&[usize]> = others.chunks(plan.wave.max(2) - 1).collect();
     let mut anchor_worker = load_workers(plan, cands, &[anchor], progress);
     if anchor_worker.is_empty() {
         return Err(TuneError::Bad(format!(
@@ -868,32 +914,7 @@ fn exhaustive_rounds(
         }
     }
     progress("rounds", total_rounds, total_rounds);
-    let mut ranked: Vec<usize> = alive
-        .iter()
-        .copied()
-        .filter(|&i| !cands[i].anchor_ratios.is_empty())
-        .collect();
-    ranked.sort_by(|&a, &b| {
-        median(&cands[b].anchor_ratios)
-            .unwrap_or(0.0)
-            .total_cmp(&median(&cands[a].anchor_ratios).unwrap_or(0.0))
-    });
-    let chosen = ranked[0];
-    let runner_up = ranked.get(1).copied();
-    let ratios = runner_up
-        .map(|r| {
-            vec![
-                median(&cands[chosen].anchor_ratios).unwrap_or(1.0)
-                    / median(&cands[r].anchor_ratios).unwrap_or(1.0),
-            ]
-        })
-        .unwrap_or_default();
-    Ok(Picked {
-        chosen,
-        runner_up,
-        ratios,
-        anchor: Some(anchor),
-    })
+    Ok(())
 }
 
 /// Runs the tune: accuracy, screening, paired rounds. Nothing is written.
@@ -1100,6 +1121,7 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
             .unwrap_or(0.0)
             .total_cmp(&cands[a].screen_speed.unwrap_or(0.0))
     });
+    let mut order = Order(plan.seed ^ 0x5EED);
     // OpenVINO's INT8 defaults always reach the paired rounds (the bar a choice must clear).
     let default = default_candidate(plan, &cands, &alive);
     let best = cands[alive[0]].screen_speed.unwrap_or(0.0);
@@ -1107,23 +1129,55 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
         alive.retain(|&i| i != d);
         alive.insert(0, d);
     }
+    // A paired semi-final against the defaults among the best 3 x --keep of screening, so one
+    // noisy unpaired slice does not decide the cut: ranked by the median per-round speed over
+    // the defaults' (the same measure as --exhaustive), then the best --keep go on.
+    if let (false, Some(d)) = (plan.exhaustive, default) {
+        if alive.len() > plan.keep {
+            let semi: Vec<usize> = alive[1..alive.len().min(3 * plan.keep)].to_vec();
+            if let Err(e) =
+                anchored_rounds(plan, &mut cands, d, &semi, 2, 0.3, &mut order, progress)
+            {
+                notes.push(format!(
+                    "the paired semi-final failed ({e}); screening alone cut"
+                ));
+            }
+            let mut ranked = semi.clone();
+            ranked.sort_by(|&a, &b| {
+                median(&cands[b].anchor_ratios)
+                    .unwrap_or(0.0)
+                    .total_cmp(&median(&cands[a].anchor_ratios).unwrap_or(0.0))
+            });
+            let rest: Vec<usize> = alive[semi.len() + 1..].to_vec();
+            alive = std::iter::once(d).chain(ranked).chain(rest).collect();
+            alive.retain(|&i| cands[i].status == Status::Measured);
+            for &i in alive.iter().chain(&semi) {
+                // Halving pairs rounds from the end: semi-final rounds must not join them.
+                let c = &mut cands[i];
+                (c.rounds, c.p50s, c.tputs) = (vec![], vec![], vec![]);
+            }
+        }
+    }
     if !plan.exhaustive && alive.len() > plan.keep {
         for &i in &alive[plan.keep..] {
             let mine = cands[i].screen_speed.unwrap_or(0.0);
-            cands[i].out(
-                Status::Screened,
-                format!(
+            let why = match median(&cands[i].anchor_ratios) {
+                Some(r) => format!(
+                    "paired semi-final: {r:.3}x OpenVINO's INT8 defaults, not in the top {}",
+                    plan.keep
+                ),
+                None => format!(
                     "screening: {:.0}% of the fastest's speed, not in the top {}",
                     100.0 * mine / best.max(1e-12),
                     plan.keep
                 ),
-            );
+            };
+            cands[i].out(Status::Screened, why);
         }
         alive.truncate(plan.keep);
     }
 
     // 4. Paired rounds: successive halving, or with --exhaustive every candidate.
-    let mut order = Order(plan.seed ^ 0x5EED);
     let picked = if plan.exhaustive {
         exhaustive_rounds(plan, &mut cands, &alive, &mut order, &mut notes, progress)?
     } else {
