@@ -220,6 +220,17 @@ fn candidates_over_the_budget_are_out_and_a_budget_nothing_meets_writes_nothing(
 
 #[test]
 fn an_engine_crash_takes_out_its_candidates_not_the_tune() {
+    victim_is_taken_out("abort", "signal");
+}
+
+#[test]
+fn a_hung_engine_is_killed_and_reported_not_waited_for() {
+    victim_is_taken_out("hang", "hung: the engine gave no answer within 12 s");
+}
+
+/// Injects `fault` (the worker's `MEDINFER_TUNE_FAULT`) into one engine's candidates: they are
+/// reported as crashed with `why` in their reason, and the tune deploys ONNX Runtime.
+fn victim_is_taken_out(fault: &str, why: &str) {
     let native = medinfer_engine::native_backends_for_tests().unwrap();
     if !native.contains(&BackendKind::Ort) {
         eprintln!("note: needs ONNX Runtime for the reference; skipped");
@@ -233,7 +244,9 @@ fn an_engine_crash_takes_out_its_candidates_not_the_tune() {
     let d = tmp();
     let (model, _calib, valid) = setup(d.path());
     let o = medinfer()
-        .env("MEDINFER_TUNE_FAULT", format!("abort:{victim}"))
+        .env("MEDINFER_TUNE_FAULT", format!("{fault}:{victim}"))
+        // Generous for the healthy candidates on a loaded 2-core test host.
+        .env("MEDINFER_TUNE_HANG_S", "12")
         .args([
             "tune",
             s(&model),
@@ -257,7 +270,7 @@ fn an_engine_crash_takes_out_its_candidates_not_the_tune() {
     assert!(!crashed.is_empty());
     for c in crashed {
         assert_eq!(c["status"], "crashed", "{c}");
-        assert!(c["reason"].as_str().unwrap().contains("signal"), "{c}");
+        assert!(c["reason"].as_str().unwrap().contains(why), "{c}");
     }
     assert_eq!(
         cands[out["chosen"].as_u64().unwrap() as usize]["backend"],

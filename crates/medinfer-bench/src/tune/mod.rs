@@ -279,6 +279,11 @@ impl Candidate {
         }
     }
 
+    /// (streams, threads per stream, batch).
+    fn layout(&self) -> (usize, usize, usize) {
+        (self.streams, self.threads, self.batch)
+    }
+
     fn out(&mut self, status: Status, reason: String) {
         self.status = status;
         self.reason = Some(reason);
@@ -581,11 +586,11 @@ fn speed_of(objective: Objective, s: &worker::Slice) -> f64 {
     }
 }
 
-/// Screening figures (replaced by the medians of the paired rounds where it has some).
-fn record(c: &mut Candidate, s: &worker::Slice) {
-    c.latency_ms = Some(s.p50_ms);
-    c.throughput_per_s = Some(s.items as f64 / s.wall_s.max(1e-9));
-}
+/// Paired rounds per screening stage, and the seconds of each timed slice there.
+const SCREEN_ROUNDS: usize = 3;
+const SCREEN_SLICE_S: f64 = 0.3;
+/// Seconds of the warm-up right after a load (which also sizes the timed slices).
+const WARM_UP_S: f64 = 0.2;
 
 /// What the paired rounds picked.
 struct Picked {
@@ -596,7 +601,8 @@ struct Picked {
     anchor: Option<usize>,
 }
 
-/// Loads `members` side by side; a failure takes that candidate out.
+/// Loads `members` side by side, each warmed up (its first requests, which also give its speed
+/// alone where none is known yet); a failure takes that candidate out.
 fn load_workers(
     plan: &TunePlan,
     cands: &mut [Candidate],
@@ -607,13 +613,24 @@ fn load_workers(
     for (done, &i) in members.iter().enumerate() {
         progress("loading", done, members.len());
         let log = plan.work.join(format!("rounds-{i}.log"));
-        match Worker::spawn(
+        let warmed = Worker::spawn(
             &plan.exe,
             cands[i].isa_cap,
             &cands[i].spec(&plan.input_shapes),
             &log,
-        ) {
-            Ok(w) => {
+        )
+        .and_then(|mut w| {
+            let probe = w.time(1)?;
+            let n = ((WARM_UP_S / probe.wall_s.max(1e-4)).ceil() as usize).clamp(2, 500);
+            let s = w.time(n)?;
+            Ok((w, s))
+        });
+        match warmed {
+            Ok((w, s)) => {
+                let c = &mut cands[i];
+                c.load_ms.get_or_insert(w.ready.load_ms);
+                c.effective_precision = w.ready.effective_precision.clone();
+                c.screen_speed.get_or_insert(speed_of(plan.objective, &s));
                 workers.insert(i, w);
             }
             Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
@@ -679,6 +696,15 @@ fn one_round(
     speeds
 }
 
+/// Orders `v` by the median of each candidate's per-round speed over the anchor's, best first.
+fn by_anchor_ratio(cands: &[Candidate], v: &mut [usize]) {
+    v.sort_by(|&a, &b| {
+        median(&cands[b].anchor_ratios)
+            .unwrap_or(0.0)
+            .total_cmp(&median(&cands[a].anchor_ratios).unwrap_or(0.0))
+    });
+}
+
 fn by_speed(cands: &[Candidate], v: &mut [usize]) {
     v.sort_by(|&a, &b| {
         cands[b]
@@ -692,19 +718,25 @@ fn by_speed(cands: &[Candidate], v: &mut [usize]) {
 /// the engine's default streams (latency: one stream on every core; throughput: one stream per
 /// core) at the smallest batch there.
 fn default_candidate(plan: &TunePlan, cands: &[Candidate], pool: &[usize]) -> Option<usize> {
-    let smallest = pool.iter().map(|&i| cands[i].batch).min().unwrap_or(1);
-    let layout = match plan.objective {
-        Objective::Latency => (1, plan.cores, smallest),
-        Objective::Throughput => (plan.cores, 1, smallest),
-    };
+    let layout = default_layout(plan, cands, pool);
     pool.iter().copied().find(|&i| {
         let c = &cands[i];
         c.backend == BackendKind::OpenVino
             && c.variant == "int8-openvino"
             && c.precision == Precision::Fp32
             && c.isa == "auto"
-            && (c.streams, c.threads, c.batch) == layout
+            && c.layout() == layout
     })
+}
+
+/// The engine's default layout (streams, threads, batch) among `pool`: latency one stream on
+/// every core, throughput one stream per core, at the smallest batch there.
+fn default_layout(plan: &TunePlan, cands: &[Candidate], pool: &[usize]) -> (usize, usize, usize) {
+    let smallest = pool.iter().map(|&i| cands[i].batch).min().unwrap_or(1);
+    match plan.objective {
+        Objective::Latency => (1, plan.cores, smallest),
+        Objective::Throughput => (plan.cores, 1, smallest),
+    }
 }
 
 /// Successive halving over the survivors of screening, all loaded side by side. OpenVINO's
@@ -814,25 +846,75 @@ fn exhaustive_rounds(
     notes: &mut Vec<String>,
     progress: Progress,
 ) -> Result<Picked, TuneError> {
-    let anchor = default_candidate(plan, cands, alive).unwrap_or(alive[0]);
-    let others: Vec<usize> = alive.iter().copied().filter(|&i| i != anchor).collect();
-    let waves = others.chunks(plan.wave.max(2) - 1).count();
+    let preference: Vec<usize> = default_candidate(plan, cands, alive)
+        .into_iter()
+        .chain(alive.iter().copied())
+        .collect();
+    let per_wave = plan.wave.max(2) - 1;
+    let waves = alive.len().saturating_sub(1).div_ceil(per_wave).max(1);
     let rounds = plan.exhaustive_rounds.max(1);
-    let total_slices = (others.len() + waves.max(1)) * rounds;
+    // Waves, then (when there was more than one) a final wave of the best of all waves, so the
+    // top of the ranking is not decided across waves (the host drifts between them).
+    let finalists = if waves > 1 { per_wave } else { 0 };
+    let total_slices = (alive.len() + waves + finalists + 1) * rounds;
     let slice_s = slice_seconds(plan, total_slices, notes);
-    anchored_rounds(
-        plan, cands, anchor, &others, rounds, slice_s, order, progress,
+    let anchor = anchored_rounds(
+        plan,
+        cands,
+        &preference,
+        alive,
+        rounds,
+        slice_s,
+        order,
+        progress,
     )?;
     let mut ranked: Vec<usize> = alive
         .iter()
         .copied()
-        .filter(|&i| !cands[i].anchor_ratios.is_empty())
+        .filter(|&i| cands[i].status == Status::Measured && !cands[i].anchor_ratios.is_empty())
         .collect();
-    ranked.sort_by(|&a, &b| {
-        median(&cands[b].anchor_ratios)
-            .unwrap_or(0.0)
-            .total_cmp(&median(&cands[a].anchor_ratios).unwrap_or(0.0))
-    });
+    if ranked.is_empty() {
+        return Err(TuneError::Bad(
+            "every candidate failed during the timing rounds (see tune.json)".into(),
+        ));
+    }
+    by_anchor_ratio(cands, &mut ranked);
+    if finalists > 0 {
+        let last: Vec<usize> = ranked
+            .iter()
+            .copied()
+            .filter(|&i| i != anchor)
+            .take(finalists)
+            .collect();
+        for &i in last.iter().chain([&anchor]) {
+            let c = &mut cands[i];
+            c.anchor_ratios.clear();
+        }
+        anchored_rounds(
+            plan,
+            cands,
+            &[anchor],
+            &last,
+            rounds,
+            slice_s,
+            order,
+            progress,
+        )?;
+        let mut top: Vec<usize> = last
+            .iter()
+            .copied()
+            .chain([anchor])
+            .filter(|&i| cands[i].status == Status::Measured)
+            .collect();
+        by_anchor_ratio(cands, &mut top);
+        ranked.retain(|i| !top.contains(i));
+        ranked.splice(0..0, top);
+        notes.push(format!(
+            "the best {} of the {waves} waves (and the anchor) ran a final wave of {rounds} \
+             rounds, which ranks them",
+            last.len()
+        ));
+    }
     let chosen = ranked[0];
     let runner_up = ranked.get(1).copied();
     let ratios = runner_up
@@ -851,29 +933,46 @@ fn exhaustive_rounds(
     })
 }
 
-/// Paired rounds of `others` against `anchor`, in waves of at most `plan.wave` loaded side by
-/// side (the anchor stays loaded and runs in every round); each member's per-round speed over
-/// the anchor's goes to its `anchor_ratios`.
+/// Paired rounds of `members` against an anchor, in waves of at most `plan.wave` loaded side
+/// by side (the anchor stays loaded and runs in every round); each one's per-round speed over
+/// the anchor's goes to its `anchor_ratios` (the anchor's own, 1, too). The anchor is the first
+/// of `anchors` that loads (one that fails is out, with its reason); returns it.
 #[allow(clippy::too_many_arguments)]
 fn anchored_rounds(
     plan: &TunePlan,
     cands: &mut [Candidate],
-    anchor: usize,
-    others: &[usize],
+    anchors: &[usize],
+    members: &[usize],
     rounds: usize,
     slice_s: f64,
     order: &mut Order,
     progress: Progress,
-) -> Result<(), TuneError> {
-    let waves: Vec<&[usize]> = others.chunks(plan.wave.max(2) - 1).collect();
-    let mut anchor_worker = load_workers(plan, cands, &[anchor], progress);
-    if anchor_worker.is_empty() {
-        return Err(TuneError::Bad(format!(
-            "the anchor candidate {} failed to load: {}",
-            cands[anchor].label,
-            cands[anchor].reason.clone().unwrap_or_default()
-        )));
+) -> Result<usize, TuneError> {
+    let mut anchor_worker = HashMap::new();
+    let mut anchor = None;
+    for &a in anchors {
+        if cands[a].status != Status::Measured {
+            continue;
+        }
+        anchor_worker = load_workers(plan, cands, &[a], progress);
+        if !anchor_worker.is_empty() {
+            anchor = Some(a);
+            break;
+        }
     }
+    let anchor = anchor.ok_or_else(|| {
+        TuneError::Bad(
+            "no candidate could be loaded as the anchor of the paired rounds (see tune.json \
+             for each reason)"
+                .into(),
+        )
+    })?;
+    let others: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|&i| i != anchor && cands[i].status == Status::Measured)
+        .collect();
+    let waves: Vec<&[usize]> = others.chunks(plan.wave.max(2) - 1).collect();
     let total_rounds = rounds * waves.len().max(1);
     let mut round_no = 0;
     let empty: [usize; 0] = [];
@@ -914,7 +1013,7 @@ fn anchored_rounds(
         }
     }
     progress("rounds", total_rounds, total_rounds);
-    Ok(())
+    Ok(anchor)
 }
 
 /// Runs the tune: accuracy, screening, paired rounds. Nothing is written.
@@ -1077,110 +1176,137 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
         }
     }
 
-    // 3. Screening: each candidate alone, briefly.
+    // 3. Paired screening. Every engine configuration (variant x engine x precision x ISA) at
+    //    the defaults' layout, in rounds anchored on OpenVINO's INT8 defaults; then every layout
+    //    (streams x threads x batch) of the best few configurations, the same way. Loads are the
+    //    cost (seconds each for an INT8 model on OpenVINO), so the layouts of a configuration
+    //    that is slow at the defaults' layout are not loaded at all.
     let live: Vec<usize> = (0..cands.len())
         .filter(|&i| cands[i].status == Status::Measured)
         .collect();
-    let screen_s = 0.5;
-    for (done, &i) in live.iter().enumerate() {
-        progress("screening", done, live.len());
-        let log = plan.work.join(format!("screen-{i}.log"));
-        let spec = cands[i].spec(&plan.input_shapes);
-        let r = Worker::spawn(&plan.exe, cands[i].isa_cap, &spec, &log).and_then(|mut w| {
-            let probe = w.time(1)?;
-            let per = probe.wall_s.max(1e-4);
-            let n = ((screen_s / per).ceil() as usize).clamp(2, 500);
-            Ok((w.ready.clone(), w.time(n)?))
-        });
-        match r {
-            Ok((ready, s)) => {
-                let c = &mut cands[i];
-                c.load_ms = Some(ready.load_ms);
-                c.effective_precision = ready.effective_precision;
-                c.screen_speed = Some(speed_of(plan.objective, &s));
-                record(c, &s);
-            }
-            Err(Failure::Crashed(m)) => cands[i].out(Status::Crashed, m),
-            Err(Failure::Error(m)) => cands[i].out(Status::Failed, m),
-        }
-    }
-    progress("screening", live.len(), live.len());
-    let mut alive: Vec<usize> = live
-        .into_iter()
-        .filter(|&i| cands[i].status == Status::Measured)
-        .collect();
-    if alive.is_empty() {
+    if live.is_empty() {
         return Err(TuneError::Bad(
             "every candidate within the budget failed to run (see tune.json for each reason)"
                 .into(),
         ));
     }
-    alive.sort_by(|&a, &b| {
-        cands[b]
-            .screen_speed
-            .unwrap_or(0.0)
-            .total_cmp(&cands[a].screen_speed.unwrap_or(0.0))
-    });
     let mut order = Order(plan.seed ^ 0x5EED);
-    // OpenVINO's INT8 defaults always reach the paired rounds (the bar a choice must clear).
-    let default = default_candidate(plan, &cands, &alive);
-    let best = cands[alive[0]].screen_speed.unwrap_or(0.0);
-    if let Some(d) = default {
-        alive.retain(|&i| i != d);
-        alive.insert(0, d);
-    }
-    // A paired semi-final against the defaults among the best 3 x --keep of screening, so one
-    // noisy unpaired slice does not decide the cut: ranked by the median per-round speed over
-    // the defaults' (the same measure as --exhaustive), then the best --keep go on.
-    if let (false, Some(d)) = (plan.exhaustive, default) {
-        if alive.len() > plan.keep {
-            let semi: Vec<usize> = alive[1..alive.len().min(3 * plan.keep)].to_vec();
-            if let Err(e) =
-                anchored_rounds(plan, &mut cands, d, &semi, 2, 0.3, &mut order, progress)
-            {
-                notes.push(format!(
-                    "the paired semi-final failed ({e}); screening alone cut"
-                ));
+    // OpenVINO's INT8 defaults: the anchor of screening and the bar a choice must clear.
+    let default = default_candidate(plan, &cands, &live);
+    let alive: Vec<usize>;
+    if plan.exhaustive {
+        alive = live;
+    } else {
+        let layout = default_layout(plan, &cands, &live);
+        let mut probes: Vec<usize> = Vec::new();
+        for &i in &live {
+            let k = cands[i].key;
+            if probes.iter().any(|&p| cands[p].key == k) {
+                continue;
             }
-            let mut ranked = semi.clone();
-            ranked.sort_by(|&a, &b| {
-                median(&cands[b].anchor_ratios)
-                    .unwrap_or(0.0)
-                    .total_cmp(&median(&cands[a].anchor_ratios).unwrap_or(0.0))
-            });
-            let rest: Vec<usize> = alive[semi.len() + 1..].to_vec();
-            alive = std::iter::once(d).chain(ranked).chain(rest).collect();
-            alive.retain(|&i| cands[i].status == Status::Measured);
-            for &i in alive.iter().chain(&semi) {
-                // Halving pairs rounds from the end: semi-final rounds must not join them.
-                let c = &mut cands[i];
-                (c.rounds, c.p50s, c.tputs) = (vec![], vec![], vec![]);
-            }
+            let at = live
+                .iter()
+                .copied()
+                .find(|&j| cands[j].key == k && cands[j].layout() == layout)
+                .unwrap_or(i);
+            probes.push(at);
         }
-    }
-    if !plan.exhaustive && alive.len() > plan.keep {
-        for &i in &alive[plan.keep..] {
-            let mine = cands[i].screen_speed.unwrap_or(0.0);
+        let preference: Vec<usize> = default.into_iter().chain(probes.clone()).collect();
+        let anchor = anchored_rounds(
+            plan,
+            &mut cands,
+            &preference,
+            &probes,
+            SCREEN_ROUNDS,
+            SCREEN_SLICE_S,
+            &mut order,
+            progress,
+        )?;
+        let mut ranked: Vec<usize> = probes
+            .iter()
+            .copied()
+            .filter(|&i| cands[i].status == Status::Measured)
+            .collect();
+        by_anchor_ratio(&cands, &mut ranked);
+        let per_key = live
+            .iter()
+            .filter(|&&j| cands[j].key == cands[anchor].key)
+            .count();
+        let top_keys = (3 * plan.keep).div_ceil(per_key.max(1)).max(1);
+        let keys: Vec<usize> = ranked
+            .iter()
+            .take(top_keys)
+            .map(|&i| cands[i].key)
+            .collect();
+        let layouts_b: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| keys.contains(&cands[i].key) && !probes.contains(&i) && i != anchor)
+            .collect();
+        for &i in &live {
+            if keys.contains(&cands[i].key) || cands[i].status != Status::Measured {
+                continue;
+            }
             let why = match median(&cands[i].anchor_ratios) {
                 Some(r) => format!(
-                    "paired semi-final: {r:.3}x OpenVINO's INT8 defaults, not in the top {}",
-                    plan.keep
+                    "paired screening: {r:.3}x the anchor at the defaults' layout, its engine \
+                     configuration not among the best {top_keys}"
                 ),
                 None => format!(
-                    "screening: {:.0}% of the fastest's speed, not in the top {}",
-                    100.0 * mine / best.max(1e-12),
-                    plan.keep
+                    "not timed: its engine configuration was not among the best {top_keys} at \
+                     the defaults' layout"
                 ),
             };
             cands[i].out(Status::Screened, why);
         }
-        alive.truncate(plan.keep);
+        if !layouts_b.is_empty() {
+            anchored_rounds(
+                plan,
+                &mut cands,
+                &[anchor],
+                &layouts_b,
+                SCREEN_ROUNDS,
+                SCREEN_SLICE_S,
+                &mut order,
+                progress,
+            )?;
+        }
+        let mut contenders: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| cands[i].status == Status::Measured && Some(i) != default)
+            .collect();
+        by_anchor_ratio(&cands, &mut contenders);
+        let default = default.filter(|&d| cands[d].status == Status::Measured);
+        let slots = if default.is_some() {
+            plan.keep - 1
+        } else {
+            plan.keep
+        };
+        let anchor_label = cands[anchor].label.clone();
+        for &i in contenders.iter().skip(slots) {
+            let r = median(&cands[i].anchor_ratios).unwrap_or(0.0);
+            cands[i].out(
+                Status::Screened,
+                format!(
+                    "paired screening: {r:.3}x the anchor ({anchor_label}), not in the top {}",
+                    plan.keep
+                ),
+            );
+        }
+        contenders.truncate(slots);
+        alive = default.into_iter().chain(contenders).collect();
+        for &i in &alive {
+            // The halving pairs its rounds from the end: screening rounds must not join them.
+            cands[i].rounds.clear();
+        }
     }
 
     // 4. Paired rounds: successive halving, or with --exhaustive every candidate.
     let picked = if plan.exhaustive {
         exhaustive_rounds(plan, &mut cands, &alive, &mut order, &mut notes, progress)?
     } else {
+        let default = default.filter(|&d| cands[d].status == Status::Measured);
         halving_rounds(
             plan, &mut cands, alive, default, &mut order, &mut notes, progress,
         )?

@@ -25,10 +25,23 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a candidate's process may take to answer one request (its load, a validation pass
+/// or a timed slice) before it is taken for hung and killed: 300 s, or
+/// `MEDINFER_TUNE_HANG_S` seconds.
+fn hang_limit() -> Duration {
+    let s = std::env::var("MEDINFER_TUNE_HANG_S")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .unwrap_or(300.0);
+    Duration::from_secs_f64(s)
+}
 
 /// What a worker loads.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -105,6 +118,12 @@ pub fn serve_worker(spec: &WorkerSpec) -> Result<(), TuneError> {
         // crash when loading on that backend (no Rust unwinding, a signal).
         if fault == format!("abort:{}", spec.backend) {
             std::process::abort();
+        }
+        // `hang:BACKEND` stops answering like a hung engine.
+        if fault == format!("hang:{}", spec.backend) {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
     }
     let t0 = Instant::now();
@@ -297,7 +316,10 @@ impl std::fmt::Display for Failure {
 pub struct Worker {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// The child's stdout lines, read by a thread of their own so that a hung child can be
+    /// waited for with a deadline.
+    lines: Receiver<String>,
+    hang_limit: Duration,
     log: PathBuf,
     /// What it reported once loaded.
     pub ready: Ready,
@@ -323,11 +345,24 @@ impl Worker {
             .spawn()
             .map_err(|e| Failure::Error(format!("could not start {}: {e}", exe.display())))?;
         let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || loop {
+            let mut line = String::new();
+            match stdout.read_line(&mut line) {
+                Ok(n) if n > 0 => {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        });
         let mut w = Worker {
             child,
             stdin,
-            stdout,
+            lines,
+            hang_limit: hang_limit(),
             log: log.to_path_buf(),
             ready: Ready::default(),
         };
@@ -341,12 +376,20 @@ impl Worker {
     }
 
     fn read_line(&mut self) -> Result<Value, Failure> {
-        let mut line = String::new();
-        match self.stdout.read_line(&mut line) {
-            Ok(n) if n > 0 => {
+        match self.lines.recv_timeout(self.hang_limit) {
+            Ok(line) => {
                 serde_json::from_str(&line).map_err(|e| Failure::Error(format!("bad reply: {e}")))
             }
-            _ => Err(self.death()),
+            Err(RecvTimeoutError::Disconnected) => Err(self.death()),
+            Err(RecvTimeoutError::Timeout) => {
+                self.stdin = None;
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Err(Failure::Crashed(format!(
+                    "hung: the engine gave no answer within {:.0} s, so its process was killed",
+                    self.hang_limit.as_secs_f64()
+                )))
+            }
         }
     }
 
