@@ -9,6 +9,9 @@
 #   MODEL: a zoo name (seeded weights, zoo samples, metric cosine) or `cardiac` (the shipped
 #   trained model on phantom heart patches, metric dice).
 # Writes benchmarks/tune/out/MODEL-OBJECTIVE/{tuned,exhaustive}/ and prints one JSON line each.
+# EXHAUSTIVE_BUDGET (default 30m): the exhaustive search's budget (its slices are sized to fill
+# it). KEEP_EXHAUSTIVE=1: keep MODEL-OBJECTIVE/exhaustive from an earlier run (same machine) and
+# only tune again.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -44,11 +47,18 @@ for m in "${models[@]}"; do
   fi
   for obj in "${objectives[@]}"; do
     d="$out/$m-$obj"
-    rm -rf "$d"; mkdir -p "$d"
+    if [ "${KEEP_EXHAUSTIVE:-0}" = 1 ] && [ -f "$d/exhaustive/tune.json" ]; then
+      rm -rf "$d/tuned"
+    else
+      rm -rf "$d"; mkdir -p "$d"
+    fi
     common=("$model" --calib "$data/calib" --validate "$data/valid" --validate-samples 50
             --metric "$metric" --max-drop 0.01 --objective "$obj")
     /usr/bin/time -f %e -o "$d/tuned.time" "$M" tune "${common[@]}" -o "$d/tuned" > "$d/tuned.md"
-    "$M" tune "${common[@]}" --exhaustive --rounds 8 --budget 30m -o "$d/exhaustive" > "$d/exhaustive.md"
+    if [ ! -f "$d/exhaustive/tune.json" ]; then
+      "$M" tune "${common[@]}" --exhaustive --rounds 8 --budget "${EXHAUSTIVE_BUDGET:-30m}" \
+        -o "$d/exhaustive" > "$d/exhaustive.md"
+    fi
     python3 benchmarks/tune/compare.py "$d" "$m" "$obj"
   done
 done

@@ -100,6 +100,7 @@ const CLIENT_PACKAGES: &[&str] = &[
     "kserve==0.21.0",
     "onnxruntime==1.31.1",
     "selenium==4.51.0",
+    "dicomweb-client==0.61.2",
 ];
 
 /// A venv under ~/.cache/medinfer with `packages` installed (re-made when the list changes);
@@ -145,6 +146,10 @@ fn server_clients() -> Result<(), String> {
         (
             "server vs kserve.InferenceRESTClient",
             "tests/clients/kserve_check.py",
+        ),
+        (
+            "server vs dicomweb-client (STOW-RS)",
+            "tests/clients/stow_check.py",
         ),
     ] {
         step(
@@ -240,7 +245,7 @@ fn main() -> ExitCode {
         "clients" => server_clients(),
         "deploy" => deploy_manifests(),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint|corpus|clients|deploy>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)\n  clients  medinfer serve against tritonclient, kserve and a browser alone (needs target/release/medinfer)\n  deploy  validate deploy/ manifests");
+            eprintln!("usage: cargo xtask <test|lint|corpus|clients|deploy>\n  test  the whole suite with its own set-up (runtimes included)\n  lint  cargo fmt --check and clippy -D warnings\n  corpus  the DICOM corpus check alone (needs target/release/medinfer)\n  clients  medinfer serve against tritonclient, kserve, dicomweb-client and a browser alone (needs target/release/medinfer)\n  deploy  validate deploy/ manifests");
             return ExitCode::from(2);
         }
     };

@@ -15,11 +15,17 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// The model (resnet18-ct, seeded weights) and calibration / validation samples of it.
-fn setup(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// The zoo's resnet18-ct (seeded weights) as `d/model.onnx`.
+fn zoo_model(d: &Path) -> PathBuf {
     let model = d.join("model.onnx");
     let o = run(&["zoo", "build", "resnet18-ct", "-o", s(&model)]);
     assert!(o.status.success(), "{}", stderr(&o));
+    model
+}
+
+/// The model (resnet18-ct, seeded weights) and calibration / validation samples of it.
+fn setup(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let model = zoo_model(d);
     let calib = d.join("calib");
     let valid = d.join("valid");
     for (dir, n, seed) in [(&calib, "16", "1"), (&valid, "10", "2")] {
@@ -356,9 +362,7 @@ fn hand_deploy(d: &Path, model: &Path, flags: &[&str]) -> PathBuf {
 #[test]
 fn a_deployment_is_refused_on_a_cpu_that_lacks_what_it_was_tuned_for() {
     let d = tmp();
-    let model = d.path().join("model.onnx");
-    let o = run(&["zoo", "build", "resnet18-ct", "-o", s(&model)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let model = zoo_model(d.path());
     let bad = hand_deploy(d.path(), &model, &["amx_future_tile"]);
     let o = run(&["bench", "--deploy", s(&bad), "--runs", "1"]);
     assert_clean_failure(
@@ -409,9 +413,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 #[test]
 fn serve_takes_a_deployment_as_a_one_model_repository() {
     let d = tmp();
-    let model = d.path().join("model.onnx");
-    let o = run(&["zoo", "build", "resnet18-ct", "-o", s(&model)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let model = zoo_model(d.path());
     let deploy = hand_deploy(d.path(), &model, &[]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

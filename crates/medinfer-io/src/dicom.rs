@@ -57,6 +57,8 @@ pub struct DicomHeader {
     pub decodable: bool,
     /// SOP class UID.
     pub sop_class_uid: String,
+    /// SOP instance UID (not identifying: a random or derived UID; echoed by STOW-RS).
+    pub sop_instance_uid: String,
     /// Modality (CT, MR, CR, DX, ...).
     pub modality: String,
     /// Series instance UID.
@@ -1041,6 +1043,7 @@ fn read_header(
         decodable: ts.is_some_and(|t| t.can_decode_all()) || decoded_by_medinfer(&ts_uid),
         transfer_syntax_uid: ts_uid,
         sop_class_uid: get_text(ds, tags::SOP_CLASS_UID).unwrap_or_default(),
+        sop_instance_uid: get_text(ds, tags::SOP_INSTANCE_UID).unwrap_or_default(),
         modality: get_text(ds, tags::MODALITY).unwrap_or_default(),
         series_instance_uid: get_text(ds, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
         study_instance_uid: get_text(ds, tags::STUDY_INSTANCE_UID).unwrap_or_default(),

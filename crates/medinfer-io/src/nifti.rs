@@ -656,6 +656,18 @@ pub fn write_labels(
     affine: &[[f64; 4]; 4],
     labels: &[u8],
 ) -> Result<(), IoError> {
+    write_labels_4d(path, [dims[0], dims[1], dims[2], 1], affine, 0.0, labels)
+}
+
+/// Writes a uint8 label series of `dims` (x, y, z, t; first index fastest) with `affine` and
+/// the time step `dt` in pixdim, without the float copy [`write`] makes.
+pub fn write_labels_4d(
+    path: impl AsRef<Path>,
+    dims: [usize; 4],
+    affine: &[[f64; 4]; 4],
+    dt: f64,
+    labels: &[u8],
+) -> Result<(), IoError> {
     let path = path.as_ref();
     if labels.len() != dims.iter().product::<usize>() {
         return Err(fmt_err(
@@ -663,14 +675,7 @@ pub fn write_labels(
             format!("{} labels for a {dims:?} grid", labels.len()),
         ));
     }
-    write_raw(
-        path,
-        [dims[0], dims[1], dims[2], 1],
-        affine,
-        0.0,
-        (2, 8),
-        labels,
-    )
+    write_raw(path, dims, affine, dt, (2, 8), labels)
 }
 
 /// Writes colour frames as NIfTI RGB24 (datatype 128: three bytes per voxel, nibabel reads it

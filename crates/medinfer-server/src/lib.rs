@@ -200,6 +200,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/stats", get(model_stats))
         .route("/v1/pipelines", get(pipelines))
         .route("/v1/pipelines/{pipeline}/{name}", post(pipeline))
+        // DICOMweb STOW-RS: a client whose base URL is /v1/pipelines/{pipeline}/{name} stores
+        // a study at {base}/studies (multipart/related; type="application/dicom").
+        .route("/v1/pipelines/{pipeline}/{name}/studies", post(pipeline))
         .route("/v1/jobs/{id}", get(job_status).delete(job_delete))
         .route("/v1/jobs/{id}/files/{file}", get(job_file))
         .route("/v2/repository/index", post(repository_index))
@@ -644,14 +647,23 @@ async fn pipeline(
             format!("no pipeline '{pipeline}' (cxr, cardiac or ct)"),
         );
     }
-    let multipart = request
+    let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+        .unwrap_or("")
+        .to_string();
+    let media = content_type.to_ascii_lowercase();
+    let multipart = media.starts_with("multipart/form-data");
+    let stow = media.starts_with("multipart/related");
     // Parts as (file name, bytes); the body limit bounds them together.
     let mut parts: Vec<(Option<String>, Bytes)> = Vec::new();
-    if multipart {
+    if stow {
+        match stow_parts(&content_type, request, s.config.max_body_bytes).await {
+            Ok(p) => parts = p,
+            Err(r) => return r,
+        }
+    } else if multipart {
         use axum::extract::FromRequest;
         let mut mp = match axum::extract::Multipart::from_request(request, &()).await {
             Ok(mp) => mp,
@@ -704,18 +716,30 @@ async fn pipeline(
     let limits = s.config.upload;
     let d = dir.clone();
     let phantom = query.phantom;
-    let staged = tokio::task::spawn_blocking(move || {
+    let (staged, instances) = tokio::task::spawn_blocking(move || {
+        // STOW-RS answers with the instances it stored: each part must be a DICOM instance.
+        let mut instances = Vec::new();
+        if stow {
+            for (i, (_, b)) in parts.iter().enumerate() {
+                match medinfer_io::dicom::DicomFile::from_bytes(&format!("part {}", i + 1), b) {
+                    Ok(f) => instances.push((f.header.sop_class_uid, f.header.sop_instance_uid)),
+                    Err(e) => return (Err(format!("not a DICOM instance: {e}")), instances),
+                }
+            }
+        }
         if let Some(seed) = phantom {
-            return phantom_study(&d.join("in"), seed);
+            return (phantom_study(&d.join("in"), seed), instances);
         }
-        let mut st = upload::Staging::new(d.join("in"), limits)?;
-        for (n, b) in &parts {
-            st.add(b, n.as_deref())?;
-        }
-        st.finish().map(|input| (input, None))
+        let staged = upload::Staging::new(d.join("in"), limits).and_then(|mut st| {
+            for (n, b) in &parts {
+                st.add(b, n.as_deref())?;
+            }
+            st.finish().map(|input| (input, None))
+        });
+        (staged, instances)
     })
     .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    .unwrap_or_else(|e| (Err(e.to_string()), Vec::new()));
     let queued = staged
         .map_err(ProtocolError::bad)
         .and_then(|(input, truth)| {
@@ -729,11 +753,98 @@ async fn pipeline(
         let _ = store.remove(&id);
         return e.into_response();
     }
-    let status = store.status(&id).unwrap_or_default();
-    let mut r = (StatusCode::ACCEPTED, Json(status)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+    let job_url = format!("/v1/jobs/{id}");
+    let mut r = if stow {
+        stow_response(&job_url, &instances)
+    } else {
+        let status = store.status(&id).unwrap_or_default();
+        (StatusCode::ACCEPTED, Json(status)).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&job_url) {
         r.headers_mut().insert(header::LOCATION, v);
     }
+    r
+}
+
+/// The parts of a STOW-RS body (`multipart/related; type="application/dicom"; boundary=...`),
+/// at most `limit` bytes together; an error answer for a wrong media type (415), a missing
+/// boundary or a malformed body (400), or too large a body (413).
+async fn stow_parts(
+    content_type: &str,
+    request: axum::extract::Request,
+    limit: usize,
+) -> Result<Vec<(Option<String>, Bytes)>, Response> {
+    let mut boundary = None;
+    let mut kind = None;
+    for param in content_type.split(';').skip(1) {
+        if let Some((k, v)) = param.split_once('=') {
+            let v = v.trim().trim_matches('"').to_string();
+            // Parameter names and the type are case-insensitive; the boundary is not.
+            match k.trim().to_ascii_lowercase().as_str() {
+                "boundary" => boundary = Some(v),
+                "type" => kind = Some(v.to_ascii_lowercase()),
+                _ => {}
+            }
+        }
+    }
+    if let Some(k) = kind.as_deref().filter(|k| *k != "application/dicom") {
+        return Err(error(
+            415,
+            format!("STOW-RS: only application/dicom instances are accepted, not {k}"),
+        ));
+    }
+    let boundary = boundary
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| error(400, "multipart/related without a boundary"))?;
+    let constraints =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit as u64));
+    let mut mp = multer::Multipart::with_constraints(
+        request.into_body().into_data_stream(),
+        boundary,
+        constraints,
+    );
+    let bad = |e: multer::Error| match e {
+        multer::Error::StreamSizeExceeded { .. } => {
+            error(413, format!("the body is over {} MiB", limit >> 20))
+        }
+        e => error(400, format!("multipart/related body: {e}")),
+    };
+    let mut parts = Vec::new();
+    while let Some(field) = mp.next_field().await.map_err(bad)? {
+        let n = parts.len() + 1;
+        if let Some(ct) = field.content_type() {
+            if ct.essence_str() != "application/dicom" {
+                return Err(error(
+                    415,
+                    format!("STOW-RS part {n} is {ct}, not application/dicom"),
+                ));
+            }
+        }
+        parts.push((None, field.bytes().await.map_err(bad)?));
+    }
+    if parts.is_empty() {
+        return Err(error(400, "the STOW-RS body holds no instances"));
+    }
+    Ok(parts)
+}
+
+/// The STOW-RS answer (PS3.18 10.5.3, `application/dicom+json`): every instance stored, the
+/// study's analysis as the Retrieve URL (the job; also in `Location`).
+fn stow_response(job_url: &str, instances: &[(String, String)]) -> Response {
+    let ui = |v: &str| json!({ "vr": "UI", "Value": [v] });
+    let refs: Vec<serde_json::Value> = instances
+        .iter()
+        .map(|(class, instance)| json!({ "00081150": ui(class), "00081155": ui(instance) }))
+        .collect();
+    let body = json!({
+        "00081190": { "vr": "UR", "Value": [job_url] },
+        "00081199": { "vr": "SQ", "Value": refs },
+    });
+    let mut r = (StatusCode::OK, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/dicom+json"),
+    );
     r
 }
 

@@ -49,8 +49,9 @@ pub struct TuneArgs {
     /// (items per second, streams x threads x batch).
     #[arg(long, default_value = "latency")]
     pub objective: String,
-    /// Time budget of the whole tune, e.g. 90s, 10m, 1h (quantization included). The paired
-    /// timing rounds are sized to fit what is left after accuracy and screening.
+    /// Time budget of the whole tune, e.g. 90s, 10m, 1h (quantization included). The rounds
+    /// of the final successive halving are sized to fit what is left after accuracy and the
+    /// paired screening.
     #[arg(long, default_value = "10m")]
     pub budget: String,
     /// Output folder: the chosen model (1/model.onnx), config.json (a `medinfer serve` model
@@ -78,7 +79,9 @@ pub struct TuneArgs {
     /// repeatable. Timing uses it; validation samples run at their own size.
     #[arg(long, value_name = "[NAME=]DIMS")]
     pub input_shape: Vec<String>,
-    /// Candidates kept after screening for the paired rounds.
+    /// Candidates kept after the paired screening for the successive halving (OpenVINO's INT8
+    /// defaults included); the layouts of the best ceil(3 x keep / layouts) engine
+    /// configurations are screened.
     #[arg(long, default_value_t = 8)]
     pub keep: usize,
     /// Time every candidate within the budget in paired rounds, without pruning (the
@@ -88,9 +91,10 @@ pub struct TuneArgs {
     /// Paired rounds of --exhaustive.
     #[arg(long, default_value_t = 10)]
     pub rounds: usize,
-    /// With --exhaustive: candidates loaded side by side at once (memory: a few hundred MB
-    /// each for a DenseNet-121 on OpenVINO); the anchor, OpenVINO's INT8 defaults, runs in
-    /// every round of every wave so that waves compare through it.
+    /// Candidates loaded side by side at once, the anchor included (memory: a few hundred MB
+    /// each for a DenseNet-121 on OpenVINO): in the paired screening, and with --exhaustive,
+    /// whose best wave - 1 then run a final wave together. The anchor, OpenVINO's INT8
+    /// defaults, runs in every round of every wave so that waves compare through it.
     #[arg(long, default_value_t = 12)]
     pub wave: usize,
     /// When no candidate meets the budget, deploy among the most accurate anyway (marked
