@@ -1,5 +1,6 @@
 """Shared by the client checks: `medinfer serve` on a free loopback port, and a list of checks.
 """
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,26 @@ def unet_repository(medinfer, work):
     with open(os.path.join(work, "repo", "unet", "config.json"), "w") as f:
         f.write('{"backend": "ort", "max_batch": 4, "max_queue_delay_us": 5000}')
     return os.path.join(work, "repo"), path
+
+
+def cardiac_exam_repository(medinfer, work, seed, fmt):
+    """Phantom exam SEED written by `medinfer phantom cardiac --format FMT` under WORK/exam, the
+    command line's report of it (the reference: tract, the shipped model, which the report
+    names), and WORK/repo/heart/1/model.onnx = that same model file (pipeline "cardiac", tract).
+    Returns (repo folder, the exam's input path: cine.nii.gz or the DICOM folder, report)."""
+    repo = os.path.join(work, "repo")
+    os.makedirs(os.path.join(repo, "heart", "1"))
+    exam = os.path.join(work, "exam")
+    subprocess.run([medinfer, "phantom", "cardiac", "--seed", str(seed), "--format", fmt,
+                    "-o", exam], check=True, capture_output=True)
+    study = os.path.join(exam, "cine.nii.gz" if fmt == "nifti" else "dicom")
+    ref = json.loads(subprocess.run(
+        [medinfer, "run", "cardiac", study, "-b", "tract", "--json"],
+        check=True, capture_output=True, text=True).stdout)
+    shutil.copyfile(ref["model"]["path"], os.path.join(repo, "heart", "1", "model.onnx"))
+    with open(os.path.join(repo, "heart", "config.json"), "w") as f:
+        json.dump({"backend": "tract", "pipeline": "cardiac"}, f)
+    return repo, study, ref
 
 
 class Server:

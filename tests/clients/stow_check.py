@@ -17,33 +17,20 @@ Usage: python stow_check.py MEDINFER   (run by `cargo xtask test` in its own ven
 """
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
 import pydicom
-from common import Checks, Server
+from common import Checks, Server, cardiac_exam_repository
 from dicomweb_client.api import DICOMwebClient
 
 
 def main():
     medinfer = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="medinfer-stow-")
-    repo = os.path.join(work, "repo")
-    os.makedirs(os.path.join(repo, "heart", "1"))
-    exam = os.path.join(work, "exam")
-    subprocess.run([medinfer, "phantom", "cardiac", "--seed", "11", "--format", "dicom",
-                    "-o", exam], check=True, capture_output=True)
-    series = os.path.join(exam, "dicom")
-    ref = json.loads(subprocess.run(
-        [medinfer, "run", "cardiac", series, "-b", "tract", "--json"],
-        check=True, capture_output=True, text=True).stdout)
-    shutil.copyfile(ref["model"]["path"], os.path.join(repo, "heart", "1", "model.onnx"))
-    with open(os.path.join(repo, "heart", "config.json"), "w") as f:
-        json.dump({"backend": "tract", "pipeline": "cardiac"}, f)
+    repo, series, ref = cardiac_exam_repository(medinfer, work, 11, "dicom")
 
     server = Server(medinfer, repo, work)
     base = f"http://127.0.0.1:{server.port}"

@@ -17,16 +17,13 @@ Every wait is bounded.
 
 Usage: python viewer_check.py MEDINFER   (run by `cargo xtask test` in its own venv)
 """
-import json
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-from common import Checks, Server
+from common import Checks, Server, cardiac_exam_repository
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -41,20 +38,7 @@ def main():
     artefacts = os.path.abspath(os.path.join("target", "artifacts"))
     os.makedirs(artefacts, exist_ok=True)
     work = tempfile.mkdtemp(prefix="medinfer-viewer-")
-    repo = os.path.join(work, "repo")
-    os.makedirs(os.path.join(repo, "heart", "1"))
-    exam = os.path.join(work, "exam")
-    subprocess.run([medinfer, "phantom", "cardiac", "--seed", "7", "-o", exam], check=True,
-                   capture_output=True)
-    nifti = os.path.join(exam, "cine.nii.gz")
-    # The reference: the command line with the shipped model, which it names in its report;
-    # the server's repository gets that same file.
-    ref = json.loads(subprocess.run(
-        [medinfer, "run", "cardiac", nifti, "-b", "tract", "--json"],
-        check=True, capture_output=True, text=True).stdout)
-    shutil.copyfile(ref["model"]["path"], os.path.join(repo, "heart", "1", "model.onnx"))
-    with open(os.path.join(repo, "heart", "config.json"), "w") as f:
-        json.dump({"backend": "tract", "pipeline": "cardiac"}, f)
+    repo, nifti, ref = cardiac_exam_repository(medinfer, work, 7, "nifti")
 
     server = Server(medinfer, repo, work)
     port = server.port
