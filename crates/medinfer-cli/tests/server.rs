@@ -887,14 +887,17 @@ fn cardiac_jobs_from_a_dicom_zip_and_a_multipart_nifti_match_the_command_line() 
         .collect();
     files.sort();
     let instances: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let stow_post = |ctype: &str, body: &[u8]| {
+        http(
+            a,
+            "POST",
+            "/v1/pipelines/cardiac/heart/studies",
+            &[("Content-Type", ctype.to_string())],
+            body,
+        )
+    };
     let (ctype, body) = multipart_related(&instances);
-    let r = http(
-        a,
-        "POST",
-        "/v1/pipelines/cardiac/heart/studies",
-        &[("Content-Type", ctype.clone())],
-        &body,
-    );
+    let r = stow_post(&ctype, &body);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("content-type"), Some("application/dicom+json"));
     let stow = r.json();
@@ -920,38 +923,17 @@ fn cardiac_jobs_from_a_dicom_zip_and_a_multipart_nifti_match_the_command_line() 
     // by header come before the body is read, so those requests carry a small one.)
     let small = multipart_related(&[b"x".to_vec()]).1;
     let wrong = ctype.replace("application/dicom", "application/dicom+json");
-    let r = http(
-        a,
-        "POST",
-        "/v1/pipelines/cardiac/heart/studies",
-        &[("Content-Type", wrong)],
-        &small,
-    );
+    let r = stow_post(&wrong, &small);
     assert_eq!(r.status, 415, "{}", String::from_utf8_lossy(&r.body));
     let (ctype2, junk) = multipart_related(&[instances[0].clone(), b"not dicom".to_vec()]);
-    let r = http(
-        a,
-        "POST",
-        "/v1/pipelines/cardiac/heart/studies",
-        &[("Content-Type", ctype2)],
-        &junk,
-    );
+    let r = stow_post(&ctype2, &junk);
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(
         String::from_utf8_lossy(&r.body).contains("part 2"),
         "{}",
         String::from_utf8_lossy(&r.body)
     );
-    let r = http(
-        a,
-        "POST",
-        "/v1/pipelines/cardiac/heart/studies",
-        &[(
-            "Content-Type",
-            "multipart/related; type=application/dicom".into(),
-        )],
-        &small,
-    );
+    let r = stow_post("multipart/related; type=application/dicom", &small);
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
 
     // A NIfTI as a multipart part.
