@@ -4,6 +4,8 @@ dual regression checked against medinfer's subject maps.
     fmri_peers.py canica  COHORT OUT --components N   # writes OUT/group_maps.nii.gz, prints JSON
     fmri_peers.py dictlearning COHORT OUT --components N
     fmri_peers.py dualreg COHORT MEDINFER_OUT [--subjects K]   # max |t_numpy - t_medinfer|
+        (z maps when medinfer ran with --stat z: SciPy's t -> z of the NumPy t maps)
+    fmri_peers.py ttoz      # SciPy's t -> z reference table for medinfer's unit test
 
 The peers get the same preprocessing medinfer runs by default: 6 mm smoothing, linear
 detrend, 0.01-0.1 Hz band-pass, standardisation, an EPI mask, TR 2 s. Wall time and peak RSS
@@ -93,6 +95,24 @@ def dual_regression(x, maps):
     return tc, beta / np.sqrt(np.outer(np.diag(inv), s2))
 
 
+def t_to_z(t, dof):
+    """FSL's ttoz with SciPy, in log space: the normal quantile of t's one-sided tail."""
+    from scipy import special, stats
+    return np.sign(t) * -special.ndtri_exp(stats.t.logsf(np.abs(t), dof))
+
+
+def ttoz_table():
+    import scipy
+    from scipy import special, stats
+    print(f"// SciPy {scipy.__version__}: (t, dof, stats.t.logsf(t, dof), -special.ndtri_exp(logsf))")
+    for dof in (3.0, 10.0, 137.0, 290.0):
+        for t in (0.01, 0.5, 1.0, 1.96, 3.0, 7.5, 20.0, 107.0, 3000.0):
+            lsf = stats.t.logsf(t, dof)
+            if not np.isfinite(lsf):
+                continue  # SciPy's logsf underflows past ln(f64 min) (~ -745); medinfer's does not
+            print(f"    ({t!r}, {dof!r}, {float(lsf)!r}, {float(-special.ndtri_exp(lsf))!r}),")
+
+
 def check_dualreg(cohort, mout, nsub):
     rep = json.load(open(os.path.join(mout, "report.json")))
     mask_img = nib.load(os.path.join(mout, "mask.nii.gz"))
@@ -108,6 +128,8 @@ def check_dualreg(cohort, mout, nsub):
         img = nib.load(s["input"])
         x = preprocess(img, mask, prep["fwhm_mm"], band, s["dimension"])
         _, tmap = dual_regression(x, maps)
+        if rep.get("map_statistic", "t") == "z":
+            tmap = t_to_z(tmap, x.shape[0] - maps.shape[0])
         mine = np.asarray(nib.load(os.path.join(mout, s["id"], "maps.nii.gz")).dataobj, dtype=np.float64)
         mine = mine.reshape(-1, mine.shape[3], order="F")[flat].T
         d = np.abs(tmap - mine).max()
@@ -120,13 +142,15 @@ def check_dualreg(cohort, mout, nsub):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["canica", "dictlearning", "dualreg"])
-    ap.add_argument("cohort")
-    ap.add_argument("out")
+    ap.add_argument("what", choices=["canica", "dictlearning", "dualreg", "ttoz"])
+    ap.add_argument("cohort", nargs="?")
+    ap.add_argument("out", nargs="?")
     ap.add_argument("--components", type=int, default=13)
     ap.add_argument("--subjects", type=int, default=3)
     ap.add_argument("--tol", type=float, default=1e-4)
     a = ap.parse_args()
+    if a.what == "ttoz":
+        sys.exit(ttoz_table())
     if a.what == "dualreg":
         sys.exit(0 if check_dualreg(a.cohort, a.out, a.subjects) <= a.tol else 1)
     decompose(a.what, a.cohort, a.out, a.components)

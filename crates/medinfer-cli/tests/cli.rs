@@ -1458,6 +1458,47 @@ fn fmri_phantom_run_and_eval_from_the_command_line() {
         &subjects[0],
     ]);
     assert_clean_failure(&o, &["--band"]);
+    // z maps (FSL's --out_z): the same regression, each t turned into the z of its tail
+    // probability with T - n degrees of freedom.
+    let out_z = d.path().join("out_z");
+    let mut args = vec!["run", "fmri", "-o", out_z.to_str().unwrap(), "--json"];
+    args.extend(["--stat", "z", "--no-classify"]);
+    args.extend(subjects.iter().map(|s| s.as_str()));
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rz: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rz["map_statistic"], "z");
+    assert_eq!(rz["components"], 13);
+    let t = medinfer_io::nifti::read(out.join("sub-01/maps.nii.gz")).unwrap();
+    let z = medinfer_io::nifti::read(out_z.join("sub-01/maps.nii.gz")).unwrap();
+    assert_eq!(t.dims, z.dims);
+    let volumes = rep["subjects"][0]["volumes"].as_f64().unwrap();
+    let dist = medinfer_pipelines::fmri::stats::StudentT::new(volumes - 13.0);
+    let mut worst = 0f64;
+    for (&tv, &zv) in t.data.iter().zip(&z.data) {
+        let want = dist.z(tv as f64);
+        worst = worst.max((want - zv as f64).abs() / want.abs().max(1.0));
+        assert!(zv.abs() <= tv.abs() + 1e-4, "z {zv} beyond t {tv}");
+    }
+    assert!(
+        worst < 1e-5,
+        "z maps differ from t -> z of the t maps by {worst}"
+    );
+    // Bad values are clap usage errors (exit 2) naming the flag.
+    for bad in ["--dimension=variance:2", "--stat=f"] {
+        let o = run(&[
+            "run",
+            "fmri",
+            "-o",
+            out_z.to_str().unwrap(),
+            bad,
+            &subjects[0],
+        ]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(e.starts_with("error: ") && !e.contains("panicked"), "{e}");
+        assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+    }
     // bench-pipeline fmri, kept small: one whole run, the FP32 classifier on tract.
     let o = run(&[
         "bench-pipeline",

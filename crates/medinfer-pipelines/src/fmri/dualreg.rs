@@ -5,13 +5,16 @@
 //!   map.
 //! - **Stage 2** (`fsl_glm -d timecourses --demean --des_norm --out_t`): the time courses,
 //!   centred and scaled to unit variance, are regressed against every voxel's (centred) time
-//!   series: one map of t statistics per component, with `T - n` degrees of freedom.
+//!   series: one map of t statistics per component, with `T - n` degrees of freedom
+//!   (`--out_z`: [`super::stats::t_to_z`] of them).
 
 use super::ica::{centre_rows, sym_inverse, IcaError};
 use faer::{Mat, MatRef};
 
 /// One subject's dual regression.
 pub struct DualRegression {
+    /// Degrees of freedom of the t statistics (T - n, at least 1).
+    pub dof: f64,
     /// Stage 1 time courses, T x n.
     pub timecourses: Mat<f64>,
     /// Stage 2 parameter estimates, n x V.
@@ -62,6 +65,7 @@ pub fn dual_regression(
         }
     }
     Ok(DualRegression {
+        dof,
         timecourses,
         betas,
         tstats,

@@ -135,65 +135,80 @@ pub fn group_pca(w: &Mat<f64>, n: usize) -> Result<Mat<f64>, IcaError> {
     Ok(z)
 }
 
-fn ln_gamma(x: f64) -> f64 {
-    // Lanczos approximation (g = 7, n = 9), accurate to ~1e-15 for x > 0.
-    const C: [f64; 9] = [
-        0.999_999_999_999_809_9,
-        676.520_368_121_885_1,
-        -1_259.139_216_722_402_8,
-        771.323_428_777_653_1,
-        -176.615_029_162_140_6,
-        12.507_343_278_686_905,
-        -0.138_571_095_265_720_12,
-        9.984_369_578_019_572e-6,
-        1.505_632_735_149_311_6e-7,
-    ];
-    if x < 0.5 {
-        let pi = std::f64::consts::PI;
-        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
-    }
-    let x = x - 1.0;
-    let t = x + 7.5;
-    let a = C[0] + (1..9).map(|i| C[i] / (x + i as f64)).sum::<f64>();
-    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
-}
-
 /// Minka's Laplace approximation of the PCA model evidence for each rank 1..=max_rank, given
 /// the covariance eigenvalues (largest first) and the number of samples: the rank with the
 /// highest evidence is the estimated dimension (as MELODIC's `--dim` estimation and
 /// scikit-learn's `n_components='mle'`).
 pub fn laplace_dimension(spectrum: &[f64], n_samples: f64, max_rank: usize) -> usize {
+    best_rank(spectrum, n_samples, max_rank, Evidence::Laplace)
+}
+
+/// Minka's BIC approximation of the same evidence (MELODIC's `--dimest=bic`): the Laplace
+/// evidence without its prior and Hessian terms, which penalises rank harder.
+pub fn bic_dimension(spectrum: &[f64], n_samples: f64, max_rank: usize) -> usize {
+    best_rank(spectrum, n_samples, max_rank, Evidence::Bic)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Evidence {
+    Laplace,
+    Bic,
+}
+
+fn best_rank(spectrum: &[f64], n_samples: f64, max_rank: usize, how: Evidence) -> usize {
     let d = spectrum.len();
     let mut best = (f64::NEG_INFINITY, 1);
+    let (ln2, pi) = (std::f64::consts::LN_2, std::f64::consts::PI);
     for rank in 1..max_rank.min(d - 1) + 1 {
-        let ln2 = std::f64::consts::LN_2;
-        let pi = std::f64::consts::PI;
-        let pu = -(rank as f64) * ln2
-            + (0..rank)
-                .map(|i| ln_gamma((d - i) as f64 / 2.0) - pi.ln() * (d - i) as f64 / 2.0)
-                .sum::<f64>();
         let pl = -spectrum[..rank].iter().map(|l| l.ln()).sum::<f64>() * n_samples / 2.0;
         let v = (spectrum[rank..].iter().sum::<f64>() / (d - rank) as f64).max(1e-300);
         let pv = -v.ln() * n_samples * (d - rank) as f64 / 2.0;
         let m = (d * rank) as f64 - (rank * (rank + 1)) as f64 / 2.0;
-        let pp = (2.0 * pi).ln() * (m + rank as f64) / 2.0;
-        let mut pa = 0.0;
-        for i in 0..rank {
-            for j in i + 1..d {
-                let sj = if j >= rank { v } else { spectrum[j] };
-                pa += ((spectrum[i] - spectrum[j]) * (1.0 / sj - 1.0 / spectrum[i]))
-                    .abs()
-                    .max(1e-300)
-                    .ln()
-                    + n_samples.ln();
+        let ll = match how {
+            Evidence::Bic => pl + pv - (m + rank as f64) * n_samples.ln() / 2.0,
+            Evidence::Laplace => {
+                let pu = -(rank as f64) * ln2
+                    + (0..rank)
+                        .map(|i| {
+                            super::stats::ln_gamma((d - i) as f64 / 2.0)
+                                - pi.ln() * (d - i) as f64 / 2.0
+                        })
+                        .sum::<f64>();
+                let pp = (2.0 * pi).ln() * (m + rank as f64) / 2.0;
+                let mut pa = 0.0;
+                for i in 0..rank {
+                    for j in i + 1..d {
+                        let sj = if j >= rank { v } else { spectrum[j] };
+                        pa += ((spectrum[i] - spectrum[j]) * (1.0 / sj - 1.0 / spectrum[i]))
+                            .abs()
+                            .max(1e-300)
+                            .ln()
+                            + n_samples.ln();
+                    }
+                }
+                pu + pl + pv + pp - pa / 2.0 - rank as f64 * n_samples.ln() / 2.0
             }
-        }
-        let ll = pu + pl + pv + pp - pa / 2.0 - rank as f64 * n_samples.ln() / 2.0;
+        };
         if ll > best.0 {
             best = (ll, rank);
         }
     }
     best.1
+}
+
+/// The fewest leading eigenvalues (descending) whose sum reaches `fraction` of the sum of
+/// the first `cap` (at least 1, at most `cap`).
+pub fn variance_dimension(eigenvalues: &[f64], fraction: f64, cap: usize) -> usize {
+    let l: Vec<f64> = eigenvalues.iter().take(cap).map(|x| x.max(0.0)).collect();
+    let total: f64 = l.iter().sum();
+    let mut acc = 0.0;
+    for (k, x) in l.iter().enumerate() {
+        acc += x;
+        if acc >= fraction * total {
+            return k + 1;
+        }
+    }
+    l.len().max(1)
 }
 
 /// The number of components as the split of the first `cap` eigenvalues (descending) that
@@ -422,6 +437,20 @@ mod tests {
 
     /// A spectrum with a gap after `k` signal values and a slowly decaying noise tail (as MIGP
     /// leaves it): the profile estimate finds `k`; a smooth spectrum gives a split, not a panic.
+    #[test]
+    fn evidence_estimates_find_a_planted_rank() {
+        // Five strong directions over a flat noise floor of 20 dimensions, 4000 samples.
+        let mut spec = vec![40.0, 25.0, 12.0, 6.0, 3.0];
+        spec.extend((0..15).map(|i| 1.0 - 0.01 * i as f64));
+        assert_eq!(laplace_dimension(&spec, 4000.0, 15), 5);
+        assert_eq!(bic_dimension(&spec, 4000.0, 15), 5);
+        // With few samples BIC's heavier penalty drops the weakest direction first.
+        assert!(bic_dimension(&spec, 12.0, 15) <= laplace_dimension(&spec, 12.0, 15));
+        assert_eq!(variance_dimension(&[5.0, 3.0, 1.0, 1.0], 0.8, 4), 2);
+        assert_eq!(variance_dimension(&[5.0, 3.0, 1.0, 1.0], 0.81, 4), 3);
+        assert_eq!(variance_dimension(&[5.0, 3.0, 1.0, 1.0], 1.0, 3), 3);
+    }
+
     #[test]
     fn profile_dimension_finds_the_gap() {
         for k in [3usize, 13, 25] {

@@ -292,15 +292,15 @@ pub fn band_basis(t: usize, tr_s: f64, band: (f64, f64)) -> Mat<f64> {
 /// One subject's preprocessed data over the mask: a T x V matrix (time x mask voxel, voxels
 /// in the order of `mask_idx`), smoothed, detrended, band-passed and variance-normalised as
 /// `opts` says, and the subject's own dimension ([`estimate_dimension`], capped at `cap`),
-/// measured before the variance normalisation, which removes that many components to find
-/// each voxel's noise level.
+/// measured before the variance normalisation, which removes that many components (the
+/// Laplace estimate) to find each voxel's noise level.
 pub fn preprocess(
     vol: &Volume,
     mask: &[bool],
     mask_idx: &[usize],
     opts: &PrepOptions,
     cap: usize,
-) -> (Mat<f64>, usize) {
+) -> (Mat<f64>, SubjectDimension) {
     let dims = [vol.dims[0], vol.dims[1], vol.dims[2]];
     let nv = dims.iter().product::<usize>();
     let t = vol.dims[3];
@@ -369,7 +369,7 @@ pub fn preprocess(
     });
     let dim = estimate_dimension(&unit, mask, mask_idx, dims, cap);
     drop(unit);
-    variance_normalise(&mut x, dim);
+    variance_normalise(&mut x, dim.laplace);
     (x, dim)
 }
 
@@ -412,7 +412,7 @@ pub fn variance_normalise(x: &mut Mat<f64>, k: usize) {
     });
 }
 
-/// The dimension of one subject's preprocessed data (T x V over the mask): Minka's Laplace
+/// The dimension of one subject's preprocessed data (T x V over the mask): Minka's Laplace and BIC
 /// evidence on the eigenvalues of its temporal covariance, counting as samples the voxels
 /// divided by the resel volume (the product of the noise FWHM in voxels along x, y and z,
 /// measured from the lag-1 correlation of neighbouring voxels' residuals, as FSL's `smoothest`
@@ -423,11 +423,11 @@ pub fn estimate_dimension(
     mask_idx: &[usize],
     dims: [usize; 3],
     cap: usize,
-) -> usize {
+) -> SubjectDimension {
     let v = x.ncols();
     let g = (x * x.transpose()) * faer::Scale(1.0 / v as f64);
     let Ok((vals, u)) = super::ica::eigh_desc(g.as_ref()) else {
-        return 1;
+        return SubjectDimension { laplace: 1, bic: 1 };
     };
     let rank = vals.iter().take_while(|&&l| l > vals[0] * 1e-8).count();
     // Residual after the leading components (a quarter of the rank), for the smoothness.
@@ -470,9 +470,18 @@ pub fn estimate_dimension(
     }
     let resel: f64 = fwhm.iter().product();
     let samples = (v as f64 / resel).max(2.0);
-    super::ica::laplace_dimension(
-        &vals[..rank],
-        samples,
-        cap.min(rank.saturating_sub(2)).max(1),
-    )
+    let max_rank = cap.min(rank.saturating_sub(2)).max(1);
+    SubjectDimension {
+        laplace: super::ica::laplace_dimension(&vals[..rank], samples, max_rank),
+        bic: super::ica::bic_dimension(&vals[..rank], samples, max_rank),
+    }
+}
+
+/// One subject's own dimension estimates ([`estimate_dimension`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubjectDimension {
+    /// Minka's Laplace evidence (what the variance normalisation uses).
+    pub laplace: usize,
+    /// Minka's BIC.
+    pub bic: usize,
 }

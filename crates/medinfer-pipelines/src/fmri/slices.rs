@@ -163,11 +163,17 @@ pub struct OutputSample {
 
 /// The classifier's samples of a finished run, read back from its output folder (the mask,
 /// group maps and every subject's maps): group components first, then each subject's, in
-/// the order `run` classifies them.
+/// the order `run` classifies them. A run that wrote z maps is refused.
 pub fn from_outputs(
     out: &Path,
     report: &super::FmriReport,
 ) -> Result<Vec<OutputSample>, PipelineError> {
+    if report.map_statistic != super::MapStatistic::T {
+        return Err(PipelineError::input(
+            out.display().to_string(),
+            "the subject maps hold z statistics; the classifier's samples are cut from t maps (run without --stat z)",
+        ));
+    }
     let mask = nifti::read(out.join("mask.nii.gz"))?;
     let grid = Grid::of(&mask);
     let m: Vec<bool> = mask.data.iter().map(|&v| v != 0.0).collect();
