@@ -35,3 +35,6 @@ for tool in canica dictlearning; do
   "$mi" phantom fmri-eval --cohort "$work/cohort" --maps "$work/$tool/group_maps.nii.gz" | tail -1
 done
 "$py" benchmarks/peers/fmri_peers.py dualreg "$work/cohort" "$work/medinfer" --subjects 3
+# The z maps (--stat z) against SciPy's t -> z of the NumPy t maps.
+"$mi" run fmri "$work"/cohort/sub-*.nii.gz -o "$work/medinfer-z" --components "$components" --stat z --no-classify >/dev/null
+"$py" benchmarks/peers/fmri_peers.py dualreg "$work/cohort" "$work/medinfer-z" --subjects 3
