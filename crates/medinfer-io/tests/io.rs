@@ -697,6 +697,63 @@ fn truncated_and_corrupted_files_give_errors_not_panics() {
     assert!(checked > 300, "{checked}");
 }
 
+/// Gzipped NIfTI is inflated whole (libdeflate) when it is one member whose footer tells its
+/// size; a footer that lies, a second member, a truncation or a corrupt stream take the
+/// streaming decoder, and each ends in the same voxels or a one-line error naming the file.
+#[test]
+fn gzip_nifti_is_read_whole_or_streamed_with_the_same_result() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<f32> = (0..24 * 20 * 6 * 3)
+        .map(|i| ((i * 37) % 1001) as f32 - 500.0)
+        .collect();
+    let vol =
+        medinfer_core::Volume::new([24, 20, 6, 3], data.clone(), [1.0, 1.2, 3.0, 40.0]).unwrap();
+    let plain = dir.path().join("v.nii");
+    nifti::write(&plain, &vol, nifti::NiftiDtype::I16).unwrap();
+    let raw = std::fs::read(&plain).unwrap();
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    let put = |name: &str, b: &[u8]| {
+        let q = dir.path().join(name);
+        std::fs::write(&q, b).unwrap();
+        q
+    };
+    // One member: read whole, the same voxels as the plain file.
+    let whole = nifti::read(put("whole.nii.gz", &gz(&raw))).unwrap();
+    assert!(whole.data == data);
+    assert_eq!(whole.affine, nifti::read(&plain).unwrap().affine);
+    // A footer declaring another size: libdeflate refuses it, the streaming decoder reads the
+    // voxels the header declares (it stops before the footer): the same volume.
+    let mut lying = gz(&raw);
+    let n = lying.len();
+    lying[n - 4..].copy_from_slice(&1000u32.to_le_bytes());
+    let v = nifti::read(put("lying.nii.gz", &lying)).map(|v| v.data);
+    assert!(v.as_ref().is_ok_and(|d| *d == data), "{:?}", v.err());
+    // Two members (as `cat a.gz b.gz` makes): the streaming decoder reads the first, so the
+    // data are short, and the error says so.
+    let mut two = gz(&raw[..raw.len() / 2]);
+    two.extend(gz(&raw[raw.len() / 2..]));
+    let e = nifti::read(put("two.nii.gz", &two))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("two.nii.gz") && e.contains("truncated"), "{e}");
+    // The data short of what the header declares, in one good member.
+    let e = nifti::read(put("short.nii.gz", &gz(&raw[..raw.len() - 100])))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("short.nii.gz") && e.contains("truncated"), "{e}");
+    // The compressed stream cut short.
+    let full = gz(&raw);
+    let e = nifti::read(put("cut.nii.gz", &full[..full.len() * 2 / 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cut.nii.gz"), "{e}");
+}
+
 #[test]
 fn absurd_dimensions_are_refused_before_allocating() {
     // A DICOM header declaring 65535 x 65535 x 1,000,000 frames with 4 bytes of pixel data.

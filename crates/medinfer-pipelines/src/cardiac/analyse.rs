@@ -269,16 +269,26 @@ fn back_project(
     let [pw, ph] = g.size;
     let plane = pw * ph;
     let [x0, x1, y0, y1] = fp;
+    // Input pixel -> patch coordinates: the inverse of the patch's 2x2 map about its centre,
+    // the products that depend on the row alone computed once per row.
+    let m = &g.m;
+    let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+    let (hx, hy) = (pw as f64 / 2.0, ph as f64 / 2.0);
     for y in y0..y1 {
+        let dy = y as f64 - g.centre[1];
+        let (m01dy, m00dy) = (m[0][1] * dy, m[0][0] * dy);
         for x in x0..x1 {
             // Patch coordinates of this input pixel (patch pixel centres at integers).
-            let (px, py) = g.patch_at(x as f64, y as f64);
+            let dx = x as f64 - g.centre[0];
+            let px = (m[1][1] * dx - m01dy) / det + hx - 0.5;
+            let py = (m00dy - m[1][0] * dx) / det + hy - 0.5;
             if px < 0.0 || px > (pw - 1) as f64 || py < 0.0 || py > (ph - 1) as f64 {
                 continue;
             }
-            let j0 = (py.floor() as usize).min(ph - 2);
+            // Non-negative here, so truncation is the floor (no libm call per pixel).
+            let j0 = (py as usize).min(ph - 2);
             let fy = (py - j0 as f64) as f32;
-            let i0 = (px.floor() as usize).min(pw - 2);
+            let i0 = (px as usize).min(pw - 2);
             let fx = (px - i0 as f64) as f32;
             let mut best = (f32::MIN, 0usize);
             for (c, _) in to_label.iter().enumerate() {

@@ -324,19 +324,6 @@ impl PatchGeometry {
         )
     }
 
-    /// Patch coordinates (pixel centres at integers) of input point `(x, y)`.
-    pub(crate) fn patch_at(&self, x: f64, y: f64) -> (f64, f64) {
-        let m = &self.m;
-        let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
-        let (dx, dy) = (x - self.centre[0], y - self.centre[1]);
-        let oi = (m[1][1] * dx - m[0][1] * dy) / det;
-        let oj = (m[0][0] * dy - m[1][0] * dx) / det;
-        (
-            oi + self.size[0] as f64 / 2.0 - 0.5,
-            oj + self.size[1] as f64 / 2.0 - 0.5,
-        )
-    }
-
     /// The input pixels the patch covers: `[x0, x1, y0, y1]` (ends exclusive), clipped to an
     /// `nx x ny` slice.
     pub(crate) fn footprint(&self, nx: usize, ny: usize) -> [usize; 4] {
