@@ -196,6 +196,18 @@ pub enum Status {
     Measured,
 }
 
+impl Status {
+    /// Whether a candidate in this state may still be the anchor of paired rounds: any that
+    /// loaded, including one dropped from the choice (the defaults' engine configuration
+    /// screened out of the best few still anchors the rounds of the others' layouts).
+    fn can_anchor(&self) -> bool {
+        !matches!(
+            self,
+            Status::Crashed | Status::Failed | Status::Skipped | Status::OverBudget
+        )
+    }
+}
+
 /// One candidate and what was measured of it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {
@@ -964,7 +976,7 @@ fn anchored_rounds(
     let mut anchor_worker = HashMap::new();
     let mut anchor = None;
     for &a in anchors {
-        if cands[a].status != Status::Measured {
+        if !cands[a].status.can_anchor() {
             continue;
         }
         anchor_worker = load_workers(plan, cands, &[a], progress);
@@ -974,11 +986,21 @@ fn anchored_rounds(
         }
     }
     let anchor = anchor.ok_or_else(|| {
-        TuneError::Bad(
-            "no candidate could be loaded as the anchor of the paired rounds (see tune.json \
-             for each reason)"
-                .into(),
-        )
+        let tried: Vec<String> = anchors
+            .iter()
+            .map(|&a| {
+                let c = &cands[a];
+                format!(
+                    "{}: {}",
+                    c.label,
+                    c.reason.as_deref().unwrap_or("not tried")
+                )
+            })
+            .collect();
+        TuneError::Bad(format!(
+            "no candidate could be loaded as the anchor of the paired rounds ({})",
+            tried.join("; ")
+        ))
     })?;
     let others: Vec<usize> = members
         .iter()
@@ -1438,6 +1460,28 @@ mod tests {
         assert_eq!(schedule(1, 2), vec![(1, 6)]);
         assert_eq!(schedule(3, 1), vec![(3, 3), (2, 6), (1, 12)]);
         assert!(schedule(0, 2).is_empty());
+    }
+
+    /// resnet18-ct's throughput tune failed when the defaults' engine configuration was
+    /// screened out of the best three: the rounds of the other layouts then had no anchor.
+    #[test]
+    fn a_screened_out_default_still_anchors_the_rounds() {
+        for st in [
+            Status::Screened,
+            Status::Halved,
+            Status::Measured,
+            Status::RunnerUp,
+        ] {
+            assert!(st.can_anchor(), "{st:?}");
+        }
+        for st in [
+            Status::Crashed,
+            Status::Failed,
+            Status::Skipped,
+            Status::OverBudget,
+        ] {
+            assert!(!st.can_anchor(), "{st:?}");
+        }
     }
 
     #[test]
