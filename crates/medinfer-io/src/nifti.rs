@@ -460,13 +460,16 @@ pub fn read(path: impl AsRef<Path>) -> Result<Volume, IoError> {
             ),
         )
     };
+    let ends_before_data = || {
+        fmt_err(
+            &data_src,
+            format!("file ends before vox_offset {}", h.vox_offset),
+        )
+    };
     let mut data = if let Some(bytes) = whole {
         // Inflated whole: convert the voxels straight from memory.
         if (bytes.len() as u64) < h.vox_offset {
-            return Err(fmt_err(
-                &data_src,
-                format!("file ends before vox_offset {}", h.vox_offset),
-            ));
+            return Err(ends_before_data());
         }
         let start = h.vox_offset as usize;
         let avail = (bytes.len() - start) as u64;
@@ -486,10 +489,7 @@ pub fn read(path: impl AsRef<Path>) -> Result<Volume, IoError> {
         let skipped = std::io::copy(&mut (&mut rest).take(skip), &mut std::io::sink())
             .map_err(|e| fmt_err(&data_src, format!("cannot read: {e}")))?;
         if skipped < skip {
-            return Err(fmt_err(
-                &data_src,
-                format!("file ends before vox_offset {}", h.vox_offset),
-            ));
+            return Err(ends_before_data());
         }
         // Converted in 8 MiB chunks: the file's bytes are never held whole beside the floats
         // (a 512 x 512 x 600 int16 CT would need 315 MB more at its peak).

@@ -511,25 +511,15 @@ pub fn write_maps(
     Ok(())
 }
 
-/// The z statistics of an n x V matrix of t statistics, in column halves on two threads
+/// The z statistics of an n x V matrix of t statistics, its columns split over two threads
 /// (~0.5 us per value).
 fn z_maps(t: &Mat<f64>, dof: f64) -> Mat<f64> {
     let dist = stats::StudentT::new(dof);
     let mut z = Mat::<f64>::zeros(t.nrows(), t.ncols());
-    let half = t.ncols().div_ceil(2);
-    let (mut left, mut right) = z.as_mut().split_at_col_mut(half);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for c in 0..left.ncols() {
-                for k in 0..left.nrows() {
-                    left[(k, c)] = dist.z(t[(k, c)]);
-                }
-            }
-        });
-        for c in 0..right.ncols() {
-            for k in 0..right.nrows() {
-                right[(k, c)] = dist.z(t[(k, half + c)]);
-            }
+    let cols: Vec<_> = z.col_iter_mut().enumerate().collect();
+    crate::cardiac::for_each_split(cols, 2, |(c, mut col)| {
+        for k in 0..col.nrows() {
+            col[k] = dist.z(t[(k, c)]);
         }
     });
     z
