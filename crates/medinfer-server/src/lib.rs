@@ -658,31 +658,10 @@ async fn pipeline(
     let stow = media.starts_with("multipart/related");
     // Parts as (file name, bytes); the body limit bounds them together.
     let mut parts: Vec<(Option<String>, Bytes)> = Vec::new();
-    if stow {
-        match stow_parts(&content_type, request, s.config.max_body_bytes).await {
+    if stow || multipart {
+        match multipart_parts(&content_type, request, s.config.max_body_bytes, stow).await {
             Ok(p) => parts = p,
             Err(r) => return r,
-        }
-    } else if multipart {
-        use axum::extract::FromRequest;
-        let mut mp = match axum::extract::Multipart::from_request(request, &()).await {
-            Ok(mp) => mp,
-            Err(e) => return error(400, format!("multipart body: {e}")),
-        };
-        loop {
-            match mp.next_field().await {
-                Ok(Some(f)) => {
-                    let fname = f.file_name().map(str::to_string);
-                    match f.bytes().await {
-                        Ok(b) => parts.push((fname, b)),
-                        Err(e) => {
-                            return error(e.status().as_u16(), format!("multipart body: {e}"))
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return error(e.status().as_u16(), format!("multipart body: {e}")),
-            }
         }
     } else {
         match axum::body::to_bytes(request.into_body(), s.config.max_body_bytes).await {
@@ -766,14 +745,22 @@ async fn pipeline(
     r
 }
 
-/// The parts of a STOW-RS body (`multipart/related; type="application/dicom"; boundary=...`),
-/// at most `limit` bytes together; an error answer for a wrong media type (415), a missing
-/// boundary or a malformed body (400), or too large a body (413).
-async fn stow_parts(
+/// The parts of a multipart body, as (file name, bytes), at most `limit` bytes together: an
+/// upload form (`multipart/form-data; boundary=...`), or with `stow` a STOW-RS body
+/// (`multipart/related; type="application/dicom"; boundary=...`, every part a DICOM instance).
+/// An error answer for a wrong media type (415), a missing boundary or a malformed body (400),
+/// or too large a body (413).
+async fn multipart_parts(
     content_type: &str,
     request: axum::extract::Request,
     limit: usize,
+    stow: bool,
 ) -> Result<Vec<(Option<String>, Bytes)>, Response> {
+    let what = if stow {
+        "multipart/related"
+    } else {
+        "multipart/form-data"
+    };
     let mut boundary = None;
     let mut kind = None;
     for param in content_type.split(';').skip(1) {
@@ -787,7 +774,10 @@ async fn stow_parts(
             }
         }
     }
-    if let Some(k) = kind.as_deref().filter(|k| *k != "application/dicom") {
+    if let Some(k) = kind
+        .as_deref()
+        .filter(|k| stow && *k != "application/dicom")
+    {
         return Err(error(
             415,
             format!("STOW-RS: only application/dicom instances are accepted, not {k}"),
@@ -795,7 +785,7 @@ async fn stow_parts(
     }
     let boundary = boundary
         .filter(|b| !b.is_empty())
-        .ok_or_else(|| error(400, "multipart/related without a boundary"))?;
+        .ok_or_else(|| error(400, format!("{what} without a boundary")))?;
     let constraints =
         multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit as u64));
     let mut mp = multer::Multipart::with_constraints(
@@ -807,12 +797,12 @@ async fn stow_parts(
         multer::Error::StreamSizeExceeded { .. } => {
             error(413, format!("the body is over {} MiB", limit >> 20))
         }
-        e => error(400, format!("multipart/related body: {e}")),
+        e => error(400, format!("{what} body: {e}")),
     };
     let mut parts = Vec::new();
     while let Some(field) = mp.next_field().await.map_err(bad)? {
         let n = parts.len() + 1;
-        if let Some(ct) = field.content_type() {
+        if let Some(ct) = field.content_type().filter(|_| stow) {
             if ct.essence_str() != "application/dicom" {
                 return Err(error(
                     415,
@@ -820,9 +810,11 @@ async fn stow_parts(
                 ));
             }
         }
-        parts.push((None, field.bytes().await.map_err(bad)?));
+        let name = field.file_name().map(str::to_string);
+        parts.push((name, field.bytes().await.map_err(bad)?));
     }
-    if parts.is_empty() {
+    // A form may come without a file (a phantom study is asked for in the query).
+    if stow && parts.is_empty() {
         return Err(error(400, "the STOW-RS body holds no instances"));
     }
     Ok(parts)
