@@ -1,13 +1,20 @@
 //! A beating-heart cine-MRI phantom with exact ground truth.
 //!
-//! One seed gives one short-axis exam: a stack of 8-14 slices x 20-30 phases, as an SSFP cine
+//! One seed gives one short-axis exam: a stack of 9-15 slices x 20-30 phases, as an SSFP cine
 //! looks: bright blood, dark myocardium, chest wall with subcutaneous fat, lungs, spine, a
 //! descending aorta, the liver under the apex, a smooth coil bias field and Rician noise. The
 //! heart has a left ventricle (cavity, myocardium that thickens in systole because its
 //! cross-section area is conserved, two papillary muscles inside the cavity), a crescent right
 //! ventricle with a thin free wall, base-to-apex tapering, through-plane motion of the base, a
 //! random size, position, in-plane rotation and ejection fraction (15-75 %), and an oblique
-//! short-axis orientation in patient space.
+//! short-axis orientation in patient space. Above the atrioventricular plane (the base) sit the
+//! two atria, bright blood in thin walls that fill while the ventricles empty, labelled
+//! background as in ACDC.
+//!
+//! **Planning.** The stack is planned as SCMR's protocol asks, from above the base through the
+//! apex: the first slice lies 0-12 mm above the base at end diastole (atria only), the second
+//! 2-6 mm below it, and the last within 4 mm of the apex. With the base's through-plane motion
+//! the second slice may show atrium at end systole too.
 //!
 //! **Ground truth.** Every pixel is rendered from 4 x 4 sub-samples (the heart) or 2 x 2 (the
 //! static anatomy), which gives partial-volume edges in the image and, for the labels, the
@@ -186,10 +193,14 @@ enum Tissue {
     Myo,
     RvBlood,
     RvWall,
+    AtrialBlood,
+    AtrialWall,
 }
 
 /// Per-frame geometry of the heart (one slice, one phase).
 struct Frame {
+    /// Scale of the atria (0 below the base, where there are none).
+    atria: f64,
     present: bool,
     r_en: f64,
     r_ep: f64,
@@ -223,10 +234,18 @@ impl Heart {
         };
         let gl = g(u, 1.0);
         let gr = g(u, 0.85);
+        // The atria above the base: full size just above it, tapering over 40 mm, and filling
+        // (larger) while the ventricles contract.
+        let atria = if d < 0.0 && d > -40.0 {
+            (1.0 - (-d / 40.0).powi(2)).sqrt() * (0.85 + 0.2 * c)
+        } else {
+            0.0
+        };
         let r_en = self.r_ed * (1.0 - (1.0 - self.k_lv) * c) * gl;
         let r_ep = (r_en * r_en + self.wall_area * gl * gl).sqrt();
         let s_rv = 1.0 - (1.0 - self.k_rv) * c;
         Frame {
+            atria,
             present: gl > 0.0,
             r_en,
             r_ep,
@@ -243,10 +262,13 @@ impl Heart {
 
     /// What the point (x, y) mm is, if it belongs to the heart.
     fn tissue(&self, f: &Frame, x: f64, y: f64) -> Option<Tissue> {
-        if !f.present && !f.rv_present {
+        if !f.present && !f.rv_present && f.atria <= 0.0 {
             return None;
         }
         let (dx, dy) = (x - self.cx, y - self.cy);
+        if f.atria > 0.0 {
+            return self.atrium(f.atria, dx, dy);
+        }
         let r2 = dx * dx + dy * dy;
         let r = r2.sqrt();
         // Shape modulation m(theta) = 1 + sum a_n cos(n (theta - phi_n)), without atan2.
@@ -291,6 +313,33 @@ impl Heart {
             if inside(f.rv_a + self.rv_wall, f.rv_b + self.rv_wall) {
                 return Some(Tissue::RvWall);
             }
+        }
+        None
+    }
+}
+
+impl Heart {
+    /// The atria at (dx, dy) mm from the LV axis, `scale` their size: the left one a disc
+    /// behind the LV's axis, the right one an ellipse on the RV's side; blood in a 2 mm wall.
+    fn atrium(&self, scale: f64, dx: f64, dy: f64) -> Option<Tissue> {
+        let wall = 2.0;
+        let r_la = 0.8 * self.r_ed * scale;
+        let (lx, ly) = (dx, dy - 0.35 * self.r_ed);
+        let d_la = (lx * lx + ly * ly).sqrt();
+        if d_la < r_la {
+            return Some(Tissue::AtrialBlood);
+        }
+        let (ex, ey) = (self.e[0], self.e[1]);
+        let (qx, qy) = (dx - ex * self.rv_dist, dy - ey * self.rv_dist);
+        let a = qx * ex + qy * ey;
+        let b = -qx * ey + qy * ex;
+        let (ra, rb) = (0.7 * self.rv_a * scale, 0.8 * self.rv_b * scale);
+        let inside = |ra: f64, rb: f64| (a / ra).powi(2) + (b / rb).powi(2) < 1.0;
+        if inside(ra, rb) {
+            return Some(Tissue::AtrialBlood);
+        }
+        if d_la < r_la + wall || inside(ra + wall, rb + wall) {
+            return Some(Tissue::AtrialWall);
         }
         None
     }
@@ -399,7 +448,8 @@ pub fn cardiac_with(
     let k_rv = 1.0 - rv_ef.min(0.65);
     let r_ep = (r_ed * r_ed + (r_ed + wall).powi(2) - r_ed * r_ed).sqrt();
     let rv_angle = (200.0 + rng.range(-25.0, 25.0)).to_radians();
-    let drawn_slices = (((length - 4.0) / spacing).ceil() as usize + 1).clamp(8, 14);
+    // One slice above the base, then from 2-6 mm below it to within 4 mm of the apex.
+    let drawn_slices = (((length - 4.0) / spacing).ceil() as usize + 2).clamp(9, 15);
     let slices = slices.map_or(drawn_slices, |s| s.clamp(2, 40));
     let heart = Heart {
         cx: rng.range(5.0, 40.0),
@@ -476,7 +526,7 @@ pub fn cardiac_with(
     let plane = n * n;
     // Stored slice s images the anatomical slice k (0 = the most basal).
     let anat = |s: usize| if cond.apex_first { slices - 1 - s } else { s };
-    let depth_of = |s: usize| heart.base_offset + anat(s) as f64 * spacing;
+    let depth_of = |s: usize| heart.base_offset + (anat(s) as f64 - 1.0) * spacing;
     // Canonical-view (mm) point of a stored in-plane position (mm).
     let canon = |u: f64, v: f64| cond.canonical_of(u, v);
     // The heart's centre moves with depth when its long axis is tilted.
@@ -555,6 +605,8 @@ pub fn cardiac_with(
                             Some(Tissue::Myo) => (2, contrast.myo),
                             Some(Tissue::RvBlood) => (3, contrast.blood),
                             Some(Tissue::RvWall) => (0, contrast.myo),
+                            Some(Tissue::AtrialBlood) => (0, contrast.blood),
+                            Some(Tissue::AtrialWall) => (0, contrast.myo),
                             None => (0, body.intensity(x, y, depth_of(k), &contrast)),
                         };
                         frac[label] += 1;
@@ -769,7 +821,7 @@ mod tests {
         assert_eq!(a.labels, b.labels);
         let p = &a.params;
         assert!((1.2..=2.0).contains(&p.pixel_spacing_mm));
-        assert!((8..=14).contains(&p.slices));
+        assert!((9..=15).contains(&p.slices));
         assert!((20..=30).contains(&p.phases));
         let t = &a.truth;
         assert!(t.lv_edv_ml > t.lv_esv_ml && t.lv_esv_ml > 0.0);

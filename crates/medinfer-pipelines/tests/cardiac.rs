@@ -515,6 +515,76 @@ fn real_export_layouts_give_the_numbers_of_the_canonical_exam() {
     }
 }
 
+/// `vol` without the `k` stored slices at the start (`from_start`) or the end, its affine
+/// moved so the rest keep their world positions.
+fn drop_slices(vol: &Volume, k: usize, from_start: bool) -> Volume {
+    let [nx, ny, nz, nt] = vol.dims;
+    let plane = nx * ny;
+    let keep = if from_start { k..nz } else { 0..nz - k };
+    let mut data = Vec::with_capacity(plane * keep.len() * nt);
+    for t in 0..nt {
+        let off = t * nz * plane;
+        data.extend_from_slice(&vol.data[off + keep.start * plane..off + keep.end * plane]);
+    }
+    let mut out = Volume::new([nx, ny, keep.len(), nt], data, vol.spacing).unwrap();
+    out.affine = vol.affine;
+    for a in 0..3 {
+        out.affine[a][3] += vol.affine[a][2] * keep.start as f64;
+    }
+    out.tags = vol.tags.clone();
+    out
+}
+
+/// The base end: a stack planned from above the base (the phantom's, whose first anatomical
+/// slice shows the atria) is not flagged; the same stack without its atrial slice starts inside
+/// the ventricle and is, in either slice order, with the affine and without it.
+#[test]
+fn the_coverage_flag_finds_a_stack_that_starts_below_the_base() {
+    let (s, id) = fast_session();
+    let spec = cardiac::CardiacSpec::shipped();
+    for apex_first in [false, true] {
+        let cond = phantom::Conditions {
+            apex_first,
+            ..Default::default()
+        };
+        let full = phantom::cardiac_with(8, None, None, &cond);
+        let nz = full.image.dims[2];
+        let r = cardiac::analyse(&full.image, "full", &s, id.clone(), &spec)
+            .unwrap()
+            .report;
+        assert!(
+            !r.flags.iter().any(|f| f.contains("may not reach the base")),
+            "apex first {apex_first}: {:?}",
+            r.flags
+        );
+        // The atrial slice is stored first base-first, last apex-first.
+        let cut = drop_slices(&full.image, 1, !apex_first);
+        let base = if apex_first { nz - 2 } else { 0 };
+        for affine in [true, false] {
+            let mut v = cut.clone();
+            if !affine {
+                v.tags.set("geometry", "unknown");
+            }
+            let r = cardiac::analyse(&v, "cut", &s, id.clone(), &spec)
+                .unwrap()
+                .report;
+            assert!(
+                r.flags.iter().any(|f| f.contains("may not reach the base")
+                    && f.contains(&format!("slice {base},"))),
+                "apex first {apex_first}, affine {affine}: {:?}",
+                r.flags
+            );
+            assert!(
+                !r.flags
+                    .iter()
+                    .any(|f| f.contains("still large on the most apical")),
+                "apex first {apex_first}, affine {affine}: {:?}",
+                r.flags
+            );
+        }
+    }
+}
+
 /// The coverage flag looks at the apical end, wherever the slice order puts it.
 #[test]
 fn the_coverage_flag_finds_the_apex_in_either_slice_order() {

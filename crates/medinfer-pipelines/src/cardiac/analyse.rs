@@ -161,10 +161,11 @@ pub fn analyse(
             lv.ef_pct
         ));
     }
-    // Coverage: a ventricle still large on the apical end slice at ED may extend beyond the
-    // stack. Which end is apical is read from the affine (the slice step against the heart's
-    // long axis, which points to the patient's left, anterior and inferior), else from the
-    // data (the end where the LV is smaller).
+    // Coverage, both ends in anatomical terms. Which end is apical is read from the affine
+    // (the slice step against the heart's long axis, which points to the patient's left,
+    // anterior and inferior), else from the data (the LV's cross-sections weigh towards the
+    // base). Apex: a ventricle still large on the apical end slice at ED may extend beyond the
+    // stack.
     let apex = apical_end(vol, &labels, ed);
     for (name, class) in [("LV", 1u8), ("RV", 3u8)] {
         let z = apex.slice;
@@ -176,6 +177,33 @@ pub fn analyse(
         if n as f64 * vol.spacing[0] * vol.spacing[1] > 1500.0 {
             flags.push(format!(
                 "{name} is still large on the most apical slice at ED (slice {z}, {}): the stack may not cover the whole ventricle",
+                apex.how
+            ));
+        }
+    }
+    // Base: a stack planned from the atrioventricular plane shows atria, or a ring of
+    // myocardium open to the outflow tract, on its basal end slice at ED. An LV section there
+    // still half the size of the largest one, closed all round by myocardium, is ventricle:
+    // the stack may start below the base and miss the largest sections.
+    if nz >= 2 {
+        let base = if apex.slice == 0 { nz - 1 } else { 0 };
+        let px_mm2 = vol.spacing[0] * vol.spacing[1];
+        let frame = &labels[ed * nz * plane..(ed + 1) * nz * plane];
+        let lv_px = |z: usize| {
+            frame[z * plane..(z + 1) * plane]
+                .iter()
+                .filter(|&&v| v == 1)
+                .count()
+        };
+        let largest = (0..nz).map(lv_px).max().unwrap_or(0);
+        let at_base = lv_px(base);
+        if at_base as f64 * px_mm2 > 300.0
+            && at_base as f64 >= 0.5 * largest as f64
+            && ring_closure(&frame[base * plane..(base + 1) * plane], nx) >= 0.875
+        {
+            flags.push(format!(
+                "LV is still large and closed by myocardium on the most basal slice at ED (slice {base}, {:.0} % of the largest LV section; {}): the stack may not reach the base",
+                100.0 * at_base as f64 / largest.max(1) as f64,
                 apex.how
             ));
         }
@@ -246,14 +274,48 @@ fn apical_end(vol: &Volume, labels: &[u8], ed: usize) -> ApicalEnd {
             };
         }
     }
-    let lv = |z: usize| {
+    // The LV's sections are largest near the base and taper to the apex, so their
+    // area-weighted mean position lies on the basal half of the stack.
+    let (mut sum, mut weighted) = (0.0, 0.0);
+    for z in 0..nz {
         let s = (ed * nz + z) * plane;
-        labels[s..s + plane].iter().filter(|&&v| v == 1).count()
-    };
-    ApicalEnd {
-        slice: if lv(0) < lv(nz - 1) { 0 } else { nz - 1 },
-        how: "the end with the smaller LV; the affine does not tell",
+        let n = labels[s..s + plane].iter().filter(|&&v| v == 1).count() as f64;
+        sum += n;
+        weighted += n * z as f64;
     }
+    let apex_last = sum == 0.0 || weighted / sum <= (nz as f64 - 1.0) / 2.0;
+    ApicalEnd {
+        slice: if apex_last { nz - 1 } else { 0 },
+        how: "the apex is where the LV's sections shrink; the affine does not tell",
+    }
+}
+
+/// Fraction of 24 angular sectors around the LV cavity's centroid in which the slice `plane`
+/// (labels, rows of `nx`) has myocardium: 1 for a closed ring, less where it opens (the
+/// outflow tract at the base) or is missing (atria).
+fn ring_closure(plane: &[u8], nx: usize) -> f64 {
+    const SECTORS: usize = 24;
+    let (mut n, mut cx, mut cy) = (0.0, 0.0, 0.0);
+    for (i, &v) in plane.iter().enumerate() {
+        if v == 1 {
+            n += 1.0;
+            cx += (i % nx) as f64;
+            cy += (i / nx) as f64;
+        }
+    }
+    if n == 0.0 {
+        return 0.0;
+    }
+    let (cx, cy) = (cx / n, cy / n);
+    let mut hit = [false; SECTORS];
+    for (i, &v) in plane.iter().enumerate() {
+        if v == 2 {
+            let a = ((i / nx) as f64 - cy).atan2((i % nx) as f64 - cx);
+            let k = ((a + std::f64::consts::PI) / std::f64::consts::TAU * SECTORS as f64) as usize;
+            hit[k.min(SECTORS - 1)] = true;
+        }
+    }
+    hit.iter().filter(|&&h| h).count() as f64 / SECTORS as f64
 }
 
 /// Arg-max of the bilinearly interpolated class scores at every input pixel of the footprint,
