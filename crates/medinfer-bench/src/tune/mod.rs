@@ -8,12 +8,16 @@
 //! 2. **Accuracy.** Every (variant, engine, precision, ISA) runs the validation set in its own
 //!    process ([`worker`]); its outputs are scored against the FP32 model's with the metric.
 //!    Over the budget: out, with the measured drop as the reason. A crash: out, as a crash.
-//! 3. **Screening.** Every remaining candidate (x streams x batch) is timed briefly, alone.
+//! 3. **Screening** in paired rounds anchored on OpenVINO's INT8 defaults (5 rounds of short
+//!    slices): every engine configuration at the defaults' layout, then every layout (streams x
+//!    threads x batch) of the best few; the best `keep` go on.
 //! 4. **Paired rounds with successive halving.** The best few stay loaded side by side; each
 //!    round times every one of them once, in a shuffled order, so a change in the host's load
-//!    hits all of them alike. After each stage the slower half (by median over the rounds) is
-//!    dropped and the next stage has twice the rounds, down to two. The winner's per-round
-//!    ratios over the runner-up are the confidence.
+//!    hits all of them alike. After each stage the slower half (by the median of each one's
+//!    per-round speed over OpenVINO's INT8 defaults, which ride along; else by median speed)
+//!    is dropped and the next stage has twice the rounds, down to two; the last stage runs as
+//!    many rounds as the budget has left (up to 60). The winner's per-round ratios over the
+//!    runner-up are the confidence.
 //!
 //! [`deploy`] writes the choice as a model-repository entry that `run`, `bench` and `serve`
 //! take with `--deploy`.
@@ -600,14 +604,20 @@ fn speed_of(objective: Objective, s: &worker::Slice) -> f64 {
     }
 }
 
-/// Paired rounds per screening stage, and the seconds of each timed slice there.
-const SCREEN_ROUNDS: usize = 3;
+/// Paired rounds per screening stage, and the seconds of each timed slice there. Five, not
+/// three: on a shared 2-core host one round's speeds move by up to 2x, and with three rounds
+/// the exhaustive search's best throughput configuration missed the cut (1.05x the anchor
+/// against the eighth's 1.06x) on two of three models (docs/benchmarks.md, 2026-12-05).
+const SCREEN_ROUNDS: usize = 5;
 const SCREEN_SLICE_S: f64 = 0.3;
 /// Seconds of the warm-up right after a load (which also sizes the timed slices).
 const WARM_UP_S: f64 = 0.2;
 /// How much faster (median of paired rounds) a challenger must be to replace OpenVINO's INT8
 /// defaults.
 const DEFAULT_MARGIN: f64 = 0.01;
+/// Most rounds the halving's final stage may run when the budget leaves room for more than the
+/// schedule's.
+const FINAL_ROUNDS_MAX: usize = 60;
 
 /// What the paired rounds picked.
 struct Picked {
@@ -722,6 +732,17 @@ fn by_anchor_ratio(cands: &[Candidate], v: &mut [usize]) {
     });
 }
 
+/// Orders the halving's `v` best first: by the median of each one's per-round speed over the
+/// defaults' in the same round when the defaults ride along (a busy spell on the host slows a
+/// whole round, and the ratio cancels it), else by median speed.
+fn rank(cands: &[Candidate], default: Option<usize>, v: &mut [usize]) {
+    if default.is_some() {
+        by_anchor_ratio(cands, v);
+    } else {
+        by_speed(cands, v);
+    }
+}
+
 fn by_speed(cands: &[Candidate], v: &mut [usize]) {
     v.sort_by(|&a, &b| {
         cands[b]
@@ -789,16 +810,36 @@ fn halving_rounds(
     } else {
         stages.clone()
     };
+    let mut total_rounds = total_rounds;
     for (stage, &(_, rounds)) in stage_list.iter().enumerate() {
+        let mut rounds = rounds;
+        if stage + 1 == stage_list.len() {
+            // The final stage takes what the budget has left (the near-equal configurations at
+            // the top are told apart only by many paired rounds), up to FINAL_ROUNDS_MAX.
+            let left = plan
+                .budget
+                .saturating_sub(plan.started.elapsed())
+                .as_secs_f64();
+            let per_round = members(&others).len() as f64 * slice_s * 1.15;
+            let fit = (0.85 * left / per_round.max(1e-3)) as usize;
+            let extra = fit.clamp(rounds, FINAL_ROUNDS_MAX.max(rounds)) - rounds;
+            rounds += extra;
+            total_rounds += extra;
+        }
         for _ in 0..rounds {
             progress("rounds", round_no, total_rounds);
             round_no += 1;
-            one_round(plan, cands, &mut workers, &members(&others), slice_s, order);
+            let speeds = one_round(plan, cands, &mut workers, &members(&others), slice_s, order);
+            if let Some(&d) = default.and_then(|d| speeds.get(&d)) {
+                for (&i, &v) in &speeds {
+                    cands[i].anchor_ratios.push(v / d.max(1e-12));
+                }
+            }
             others.retain(|i| workers.contains_key(i));
         }
         if stage + 1 < stage_list.len() {
             let keep = stage_list[stage + 1].0.min(others.len());
-            by_speed(cands, &mut others);
+            rank(cands, default, &mut others);
             for &i in &others[keep..] {
                 let r = cands[i].rounds.len();
                 cands[i].out(
@@ -813,7 +854,7 @@ fn halving_rounds(
     progress("rounds", total_rounds, total_rounds);
     let default = default.filter(|d| workers.contains_key(d));
     drop(workers);
-    by_speed(cands, &mut others);
+    rank(cands, default, &mut others);
     let pair = |a: usize, b: usize| -> Vec<f64> {
         // Both took part in the same (last) rounds, so their speeds pair up from the end.
         cands[a]
@@ -1268,11 +1309,21 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
             .filter(|&&j| cands[j].key == cands[anchor].key)
             .count();
         let top_keys = (3 * plan.keep).div_ceil(per_key.max(1)).max(1);
-        let keys: Vec<usize> = ranked
+        // The defaults' own engine configuration always has its other layouts screened: they
+        // are a user's first alternatives, and a ranking at one layout within the host's noise
+        // does not carry over to the others (the exhaustive search's best unet-cardiac
+        // throughput configuration was the defaults' at batch 4, cut with its configuration).
+        // It also keeps the defaults themselves in: before, a tune whose defaults' configuration
+        // ranked fourth screened them out, and the halving ran without the bar a choice must
+        // clear, so it could deploy something slower than them.
+        let mut keys: Vec<usize> = ranked
             .iter()
             .take(top_keys)
             .map(|&i| cands[i].key)
             .collect();
+        if let Some(d) = default.filter(|&d| !keys.contains(&cands[d].key)) {
+            keys.push(cands[d].key);
+        }
         let layouts_b: Vec<usize> = live
             .iter()
             .copied()
@@ -1332,8 +1383,10 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
         contenders.truncate(slots);
         alive = default.into_iter().chain(contenders).collect();
         for &i in &alive {
-            // The halving pairs its rounds from the end: screening rounds must not join them.
+            // The halving pairs its rounds from the end and ranks by its own ratios over the
+            // defaults: screening rounds must not join them.
             cands[i].rounds.clear();
+            cands[i].anchor_ratios.clear();
         }
     }
 
