@@ -316,9 +316,7 @@ impl Heart {
         }
         None
     }
-}
 
-impl Heart {
     /// The atria at (dx, dy) mm from the LV axis, `scale` their size: the left one a disc
     /// behind the LV's axis, the right one an ellipse on the RV's side; blood in a 2 mm wall.
     fn atrium(&self, scale: f64, dx: f64, dy: f64) -> Option<Tissue> {
