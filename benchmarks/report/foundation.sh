@@ -3,16 +3,20 @@
 # GPT-2-base decoder with cross attention, seeded) generating 128 tokens, side by side in one
 # run: stock PyTorch `generate` and medinfer's configurations (engines, BF16, 8-bit weight-only
 # decoder, encoder and decoder on different engines). Every configuration's greedy tokens are
-# checked against PyTorch's first (reference.json).
-#   benchmarks/report/foundation.sh [--runs 5] [--tokens 128] [--with-optimum]
+# checked against PyTorch's first (reference.json). --with-intel adds optimum-intel's OpenVINO
+# pipeline (fp32 and bf16, on the same ONNX files; its own venv); --main-rows runs only
+# medinfer's OpenVINO fp32 / bf16 rows (the same engine as optimum-intel) and its fastest mix.
+#   benchmarks/report/foundation.sh [--runs 5] [--tokens 128] [--with-optimum] [--with-intel] [--main-rows]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-runs=5; tokens=128; optimum=0
+runs=5; tokens=128; optimum=0; intel=0; main_rows=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
     --tokens) tokens="$2"; shift 2 ;;
     --with-optimum) optimum=1; shift ;;
+    --with-intel) intel=1; shift ;;
+    --main-rows) main_rows=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -41,13 +45,20 @@ config() {  # label, model dir, engine, more arguments...
     --ignore-eos "$@" --json | python3 -c "import json,sys; j=json.load(sys.stdin); j['label']='$label'; j['same_tokens']='$same'; print(json.dumps(j))" > "$out/m$n.json"
   n=$((n+1))
 }
-config "ORT fp32" "$fp32" ort
+[ "$main_rows" = 1 ] || config "ORT fp32" "$fp32" ort
 config "OpenVINO fp32" "$fp32" openvino
 config "OpenVINO bf16" "$fp32" openvino --precision bf16
-config "ORT int8-weight decoder" "$q8" ort
-config "OpenVINO bf16 int8-weight decoder" "$q8" openvino --precision bf16
+[ "$main_rows" = 1 ] || config "ORT int8-weight decoder" "$q8" ort
+[ "$main_rows" = 1 ] || config "OpenVINO bf16 int8-weight decoder" "$q8" openvino --precision bf16
 config "OV bf16 encoder + ORT int8-weight decoder" "$q8" ort --encoder-backend openvino --encoder-precision bf16
 "$python" "$root/benchmarks/report/peers.py" torch "$fp32" --tokens "$tokens" --runs "$runs" --threads "$(nproc)" 2>/dev/null | tail -1 > "$out/torch.json"
+if [ "$intel" = 1 ]; then
+  ipython="$("$root/benchmarks/report/venv-intel.sh")"
+  for p in f32 bf16; do
+    "$ipython" "$root/benchmarks/report/peers.py" ov "$fp32" --ov-precision "$p" --tokens "$tokens" --runs "$runs" \
+      --threads "$(nproc)" 2>/dev/null | tail -1 > "$out/ov-$p.json"
+  done
+fi
 if [ "$optimum" = 1 ]; then
   "$python" "$root/benchmarks/report/peers.py" ort "$fp32" --tokens "$tokens" --runs "$runs" --threads "$(nproc)" 2>/dev/null | tail -1 > "$out/ort.json"
 fi
@@ -62,6 +73,11 @@ print(f"{'PyTorch ' + t['torch'] + ' generate (eager fp32)':<44} {t['mean_ms']:>
 if os.path.exists(os.path.join(d, "ort.json")):
     o = json.load(open(os.path.join(d, "ort.json")))
     print(f"{'optimum ORTModelForVision2Seq (fp32)':<44} {o['mean_ms']:>12.0f} +- {o['std_ms']:<6.0f} {t['mean_ms']/o['mean_ms']:>9.2f}x {'':>10} {'':>9} {o['peak_rss_mb']:>7.0f} (checked)")
+for p in ("f32", "bf16"):
+    f = os.path.join(d, f"ov-{p}.json")
+    if os.path.exists(f):
+        o = json.load(open(f))
+        print(f"{'optimum-intel ' + o['optimum_intel'] + ' OVModelForVision2Seq ' + p:<44} {o['mean_ms']:>12.0f} +- {o['std_ms']:<6.0f} {t['mean_ms']/o['mean_ms']:>9.2f}x {'':>10} {'':>9} {o['peak_rss_mb']:>7.0f} (checked)")
 for j in rows:
     r = j["rows"][0]; s = r["total_ms"]
     print(f"{'medinfer ' + j['label']:<44} {s['mean']:>12.0f} +- {s['std']:<6.0f} {t['mean_ms']/s['mean']:>9.2f}x {r['first_token_ms']:>10.0f} {r['per_token_ms']:>9.1f} {r['peak_rss_mb']:>7.0f} {j['same_tokens']}")

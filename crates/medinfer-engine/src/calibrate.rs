@@ -504,34 +504,39 @@ pub fn mean_auc(outputs: &[Tensor], labels: &[Vec<f32>]) -> Result<Option<f64>, 
     }
     let mut aucs = Vec::new();
     for c in 0..cols {
-        let mut pairs: Vec<(f32, bool)> = rows
+        let pairs: Vec<(f32, bool)> = rows
             .iter()
             .zip(labels)
             .filter(|(_, l)| !l[c].is_nan())
             .map(|(r, l)| (r[c], l[c] > 0.5))
             .collect();
-        let pos = pairs.iter().filter(|p| p.1).count();
-        let neg = pairs.len() - pos;
-        if pos == 0 || neg == 0 {
-            continue;
-        }
-        // Mann-Whitney U with average ranks for ties.
-        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut rank_sum = 0f64;
-        let mut i = 0;
-        while i < pairs.len() {
-            let mut j = i;
-            while j + 1 < pairs.len() && pairs[j + 1].0 == pairs[i].0 {
-                j += 1;
-            }
-            let avg = (i + j) as f64 / 2.0 + 1.0;
-            rank_sum += avg * pairs[i..=j].iter().filter(|p| p.1).count() as f64;
-            i = j + 1;
-        }
-        let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
-        aucs.push(u / (pos as f64 * neg as f64));
+        aucs.extend(roc_auc(pairs));
     }
     Ok((!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64))
+}
+
+/// ROC AUC of (score, positive) pairs: the Mann-Whitney U with average ranks for ties, over
+/// positives x negatives. `None` when only one class occurs.
+pub fn roc_auc(mut pairs: Vec<(f32, bool)>) -> Option<f64> {
+    let pos = pairs.iter().filter(|p| p.1).count();
+    let neg = pairs.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut rank_sum = 0f64;
+    let mut i = 0;
+    while i < pairs.len() {
+        let mut j = i;
+        while j + 1 < pairs.len() && pairs[j + 1].0 == pairs[i].0 {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += avg * pairs[i..=j].iter().filter(|p| p.1).count() as f64;
+        i = j + 1;
+    }
+    let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
+    Some(u / (pos as f64 * neg as f64))
 }
 
 /// A layer's measured effect: the metric with that layer alone in floating point, on the ranking

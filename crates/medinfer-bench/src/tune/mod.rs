@@ -831,9 +831,7 @@ fn halving_rounds(
             round_no += 1;
             let speeds = one_round(plan, cands, &mut workers, &members(&others), slice_s, order);
             if let Some(&d) = default.and_then(|d| speeds.get(&d)) {
-                for (&i, &v) in &speeds {
-                    cands[i].anchor_ratios.push(v / d.max(1e-12));
-                }
+                record_ratios(cands, &speeds, d);
             }
             others.retain(|i| workers.contains_key(i));
         }
@@ -1079,9 +1077,7 @@ fn anchored_rounds(
                     cands[anchor].reason.clone().unwrap_or_default()
                 )));
             };
-            for (&i, &v) in &speeds {
-                cands[i].anchor_ratios.push(v / a.max(1e-12));
-            }
+            record_ratios(cands, &speeds, a);
             members.retain(|i| workers.contains_key(i));
         }
         if let Some(w) = workers.remove(&anchor) {
@@ -1090,6 +1086,14 @@ fn anchored_rounds(
     }
     progress("rounds", total_rounds, total_rounds);
     Ok(anchor)
+}
+
+/// Adds one round's speed of each candidate over the anchor's speed `anchor` (in the same round)
+/// to its `anchor_ratios`.
+fn record_ratios(cands: &mut [Candidate], speeds: &HashMap<usize, f64>, anchor: f64) {
+    for (&i, &v) in speeds {
+        cands[i].anchor_ratios.push(v / anchor.max(1e-12));
+    }
 }
 
 /// Runs the tune: accuracy, screening, paired rounds. Nothing is written.

@@ -166,7 +166,14 @@ pub fn analyse(
     // anterior and inferior), else from the data (the LV's cross-sections weigh towards the
     // base). Apex: a ventricle still large on the apical end slice at ED may extend beyond the
     // stack.
-    let apex = apical_end(vol, &labels, ed);
+    // LV pixels of each slice at ED (both ends' rules read them).
+    let ed_lv: Vec<usize> = (0..nz)
+        .map(|z| {
+            let s = (ed * nz + z) * plane;
+            labels[s..s + plane].iter().filter(|&&v| v == 1).count()
+        })
+        .collect();
+    let apex = apical_end(vol, &ed_lv);
     for (name, class) in [("LV", 1u8), ("RV", 3u8)] {
         let z = apex.slice;
         let start = (ed * nz + z) * plane;
@@ -189,14 +196,8 @@ pub fn analyse(
         let base = if apex.slice == 0 { nz - 1 } else { 0 };
         let px_mm2 = vol.spacing[0] * vol.spacing[1];
         let frame = &labels[ed * nz * plane..(ed + 1) * nz * plane];
-        let lv_px = |z: usize| {
-            frame[z * plane..(z + 1) * plane]
-                .iter()
-                .filter(|&&v| v == 1)
-                .count()
-        };
-        let largest = (0..nz).map(lv_px).max().unwrap_or(0);
-        let at_base = lv_px(base);
+        let largest = ed_lv.iter().copied().max().unwrap_or(0);
+        let at_base = ed_lv[base];
         if at_base as f64 * px_mm2 > 300.0
             && at_base as f64 >= 0.5 * largest as f64
             && ring_closure(&frame[base * plane..(base + 1) * plane], nx) >= 0.875
@@ -255,9 +256,9 @@ struct ApicalEnd {
     how: &'static str,
 }
 
-fn apical_end(vol: &Volume, labels: &[u8], ed: usize) -> ApicalEnd {
-    let [nx, ny, nz, _] = vol.dims;
-    let plane = nx * ny;
+/// `ed_lv`: the LV's pixel count on each slice at ED.
+fn apical_end(vol: &Volume, ed_lv: &[usize]) -> ApicalEnd {
+    let nz = ed_lv.len();
     if vol.tags.get("geometry") != Some("unknown") {
         let step = [vol.affine[0][2], vol.affine[1][2], vol.affine[2][2]];
         let c = dot(step, APEX_DIRECTION) / (length(step) * length(APEX_DIRECTION)).max(1e-12);
@@ -277,11 +278,9 @@ fn apical_end(vol: &Volume, labels: &[u8], ed: usize) -> ApicalEnd {
     // The LV's sections are largest near the base and taper to the apex, so their
     // area-weighted mean position lies on the basal half of the stack.
     let (mut sum, mut weighted) = (0.0, 0.0);
-    for z in 0..nz {
-        let s = (ed * nz + z) * plane;
-        let n = labels[s..s + plane].iter().filter(|&&v| v == 1).count() as f64;
-        sum += n;
-        weighted += n * z as f64;
+    for (z, &n) in ed_lv.iter().enumerate() {
+        sum += n as f64;
+        weighted += n as f64 * z as f64;
     }
     let apex_last = sum == 0.0 || weighted / sum <= (nz as f64 - 1.0) / 2.0;
     ApicalEnd {
