@@ -206,8 +206,9 @@ fn phantom_cxr_writes_radiographs_truth_and_reports() {
 }
 
 /// The shipped phantom report model on held-out phantoms: its texts state the drawn findings
-/// well above chance on the labels it has learnt (models/report/README.md has the 200-study
-/// figures).
+/// (macro F1 0.933 on 200 studies, models/report/README.md; here 60, so the floors leave room
+/// for the smaller sample), and its label head, scored as a CXR classifier on the same
+/// phantoms, ranks every label's positives above its negatives.
 #[test]
 fn the_shipped_report_model_names_held_out_findings() {
     let backends = medinfer_engine::native_backends_for_tests().unwrap();
@@ -227,14 +228,106 @@ fn the_shipped_report_model_names_held_out_findings() {
         "--json",
     ]);
     let j = json(&o);
-    let f1 = &j["f1"];
-    assert!(j["macro_f1"].as_f64().unwrap() > 0.5, "{j}");
-    for l in [
-        "cardiomegaly",
-        "consolidation",
-        "pleural_effusion",
-        "support_device",
-    ] {
-        assert!(f1[l].as_f64().unwrap() > 0.7, "{l}: {j}");
+    assert!(j["macro_f1"].as_f64().unwrap() > 0.85, "{j}");
+    for (l, v) in j["f1"].as_object().unwrap() {
+        assert!(v.as_f64().unwrap() > 0.7, "{l}: {j}");
+    }
+    let c = &j["classifier"];
+    assert!(c["macro_auc"].as_f64().unwrap() > 0.95, "{j}");
+    for (l, v) in c["auc"].as_object().unwrap() {
+        assert!(v.as_f64().unwrap() > AUC_FLOOR, "{l}: {j}");
+    }
+}
+
+/// Each label's ROC AUC floor for the phantom classifier on a few dozen held-out phantoms (the
+/// 200-study figures are 0.905 for pneumothorax, at least 0.968 for the rest).
+const AUC_FLOOR: f64 = 0.85;
+
+/// ROC AUC of scores against 0 / 1 truth (ties counted half); written out here so that the
+/// test does not reuse the code it checks.
+fn auc(pairs: &[(f64, bool)]) -> f64 {
+    let pos: Vec<f64> = pairs.iter().filter(|p| p.1).map(|p| p.0).collect();
+    let neg: Vec<f64> = pairs.iter().filter(|p| !p.1).map(|p| p.0).collect();
+    let mut wins = 0.0;
+    for p in &pos {
+        for n in &neg {
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    wins / (pos.len() * neg.len()) as f64
+}
+
+/// The report model's label head, shipped as a `run cxr` model (classifier.onnx + its config):
+/// run as a user runs it, on held-out phantom radiographs written as 16-bit PNGs, on tract
+/// (no native runtime needed), its scores separate the drawn findings.
+#[test]
+fn the_report_models_label_head_classifies_held_out_phantoms_with_run_cxr() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("held-out");
+    let o = run(&[
+        "phantom",
+        "cxr",
+        "-o",
+        d.to_str().unwrap(),
+        "--count",
+        "80",
+        "--first-seed",
+        "200000",
+        "--json",
+    ]);
+    let truths = json(&o);
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/report/classifier.onnx");
+    let o = run(&[
+        "run",
+        "cxr",
+        d.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "-b",
+        "tract",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 80);
+    let mut per_label: std::collections::BTreeMap<String, Vec<(f64, bool)>> = Default::default();
+    for r in &rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        let file = r["file"].as_str().unwrap();
+        let seed: u64 = file
+            .rsplit("cxr-")
+            .next()
+            .unwrap()
+            .trim_end_matches(".png")
+            .parse()
+            .unwrap();
+        let t = truths
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["seed"] == seed)
+            .unwrap();
+        for (l, s) in r["scores"].as_object().unwrap() {
+            per_label
+                .entry(l.clone())
+                .or_default()
+                .push((s.as_f64().unwrap(), t["labels"][l].as_bool().unwrap()));
+        }
+    }
+    assert_eq!(per_label.len(), 8, "{per_label:?}");
+    for (l, pairs) in &per_label {
+        let a = auc(pairs);
+        assert!(a > AUC_FLOOR, "{l}: AUC {a:.3} over 80 held-out phantoms");
     }
 }

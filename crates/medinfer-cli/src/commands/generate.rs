@@ -456,9 +456,102 @@ pub struct CxrEvalArgs {
     /// Also print this many sample reports next to their truth.
     #[arg(long, default_value_t = 0)]
     pub samples: usize,
+    /// A multi-label classifier to score on the same phantoms (ROC AUC per label), run as
+    /// `medinfer run cxr` runs it (its config beside it gives size, normalisation and labels;
+    /// labels must be the phantom's). Default: MODEL/classifier.onnx when there is one (the
+    /// report model's label head); `none` to skip.
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The classifier part of `phantom cxr-eval`: a CXR pipeline model scored per label.
+#[derive(Serialize)]
+struct ClassifierEval {
+    model: PathBuf,
+    backend: String,
+    /// ROC AUC per label (null where the phantoms hold one class only).
+    auc: std::collections::BTreeMap<String, Option<f64>>,
+    macro_auc: f64,
+}
+
+/// Scores `path` (a `run cxr` model) on the phantoms of `seeds` with the CXR pipeline's own
+/// preprocessing and scores, and returns the ROC AUC of each of its labels.
+fn classifier_auc(
+    path: &std::path::Path,
+    kind: BackendKind,
+    seeds: std::ops::Range<u64>,
+    quiet: bool,
+) -> Result<ClassifierEval> {
+    use medinfer_pipelines::config::ModelConfig;
+    use medinfer_pipelines::cxr::{self, phantom};
+    let spec =
+        ModelConfig::for_model(medinfer_pipelines::Pipeline::Cxr, path, None)?.resolve(path, 1)?;
+    if let Some(l) = spec
+        .labels
+        .iter()
+        .find(|l| !phantom::LABELS.contains(&l.as_str()))
+    {
+        bail!(
+            "{}: label '{l}' is not a phantom label ({})",
+            path.display(),
+            phantom::LABELS.join(", ")
+        );
+    }
+    let opts = SessionOptions {
+        batch: Some(1),
+        input_shapes: spec.input_shapes.clone(),
+        ..Default::default()
+    };
+    let session = medinfer_engine::load_on(kind, path, &opts)
+        .with_context(|| format!("loading {} on {kind}", path.display()))?;
+    let prep = cxr::CxrPrep::of(&spec, cxr::Resize::Xrv);
+    let [rows, cols] = spec.size;
+    let mut pairs: Vec<Vec<(f32, bool)>> = vec![Vec::new(); spec.labels.len()];
+    let pb = bar(seeds.clone().count(), "classifier", quiet);
+    for seed in seeds {
+        let p = phantom::cxr(seed);
+        let x = cxr::preprocess_image_with(phantom::to_image(&p), prep)?;
+        let t = medinfer_core::Tensor::from_f32(vec![1, 1, rows, cols], x)?;
+        let out = session.run(&[t])?;
+        let logits = out
+            .first()
+            .context("the classifier gave no output")?
+            .as_f32()?;
+        if logits.len() != spec.labels.len() {
+            bail!(
+                "{}: {} scores for {} labels",
+                path.display(),
+                logits.len(),
+                spec.labels.len()
+            );
+        }
+        for ((l, s), v) in spec
+            .labels
+            .iter()
+            .zip(cxr::scores(logits, None))
+            .zip(&mut pairs)
+        {
+            v.push((s, p.truth.labels[l.as_str()]));
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let auc: std::collections::BTreeMap<String, Option<f64>> = spec
+        .labels
+        .iter()
+        .zip(pairs)
+        .map(|(l, v)| (l.clone(), medinfer_engine::calibrate::roc_auc(v)))
+        .collect();
+    let known: Vec<f64> = auc.values().flatten().copied().collect();
+    Ok(ClassifierEval {
+        model: path.to_path_buf(),
+        backend: session.info().backend.to_string(),
+        macro_auc: known.iter().sum::<f64>() / known.len().max(1) as f64,
+        auc,
+    })
 }
 
 #[derive(Serialize)]
@@ -472,6 +565,8 @@ struct CxrEvalOut {
     exact_match: f64,
     mean_ms: f64,
     samples: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classifier: Option<ClassifierEval>,
 }
 
 /// Report-level accuracy of a report model on held-out phantom radiographs: the labels its
@@ -504,6 +599,15 @@ pub fn cxr_eval(a: CxrEvalArgs) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let seeds = a.first_seed..a.first_seed + a.count as u64;
+    let classifier = match &a.classifier {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(a.model.join("classifier.onnx")).filter(|p| p.is_file()),
+    };
+    let classifier = classifier
+        .map(|p| classifier_auc(&p, kind, seeds, a.json))
+        .transpose()?;
     let (f1, macro_f1) = phantom::f1_scores(&truth, &pred);
     let exact = truth.iter().zip(&pred).filter(|(t, p)| t == p).count() as f64 / a.count as f64;
     let infos = g.sessions();
@@ -520,6 +624,7 @@ pub fn cxr_eval(a: CxrEvalArgs) -> Result<()> {
         exact_match: exact,
         mean_ms: total_ms / a.count as f64,
         samples,
+        classifier,
     };
     if a.json {
         return print_json(&out);
@@ -537,6 +642,20 @@ pub fn cxr_eval(a: CxrEvalArgs) -> Result<()> {
     );
     for (l, v) in &out.f1 {
         println!("  {l:<18} F1 {v:.3}");
+    }
+    if let Some(c) = &out.classifier {
+        println!(
+            "classifier {} on {}: macro AUC {:.3}",
+            c.model.display(),
+            c.backend,
+            c.macro_auc
+        );
+        for (l, v) in &c.auc {
+            match v {
+                Some(v) => println!("  {l:<18} AUC {v:.3}"),
+                None => println!("  {l:<18} AUC n/a (one class only)"),
+            }
+        }
     }
     for s in &out.samples {
         println!(

@@ -10,6 +10,8 @@
 //! [`preprocess::resize_skimage`]). Checked against the real `torchxrayvision` package
 //! (tests/cxr.rs, fixtures from `tests/fixtures/xrv/make_xrv_fixtures.py`). [`Resize::Area`]
 //! is the faster option (area averaging); its score difference is in docs/benchmarks.md.
+//! A model with another config gets its size and normalisation; `minmax` is applied to the
+//! image's own range before the resize (as `xrv` is), other normalisations after it.
 //!
 //! Scores: a sigmoid per label; with operating thresholds (TorchXRayVision's `op_threshs`), each
 //! score is mapped piecewise-linearly so that its threshold lands on 0.5:
@@ -184,10 +186,16 @@ pub fn preprocess_image_with(
     let maxval = img.value_range.1;
     let mut img = img.to_monochrome2();
     // xrv normalises first: skimage's resize pads with 0 and clips to the input's range, so
-    // the order matters (0 is mid-grey after normalisation).
+    // the order matters (0 is mid-grey after normalisation). minmax maps the image's own range,
+    // before the resize too (as medinfer's ViT processor and Pillow-based training code map a
+    // 16-bit radiograph to 8 bits): after it, thin bright lines (tubes, wires) would have lost
+    // their peak and moved the range. Linear in the values, so it commutes with the colour mean.
     let xrv = prep.normalization == Normalization::Xrv;
+    let first = xrv || prep.normalization == Normalization::Minmax;
     if xrv {
         preprocess::xrv_normalize(&mut img.data, maxval)?;
+    } else if first {
+        prep.normalization.apply(&mut img.data)?;
     }
     let img = preprocess::center_crop_square(&img.mean_channels());
     let [rows, cols] = prep.size;
@@ -195,7 +203,7 @@ pub fn preprocess_image_with(
         Resize::Xrv => preprocess::resize_skimage(&img, cols, rows)?,
         Resize::Area => preprocess::resize(&img, cols, rows, Filter::Area)?,
     };
-    if !xrv {
+    if !first {
         prep.normalization.apply(&mut img.data)?;
     }
     Ok(img.data)
