@@ -477,81 +477,97 @@ struct ClassifierEval {
     macro_auc: f64,
 }
 
-/// Scores `path` (a `run cxr` model) on the phantoms of `seeds` with the CXR pipeline's own
-/// preprocessing and scores, and returns the ROC AUC of each of its labels.
-fn classifier_auc(
-    path: &std::path::Path,
-    kind: BackendKind,
-    seeds: std::ops::Range<u64>,
-    quiet: bool,
-) -> Result<ClassifierEval> {
-    use medinfer_pipelines::config::ModelConfig;
-    use medinfer_pipelines::cxr::{self, phantom};
-    let spec =
-        ModelConfig::for_model(medinfer_pipelines::Pipeline::Cxr, path, None)?.resolve(path, 1)?;
-    if let Some(l) = spec
-        .labels
-        .iter()
-        .find(|l| !phantom::LABELS.contains(&l.as_str()))
-    {
-        bail!(
-            "{}: label '{l}' is not a phantom label ({})",
-            path.display(),
-            phantom::LABELS.join(", ")
-        );
+/// A `run cxr` model scored on phantoms with the CXR pipeline's own preprocessing and scores.
+struct ClassifierScorer {
+    path: PathBuf,
+    session: medinfer_engine::Session,
+    spec: medinfer_pipelines::config::ModelSpec,
+    /// (score, drawn) per label, in the model's label order.
+    pairs: Vec<Vec<(f32, bool)>>,
+}
+
+impl ClassifierScorer {
+    /// Loads `path` with its config; its labels must be the phantom's.
+    fn load(path: &std::path::Path, kind: BackendKind) -> Result<ClassifierScorer> {
+        use medinfer_pipelines::config::ModelConfig;
+        use medinfer_pipelines::cxr::phantom;
+        let spec = ModelConfig::for_model(medinfer_pipelines::Pipeline::Cxr, path, None)?
+            .resolve(path, 1)?;
+        if let Some(l) = spec
+            .labels
+            .iter()
+            .find(|l| !phantom::LABELS.contains(&l.as_str()))
+        {
+            bail!(
+                "{}: label '{l}' is not a phantom label ({})",
+                path.display(),
+                phantom::LABELS.join(", ")
+            );
+        }
+        let opts = SessionOptions {
+            batch: Some(1),
+            input_shapes: spec.input_shapes.clone(),
+            ..Default::default()
+        };
+        let session = medinfer_engine::load_on(kind, path, &opts)
+            .with_context(|| format!("loading {} on {kind}", path.display()))?;
+        Ok(ClassifierScorer {
+            path: path.to_path_buf(),
+            session,
+            pairs: vec![Vec::new(); spec.labels.len()],
+            spec,
+        })
     }
-    let opts = SessionOptions {
-        batch: Some(1),
-        input_shapes: spec.input_shapes.clone(),
-        ..Default::default()
-    };
-    let session = medinfer_engine::load_on(kind, path, &opts)
-        .with_context(|| format!("loading {} on {kind}", path.display()))?;
-    let prep = cxr::CxrPrep::of(&spec, cxr::Resize::Xrv);
-    let [rows, cols] = spec.size;
-    let mut pairs: Vec<Vec<(f32, bool)>> = vec![Vec::new(); spec.labels.len()];
-    let pb = bar(seeds.clone().count(), "classifier", quiet);
-    for seed in seeds {
-        let p = phantom::cxr(seed);
-        let x = cxr::preprocess_image_with(phantom::to_image(&p), prep)?;
+
+    /// Scores one phantom and keeps its scores beside its drawn labels.
+    fn score(&mut self, p: &medinfer_pipelines::cxr::phantom::CxrPhantom) -> Result<()> {
+        use medinfer_pipelines::cxr::{self, phantom};
+        let prep = cxr::CxrPrep::of(&self.spec, cxr::Resize::Xrv);
+        let [rows, cols] = self.spec.size;
+        let x = cxr::preprocess_image_with(phantom::to_image(p), prep)?;
         let t = medinfer_core::Tensor::from_f32(vec![1, 1, rows, cols], x)?;
-        let out = session.run(&[t])?;
+        let out = self.session.run(&[t])?;
         let logits = out
             .first()
             .context("the classifier gave no output")?
             .as_f32()?;
-        if logits.len() != spec.labels.len() {
+        if logits.len() != self.spec.labels.len() {
             bail!(
                 "{}: {} scores for {} labels",
-                path.display(),
+                self.path.display(),
                 logits.len(),
-                spec.labels.len()
+                self.spec.labels.len()
             );
         }
-        for ((l, s), v) in spec
+        for ((l, s), v) in self
+            .spec
             .labels
             .iter()
             .zip(cxr::scores(logits, None))
-            .zip(&mut pairs)
+            .zip(&mut self.pairs)
         {
             v.push((s, p.truth.labels[l.as_str()]));
         }
-        pb.inc(1);
+        Ok(())
     }
-    pb.finish_and_clear();
-    let auc: std::collections::BTreeMap<String, Option<f64>> = spec
-        .labels
-        .iter()
-        .zip(pairs)
-        .map(|(l, v)| (l.clone(), medinfer_engine::calibrate::roc_auc(v)))
-        .collect();
-    let known: Vec<f64> = auc.values().flatten().copied().collect();
-    Ok(ClassifierEval {
-        model: path.to_path_buf(),
-        backend: session.info().backend.to_string(),
-        macro_auc: known.iter().sum::<f64>() / known.len().max(1) as f64,
-        auc,
-    })
+
+    /// The ROC AUC of each label over the phantoms scored.
+    fn finish(self) -> ClassifierEval {
+        let auc: std::collections::BTreeMap<String, Option<f64>> = self
+            .spec
+            .labels
+            .iter()
+            .zip(self.pairs)
+            .map(|(l, v)| (l.clone(), medinfer_engine::calibrate::roc_auc(v)))
+            .collect();
+        let known: Vec<f64> = auc.values().flatten().copied().collect();
+        ClassifierEval {
+            model: self.path,
+            backend: self.session.info().backend.to_string(),
+            macro_auc: known.iter().sum::<f64>() / known.len().max(1) as f64,
+            auc,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -579,6 +595,14 @@ pub fn cxr_eval(a: CxrEvalArgs) -> Result<()> {
     let kind = backend(&a.gen.backend)?;
     let g = a.gen.load(&a.model, kind)?;
     let o = a.gen.overrides();
+    let classifier = match &a.classifier {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(a.model.join("classifier.onnx")).filter(|p| p.is_file()),
+    };
+    let mut scorer = classifier
+        .map(|p| ClassifierScorer::load(&p, kind))
+        .transpose()?;
     let pb = bar(a.count, "phantoms", a.json);
     let (mut truth, mut pred, mut samples) = (Vec::new(), Vec::new(), Vec::new());
     let mut total_ms = 0.0;
@@ -587,6 +611,9 @@ pub fn cxr_eval(a: CxrEvalArgs) -> Result<()> {
         let px = g.processor().pixels(&phantom::to_image(&p))?;
         let r = g.generate_pixels(&px, &o)?;
         total_ms += r.timings.total_ms;
+        if let Some(c) = scorer.as_mut() {
+            c.score(&p)?;
+        }
         let labels = phantom::labels_from_text(&r.text);
         if samples.len() < a.samples {
             samples.push(serde_json::json!({
@@ -599,15 +626,7 @@ pub fn cxr_eval(a: CxrEvalArgs) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let seeds = a.first_seed..a.first_seed + a.count as u64;
-    let classifier = match &a.classifier {
-        Some(p) if p.as_os_str() == "none" => None,
-        Some(p) => Some(p.clone()),
-        None => Some(a.model.join("classifier.onnx")).filter(|p| p.is_file()),
-    };
-    let classifier = classifier
-        .map(|p| classifier_auc(&p, kind, seeds, a.json))
-        .transpose()?;
+    let classifier = scorer.map(ClassifierScorer::finish);
     let (f1, macro_f1) = phantom::f1_scores(&truth, &pred);
     let exact = truth.iter().zip(&pred).filter(|(t, p)| t == p).count() as f64 / a.count as f64;
     let infos = g.sessions();
