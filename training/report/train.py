@@ -206,7 +206,10 @@ try:
     json.dump({"pipeline": "cxr", "input": {"size": [SIZE, SIZE], "channels": 1},
                "normalization": {"kind": "minmax"}, "labels": LABELS, "output": {"activation": "sigmoid"}},
               open(os.path.join(a.out, "classifier.json"), "w"), indent=1)
-    shutil.copytree(hf, os.path.join(a.out, "hf"))
+    # The PyTorch checkpoint alone (tokenizer and processor files are the export's).
+    os.makedirs(os.path.join(a.out, "hf"))
+    for f in ["config.json", "generation_config.json", "model.safetensors"]:
+        shutil.copy(os.path.join(hf, f), os.path.join(a.out, "hf", f))
 finally:
     shutil.rmtree(work, ignore_errors=True)
 json.dump({"studies": len(rows), "validation_loss": vl, "validation_label_auc": aucs, "epochs": a.epochs,
