@@ -815,10 +815,13 @@ fn hoist(
     opts: &LoadOptions,
     states: &Tensor,
 ) -> Result<Option<(DynSession, Hoist, Vec<String>)>, GenerateError> {
-    let model = medinfer_onnx::load_model(path).map_err(|e| GenerateError::Model {
+    let mut model = medinfer_onnx::load_model(path).map_err(|e| GenerateError::Model {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
+    // Shape arithmetic the graph fixes (an attention's head size read back through Shape)
+    // becomes constant first, so that what it scales on the encoder's side is hoisted too.
+    medinfer_onnx::symdims::fold_static_dims(&mut model);
     let invariant = ["encoder_hidden_states", "encoder_attention_mask"];
     let Some(h) = medinfer_onnx::hoist::split(&model, &invariant) else {
         return Ok(None);

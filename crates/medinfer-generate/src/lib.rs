@@ -46,19 +46,23 @@ pub struct QuantizedExport {
     pub files: Vec<(String, medinfer_onnx::weightonly::WeightOnlyReport)>,
 }
 
-/// Writes a copy of the export in `dir` to `out` with the decoders' matrix products in 8-bit
-/// weight-only form (`MatMulNBits`, blocks of `block` along K). The split decoder pair is
+/// Writes a copy of the export in `dir` to `out` with the decoders' matrix products in 8- or
+/// 4-bit weight-only form (`MatMulNBits`, blocks of `block` along K). The split decoder pair is
 /// rewritten (a merged decoder keeps its products inside If branches, so it is left out of the
 /// copy), and the encoder too when `encoder` is set; tokenizer and configs are copied as they
 /// are.
 pub fn quantize_export(
     dir: &std::path::Path,
     out: &std::path::Path,
+    bits: u8,
     block: usize,
     accuracy_level: i64,
     encoder: bool,
 ) -> Result<QuantizedExport, GenerateError> {
     let files = model::ModelFiles::find(dir, model::DecoderChoice::Split)?;
+    if bits != 8 && bits != 4 {
+        return Err(GenerateError::Input(format!("--bits {bits}: 8 or 4")));
+    }
     if !block.is_power_of_two() || block < 16 {
         return Err(GenerateError::Input(format!(
             "--block {block}: a power of two, at least 16"
@@ -99,8 +103,15 @@ pub fn quantize_export(
                 path: p.clone(),
                 message: e.to_string(),
             })?;
-            let r =
-                medinfer_onnx::weightonly::quantize_weights(&mut m, block, 4096, accuracy_level);
+            let r = medinfer_onnx::weightonly::quantize_weights(
+                &mut m,
+                medinfer_onnx::weightonly::WeightOnlyOptions {
+                    bits,
+                    block,
+                    min_elements: 4096,
+                    accuracy_level,
+                },
+            );
             medinfer_onnx::save_model(&m, &target).map_err(|e| GenerateError::Model {
                 path: target.clone(),
                 message: e.to_string(),

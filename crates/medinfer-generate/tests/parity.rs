@@ -307,13 +307,13 @@ fn encoder_and_decoder_on_different_engines_give_the_same_tokens() {
     }
 }
 
-/// The 8-bit weight-only export computes what the float one does, up to the weights'
+/// The 8- and 4-bit weight-only exports compute what the float one does, up to the weights'
 /// rounding: the first-step logits of both decoders on the same encoder states, every engine.
 #[test]
 fn weight_only_int8_decoders_stay_close_to_float() {
     let out = tempfile::tempdir().unwrap();
     let q8 = out.path().join("q8");
-    let r = medinfer_generate::quantize_export(&fixture(), &q8, 16, 4, false).unwrap();
+    let r = medinfer_generate::quantize_export(&fixture(), &q8, 8, 16, 4, false).unwrap();
     assert_eq!(r.files.len(), 2);
     for (name, f) in &r.files {
         assert!(f.replaced >= 5, "{name}: {f:?}");
@@ -322,11 +322,25 @@ fn weight_only_int8_decoders_stay_close_to_float() {
     }
     assert!(!q8.join("decoder_model_merged.onnx").exists());
     // Refusals: an existing, non-empty output folder; a bad block size.
-    let e = medinfer_generate::quantize_export(&fixture(), &q8, 16, 4, false).unwrap_err();
+    let e = medinfer_generate::quantize_export(&fixture(), &q8, 8, 16, 4, false).unwrap_err();
     assert!(e.to_string().contains("not empty"), "{e}");
-    let e = medinfer_generate::quantize_export(&fixture(), &out.path().join("b"), 24, 4, false)
+    let e = medinfer_generate::quantize_export(&fixture(), &out.path().join("b"), 8, 24, 4, false)
         .unwrap_err();
     assert!(e.to_string().contains("power of two"), "{e}");
+    let e = medinfer_generate::quantize_export(&fixture(), &out.path().join("c"), 3, 16, 4, false)
+        .unwrap_err();
+    assert!(e.to_string().contains("8 or 4"), "{e}");
+    // The 4-bit export: half the bytes of the 8-bit one again.
+    let q4 = out.path().join("q4");
+    let r4 = medinfer_generate::quantize_export(&fixture(), &q4, 4, 16, 4, false).unwrap();
+    for ((name, f8), (_, f4)) in r.files.iter().zip(&r4.files) {
+        assert_eq!((f4.bits, f4.replaced), (4, f8.replaced), "{name}");
+        assert!(
+            f4.quantized_bytes * 10 < f8.quantized_bytes * 7,
+            "{name}: {f4:?}"
+        );
+        assert!(f4.max_block_error <= 1.0 / 8.0 + 1e-6, "{name}: {f4:?}");
+    }
     let states = medinfer_core::Tensor::from_f32(
         vec![1, 17, 32],
         (0..17 * 32)
@@ -360,21 +374,66 @@ fn weight_only_int8_decoders_stay_close_to_float() {
                 .unwrap()
                 .to_vec()
         };
-        let (f, q) = (logits(&fixture()), logits(&q8));
-        assert_eq!(f.len(), q.len());
+        let f = logits(&fixture());
         let range = f.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = f
-            .iter()
-            .zip(&q)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max_diff = |q: &[f32]| {
+            assert_eq!(f.len(), q.len());
+            f.iter()
+                .zip(q)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+        };
+        let (d8, d4) = (max_diff(&logits(&q8)), max_diff(&logits(&q4)));
+        eprintln!("{backend}: weight-only logits max diff int8 {d8}, int4 {d4} (range {range})");
         // Weights rounded to 1/254 of their block's range and (level 4) activations to 8
         // bits: a few per cent of the logits' range at most; a wrong zero point or layout
         // gives errors of the order of the range itself.
         assert!(
-            diff < 0.05 * range,
-            "{backend}: max diff {diff}, logits up to {range}"
+            d8 < 0.05 * range,
+            "{backend}: int8 max diff {d8}, logits up to {range}"
         );
-        eprintln!("{backend}: int8 weight-only logits max diff {diff} (range {range})");
+        // 4 bits: steps of 1/16 of the block's range, so several times int8's error but
+        // still well inside the range (a swapped nibble order is of the order of the range).
+        assert!(
+            d4 < 0.25 * range,
+            "{backend}: int4 max diff {d4}, logits up to {range}"
+        );
+        assert!(d4 > d8, "{backend}: int4 {d4} not coarser than int8 {d8}");
     }
+}
+
+/// The export computes attention's scale from the query's run-time shape; folding the head
+/// size it reads back (fixed by a reshape) lets the hoist move the cross-attention keys'
+/// scaling out of the per-token step too (the tokens above are checked with the fold on).
+#[test]
+fn folding_the_head_size_hoists_the_cross_attention_key_scaling() {
+    let m = medinfer_onnx::load_model(&fixture().join("decoder_with_past_model.onnx")).unwrap();
+    let invariant = ["encoder_hidden_states", "encoder_attention_mask"];
+    let plain = medinfer_onnx::hoist::split(&m, &invariant).unwrap();
+    let mut folded = m.clone();
+    let r = medinfer_onnx::symdims::fold_static_dims(&mut folded);
+    assert!(r.folded >= 2 && r.removed >= r.folded, "{r:?}");
+    let h = medinfer_onnx::hoist::split(&folded, &invariant).unwrap();
+    // One key scaling per cross-attention layer (the fixture has 2) moves out.
+    assert!(
+        h.hoisted_nodes >= plain.hoisted_nodes + 2,
+        "{} -> {}",
+        plain.hoisted_nodes,
+        h.hoisted_nodes
+    );
+    let muls = |m: &medinfer_onnx::proto::ModelProto| {
+        m.graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("Mul"))
+            .count()
+    };
+    assert!(
+        muls(&h.step) + 2 <= muls(&plain.step),
+        "{} vs {}",
+        muls(&h.step),
+        muls(&plain.step)
+    );
 }

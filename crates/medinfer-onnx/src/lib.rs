@@ -25,6 +25,7 @@ pub mod optimize;
 pub mod proto;
 pub mod qdq;
 pub mod shapes;
+pub mod symdims;
 pub mod weightonly;
 pub mod zoo;
 

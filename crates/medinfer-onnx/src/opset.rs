@@ -142,6 +142,17 @@ pub(crate) fn int_attr(name: &str, v: i64) -> AttributeProto {
     }
 }
 
+/// An INTS attribute.
+#[cfg(test)]
+pub(crate) fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INTS),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 fn node(op: &str, name: String, inputs: Vec<String>, outputs: Vec<String>) -> NodeProto {
     NodeProto {
         op_type: Some(op.into()),

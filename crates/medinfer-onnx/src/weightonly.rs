@@ -1,13 +1,14 @@
-//! Weight-only INT8 for the matrix products of a decoder: each MatMul / Gemm whose weight is a
-//! float initializer becomes ONNX Runtime's `MatMulNBits` (domain `com.microsoft`, 8 bits,
-//! blocks of `block` along K, symmetric: one scale per block, the implicit zero point 128).
+//! Weight-only INT8 / INT4 for the matrix products of a decoder: each MatMul / Gemm whose weight
+//! is a float initializer becomes ONNX Runtime's `MatMulNBits` (domain `com.microsoft`, 8 or 4
+//! bits, blocks of `block` along K, symmetric: one scale per block, the implicit zero point
+//! 2^(bits-1), i.e. 128 or 8).
 //!
 //! Why weight-only: generating one token multiplies a single row by every weight matrix, so
 //! the time goes into reading the weights; storing them in 8 bits reads a quarter of the bytes
-//! and keeps activations in float (no calibration, small accuracy cost). `MatMulNBits` is the
-//! operator ONNX Runtime's own tooling writes for this (its `matmul_nbits_quantizer`), with
-//! blocked kernels in MLAS; OpenVINO's ONNX reader converts it to its compressed-weight
-//! MatMul.
+//! (4 bits an eighth) and keeps activations in float (no calibration, small accuracy cost).
+//! `MatMulNBits` is the operator ONNX Runtime's own tooling writes for this (its
+//! `matmul_nbits_quantizer`), with blocked kernels in MLAS; OpenVINO's ONNX reader converts it
+//! to its compressed-weight MatMul.
 use crate::model::{attr_f, attr_i, tensor_to_f32};
 use crate::opset::int_attr;
 use crate::proto::{data_type, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
@@ -16,6 +17,8 @@ use std::collections::HashMap;
 /// What [`quantize_weights`] changed.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct WeightOnlyReport {
+    /// Bits per weight (8 or 4).
+    pub bits: u8,
     /// MatMul / Gemm nodes rewritten.
     pub replaced: usize,
     /// Float weight bytes before.
@@ -28,45 +31,106 @@ pub struct WeightOnlyReport {
     pub skipped: Vec<String>,
 }
 
-/// Blockwise 8-bit quantization of `w` ([K, N], row-major) along K, in MatMulNBits layout:
-/// `q` [N, blocks, block] (uint8, zero point 128) and `scales` [N * blocks].
-pub fn quantize_blocks(w: &[f32], k: usize, n: usize, block: usize) -> (Vec<u8>, Vec<f32>, f32) {
+/// How [`quantize_weights`] stores the weights.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightOnlyOptions {
+    /// Bits per weight: 8 (zero point 128) or 4 (zero point 8, two weights per byte).
+    pub bits: u8,
+    /// Weights per scale along K: a power of two, at least 16.
+    pub block: usize,
+    /// Products with fewer weight elements stay float.
+    pub min_elements: usize,
+    /// MatMulNBits' compute type (0 = unset, 1 fp32, 4 int8 activations).
+    pub accuracy_level: i64,
+}
+
+impl Default for WeightOnlyOptions {
+    fn default() -> Self {
+        WeightOnlyOptions {
+            bits: 8,
+            block: 32,
+            min_elements: 4096,
+            accuracy_level: 4,
+        }
+    }
+}
+
+/// Blockwise symmetric quantization of `w` ([K, N], row-major) along K to `bits` (8 or 4), in
+/// MatMulNBits layout: `q` [N, blocks, block * bits / 8] (unsigned, zero point 2^(bits-1); at 4
+/// bits element 2i in the low nibble of a byte and 2i + 1 in the high one) and `scales`
+/// [N * blocks]. At 8 bits the scale is the block's largest magnitude / 127 (levels -127..127,
+/// every weight within half a step). At 4 bits, where a level matters more, the block's
+/// largest-magnitude weight maps to -8 through a scale of its own sign, so all 16 levels are
+/// used (as ONNX Runtime's own 4-bit quantizer does); a weight of the opposite sign that large
+/// is clamped one step short. Returns also the largest error relative to the block's largest
+/// magnitude.
+pub fn quantize_blocks(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    block: usize,
+    bits: u8,
+) -> (Vec<u8>, Vec<f32>, f32) {
     let blocks = k.div_ceil(block);
-    let mut q = vec![128u8; n * blocks * block];
+    let zero: i32 = 1 << (bits - 1);
+    let (lo, hi) = (-(zero as f32), (zero - 1) as f32);
+    let blob = block * bits as usize / 8;
+    let per_byte = 8 / bits as usize;
+    let mut q = vec![0u8; n * blocks * blob];
     let mut scales = vec![0f32; n * blocks];
     let mut worst = 0f32;
     for col in 0..n {
         for b in 0..blocks {
             let k0 = b * block;
             let k1 = (k0 + block).min(k);
-            let amax = (k0..k1).map(|r| w[r * n + col].abs()).fold(0f32, f32::max);
-            let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            let extreme =
+                (k0..k1)
+                    .map(|r| w[r * n + col])
+                    .fold(0f32, |a, v| if v.abs() > a.abs() { v } else { a });
+            let amax = extreme.abs();
+            let scale = match (amax > 0.0, bits) {
+                (false, _) => 1.0,
+                (true, 4) => extreme / lo,
+                (true, _) => amax / hi,
+            };
             scales[col * blocks + b] = scale;
-            let base = (col * blocks + b) * block;
-            for r in k0..k1 {
-                let v = w[r * n + col];
-                let qi = (v / scale).round().clamp(-127.0, 127.0);
-                q[base + r - k0] = (qi as i32 + 128) as u8;
-                if amax > 0.0 {
-                    worst = worst.max((v - qi * scale).abs() / amax);
-                }
+            let base = (col * blocks + b) * blob;
+            for i in 0..block {
+                let r = k0 + i;
+                // Padding past K holds the zero point.
+                let qi = if r < k1 {
+                    let v = w[r * n + col];
+                    let qi = (v / scale).round().clamp(lo, hi);
+                    if amax > 0.0 {
+                        worst = worst.max((v - qi * scale).abs() / amax);
+                    }
+                    qi as i32
+                } else {
+                    0
+                };
+                let u = (qi + zero) as u8;
+                q[base + i / per_byte] |= u << ((i % per_byte) * bits as usize);
             }
         }
     }
     (q, scales, worst)
 }
 
-/// Rewrites every MatMul / Gemm with a float initializer weight of at least `min_elements`
-/// elements to 8-bit `MatMulNBits` (blocks of `block`, a power of two >= 16). Gemm is taken
-/// when it is a plain product (alpha = beta = 1, A not transposed); its bias becomes an Add.
-/// `accuracy_level` is MatMulNBits' compute type (0 = unset, 1 fp32, 4 int8 activations).
-pub fn quantize_weights(
-    model: &mut ModelProto,
-    block: usize,
-    min_elements: usize,
-    accuracy_level: i64,
-) -> WeightOnlyReport {
-    let mut report = WeightOnlyReport::default();
+/// Rewrites every MatMul / Gemm with a float initializer weight of at least
+/// `opts.min_elements` elements to `MatMulNBits` of `opts.bits` bits (blocks of `opts.block`,
+/// a power of two >= 16; the caller checks both). Gemm is taken when it is a plain product
+/// (alpha = beta = 1, A not transposed); its bias becomes an Add.
+pub fn quantize_weights(model: &mut ModelProto, opts: WeightOnlyOptions) -> WeightOnlyReport {
+    let WeightOnlyOptions {
+        bits,
+        block,
+        min_elements,
+        accuracy_level,
+    } = opts;
+    let mut report = WeightOnlyReport {
+        bits,
+        ..Default::default()
+    };
     let Some(g) = model.graph.as_mut() else {
         return report;
     };
@@ -135,7 +199,7 @@ pub fn quantize_weights(
         } else {
             (d0, d1, data)
         };
-        let (q, scales, worst) = quantize_blocks(&kn, k, nn, block);
+        let (q, scales, worst) = quantize_blocks(&kn, k, nn, block, bits);
         report.max_block_error = report.max_block_error.max(worst);
         report.float_bytes += (k * nn * 4) as u64;
         report.quantized_bytes += (q.len() + scales.len() * 4) as u64;
@@ -143,12 +207,12 @@ pub fn quantize_weights(
         if uses.get(&wname).copied().unwrap_or(0) <= 1 {
             drop_inits.push(wname.clone());
         }
-        let qname = format!("{wname}_q8_{idx}");
+        let qname = format!("{wname}_q{bits}_{idx}");
         let sname = format!("{wname}_scales_{idx}");
         let blocks = k.div_ceil(block);
         new_inits.push(TensorProto {
             name: Some(qname.clone()),
-            dims: vec![nn as i64, blocks as i64, block as i64],
+            dims: vec![nn as i64, blocks as i64, (block * bits as usize / 8) as i64],
             data_type: Some(data_type::UINT8),
             raw_data: Some(q),
             ..Default::default()
@@ -168,13 +232,13 @@ pub fn quantize_weights(
         nodes.push(NodeProto {
             input: vec![n.input[0].clone(), qname, sname],
             output: vec![mm_out.clone()],
-            name: Some(format!("{name}_q8")),
+            name: Some(format!("{name}_q{bits}")),
             op_type: Some("MatMulNBits".into()),
             domain: Some("com.microsoft".into()),
             attribute: vec![
                 int_attr("K", k as i64),
                 int_attr("N", nn as i64),
-                int_attr("bits", 8),
+                int_attr("bits", bits as i64),
                 int_attr("block_size", block as i64),
                 int_attr("accuracy_level", accuracy_level),
             ],
@@ -219,7 +283,7 @@ mod tests {
         let w: Vec<f32> = (0..k * n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
             .collect();
-        let (q, scales, worst) = quantize_blocks(&w, k, n, block);
+        let (q, scales, worst) = quantize_blocks(&w, k, n, block, 8);
         let blocks = k.div_ceil(block);
         assert_eq!(q.len(), n * blocks * block);
         for col in 0..n {
@@ -233,5 +297,49 @@ mod tests {
         // Padding of the last block holds the zero point.
         assert_eq!(q[(blocks - 1) * block + (k % block)], 128);
         assert!(worst <= 0.5 / 127.0 + 1e-6, "{worst}");
+    }
+
+    #[test]
+    fn four_bit_blocks_unpack_to_the_weights() {
+        let (k, n, block) = (40, 3, 16);
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
+        let (q, scales, worst) = quantize_blocks(&w, k, n, block, 4);
+        let blocks = k.div_ceil(block);
+        let blob = block / 2;
+        assert_eq!(q.len(), n * blocks * blob);
+        let level = |col: usize, b: usize, i: usize| {
+            let byte = q[(col * blocks + b) * blob + i / 2];
+            (if i.is_multiple_of(2) { byte & 15 } else { byte >> 4 }) as i32 - 8
+        };
+        for col in 0..n {
+            for b in 0..blocks {
+                let s = scales[col * blocks + b];
+                let amax = (b * block..((b + 1) * block).min(k))
+                    .map(|r| w[r * n + col].abs())
+                    .fold(0f32, f32::max);
+                // The block's extreme is exactly level -8.
+                assert!((s.abs() * 8.0 - amax).abs() <= 1e-5 * amax);
+                for i in 0..block {
+                    let r = b * block + i;
+                    if r >= k {
+                        // Padding holds the zero point.
+                        assert_eq!(level(col, b, i), 0);
+                        continue;
+                    }
+                    let back = level(col, b, i) as f32 * s;
+                    let v = w[r * n + col];
+                    // Half a step, or one step where +8 is clamped to +7.
+                    let tol = if (v / s).round() > 7.0 {
+                        s.abs()
+                    } else {
+                        s.abs() / 2.0
+                    };
+                    assert!((back - v).abs() <= tol + 1e-6, "{back} vs {v}");
+                }
+            }
+        }
+        assert!(worst <= 1.0 / 8.0 + 1e-6, "{worst}");
     }
 }

@@ -391,9 +391,13 @@ pub struct QuantizeWeightsArgs {
     /// decoder_with_past_model.onnx).
     pub model: PathBuf,
     /// The new folder (must not exist or be empty): the export with its decoders' MatMul /
-    /// Gemm weights in 8 bits (ONNX Runtime's MatMulNBits), everything else copied.
+    /// Gemm weights in 8 or 4 bits (ONNX Runtime's MatMulNBits), everything else copied.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Bits per weight: 8, or 4 (half the bytes again; check the accuracy on your data, e.g.
+    /// `medinfer phantom cxr-eval` for the phantom model).
+    #[arg(long, default_value_t = 8)]
+    pub bits: u8,
     /// Weights per scale along K (a power of two, at least 16).
     #[arg(long, default_value_t = 32)]
     pub block: usize,
@@ -415,6 +419,7 @@ pub fn quantize_weights(a: QuantizeWeightsArgs) -> Result<()> {
     let r = medinfer_generate::quantize_export(
         &a.model,
         &a.output,
+        a.bits,
         a.block,
         a.accuracy_level,
         a.encoder,
@@ -424,8 +429,9 @@ pub fn quantize_weights(a: QuantizeWeightsArgs) -> Result<()> {
     }
     for (name, f) in &r.files {
         println!(
-            "{name}: {} products to 8 bits, weights {:.1} -> {:.1} MB, worst block error {:.2} % of the block's largest weight{}",
+            "{name}: {} products to {} bits, weights {:.1} -> {:.1} MB, worst block error {:.2} % of the block's largest weight{}",
             f.replaced,
+            f.bits,
             f.float_bytes as f64 / 1e6,
             f.quantized_bytes as f64 / 1e6,
             f.max_block_error * 100.0,

@@ -124,6 +124,11 @@ fn build(
         // whatever else shares the CPU (a server's request handling).
         b = b.with_intra_op_spinning(false).map_err(s)?;
     }
+    if let Some(prefix) = std::env::var_os("MEDINFER_ORT_PROFILE") {
+        // ONNX Runtime's own per-operator profile (a Chrome trace JSON named after the prefix,
+        // written when the session ends): where a model's time goes, for tuning work.
+        b = b.with_profiling(prefix).map_err(s)?;
+    }
     b.commit_from_file(path).map_err(s)
 }
 
