@@ -399,6 +399,46 @@ fn weight_only_int8_decoders_stay_close_to_float() {
             "{backend}: int4 max diff {d4}, logits up to {range}"
         );
         assert!(d4 > d8, "{backend}: int4 {d4} not coarser than int8 {d8}");
+        // The quantized decoders' projections are where the shape folding undoes the
+        // exporter's [-1, K] flattening (MatMulNBits takes N-D inputs): beam search with it
+        // (hoist on) gives the tokens and score of the graph as exported (hoist off).
+        let px = medinfer_io::npy::read(&fixture().join("pixels3.npy")).unwrap();
+        for dir in [&q8, &q4] {
+            let run = |hoist: bool| {
+                let g = Generator::load(
+                    dir,
+                    &LoadOptions {
+                        hoist,
+                        ..opts(backend, DecoderChoice::Split)
+                    },
+                )
+                .unwrap();
+                let folded = g.folded_away_nodes();
+                let r = g
+                    .generate_pixels(
+                        &px,
+                        &Overrides {
+                            max_new_tokens: Some(12),
+                            num_beams: Some(3),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                (folded, r.tokens, r.score.unwrap())
+            };
+            let ((folded, on, s_on), (_, off, s_off)) = (run(true), run(false));
+            assert!(
+                folded >= 20,
+                "{backend} {}: {folded} nodes folded",
+                dir.display()
+            );
+            assert_eq!(on, off, "{backend} {}", dir.display());
+            assert!(
+                (s_on - s_off).abs() <= 1e-4 * s_off.abs().max(1.0),
+                "{backend} {}: score {s_on} vs {s_off}",
+                dir.display()
+            );
+        }
     }
 }
 

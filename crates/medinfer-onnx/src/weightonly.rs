@@ -311,7 +311,12 @@ mod tests {
         assert_eq!(q.len(), n * blocks * blob);
         let level = |col: usize, b: usize, i: usize| {
             let byte = q[(col * blocks + b) * blob + i / 2];
-            (if i.is_multiple_of(2) { byte & 15 } else { byte >> 4 }) as i32 - 8
+            (if i.is_multiple_of(2) {
+                byte & 15
+            } else {
+                byte >> 4
+            }) as i32
+                - 8
         };
         for col in 0..n {
             for b in 0..blocks {

@@ -282,6 +282,8 @@ struct BenchRow {
     tokens_per_s: f64,
     peak_rss_mb: f64,
     hoisted_nodes: usize,
+    /// Per-token decoder nodes removed by folding static shape arithmetic.
+    folded_away_nodes: usize,
     notes: Vec<String>,
 }
 
@@ -346,6 +348,7 @@ pub fn bench(a: BenchGenerateArgs) -> Result<()> {
             encoder_ms: enc / n,
             peak_rss_mb: peak_rss_mb(),
             hoisted_nodes: g.hoisted_nodes(),
+            folded_away_nodes: g.folded_away_nodes(),
             notes: infos.iter().flat_map(|i| i.notes.clone()).collect(),
         });
     }
