@@ -10,10 +10,11 @@
 # (with PyTorch, as always). The 4-bit copy uses blocks of 128 (`quantize-weights --bits 4
 # --block 128`); on this seeded model its tokens differ from fp32's (near-uniform logits),
 # which the table reports; its accuracy is measured on the trained model (cxr-eval).
-#   benchmarks/report/foundation.sh [--runs 5] [--tokens 128] [--with-optimum] [--with-intel] [--main-rows] [--weight-only-rows]
+# --int4-only: PyTorch and the 4-bit mix alone. --out DIR keeps every row's JSON.
+#   benchmarks/report/foundation.sh [--runs 5] [--tokens 128] [--with-optimum] [--with-intel] [--main-rows] [--weight-only-rows] [--int4-only] [--out DIR]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-runs=5; tokens=128; optimum=0; intel=0; main_rows=0; wo_rows=0
+runs=5; tokens=128; optimum=0; intel=0; main_rows=0; wo_rows=0; int4_only=0; keep=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
@@ -22,6 +23,8 @@ while [ $# -gt 0 ]; do
     --with-intel) intel=1; shift ;;
     --main-rows) main_rows=1; shift ;;
     --weight-only-rows) wo_rows=1; main_rows=1; shift ;;
+    --int4-only) int4_only=1; wo_rows=1; main_rows=1; shift ;;
+    --out) keep="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -44,7 +47,7 @@ if [ ! -f "$q4/decoder_with_past_model.onnx" ]; then
   "$mi" quantize-weights "$fp32" -o "$q4" --bits 4 --block 128 >&2
   rm -rf "$q4/hf"
 fi
-out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT
+out="$(mktemp -d)"; trap '[ -n "$keep" ] && mkdir -p "$keep" && cp "$out"/*.json "$keep"/; rm -rf "$out"' EXIT
 want="$(python3 -c "import json,sys; print(json.load(open('$fp32/reference.json'))['cases'][0]['tokens'])")"
 n=0
 config() {  # label, model dir, engine, more arguments...
@@ -61,7 +64,7 @@ config() {  # label, model dir, engine, more arguments...
 [ "$wo_rows" = 1 ] || config "OpenVINO bf16" "$fp32" openvino --precision bf16
 [ "$main_rows" = 1 ] || config "ORT int8-weight decoder" "$q8" ort
 [ "$main_rows" = 1 ] || config "OpenVINO bf16 int8-weight decoder" "$q8" openvino --precision bf16
-config "OV bf16 encoder + ORT int8-weight decoder" "$q8" ort --encoder-backend openvino --encoder-precision bf16
+[ "$int4_only" = 1 ] || config "OV bf16 encoder + ORT int8-weight decoder" "$q8" ort --encoder-backend openvino --encoder-precision bf16
 config "OV bf16 encoder + ORT int4-weight decoder" "$q4" ort --encoder-backend openvino --encoder-precision bf16
 "$python" "$root/benchmarks/report/peers.py" torch "$fp32" --tokens "$tokens" --runs "$runs" --threads "$(nproc)" 2>/dev/null | tail -1 > "$out/torch.json"
 if [ "$intel" = 1 ]; then
@@ -80,8 +83,9 @@ d = sys.argv[1]
 t = json.load(open(os.path.join(d, "torch.json")))
 rows = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(d, "m*.json")), key=lambda p: int(p.split('/m')[-1][:-5]))]
 print(f"CPU: {rows[0]['cpu']}")
-print(f"{'who':<44} {'whole generation (ms)':>22} {'vs PyTorch':>10} {'1st token':>10} {'ms/token':>9} {'RSS MB':>7} same tokens")
-print(f"{'PyTorch ' + t['torch'] + ' generate (eager fp32)':<44} {t['mean_ms']:>12.0f} +- {t['std_ms']:<6.0f} {1.0:>9.2f}x {'':>10} {'':>9} {t['peak_rss_mb']:>7.0f} (reference)")
+print(f"{'who':<44} {'whole generation (ms)':>22} {'vs PyTorch':>10} {'median':>7} {'vs PyTorch':>10} {'1st token':>10} {'ms/token':>9} {'RSS MB':>7} same tokens")
+tm = t.get('median_ms', float('nan'))
+print(f"{'PyTorch ' + t['torch'] + ' generate (eager fp32)':<44} {t['mean_ms']:>12.0f} +- {t['std_ms']:<6.0f} {1.0:>9.2f}x {tm:>7.0f} {1.0:>9.2f}x {'':>10} {'':>9} {t['peak_rss_mb']:>7.0f} (reference)")
 if os.path.exists(os.path.join(d, "ort.json")):
     o = json.load(open(os.path.join(d, "ort.json")))
     print(f"{'optimum ORTModelForVision2Seq (fp32)':<44} {o['mean_ms']:>12.0f} +- {o['std_ms']:<6.0f} {t['mean_ms']/o['mean_ms']:>9.2f}x {'':>10} {'':>9} {o['peak_rss_mb']:>7.0f} (checked)")
@@ -92,6 +96,6 @@ for p in ("f32", "bf16"):
         print(f"{'optimum-intel ' + o['optimum_intel'] + ' OVModelForVision2Seq ' + p:<44} {o['mean_ms']:>12.0f} +- {o['std_ms']:<6.0f} {t['mean_ms']/o['mean_ms']:>9.2f}x {'':>10} {'':>9} {o['peak_rss_mb']:>7.0f} (checked)")
 for j in rows:
     r = j["rows"][0]; s = r["total_ms"]
-    print(f"{'medinfer ' + j['label']:<44} {s['mean']:>12.0f} +- {s['std']:<6.0f} {t['mean_ms']/s['mean']:>9.2f}x {r['first_token_ms']:>10.0f} {r['per_token_ms']:>9.1f} {r['peak_rss_mb']:>7.0f} {j['same_tokens']}")
+    print(f"{'medinfer ' + j['label']:<44} {s['mean']:>12.0f} +- {s['std']:<6.0f} {t['mean_ms']/s['mean']:>9.2f}x {s['p50']:>7.0f} {tm/s['p50']:>9.2f}x {r['first_token_ms']:>10.0f} {r['per_token_ms']:>9.1f} {r['peak_rss_mb']:>7.0f} {j['same_tokens']}")
 print(f"{t['runs']} runs each, {t['tokens']} tokens, EOS ignored; 'same tokens': the first 16 greedy tokens equal PyTorch's")
 PY

@@ -111,6 +111,7 @@ print(json.dumps({
     "tokens": a.tokens,
     "mean_ms": float(t.mean()),
     "std_ms": float(t.std()),
+    "median_ms": float(np.median(t)),
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "torch": torch.__version__,
     "ov_precision": a.ov_precision if a.peer == "ov" else None,

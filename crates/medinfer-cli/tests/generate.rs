@@ -148,6 +148,36 @@ fn quantize_weights_writes_an_export_that_generates() {
         out.to_str().unwrap(),
     ]);
     assert_clean_failure(&o, &["not empty"]);
+    // 4 bits: the report names them; a width other than 8 or 4 is refused.
+    let q4 = dir.path().join("q4");
+    let o = run(&[
+        "quantize-weights",
+        fixture().to_str().unwrap(),
+        "-o",
+        q4.to_str().unwrap(),
+        "--bits",
+        "4",
+        "--block",
+        "16",
+        "--json",
+    ]);
+    let j4 = json(&o);
+    for (f4, f8) in j4["files"].as_array().unwrap().iter().zip(files) {
+        assert_eq!(f4[1]["bits"], 4, "{f4}");
+        assert!(
+            f4[1]["quantized_bytes"].as_u64().unwrap() < f8[1]["quantized_bytes"].as_u64().unwrap(),
+            "{f4} vs {f8}"
+        );
+    }
+    let o = run(&[
+        "quantize-weights",
+        fixture().to_str().unwrap(),
+        "-o",
+        dir.path().join("q3").to_str().unwrap(),
+        "--bits",
+        "3",
+    ]);
+    assert_clean_failure(&o, &["--bits 3", "8 or 4"]);
     let backends = medinfer_engine::native_backends_for_tests().unwrap();
     let Some(b) = backends.first() else {
         return;

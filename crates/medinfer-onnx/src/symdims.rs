@@ -9,7 +9,7 @@
 //! - GPT-2's cross attention multiplies the cached keys of every encoder position by the
 //!   scale at every generated token (785 positions, 12 layers: 58 MB read and written per
 //!   token);
-//! - a GPT-2-base decoder step runs ~1,200 small shape nodes around ~75 products, each a
+//! - a GPT-2-base decoder step runs ~1,300 small shape nodes around ~75 products, each a
 //!   dispatch of its own.
 //!
 //! [`fold_static_dims`] tracks every tensor's dims as known numbers or symbols (a declared
