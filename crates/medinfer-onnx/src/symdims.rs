@@ -792,6 +792,32 @@ mod tests {
     use crate::builder::{f32_value_info, i64_tensor, DimSpec};
     use crate::proto::GraphProto;
 
+    /// A model of `nodes` over one input x [batch, seq, `width`] with output y.
+    fn model(
+        nodes: Vec<NodeProto>,
+        initializer: Vec<crate::proto::TensorProto>,
+        width: usize,
+    ) -> ModelProto {
+        let g = GraphProto {
+            node: nodes,
+            initializer,
+            input: vec![f32_value_info(
+                "x",
+                &[
+                    DimSpec::Named("batch".into()),
+                    DimSpec::Named("seq".into()),
+                    DimSpec::Fixed(width),
+                ],
+            )],
+            output: vec![f32_value_info("y", &[])],
+            ..Default::default()
+        };
+        ModelProto {
+            graph: Some(g),
+            ..Default::default()
+        }
+    }
+
     fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
         NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -809,8 +835,8 @@ mod tests {
     /// goes; the batch and sequence dims stay dynamic and what reads them stays.
     #[test]
     fn head_size_read_back_through_shape_folds() {
-        let g = GraphProto {
-            node: vec![
+        let mut m = model(
+            vec![
                 node("Shape", &["x"], "s", vec![]),
                 node(
                     "Gather",
@@ -842,28 +868,15 @@ mod tests {
                 ),
                 node("Mul", &["t", "lastf"], "y", vec![]),
             ],
-            initializer: vec![
+            vec![
                 i64_tensor("zero", &[], &[0]),
                 i64_tensor("axes0", &[1], &[0]),
                 i64_tensor("minus1", &[1], &[-1]),
                 i64_tensor("heads", &[2], &[12, 64]),
                 i64_tensor("big", &[1], &[i64::MAX]),
             ],
-            input: vec![f32_value_info(
-                "x",
-                &[
-                    DimSpec::Named("batch".into()),
-                    DimSpec::Named("seq".into()),
-                    DimSpec::Fixed(768),
-                ],
-            )],
-            output: vec![f32_value_info("y", &[])],
-            ..Default::default()
-        };
-        let mut m = ModelProto {
-            graph: Some(g),
-            ..Default::default()
-        };
+            768,
+        );
         let r = fold_static_dims(&mut m);
         assert_eq!(
             r,
@@ -895,8 +908,8 @@ mod tests {
     #[test]
     fn projection_flattening_is_undone() {
         let axis0 = || vec![crate::opset::int_attr("axis", 0)];
-        let g = GraphProto {
-            node: vec![
+        let mut m = model(
+            vec![
                 node("Reshape", &["x", "flat"], "x2", vec![]),
                 node("MatMul", &["x2", "w"], "y2", vec![]),
                 node("Add", &["y2", "bias"], "z2", vec![]),
@@ -908,7 +921,7 @@ mod tests {
                 node("Concat", &["bu", "qu", "n"], "back", axis0()),
                 node("Reshape", &["z2", "back"], "y", vec![]),
             ],
-            initializer: vec![
+            vec![
                 i64_tensor("flat", &[2], &[-1, 64]),
                 crate::builder::f32_tensor("w", &[64, 32], &[0.5; 64 * 32]),
                 crate::builder::f32_tensor("bias", &[32], &[1.0; 32]),
@@ -917,21 +930,8 @@ mod tests {
                 i64_tensor("axes0", &[1], &[0]),
                 i64_tensor("n", &[1], &[32]),
             ],
-            input: vec![f32_value_info(
-                "x",
-                &[
-                    DimSpec::Named("batch".into()),
-                    DimSpec::Named("seq".into()),
-                    DimSpec::Fixed(64),
-                ],
-            )],
-            output: vec![f32_value_info("y", &[])],
-            ..Default::default()
-        };
-        let mut m = ModelProto {
-            graph: Some(g),
-            ..Default::default()
-        };
+            64,
+        );
         let r = fold_static_dims(&mut m);
         assert_eq!((r.unflattened, r.identities), (1, 1), "{r:?}");
         let g = m.graph.unwrap();
@@ -954,34 +954,21 @@ mod tests {
     #[test]
     fn dynamic_targets_stay() {
         let axis0 = || vec![crate::opset::int_attr("axis", 0)];
-        let g = GraphProto {
-            node: vec![
+        let mut m = model(
+            vec![
                 node("Shape", &["x"], "s", vec![]),
                 node("Gather", &["s", "zero"], "b", axis0()),
                 node("Unsqueeze", &["b", "axes0"], "bu", vec![]),
                 node("Concat", &["bu", "minus1"], "t", axis0()),
                 node("Reshape", &["x", "t"], "y", vec![]),
             ],
-            initializer: vec![
+            vec![
                 i64_tensor("zero", &[], &[0]),
                 i64_tensor("axes0", &[1], &[0]),
                 i64_tensor("minus1", &[1], &[-1]),
             ],
-            input: vec![f32_value_info(
-                "x",
-                &[
-                    DimSpec::Named("batch".into()),
-                    DimSpec::Named("seq".into()),
-                    DimSpec::Fixed(64),
-                ],
-            )],
-            output: vec![f32_value_info("y", &[])],
-            ..Default::default()
-        };
-        let mut m = ModelProto {
-            graph: Some(g),
-            ..Default::default()
-        };
+            64,
+        );
         let before = m.clone();
         assert_eq!(fold_static_dims(&mut m), FoldReport::default());
         assert_eq!(m, before);

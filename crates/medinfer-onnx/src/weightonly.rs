@@ -63,7 +63,8 @@ impl Default for WeightOnlyOptions {
 /// largest-magnitude weight maps to -8 through a scale of its own sign, so all 16 levels are
 /// used (as ONNX Runtime's own 4-bit quantizer does); a weight of the opposite sign that large
 /// is clamped one step short. Returns also the largest error relative to the block's largest
-/// magnitude.
+/// magnitude. A `bits` other than 4 is taken as 8; `block` is at least 2 (a multiple of 2 at 4
+/// bits), which [`quantize_weights`] checks.
 pub fn quantize_blocks(
     w: &[f32],
     k: usize,
@@ -71,6 +72,7 @@ pub fn quantize_blocks(
     block: usize,
     bits: u8,
 ) -> (Vec<u8>, Vec<f32>, f32) {
+    let bits: u8 = if bits == 4 { 4 } else { 8 };
     let blocks = k.div_ceil(block);
     let zero: i32 = 1 << (bits - 1);
     let (lo, hi) = (-(zero as f32), (zero - 1) as f32);
@@ -131,6 +133,12 @@ pub fn quantize_weights(model: &mut ModelProto, opts: WeightOnlyOptions) -> Weig
         bits,
         ..Default::default()
     };
+    if !(bits == 8 || bits == 4) || !block.is_power_of_two() || block < 16 {
+        report.skipped.push(format!(
+            "every product: {bits} bits in blocks of {block} is not supported (8 or 4 bits, blocks a power of two >= 16)"
+        ));
+        return report;
+    }
     let Some(g) = model.graph.as_mut() else {
         return report;
     };
@@ -346,5 +354,48 @@ mod tests {
             }
         }
         assert!(worst <= 1.0 / 8.0 + 1e-6, "{worst}");
+    }
+
+    /// Called as a library with a width or block the layout does not have, nothing is
+    /// rewritten and the report says why (the CLI refuses these before).
+    #[test]
+    fn unsupported_widths_and_blocks_rewrite_nothing() {
+        let graph = crate::proto::GraphProto {
+            node: vec![NodeProto {
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                op_type: Some("MatMul".into()),
+                ..Default::default()
+            }],
+            initializer: vec![crate::builder::f32_tensor("w", &[64, 64], &[0.25; 64 * 64])],
+            ..Default::default()
+        };
+        let m = ModelProto {
+            graph: Some(graph),
+            ..Default::default()
+        };
+        for (bits, block) in [(3, 32), (0, 32), (4, 24), (8, 8)] {
+            let mut q = m.clone();
+            let r = quantize_weights(
+                &mut q,
+                WeightOnlyOptions {
+                    bits,
+                    block,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(r.replaced, 0, "{bits} bits, block {block}");
+            assert!(r.skipped[0].contains("not supported"), "{:?}", r.skipped);
+            assert_eq!(q, m);
+        }
+        let mut q = m.clone();
+        let r = quantize_weights(
+            &mut q,
+            WeightOnlyOptions {
+                bits: 4,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.replaced, 1);
     }
 }
