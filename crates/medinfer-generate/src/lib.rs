@@ -60,14 +60,13 @@ pub fn quantize_export(
     encoder: bool,
 ) -> Result<QuantizedExport, GenerateError> {
     let files = model::ModelFiles::find(dir, model::DecoderChoice::Split)?;
-    if bits != 8 && bits != 4 {
-        return Err(GenerateError::Input(format!("--bits {bits}: 8 or 4")));
-    }
-    if !block.is_power_of_two() || block < 16 {
-        return Err(GenerateError::Input(format!(
-            "--block {block}: a power of two, at least 16"
-        )));
-    }
+    let options = medinfer_onnx::weightonly::WeightOnlyOptions {
+        bits,
+        block,
+        min_elements: 4096,
+        accuracy_level,
+    };
+    options.check().map_err(GenerateError::Input)?;
     if out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
@@ -103,15 +102,7 @@ pub fn quantize_export(
                 path: p.clone(),
                 message: e.to_string(),
             })?;
-            let r = medinfer_onnx::weightonly::quantize_weights(
-                &mut m,
-                medinfer_onnx::weightonly::WeightOnlyOptions {
-                    bits,
-                    block,
-                    min_elements: 4096,
-                    accuracy_level,
-                },
-            );
+            let r = medinfer_onnx::weightonly::quantize_weights(&mut m, options);
             medinfer_onnx::save_model(&m, &target).map_err(|e| GenerateError::Model {
                 path: target.clone(),
                 message: e.to_string(),

@@ -424,8 +424,8 @@ fn analyse(g: &GraphProto) -> Facts {
                     if let Some(target) = v_in(1).filter(|p| !p.scalar) {
                         let x = d_in(0);
                         let allowzero = attr_i(n, "allowzero").unwrap_or(0) == 1;
-                        let mut exact = true;
-                        let mut exact_but_minus = true;
+                        // An entry not resolved gets a fresh symbol, which no dim of the input
+                        // has: the identity check below then fails by itself.
                         let mut o: Dims = target
                             .v
                             .iter()
@@ -435,23 +435,11 @@ fn analyse(g: &GraphProto) -> Facts {
                                 Dim::Known(0) if !allowzero => {
                                     match x.as_ref().and_then(|x| x.get(i)) {
                                         Some(d) => *d,
-                                        None => {
-                                            exact = false;
-                                            exact_but_minus = false;
-                                            syms.fresh()
-                                        }
+                                        None => syms.fresh(),
                                     }
                                 }
                                 Dim::Sym(s) => Dim::Sym(s),
-                                Dim::Known(-1) => {
-                                    exact = false;
-                                    syms.fresh()
-                                }
-                                _ => {
-                                    exact = false;
-                                    exact_but_minus = false;
-                                    syms.fresh()
-                                }
+                                _ => syms.fresh(),
                             })
                             .collect();
                         // A -1 is the input's element count over the other dims: known
@@ -483,11 +471,10 @@ fn analyse(g: &GraphProto) -> Facts {
                             if let (true, Some(k)) = (ok, known_in) {
                                 if known_out > 0 && k % known_out == 0 {
                                     o[m] = Dim::Known(k / known_out);
-                                    exact = exact_but_minus;
                                 }
                             }
                         }
-                        if exact && x.as_ref() == Some(&o) {
+                        if x.as_ref() == Some(&o) {
                             identity_reshapes.push(idx);
                         }
                         out_dims = Some(o);

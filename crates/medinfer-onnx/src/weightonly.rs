@@ -44,6 +44,23 @@ pub struct WeightOnlyOptions {
     pub accuracy_level: i64,
 }
 
+impl WeightOnlyOptions {
+    /// Whether the layout has these bits and block: the reason when it does not, worded as the
+    /// CLI's flags.
+    pub fn check(&self) -> Result<(), String> {
+        if self.bits != 8 && self.bits != 4 {
+            return Err(format!("--bits {}: 8 or 4", self.bits));
+        }
+        if !self.block.is_power_of_two() || self.block < 16 {
+            return Err(format!(
+                "--block {}: a power of two, at least 16",
+                self.block
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for WeightOnlyOptions {
     fn default() -> Self {
         WeightOnlyOptions {
@@ -119,9 +136,10 @@ pub fn quantize_blocks(
 }
 
 /// Rewrites every MatMul / Gemm with a float initializer weight of at least
-/// `opts.min_elements` elements to `MatMulNBits` of `opts.bits` bits (blocks of `opts.block`,
-/// a power of two >= 16; the caller checks both). Gemm is taken when it is a plain product
-/// (alpha = beta = 1, A not transposed); its bias becomes an Add.
+/// `opts.min_elements` elements to `MatMulNBits` of `opts.bits` bits (blocks of `opts.block`).
+/// Options that [`WeightOnlyOptions::check`] refuses rewrite nothing (the report says why).
+/// Gemm is taken when it is a plain product (alpha = beta = 1, A not transposed); its bias
+/// becomes an Add.
 pub fn quantize_weights(model: &mut ModelProto, opts: WeightOnlyOptions) -> WeightOnlyReport {
     let WeightOnlyOptions {
         bits,
@@ -133,10 +151,10 @@ pub fn quantize_weights(model: &mut ModelProto, opts: WeightOnlyOptions) -> Weig
         bits,
         ..Default::default()
     };
-    if !(bits == 8 || bits == 4) || !block.is_power_of_two() || block < 16 {
-        report.skipped.push(format!(
-            "every product: {bits} bits in blocks of {block} is not supported (8 or 4 bits, blocks a power of two >= 16)"
-        ));
+    if let Err(why) = opts.check() {
+        report
+            .skipped
+            .push(format!("every product: not supported ({why})"));
         return report;
     }
     let Some(g) = model.graph.as_mut() else {
