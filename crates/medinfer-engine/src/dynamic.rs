@@ -50,8 +50,9 @@ pub(crate) trait NativeValue: Send + Sync {
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
     fn as_any(&self) -> &dyn Any;
     fn backend(&self) -> BackendKind;
-    /// The elements, writable in place, when the value holds f32 in host-visible memory.
-    fn f32_mut(&mut self) -> Result<&mut [f32], String>;
+    /// Calls `f` with the elements, writable in place, when the value holds f32 in
+    /// host-visible memory.
+    fn with_f32_mut(&mut self, f: &mut dyn FnMut(&mut [f32])) -> Result<(), String>;
 }
 
 pub(crate) enum ValueInner {
@@ -133,17 +134,18 @@ impl Value {
         if rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        let data: &mut [f32] = match &mut self.0 {
-            ValueInner::Host(t) => t
-                .as_f32_mut()
-                .map_err(|e| EngineError::BadInput(e.to_string()))?,
+        match &mut self.0 {
+            ValueInner::Host(t) => reorder(
+                t.as_f32_mut()
+                    .map_err(|e| EngineError::BadInput(e.to_string()))?,
+                rows,
+            ),
             ValueInner::Native(v) => {
                 let backend = v.backend();
-                v.f32_mut()
+                v.with_f32_mut(&mut |data| reorder(data, rows))
                     .map_err(|message| EngineError::Run { backend, message })?
             }
-        };
-        reorder(data, rows);
+        }
         Ok(())
     }
 
@@ -161,6 +163,11 @@ pub(crate) trait DynBackend: Send + Sync {
     /// The value in the engine's own memory, for values fed to many calls (default: as is).
     fn keep(&self, v: Value) -> Result<Value, EngineError> {
         Ok(v)
+    }
+    /// How many held outputs were copied out of the engine's memory so far, because the call
+    /// that made them was followed by another that needed that memory (default: none).
+    fn copied_out(&self) -> usize {
+        0
     }
     /// Runs with named, already checked inputs (`shared` ones lent, not consumed); returns
     /// every output, in declared order.
@@ -217,6 +224,13 @@ impl DynSession {
     /// it as it is.
     pub fn keep(&self, v: Value) -> Result<Value, EngineError> {
         self.inner.keep(v)
+    }
+
+    /// How many outputs this session has copied out of the engine's memory so far: on
+    /// OpenVINO, outputs still held when the request that made them runs again (a decoder
+    /// that feeds each call's cache to the next call causes none).
+    pub fn copied_out(&self) -> usize {
+        self.inner.copied_out()
     }
 
     /// The position of the output called `name`.

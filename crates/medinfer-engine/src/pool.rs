@@ -18,11 +18,17 @@ impl<T> Pool<T> {
 
     /// Runs `f` with exclusive use of one item.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        self.with_least(|_| 0, f)
+    }
+
+    /// As [`Pool::with`], taking the free item with the lowest `cost` (the last of equals).
+    pub fn with_least<R>(&self, cost: impl Fn(&T) -> usize, f: impl FnOnce(&mut T) -> R) -> R {
         let item = {
             let mut items = self.items.lock().unwrap_or_else(PoisonError::into_inner);
             loop {
-                if let Some(it) = items.pop() {
-                    break it;
+                let best = (0..items.len()).rev().min_by_key(|&i| cost(&items[i]));
+                if let Some(i) = best {
+                    break items.swap_remove(i);
                 }
                 items = self
                     .ready

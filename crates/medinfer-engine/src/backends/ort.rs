@@ -227,10 +227,11 @@ impl NativeValue for OrtValue {
     fn backend(&self) -> BackendKind {
         KIND
     }
-    fn f32_mut(&mut self) -> Result<&mut [f32], String> {
+    fn with_f32_mut(&mut self, f: &mut dyn FnMut(&mut [f32])) -> Result<(), String> {
         // CPU execution provider: the value's buffer is host memory ONNX Runtime allocated.
         let (_, data) = self.0.try_extract_tensor_mut::<f32>().map_err(s)?;
-        Ok(data)
+        f(data);
+        Ok(())
     }
 }
 

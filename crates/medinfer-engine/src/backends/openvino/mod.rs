@@ -10,7 +10,7 @@ use openvino::{
     Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey, RwPropertyKey, Shape,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 
 pub mod isa;
 
@@ -286,9 +286,10 @@ fn configured_core(
     Ok((core, capabilities))
 }
 
-/// Loads a session with its dynamic dimensions open (see [`crate::dynamic`]). Values come
-/// back as host tensors: the binding (0.11) cannot hand a request's output to another request
-/// without aliasing the plugin's buffers, so the cache makes one copy per call here.
+/// Loads a session with its dynamic dimensions open (see [`crate::dynamic`]). Outputs stay in
+/// OpenVINO's memory: each call hands back the request's own output tensors, and the session
+/// keeps one request more than its streams, so that a decoder's next call runs on a request
+/// other than the one whose outputs it reads (see [`Slot`]).
 pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
     let rt = super::native_ready(KIND, runtime())?;
     let load_err = |m: String| EngineError::Load {
@@ -310,9 +311,12 @@ pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
             .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
             .map(|v| v.to_string())
             .unwrap_or_else(|_| "?".into());
-        let mut requests = Vec::with_capacity(p.streams);
-        for _ in 0..p.streams {
-            requests.push(ov_load(|| compiled.create_infer_request()).map_err(load_err)?);
+        let mut requests = Vec::with_capacity(p.streams + 1);
+        for _ in 0..=p.streams {
+            requests.push(Slot {
+                req: ov_load(|| compiled.create_infer_request()).map_err(load_err)?,
+                lent: Vec::new(),
+            });
         }
         let info = SessionInfo {
             backend: KIND,
@@ -327,7 +331,7 @@ pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
             streams: p.streams,
             threads: p.threads,
             notes: vec![format!(
-                "dynamic shapes; INFERENCE_PRECISION_HINT={real_precision}; values copied to the host between calls"
+                "dynamic shapes; INFERENCE_PRECISION_HINT={real_precision}; outputs stay in OpenVINO's memory between calls"
             )],
         };
         let run: Box<dyn DynBackend> = Box::new(OvDyn {
@@ -335,6 +339,7 @@ pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
             requests: Pool::new(requests),
             inputs: p.inputs.clone(),
             outputs: p.outputs.iter().map(|o| o.name.clone()).collect(),
+            copied: AtomicUsize::new(0),
         });
         Ok((run, info))
     })
@@ -342,14 +347,56 @@ pub(crate) fn load_dyn(p: &DynPrepared) -> Result<DynLoaded, EngineError> {
 
 struct OvDyn {
     _compiled: Mutex<openvino::CompiledModel>,
-    requests: Pool<InferRequest>,
+    requests: Pool<Slot>,
     inputs: Vec<crate::dynamic::DynSpec>,
     outputs: Vec<String>,
+    /// Outputs copied out of a request's memory so far ([`Slot::detach`]).
+    copied: AtomicUsize,
 }
 
-/// A tensor in OpenVINO's memory, bound to requests as it is.
+/// One infer request and the outputs it handed out. OpenVINO writes a request's outputs into
+/// the same memory at its next call, so an output still alive then is first copied into a
+/// tensor of its own ([`Slot::detach`]). A decoder never pays that copy: its cache from call
+/// t feeds call t + 1, which runs on the other request (the pool takes the free request with
+/// the fewest live outputs), and is dropped before call t + 2 reuses the first request.
+struct Slot {
+    req: InferRequest,
+    lent: Vec<Weak<Mutex<openvino::Tensor>>>,
+}
+
+impl Slot {
+    /// How many of the last call's outputs are still held.
+    fn live(&self) -> usize {
+        self.lent.iter().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// Copies each output still held out of the request's memory; returns how many.
+    fn detach(&mut self) -> Result<usize, String> {
+        let mut n = 0;
+        for w in self.lent.drain(..) {
+            if let Some(held) = w.upgrade() {
+                let mut t = held.lock().unwrap_or_else(PoisonError::into_inner);
+                *t = copy_tensor(&t)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A tensor of OpenVINO's with the same type, shape and elements as `t`, in memory of its own.
+fn copy_tensor(t: &openvino::Tensor) -> Result<openvino::Tensor, String> {
+    let shape = ov_run(|| t.get_shape())?;
+    let et = ov_run(|| t.get_element_type())?;
+    let mut own = ov_run(|| openvino::Tensor::new(et, &shape))?;
+    ov_run(|| own.get_raw_data_mut())?.copy_from_slice(ov_run(|| t.get_raw_data())?);
+    Ok(own)
+}
+
+/// A tensor in OpenVINO's memory, bound to requests as it is: a request's output (until that
+/// request runs again, when it is copied out; see [`Slot`]) or a tensor of its own.
 struct OvValue {
-    tensor: Mutex<openvino::Tensor>,
+    tensor: Arc<Mutex<openvino::Tensor>>,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -374,8 +421,14 @@ impl NativeValue for OvValue {
     fn backend(&self) -> BackendKind {
         KIND
     }
-    fn f32_mut(&mut self) -> Result<&mut [f32], String> {
-        Err("OpenVINO values are not reordered in place".into())
+    fn with_f32_mut(&mut self, f: &mut dyn FnMut(&mut [f32])) -> Result<(), String> {
+        if self.dtype != DType::F32 {
+            return Err(format!("{} values are not f32", self.dtype));
+        }
+        // CPU plugin: the tensor's buffer is host memory.
+        let mut t = self.tensor.lock().unwrap_or_else(PoisonError::into_inner);
+        f(ov_run(|| t.get_data_mut::<f32>())?);
+        Ok(())
     }
 }
 
@@ -385,6 +438,17 @@ fn ov_tensor(t: &Tensor) -> Result<openvino::Tensor, String> {
     let mut buf = ov_run(|| openvino::Tensor::new(element_type(t.dtype()), &shape))?;
     write_input(t, &mut buf)?;
     Ok(buf)
+}
+
+/// `v`'s OpenVINO tensor, when it holds one.
+fn ov_held(v: &Value) -> Option<Arc<Mutex<openvino::Tensor>>> {
+    match &v.0 {
+        ValueInner::Native(nv) => nv
+            .as_any()
+            .downcast_ref::<OvValue>()
+            .map(|ov| ov.tensor.clone()),
+        ValueInner::Host(_) => None,
+    }
 }
 
 impl DynBackend for OvDyn {
@@ -399,10 +463,14 @@ impl DynBackend for OvDyn {
             })
         })?;
         Ok(Value(ValueInner::Native(Box::new(OvValue {
-            tensor: Mutex::new(tensor),
+            tensor: Arc::new(Mutex::new(tensor)),
             shape: t.shape().to_vec(),
             dtype: t.dtype(),
         }))))
+    }
+
+    fn copied_out(&self) -> usize {
+        self.copied.load(Ordering::Relaxed)
     }
 
     fn run(
@@ -415,49 +483,63 @@ impl DynBackend for OvDyn {
             message: m,
         };
         guard(KIND, "running", || {
-            // Lent OpenVINO values are bound as they are; the rest is copied in.
-            let mut kept: Vec<(&str, std::sync::MutexGuard<'_, openvino::Tensor>)> = Vec::new();
-            let mut host_lent = Vec::new();
-            for (n, v) in shared {
-                match &v.0 {
-                    ValueInner::Native(nv) => match nv.as_any().downcast_ref::<OvValue>() {
-                        Some(ov) => {
-                            kept.push((n, ov.tensor.lock().unwrap_or_else(PoisonError::into_inner)))
+            // OpenVINO's own values are bound as they are; host values are copied in.
+            let mut held = Vec::new();
+            let mut copied = Vec::new();
+            for (name, v) in inputs {
+                match ov_held(&v) {
+                    Some(t) => held.push((name, t)),
+                    None => copied.push((name, ov_tensor(&v.into_tensor()?).map_err(run_err)?)),
+                }
+            }
+            for (name, v) in shared {
+                match ov_held(v) {
+                    Some(t) => held.push((name.to_string(), t)),
+                    None => copied.push((
+                        name.to_string(),
+                        ov_tensor(&v.to_tensor()?).map_err(run_err)?,
+                    )),
+                }
+            }
+            debug_assert_eq!(held.len() + copied.len(), self.inputs.len());
+            self.requests.with_least(Slot::live, |slot| {
+                // Before this request's memory is written again (an input may be in it).
+                let n = slot.detach().map_err(run_err)?;
+                self.copied.fetch_add(n, Ordering::Relaxed);
+                let mut locked: Vec<(&Arc<Mutex<openvino::Tensor>>, MutexGuard<'_, _>)> =
+                    Vec::new();
+                for (name, t) in &held {
+                    let i = match locked.iter().position(|(a, _)| Arc::ptr_eq(a, t)) {
+                        Some(i) => i,
+                        None => {
+                            locked.push((t, t.lock().unwrap_or_else(PoisonError::into_inner)));
+                            locked.len() - 1
                         }
-                        None => host_lent.push((n.to_string(), v.to_tensor()?)),
-                    },
-                    ValueInner::Host(t) => host_lent.push((n.to_string(), t.clone())),
-                }
-            }
-            let mut tensors = Vec::with_capacity(inputs.len() + shared.len());
-            let lent = host_lent.into_iter().map(Ok::<_, EngineError>);
-            let given = inputs
-                .into_iter()
-                .map(|(n, v)| Ok::<_, EngineError>((n, v.into_tensor()?)));
-            for item in given.chain(lent) {
-                let (name, t): (String, Tensor) = item?;
-                let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-                let shape = ov_run(|| Shape::new(&dims)).map_err(run_err)?;
-                let mut buf = ov_run(|| openvino::Tensor::new(element_type(t.dtype()), &shape))
-                    .map_err(run_err)?;
-                write_input(&t, &mut buf).map_err(run_err)?;
-                tensors.push((name, buf));
-            }
-            debug_assert_eq!(tensors.len(), self.inputs.len());
-            self.requests.with(|req| {
-                for (name, t) in &tensors {
-                    ov_run(|| req.set_tensor(name, t))
+                    };
+                    ov_run(|| slot.req.set_tensor(name, &locked[i].1))
                         .map_err(|e| run_err(format!("input '{name}': {e}")))?;
                 }
-                for (name, t) in &kept {
-                    ov_run(|| req.set_tensor(name, t))
+                for (name, t) in &copied {
+                    ov_run(|| slot.req.set_tensor(name, t))
                         .map_err(|e| run_err(format!("input '{name}': {e}")))?;
                 }
-                ov_run(|| req.infer()).map_err(run_err)?;
-                self.outputs
-                    .iter()
-                    .map(|name| Ok(Value::from(read_output(req, name).map_err(run_err)?)))
-                    .collect()
+                ov_run(|| slot.req.infer()).map_err(run_err)?;
+                drop(locked);
+                let mut out = Vec::with_capacity(self.outputs.len());
+                for name in &self.outputs {
+                    let t = ov_run(|| slot.req.get_tensor(name))
+                        .map_err(|e| run_err(format!("output '{name}': {e}")))?;
+                    let (dtype, shape) =
+                        described(&t).map_err(|e| run_err(format!("output '{name}': {e}")))?;
+                    let tensor = Arc::new(Mutex::new(t));
+                    slot.lent.push(Arc::downgrade(&tensor));
+                    out.push(Value(ValueInner::Native(Box::new(OvValue {
+                        tensor,
+                        shape,
+                        dtype,
+                    }))));
+                }
+                Ok(out)
             })
         })
     }
@@ -531,15 +613,21 @@ fn write_input(t: &Tensor, dst: &mut openvino::Tensor) -> Result<(), String> {
 /// The request's output `name` as a host tensor.
 fn read_output(req: &InferRequest, name: &str) -> Result<Tensor, String> {
     let t = ov_run(|| req.get_tensor(name)).map_err(|e| format!("output '{name}': {e}"))?;
+    let (dt, dims) = described(&t).map_err(|e| format!("output '{name}' {e}"))?;
+    read_typed(&t, dt, dims)
+}
+
+/// A tensor's element type and dims.
+fn described(t: &openvino::Tensor) -> Result<(DType, Vec<usize>), String> {
     let et = ov_run(|| t.get_element_type())?;
-    let dt = dtype(et).ok_or_else(|| format!("output '{name}' has unsupported type {et:?}"))?;
+    let dt = dtype(et).ok_or_else(|| format!("has unsupported type {et:?}"))?;
     let shape = ov_run(|| t.get_shape())?;
-    let dims: Vec<usize> = shape
+    let dims = shape
         .get_dimensions()
         .iter()
         .map(|&d| d.max(0) as usize)
         .collect();
-    read_typed(&t, dt, dims)
+    Ok((dt, dims))
 }
 
 /// An engine output read as typed elements (one copy, straight into the result's storage).
