@@ -8,7 +8,7 @@ use medinfer_core::{DType, Tensor, TensorData};
 use medinfer_engine::{load_dynamic, BackendKind, DynSession, SessionOptions, Value};
 use serde::Serialize;
 use serde_json::Value as Json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// How to load a report model.
@@ -792,6 +792,33 @@ impl StepModel for EngineStepper<'_> {
     }
 }
 
+/// Declares dim `axis` of the graph input `name` to be `len` (where the input exists and has
+/// that axis).
+fn fix_input_dim(
+    model: &mut medinfer_onnx::proto::ModelProto,
+    name: &str,
+    axis: usize,
+    len: usize,
+) {
+    use medinfer_onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let Some(g) = model.graph.as_mut() else {
+        return;
+    };
+    for i in g
+        .input
+        .iter_mut()
+        .filter(|i| i.name.as_deref() == Some(name))
+    {
+        if let Some(type_proto::Value::TensorType(t)) =
+            i.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            if let Some(d) = t.shape.as_mut().and_then(|s| s.dim.get_mut(axis)) {
+                d.value = Some(Value::DimValue(len as i64));
+            }
+        }
+    }
+}
+
 /// The precompute model's inputs for encoder states `states` ([rows, seq, hidden]).
 fn precompute_feed(
     precompute: &DynSession,
@@ -828,8 +855,17 @@ fn hoist(
         message: e.to_string(),
     })?;
     // Shape arithmetic the graph fixes (an attention's head size read back through Shape,
-    // reshapes around the projections) goes first: what the head size scales on the encoder's
-    // side is then hoisted too, and the step runs ~1,800 fewer nodes on a GPT-2-base decoder.
+    // reshapes around the projections and into heads) goes first: what the head size scales
+    // on the encoder's side is then hoisted too, and the step runs ~2,900 fewer nodes on a
+    // GPT-2-base decoder.
+    // The encoder's output length is fixed for this generator (the image processor always
+    // gives the configured size), so the decoder is told it: what the exporter computes from
+    // it per token (cross-attention mask slices) then folds as well. A call with another
+    // length would be refused by the session's shape check, not misread.
+    if let Some(&enc_len) = states.shape().get(1) {
+        fix_input_dim(&mut model, "encoder_hidden_states", 1, enc_len);
+        fix_input_dim(&mut model, "encoder_attention_mask", 1, enc_len);
+    }
     let fold = medinfer_onnx::symdims::fold_static_dims(&mut model);
     let invariant = ["encoder_hidden_states", "encoder_attention_mask"];
     let Some(h) = medinfer_onnx::hoist::split(&model, &invariant) else {
@@ -869,6 +905,20 @@ fn hoist(
     let mut step_model = h.step;
     medinfer_onnx::hoist::declare_ranks(&mut step_model, &ranks);
     let step_path = save(&step_model, "decoder_with_past_step.onnx")?;
+    // What the engines will run, for a look or a side-by-side timing
+    // (benchmarks/report/step_ab.py): MEDINFER_KEEP_HOIST=DIR.
+    if let Some(dir) = std::env::var_os("MEDINFER_KEEP_HOIST") {
+        let dir = PathBuf::from(dir);
+        let copy = |from: &Path, name: &str| {
+            std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::copy(from, dir.join(name)))
+                .map_err(|e| {
+                    GenerateError::Run(format!("MEDINFER_KEEP_HOIST {}: {e}", dir.display()))
+                })
+        };
+        copy(&pre_path, "precompute.onnx")?;
+        copy(&step_path, "step.onnx")?;
+    }
     drop(step_model);
     let step = load_dynamic(opts.backend, &step_path, &opts.session)?;
     Ok(Some((

@@ -20,7 +20,9 @@
 //!    to `[-1, K]` for it and is reshaped back right after (those operators take N-D inputs;
 //!    a reshape of the same elements gives the same result either way);
 //! 3. turns a reshape whose target equals its input's dims, symbol for symbol, into
-//!    `Identity`;
+//!    `Identity`, and gives a constant target to a reshape whose run-time entries are each its
+//!    input's dim at the same position (`[batch, seq, 12, 64]` read from `x [batch, seq, 768]`
+//!    becomes `[0, 0, 12, 64]`, ONNX's "keep this dim");
 //! 4. drops the nodes left unused.
 //!
 //! The values are exact: a dimension is only known, or two dims only equal, where the graph
@@ -68,6 +70,9 @@ pub struct FoldReport {
     pub unflattened: usize,
     /// Reshapes to their input's own dims, made `Identity`.
     pub identities: usize,
+    /// Reshapes whose target was computed at run time from the input's own dims, given a
+    /// constant target instead (`0` = keep that dim).
+    pub relative_targets: usize,
     /// Nodes removed because nothing read their outputs any more.
     pub removed: usize,
 }
@@ -152,6 +157,9 @@ struct Facts {
     foldable: Vec<(usize, PVal)>,
     /// Reshapes to their input's own dims, by node index.
     identity_reshapes: Vec<usize>,
+    /// Reshapes whose run-time target can be written as a constant: each entry not known
+    /// is the input's own dim at the same position, so `0` ("copy that dim") says it.
+    relative_targets: Vec<(usize, Vec<i64>)>,
 }
 
 fn analyse(g: &GraphProto) -> Facts {
@@ -166,6 +174,7 @@ fn analyse(g: &GraphProto) -> Facts {
     let mut vec1d: HashSet<String> = HashSet::new();
     let mut foldable = Vec::new();
     let mut identity_reshapes = Vec::new();
+    let mut relative_targets = Vec::new();
     for t in &g.initializer {
         let Some(n) = t.name.clone() else { continue };
         dims.insert(n.clone(), t.dims.iter().map(|&d| Dim::Known(d)).collect());
@@ -476,6 +485,22 @@ fn analyse(g: &GraphProto) -> Facts {
                         }
                         if x.as_ref() == Some(&o) {
                             identity_reshapes.push(idx);
+                        } else if let (false, None, Some(xd)) =
+                            (allowzero, target.known(), x.as_ref())
+                        {
+                            let rel: Option<Vec<i64>> = target
+                                .v
+                                .iter()
+                                .enumerate()
+                                .map(|(i, t)| match *t {
+                                    Dim::Known(v) => Some(v),
+                                    Dim::Sym(_) if xd.get(i) == Some(t) => Some(0),
+                                    Dim::Sym(_) => None,
+                                })
+                                .collect();
+                            if let Some(rel) = rel.filter(|r| !r.is_empty()) {
+                                relative_targets.push((idx, rel));
+                            }
                         }
                         out_dims = Some(o);
                     }
@@ -610,6 +635,7 @@ fn analyse(g: &GraphProto) -> Facts {
         constant,
         foldable,
         identity_reshapes,
+        relative_targets,
     }
 }
 
@@ -753,6 +779,13 @@ pub fn fold_static_dims(model: &mut ModelProto) -> FoldReport {
         n.attribute.clear();
         report.identities += 1;
     }
+    for (i, target) in &f.relative_targets {
+        let name = format!("{}_target_folded", g.node[*i].output[0]);
+        g.initializer
+            .push(crate::builder::i64_tensor(&name, &[target.len()], target));
+        g.node[*i].input[1] = name;
+        report.relative_targets += 1;
+    }
     // Drop what nothing reads now (walking back from the graph's outputs).
     let mut needed: HashSet<String> = g.output.iter().filter_map(|o| o.name.clone()).collect();
     let mut live = vec![false; g.node.len()];
@@ -819,7 +852,8 @@ mod tests {
     /// The sdpa scale of an exported attention: x [batch, seq, 768] reshaped to
     /// [batch, seq, 12, 64], transposed, and its last dim read back through Shape -> Slice.
     /// The head size is fixed by the reshape, so the slice folds to [64] and the Shape node
-    /// goes; the batch and sequence dims stay dynamic and what reads them stays.
+    /// goes; the reshape's target, read from x's own batch dim at run time, becomes the
+    /// constant [0, -1, 12, 64] and its Shape -> Gather -> Unsqueeze -> Concat go too.
     #[test]
     fn head_size_read_back_through_shape_folds() {
         let mut m = model(
@@ -869,7 +903,8 @@ mod tests {
             r,
             FoldReport {
                 folded: 1,
-                removed: 1,
+                relative_targets: 1,
+                removed: 5,
                 ..Default::default()
             }
         );
@@ -881,12 +916,22 @@ mod tests {
             crate::optimize::Const::from_proto(t),
             Some(crate::optimize::Const::I64(vec![1], vec![64]))
         );
-        // The batch dim is dynamic: its Shape / Gather stay.
-        assert!(g
+        let r = g.node.iter().find(|n| n.output[0] == "r").unwrap();
+        let target = g
+            .initializer
+            .iter()
+            .find(|t| t.name.as_ref() == Some(&r.input[1]))
+            .unwrap();
+        assert_eq!(
+            crate::optimize::Const::from_proto(target),
+            Some(crate::optimize::Const::I64(vec![4], vec![0, -1, 12, 64]))
+        );
+        let ops: Vec<&str> = g
             .node
             .iter()
-            .any(|n| n.output[0] == "b" && n.op_type.as_deref() == Some("Gather")));
-        assert!(!g.node.iter().any(|n| n.output[0] == "ts"));
+            .map(|n| n.op_type.as_deref().unwrap())
+            .collect();
+        assert_eq!(ops, ["Reshape", "Transpose", "Constant", "Cast", "Mul"]);
     }
 
     /// A projection as exporters write it: x [batch, seq, 64] flattened to [-1, 64], the
@@ -936,21 +981,22 @@ mod tests {
             .any(|t| t.name.as_deref() == Some("flat")));
     }
 
-    /// A reshape whose target reads a dim the graph does not fix stays, and so does what
-    /// feeds it: x [batch, seq, 64] to [batch, -1] (seq * 64 is not a number here).
+    /// A reshape whose target reads a dim the graph does not fix, at a position where the
+    /// input has another dim, stays, and so does what feeds it: x [batch, seq, 64] to
+    /// [seq, -1] (no constant says "seq" in front).
     #[test]
     fn dynamic_targets_stay() {
         let axis0 = || vec![crate::opset::int_attr("axis", 0)];
         let mut m = model(
             vec![
                 node("Shape", &["x"], "s", vec![]),
-                node("Gather", &["s", "zero"], "b", axis0()),
+                node("Gather", &["s", "one"], "b", axis0()),
                 node("Unsqueeze", &["b", "axes0"], "bu", vec![]),
                 node("Concat", &["bu", "minus1"], "t", axis0()),
                 node("Reshape", &["x", "t"], "y", vec![]),
             ],
             vec![
-                i64_tensor("zero", &[], &[0]),
+                i64_tensor("one", &[], &[1]),
                 i64_tensor("axes0", &[1], &[0]),
                 i64_tensor("minus1", &[1], &[-1]),
             ],
