@@ -10,7 +10,9 @@
 # (with PyTorch, as always). The 4-bit copy uses blocks of 128 (`quantize-weights --bits 4
 # --block 128`); on this seeded model its tokens differ from fp32's (near-uniform logits),
 # which the table reports; its accuracy is measured on the trained model (cxr-eval).
-# --int4-only: PyTorch and the 4-bit mix alone. --out DIR keeps every row's JSON.
+# --int4-only: PyTorch and the 4-bit mixes alone: with the BF16 encoder, and with the encoder's
+# products in INT8 (`quantize-weights --encoder-int8`, calibrated on 32 phantom radiographs,
+# seeds 5000-5031). --out DIR keeps every row's JSON.
 #   benchmarks/report/foundation.sh [--runs 5] [--tokens 128] [--with-optimum] [--with-intel] [--main-rows] [--weight-only-rows] [--int4-only] [--out DIR]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -47,6 +49,14 @@ if [ ! -f "$q4/decoder_with_past_model.onnx" ]; then
   "$mi" quantize-weights "$fp32" -o "$q4" --bits 4 --block 128 >&2
   rm -rf "$q4/hf"
 fi
+q4i8="$cache/report-foundation-q4i8"
+if [ ! -f "$q4i8/encoder_model.onnx" ]; then
+  rm -rf "$q4i8" "$cache/report-foundation-calib"
+  "$mi" phantom cxr -o "$cache/report-foundation-calib" --count 32 --first-seed 5000 >/dev/null
+  "$mi" quantize-weights "$fp32" -o "$q4i8" --bits 4 --block 128 \
+    --encoder-int8 "$cache/report-foundation-calib" --encoder-samples 32 >&2
+  rm -rf "$q4i8/hf"
+fi
 out="$(mktemp -d)"; trap '[ -n "$keep" ] && mkdir -p "$keep" && cp "$out"/*.json "$keep"/; rm -rf "$out"' EXIT
 want="$(python3 -c "import json,sys; print(json.load(open('$fp32/reference.json'))['cases'][0]['tokens'])")"
 n=0
@@ -66,6 +76,7 @@ config() {  # label, model dir, engine, more arguments...
 [ "$main_rows" = 1 ] || config "OpenVINO bf16 int8-weight decoder" "$q8" openvino --precision bf16
 [ "$int4_only" = 1 ] || config "OV bf16 encoder + ORT int8-weight decoder" "$q8" ort --encoder-backend openvino --encoder-precision bf16
 config "OV bf16 encoder + ORT int4-weight decoder" "$q4" ort --encoder-backend openvino --encoder-precision bf16
+if [ "$wo_rows" = 1 ]; then config "OV int8 encoder + ORT int4-weight decoder" "$q4i8" ort --encoder-backend openvino --encoder-precision bf16; fi
 "$python" "$root/benchmarks/report/peers.py" torch "$fp32" --tokens "$tokens" --runs "$runs" --threads "$(nproc)" 2>/dev/null | tail -1 > "$out/torch.json"
 if [ "$intel" = 1 ]; then
   ipython="$("$root/benchmarks/report/venv-intel.sh")"

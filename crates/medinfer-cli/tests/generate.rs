@@ -198,6 +198,102 @@ fn quantize_weights_writes_an_export_that_generates() {
     assert_eq!(j["reports"][0]["new_tokens"], 8);
 }
 
+/// `--encoder-int8`: the encoder's products calibrated on radiographs (their truth JSONs
+/// beside them are passed over) in INT8, and its output close to the float encoder's on an
+/// image it was not calibrated on; a folder without images is refused by name.
+#[test]
+fn quantize_weights_makes_an_int8_encoder_from_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("calib");
+    let o = run(&[
+        "phantom",
+        "cxr",
+        "-o",
+        imgs.to_str().unwrap(),
+        "--count",
+        "8",
+        "--first-seed",
+        "70",
+    ]);
+    assert!(o.status.success());
+    let out = dir.path().join("q");
+    let o = run(&[
+        "quantize-weights",
+        fixture().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--block",
+        "16",
+        "--encoder-int8",
+        imgs.to_str().unwrap(),
+        "--encoder-samples",
+        "6",
+        "--json",
+    ]);
+    let j = json(&o);
+    let e = &j["encoder_int8"];
+    assert_eq!(e["written"], true, "{e}");
+    assert_eq!(e["calibration_samples"], 6, "{e}");
+    let layers = e["report"]["layers"].as_array().unwrap();
+    let int8: Vec<&str> = layers
+        .iter()
+        .filter(|l| l["quantized"] == true)
+        .map(|l| l["op"].as_str().unwrap_or(""))
+        .collect();
+    assert!(int8.len() >= 4, "{layers:?}");
+    assert!(
+        !int8.contains(&"Add") && !int8.contains(&"Conv"),
+        "{int8:?}"
+    );
+    let enc = medinfer_onnx::load_model(&out.join("encoder_model.onnx")).unwrap();
+    let q = enc
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("QuantizeLinear"))
+        .count();
+    assert!(q >= 4, "{q} QuantizeLinear nodes");
+    let text = dir.path().join("notes");
+    std::fs::create_dir(&text).unwrap();
+    std::fs::write(text.join("readme.txt"), "not an image").unwrap();
+    let o = run(&[
+        "quantize-weights",
+        fixture().to_str().unwrap(),
+        "-o",
+        dir.path().join("q2").to_str().unwrap(),
+        "--encoder-int8",
+        text.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &["--encoder-int8", "no usable image"]);
+    for b in medinfer_engine::native_backends_for_tests().unwrap() {
+        let px = medinfer_io::npy::read(&fixture().join("pixels1.npy")).unwrap();
+        let states = |p: PathBuf| {
+            let s = medinfer_engine::load_dynamic(b, &p, &Default::default()).unwrap();
+            let name = s.inputs()[0].name.clone();
+            let out = s
+                .run(vec![(name, medinfer_engine::Value::from(px.clone()))])
+                .unwrap();
+            out[0].to_tensor().unwrap().as_f32().unwrap().to_vec()
+        };
+        let f = states(fixture().join("encoder_model.onnx"));
+        let q = states(out.join("encoder_model.onnx"));
+        let dot: f64 = f
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&f) * norm(&q));
+        assert!(cosine > 0.98, "{b}: cosine {cosine}");
+        assert!(
+            cosine < 1.0 - 1e-7,
+            "{b}: the INT8 encoder gives the float one's output"
+        );
+    }
+}
+
 #[test]
 fn phantom_cxr_writes_radiographs_truth_and_reports() {
     let dir = tempfile::tempdir().unwrap();

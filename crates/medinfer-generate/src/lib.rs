@@ -37,6 +37,49 @@ pub mod model;
 
 pub use generator::{split_findings, Generation, Generator, LoadOptions, Overrides, Timings};
 
+/// The image processor of the export in `dir` (its preprocessor_config.json, else the
+/// encoder's input size with ViT's defaults), without loading any engine: for preparing
+/// calibration samples as [`Generator`] will see them.
+pub fn image_processor(dir: &std::path::Path) -> Result<image::ImageProcessor, GenerateError> {
+    use medinfer_onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let files = model::ModelFiles::find(dir, model::DecoderChoice::Auto)?;
+    let m = medinfer_onnx::load_model(&files.encoder).map_err(|e| GenerateError::Model {
+        path: files.encoder.clone(),
+        message: e.to_string(),
+    })?;
+    let dims: Vec<usize> = m
+        .graph
+        .as_ref()
+        .and_then(|g| g.input.first())
+        .and_then(|i| i.r#type.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            type_proto::Value::TensorType(t) => t.shape.as_ref(),
+            _ => None,
+        })
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Value::DimValue(v)) if v > 0 => v as usize,
+                    _ => 0,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let hw = match dims.as_slice() {
+        [_, _, h, w] => (*h, *w),
+        _ => (0, 0),
+    };
+    let p = image::ImageProcessor::read(files.preprocessor_config.as_deref(), hw)?;
+    if p.size.0 == 0 || p.size.1 == 0 {
+        return Err(GenerateError::Model {
+            path: files.encoder.clone(),
+            message: "cannot tell the image size: no size in preprocessor_config.json and no fixed height / width on the encoder's input".into(),
+        });
+    }
+    Ok(p)
+}
+
 /// What [`quantize_export`] wrote.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct QuantizedExport {

@@ -195,8 +195,9 @@ fn shuffled_subset<T>(v: Vec<T>, n: usize, seed: u64) -> Vec<T> {
     pick(v, &idx)
 }
 
+/// What a quantization did (the `--json` report).
 #[derive(Serialize)]
-struct QuantizeOutput {
+pub(crate) struct QuantizeOutput {
     model: String,
     output: String,
     backend: BackendKind,
@@ -213,10 +214,46 @@ struct QuantizeOutput {
     /// Convolutions split per concatenated input (`--split-concat`).
     split_convs: Vec<quant::SplitConv>,
     accuracy: Option<q::ControlReport>,
-    written: bool,
+    pub(crate) written: bool,
+}
+
+impl QuantizeOutput {
+    /// Calibration samples used.
+    pub(crate) fn calibration_samples(&self) -> usize {
+        self.calibration_samples
+    }
+
+    /// Layers in INT8, and all quantizable layers.
+    pub(crate) fn layers(&self) -> (usize, usize) {
+        let all = self.report.layers.len();
+        (
+            self.report.layers.iter().filter(|l| l.quantized).count(),
+            all,
+        )
+    }
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
+    let json = a.json;
+    let max_drop = a.max_drop;
+    let out = execute(a)?;
+    if json {
+        print_json(&out)?;
+    } else {
+        print_quantize(&out);
+    }
+    if !out.written {
+        bail!(
+            "not written: the INT8 model misses the accuracy budget (drop {:.5} > {max_drop}); raise --max-drop, exclude layers, or pass --force",
+            1.0 - out.accuracy.as_ref().map(|c| c.int8).unwrap_or(0.0),
+        );
+    }
+    Ok(())
+}
+
+/// Quantizes as `medinfer quantize` does and writes the model (unless accuracy control
+/// refused it: `written` says); prints nothing but progress.
+pub(crate) fn execute(a: QuantizeArgs) -> Result<QuantizeOutput> {
     let path = models::resolve(&a.model)?;
     let mut model = medinfer_onnx::load_model(&path)?;
     let method = CalibMethod::parse(&a.method).with_context(|| {
@@ -435,20 +472,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         accuracy,
         written: write,
     };
-    if a.json {
-        print_json(&out)?;
-    } else {
-        print_quantize(&out);
-    }
-    if !write {
-        bail!(
-            "not written: the INT8 model misses the accuracy budget ({:?} drop {:.5} > {}); raise --max-drop, exclude layers, or pass --force",
-            metric,
-            1.0 - out.accuracy.as_ref().map(|c| c.int8).unwrap_or(0.0),
-            a.max_drop
-        );
-    }
-    Ok(())
+    Ok(out)
 }
 
 fn print_quantize(o: &QuantizeOutput) {
