@@ -449,7 +449,14 @@ pub fn quantize_weights(a: QuantizeWeightsArgs) -> Result<()> {
         a.encoder,
     )?;
     let encoder_int8 = match &a.encoder_int8 {
-        Some(images) => Some(int8_encoder(&a, images)?),
+        Some(images) => match int8_encoder(&a, images) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                // No half-made folder whose float encoder could pass for an INT8 one.
+                let _ = std::fs::remove_dir_all(&a.output);
+                return Err(e.context(format!("nothing written to {}", a.output.display())));
+            }
+        },
         None => None,
     };
     if a.json {
@@ -542,7 +549,7 @@ fn int8_encoder(a: &QuantizeWeightsArgs, images: &Path) -> Result<super::quantiz
     if let Some(e) = skipped.first() {
         if !a.json {
             eprintln!(
-                "note: {} file(s) in {} are not images and were passed over, e.g. {e}",
+                "note: {} file(s) in {} could not be read as images and were passed over, e.g. {e}",
                 skipped.len(),
                 images.display()
             );
