@@ -266,7 +266,10 @@ fn quantize_weights_makes_an_int8_encoder_from_images() {
         "--encoder-int8",
         text.to_str().unwrap(),
     ]);
-    assert_clean_failure(&o, &["--encoder-int8", "no usable image", "nothing written"]);
+    assert_clean_failure(
+        &o,
+        &["--encoder-int8", "no usable image", "nothing written"],
+    );
     assert!(!dir.path().join("q2").exists());
     for b in medinfer_engine::native_backends_for_tests().unwrap() {
         let px = medinfer_io::npy::read(&fixture().join("pixels1.npy")).unwrap();

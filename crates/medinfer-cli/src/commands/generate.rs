@@ -533,6 +533,8 @@ fn int8_encoder(a: &QuantizeWeightsArgs, images: &Path) -> Result<super::quantiz
                 medinfer_io::npy::write(&work.path().join(format!("{written:05}.npy")), &t)?;
                 written += 1;
             }
+            // Reader errors name the file already.
+            Err(e) if e.contains(&*f.to_string_lossy()) => skipped.push(e),
             Err(e) => skipped.push(format!("{}: {e}", f.display())),
         }
     }
