@@ -179,5 +179,11 @@ fn outputs_held_across_later_calls_keep_their_elements() {
         if kind == BackendKind::OpenVino {
             assert!(s.copied_out() >= 2, "{kind}: {} copied out", s.copied_out());
         }
+        // A value outlives its session.
+        let last = run(&s, out.into_iter().next().unwrap(), &step_input(1, 4.0));
+        drop(s);
+        let got = last[0].to_tensor().unwrap();
+        let want = concat(&[a.clone(), b.clone(), step_input(1, 3.0), step_input(1, 4.0)]);
+        assert_eq!(got.as_f32().unwrap(), want.as_slice(), "{kind}");
     }
 }

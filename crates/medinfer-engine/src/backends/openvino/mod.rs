@@ -384,6 +384,14 @@ impl Slot {
     }
 }
 
+impl Drop for Slot {
+    /// Outputs still held when their session goes keep their elements: they may live in the
+    /// request's memory, which goes with it.
+    fn drop(&mut self) {
+        let _ = self.detach();
+    }
+}
+
 /// A tensor of OpenVINO's with the same type, shape and elements as `t`, in memory of its own.
 fn copy_tensor(t: &openvino::Tensor) -> Result<openvino::Tensor, String> {
     let shape = ov_run(|| t.get_shape())?;
