@@ -41,33 +41,22 @@ pub use generator::{split_findings, Generation, Generator, LoadOptions, Override
 /// encoder's input size with ViT's defaults), without loading any engine: for preparing
 /// calibration samples as [`Generator`] will see them.
 pub fn image_processor(dir: &std::path::Path) -> Result<image::ImageProcessor, GenerateError> {
-    use medinfer_onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
     let files = model::ModelFiles::find(dir, model::DecoderChoice::Auto)?;
     let m = medinfer_onnx::load_model(&files.encoder).map_err(|e| GenerateError::Model {
         path: files.encoder.clone(),
         message: e.to_string(),
     })?;
-    let dims: Vec<usize> = m
+    let input = m
         .graph
         .as_ref()
-        .and_then(|g| g.input.first())
-        .and_then(|i| i.r#type.as_ref()?.value.as_ref())
-        .and_then(|v| match v {
-            type_proto::Value::TensorType(t) => t.shape.as_ref(),
-            _ => None,
-        })
-        .map(|s| {
-            s.dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(Value::DimValue(v)) if v > 0 => v as usize,
-                    _ => 0,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let hw = match dims.as_slice() {
-        [_, _, h, w] => (*h, *w),
+        .and_then(|g| medinfer_onnx::data_inputs(g).next())
+        .map(medinfer_onnx::value_info);
+    let fixed = |d: &medinfer_onnx::Dim| match d {
+        medinfer_onnx::Dim::Fixed(n) => *n,
+        medinfer_onnx::Dim::Dynamic(_) => 0,
+    };
+    let hw = match input.as_ref().map(|i| i.shape.as_slice()) {
+        Some([_, _, h, w]) => (fixed(h), fixed(w)),
         _ => (0, 0),
     };
     let p = image::ImageProcessor::read(files.preprocessor_config.as_deref(), hw)?;

@@ -85,7 +85,8 @@ pub(crate) fn declared_rank(v: &ValueInfoProto) -> Option<usize> {
     }
 }
 
-fn value_info(v: &ValueInfoProto) -> ValueInfo {
+/// A value info's name, element type and dims as [`ModelInfo`] reports them.
+pub fn value_info(v: &ValueInfoProto) -> ValueInfo {
     let (dtype, shape) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => (
             elem_type_name(t.elem_type.unwrap_or(0)).to_string(),

@@ -29,7 +29,7 @@ pub mod symdims;
 pub mod weightonly;
 pub mod zoo;
 
-pub use info::{analyze, data_inputs, Dim, ModelInfo, ValueInfo};
+pub use info::{analyze, data_inputs, value_info, Dim, ModelInfo, ValueInfo};
 pub use model::{
     attr_f, attr_i, attr_ints, attr_s, decode_model, elem_type_name, encode_model, load_model,
     resolve_external_data, save_model, save_model_external, tensor_dims, tensor_to_f32, OnnxError,

@@ -528,8 +528,8 @@ fn int8_encoder(a: &QuantizeWeightsArgs, images: &Path) -> Result<super::quantiz
         match px {
             Ok(px) => {
                 // One sample without the batch axis, as `quantize --calib` takes it.
-                let shape = px.shape()[1..].to_vec();
-                let t = Tensor::new(shape, px.data().clone())?;
+                let (shape, data) = px.into_parts();
+                let t = Tensor::new(shape[1..].to_vec(), data)?;
                 medinfer_io::npy::write(&work.path().join(format!("{written:05}.npy")), &t)?;
                 written += 1;
             }

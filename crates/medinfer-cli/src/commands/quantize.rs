@@ -243,9 +243,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         print_quantize(&out);
     }
     if !out.written {
+        let (metric, int8) = out.accuracy.as_ref().map_or((String::new(), 0.0), |c| {
+            (format!("{:?} ", c.metric), c.int8)
+        });
         bail!(
-            "not written: the INT8 model misses the accuracy budget (drop {:.5} > {max_drop}); raise --max-drop, exclude layers, or pass --force",
-            1.0 - out.accuracy.as_ref().map(|c| c.int8).unwrap_or(0.0),
+            "not written: the INT8 model misses the accuracy budget ({metric}drop {:.5} > {max_drop}); raise --max-drop, exclude layers, or pass --force",
+            1.0 - int8,
         );
     }
     Ok(())
@@ -543,13 +546,10 @@ fn print_quantize(o: &QuantizeOutput) {
         .filter(|l| !l.quantized)
         .map(|l| l.name.as_str())
         .collect();
+    let (int8, all) = o.layers();
     println!(
-        "{} of {} layers in INT8; {} activation tensors quantized ({} Q, {} DQ nodes)",
-        o.report.layers.len() - kept.len(),
-        o.report.layers.len(),
-        o.report.activations_quantized,
-        o.report.quantize_nodes,
-        o.report.dequantize_nodes
+        "{int8} of {all} layers in INT8; {} activation tensors quantized ({} Q, {} DQ nodes)",
+        o.report.activations_quantized, o.report.quantize_nodes, o.report.dequantize_nodes
     );
     if !kept.is_empty() {
         println!("kept in floating point: {}", kept.join(", "));
