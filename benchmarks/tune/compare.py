@@ -6,6 +6,8 @@ over the anchor's (for the best of all waves, from the final wave they ran toget
 tuned / anchor >= 1 (within the rounds' noise, reported as is).
 """
 import json
+import re
+import statistics
 import sys
 
 d, model, objective = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -32,6 +34,20 @@ row = {
     "best_latency_ms": best.get("latency_ms"),
     "best_throughput_per_s": best.get("throughput_per_s"),
 }
+# Where the tune's choice ran the search's final wave (run.sh names it with --final-with), it and
+# the best were timed in the same final rounds: their per-round ratios, directly.
+final_n = None
+for n in exh.get("notes", []):
+    m = re.search(r"final wave of (\d+) rounds", n)
+    if m:
+        final_n = int(m.group(1))
+t_rounds = by_label.get(choice, {}).get("rounds", [])
+if final_n and len(t_rounds) >= final_n and len(best["rounds"]) >= final_n:
+    pr = sorted(a / b for a, b in zip(t_rounds[-final_n:], best["rounds"][-final_n:]))
+    q = statistics.quantiles(pr, n=4) if len(pr) >= 4 else [pr[0], statistics.median(pr), pr[-1]]
+    row["final_rounds"] = final_n
+    row["tuned_over_best_per_round"] = {
+        "median": statistics.median(pr), "q1": q[0], "q3": q[2], "min": pr[0], "max": pr[-1]}
 row["within_3pct"] = row["tuned_over_best"] is not None and row["tuned_over_best"] >= 0.97
 row["never_slower_than_ov_int8_defaults"] = mine is not None and mine >= 1.0
 print(json.dumps(row))

@@ -10,8 +10,9 @@
 #   trained model on phantom heart patches, metric dice).
 # Writes benchmarks/tune/out/MODEL-OBJECTIVE/{tuned,exhaustive}/ and prints one JSON line each.
 # EXHAUSTIVE_BUDGET (default 30m): the exhaustive search's budget (its slices are sized to fill
-# it). KEEP_EXHAUSTIVE=1: keep MODEL-OBJECTIVE/exhaustive from an earlier run (same machine) and
-# only tune again.
+# it). FINALISTS (default 5) and FINAL_ROUNDS (default 40): the best of the search's waves that
+# run its final wave together with the tune's choice, and that wave's rounds. KEEP_EXHAUSTIVE=1:
+# keep MODEL-OBJECTIVE/exhaustive from an earlier run (same machine) and only tune again.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -56,8 +57,12 @@ for m in "${models[@]}"; do
             --metric "$metric" --max-drop 0.01 --objective "$obj")
     /usr/bin/time -f %e -o "$d/tuned.time" "$M" tune "${common[@]}" -o "$d/tuned" > "$d/tuned.md"
     if [ ! -f "$d/exhaustive/tune.json" ]; then
+      # The tune's choice joins the search's final wave, so that it and the search's best are
+      # timed in the same (many) rounds.
+      choice="$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); print(t["candidates"][t["chosen"]]["label"])' "$d/tuned/tune.json")"
       "$M" tune "${common[@]}" --exhaustive --rounds 8 --budget "${EXHAUSTIVE_BUDGET:-30m}" \
-        -o "$d/exhaustive" > "$d/exhaustive.md"
+        --finalists "${FINALISTS:-5}" --final-rounds "${FINAL_ROUNDS:-40}" \
+        --final-with "$choice" -o "$d/exhaustive" > "$d/exhaustive.md"
     fi
     python3 benchmarks/tune/compare.py "$d" "$m" "$obj"
   done

@@ -481,3 +481,103 @@ fn run_cardiac_takes_its_model_engine_and_batch_from_a_deployment() {
         "{deployed} {plain}"
     );
 }
+
+/// `--exhaustive --final-with LABEL`: the named candidate runs the final wave whatever its rank
+/// in the waves, with the best `--finalists` and the anchor, for `--final-rounds` rounds; a
+/// label that names no candidate is said so; the final-wave flags without `--exhaustive` are
+/// refused.
+#[test]
+fn the_exhaustive_final_wave_takes_the_named_candidate_and_its_rounds() {
+    let d = tmp();
+    let (model, _calib, valid) = setup(d.path());
+    let named = "tract fp32 1x2 b1";
+    let base = |out: &str| -> Vec<String> {
+        [
+            "tune",
+            s(&model),
+            "--validate",
+            s(&valid),
+            "--backends",
+            "tract",
+            "--precisions",
+            "fp32",
+            "--objective",
+            "throughput",
+            "--batches",
+            "1,2,4",
+            "--budget",
+            "40s",
+            "-o",
+            s(&d.path().join(out)),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let mut args = base("exh");
+    args.extend(
+        [
+            "--exhaustive",
+            "--rounds",
+            "2",
+            "--finalists",
+            "1",
+            "--final-rounds",
+            "4",
+            "--final-with",
+            named,
+            "--final-with",
+            "no such candidate",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let o = medinfer().args(&args).output().unwrap();
+    let out = json(&o);
+    let notes: Vec<&str> = out["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("final wave of 4 rounds")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("not in the final wave: no such candidate")),
+        "{notes:?}"
+    );
+    let cands = out["candidates"].as_array().unwrap();
+    let rounds = |c: &Value| c["rounds"].as_array().unwrap().len();
+    let anchor = out["anchor"].as_u64().unwrap() as usize;
+    let timed: Vec<&Value> = cands.iter().filter(|c| rounds(c) > 0).collect();
+    assert_eq!(timed.len(), 6, "tract x 2 layouts x 3 batches");
+    let named_c = cands.iter().find(|c| c["label"] == named).unwrap();
+    // One wave (6 candidates): the anchor and every other candidate run its 2 rounds, the
+    // anchor and the finalists 4 more in the final.
+    let finalists: Vec<&str> = cands
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| *i != anchor && rounds(c) > 2)
+        .map(|(_, c)| c["label"].as_str().unwrap())
+        .collect();
+    if cands[anchor]["label"] != named {
+        assert_eq!(rounds(named_c), 2 + 4, "{named_c}");
+        assert!(finalists.contains(&named), "{finalists:?}");
+    }
+    assert!(
+        finalists.len() <= 2,
+        "one finalist plus the named: {finalists:?}"
+    );
+    for c in &timed {
+        assert!(rounds(c) == 2 || rounds(c) == 6, "{c}");
+    }
+    // Without --exhaustive the final-wave flags mean nothing: refused.
+    let mut args = base("plain");
+    args.extend(["--final-rounds", "4"].map(String::from));
+    let o = medinfer().args(&args).output().unwrap();
+    assert_clean_failure(&o, &["--final-rounds", "--exhaustive"]);
+}

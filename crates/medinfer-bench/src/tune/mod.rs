@@ -165,6 +165,17 @@ pub struct TunePlan {
     pub exhaustive: bool,
     /// Rounds of the exhaustive search.
     pub exhaustive_rounds: usize,
+    /// With `exhaustive`: rounds of the final wave (the best of all waves timed together
+    /// again, which ranks the top); 0 = `exhaustive_rounds`. The top configurations are often
+    /// within a few percent of each other, which only many paired rounds tell apart.
+    pub final_rounds: usize,
+    /// With `exhaustive`: how many of the best of the waves run the final wave (0 = a wave's
+    /// worth, `wave` - 1).
+    pub finalists: usize,
+    /// With `exhaustive`: labels of candidates that join the final wave whatever their rank in
+    /// the waves (the exhaustive check puts the tune's own choice there, so that the choice and
+    /// the best are timed in the same rounds).
+    pub final_with: Vec<String>,
     /// Deploy the most accurate candidates when none meets the budget.
     pub force: bool,
     /// Candidates kept after screening for the paired rounds.
@@ -917,10 +928,25 @@ fn exhaustive_rounds(
     let per_wave = plan.wave.max(2) - 1;
     let waves = alive.len().saturating_sub(1).div_ceil(per_wave).max(1);
     let rounds = plan.exhaustive_rounds.max(1);
-    // Waves, then (when there was more than one) a final wave of the best of all waves, so the
-    // top of the ranking is not decided across waves (the host drifts between them).
-    let finalists = if waves > 1 { per_wave } else { 0 };
-    let total_slices = (alive.len() + waves + finalists + 1) * rounds;
+    let final_rounds = if plan.final_rounds == 0 {
+        rounds
+    } else {
+        plan.final_rounds
+    };
+    // Waves, then (when there was more than one, or the final is to run longer) a final wave of
+    // the best of all waves, so the top of the ranking is not decided across waves (the host
+    // drifts between them) nor by a few rounds.
+    let finalists = if waves > 1 || final_rounds > rounds || !plan.final_with.is_empty() {
+        if plan.finalists == 0 {
+            per_wave
+        } else {
+            plan.finalists
+        }
+    } else {
+        0
+    };
+    let joining = plan.final_with.len();
+    let total_slices = (alive.len() + waves) * rounds + (finalists + joining + 1) * final_rounds;
     let slice_s = slice_seconds(plan, total_slices, notes);
     let anchor = anchored_rounds(
         plan,
@@ -944,12 +970,26 @@ fn exhaustive_rounds(
     }
     by_anchor_ratio(cands, &mut ranked);
     if finalists > 0 {
-        let last: Vec<usize> = ranked
+        let mut last: Vec<usize> = ranked
             .iter()
             .copied()
             .filter(|&i| i != anchor)
             .take(finalists)
             .collect();
+        let mut unknown = Vec::new();
+        for l in &plan.final_with {
+            match ranked.iter().find(|&&i| cands[i].label == *l) {
+                Some(&i) if i != anchor && !last.contains(&i) => last.push(i),
+                Some(_) => {}
+                None => unknown.push(l.as_str()),
+            }
+        }
+        if !unknown.is_empty() {
+            notes.push(format!(
+                "not among the timed candidates, so not in the final wave: {}",
+                unknown.join(", ")
+            ));
+        }
         for &i in last.iter().chain([&anchor]) {
             let c = &mut cands[i];
             c.anchor_ratios.clear();
@@ -959,7 +999,7 @@ fn exhaustive_rounds(
             cands,
             &[anchor],
             &last,
-            rounds,
+            final_rounds,
             slice_s,
             order,
             progress,
@@ -974,9 +1014,14 @@ fn exhaustive_rounds(
         ranked.retain(|i| !top.contains(i));
         ranked.splice(0..0, top);
         notes.push(format!(
-            "the best {} of the {waves} waves (and the anchor) ran a final wave of {rounds} \
-             rounds, which ranks them",
-            last.len()
+            "the best {} of the {waves} wave(s){} (and the anchor) ran a final wave of \
+             {final_rounds} rounds, which ranks them",
+            last.len().min(finalists),
+            if last.len() > finalists {
+                format!(" and {} named with --final-with", last.len() - finalists)
+            } else {
+                String::new()
+            }
         ));
     }
     let chosen = ranked[0];

@@ -97,6 +97,21 @@ pub struct TuneArgs {
     /// defaults, runs in every round of every wave so that waves compare through it.
     #[arg(long, default_value_t = 12)]
     pub wave: usize,
+    /// With --exhaustive: rounds of the final wave, where the best of all waves run together
+    /// again and are ranked (default: --rounds). Near-equal configurations at the top are told
+    /// apart only by many paired rounds on a noisy host.
+    #[arg(long)]
+    pub final_rounds: Option<usize>,
+    /// With --exhaustive: how many of the best of the waves run the final wave (default:
+    /// --wave - 1).
+    #[arg(long)]
+    pub finalists: Option<usize>,
+    /// With --exhaustive: a candidate (its label as in tune.md, e.g. "openvino int8-openvino
+    /// 2x1 b4") that joins the final wave whatever its rank in the waves; repeatable. The
+    /// exhaustive check names the tune's own choice here, so the choice and the best are timed
+    /// in the same rounds.
+    #[arg(long, value_name = "LABEL")]
+    pub final_with: Vec<String>,
     /// When no candidate meets the budget, deploy among the most accurate anyway (marked
     /// over_budget in config.json). Without it nothing is written.
     #[arg(long)]
@@ -129,6 +144,11 @@ fn parse_budget(s: &str) -> Result<Duration> {
 
 pub fn run(a: TuneArgs) -> Result<()> {
     let started = Instant::now();
+    if !a.exhaustive
+        && (a.final_rounds.is_some() || a.finalists.is_some() || !a.final_with.is_empty())
+    {
+        bail!("--final-rounds, --finalists and --final-with shape the final wave of --exhaustive");
+    }
     let path = models::resolve(&a.model)?;
     let onnx = medinfer_onnx::load_model(&path)?;
     let info = medinfer_onnx::analyze(&onnx, None);
@@ -327,6 +347,9 @@ pub fn run(a: TuneArgs) -> Result<()> {
         input_shapes: input_shapes.clone(),
         exhaustive: a.exhaustive,
         exhaustive_rounds: a.rounds.max(1),
+        final_rounds: a.final_rounds.unwrap_or(0),
+        finalists: a.finalists.unwrap_or(0),
+        final_with: a.final_with.clone(),
         force: a.force,
         keep: a.keep.max(2),
         wave: a.wave.max(2),
