@@ -174,6 +174,55 @@ pub fn seeded_inputs(specs: &[medinfer_engine::TensorSpec], seed: u64) -> Vec<Te
         .collect()
 }
 
+/// Runs `count` requests on `session`, handed out from one counter to its `streams` client
+/// threads (1 in latency mode) so every stream always has a request in flight; `tick` after
+/// each. Returns each request's milliseconds (when `record`) and the wall seconds of all.
+pub(crate) fn drive_requests(
+    session: &medinfer_engine::Session,
+    inputs: &[Tensor],
+    count: usize,
+    record: bool,
+    tick: &(dyn Fn() + Sync),
+) -> Result<(Vec<f64>, f64), EngineError> {
+    let streams = session.info().streams.max(1);
+    let next = AtomicUsize::new(0);
+    let samples = Mutex::new(Vec::with_capacity(count));
+    let failure: Mutex<Option<EngineError>> = Mutex::new(None);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..streams {
+            scope.spawn(|| {
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let t = Instant::now();
+                    if let Err(e) = session.run(inputs) {
+                        failure
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        next.store(count, Ordering::Relaxed);
+                        return;
+                    }
+                    if record {
+                        samples
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(ms(t));
+                    }
+                    tick();
+                }
+            });
+        }
+    });
+    let wall = start.elapsed().as_secs_f64();
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok((
+        samples.into_inner().unwrap_or_else(|p| p.into_inner()),
+        wall,
+    ))
+}
+
 /// Measures one configuration. `tick` is called once per finished request (warm-up included),
 /// for progress bars.
 pub fn run(
@@ -206,48 +255,7 @@ pub fn run(
     let first_inference_ms = ms(t1);
     tick();
     let info = session.info().clone();
-    let streams = info.streams;
-
-    // Requests are handed out from one counter to `streams` client threads (1 in latency mode),
-    // so every stream always has a request in flight.
-    let drive = |count: usize, record: bool| -> Result<(Vec<f64>, f64), EngineError> {
-        let next = AtomicUsize::new(0);
-        let samples = Mutex::new(Vec::with_capacity(count));
-        let failure: Mutex<Option<EngineError>> = Mutex::new(None);
-        let start = Instant::now();
-        std::thread::scope(|scope| {
-            for _ in 0..streams {
-                scope.spawn(|| {
-                    while next.fetch_add(1, Ordering::Relaxed) < count {
-                        let t = Instant::now();
-                        if let Err(e) = session.run(&inputs) {
-                            failure
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(e);
-                            next.store(count, Ordering::Relaxed);
-                            return;
-                        }
-                        if record {
-                            samples
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(ms(t));
-                        }
-                        tick();
-                    }
-                });
-            }
-        });
-        let wall = start.elapsed().as_secs_f64();
-        if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
-        Ok((
-            samples.into_inner().unwrap_or_else(|p| p.into_inner()),
-            wall,
-        ))
-    };
+    let drive = |count: usize, record: bool| drive_requests(&session, &inputs, count, record, tick);
     drive(cfg.warmup, false)?;
     let (samples, wall) = drive(cfg.runs, true)?;
     let batch = session

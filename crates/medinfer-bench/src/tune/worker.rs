@@ -26,9 +26,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a candidate's process may take to answer one request (its load, a validation pass
@@ -210,35 +208,7 @@ fn handle(
 fn time_requests(session: &Session, inputs: &[Tensor], n: usize) -> Result<Slice, TuneError> {
     let streams = session.info().streams.max(1);
     let n = n.max(1).div_ceil(streams) * streams;
-    let next = AtomicUsize::new(0);
-    let lat = Mutex::new(Vec::with_capacity(n));
-    let failure: Mutex<Option<medinfer_engine::EngineError>> = Mutex::new(None);
-    let start = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..streams {
-            scope.spawn(|| {
-                while next.fetch_add(1, Ordering::Relaxed) < n {
-                    let t = Instant::now();
-                    if let Err(e) = session.run(inputs) {
-                        failure
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        next.store(n, Ordering::Relaxed);
-                        return;
-                    }
-                    lat.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            });
-        }
-    });
-    let wall_s = start.elapsed().as_secs_f64();
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e.into());
-    }
-    let lat = lat.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (lat, wall_s) = crate::drive_requests(session, inputs, n, true, &|| {})?;
     let batch = session
         .inputs()
         .first()
