@@ -206,8 +206,7 @@ fn handle(
 /// batch 1. That bias favoured small batches in screening (the exhaustive check's best,
 /// 2 streams x batch 4, was screened out for it, 2026-12-06).
 fn time_requests(session: &Session, inputs: &[Tensor], n: usize) -> Result<Slice, TuneError> {
-    let streams = session.info().streams.max(1);
-    let n = n.max(1).div_ceil(streams) * streams;
+    let n = crate::timed_runs(n, session.info().streams);
     let (lat, wall_s) = crate::drive_requests(session, inputs, n, true, &|| {})?;
     let batch = session
         .inputs()

@@ -53,7 +53,8 @@ pub struct BenchArgs {
     /// random data of that shape.
     #[arg(long, value_name = "[NAME=]DIMS")]
     pub input_shape: Vec<String>,
-    /// Timed requests per configuration.
+    /// Timed requests per configuration, rounded up to a multiple of its streams so that no
+    /// stream idles at the end of the timed window (the rows report the runs made).
     #[arg(long, default_value_t = 100)]
     pub runs: usize,
     /// Untimed warm-up requests per configuration (after the first inference).
@@ -328,7 +329,7 @@ fn report_bench(
         (None, None) => (a.model.clone(), String::new()),
     };
     println!(
-        "model {shown} (sha256 {}), {} usable core(s), {} runs after {} warm-up",
+        "model {shown} (sha256 {}), {} usable core(s), {} runs (a multiple of the streams) after {} warm-up",
         &sha[..sha.len().min(16)],
         medinfer_core::usable_cores(),
         a.runs,
