@@ -8,11 +8,19 @@ servers (binary tensors, the v2 binary extension; and JSON tensors). Then an ove
 medinfer with a small queue at high concurrency for a fixed time, counting 200 / 429 / 5xx and
 the server's peak RSS, and checking that the queue drains afterwards.
 
+With `--deploy DIR` (a deployment written by `medinfer tune` for the same model), medinfer
+serves that deployment (its engine, precision, streams and batch), the engine-alone figure is
+`medinfer bench --deploy DIR`, and a third Python server runs the deployment's own model file on
+OpenVINO (python_server.py's `openvino` engine: THROUGHPUT hint, a pool of infer requests), so
+that the server's share and the engine choice's share of any gain can be told apart.
+
 Usage: benchmarks/server/run.sh [--model resnet18-ct] [--seconds 20] [--concurrency 8,16]
+       [--deploy DIR]
 """
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,6 +92,9 @@ def main():
     ap.add_argument("--skip-python", action="store_true", help="medinfer only")
     ap.add_argument("--kserve-python", help="python of a venv with kserve + onnxruntime: also "
                     "measure KServe's ModelServer (kserve_server.py)")
+    ap.add_argument("--deploy", help="a `medinfer tune` deployment of the same model: medinfer serves "
+                    "it, and FastAPI + OpenVINO serves its model file too")
+    ap.add_argument("--skip-overload", action="store_true", help="no overload run")
     ap.add_argument("--json")
     a = ap.parse_args()
     import numpy as np
@@ -113,14 +124,32 @@ def main():
     binh = [f"Inference-Header-Content-Length: {len(head)}", "Content-Type: application/octet-stream"]
     jsonh = ["Content-Type: application/json"]
     results = {"model": a.model, "cores": CORES, "seconds": a.seconds, "concurrency": concs}
+    deployed = None
+    if a.deploy:
+        # The deployment's files in this repository entry, its config with the server's queue
+        # settings added (the deployment gives engine, precision, instances, threads, max batch).
+        with open(os.path.join(a.deploy, "config.json")) as f:
+            dcfg = json.load(f)
+        deployed = os.path.join(work, "deployed.onnx")
+        shutil.copyfile(os.path.join(a.deploy, "1", "model.onnx"), deployed)
+        a.max_batch = dcfg.get("max_batch", a.max_batch)
+        results["deployment"] = dcfg
 
-    # The engine alone, throughput mode on ONNX Runtime, batch 1 and the server's max batch.
-    for b in (1, a.max_batch):
-        r = subprocess.run([mi, "bench", model, "-b", "ort", "--mode", "throughput", "--batch", str(b),
-                            "--runs", "200", "--json"], check=True, capture_output=True, text=True)
-        results[f"bench_batch{b}_items_per_s"] = json.loads(r.stdout)[0]["throughput_per_s"]
-        print(f"medinfer bench ort throughput batch {b}: {results[f'bench_batch{b}_items_per_s']:.1f} items/s",
-              flush=True)
+    def bench_alone(batch):
+        if a.deploy:
+            cmd = [mi, "bench", "--deploy", a.deploy, "--runs", "400", "--json"]
+        else:
+            cmd = [mi, "bench", model, "-b", "ort", "--mode", "throughput", "--batch", str(batch),
+                   "--runs", "200", "--json"]
+        r = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return json.loads(r.stdout)[0]["throughput_per_s"]
+
+    # The engine alone: throughput mode on ONNX Runtime at batch 1 and the server's max batch,
+    # or the deployment.
+    for b in ((a.max_batch,) if a.deploy else (1, a.max_batch)):
+        results[f"bench_batch{b}_items_per_s"] = bench_alone(b)
+        print(f"medinfer bench {'--deploy' if a.deploy else 'ort throughput'} batch {b}: "
+              f"{results[f'bench_batch{b}_items_per_s']:.1f} items/s", flush=True)
 
     def run_server(cmd, port, label, extra):
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -143,6 +172,10 @@ def main():
 
     cfg = {"backend": "ort", "max_batch": a.max_batch, "max_queue_delay_us": 2000, "max_queue": 64,
            "instances": a.instances}
+    if a.deploy:
+        # The model file the deployment chose, under the repository's model.onnx.
+        shutil.copyfile(deployed, model)
+        cfg = dict(dcfg, max_queue_delay_us=2000, max_queue=64)
     results["medinfer_config"] = dict(cfg)
     with open(os.path.join(work, "repo", "m", "config.json"), "w") as f:
         json.dump(cfg, f)
@@ -152,10 +185,7 @@ def main():
         c = max(concs)
         ratios = []
         for k in range(a.rounds):
-            r = subprocess.run([mi, "bench", model, "-b", "ort", "--mode", "throughput", "--batch",
-                                str(a.max_batch), "--runs", "200", "--json"], check=True,
-                               capture_output=True, text=True)
-            alone = json.loads(r.stdout)[0]["throughput_per_s"]
+            alone = bench_alone(a.max_batch)
             h = oha(a.oha, url, binbody, binh, a.seconds, c)
             ratios.append(h["rps"] / alone)
             print(f"round {k + 1}: bench batch {a.max_batch} {alone:.1f} items/s, serve c={c} binary "
@@ -181,29 +211,38 @@ def main():
               f"errors {r['errors']}, peak RSS {r['peak_rss_mb']:.0f} MB, queued afterwards {r['queued_after']}",
               flush=True)
 
-    cfg["max_queue"] = 8
-    with open(os.path.join(work, "repo", "m", "config.json"), "w") as f:
-        json.dump(cfg, f)
-    port = free_port()
-    p = subprocess.Popen([mi, "serve", "--models", os.path.join(work, "repo"), "--port", str(port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(port, p)
-        overload(p, f"http://127.0.0.1:{port}/v2/models/m/infer")
-    finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=60)
+    if not a.skip_overload:
+        cfg["max_queue"] = 8
+        with open(os.path.join(work, "repo", "m", "config.json"), "w") as f:
+            json.dump(cfg, f)
+        port = free_port()
+        p = subprocess.Popen([mi, "serve", "--models", os.path.join(work, "repo"), "--port",
+                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(port, p)
+            overload(p, f"http://127.0.0.1:{port}/v2/models/m/infer")
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
 
     if a.skip_python:
         return
+    # The Python servers get the model the user brought (the FP32 zoo file), and with --deploy
+    # FastAPI + OpenVINO also gets the deployment's model file.
+    fp32 = os.path.join(work, "fp32.onnx")
+    subprocess.run([mi, "zoo", "build", a.model, "-o", fp32], check=True, capture_output=True)
     port = free_port()
     here = os.path.dirname(os.path.abspath(__file__))
-    run_server([sys.executable, os.path.join(here, "python_server.py"), model, "m", str(port)], port,
+    run_server([sys.executable, os.path.join(here, "python_server.py"), fp32, "m", str(port)], port,
                "fastapi", lambda p, u: None)
+    if a.deploy:
+        port = free_port()
+        run_server([sys.executable, os.path.join(here, "python_server.py"), deployed, "m", str(port),
+                    "openvino"], port, "fastapi-ov", lambda p, u: None)
 
     if a.kserve_python:
         port = free_port()
-        run_server([a.kserve_python, os.path.join(here, "kserve_server.py"), model, "m", str(port)],
+        run_server([a.kserve_python, os.path.join(here, "kserve_server.py"), fp32, "m", str(port)],
                    port, "kserve", lambda p, u: None)
 
     ref = results[f"bench_batch{a.max_batch}_items_per_s"]
@@ -215,6 +254,11 @@ def main():
               f"/ FastAPI+onnxruntime: binary {m['rps'] / f['rps']:.2f}x "
               f"(p99 {m['p99_ms']:.1f} vs {f['p99_ms']:.1f} ms), json {mj['rps'] / fj['rps']:.2f}x "
               f"(p99 {mj['p99_ms']:.1f} vs {fj['p99_ms']:.1f} ms)")
+        if a.deploy:
+            o, oj = results[f"fastapi-ov/binary/c{c}"], results[f"fastapi-ov/json/c{c}"]
+            print(f"c={c}: medinfer serve / FastAPI+OpenVINO on the deployment's model: binary "
+                  f"{m['rps'] / o['rps']:.2f}x (p99 {m['p99_ms']:.1f} vs {o['p99_ms']:.1f} ms), json "
+                  f"{mj['rps'] / oj['rps']:.2f}x (p99 {mj['p99_ms']:.1f} vs {oj['p99_ms']:.1f} ms)")
         if a.kserve_python:
             k, kj = results[f"kserve/binary/c{c}"], results[f"kserve/json/c{c}"]
             print(f"c={c}: medinfer serve / KServe ModelServer+onnxruntime: binary {m['rps'] / k['rps']:.2f}x "
