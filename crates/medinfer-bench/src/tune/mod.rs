@@ -9,8 +9,9 @@
 //!    process ([`worker`]); its outputs are scored against the FP32 model's with the metric.
 //!    Over the budget: out, with the measured drop as the reason. A crash: out, as a crash.
 //! 3. **Screening** in paired rounds anchored on OpenVINO's INT8 defaults (5 rounds of short
-//!    slices): every engine configuration at the defaults' layout, then every layout (streams x
-//!    threads x batch) of the best few; the best `keep` go on.
+//!    slices): every engine configuration at the defaults' layout (and, for throughput, at its
+//!    widest layout: most streams, largest batch), then every layout (streams x threads x
+//!    batch) of the best few by their best probe; the best `keep` go on.
 //! 4. **Paired rounds with successive halving.** The best few stay loaded side by side; each
 //!    round times every one of them once, in a shuffled order, so a change in the host's load
 //!    hits all of them alike. After each stage the slower half (by the median of each one's
@@ -197,7 +198,7 @@ pub enum Status {
     /// Dropped by successive halving after paired rounds.
     Halved,
     /// Dropped by the paired screening (not among the best to enter the halving), or not
-    /// timed at all because its engine configuration ranked low at the defaults' layout.
+    /// timed at all because its engine configuration ranked low at its probe layouts.
     Screened,
     /// Over the accuracy budget.
     OverBudget,
@@ -788,6 +789,70 @@ fn default_layout(plan: &TunePlan, cands: &[Candidate], pool: &[usize]) -> (usiz
     }
 }
 
+/// The screening's probes: each engine configuration (variant x engine x precision x ISA) at
+/// the defaults' `layout` and, for throughput, at its widest layout too (most streams, then the
+/// largest batch). One layout alone misranks configurations whose speed grows differently with
+/// the batch: resnet50-fmri on Zen 4 ranked ONNX Runtime's INT8 first at batch 1, and OpenVINO's
+/// INT8 layout with the BF16 hint, the exhaustive search's best at batch 8, fourth, so it was
+/// never timed at batch 8 (2026-12-06).
+fn probe_set(
+    objective: Objective,
+    cands: &[Candidate],
+    live: &[usize],
+    layout: (usize, usize, usize),
+) -> Vec<usize> {
+    let mut probes = Vec::new();
+    let mut keys = Vec::new();
+    for &i in live {
+        let k = cands[i].key;
+        if keys.contains(&k) {
+            continue;
+        }
+        keys.push(k);
+        let of_key: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&j| cands[j].key == k)
+            .collect();
+        let at = of_key
+            .iter()
+            .copied()
+            .find(|&j| cands[j].layout() == layout)
+            .unwrap_or(i);
+        probes.push(at);
+        if objective == Objective::Throughput {
+            let widest = of_key
+                .iter()
+                .copied()
+                .max_by_key(|&j| (cands[j].streams, cands[j].batch));
+            if let Some(w) = widest.filter(|&w| w != at) {
+                probes.push(w);
+            }
+        }
+    }
+    probes
+}
+
+/// Engine configurations best first, each with the best median ratio over the anchor among its
+/// measured probes.
+fn ranked_keys(cands: &[Candidate], probes: &[usize]) -> Vec<(usize, f64)> {
+    let mut best: Vec<(usize, f64)> = Vec::new();
+    for &i in probes {
+        if cands[i].status != Status::Measured {
+            continue;
+        }
+        let Some(r) = median(&cands[i].anchor_ratios) else {
+            continue;
+        };
+        match best.iter_mut().find(|(k, _)| *k == cands[i].key) {
+            Some(e) => e.1 = e.1.max(r),
+            None => best.push((cands[i].key, r)),
+        }
+    }
+    best.sort_by(|a, b| b.1.total_cmp(&a.1));
+    best
+}
+
 /// Successive halving over the survivors of screening, all loaded side by side. OpenVINO's
 /// INT8 defaults (when among them) ride along in every round and are never halved: the best
 /// of the others becomes the choice only if it beats them in the median of their per-round
@@ -1302,7 +1367,8 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
     }
 
     // 3. Paired screening. Every engine configuration (variant x engine x precision x ISA) at
-    //    the defaults' layout, in rounds anchored on OpenVINO's INT8 defaults; then every layout
+    //    the defaults' layout and, for throughput, its widest layout ([`probe_set`]), in rounds
+    //    anchored on OpenVINO's INT8 defaults; then every layout
     //    (streams x threads x batch) of the best few configurations, the same way. Loads are the
     //    cost (seconds each for an INT8 model on OpenVINO), so the layouts of a configuration
     //    that is slow at the defaults' layout are not loaded at all.
@@ -1323,19 +1389,7 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
         alive = live;
     } else {
         let layout = default_layout(plan, &cands, &live);
-        let mut probes: Vec<usize> = Vec::new();
-        for &i in &live {
-            let k = cands[i].key;
-            if probes.iter().any(|&p| cands[p].key == k) {
-                continue;
-            }
-            let at = live
-                .iter()
-                .copied()
-                .find(|&j| cands[j].key == k && cands[j].layout() == layout)
-                .unwrap_or(i);
-            probes.push(at);
-        }
+        let probes = probe_set(plan.objective, &cands, &live, layout);
         let preference: Vec<usize> = default.into_iter().chain(probes.clone()).collect();
         let anchor = anchored_rounds(
             plan,
@@ -1347,12 +1401,7 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
             &mut order,
             progress,
         )?;
-        let mut ranked: Vec<usize> = probes
-            .iter()
-            .copied()
-            .filter(|&i| cands[i].status == Status::Measured)
-            .collect();
-        by_anchor_ratio(&cands, &mut ranked);
+        let ranked = ranked_keys(&cands, &probes);
         let per_key = live
             .iter()
             .filter(|&&j| cands[j].key == cands[anchor].key)
@@ -1365,11 +1414,7 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
         // It also keeps the defaults themselves in: before, a tune whose defaults' configuration
         // ranked fourth screened them out, and the halving ran without the bar a choice must
         // clear, so it could deploy something slower than them.
-        let mut keys: Vec<usize> = ranked
-            .iter()
-            .take(top_keys)
-            .map(|&i| cands[i].key)
-            .collect();
+        let mut keys: Vec<usize> = ranked.iter().take(top_keys).map(|&(k, _)| k).collect();
         if let Some(d) = default.filter(|&d| !keys.contains(&cands[d].key)) {
             keys.push(cands[d].key);
         }
@@ -1382,14 +1427,18 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
             if keys.contains(&cands[i].key) || cands[i].status != Status::Measured {
                 continue;
             }
-            let why = match median(&cands[i].anchor_ratios) {
-                Some(r) => format!(
-                    "paired screening: {r:.3}x the anchor at the defaults' layout, its engine \
-                     configuration not among the best {top_keys}"
+            let best = ranked
+                .iter()
+                .find(|&&(k, _)| k == cands[i].key)
+                .map(|&(_, r)| r);
+            let why = match (median(&cands[i].anchor_ratios), best) {
+                (Some(r), Some(b)) => format!(
+                    "paired screening: {r:.3}x the anchor; its engine configuration (best probe \
+                     {b:.3}x) not among the best {top_keys}"
                 ),
-                None => format!(
+                _ => format!(
                     "not timed: its engine configuration was not among the best {top_keys} at \
-                     the defaults' layout"
+                     the probe layouts"
                 ),
             };
             cands[i].out(Status::Screened, why);
@@ -1584,6 +1633,84 @@ mod tests {
         ] {
             assert!(!st.can_anchor(), "{st:?}");
         }
+    }
+
+    fn cand(key: usize, streams: usize, batch: usize, ratios: &[f64]) -> Candidate {
+        Candidate {
+            label: format!("k{key} {streams}x{} b{batch}", 2 / streams),
+            variant: "int8-portable".into(),
+            backend: BackendKind::OpenVino,
+            precision: Precision::Fp32,
+            effective_precision: String::new(),
+            isa: "auto".into(),
+            streams,
+            threads: 2 / streams,
+            batch,
+            status: Status::Measured,
+            reason: None,
+            metric: None,
+            drop: None,
+            load_ms: None,
+            screen_speed: None,
+            rounds: vec![],
+            latency_ms: None,
+            throughput_per_s: None,
+            vs_anchor: None,
+            anchor_ratios: ratios.to_vec(),
+            p50s: vec![],
+            tputs: vec![],
+            isa_cap: CpuIsa::Auto,
+            path: PathBuf::new(),
+            key,
+        }
+    }
+
+    /// Throughput probes each engine configuration at the defaults' layout and at its widest,
+    /// and a configuration that only wins at the large batch ranks by that (resnet50-fmri on
+    /// Zen 4: fourth at batch 1, the best at batch 8).
+    #[test]
+    fn screening_probes_the_widest_layout_and_ranks_by_the_best_probe() {
+        let mut cands = Vec::new();
+        for key in [1, 2, 3] {
+            for streams in [1, 2] {
+                for batch in [1, 8] {
+                    cands.push(cand(key, streams, batch, &[]));
+                }
+            }
+        }
+        let live: Vec<usize> = (0..cands.len()).collect();
+        let at = |c: &Candidate| (c.key, c.streams, c.batch);
+        let probes = probe_set(Objective::Throughput, &cands, &live, (2, 1, 1));
+        let got: Vec<_> = probes.iter().map(|&i| at(&cands[i])).collect();
+        assert_eq!(
+            got,
+            [
+                (1, 2, 1),
+                (1, 2, 8),
+                (2, 2, 1),
+                (2, 2, 8),
+                (3, 2, 1),
+                (3, 2, 8)
+            ]
+        );
+        let lat = probe_set(Objective::Latency, &cands, &live, (1, 2, 1));
+        let got: Vec<_> = lat.iter().map(|&i| at(&cands[i])).collect();
+        assert_eq!(got, [(1, 1, 1), (2, 1, 1), (3, 1, 1)]);
+        // Key 1 leads at batch 1, key 2 at batch 8; key 3's wide probe crashed.
+        let ratios: [(usize, &[f64]); 6] = [
+            (0, &[1.0, 1.0]),
+            (1, &[1.3, 1.4, 1.35]),
+            (2, &[0.9, 1.1, 1.0]),
+            (3, &[2.3, 2.2, 2.4]),
+            (4, &[1.2]),
+            (5, &[9.0]),
+        ];
+        for (p, r) in ratios {
+            cands[probes[p]].anchor_ratios = r.to_vec();
+        }
+        cands[probes[5]].status = Status::Crashed;
+        let ranked = ranked_keys(&cands, &probes);
+        assert_eq!(ranked, [(2, 2.3), (1, 1.35), (3, 1.2)]);
     }
 
     #[test]
