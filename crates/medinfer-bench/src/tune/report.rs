@@ -88,6 +88,14 @@ pub fn render_markdown(o: &TuneOutcome) -> String {
             o.rounds
         ));
     }
+    // The defaults ride along in the halving: the choice's median ratio over them, where it
+    // is not them (`vs_anchor` holds the halving's ratios over the defaults).
+    if let (None, Some(v)) = (o.anchor, c.vs_anchor.filter(|v| (v - 1.0).abs() > 1e-12)) {
+        s.push_str(&format!(
+            "\nOver OpenVINO's INT8 defaults, which ran in every paired round: {v:.3}x (median of the \
+             per-round ratios).\n"
+        ));
+    }
     for n in &o.notes {
         s.push_str(&format!("\nNote: {n}\n"));
     }
