@@ -282,6 +282,49 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// A candidate not measured yet: `variant` in the file `path` on `backend` at `precision`
+    /// under the kernel cap `isa`, `layout` = (streams, threads per stream, batch), `key` its
+    /// engine configuration's number. Its label is made from these.
+    fn new(
+        variant: &str,
+        path: &Path,
+        backend: BackendKind,
+        precision: Precision,
+        isa: CpuIsa,
+        (streams, threads, batch): (usize, usize, usize),
+        key: usize,
+    ) -> Candidate {
+        let mut c = Candidate {
+            label: String::new(),
+            variant: variant.to_string(),
+            backend,
+            precision,
+            effective_precision: String::new(),
+            isa: isa.name().to_string(),
+            streams,
+            threads,
+            batch,
+            status: Status::Measured,
+            reason: None,
+            metric: None,
+            drop: None,
+            load_ms: None,
+            screen_speed: None,
+            rounds: vec![],
+            latency_ms: None,
+            throughput_per_s: None,
+            vs_anchor: None,
+            anchor_ratios: vec![],
+            p50s: vec![],
+            tputs: vec![],
+            isa_cap: isa,
+            path: path.to_path_buf(),
+            key,
+        };
+        c.label = label(&c);
+        c
+    }
+
     /// Median speed over the paired rounds, else the warm-up speed.
     pub fn speed(&self) -> Option<f64> {
         median(&self.rounds).or(self.screen_speed)
@@ -503,35 +546,8 @@ fn enumerate(plan: &TunePlan, batch: Batch) -> Vec<Candidate> {
                 };
                 for isa in isas {
                     key += 1;
-                    for &(streams, threads, batch) in &configs {
-                        let mut c = Candidate {
-                            label: String::new(),
-                            variant: v.label.clone(),
-                            backend: b,
-                            precision: p,
-                            effective_precision: String::new(),
-                            isa: isa.name().to_string(),
-                            streams,
-                            threads,
-                            batch,
-                            status: Status::Measured,
-                            reason: None,
-                            metric: None,
-                            drop: None,
-                            load_ms: None,
-                            screen_speed: None,
-                            rounds: vec![],
-                            latency_ms: None,
-                            throughput_per_s: None,
-                            vs_anchor: None,
-                            anchor_ratios: vec![],
-                            p50s: vec![],
-                            tputs: vec![],
-                            isa_cap: isa,
-                            path: v.path.clone(),
-                            key,
-                        };
-                        c.label = label(&c);
+                    for &layout in &configs {
+                        let mut c = Candidate::new(&v.label, &v.path, b, p, isa, layout, key);
                         if b == BackendKind::Tract && v.label != "fp32" {
                             c.out(
                                 Status::Skipped,
@@ -1651,33 +1667,17 @@ mod tests {
     }
 
     fn cand(key: usize, streams: usize, batch: usize, ratios: &[f64]) -> Candidate {
-        Candidate {
-            label: format!("k{key} {streams}x{} b{batch}", 2 / streams),
-            variant: "int8-portable".into(),
-            backend: BackendKind::OpenVino,
-            precision: Precision::Fp32,
-            effective_precision: String::new(),
-            isa: "auto".into(),
-            streams,
-            threads: 2 / streams,
-            batch,
-            status: Status::Measured,
-            reason: None,
-            metric: None,
-            drop: None,
-            load_ms: None,
-            screen_speed: None,
-            rounds: vec![],
-            latency_ms: None,
-            throughput_per_s: None,
-            vs_anchor: None,
-            anchor_ratios: ratios.to_vec(),
-            p50s: vec![],
-            tputs: vec![],
-            isa_cap: CpuIsa::Auto,
-            path: PathBuf::new(),
+        let mut c = Candidate::new(
+            "int8-portable",
+            Path::new("m.onnx"),
+            BackendKind::OpenVino,
+            Precision::Fp32,
+            CpuIsa::Auto,
+            (streams, 2 / streams, batch),
             key,
-        }
+        );
+        c.anchor_ratios = ratios.to_vec();
+        c
     }
 
     /// Throughput probes each engine configuration at the defaults' layout and at its widest,
