@@ -329,7 +329,7 @@ fn report_bench(
         (None, None) => (a.model.clone(), String::new()),
     };
     println!(
-        "model {shown} (sha256 {}), {} usable core(s), {} runs (a multiple of the streams) after {} warm-up",
+        "model {shown} (sha256 {}), {} usable core(s), {} runs asked (each row rounds them up to a multiple of its streams) after {} warm-up",
         &sha[..sha.len().min(16)],
         medinfer_core::usable_cores(),
         a.runs,
