@@ -6,11 +6,17 @@
 //!
 //! The worker is a plain thread, not a tokio task: engine calls block for milliseconds to
 //! seconds and must not stall the HTTP runtime.
+//!
+//! With several instances, the workers share one session per input shape set, loaded with one
+//! stream per instance (the [`Loader`] is told how many), so that the engine places the
+//! instances' streams on distinct cores. Separately compiled single-stream sessions did not:
+//! OpenVINO pinned each one's thread to the first core, and two instances on 2 cores ran on
+//! one (`medinfer serve` at 0.46 of `medinfer bench` for the same deployment; docs/benchmarks.md).
 
 use medinfer_core::{DType, Tensor};
 use medinfer_engine::{EngineError, Session};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{
     sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
 };
@@ -27,8 +33,8 @@ pub struct BatchSettings {
     pub max_delay: Duration,
     /// Requests that may wait at once; more are refused.
     pub max_queue: usize,
-    /// Worker threads, each with its own sessions, taking batches from the one queue (Triton's
-    /// instance count; 1 = one batch in the engine at a time).
+    /// Worker threads taking batches from the one queue, sharing sessions of one stream each
+    /// (Triton's instance count; 1 = one batch in the engine at a time).
     pub instances: usize,
     /// Pad each batch with zero rows to the next power of two (or `max_batch`), so that at most
     /// log2(max_batch) + 2 sessions are compiled per input shape, instead of one per batch size
@@ -109,8 +115,43 @@ pub struct Stats {
 /// Upper bounds of [`Stats::batch_sizes`]' buckets (the last one is unbounded).
 pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
 
-/// Loads a session for the given full input shapes (batch included).
-pub type Loader = Arc<dyn Fn(&[Vec<usize>]) -> Result<Session, EngineError> + Send + Sync>;
+/// Loads a session for the given full input shapes (batch included) with the given number of
+/// streams (the model's instances: that many batches run in it at once, one per worker).
+pub type Loader = Arc<dyn Fn(&[Vec<usize>], usize) -> Result<Session, EngineError> + Send + Sync>;
+
+/// Sessions of one model by input shape set, shared by its workers; the oldest goes first when
+/// more than [`SESSIONS_KEPT`] are met (a worker still running it keeps it alive until done).
+#[derive(Default)]
+struct Sessions {
+    by_shapes: HashMap<Vec<Vec<usize>>, Arc<Session>>,
+    order: VecDeque<Vec<Vec<usize>>>,
+}
+
+impl Sessions {
+    /// The session for `shapes`, loaded (once, whichever worker asks first) if not kept.
+    fn get(
+        cache: &Mutex<Sessions>,
+        shapes: &[Vec<usize>],
+        loader: &Loader,
+        streams: usize,
+    ) -> Result<Arc<Session>, EngineError> {
+        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = c.by_shapes.get(shapes) {
+            return Ok(s.clone());
+        }
+        // Loading under the lock: the other workers wait for this session rather than
+        // compiling a second copy of it.
+        let s = Arc::new(loader(shapes, streams)?);
+        if c.order.len() >= SESSIONS_KEPT {
+            if let Some(old) = c.order.pop_front() {
+                c.by_shapes.remove(&old);
+            }
+        }
+        c.order.push_back(shapes.to_vec());
+        c.by_shapes.insert(shapes.to_vec(), s.clone());
+        Ok(s)
+    }
+}
 
 /// The handle on one model's queue and worker.
 pub struct Batcher {
@@ -132,12 +173,15 @@ impl Batcher {
         let (tx, rx) = sync_channel::<Job>(settings.max_queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(Stats::default());
+        let sessions = Arc::new(Mutex::new(Sessions::default()));
+        let running = Arc::new(Running::default());
         let workers = (0..settings.instances.max(1))
             .map(|i| {
                 let (rx, loader, st) = (rx.clone(), loader.clone(), stats.clone());
+                let (sessions, running) = (sessions.clone(), running.clone());
                 std::thread::Builder::new()
                     .name(format!("batcher-{name}-{i}"))
-                    .spawn(move || work(rx, loader, settings, st))
+                    .spawn(move || work(rx, loader, sessions, running, settings, st))
                     .expect("spawning a batcher thread")
             })
             .collect();
@@ -179,13 +223,71 @@ impl Drop for Batcher {
     }
 }
 
+/// What the model's instances are running now, for the gathering worker's choice of when to
+/// stop waiting for more requests.
+#[derive(Default)]
+struct Running {
+    /// Instances running a batch.
+    batches: AtomicUsize,
+    /// Items in those batches.
+    items: AtomicUsize,
+}
+
+impl Running {
+    fn start(&self, items: usize) {
+        self.items.fetch_add(items, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+    fn end(&self, items: usize) {
+        self.batches.fetch_sub(1, Ordering::Relaxed);
+        self.items.fetch_sub(items, Ordering::Relaxed);
+    }
+    /// The largest batch a worker should gather now, with `queued` requests waiting: the
+    /// model's max batch with one instance (the delay alone decides, as in Triton). With
+    /// several, a share that leaves requests queued for the others: the requests in the
+    /// server (queued plus running) over one more than the instances, rounded down to a
+    /// batch size that padding does not fill with zeros. In a closed loop of clients the
+    /// queue then never runs dry while replies travel back, and no worker takes every
+    /// waiting request while another stands idle. Measured on 2 cores (resnet18-ct, OpenVINO
+    /// INT8, 2 instances x 1 thread, max batch 8): 8 clients got 398 req/s when each worker
+    /// waited to fill its batch (two batches of 4, nothing queued, an idle core while replies
+    /// travelled) and 679 at batches of 2; 32 clients do best at batches of 8
+    /// (docs/benchmarks.md).
+    fn limit(&self, queued: usize, s: &BatchSettings) -> usize {
+        if s.instances < 2 {
+            return s.max_batch;
+        }
+        let in_server = queued + self.items.load(Ordering::Relaxed);
+        let share = in_server.div_ceil(s.instances + 1).max(1);
+        if share >= s.max_batch {
+            s.max_batch
+        } else if s.pad {
+            1 << share.ilog2()
+        } else {
+            share
+        }
+    }
+
+    /// Whether another instance stands idle: then a worker runs what it has rather than
+    /// wait out the delay for requests not sent yet (the idle one takes those).
+    fn idle_other(&self, instances: usize) -> bool {
+        self.batches.load(Ordering::Relaxed) + 1 < instances
+    }
+}
+
 /// One worker: gathers a batch while holding the queue (so instances never split one batch),
-/// then releases it and runs the batch on its own sessions.
-fn work(rx: Arc<Mutex<Receiver<Job>>>, loader: Loader, s: BatchSettings, stats: Arc<Stats>) {
+/// then releases it and runs the batch on the shared sessions.
+fn work(
+    rx: Arc<Mutex<Receiver<Job>>>,
+    loader: Loader,
+    sessions: Arc<Mutex<Sessions>>,
+    running: Arc<Running>,
+    s: BatchSettings,
+    stats: Arc<Stats>,
+) {
     let mut pending: VecDeque<Job> = VecDeque::new();
-    let mut sessions: HashMap<Vec<Vec<usize>>, Session> = HashMap::new();
-    let mut order: VecDeque<Vec<Vec<usize>>> = VecDeque::new();
     let mut open = true;
+    let instances = s.instances.max(1);
     loop {
         let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
         let first = match pending.pop_front() {
@@ -198,11 +300,12 @@ fn work(rx: Arc<Mutex<Receiver<Job>>>, loader: Loader, s: BatchSettings, stats: 
         };
         let key = first.key();
         let mut items = first.items();
+        let limit = running.limit(stats.queued_now.load(Ordering::Relaxed) as usize, &s);
         let deadline = first.queued + s.max_delay;
         let mut group = vec![first];
         // Compatible requests that already wait, oldest first.
         let mut i = 0;
-        while i < pending.len() && items < s.max_batch {
+        while i < pending.len() && items < limit {
             if pending[i].key() == key && items + pending[i].items() <= s.max_batch {
                 let j = pending.remove(i).expect("index checked");
                 items += j.items();
@@ -211,17 +314,19 @@ fn work(rx: Arc<Mutex<Receiver<Job>>>, loader: Loader, s: BatchSettings, stats: 
                 i += 1;
             }
         }
-        // Then new arrivals until the batch is full or the oldest has waited long enough. The
+        // Then new arrivals until the batch is full (up to the worker's share, see
+        // `Running::limit`), the oldest has waited long enough or another instance is idle. The
         // side queue is bounded too: when it is full, the channel fills and clients get 429.
         // Requests already queued join at once, whatever the oldest has waited: the delay only
         // bounds waiting for requests not sent yet. (Under load the oldest is always past its
         // deadline, and batches must still fill from the queue.)
-        while open && items < s.max_batch && pending.len() < s.max_queue {
+        while open && items < limit && pending.len() < s.max_queue {
             let now = Instant::now();
             let got = match rx.try_recv() {
                 Ok(j) => Ok(j),
                 Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
                 Err(TryRecvError::Empty) if now >= deadline => break,
+                Err(TryRecvError::Empty) if running.idle_other(instances) => break,
                 Err(TryRecvError::Empty) => rx.recv_timeout(deadline - now),
             };
             match got {
@@ -238,27 +343,25 @@ fn work(rx: Arc<Mutex<Receiver<Job>>>, loader: Loader, s: BatchSettings, stats: 
         stats
             .queued_now
             .fetch_sub(group.len() as u64, Ordering::Relaxed);
-        run_group(
-            group,
-            items,
-            s.padded(items),
-            &loader,
-            &mut sessions,
-            &mut order,
-            &stats,
-        );
+        running.start(items);
+        let engine = Engine {
+            loader: &loader,
+            sessions: &sessions,
+            streams: s.instances.max(1),
+        };
+        run_group(group, items, s.padded(items), &engine, &stats);
+        running.end(items);
     }
 }
 
-fn run_group(
-    group: Vec<Job>,
-    items: usize,
-    rows: usize,
-    loader: &Loader,
-    sessions: &mut HashMap<Vec<Vec<usize>>, Session>,
-    order: &mut VecDeque<Vec<Vec<usize>>>,
-    stats: &Stats,
-) {
+/// Where a worker's batches run: the shared sessions, and how to load a missing one.
+struct Engine<'a> {
+    loader: &'a Loader,
+    sessions: &'a Mutex<Sessions>,
+    streams: usize,
+}
+
+fn run_group(group: Vec<Job>, items: usize, rows: usize, engine: &Engine, stats: &Stats) {
     let start = Instant::now();
     for j in &group {
         stats.queue_ns.fetch_add(
@@ -272,18 +375,9 @@ fn run_group(
     let result = medinfer_core::panic::catch(|| -> Result<Vec<Vec<Tensor>>, EngineError> {
         let batch = pad(concat(inputs)?, rows)?;
         let shapes: Vec<Vec<usize>> = batch.iter().map(|t| t.shape().to_vec()).collect();
-        if !sessions.contains_key(&shapes) {
-            let s = loader(&shapes)?;
-            if order.len() >= SESSIONS_KEPT {
-                if let Some(old) = order.pop_front() {
-                    sessions.remove(&old);
-                }
-            }
-            order.push_back(shapes.clone());
-            sessions.insert(shapes.clone(), s);
-        }
+        let session = Sessions::get(engine.sessions, &shapes, engine.loader, engine.streams)?;
         let t = Instant::now();
-        let out = sessions[&shapes].run(&batch)?;
+        let out = session.run(&batch)?;
         stats
             .compute_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -451,7 +545,7 @@ mod tests {
         let go = Mutex::new(Some(go_rx));
         let shapes_seen = Arc::new(Mutex::new(Vec::new()));
         let seen = shapes_seen.clone();
-        let loader: Loader = Arc::new(move |shapes: &[Vec<usize>]| {
+        let loader: Loader = Arc::new(move |shapes: &[Vec<usize>], _streams| {
             seen.lock().unwrap().push(shapes[0][0]);
             if let Some(rx) = go.lock().unwrap().take() {
                 let _ = rx.recv_timeout(Duration::from_secs(30));
@@ -506,5 +600,85 @@ mod tests {
         assert_eq!(b.stats.items.load(Ordering::Relaxed), 7);
         let padded: Vec<usize> = (1..=9).map(|n| settings.padded(n)).collect();
         assert_eq!(padded, [1, 2, 4, 4, 8, 8, 8, 8, 9]);
+    }
+
+    #[test]
+    fn several_instances_leave_requests_queued_for_each_other() {
+        let s = |instances, pad| BatchSettings {
+            max_batch: 8,
+            max_delay: Duration::from_millis(2),
+            max_queue: 64,
+            instances,
+            pad,
+        };
+        let r = Running::default();
+        // One instance: the max batch, however few wait.
+        assert_eq!(r.limit(1, &s(1, true)), 8);
+        // Two: the requests in the server over three, down to a size padding leaves whole.
+        let limits: Vec<usize> = [1, 2, 3, 4, 8, 12, 16, 24, 32, 64]
+            .iter()
+            .map(|&q| r.limit(q, &s(2, true)))
+            .collect();
+        assert_eq!(limits, [1, 1, 1, 2, 2, 4, 4, 8, 8, 8]);
+        assert_eq!(r.limit(16, &s(2, false)), 6);
+        // Requests running count as in the server: 4 running and 4 queued share like 8.
+        r.start(4);
+        assert_eq!(r.limit(4, &s(2, true)), 2);
+        assert!(!r.idle_other(2), "the other instance is busy");
+        r.end(4);
+        assert!(r.idle_other(2));
+        assert!(!r.idle_other(1), "one instance has no other");
+    }
+
+    #[test]
+    fn instances_share_one_session_per_shape_loaded_with_a_stream_each() {
+        let d = tempfile::tempdir().unwrap();
+        let model = relu_model(d.path());
+        let loads = Arc::new(Mutex::new(Vec::new()));
+        let seen = loads.clone();
+        let loader: Loader = Arc::new(move |shapes: &[Vec<usize>], streams| {
+            seen.lock().unwrap().push((shapes[0][0], streams));
+            medinfer_engine::load_on(
+                medinfer_engine::BackendKind::Tract,
+                &model,
+                &medinfer_engine::SessionOptions {
+                    batch: Some(shapes[0][0]),
+                    streams: Some(streams),
+                    mode: medinfer_engine::Mode::Throughput,
+                    ..Default::default()
+                },
+            )
+        });
+        let b = Batcher::start(
+            "t",
+            loader,
+            BatchSettings {
+                max_batch: 1,
+                max_delay: Duration::ZERO,
+                max_queue: 64,
+                instances: 3,
+                pad: true,
+            },
+        );
+        let replies: Vec<_> = (0..40)
+            .map(|k| {
+                let (tx, rx) = oneshot::channel();
+                let x = Tensor::from_f32(vec![1, 4], vec![k as f32, -1.0, 2.0, -3.0]).unwrap();
+                b.submit(Job {
+                    inputs: vec![x],
+                    reply: tx,
+                    queued: Instant::now(),
+                })
+                .unwrap();
+                rx
+            })
+            .collect();
+        for (k, rx) in replies.into_iter().enumerate() {
+            let out = rx.blocking_recv().unwrap().unwrap();
+            assert_eq!(out[0].as_f32().unwrap(), &[k as f32, 0.0, 2.0, 0.0]);
+        }
+        // Three workers, one shape: one session, with three streams.
+        assert_eq!(*loads.lock().unwrap(), vec![(1, 3)]);
+        assert_eq!(b.stats.success.load(Ordering::Relaxed), 40);
     }
 }

@@ -520,10 +520,16 @@ fn load_version(
     }
     let names: Vec<String> = inputs.iter().map(|(n, _, _)| n.clone()).collect();
     let file = path.to_path_buf();
-    let loader: Loader = std::sync::Arc::new(move |shapes: &[Vec<usize>]| {
+    // One session per shape set serves every instance, one stream each (see crate::batcher).
+    let loader: Loader = std::sync::Arc::new(move |shapes: &[Vec<usize>], streams: usize| {
         let opts = SessionOptions {
             precision,
-            mode: Mode::Latency,
+            mode: if streams > 1 {
+                Mode::Throughput
+            } else {
+                Mode::Latency
+            },
+            streams: Some(streams),
             threads,
             batch: shapes.first().and_then(|s| s.first().copied()),
             input_shapes: names.iter().cloned().zip(shapes.iter().cloned()).collect(),
