@@ -534,7 +534,6 @@ fn load_version(
             batch: shapes.first().and_then(|s| s.first().copied()),
             input_shapes: names.iter().cloned().zip(shapes.iter().cloned()).collect(),
             shared_cpu: true,
-            ..Default::default()
         };
         load_on(backend, &file, &opts)
     });
