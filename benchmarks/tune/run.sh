@@ -11,7 +11,8 @@
 # Writes benchmarks/tune/out/MODEL-OBJECTIVE/{tuned,exhaustive}/ and prints one JSON line each.
 # EXHAUSTIVE_BUDGET (default 30m): the exhaustive search's budget (its slices are sized to fill
 # it). FINALISTS (default 5) and FINAL_ROUNDS (default 40): the best of the search's waves that
-# run its final wave together with the tune's choice, and that wave's rounds. KEEP_EXHAUSTIVE=1:
+# run its final wave together with the tune's choice, and that wave's rounds; FINAL_LOADS
+# (default 4): the fresh loads that wave's rounds are split over. KEEP_EXHAUSTIVE=1:
 # keep MODEL-OBJECTIVE/exhaustive from an earlier run (same machine) and only tune again.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -61,7 +62,7 @@ for m in "${models[@]}"; do
       # timed in the same (many) rounds.
       choice="$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); print(t["candidates"][t["chosen"]]["label"])' "$d/tuned/tune.json")"
       "$M" tune "${common[@]}" --exhaustive --rounds 8 --budget "${EXHAUSTIVE_BUDGET:-30m}" \
-        --finalists "${FINALISTS:-5}" --final-rounds "${FINAL_ROUNDS:-40}" \
+        --finalists "${FINALISTS:-5}" --final-rounds "${FINAL_ROUNDS:-40}" --final-loads "${FINAL_LOADS:-4}" \
         --final-with "$choice" -o "$d/exhaustive" > "$d/exhaustive.md"
     fi
     python3 benchmarks/tune/compare.py "$d" "$m" "$obj"

@@ -105,6 +105,13 @@ fn tune_chooses_within_the_budget_and_writes_a_deployment_bench_takes() {
     assert_eq!(chosen["status"], "chosen");
     assert!(chosen["drop"].as_f64().unwrap() <= max_drop);
     assert!(!chosen["rounds"].as_array().unwrap().is_empty());
+    // The final rounds ran over fresh loads (3 by default) unless the budget had no room.
+    let fewer = out["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().contains("the final rounds ran over"));
+    assert!(fewer || chosen["loads"].as_u64().unwrap() >= 3, "{chosen}");
     let native = medinfer_engine::native_backends_for_tests().unwrap();
     if !native.is_empty() {
         // INT8 variants were made and measured, and some candidate lost in paired rounds.
@@ -524,6 +531,8 @@ fn the_exhaustive_final_wave_takes_the_named_candidate_and_its_rounds() {
             "1",
             "--final-rounds",
             "4",
+            "--final-loads",
+            "2",
             "--final-with",
             named,
             "--final-with",
@@ -541,7 +550,9 @@ fn the_exhaustive_final_wave_takes_the_named_candidate_and_its_rounds() {
         .map(|n| n.as_str().unwrap())
         .collect();
     assert!(
-        notes.iter().any(|n| n.contains("final wave of 4 rounds")),
+        notes
+            .iter()
+            .any(|n| n.contains("final wave of 4 rounds over 2 fresh load(s)")),
         "{notes:?}"
     );
     assert!(
@@ -567,6 +578,18 @@ fn the_exhaustive_final_wave_takes_the_named_candidate_and_its_rounds() {
     if cands[anchor]["label"] != named {
         assert_eq!(rounds(named_c), 2 + 4, "{named_c}");
         assert!(finalists.contains(&named), "{finalists:?}");
+    }
+    // The final wave's rounds ran over two fresh loads of its members (the anchor's first
+    // load served the first wave): loaded once for the wave, twice for the final.
+    for (i, c) in cands.iter().enumerate() {
+        let want = if i == anchor || finalists.contains(&c["label"].as_str().unwrap()) {
+            3
+        } else if rounds(c) > 0 {
+            1
+        } else {
+            0
+        };
+        assert_eq!(c["loads"], want, "{c}");
     }
     assert!(
         finalists.len() <= 2,

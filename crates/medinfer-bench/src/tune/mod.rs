@@ -177,6 +177,12 @@ pub struct TunePlan {
     /// the waves (the exhaustive check puts the tune's own choice there, so that the choice and
     /// the best are timed in the same rounds).
     pub final_with: Vec<String>,
+    /// Fresh loads the final rounds are split over (the halving's final stage, and with
+    /// `exhaustive` the final wave): every contender is loaded again in a new process
+    /// between them. A configuration's speed moves 2-4 % from one process load to the next
+    /// (resnet50-fmri on Zen 4, `benchmarks/tune/loads.sh`), as much as the top four differed,
+    /// so rounds in one load ranked the load as much as the configuration. 1 = no reload.
+    pub final_loads: usize,
     /// Deploy the most accurate candidates when none meets the budget.
     pub force: bool,
     /// Candidates kept after screening for the paired rounds.
@@ -260,6 +266,9 @@ pub struct Candidate {
     pub screen_speed: Option<f64>,
     /// Speed in each paired round it took part in.
     pub rounds: Vec<f64>,
+    /// Processes it was loaded in for the paired rounds (the final rounds reload their
+    /// contenders, [`TunePlan::final_loads`]).
+    pub loads: usize,
     /// Median request latency over its timed slices in paired rounds.
     pub latency_ms: Option<f64>,
     /// Items per second (same).
@@ -311,6 +320,7 @@ impl Candidate {
             load_ms: None,
             screen_speed: None,
             rounds: vec![],
+            loads: 0,
             latency_ms: None,
             throughput_per_s: None,
             vs_anchor: None,
@@ -684,6 +694,7 @@ fn load_workers(
             Ok((w, s)) => {
                 let c = &mut cands[i];
                 c.load_ms.get_or_insert(w.ready.load_ms);
+                c.loads += 1;
                 c.effective_precision = w.ready.effective_precision.clone();
                 c.screen_speed.get_or_insert(speed_of(plan.objective, &s));
                 workers.insert(i, w);
@@ -693,6 +704,24 @@ fn load_workers(
         }
     }
     workers
+}
+
+/// Rounds of each of `loads` fresh loads that share `rounds` (the first ones take the
+/// remainder); never an empty load.
+fn load_segments(rounds: usize, loads: usize) -> Vec<usize> {
+    let loads = loads.clamp(1, rounds.max(1));
+    (0..loads)
+        .map(|k| rounds * (k + 1) / loads - rounds * k / loads)
+        .rev()
+        .collect()
+}
+
+/// Seconds a fresh load of `members` costs, from their first loads (plus the warm-up).
+fn reload_seconds(cands: &[Candidate], members: &[usize]) -> f64 {
+    members
+        .iter()
+        .map(|&i| cands[i].load_ms.unwrap_or(1000.0) / 1e3 + 2.0 * WARM_UP_S)
+        .sum()
 }
 
 /// Seconds per timed slice so that `total_slices` fit 80% of what is left of the budget
@@ -909,27 +938,51 @@ fn halving_rounds(
     let mut total_rounds = total_rounds;
     for (stage, &(_, rounds)) in stage_list.iter().enumerate() {
         let mut rounds = rounds;
+        let mut loads = 1;
         if stage + 1 == stage_list.len() {
             // The final stage takes what the budget has left (the near-equal configurations at
-            // the top are told apart only by many paired rounds), up to FINAL_ROUNDS_MAX.
-            let left = plan
+            // the top are told apart only by many paired rounds), up to FINAL_ROUNDS_MAX, over
+            // `final_loads` fresh loads when the budget has room for the reloads.
+            let mut left = plan
                 .budget
                 .saturating_sub(plan.started.elapsed())
                 .as_secs_f64();
+            let reload = reload_seconds(cands, &members(&others));
+            loads = plan.final_loads.max(1);
+            while loads > 1 && (loads - 1) as f64 * reload > 0.3 * left {
+                loads -= 1;
+            }
+            if loads < plan.final_loads {
+                notes.push(format!(
+                    "the final rounds ran over {loads} load(s), not {}: the budget left no                      room for more reloads",
+                    plan.final_loads
+                ));
+            }
+            left -= (loads - 1) as f64 * reload;
             let per_round = members(&others).len() as f64 * slice_s * 1.15;
             let fit = (0.85 * left / per_round.max(1e-3)) as usize;
             let extra = fit.clamp(rounds, FINAL_ROUNDS_MAX.max(rounds)) - rounds;
             rounds += extra;
             total_rounds += extra;
         }
-        for _ in 0..rounds {
-            progress("rounds", round_no, total_rounds);
-            round_no += 1;
-            let speeds = one_round(plan, cands, &mut workers, &members(&others), slice_s, order);
-            if let Some(&d) = default.and_then(|d| speeds.get(&d)) {
-                record_ratios(cands, &speeds, d);
+        for (load, segment) in load_segments(rounds, loads).into_iter().enumerate() {
+            if load > 0 {
+                // Every contender in a new process, so that no one load's luck decides.
+                let now = members(&others);
+                workers.clear();
+                workers = load_workers(plan, cands, &now, progress);
+                others.retain(|i| workers.contains_key(i));
             }
-            others.retain(|i| workers.contains_key(i));
+            for _ in 0..segment {
+                progress("rounds", round_no, total_rounds);
+                round_no += 1;
+                let speeds =
+                    one_round(plan, cands, &mut workers, &members(&others), slice_s, order);
+                if let Some(&d) = default.and_then(|d| speeds.get(&d)) {
+                    record_ratios(cands, &speeds, d);
+                }
+                others.retain(|i| workers.contains_key(i));
+            }
         }
         if stage + 1 < stage_list.len() {
             let keep = stage_list[stage + 1].0.min(others.len());
@@ -1050,6 +1103,7 @@ fn exhaustive_rounds(
         &preference,
         alive,
         rounds,
+        1,
         slice_s,
         order,
         progress,
@@ -1096,6 +1150,7 @@ fn exhaustive_rounds(
             &[anchor],
             &last,
             final_rounds,
+            plan.final_loads,
             slice_s,
             order,
             progress,
@@ -1111,13 +1166,14 @@ fn exhaustive_rounds(
         ranked.splice(0..0, top);
         notes.push(format!(
             "the best {} of the {waves} wave(s){} (and the anchor) ran a final wave of \
-             {final_rounds} rounds, which ranks them",
+             {final_rounds} rounds over {} fresh load(s), which ranks them",
             last.len().min(finalists),
             if last.len() > finalists {
                 format!(" and {} named with --final-with", last.len() - finalists)
             } else {
                 String::new()
-            }
+            },
+            load_segments(final_rounds, plan.final_loads).len()
         ));
     }
     let chosen = ranked[0];
@@ -1141,7 +1197,8 @@ fn exhaustive_rounds(
 /// Paired rounds of `members` against an anchor, in waves of at most `plan.wave` loaded side
 /// by side (the anchor stays loaded and runs in every round); each one's per-round speed over
 /// the anchor's goes to its `anchor_ratios` (the anchor's own, 1, too). The anchor is the first
-/// of `anchors` that loads (one that fails is out, with its reason); returns it.
+/// of `anchors` that loads (one that fails is out, with its reason); returns it. Each wave's
+/// rounds are split over `loads` fresh loads of its members and the anchor.
 #[allow(clippy::too_many_arguments)]
 fn anchored_rounds(
     plan: &TunePlan,
@@ -1149,6 +1206,7 @@ fn anchored_rounds(
     anchors: &[usize],
     members: &[usize],
     rounds: usize,
+    loads: usize,
     slice_s: f64,
     order: &mut Order,
     progress: Progress,
@@ -1207,19 +1265,26 @@ fn anchored_rounds(
             .filter(|i| workers.contains_key(i))
             .collect();
         members.push(anchor);
-        for _ in 0..rounds {
-            progress("rounds", round_no, total_rounds);
-            round_no += 1;
-            let speeds = one_round(plan, cands, &mut workers, &members, slice_s, order);
-            let Some(&a) = speeds.get(&anchor) else {
-                return Err(TuneError::Bad(format!(
-                    "the anchor candidate {} failed: {}",
-                    cands[anchor].label,
-                    cands[anchor].reason.clone().unwrap_or_default()
-                )));
-            };
-            record_ratios(cands, &speeds, a);
-            members.retain(|i| workers.contains_key(i));
+        for (load, segment) in load_segments(rounds, loads).into_iter().enumerate() {
+            if load > 0 {
+                workers.clear();
+                workers = load_workers(plan, cands, &members, progress);
+                members.retain(|i| workers.contains_key(i));
+            }
+            for _ in 0..segment {
+                progress("rounds", round_no, total_rounds);
+                round_no += 1;
+                let speeds = one_round(plan, cands, &mut workers, &members, slice_s, order);
+                let Some(&a) = speeds.get(&anchor) else {
+                    return Err(TuneError::Bad(format!(
+                        "the anchor candidate {} failed: {}",
+                        cands[anchor].label,
+                        cands[anchor].reason.clone().unwrap_or_default()
+                    )));
+                };
+                record_ratios(cands, &speeds, a);
+                members.retain(|i| workers.contains_key(i));
+            }
         }
         if let Some(w) = workers.remove(&anchor) {
             anchor_worker.insert(anchor, w);
@@ -1428,6 +1493,7 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
             &preference,
             &probes,
             SCREEN_ROUNDS,
+            1,
             SCREEN_SLICE_S,
             &mut order,
             progress,
@@ -1481,6 +1547,7 @@ pub fn run(plan: &TunePlan, progress: Progress) -> Result<TuneOutcome, TuneError
                 &[anchor],
                 &layouts_b,
                 SCREEN_ROUNDS,
+                1,
                 SCREEN_SLICE_S,
                 &mut order,
                 progress,
@@ -1764,6 +1831,16 @@ mod tests {
         let (chosen, runner_up, _) = final_pick(&cands, None, &mut others).unwrap();
         assert_eq!((chosen, runner_up), (b, Some(a)));
         assert!(final_pick(&cands, None, &mut []).is_err());
+    }
+
+    #[test]
+    fn final_rounds_split_over_fresh_loads_without_an_empty_one() {
+        assert_eq!(load_segments(40, 4), [10, 10, 10, 10]);
+        assert_eq!(load_segments(10, 3), [4, 3, 3]);
+        assert_eq!(load_segments(2, 3), [1, 1], "no load without rounds");
+        assert_eq!(load_segments(7, 1), [7]);
+        assert_eq!(load_segments(5, 0), [5]);
+        assert_eq!(load_segments(0, 3), [0]);
     }
 
     #[test]

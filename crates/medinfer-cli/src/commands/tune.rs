@@ -112,6 +112,13 @@ pub struct TuneArgs {
     /// in the same rounds.
     #[arg(long, value_name = "LABEL")]
     pub final_with: Vec<String>,
+    /// Fresh loads the final rounds are split over (the halving's final stage; with
+    /// --exhaustive, the final wave): the contenders are started again in new processes
+    /// between them. A configuration's speed moves a few percent from one process load to the
+    /// next, as much as the top few differ, so rounds in one load alone rank the load too.
+    /// 1 = no reload (fewer reloads run when the budget has no room for them).
+    #[arg(long, default_value_t = 3)]
+    pub final_loads: usize,
     /// When no candidate meets the budget, deploy among the most accurate anyway (marked
     /// over_budget in config.json). Without it nothing is written.
     #[arg(long)]
@@ -350,6 +357,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
         final_rounds: a.final_rounds.unwrap_or(0),
         finalists: a.finalists.unwrap_or(0),
         final_with: a.final_with.clone(),
+        final_loads: a.final_loads.max(1),
         force: a.force,
         keep: a.keep.max(2),
         wave: a.wave.max(2),
