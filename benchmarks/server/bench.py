@@ -12,7 +12,10 @@ With `--deploy DIR` (a deployment written by `medinfer tune` for the same model)
 serves that deployment (its engine, precision, streams and batch), the engine-alone figure is
 `medinfer bench --deploy DIR`, and a third Python server runs the deployment's own model file on
 OpenVINO (python_server.py's `openvino` engine: THROUGHPUT hint, a pool of infer requests), so
-that the server's share and the engine choice's share of any gain can be told apart.
+that the server's share and the engine choice's share of any gain can be told apart, and another
+serves the user's FP32 file on OpenVINO (what a user without medinfer's quantizer would run).
+Last, paired rounds against each FastAPI peer (--peer-rounds): both servers up, timed in turn.
+The servers' own runs follow one another over many minutes, and the host's load drifts.
 
 Usage: benchmarks/server/run.sh [--model resnet18-ct] [--seconds 20] [--concurrency 8,16]
        [--deploy DIR]
@@ -95,6 +98,10 @@ def main():
     ap.add_argument("--deploy", help="a `medinfer tune` deployment of the same model: medinfer serves "
                     "it, and FastAPI + OpenVINO serves its model file too")
     ap.add_argument("--skip-overload", action="store_true", help="no overload run")
+    ap.add_argument("--peer-rounds", type=int, default=3,
+                    help="paired rounds against each Python peer with both servers up, in turn "
+                    "(largest concurrency, binary), so host drift between the servers' own runs "
+                    "does not decide the ratio (0 = none)")
     ap.add_argument("--json")
     a = ap.parse_args()
     import numpy as np
@@ -235,15 +242,70 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     run_server([sys.executable, os.path.join(here, "python_server.py"), fp32, "m", str(port)], port,
                "fastapi", lambda p, u: None)
+    peers = {"fastapi": [sys.executable, os.path.join(here, "python_server.py"), fp32, "m"]}
     if a.deploy:
-        port = free_port()
-        run_server([sys.executable, os.path.join(here, "python_server.py"), deployed, "m", str(port),
-                    "openvino"], port, "fastapi-ov", lambda p, u: None)
+        # OpenVINO's own recipe on the deployment's INT8 file (the engine choice handed to a
+        # Python server) and on the FP32 file the user brought (what a user without medinfer's
+        # quantizer would serve).
+        for label, f in (("fastapi-ov", deployed), ("fastapi-ov-fp32", fp32)):
+            peers[label] = [sys.executable, os.path.join(here, "python_server.py"), f, "m"]
+            port = free_port()
+            run_server(peers[label] + [str(port), "openvino"], port, label, lambda p, u: None)
+            peers[label].append("openvino")
 
     if a.kserve_python:
         port = free_port()
         run_server([a.kserve_python, os.path.join(here, "kserve_server.py"), fp32, "m", str(port)],
                    port, "kserve", lambda p, u: None)
+
+    # Paired rounds against each peer: medinfer serve and the peer both up (idle while the other
+    # is loaded), timed in turn, the order alternating; the ratio per round.
+    if a.peer_rounds > 0:
+        c = max(concs)
+        with open(os.path.join(work, "repo", "m", "config.json"), "w") as f:
+            json.dump(results["medinfer_config"], f)
+        procs = []
+        try:
+            mport = free_port()
+            procs.append(subprocess.Popen([mi, "serve", "--models", os.path.join(work, "repo"),
+                                           "--port", str(mport)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_ready(mport, procs[-1])
+            murl = f"http://127.0.0.1:{mport}/v2/models/m/infer"
+            oha(a.oha, murl, binbody, binh, a.warmup, c)
+            for label, cmd in peers.items():
+                port = free_port()
+                argv = cmd[:4] + [str(port)] + cmd[4:]
+                procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+                wait_ready(port, procs[-1])
+                purl = f"http://127.0.0.1:{port}/v2/models/m/infer"
+                oha(a.oha, purl, binbody, binh, a.warmup, c)
+                ratios = []
+                for k in range(a.peer_rounds):
+                    order = [("medinfer", murl), (label, purl)]
+                    if k % 2:
+                        order.reverse()
+                    got = {}
+                    for who, url in order:
+                        got[who] = oha(a.oha, url, binbody, binh, a.seconds, c)
+                    ratios.append(got["medinfer"]["rps"] / got[label]["rps"])
+                    print(f"paired round {k + 1}, c={c} binary: medinfer {got['medinfer']['rps']:.1f} "
+                          f"req/s (p99 {got['medinfer']['p99_ms']:.1f} ms), {label} "
+                          f"{got[label]['rps']:.1f} req/s (p99 {got[label]['p99_ms']:.1f} ms): "
+                          f"{ratios[-1]:.2f}x", flush=True)
+                    results.setdefault(f"paired_vs_{label}", []).append(
+                        {"medinfer": got["medinfer"], label: got[label], "ratio": ratios[-1]})
+                print(f"medinfer serve / {label}, paired: median "
+                      f"{sorted(ratios)[len(ratios) // 2]:.2f}x (range {min(ratios):.2f}-"
+                      f"{max(ratios):.2f})", flush=True)
+                procs[-1].send_signal(signal.SIGTERM)
+                procs[-1].wait(timeout=60)
+                procs.pop()
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=60)
 
     ref = results[f"bench_batch{a.max_batch}_items_per_s"]
     print()
@@ -257,6 +319,10 @@ def main():
         if a.deploy:
             o, oj = results[f"fastapi-ov/binary/c{c}"], results[f"fastapi-ov/json/c{c}"]
             print(f"c={c}: medinfer serve / FastAPI+OpenVINO on the deployment's model: binary "
+                  f"{m['rps'] / o['rps']:.2f}x (p99 {m['p99_ms']:.1f} vs {o['p99_ms']:.1f} ms), json "
+                  f"{mj['rps'] / oj['rps']:.2f}x (p99 {mj['p99_ms']:.1f} vs {oj['p99_ms']:.1f} ms)")
+            o, oj = results[f"fastapi-ov-fp32/binary/c{c}"], results[f"fastapi-ov-fp32/json/c{c}"]
+            print(f"c={c}: medinfer serve / FastAPI+OpenVINO on the user's FP32 model: binary "
                   f"{m['rps'] / o['rps']:.2f}x (p99 {m['p99_ms']:.1f} vs {o['p99_ms']:.1f} ms), json "
                   f"{mj['rps'] / oj['rps']:.2f}x (p99 {mj['p99_ms']:.1f} vs {oj['p99_ms']:.1f} ms)")
         if a.kserve_python:

@@ -123,32 +123,47 @@ pub type Loader = Arc<dyn Fn(&[Vec<usize>], usize) -> Result<Session, EngineErro
 /// more than [`SESSIONS_KEPT`] are met (a worker still running it keeps it alive until done).
 #[derive(Default)]
 struct Sessions {
-    by_shapes: HashMap<Vec<Vec<usize>>, Arc<Session>>,
+    by_shapes: HashMap<Vec<Vec<usize>>, Slot>,
     order: VecDeque<Vec<Vec<usize>>>,
 }
 
+/// One shape set's session, loaded by the first worker that needs it.
+type Slot = Arc<Mutex<Option<Arc<Session>>>>;
+
 impl Sessions {
-    /// The session for `shapes`, loaded (once, whichever worker asks first) if not kept.
+    /// The session for `shapes`, loaded if not kept. Loading holds that shape set's slot only:
+    /// a worker that needs the same shapes waits for this load rather than compiling a second
+    /// copy, and workers on other shapes go on running.
     fn get(
         cache: &Mutex<Sessions>,
         shapes: &[Vec<usize>],
         loader: &Loader,
         streams: usize,
     ) -> Result<Arc<Session>, EngineError> {
-        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = c.by_shapes.get(shapes) {
+        let slot = {
+            let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+            match c.by_shapes.get(shapes) {
+                Some(slot) => slot.clone(),
+                None => {
+                    if c.order.len() >= SESSIONS_KEPT {
+                        if let Some(old) = c.order.pop_front() {
+                            c.by_shapes.remove(&old);
+                        }
+                    }
+                    let slot = Slot::default();
+                    c.order.push_back(shapes.to_vec());
+                    c.by_shapes.insert(shapes.to_vec(), slot.clone());
+                    slot
+                }
+            }
+        };
+        let mut held = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = held.as_ref() {
             return Ok(s.clone());
         }
-        // Loading under the lock: the other workers wait for this session rather than
-        // compiling a second copy of it.
+        // A failed load leaves the slot empty: the next batch of these shapes tries again.
         let s = Arc::new(loader(shapes, streams)?);
-        if c.order.len() >= SESSIONS_KEPT {
-            if let Some(old) = c.order.pop_front() {
-                c.by_shapes.remove(&old);
-            }
-        }
-        c.order.push_back(shapes.to_vec());
-        c.by_shapes.insert(shapes.to_vec(), s.clone());
+        *held = Some(s.clone());
         Ok(s)
     }
 }
