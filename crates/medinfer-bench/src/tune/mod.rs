@@ -706,6 +706,19 @@ fn load_workers(
     workers
 }
 
+/// Stops `members`' processes in `workers`, then loads them again in new ones (a failure takes
+/// that candidate out, as at its first load).
+fn reload(
+    plan: &TunePlan,
+    cands: &mut [Candidate],
+    workers: &mut HashMap<usize, Worker>,
+    members: &[usize],
+    progress: Progress,
+) {
+    workers.clear();
+    *workers = load_workers(plan, cands, members, progress);
+}
+
 /// Rounds of each of `loads` fresh loads that share `rounds` (the first ones take the
 /// remainder); never an empty load.
 fn load_segments(rounds: usize, loads: usize) -> Vec<usize> {
@@ -968,9 +981,7 @@ fn halving_rounds(
         for (load, segment) in load_segments(rounds, loads).into_iter().enumerate() {
             if load > 0 {
                 // Every contender in a new process, so that no one load's luck decides.
-                let now = members(&others);
-                workers.clear();
-                workers = load_workers(plan, cands, &now, progress);
+                reload(plan, cands, &mut workers, &members(&others), progress);
                 others.retain(|i| workers.contains_key(i));
             }
             for _ in 0..segment {
@@ -1267,8 +1278,7 @@ fn anchored_rounds(
         members.push(anchor);
         for (load, segment) in load_segments(rounds, loads).into_iter().enumerate() {
             if load > 0 {
-                workers.clear();
-                workers = load_workers(plan, cands, &members, progress);
+                reload(plan, cands, &mut workers, &members, progress);
                 members.retain(|i| workers.contains_key(i));
             }
             for _ in 0..segment {
