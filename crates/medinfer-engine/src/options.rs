@@ -109,6 +109,16 @@ impl Mode {
             _ => None,
         }
     }
+
+    /// The mode a session of `streams` streams runs in: throughput with several, latency with
+    /// one.
+    pub fn for_streams(streams: usize) -> Mode {
+        if streams > 1 {
+            Mode::Throughput
+        } else {
+            Mode::Latency
+        }
+    }
 }
 
 impl std::fmt::Display for Mode {

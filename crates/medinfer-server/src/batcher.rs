@@ -303,6 +303,11 @@ fn work(
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut open = true;
     let instances = s.instances.max(1);
+    let engine = Engine {
+        loader: &loader,
+        sessions: &sessions,
+        streams: instances,
+    };
     loop {
         let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
         let first = match pending.pop_front() {
@@ -359,11 +364,6 @@ fn work(
             .queued_now
             .fetch_sub(group.len() as u64, Ordering::Relaxed);
         running.start(items);
-        let engine = Engine {
-            loader: &loader,
-            sessions: &sessions,
-            streams: s.instances.max(1),
-        };
         run_group(group, items, s.padded(items), &engine, &stats);
         running.end(items);
     }

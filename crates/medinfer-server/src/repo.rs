@@ -524,11 +524,7 @@ fn load_version(
     let loader: Loader = std::sync::Arc::new(move |shapes: &[Vec<usize>], streams: usize| {
         let opts = SessionOptions {
             precision,
-            mode: if streams > 1 {
-                Mode::Throughput
-            } else {
-                Mode::Latency
-            },
+            mode: Mode::for_streams(streams),
             streams: Some(streams),
             threads,
             batch: shapes.first().and_then(|s| s.first().copied()),

@@ -967,7 +967,8 @@ fn halving_rounds(
             }
             if loads < plan.final_loads {
                 notes.push(format!(
-                    "the final rounds ran over {loads} load(s), not {}: the budget left no                      room for more reloads",
+                    "the final rounds ran over {loads} load(s), not {}: the budget left no \
+                     room for more reloads",
                     plan.final_loads
                 ));
             }

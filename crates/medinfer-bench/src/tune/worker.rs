@@ -65,11 +65,7 @@ impl WorkerSpec {
     fn options(&self, batch: usize, shapes: HashMap<String, Vec<usize>>) -> SessionOptions {
         SessionOptions {
             precision: self.precision,
-            mode: if self.streams > 1 {
-                Mode::Throughput
-            } else {
-                Mode::Latency
-            },
+            mode: Mode::for_streams(self.streams),
             streams: Some(self.streams),
             threads: Some(self.threads),
             batch: Some(batch),

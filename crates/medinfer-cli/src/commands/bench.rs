@@ -134,11 +134,7 @@ fn bench_deploy(a: &BenchArgs, dir: &Path) -> Result<()> {
     let cfg = BenchConfig {
         backend: d.backend,
         precision: d.precision,
-        mode: if streams > 1 {
-            Mode::Throughput
-        } else {
-            Mode::Latency
-        },
+        mode: Mode::for_streams(streams),
         streams: Some(streams),
         threads: a.threads.or(d.config.threads),
         batch: Some(a.batch.unwrap_or(d.batch())),
